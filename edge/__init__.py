@@ -1,0 +1,1 @@
+"""The caching engine and the edge role."""

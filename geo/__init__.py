@@ -1,0 +1,1 @@
+"""GeoIP lookup, nearest-edge choice, and the GeoDNS server."""

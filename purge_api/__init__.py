@@ -1,0 +1,1 @@
+"""The purge API: tokens, the durable purge log, fan-out to nodes, and the CI client."""

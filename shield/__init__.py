@@ -1,0 +1,1 @@
+"""The shield role: the caching engine with the origin pool as its upstream."""

@@ -1,0 +1,1 @@
+"""Shared test support: free ports, fleet files, and real node processes."""
