@@ -68,16 +68,18 @@ def parse_size(value: object) -> int:
     Raises ValueError with the reason for anything else.
     """
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 536870912 or \"512MiB\"")
+        raise ValueError('expected a size such as 536870912 or "512MiB"')
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
         return value
     if not isinstance(value, str):
-        raise ValueError("expected a size such as 536870912 or \"512MiB\"")
+        raise ValueError('expected a size such as 536870912 or "512MiB"')
     match = _SIZE_RE.match(value)
     if not match or match.group(2).upper() not in _SIZE_UNITS:
-        raise ValueError(f"{value!r} is not a size (use bytes or units B, KiB, MiB, GiB, KB, MB, GB)")
+        raise ValueError(
+            f"{value!r} is not a size (use bytes or units B, KiB, MiB, GiB, KB, MB, GB)"
+        )
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
@@ -340,7 +342,9 @@ class _Table:
             raise self.error(key, "must not be empty")
         return value
 
-    def strings(self, key: str, default: tuple[str, ...] = (), *, required: bool = False) -> tuple[str, ...]:
+    def strings(
+        self, key: str, default: tuple[str, ...] = (), *, required: bool = False
+    ) -> tuple[str, ...]:
         value = self.get(key, list, None, required=required)
         if value is None:
             return default
@@ -409,8 +413,14 @@ class _Table:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "an array", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array",
+        dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -513,7 +523,7 @@ def _service(t: _Table) -> Service:
         key_table.reject_unknown()
     policy = t.text("load_balancing", "round_robin")
     if policy not in ("round_robin", "least_outstanding"):
-        raise t.error("load_balancing", "must be \"round_robin\" or \"least_outstanding\"")
+        raise t.error("load_balancing", 'must be "round_robin" or "least_outstanding"')
     service = Service(
         name=name,
         hosts=hosts,

@@ -14,7 +14,9 @@ from pathlib import Path
 from tests.support.fleetfile import TEST_NODE_SECRET
 
 
-def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -31,7 +33,9 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.
 class NodeProcess:
     """One `edgeshield ...` command run as a real child process."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
         self.env = {**os.environ, "EDGESHIELD_NODE_SECRET": TEST_NODE_SECRET, **(env or {})}

@@ -1,0 +1,157 @@
+"""Cache keys: the request target, the primary key, Vary's secondary key, surrogate keys.
+
+`normalize_target` is applied once per request, and its result is both the key's
+target and what goes upstream, so the cache never keys on something the origin
+does not see (a classic cache-poisoning gap).
+"""
+
+from __future__ import annotations
+
+import json
+from fnmatch import fnmatchcase
+from urllib.parse import unquote
+
+from edge.cache.encoding import normalize_accept_encoding
+from edge.cache.headers import Headers, header_list_values
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+# RFC 3986 2.3: unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def normalize_path(path: str) -> str:
+    """`path` with percent-encoding normalised (RFC 3986 6.2.2.1 and 6.2.2.2).
+
+    Escapes of unreserved characters are decoded ("%7E" → "~"); other escapes get
+    uppercase hex ("%2f" → "%2F"). A "%" not followed by two hex digits is kept.
+    """
+    if "%" not in path:
+        return path
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if char == "%" and i + 2 < len(path) and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            decoded = chr(int(path[i + 1 : i + 3], 16))
+            out.append(decoded if decoded in _UNRESERVED else "%" + path[i + 1 : i + 3].upper())
+            i += 3
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def normalize_target(target: str, sort_query: bool, drop_params: tuple[str, ...]) -> str:
+    """The origin-form target ("/path?query") as this CDN keys it and forwards it.
+
+    The path's percent-encoding is normalised. Query parameters whose (decoded)
+    name matches one of `drop_params` (fnmatch patterns, case-sensitive, e.g.
+    "utm_*") are removed; with `sort_query` the rest are ordered by name, keeping
+    the original order among equal names (a stable sort), since an origin may read
+    repeated names as a list. Parameters stay byte-exact; empty "&&" members go; a
+    query left empty loses its "?". A fragment, if a client sent one, is dropped.
+    """
+    target = target.partition("#")[0]
+    path, has_query, query = target.partition("?")
+    path = normalize_path(path)
+    if not has_query:
+        return path
+    params = [param for param in query.split("&") if param]
+    if drop_params:
+        params = [
+            param
+            for param in params
+            if not any(
+                fnmatchcase(unquote(param.partition("=")[0]), pattern) for pattern in drop_params
+            )
+        ]
+    if sort_query:
+        params.sort(key=lambda param: param.partition("=")[0])
+    return f"{path}?{'&'.join(params)}" if params else path
+
+
+def normalize_host(host: str) -> str:
+    """`host` lowercased, without a trailing dot, and without port 80 or 443.
+
+    The key does not know the scheme, and this CDN serves the same object on both
+    default ports, so both are dropped; any other port stays.
+    """
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal: [::1]:8080
+        literal, _, rest = host.partition("]")
+        name, port = literal + "]", rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    name = name.rstrip(".")
+    if port in ("", "80", "443"):
+        return name
+    return f"{name}:{port}"
+
+
+def primary_key(service: str, host: str, target: str) -> str:
+    """The primary cache key: "{service} {host}{target}" (RFC 9111 4: method and URI).
+
+    `target` must already be normalised by `normalize_target`. Only GET (and HEAD,
+    served from GET) responses are stored, so the method is not part of the key.
+    Neither host nor target can contain a space, so the key splits unambiguously.
+    """
+    return f"{service} {normalize_host(host)}{target}"
+
+
+def surrogate_keys(headers: Headers) -> tuple[str, ...]:
+    """The purge tags of a response: `Surrogate-Key` (space-separated) and
+    `Cache-Tag` (comma-separated), duplicates removed, first occurrence first."""
+    tags: list[str] = []
+    for line in headers.getall("surrogate-key", []):
+        tags.extend(line.split())
+    for tag in header_list_values(headers, "cache-tag"):
+        tags.extend(tag.split())
+    return tuple(dict.fromkeys(tags))
+
+
+def vary_fields(headers: Headers) -> tuple[str, ...] | None:
+    """The request fields a response varies on, lowercased, sorted, without repeats.
+
+    None for `Vary: *`, which RFC 9111 4.1 says "always fails to match": such a
+    response is never stored.
+    """
+    names = {name.lower() for name in header_list_values(headers, "vary")}
+    if "*" in names:
+        return None
+    return tuple(sorted(names))
+
+
+# Fields whose values are case-insensitive throughout (codings, charsets, language
+# tags; RFC 9110 8.4.1, 12.5.2, 8.5.1), so "EN-us" and "en-US" select one variant.
+_CASE_INSENSITIVE = frozenset({"accept-charset", "accept-language"})
+
+
+def _normalize_value(name: str, lines: list[str]) -> str | None:
+    """One request field's value for the secondary key; None when it is absent."""
+    if name == "accept-encoding":
+        # Equivalent Accept-Encoding values share a variant; absent means identity.
+        return normalize_accept_encoding(", ".join(lines) if lines else None)
+    if not lines:
+        return None
+    # RFC 9111 4.1: values are matched after "combining multiple header field lines
+    # ... or normalizing both header field values in a way that is known to have
+    # identical semantics ... (e.g., ... removing whitespace)".
+    value = ", ".join(" ".join(line.split()) for line in lines)
+    if name in _CASE_INSENSITIVE:
+        value = ",".join(member.lower() for member in value.replace(", ", ",").split(","))
+    return value
+
+
+def secondary_key(vary: tuple[str, ...], request_headers: Headers) -> str:
+    """A stable string of the request's values for the fields in `vary`.
+
+    An absent field differs from an empty one (RFC 9111 4.1: "If ... a header field
+    is absent from a request, it can only match another request if it is also
+    absent there"), except Accept-Encoding, whose absence means identity.
+    """
+    if not vary:
+        return ""
+    return json.dumps(
+        [[name, _normalize_value(name, request_headers.getall(name, []))] for name in vary],
+        separators=(",", ":"),
+    )

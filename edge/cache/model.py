@@ -1,0 +1,64 @@
+"""What the cache keeps about a stored response, as plain frozen values.
+
+`ObjectMeta` is computed once when a response is stored (or updated by a 304), so a
+hit only adds and compares numbers: the freshness lifetime, the corrected initial
+age and the stale allowances are all precomputed here rather than re-parsed per hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HeaderPairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """A stored response: its headers and the numbers its freshness depends on."""
+
+    status: int
+    #: every header the upstream sent (for recomputing after a 304), hop-by-hop removed
+    upstream_headers: HeaderPairs
+    #: the headers a client receives, computed once: targeted cache fields, surrogate
+    #: keys, framing and coding fields removed (they are set per response)
+    client_headers: HeaderPairs
+    #: RFC 9111 4.2.3: corrected_initial_age, and the local time the response arrived
+    corrected_initial_age: float
+    response_time: float
+    #: local time the upstream request started: the object counts as older than any
+    #: purge applied after this moment (so a purge racing a fill wins)
+    stored_at: float
+    freshness_lifetime: float
+    stale_while_revalidate: float
+    stale_if_error: float
+    #: must-revalidate / proxy-revalidate / s-maxage: never served stale (RFC 9111 5.2.2.2)
+    must_revalidate: bool
+    #: no-cache: validate before every reuse (RFC 9111 5.2.2.4)
+    no_cache: bool
+    etag: str | None
+    last_modified: float | None
+    content_type: str | None
+    #: the coding the upstream sent the body in ("identity", "gzip", "br")
+    upstream_encoding: str
+    surrogate_keys: tuple[str, ...]
+    #: the Cache-Status entries of the tiers above, as received when stored
+    upstream_cache_status: str
+    #: the Via the upstream sent
+    upstream_via: str
+    #: true when the object varies on Accept-Encoding (compressible or origin-declared)
+    compressible: bool
+    host: str
+    target: str
+    service: str
+
+    def age(self, now: float) -> float:
+        """RFC 9111 4.2.3 current_age at `now`."""
+        return self.corrected_initial_age + max(0.0, now - self.response_time)
+
+
+@dataclass(frozen=True, slots=True)
+class VaryIndex:
+    """Stored under a URL's primary key when its responses vary on request fields."""
+
+    fields: tuple[str, ...]
+    stored_at: float

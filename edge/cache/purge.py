@@ -1,0 +1,335 @@
+"""Purge rules, applied at lookup: which stored objects a purge made stale or gone.
+
+A purge is never a scan of the store. Each accepted purge becomes a rule with the
+node-local time it was applied; a lookup asks `PurgeRules.verdict()` whether any rule
+applied after the object's upstream request started covers the object. The cost of a
+verdict is a few dictionary lookups, whatever the number of cached objects and rules,
+so purging everything of a service costs the same as purging one URL.
+
+Times are arguments (`applied_at`, `stored_at`, `now`); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from edge.cache.keys import normalize_target
+from fleet.config import Service
+
+__all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "purge_target"]
+
+_NEVER = -math.inf
+# The host key of a rule given as a path: it covers that path on every host.
+_ANY_HOST = ""
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class PurgeRecord:
+    """One accepted purge, as the API's log holds it and as nodes receive it."""
+
+    seq: int
+    id: str
+    service: str
+    urls: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    all: bool = False
+    soft: bool = False
+    accepted_at: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        """The record as a JSON-ready dict (the wire and log form)."""
+        return {
+            "seq": self.seq,
+            "id": self.id,
+            "service": self.service,
+            "urls": list(self.urls),
+            "prefixes": list(self.prefixes),
+            "tags": list(self.tags),
+            "all": self.all,
+            "soft": self.soft,
+            "accepted_at": self.accepted_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> PurgeRecord:
+        """A record from its JSON form; ValueError names the field that is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError("purge record: expected an object")
+
+        def strings(name: str) -> tuple[str, ...]:
+            value = data.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"purge record: {name!r} must be a list of strings")
+            return tuple(value)
+
+        seq = data.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ValueError("purge record: 'seq' must be a non-negative integer")
+        for name in ("id", "service"):
+            if not isinstance(data.get(name), str):
+                raise ValueError(f"purge record: {name!r} must be a string")
+        for name in ("all", "soft"):
+            if not isinstance(data.get(name, False), bool):
+                raise ValueError(f"purge record: {name!r} must be true or false")
+        accepted_at = data.get("accepted_at", 0.0)
+        if not isinstance(accepted_at, int | float) or isinstance(accepted_at, bool):
+            raise ValueError("purge record: 'accepted_at' must be a number")
+        return cls(
+            seq=seq,
+            id=str(data["id"]),
+            service=str(data["service"]),
+            urls=strings("urls"),
+            prefixes=strings("prefixes"),
+            tags=strings("tags"),
+            all=bool(data.get("all", False)),
+            soft=bool(data.get("soft", False)),
+            accepted_at=float(accepted_at),
+        )
+
+
+class PurgeVerdict(enum.Enum):
+    """What the purge rules say about one stored object."""
+
+    NONE = 0  # no rule applied after the object was fetched covers it
+    STALE = 1  # a soft purge covers it: revalidate (stale-while-revalidate may serve)
+    GONE = 2  # a hard purge covers it: a miss
+
+
+def purge_target(service: Service, item: str) -> tuple[str, str]:
+    """(host, normalized target) of a purge URL or prefix as given for `service`.
+
+    An absolute URL ("https://host/a?x") names one host (scheme ignored); a path
+    ("/a?x") names that path on every host, shown by host "". The path and query are
+    normalized the way the cache key is, so the rule meets the key it purges.
+    ValueError when an absolute URL's host is not one of the service's.
+    """
+    if item.startswith("/"):
+        host = _ANY_HOST
+        target = item.split("#", 1)[0]
+    else:
+        parts = urlsplit(item)
+        host = (parts.hostname or "").lower()
+        if host not in service.hosts:
+            raise ValueError(f"{item!r}: host {host!r} is not a host of service {service.name!r}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    policy = service.cache_key
+    return host, normalize_target(target, policy.sort_query, policy.drop_params)
+
+
+class _Times:
+    """When the latest hard and the latest soft rule for one key were applied."""
+
+    __slots__ = ("hard", "soft")
+
+    def __init__(self) -> None:
+        self.hard = _NEVER
+        self.soft = _NEVER
+
+    def add(self, applied_at: float, soft: bool) -> None:
+        if soft:
+            self.soft = max(self.soft, applied_at)
+        else:
+            self.hard = max(self.hard, applied_at)
+
+    def latest(self) -> float:
+        return max(self.hard, self.soft)
+
+    def drop_before(self, cutoff: float) -> bool:
+        """Forget times before `cutoff`; True when nothing is left."""
+        if self.hard < cutoff:
+            self.hard = _NEVER
+        if self.soft < cutoff:
+            self.soft = _NEVER
+        return self.hard == _NEVER and self.soft == _NEVER
+
+
+class _ServiceRules:
+    """The active rules of one service, indexed for constant-time lookup."""
+
+    __slots__ = ("all", "latest", "prefix_lengths", "prefixes", "service", "tags", "urls")
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.all = _Times()
+        # (host or "", normalized target) -> times
+        self.urls: dict[tuple[str, str], _Times] = {}
+        # host or "" -> {normalized prefix -> times}
+        self.prefixes: dict[str, dict[str, _Times]] = {}
+        # the distinct prefix lengths in use, ascending: a lookup slices the target
+        # once per length instead of walking every prefix rule
+        self.prefix_lengths: tuple[int, ...] = ()
+        self.tags: dict[str, _Times] = {}
+        # the latest applied_at of any rule: objects fetched after it skip the lookups
+        self.latest = _NEVER
+
+    def add(self, record: PurgeRecord, applied_at: float) -> None:
+        soft = record.soft
+        if record.all:
+            self.all.add(applied_at, soft)
+        for url in record.urls:
+            try:
+                key = purge_target(self.service, url)
+            except ValueError:
+                continue  # the API refuses these; a stray one purges nothing
+            self.urls.setdefault(key, _Times()).add(applied_at, soft)
+        lengths = set(self.prefix_lengths)
+        for prefix in record.prefixes:
+            try:
+                host, target = purge_target(self.service, prefix)
+            except ValueError:
+                continue
+            self.prefixes.setdefault(host, {}).setdefault(target, _Times()).add(applied_at, soft)
+            lengths.add(len(target))
+        self.prefix_lengths = tuple(sorted(lengths))
+        for tag in record.tags:
+            self.tags.setdefault(tag, _Times()).add(applied_at, soft)
+        self.latest = max(self.latest, applied_at)
+
+    def expire(self, cutoff: float) -> int:
+        dropped = 0
+        if self.all.latest() != _NEVER and self.all.drop_before(cutoff):
+            dropped += 1
+        dropped += _expire_table(self.urls, cutoff) + _expire_table(self.tags, cutoff)
+        for table in self.prefixes.values():
+            dropped += _expire_table(table, cutoff)
+        for host in [h for h, table in self.prefixes.items() if not table]:
+            del self.prefixes[host]
+        self.prefix_lengths = tuple(
+            sorted({len(prefix) for table in self.prefixes.values() for prefix in table})
+        )
+        if self.latest < cutoff:
+            self.latest = _NEVER
+        return dropped
+
+
+def _expire_table(table: dict[K, _Times], cutoff: float) -> int:
+    """Remove the keys of `table` whose every time is before `cutoff`; how many."""
+    gone = [key for key, times in table.items() if times.drop_before(cutoff)]
+    for key in gone:
+        del table[key]
+    return len(gone)
+
+
+class PurgeRules:
+    """Every active purge rule of a node, and the verdict for a stored object.
+
+    `version` increases on every change, so a caller may cache a verdict per object
+    and ask again only when the version moved. `applied_seq` is the highest sequence
+    number applied with none missing below it.
+    """
+
+    def __init__(self, services: Sequence[Service]) -> None:
+        self._services = {service.name: _ServiceRules(service) for service in services}
+        self.version = 0
+        self.applied_seq = 0
+        self._applied_above: set[int] = set()  # applied seqs beyond a gap
+
+    def apply(self, record: PurgeRecord, applied_at: float) -> None:
+        """Apply one purge as of node-local time `applied_at`; a seq seen before is a no-op."""
+        if record.seq <= self.applied_seq or record.seq in self._applied_above:
+            return
+        self._add(record, applied_at)
+        self._applied_above.add(record.seq)
+        while self.applied_seq + 1 in self._applied_above:
+            self.applied_seq += 1
+            self._applied_above.discard(self.applied_seq)
+
+    def apply_local(self, record: PurgeRecord, applied_at: float) -> None:
+        """Apply a rule that is not in the API's log (its seq is ignored).
+
+        Used for a node's own "everything is stale" rule when it starts without being
+        able to reach the API, and to restore rules that were applied before a restart.
+        """
+        self._add(record, applied_at)
+
+    def _add(self, record: PurgeRecord, applied_at: float) -> None:
+        rules = self._services.get(record.service)
+        if rules is not None:
+            rules.add(record, applied_at)
+        self.version += 1
+
+    def verdict(
+        self,
+        service: str,
+        host: str,
+        target: str,
+        surrogate_keys: tuple[str, ...],
+        stored_at: float,
+    ) -> PurgeVerdict:
+        """GONE if a hard rule applied after `stored_at` covers the object, else STALE
+        if a soft one does, else NONE.
+
+        `host` is the request's host (lowercase; a port is ignored), `target` the
+        normalized origin-form target of the cache key (all its variants share it),
+        `surrogate_keys` what the origin sent in Surrogate-Key, and `stored_at` the
+        node-local time the object's upstream request started. A rule applied at the
+        very instant the fetch started does not cover it (strictly later only), so a
+        frozen test clock does not purge the refill that follows a purge.
+        """
+        rules = self._services.get(service)
+        if rules is None or rules.latest <= stored_at:
+            return PurgeVerdict.NONE
+        hard = rules.all.hard
+        soft = rules.all.soft
+        if ":" in host and not host.endswith("]"):
+            host = host.rsplit(":", 1)[0]
+        urls = rules.urls
+        if urls:
+            for key in ((host, target), (_ANY_HOST, target)):
+                times = urls.get(key)
+                if times is not None:
+                    hard = max(hard, times.hard)
+                    soft = max(soft, times.soft)
+        if surrogate_keys and rules.tags:
+            tags = rules.tags
+            for tag in surrogate_keys:
+                times = tags.get(tag)
+                if times is not None:
+                    hard = max(hard, times.hard)
+                    soft = max(soft, times.soft)
+        if rules.prefix_lengths:
+            size = len(target)
+            for table in (rules.prefixes.get(host), rules.prefixes.get(_ANY_HOST)):
+                if not table:
+                    continue
+                for length in rules.prefix_lengths:
+                    if length > size:
+                        break
+                    times = table.get(target[:length])
+                    if times is not None:
+                        hard = max(hard, times.hard)
+                        soft = max(soft, times.soft)
+        if hard > stored_at:
+            return PurgeVerdict.GONE
+        if soft > stored_at:
+            return PurgeVerdict.STALE
+        return PurgeVerdict.NONE
+
+    def expire(self, now: float, max_lifetime: float) -> int:
+        """Drop rules applied more than `max_lifetime` before `now`; how many were dropped.
+
+        No object stored before then can still be served, so such a rule can no
+        longer change a verdict.
+        """
+        cutoff = now - max_lifetime
+        dropped = sum(rules.expire(cutoff) for rules in self._services.values())
+        if dropped:
+            self.version += 1
+        return dropped
+
+    @property
+    def rule_count(self) -> int:
+        """How many distinct rule keys are active (for metrics and benchmarks)."""
+        total = 0
+        for rules in self._services.values():
+            total += len(rules.urls) + len(rules.tags)
+            total += sum(len(table) for table in rules.prefixes.values())
+            total += rules.all.latest() != _NEVER
+        return total

@@ -1,0 +1,892 @@
+"""The one driver: carries out the cache policy's decisions against the store and upstream.
+
+Edge and shield both run this engine; they differ by `EngineOptions` (the edge makes
+compressed variants and hides CDN-only fields from clients; the shield stores what the
+origin sent and passes those fields on to the edges) and by their `Upstream`.
+
+The request path, top to bottom (`handle`):
+  route    → the service for the Host (421 for any other host), loop check (508)
+  classify → pass / invalidate (unsafe methods) / cacheable
+  lookup   → memory tier (no await) or disk index; Vary index → the variant
+  decide   → policy.decide: serve, serve stale + revalidate, revalidate, fetch
+  respond  → from the store (conditionals, Range, encoding), or from a collapsed fill
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge.cache import policy
+from edge.cache.conditional import evaluate_preconditions, if_range_allows
+from edge.cache.encoding import choose_encoding, is_compressible
+from edge.cache.keys import normalize_target, primary_key, secondary_key, vary_fields
+from edge.cache.model import ObjectMeta, VaryIndex
+from edge.cache.policy import Action, Decision, RequestKind
+from edge.cache.purge import PurgeRules, PurgeVerdict
+from edge.cache.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    content_range,
+    parse_range,
+    unsatisfied_range,
+)
+from edge.compress import StreamDecoder, make_variants
+from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
+from edge.metrics import NodeMetrics
+from edge.store import BodyRef, ObjectStore, StoredEntry, read_body
+from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
+from fleet.config import Service
+
+log = logging.getLogger("edgeshield.engine")
+
+#: Request fields an origin could act on that the cache key does not include: a
+#: poisoned response stored under a clean key would be served to everyone.
+POISONING_FIELDS = frozenset(
+    {
+        "x-forwarded-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-host",
+        "x-forwarded-server",
+        "x-forwarded-scheme",
+    }
+)
+#: Client fields not sent upstream on a cacheable fill: the fill is for everyone.
+CLIENT_ONLY_FIELDS = frozenset(
+    {
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+        "accept-encoding",
+        "cache-control",
+        "pragma",
+        "cookie",
+        "authorization",
+    }
+)
+STALE_MARK = "X-Edgeshield-Stale"
+ERROR_BODY_LIMIT = 64 * 1024
+#: How long a not-storable answer waits for the request that caused it to take it.
+PASS_HANDOFF_SECONDS = 10.0
+
+
+class Upstream(Protocol):
+    """The next tier, as the engine sees it."""
+
+    async def fetch(
+        self,
+        service: Service,
+        key: str,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> UpstreamResponse:
+        """Send a request on; raises UpstreamError when no answer can be had."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What distinguishes an edge from a shield."""
+
+    node_name: str
+    #: make br/gzip variants at fill time (edges); shields store what the origin sent
+    compress: bool = True
+    #: the downstream is one of our edges: pass CDN-only fields and surrogate keys on
+    downstream_is_cdn: bool = False
+    #: the value this node adds to CDN-Loop (RFC 8586) and looks for to detect loops
+    cdn_loop_token: str = ""
+    #: tell the downstream cache that an answer was served stale (shields)
+    mark_stale: bool = False
+
+
+class Engine:
+    """Serves one node's traffic: the cache's request path as one readable driver."""
+
+    def __init__(
+        self,
+        services: tuple[Service, ...],
+        options: EngineOptions,
+        store: ObjectStore,
+        upstream: Upstream,
+        rules: PurgeRules,
+        metrics: NodeMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.upstream = upstream
+        self.rules = rules
+        self.metrics = metrics
+        self.clock = clock
+        self.fills = FillTable()
+        self._hosts = {host: service for service in services for host in service.hosts}
+        self._services = {service.name: service for service in services}
+        self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
+        self._via = f"1.1 {options.node_name} (edgeshield)"
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- the request path ---------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one client request."""
+        host = _request_host(request)
+        service = self._hosts.get(host)
+        if service is None:
+            self.metrics.refused.inc()
+            return _error(421, f"this CDN does not serve the host {host!r}", self.options.node_name)
+        if self._loop_token in _loop_tokens(request.headers):
+            return _error(508, "request loop detected (CDN-Loop)", self.options.node_name)
+        kind = policy.classify_request(request.method, request.headers)
+        if kind is RequestKind.CACHEABLE:
+            return await self._cacheable(request, service, host)
+        response = await self._pass(request, service, host)
+        if kind is RequestKind.INVALIDATING and response.status < 400:
+            await self._invalidate(service, host, request)
+        return response
+
+    async def _cacheable(
+        self, request: web.BaseRequest, service: Service, host: str
+    ) -> web.StreamResponse:
+        target = normalize_target(
+            request.raw_path, service.cache_key.sort_query, service.cache_key.drop_params
+        )
+        key = primary_key(service.name, host, target)
+        entry = self.store.peek(key) or await self.store.get(key)
+        fwd_missing = "uri-miss"
+        if entry is not None and isinstance(entry.meta, VaryIndex):
+            key = _variant_key(key, entry.meta.fields, request.headers)
+            entry = self.store.peek(key) or await self.store.get(key)
+            fwd_missing = "vary-miss"
+        meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
+        now = self.clock()
+        verdict = self._verdict(meta) if meta is not None else PurgeVerdict.NONE
+        decision = policy.decide(meta, now, verdict)
+        if decision.action is Action.SERVE:
+            assert entry is not None and meta is not None
+            return await self._from_store(
+                request, entry, meta, decision, f"hit; ttl={int(decision.ttl)}"
+            )
+        if decision.action is Action.SERVE_STALE_REVALIDATE:
+            assert entry is not None and meta is not None
+            self._revalidate_in_background(request, service, host, target, key, entry)
+            return await self._from_store(
+                request,
+                entry,
+                meta,
+                decision,
+                f"hit; ttl={int(decision.ttl)}; detail=stale-while-revalidate",
+                stale=True,
+            )
+        if _only_if_cached(request):
+            return _error(504, "not in cache (only-if-cached)", self.options.node_name)
+        fwd = fwd_missing if meta is None else (decision.fwd or "miss")
+        if decision.action is Action.FETCH:
+            entry = None
+        return await self._through_fill(
+            request, service, host, target, key, entry, decision, fwd, verdict
+        )
+
+    def _verdict(self, meta: ObjectMeta) -> PurgeVerdict:
+        if self.rules.version == 0:
+            return PurgeVerdict.NONE
+        return self.rules.verdict(
+            meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
+        )
+
+    # -- fills --------------------------------------------------------------------------
+    async def _through_fill(
+        self,
+        request: web.BaseRequest,
+        service: Service,
+        host: str,
+        target: str,
+        key: str,
+        stale: StoredEntry | None,
+        decision: Decision,
+        fwd: str,
+        verdict: PurgeVerdict,
+    ) -> web.StreamResponse:
+        fill = self.fills.get(key)
+        collapsed = fill is not None
+        if fill is None:
+            fill = self._start_fill(request, service, host, target, key, stale)
+        fill.waiters += 1
+        head = await fill.head()
+        own_status = f"fwd={fwd}" + ("; collapsed" if collapsed else "")
+        if head.kind is HeadKind.PASS:
+            if not fill.pass_taken and head.response is not None:
+                fill.pass_taken = True
+                return await self._relay(
+                    request, head.response, f"{own_status}; detail=not-storable"
+                )
+            # a response not fit to share: this client goes upstream on its own
+            return await self._pass(request, service, host, detail="not-storable")
+        if head.kind is HeadKind.NOT_MODIFIED:
+            assert head.meta is not None
+            entry = self.store.peek(key) or await self.store.get(key)
+            if entry is None or not entry.bodies:
+                return await self._pass(request, service, host, detail="revalidated-gone")
+            ttl = head.meta.freshness_lifetime - head.meta.age(self.clock())
+            return await self._from_store(
+                request,
+                entry,
+                head.meta,
+                Decision(Action.SERVE, ttl=ttl),
+                f"{own_status}; fwd-status=304; ttl={int(ttl)}",
+            )
+        if head.kind is HeadKind.ERROR:
+            if (
+                stale is not None
+                and isinstance(stale.meta, ObjectMeta)
+                and policy.may_serve_stale_on_error(stale.meta, self.clock(), verdict)
+            ):
+                self.metrics.stale_if_error.inc()
+                return await self._from_store(
+                    request,
+                    stale,
+                    stale.meta,
+                    decision,
+                    f"{own_status}; detail=stale-if-error",
+                    stale=True,
+                )
+            return self._error_answer(head, own_status)
+        assert head.meta is not None
+        if head.meta.status >= 400 or not _same_variant(head.meta, fill, request, key):
+            pass
+        return await self._stream_fill(request, fill, head, f"{own_status}; stored")
+
+    def _start_fill(
+        self,
+        request: web.BaseRequest,
+        service: Service,
+        host: str,
+        target: str,
+        key: str,
+        stale: StoredEntry | None,
+    ) -> Fill:
+        fill = self.fills.start(key, self.clock())
+        headers = self._upstream_headers(request, host, cacheable=True)
+        if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
+            # RFC 9111 4.3.1: validate with the stored validators
+            if stale.meta.etag:
+                headers["If-None-Match"] = stale.meta.etag
+            last_modified = _header(stale.meta.upstream_headers, "last-modified")
+            if last_modified:
+                headers["If-Modified-Since"] = last_modified
+        else:
+            stale = None
+        task = asyncio.get_running_loop().create_task(
+            self._run_fill(fill, service, host, target, key, headers, stale, request.headers.copy())
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return fill
+
+    async def _run_fill(
+        self,
+        fill: Fill,
+        service: Service,
+        host: str,
+        target: str,
+        key: str,
+        headers: CIMultiDict[str],
+        stale: StoredEntry | None,
+        request_headers: CIMultiDict[str],
+    ) -> None:
+        """Fetch from upstream once for everyone waiting on `fill`, storing as it streams."""
+        started = time.perf_counter()
+        try:
+            await self._fill_body(fill, service, host, target, key, headers, stale, request_headers)
+        except Exception:
+            log.exception("fill of %s failed", key)
+            fill.set_head(FillHead(HeadKind.ERROR, error=UpstreamError(502, "internal error")))
+            fill.fail()
+        finally:
+            self.fills.done(fill)
+            self.metrics.fill_seconds.observe(time.perf_counter() - started)
+
+    async def _fill_body(
+        self,
+        fill: Fill,
+        service: Service,
+        host: str,
+        target: str,
+        key: str,
+        headers: CIMultiDict[str],
+        stale: StoredEntry | None,
+        request_headers: CIMultiDict[str],
+    ) -> None:
+        request_time = self.clock()
+        try:
+            response = await self.upstream.fetch(service, key, "GET", target, headers, None)
+        except UpstreamError as exc:
+            fill.set_head(FillHead(HeadKind.ERROR, error=exc))
+            return
+        self.metrics.upstream_requests.inc()
+        response_time = self.clock()
+        pairs = policy.upstream_header_pairs(response.header_pairs)
+        if response.status == 304 and stale is not None and isinstance(stale.meta, ObjectMeta):
+            response.release()
+            merged = policy.merge_304_headers(stale.meta.upstream_headers, pairs)
+            meta = self._meta(
+                response.status if False else stale.meta.status,
+                merged,
+                request_time,
+                response_time,
+                fill.started_at,
+                service,
+                host,
+                target,
+                response,
+            )
+            await self.store.put_meta(key, meta)
+            fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
+            return
+        if response.status in (500, 502, 503, 504):
+            body = await _read_limited(response, ERROR_BODY_LIMIT)
+            fill.set_head(
+                FillHead(
+                    HeadKind.ERROR,
+                    error=UpstreamError(response.status, f"upstream answered {response.status}"),
+                    error_status=response.status,
+                    error_pairs=pairs,
+                    error_body=body,
+                )
+            )
+            return
+        storable = policy.storability(
+            "GET",
+            response.status,
+            request_headers,
+            response.headers,
+            negative_ttl=service.negative_ttl,
+        )
+        if not storable.storable:
+            fill.set_head(FillHead(HeadKind.PASS, response=response))
+            await self._close_unclaimed(fill, response)
+            return
+        vary = vary_fields(response.headers) or ()
+        key_fields = tuple(f for f in vary if f != "accept-encoding")
+        store_key = key
+        if key_fields:
+            base_key = key.split("\x1f", 1)[0]
+            await self.store.put_meta(base_key, VaryIndex(key_fields, fill.started_at))
+            store_key = _variant_key(base_key, key_fields, request_headers)
+        meta = self._meta(
+            response.status,
+            pairs,
+            request_time,
+            response_time,
+            fill.started_at,
+            service,
+            host,
+            target,
+            response,
+        )
+        writer = self.store.begin(store_key, meta.upstream_encoding)
+        length_text = response.headers.get("content-length")
+        length = int(length_text) if length_text and length_text.isdigit() else None
+        fill.set_head(
+            FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
+            body_path=writer.path,
+        )
+        notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        try:
+            async for chunk in response.iter_chunks():
+                await writer.write(chunk)
+            if length is not None and writer.received != length:
+                raise UpstreamError(502, f"body ended at {writer.received} of {length} bytes")
+            entry = await writer.commit(meta)
+        except BaseException:
+            response.close()
+            await writer.abort()
+            fill.fail()
+            self.metrics.fill_failures.inc()
+            raise
+        finally:
+            notifier.cancel()
+        response.release()
+        fill.finish(entry.bodies.get(meta.upstream_encoding))
+        self.fills.done(fill)
+        self.metrics.stored.inc()
+        if self.options.compress and meta.compressible:
+            source = entry.bodies.get(meta.upstream_encoding)
+            if source is not None:
+                try:
+                    await make_variants(self.store, store_key, source, meta.content_type)
+                except Exception:
+                    log.exception("compressing %s failed", store_key)
+
+    def _meta(
+        self,
+        status: int,
+        pairs: tuple[tuple[str, str], ...],
+        request_time: float,
+        response_time: float,
+        stored_at: float,
+        service: Service,
+        host: str,
+        target: str,
+        response: UpstreamResponse,
+    ) -> ObjectMeta:
+        encoding = (_header(pairs, "content-encoding") or "identity").lower()
+        compressible = self.options.compress and (
+            is_compressible(_header(pairs, "content-type")) or encoding != "identity"
+        )
+        meta = policy.build_meta(
+            status=status,
+            upstream_pairs=pairs,
+            request_time=request_time,
+            response_time=response_time,
+            stored_at=stored_at,
+            service=service.name,
+            host=host,
+            target=target,
+            compressible=compressible,
+            negative_ttl=service.negative_ttl,
+            default_stale_if_error=service.default_stale_if_error,
+            force_stale=response.headers.get(STALE_MARK) == "1",
+        )
+        if self.options.downstream_is_cdn:
+            # the edges below are this CDN: they need the targeted fields and keys
+            keep = tuple(
+                (name, value)
+                for name, value in pairs
+                if name.lower()
+                not in {
+                    "content-length",
+                    "content-encoding",
+                    "age",
+                    "via",
+                    "cache-status",
+                    "date",
+                    STALE_MARK.lower(),
+                }
+            )
+            meta = _replace_client_headers(meta, keep)
+        return meta
+
+    async def _close_unclaimed(self, fill: Fill, response: UpstreamResponse) -> None:
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + PASS_HANDOFF_SECONDS
+        while not fill.pass_taken and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not fill.pass_taken:
+            response.close()
+
+    def _revalidate_in_background(
+        self,
+        request: web.BaseRequest,
+        service: Service,
+        host: str,
+        target: str,
+        key: str,
+        entry: StoredEntry,
+    ) -> None:
+        """RFC 5861 3: one background revalidation, however many stale hits ask for it."""
+        if self.fills.get(key) is not None:
+            return
+        fill = self._start_fill(request, service, host, target, key, entry)
+        self.metrics.background_revalidations.inc()
+
+        async def drain() -> None:
+            head = await fill.head()
+            if head.kind is HeadKind.STREAM:
+                with contextlib.suppress(FillFailed):
+                    async for _ in fill.read():
+                        pass
+            elif head.kind is HeadKind.PASS and head.response is not None:
+                fill.pass_taken = True
+                head.response.close()
+
+        task = asyncio.get_running_loop().create_task(drain())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- responses ----------------------------------------------------------------------
+    async def _from_store(
+        self,
+        request: web.BaseRequest,
+        entry: StoredEntry,
+        meta: ObjectMeta,
+        decision: Decision,
+        own_status: str,
+        *,
+        stale: bool = False,
+    ) -> web.StreamResponse:
+        """Answer from a stored object: conditionals, Range, encoding, then the body."""
+        headers = self._response_headers(meta, decision.age, own_status, stale)
+        if (
+            request.headers.get("if-none-match") is not None
+            or request.headers.get("if-modified-since") is not None
+            or request.headers.get("if-match") is not None
+            or request.headers.get("if-unmodified-since") is not None
+        ):
+            if meta.status == 200:
+                outcome = evaluate_preconditions(
+                    request.method, request.headers, meta.etag, meta.last_modified
+                )
+                if outcome is not None:
+                    self.metrics.hits.inc()
+                    return web.Response(status=outcome, headers=headers)
+        range_header = request.headers.get("range")
+        encoding = choose_encoding(
+            None if range_header else request.headers.get("accept-encoding"), entry.bodies.keys()
+        )
+        decoder: StreamDecoder | None = None
+        if encoding is None:
+            # the client takes none of the stored codings: decode the origin's on the way
+            encoding = meta.upstream_encoding
+            decoder = StreamDecoder(encoding)
+        body = entry.bodies.get(encoding)
+        if body is None:
+            return _error(502, "stored object has no body", self.options.node_name)
+        if encoding != "identity" and decoder is None:
+            headers["Content-Encoding"] = encoding
+        self.metrics.hits.inc()
+        status = meta.status
+        start, end = 0, body.size
+        if range_header and status == 200 and decoder is None:
+            byte_range = parse_range(range_header, body.size)
+            if (
+                byte_range is not None
+                and if_range_allows(request.headers.get("if-range"), meta.etag, meta.last_modified)
+                if request.headers.get("if-range")
+                else byte_range is not None
+            ):
+                if isinstance(byte_range, Unsatisfiable):
+                    headers["Content-Range"] = unsatisfied_range(body.size)
+                    return web.Response(status=416, headers=headers)
+                assert isinstance(byte_range, ByteRange)
+                status = 206
+                start, end = byte_range.start, byte_range.end + 1
+                headers["Content-Range"] = content_range(byte_range, body.size)
+        if meta.status == 200:
+            headers["Accept-Ranges"] = "bytes"
+        self.metrics.bytes_sent.inc(end - start)
+        if decoder is None:
+            headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            response = web.StreamResponse(status=status, headers=headers)
+            await response.prepare(request)
+            return response
+        if body.data is not None and decoder is None:
+            return web.Response(
+                status=status,
+                headers=headers,
+                body=body.data if (start, end) == (0, body.size) else body.data[start:end],
+            )
+        return await self._stream_body(request, status, headers, body, start, end, decoder)
+
+    async def _stream_body(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        headers: CIMultiDict[str],
+        body: BodyRef,
+        start: int,
+        end: int,
+        decoder: StreamDecoder | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        async for chunk in read_body(body, start, end):
+            await response.write(decoder.decode(chunk) if decoder else chunk)
+        if decoder is not None:
+            await response.write(decoder.flush())
+        await response.write_eof()
+        return response
+
+    async def _stream_fill(
+        self, request: web.BaseRequest, fill: Fill, head: FillHead, own_status: str
+    ) -> web.StreamResponse:
+        """Answer from a fill while it is still arriving (every waiter reads the file)."""
+        assert head.meta is not None
+        meta = head.meta
+        headers = self._response_headers(meta, meta.age(self.clock()), own_status, False)
+        decoder: StreamDecoder | None = None
+        if head.encoding != "identity":
+            if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
+                decoder = StreamDecoder(head.encoding)
+            else:
+                headers["Content-Encoding"] = head.encoding
+        if head.length is not None and decoder is None:
+            headers["Content-Length"] = str(head.length)
+        response = web.StreamResponse(status=meta.status, headers=headers)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        try:
+            async for chunk in fill.read():
+                self.metrics.bytes_sent.inc(len(chunk))
+                await response.write(decoder.decode(chunk) if decoder else chunk)
+        except FillFailed:
+            # the headers are gone already: cut the connection so the client sees a
+            # truncated body, never a short one that looks complete
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        if decoder is not None:
+            await response.write(decoder.flush())
+        await response.write_eof()
+        return response
+
+    def _response_headers(
+        self, meta: ObjectMeta, age: float, own_status: str, stale: bool
+    ) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
+        headers["Age"] = str(int(age))
+        headers["Via"] = f"{meta.upstream_via}, {self._via}" if meta.upstream_via else self._via
+        own = f"{self.options.node_name}; {own_status}"
+        headers["Cache-Status"] = (
+            f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
+        )
+        if meta.compressible:
+            vary = headers.get("Vary")
+            if not vary:
+                headers["Vary"] = "Accept-Encoding"
+            elif "accept-encoding" not in vary.lower():
+                headers["Vary"] = f"{vary}, Accept-Encoding"
+        if stale and self.options.mark_stale:
+            headers[STALE_MARK] = "1"
+        return headers
+
+    def _error_answer(self, head: FillHead, own_status: str) -> web.StreamResponse:
+        if head.error_status:
+            headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
+            headers["Cache-Status"] = (
+                f"{self.options.node_name}; {own_status}; fwd-status={head.error_status}"
+            )
+            return web.Response(status=head.error_status, headers=headers, body=head.error_body)
+        error = head.error or UpstreamError(502, "upstream failed")
+        self.metrics.upstream_errors.inc()
+        response = _error(error.status, error.reason, self.options.node_name)
+        response.headers["Cache-Status"] = (
+            f"{self.options.node_name}; {own_status}; detail=upstream-error"
+        )
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+
+    # -- pass-through -------------------------------------------------------------------
+    async def _pass(
+        self, request: web.BaseRequest, service: Service, host: str, detail: str = ""
+    ) -> web.StreamResponse:
+        """Send the request on unchanged (but for hygiene) and relay the answer."""
+        self.metrics.passes.inc()
+        headers = self._upstream_headers(request, host, cacheable=False)
+        body: aiohttp.StreamReader | None = request.content if request.body_exists else None
+        target = normalize_target(request.raw_path, False, service.cache_key.drop_params)
+        key = primary_key(service.name, host, target)
+        try:
+            upstream = await self.upstream.fetch(
+                service, key, request.method, target, headers, body
+            )
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.inc()
+            response = _error(exc.status, exc.reason, self.options.node_name)
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        status = "fwd=request" + (f"; detail={detail}" if detail else "")
+        return await self._relay(request, upstream, status)
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: UpstreamResponse, own_status: str
+    ) -> web.StreamResponse:
+        pairs = policy.upstream_header_pairs(upstream.header_pairs)
+        omitted = {"content-length", "cache-status", "via", "date", STALE_MARK.lower()}
+        if not self.options.downstream_is_cdn:
+            omitted |= {"surrogate-key", "cache-tag", "cdn-cache-control", "surrogate-control"}
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in pairs if name.lower() not in omitted
+        )
+        upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
+        own = f"{self.options.node_name}; {own_status}; fwd-status={upstream.status}"
+        headers["Cache-Status"] = f"{upstream_status}, {own}" if upstream_status else own
+        upstream_via = ", ".join(upstream.headers.getall("via", []))
+        headers["Via"] = f"{upstream_via}, {self._via}" if upstream_via else self._via
+        length = upstream.headers.get("content-length")
+        if length is not None:
+            headers["Content-Length"] = length
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD" and upstream.status not in (204, 304):
+                async for chunk in upstream.iter_chunks():
+                    await response.write(chunk)
+            await response.write_eof()
+        except UpstreamError:
+            upstream.close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        finally:
+            upstream.release()
+        return response
+
+    async def _invalidate(self, service: Service, host: str, request: web.BaseRequest) -> None:
+        """RFC 9111 4.4: an unsafe request that succeeded invalidates the target URI."""
+        target = normalize_target(
+            request.raw_path, service.cache_key.sort_query, service.cache_key.drop_params
+        )
+        key = primary_key(service.name, host, target)
+        await self.store.delete(key)
+        self.metrics.invalidations.inc()
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, host: str, *, cacheable: bool
+    ) -> CIMultiDict[str]:
+        """The request as the next tier sees it: hygiene, forwarding and loop fields."""
+        incoming = request.headers
+        connection_named = {
+            token.strip().lower()
+            for value in incoming.getall("connection", [])
+            for token in value.split(",")
+        }
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            lower = name.lower()
+            if (
+                lower in policy.HOP_BY_HOP
+                or lower in connection_named
+                or lower in POISONING_FIELDS
+                or lower
+                in ("host", "content-length", "x-forwarded-for", "forwarded", "cdn-loop", "via")
+                or (cacheable and lower in CLIENT_ONLY_FIELDS)
+            ):
+                continue
+            headers.add(name, value)
+        headers["Host"] = host
+        if cacheable:
+            # every tier fetches identity and the edges make the codings clients want
+            headers["Accept-Encoding"] = "identity"
+        if request.body_exists and request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        peer = request.remote or "unknown"
+        forwarded_for = ", ".join(incoming.getall("x-forwarded-for", []))
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
+        forwarded = ", ".join(incoming.getall("forwarded", []))
+        element = f"for={_forwarded_node(peer)};host={_quoted(host)};proto={request.scheme}"
+        headers["Forwarded"] = f"{forwarded}, {element}" if forwarded else element
+        loop_field = ", ".join(incoming.getall("cdn-loop", []))
+        headers["CDN-Loop"] = (
+            f"{loop_field}, {self._loop_token}" if loop_field else self._loop_token
+        )
+        via = ", ".join(incoming.getall("via", []))
+        headers["Via"] = f"{via}, {self._via}" if via else self._via
+        return headers
+
+    async def close(self) -> None:
+        """Cancel background work (fills, revalidations)."""
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _replace_client_headers(meta: ObjectMeta, pairs: tuple[tuple[str, str], ...]) -> ObjectMeta:
+    import dataclasses
+
+    return dataclasses.replace(meta, client_headers=pairs)
+
+
+async def _forward_progress(writer: object, fill: Fill) -> None:
+    """Wake the fill's readers whenever the writer puts more bytes on disk."""
+    written = 0
+    wait_written: Callable[[int], Awaitable[int]] = writer.wait_written  # type: ignore[attr-defined]
+    while True:
+        written = await wait_written(written)
+        fill.progress(written)
+        if getattr(writer, "finished", False):
+            return
+
+
+async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in response.iter_chunks():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except UpstreamError:
+        pass
+    finally:
+        response.close()
+    return bytes(body[:limit])
+
+
+def _variant_key(
+    key: str, fields: tuple[str, ...], request_headers: CIMultiDictProxy[str] | CIMultiDict[str]
+) -> str:
+    return f"{key}\x1f{secondary_key(fields, request_headers)}"
+
+
+def _same_variant(meta: ObjectMeta, fill: Fill, request: web.BaseRequest, key: str) -> bool:
+    return True
+
+
+def _header(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for key, value in pairs:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _request_host(request: web.BaseRequest) -> str:
+    raw = request.raw_path
+    if raw.startswith(("http://", "https://")):
+        # absolute-form (RFC 9112 3.2.2): the target's authority wins over Host
+        authority = raw.split("://", 1)[1].split("/", 1)[0]
+        host = authority
+    else:
+        host = request.headers.get("host", "")
+    host = host.strip().lower()
+    if host.endswith("]") or ":" not in host:
+        return host.rstrip(".")
+    name, _, port = host.rpartition(":")
+    return name.rstrip(".") if port.isdigit() else host
+
+
+def _loop_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    return {
+        member.split(";", 1)[0].strip()
+        for value in headers.getall("cdn-loop", [])
+        for member in value.split(",")
+    }
+
+
+def _only_if_cached(request: web.BaseRequest) -> bool:
+    value = request.headers.get("cache-control")
+    return value is not None and "only-if-cached" in value.lower()
+
+
+def _forwarded_node(address: str) -> str:
+    return f'"[{address}]"' if ":" in address else address
+
+
+def _quoted(value: str) -> str:
+    return f'"{value}"' if ":" in value else value
+
+
+def _error(status: int, reason: str, node: str) -> web.Response:
+    response = web.Response(status=status, text=f"{status} {reason}\n")
+    response.headers[GENERATED_ERROR_HEADER] = "node" if status in (500, 503) else "upstream"
+    response.headers["Cache-Status"] = f"{node}; fwd=request; detail=error"
+    return response

@@ -1,0 +1,188 @@
+"""Collapsed upstream fetches: one fill per cache key, its body streamed to every waiter.
+
+A `Fill` is owned by a background task (so a client that goes away does not cancel
+the fetch others wait for). Waiters learn what came back through `head()`, then read
+the body with `read()`, which tails the file the store is writing: nothing is held
+whole in memory, and each waiter gets the bytes as soon as they are on disk. The file
+is read through one descriptor opened at the start, so the store renaming the file
+into place when the fill commits does not disturb readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+
+from edge.cache.model import ObjectMeta
+from edge.store import BodyRef, read_body
+from edge.upstream import UpstreamError, UpstreamResponse
+
+READ_CHUNK = 256 * 1024
+
+
+class HeadKind(Enum):
+    """What a fill turned out to be."""
+
+    STREAM = "stream"  # storable: the body is being written, read it with read()
+    PASS = "pass"  # not storable: the originator takes the live response, others go alone
+    NOT_MODIFIED = "not-modified"  # revalidated: the stored object is good (meta updated)
+    ERROR = "error"  # upstream failed: `error` says how; stale may stand in
+
+
+@dataclass(frozen=True)
+class FillHead:
+    """The first thing a waiter learns about a fill."""
+
+    kind: HeadKind
+    meta: ObjectMeta | None = None
+    #: for STREAM: the body's length if the upstream declared it
+    length: int | None = None
+    encoding: str = "identity"
+    response: UpstreamResponse | None = None
+    error: UpstreamError | None = None
+    #: for ERROR from an upstream that answered 5xx: status, headers and a short body
+    error_status: int = 0
+    error_pairs: tuple[tuple[str, str], ...] = ()
+    error_body: bytes = b""
+
+
+class FillFailed(Exception):
+    """The fill broke off after its head was sent: the reader's response must be cut."""
+
+
+class Fill:
+    """One in-flight upstream fetch for a key, shared by every request that wants it."""
+
+    def __init__(self, key: str, started_at: float) -> None:
+        self.key = key
+        #: local wall time the upstream request started (purge race rule)
+        self.started_at = started_at
+        self.waiters = 0
+        self._head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
+        self._fd: int | None = None
+        self._path: str | None = None
+        self._committed: BodyRef | None = None
+        self._written = 0
+        self._finished = False
+        self._failed = False
+        self._changed = asyncio.Event()
+        self._readers = 0
+        self._closed = False
+        self.pass_taken = False
+
+    # -- the owner's side ---------------------------------------------------------
+    def set_head(self, head: FillHead, body_path: str | None = None) -> None:
+        """Tell waiters what came back; for STREAM, `body_path` is the file being written."""
+        self._path = body_path
+        if not self._head.done():
+            self._head.set_result(head)
+
+    def progress(self, written: int) -> None:
+        """More of the body is on disk."""
+        self._written = written
+        self._wake()
+
+    def finish(self, committed: BodyRef | None) -> None:
+        """The whole body is on disk and committed as `committed`."""
+        self._committed = committed
+        self._finished = True
+        self._wake()
+        self._maybe_close()
+
+    def fail(self) -> None:
+        """The fill broke off: readers stop with FillFailed."""
+        self._failed = True
+        self._wake()
+        self._maybe_close()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _maybe_close(self) -> None:
+        if (self._finished or self._failed) and self._readers == 0 and self._fd is not None:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+    # -- the waiters' side --------------------------------------------------------
+    async def head(self) -> FillHead:
+        """Wait for the fill's head."""
+        return await asyncio.shield(self._head)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the body is complete."""
+        return self._finished
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The body bytes [start, end) as they reach disk; FillFailed if the fill breaks."""
+        if self._path is None:
+            raise FillFailed("this fill has no body")
+        self._readers += 1
+        loop = asyncio.get_running_loop()
+        position = start
+        try:
+            while True:
+                if self._failed:
+                    raise FillFailed(f"the fill of {self.key} broke off")
+                if self._fd is None and self._finished and self._committed is not None:
+                    # never opened while growing: read the committed body from the store
+                    async for chunk in read_body(self._committed, position, end):
+                        yield chunk
+                    return
+                limit = self._written if end is None else min(self._written, end)
+                if position < limit:
+                    if self._fd is None:
+                        try:
+                            self._fd = os.open(self._path, os.O_RDONLY)
+                        except FileNotFoundError:
+                            # renamed by the commit in between: wait for finish()
+                            await self._changed.wait()
+                            continue
+                    size = min(READ_CHUNK, limit - position)
+                    chunk = await loop.run_in_executor(None, os.pread, self._fd, size, position)
+                    if not chunk:
+                        raise FillFailed("body file shorter than written")
+                    position += len(chunk)
+                    yield chunk
+                    continue
+                if end is not None and position >= end:
+                    return
+                if self._finished:
+                    return
+                await self._changed.wait()
+        finally:
+            self._readers -= 1
+            self._maybe_close()
+
+
+class FillTable:
+    """The fills in flight, by key: the collapsing point."""
+
+    def __init__(self) -> None:
+        self._fills: dict[str, Fill] = {}
+
+    def get(self, key: str) -> Fill | None:
+        """The fill in flight for `key`, if any."""
+        return self._fills.get(key)
+
+    def start(self, key: str, started_at: float) -> Fill:
+        """Register a new fill for `key` (the caller runs it)."""
+        fill = Fill(key, started_at)
+        self._fills[key] = fill
+        return fill
+
+    def done(self, fill: Fill) -> None:
+        """Forget a finished fill, so the next request looks in the store."""
+        if self._fills.get(fill.key) is fill:
+            del self._fills[fill.key]
+
+    def __len__(self) -> int:
+        return len(self._fills)
+
+
+__all__ = ["READ_CHUNK", "Fill", "FillFailed", "FillHead", "FillTable", "HeadKind", "UpstreamError"]

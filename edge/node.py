@@ -1,0 +1,361 @@
+"""A caching node's process: store, engine, purge sync, traffic and admin listeners.
+
+Edge and shield both run `run_node`; they pass different `EngineOptions` and a
+different upstream. The traffic listener serves only the fleet's hosts; the admin
+listener (apart, node secret required) has `/healthz`, `/metrics` and the purge intake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.accesslog import AccessLog
+from edge.cache.model import ObjectMeta
+from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict
+from edge.engine import Engine, EngineOptions
+from edge.metrics import NodeMetrics
+from edge.purge_sync import PurgeSync
+from edge.store import DiskStore
+from edge.upstream import OriginPool, ShieldRing, UpstreamError, UpstreamResponse, make_session
+from fleet.config import Fleet, NodeConfig, Service, split_host_port
+
+log = logging.getLogger("edgeshield.node")
+
+#: The longest a purge rule must be kept: no object outlives a year here.
+MAX_RULE_AGE = 366 * 86400.0
+#: Objects a purge's match count looks at, at most (the count is for reporting).
+MATCH_SCAN_LIMIT = 20000
+
+
+class TierUpstream:
+    """The next tier of a node: the shield ring (edges), then the origin pool."""
+
+    def __init__(
+        self,
+        services: tuple[Service, ...],
+        ring: ShieldRing | None,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.ring = ring
+        self.pools = {service.name: OriginPool(service, session) for service in services}
+
+    async def fetch(
+        self,
+        service: Service,
+        key: str,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> UpstreamResponse:
+        """Ask the key's shield (failing over along the ring), else the origins."""
+        if self.ring is not None and self.ring.shields:
+            response = await self.ring.request(key, method, target, headers, body)
+            if response is not None:
+                return response
+            if not service.origin_fallback:
+                raise UpstreamError(502, "no shield is reachable and origin fallback is off")
+        return await self.pools[service.name].request(method, target, headers, body)
+
+    def start(self) -> None:
+        """Start health checks (origins only where this node talks to them)."""
+        if self.ring is not None and self.ring.shields:
+            self.ring.start()
+        else:
+            for pool in self.pools.values():
+                pool.start()
+
+    async def stop(self) -> None:
+        """Stop health checks."""
+        if self.ring is not None:
+            await self.ring.stop()
+        for pool in self.pools.values():
+            await pool.stop()
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """What makes a node an edge or a shield."""
+
+    role: str  # "edge" | "shield"
+    uses_shields: bool
+    compress: bool
+    downstream_is_cdn: bool
+
+
+EDGE = NodeRole("edge", uses_shields=True, compress=True, downstream_is_cdn=False)
+SHIELD = NodeRole("shield", uses_shields=False, compress=False, downstream_is_cdn=True)
+
+
+def node_secret(fleet: Fleet) -> str:
+    """The shared node secret from the environment variable the fleet names."""
+    return os.environ.get(fleet.security.node_secret_env, "")
+
+
+def run_node(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
+    """Run a caching node until SIGTERM/SIGINT; returns the exit status."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"{node.name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    if not node_secret(fleet):
+        print(
+            f"edgeshield {role.role} {node.name}: set the node secret in "
+            f"${fleet.security.node_secret_env}",
+            file=sys.stderr,
+        )
+        return 2
+    if node.workers > 1:
+        return _run_workers(fleet, node, role)
+    asyncio.run(_serve(fleet, node, role, worker=0, admin=True))
+    return 0
+
+
+def _run_workers(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
+    """Fork one process per worker sharing the traffic port (SO_REUSEPORT).
+
+    Worker 0 also runs the admin listener and the purge sync; the others read the
+    purge rules worker 0 persists (see PurgeSync's state file) on every change.
+    """
+    children: list[int] = []
+    for worker in range(1, node.workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(_serve(fleet, node, role, worker=worker, admin=False))
+            finally:
+                os._exit(0)
+        children.append(pid)
+    try:
+        asyncio.run(_serve(fleet, node, role, worker=0, admin=True))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return 0
+
+
+async def _serve(
+    fleet: Fleet, node: NodeConfig, role: NodeRole, *, worker: int, admin: bool
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    secret = node_secret(fleet)
+    state_dir = os.path.join(node.cache_dir, "purge-state")
+    store = await DiskStore.open(
+        os.path.join(node.cache_dir, "objects"), node.cache_size, memory_bytes=node.memory_size
+    )
+    metrics = NodeMetrics(node.name, role.role)
+    rules = PurgeRules(fleet.services)
+    session = make_session(
+        connect_timeout=min((s.connect_timeout for s in fleet.services), default=2.0),
+        read_timeout=max((s.read_timeout for s in fleet.services), default=30.0),
+    )
+    ring = (
+        ShieldRing(fleet.shields, session, secret) if role.uses_shields and fleet.shields else None
+    )
+    upstream = TierUpstream(fleet.services, ring, session)
+    access_log = (
+        AccessLog(sys.stdout, node.name)
+        if os.environ.get("EDGESHIELD_ACCESS_LOG", "1") != "0"
+        else None
+    )
+    engine = Engine(
+        fleet.services,
+        EngineOptions(
+            node_name=node.name,
+            compress=role.compress,
+            downstream_is_cdn=role.downstream_is_cdn,
+            mark_stale=role.downstream_is_cdn,
+        ),
+        store,
+        upstream,
+        rules,
+        metrics,
+    )
+    sync = PurgeSync(
+        fleet,
+        node.name,
+        rules,
+        state_dir,
+        count_matches=_match_counter(fleet, store),
+        max_rule_age=MAX_RULE_AGE,
+    )
+
+    runners: list[web.BaseRunner] = []
+    if admin:
+        admin_app = _admin_app(node, secret, sync, metrics, store)
+        admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        await admin_runner.setup()
+        host, port = split_host_port(node.admin_listen)
+        await web.TCPSite(admin_runner, host, port, reuse_address=True).start()
+        runners.append(admin_runner)
+    # catch up on missed purges before serving anything they might cover
+    await sync.start()
+    upstream.start()
+    if access_log:
+        access_log.start()
+
+    server = web.Server(_traffic_handler(engine, access_log))
+    traffic_runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+    await traffic_runner.setup()
+    host, port = split_host_port(node.listen)
+    site = web.SockSite(traffic_runner, _listen_socket(host, port))
+    await site.start()
+    runners.append(traffic_runner)
+    print(
+        f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
+        + (f", admin on {node.admin_url}" if admin else ""),
+        flush=True,
+    )
+    await stop.wait()
+    for runner in reversed(runners):
+        await runner.cleanup()
+    await engine.close()
+    await sync.stop()
+    await upstream.stop()
+    if access_log:
+        await access_log.stop()
+    await session.close()
+    await store.close()
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket shared by every worker of the node (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _traffic_handler(
+    engine: Engine, access_log: AccessLog | None
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    record = access_log.record if access_log is not None else None
+    clock = time.time
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        started = clock()
+        try:
+            response = await engine.handle(request)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.raw_path)
+            response = web.Response(status=500, text="500 internal error\n")
+        if record is not None:
+            record(
+                (
+                    started,
+                    request.method,
+                    request.headers.get("Host"),
+                    request.raw_path,
+                    response.status,
+                    response.headers.get("Cache-Status"),
+                    response.content_length,
+                    round((clock() - started) * 1000, 3),
+                    request.remote,
+                )
+            )
+        return response
+
+    return handler
+
+
+def _admin_app(
+    node: NodeConfig, secret: str, sync: PurgeSync, metrics: NodeMetrics, store: DiskStore
+) -> web.Application:
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def require_secret(
+        request: web.Request, handler: Callable[[web.Request], object]
+    ) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "the node secret is required (Authorization: Bearer ...)"}, status=401
+            )
+        result = await handler(request)  # type: ignore[misc]
+        assert isinstance(result, web.StreamResponse)
+        return result
+
+    async def healthz(request: web.Request) -> web.Response:
+        if not sync.ready:
+            return web.json_response(
+                {"node": node.name, "status": "not ready", "reason": "catching up on purges"},
+                status=503,
+            )
+        return web.json_response({"node": node.name, "status": "ok"})
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        metrics.store_bytes.set(store.size_bytes)
+        return web.Response(body=metrics.render(), content_type="text/plain")
+
+    app = web.Application(middlewares=[require_secret])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_routes(sync.routes())
+    return app
+
+
+def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], object]:
+    """How many stored objects a purge covers; hard-purged ones are reclaimed as found."""
+
+    async def count(record: PurgeRecord) -> int:
+        probe = PurgeRules(fleet.services)
+        probe.apply_local(record, applied_at=float("inf"))
+        matched = 0
+        for key in (await store.keys())[:MATCH_SCAN_LIMIT]:
+            entry = store.peek(key) or await store.get(key)
+            if entry is None or not isinstance(entry.meta, ObjectMeta):
+                continue
+            meta = entry.meta
+            verdict = probe.verdict(
+                meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
+            )
+            if verdict is PurgeVerdict.NONE:
+                continue
+            matched += 1
+            if verdict is PurgeVerdict.GONE and meta.stored_at < time.time():
+                await store.delete(key)
+        return matched
+
+    return count
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value)

@@ -1,0 +1,403 @@
+"""A node's purge intake: pushes from the purge API, catch-up pulls, and their state.
+
+Every edge and shield runs one `PurgeSync`. The API pushes accepted purges to the
+node's admin listener (`POST /admin/purge`); the node applies them to its
+`PurgeRules` in sequence order and answers with the highest sequence number it has
+applied, which is its acknowledgement. A node that was away pulls what it missed
+(`GET /v1/nodes/{node}/purges?since=N` on the API) at start-up, whenever a push
+shows a gap, and every `poll_interval` as a safety net.
+
+Applied rules and the applied sequence number are kept in `state_dir`, each rule
+with the node-local time it was first applied, so a restarted node keeps its rules
+exactly as they were and pulls only what it missed. When the API cannot be reached
+at start-up, the node marks everything it holds stale as of that moment (a local
+soft purge of every service), becomes ready, and keeps trying in the background:
+nothing stored before it went away is served without revalidation.
+
+The node protocol is described in docs/purge-api.md ("Node protocol").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from edge.cache.purge import PurgeRecord, PurgeRules
+from fleet.config import Fleet
+
+__all__ = ["PurgeStateFile", "PurgeSync", "PurgeSyncError"]
+
+log = logging.getLogger("edgeshield.purge_sync")
+
+PUSH_PATH = "/admin/purge"
+PULL_PAGE = 500
+_MATCHED_MEMORY = 10_000  # how many recent matched counts a node remembers for acks
+
+
+class PurgeSyncError(Exception):
+    """The purge API could not be reached or answered something unusable."""
+
+
+class PurgeStateFile:
+    """The node's purge state on disk: applied rules (JSON lines) and applied_seq.
+
+    `purge-rules.jsonl` gets one line per applied purge, `{"record", "applied_at"}`,
+    appended and fsynced before the node acknowledges; `purge-applied.json` holds
+    `{"applied_seq": N}` and is replaced atomically after the rules are on disk, so
+    a crash between the two leaves rules that are replayed, never a seq without its
+    rules. Blocking: the caller runs these methods in an executor.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.dir = Path(state_dir)
+        self.rules_path = self.dir / "purge-rules.jsonl"
+        self.seq_path = self.dir / "purge-applied.json"
+
+    def load(self) -> tuple[int, list[tuple[PurgeRecord, float]]]:
+        """(applied_seq, [(record, applied_at), ...]) as saved; (0, []) on a fresh node."""
+        applied_seq = 0
+        with contextlib.suppress(FileNotFoundError):
+            data = json.loads(self.seq_path.read_text(encoding="utf-8"))
+            applied_seq = int(data["applied_seq"])
+        entries: list[tuple[PurgeRecord, float]] = []
+        try:
+            lines = self.rules_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                item = json.loads(line)
+                entries.append((PurgeRecord.from_json(item["record"]), float(item["applied_at"])))
+            except (ValueError, KeyError, TypeError):
+                # a line cut short by a crash: its purge was never acknowledged, and
+                # the catch-up pull brings it back
+                continue
+        return applied_seq, entries
+
+    def append(self, entries: list[tuple[PurgeRecord, float]], applied_seq: int) -> None:
+        """Add applied rules, durably, then record the new applied_seq."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if entries:
+            text = "".join(
+                json.dumps({"record": r.to_json(), "applied_at": at}, separators=(",", ":")) + "\n"
+                for r, at in entries
+            )
+            with open(self.rules_path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        self._replace(self.seq_path, json.dumps({"applied_seq": applied_seq}))
+
+    def rewrite(self, entries: list[tuple[PurgeRecord, float]]) -> None:
+        """Replace the rules file with `entries` (after old rules expired)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        text = "".join(
+            json.dumps({"record": r.to_json(), "applied_at": at}, separators=(",", ":")) + "\n"
+            for r, at in entries
+        )
+        self._replace(self.rules_path, text)
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+class PurgeSync:
+    """Keeps a node's `PurgeRules` in step with the purge API's log.
+
+    Mount `routes()` on the node's admin app, `await start()` before serving (it
+    catches up first), and report `ready` in the node's health check.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        node_name: str,
+        rules: PurgeRules,
+        state_dir: str,
+        count_matches: Callable[[PurgeRecord], Awaitable[int]] | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        startup_retry: float = 3.0,
+        poll_interval: float = 30.0,
+        max_rule_age: float | None = None,
+        count_timeout: float = 2.0,
+    ) -> None:
+        self.fleet = fleet
+        self.node_name = node_name
+        self.rules = rules
+        self.count_matches = count_matches
+        self.clock = clock
+        self.startup_retry = startup_retry
+        self.poll_interval = poll_interval
+        self.max_rule_age = max_rule_age
+        self.count_timeout = count_timeout
+        self._state = PurgeStateFile(state_dir)
+        self._api_url = fleet.purge_api.url if fleet.purge_api else None
+        secret = os.environ.get(fleet.security.node_secret_env, "")
+        if self._api_url and not secret:
+            raise PurgeSyncError(
+                f"the node secret is not set: export {fleet.security.node_secret_env}"
+            )
+        self._secret = secret.encode()
+        self._auth_header = f"Bearer {secret}"
+        self._lock = asyncio.Lock()
+        self._applied: list[tuple[PurgeRecord, float]] = []
+        self._matched: OrderedDict[int, int | None] = OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._ready = self._api_url is None
+        self.caught_up = self._api_url is None
+        """True once a pull from the API has succeeded since start-up."""
+
+    # -- what the node sees ---------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """False while the node is catching up at start-up (it must not serve yet)."""
+        return self._ready
+
+    def routes(self) -> list[web.RouteDef]:
+        """The admin routes: the push intake, POST /admin/purge (node secret required)."""
+        return [web.post(PUSH_PATH, self._handle_push)]
+
+    async def start(self) -> None:
+        """Restore saved rules, then catch up from the API before returning.
+
+        If the API cannot be reached for `startup_retry` seconds, mark everything
+        stale as of now (a local soft purge of every service), become ready and keep
+        trying in the background.
+        """
+        if self._api_url is None:
+            self._ready = True
+            return
+        loop = asyncio.get_running_loop()
+        applied_seq, entries = await loop.run_in_executor(None, self._state.load)
+        self._restore(applied_seq, entries)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=5.0, sock_connect=2.0)
+        )
+        deadline = loop.time() + self.startup_retry
+        delay = 0.1
+        while True:
+            try:
+                await self.catch_up()
+                break
+            except PurgeSyncError as exc:
+                if loop.time() + delay > deadline:
+                    self._mark_everything_stale(str(exc))
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._ready = True
+        self._background = asyncio.create_task(self._keep_in_step())
+
+    async def stop(self) -> None:
+        """Stop the background pulls and close the HTTP session."""
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def catch_up(self) -> int:
+        """Pull and apply everything after applied_seq; the new applied_seq.
+
+        Raises PurgeSyncError when the API cannot be reached.
+        """
+        async with self._lock:
+            await self._pull_locked()
+            self.caught_up = True
+            return self.rules.applied_seq
+
+    # -- restoring and applying -----------------------------------------------
+
+    def _restore(self, applied_seq: int, entries: list[tuple[PurgeRecord, float]]) -> None:
+        """Rules as they were before a restart, each with its original applied_at."""
+        self.rules.applied_seq = max(self.rules.applied_seq, applied_seq)
+        later = []
+        for record, applied_at in entries:
+            if record.seq <= applied_seq:
+                self.rules.apply_local(record, applied_at)
+                self._applied.append((record, applied_at))
+            else:
+                later.append((record, applied_at))
+        # on disk but not counted in applied_seq (a crash between the two writes)
+        for record, applied_at in sorted(later, key=lambda e: e[0].seq):
+            if record.seq == self.rules.applied_seq + 1:
+                self.rules.apply(record, applied_at)
+                self._applied.append((record, applied_at))
+        if applied_seq or entries:
+            log.info(
+                "purge: restored %d rules, applied_seq %d",
+                len(self._applied),
+                self.rules.applied_seq,
+            )
+
+    def _mark_everything_stale(self, reason: str) -> None:
+        now = self.clock()
+        for service in self.fleet.services:
+            record = PurgeRecord(
+                0, "local-start", service.name, all=True, soft=True, accepted_at=now
+            )
+            self.rules.apply_local(record, now)
+        log.warning(
+            "purge: API unreachable at start-up (%s); everything stored before now is "
+            "stale until revalidated; still trying in the background",
+            reason,
+        )
+
+    async def _apply_locked(self, records: list[PurgeRecord]) -> None:
+        """Apply the records that continue applied_seq, in order; persist; count."""
+        new: list[tuple[PurgeRecord, float]] = []
+        for record in sorted(records, key=lambda r: r.seq):
+            if record.seq != self.rules.applied_seq + 1:
+                continue  # seen already, or beyond a gap the caller could not fill
+            applied_at = self.clock()
+            self.rules.apply(record, applied_at)
+            new.append((record, applied_at))
+        if not new:
+            return
+        self._applied.extend(new)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._state.append, new, self.rules.applied_seq)
+        for record, _ in new:
+            self._remember_matched(record.seq, await self._count(record))
+
+    async def _count(self, record: PurgeRecord) -> int | None:
+        if self.count_matches is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.count_matches(record), self.count_timeout)
+        except Exception:  # a count is a report; it must not hold back the ack
+            log.exception("purge: counting matches of seq %d failed", record.seq)
+            return None
+
+    def _remember_matched(self, seq: int, matched: int | None) -> None:
+        self._matched[seq] = matched
+        while len(self._matched) > _MATCHED_MEMORY:
+            self._matched.popitem(last=False)
+
+    async def expire_rules(self) -> int:
+        """Drop rules older than `max_rule_age` here and on disk; how many went."""
+        if self.max_rule_age is None:
+            return 0
+        async with self._lock:
+            now = self.clock()
+            dropped = self.rules.expire(now, self.max_rule_age)
+            cutoff = now - self.max_rule_age
+            kept = [(r, at) for r, at in self._applied if at >= cutoff]
+            if len(kept) != len(self._applied):
+                self._applied = kept
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self._state.rewrite, kept)
+            return dropped
+
+    # -- talking to the API ---------------------------------------------------
+
+    async def _pull_locked(self) -> None:
+        """Pull pages since applied_seq until the API has nothing more."""
+        if self._api_url is None:
+            return
+        if self._session is None:
+            raise PurgeSyncError("not started")
+        while True:
+            since = self.rules.applied_seq
+            url = f"{self._api_url}/v1/nodes/{self.node_name}/purges"
+            params = {"since": str(since), "limit": str(PULL_PAGE)}
+            try:
+                async with self._session.get(
+                    url, params=params, headers={"Authorization": self._auth_header}
+                ) as response:
+                    if response.status != 200:
+                        text = await response.text()
+                        raise PurgeSyncError(f"pull answered {response.status}: {text[:200]}")
+                    body = await response.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise PurgeSyncError(f"pull from {self._api_url} failed: {exc!r}") from None
+            try:
+                records = [PurgeRecord.from_json(item) for item in body["records"]]
+                more = bool(body.get("more", False))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PurgeSyncError(f"pull answer unusable: {exc}") from None
+            await self._apply_locked(records)
+            if not records or not more or self.rules.applied_seq == since:
+                return
+
+    async def _keep_in_step(self) -> None:
+        """Background: retry until caught up, then pull every poll_interval, and expire."""
+        delay = self.poll_interval if self.caught_up else 0.5
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.catch_up()
+                delay = self.poll_interval
+            except PurgeSyncError as exc:
+                log.warning("purge: catch-up failed: %s", exc)
+                delay = min(max(delay * 2, 0.5), 5.0) if not self.caught_up else 5.0
+            now = time.monotonic()
+            if self.max_rule_age is not None and now - last_expiry > 3600:
+                last_expiry = now
+                await self.expire_rules()
+
+    # -- the push intake ------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return bool(self._secret) and hmac.compare_digest(given, self._auth_header.encode())
+
+    async def _handle_push(self, request: web.Request) -> web.Response:
+        """POST /admin/purge {"records": [...]} -> {"node", "applied_seq", "matched"}."""
+        if not self._authorized(request):
+            return _error(401, "missing or wrong node secret")
+        try:
+            body: Any = await request.json()
+            records = [PurgeRecord.from_json(item) for item in body["records"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"bad push body: {exc}")
+        async with self._lock:
+            pending = [r for r in records if r.seq > self.rules.applied_seq]
+            if pending and min(r.seq for r in pending) > self.rules.applied_seq + 1:
+                # a gap: pull the missing range first, so purges apply in order
+                with contextlib.suppress(PurgeSyncError):
+                    await self._pull_locked()
+            await self._apply_locked(records)
+            applied_seq = self.rules.applied_seq
+        if records and applied_seq < max(r.seq for r in records):
+            return web.json_response(
+                {
+                    "error": f"missing purges after seq {applied_seq}; send them first",
+                    "node": self.node_name,
+                    "applied_seq": applied_seq,
+                },
+                status=409,
+            )
+        matched = {str(r.seq): self._matched.get(r.seq) for r in records}
+        return web.json_response(
+            {"node": self.node_name, "applied_seq": applied_seq, "matched": matched}
+        )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,453 @@
+"""The next tier: the shield ring for edges, the origin pool for shields (and fallback).
+
+Both expose `request()` returning an `UpstreamResponse` whose body is still streaming,
+and raise `UpstreamError` (ours) for failures; aiohttp's exceptions stop here.
+
+- `ShieldRing` picks the shield for a cache key by rendezvous hashing (highest random
+  weight), so every edge asks the same shield for the same key and removing one of N
+  shields moves only that shield's 1/N of the keys. A shield that refuses connections
+  or times out is marked down (passive) and probed on its admin `/healthz` (active).
+- `OriginPool` spreads a service's requests over its origins (round robin or least
+  outstanding), ejects failing ones (passive and active health checks, a circuit per
+  origin), retries idempotent requests on another origin after a connect failure, and
+  caps concurrent origin requests with a bounded queue (503 + Retry-After beyond it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from fleet.config import Service, ShieldConfig
+
+log = logging.getLogger("edgeshield.upstream")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Marks an error a node generated itself (not one it relayed from an origin).
+GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
+
+
+class UpstreamError(Exception):
+    """The next tier could not give an answer: `status` is what the client should see."""
+
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class UpstreamResponse:
+    """A response from the next tier whose body may still be arriving."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, peer: str, on_done: Callable[[], None]
+    ) -> None:
+        self._response = response
+        self.peer = peer
+        self.status = response.status
+        self.headers: CIMultiDictProxy[str] = response.headers
+        self._on_done = on_done
+        self._done = False
+
+    @property
+    def header_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Headers as received, decoded, in order."""
+        return tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self._response.raw_headers
+        )
+
+    async def iter_chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The body as it arrives; UpstreamError if the upstream stops short."""
+        try:
+            async for chunk in self._response.content.iter_chunked(size):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamError(502, f"upstream {self.peer} broke off the body: {exc!r}") from None
+        finally:
+            pass
+        if self._response.content.exception() is not None:
+            raise UpstreamError(502, f"upstream {self.peer} broke off the body")
+
+    def release(self) -> None:
+        """Give the connection back (or close it if the body was not read)."""
+        if not self._done:
+            self._done = True
+            self._response.release()
+            self._on_done()
+
+    def close(self) -> None:
+        """Drop the connection, e.g. after the body was cut short."""
+        if not self._done:
+            self._done = True
+            self._response.close()
+            self._on_done()
+
+
+def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> aiohttp.ClientSession:
+    """A keep-alive client session for talking to the next tier."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=0,
+        keepalive_timeout=30,
+        enable_cleanup_closed=True,
+        ttl_dns_cache=300,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
+@dataclass
+class _Request:
+    method: str
+    target: str
+    headers: CIMultiDict[str]
+    body: bytes | aiohttp.StreamReader | None
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    request: _Request,
+    peer: str,
+    on_done: Callable[[], None],
+) -> UpstreamResponse:
+    """One attempt; raises _ConnectFailure or UpstreamError."""
+    try:
+        response = await session.request(
+            request.method,
+            base_url + request.target,
+            headers=request.headers,
+            data=request.body,
+            allow_redirects=False,
+            compress=None,
+        )
+    except aiohttp.ClientConnectorError as exc:
+        on_done()
+        raise _ConnectFailure(f"cannot connect to {peer}: {exc.os_error or exc}") from None
+    except TimeoutError:
+        on_done()
+        raise UpstreamError(504, f"{peer} did not answer in time") from None
+    except aiohttp.ServerDisconnectedError:
+        on_done()
+        raise _ConnectFailure(f"{peer} closed the connection") from None
+    except aiohttp.ClientError as exc:
+        on_done()
+        raise UpstreamError(502, f"{peer}: {exc}") from None
+    return UpstreamResponse(response, peer, on_done)
+
+
+class _ConnectFailure(Exception):
+    """The request never reached the peer, so it is safe to send it elsewhere."""
+
+
+@dataclass
+class _OriginState:
+    url: str
+    healthy: bool = True
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+    outstanding: int = 0
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+
+@dataclass
+class OriginPool:
+    """A service's origin servers, balanced, health-checked and protected."""
+
+    service: Service
+    session: aiohttp.ClientSession
+    max_connections: int | None = None
+    clock: Callable[[], float] = time.monotonic
+    #: failures in a row that open an origin's circuit (Envoy's outlier default is 5)
+    eject_after: int = 3
+    eject_seconds: float = 5.0
+    _origins: list[_OriginState] = field(default_factory=list)
+    _rr: itertools.count[int] = field(default_factory=itertools.count)
+    _semaphore: asyncio.Semaphore | None = None
+    _queued: int = 0
+    _health_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._origins = [_OriginState(url) for url in self.service.origins]
+        limit = self.max_connections or self.service.max_origin_connections
+        self._semaphore = asyncio.Semaphore(limit)
+
+    @property
+    def origins(self) -> Sequence[_OriginState]:
+        """Each origin's state (for metrics and tests)."""
+        return self._origins
+
+    def _order(self) -> list[_OriginState]:
+        now = self.clock()
+        live = [o for o in self._origins if o.available(now)]
+        if not live:
+            # All ejected: try them anyway, least recently failed first, rather than
+            # refuse outright (a full outage answers the same; a recovery is seen).
+            live = sorted(self._origins, key=lambda o: o.ejected_until)
+        if self.service.load_balancing == "least_outstanding":
+            return sorted(live, key=lambda o: o.outstanding)
+        start = next(self._rr) % len(live)
+        return live[start:] + live[:start]
+
+    def _failed(self, origin: _OriginState) -> None:
+        origin.consecutive_failures += 1
+        if origin.consecutive_failures >= self.eject_after:
+            origin.ejected_until = self.clock() + self.eject_seconds
+            log.warning("origin %s ejected for %.0fs", origin.url, self.eject_seconds)
+
+    def _succeeded(self, origin: _OriginState) -> None:
+        origin.consecutive_failures = 0
+        origin.ejected_until = 0.0
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> UpstreamResponse:
+        """Send a request to one origin of the service, failing over where safe."""
+        assert self._semaphore is not None
+        if self._semaphore.locked():
+            if self._queued >= self.service.origin_queue:
+                raise UpstreamError(503, "origin connection limit reached", retry_after=1)
+            self._queued += 1
+            try:
+                await asyncio.wait_for(
+                    self._semaphore.acquire(), timeout=self.service.origin_queue_timeout
+                )
+            except TimeoutError:
+                raise UpstreamError(
+                    503, "waited too long for an origin connection", retry_after=1
+                ) from None
+            finally:
+                self._queued -= 1
+        else:
+            await self._semaphore.acquire()
+        released = False
+
+        def release_slot() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                assert self._semaphore is not None
+                self._semaphore.release()
+
+        request = _Request(method, target, headers, body)
+        last_error = "no origin configured"
+        retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        try:
+            for origin in self._order():
+                origin.outstanding += 1
+                done = _once(lambda o=origin: setattr(o, "outstanding", o.outstanding - 1))
+                try:
+                    response = await _send(self.session, origin.url, request, origin.url, done)
+                except _ConnectFailure as exc:
+                    self._failed(origin)
+                    last_error = str(exc)
+                    if not retryable:
+                        break
+                    continue
+                except UpstreamError:
+                    self._failed(origin)
+                    raise
+                if response.status >= 500 and retryable and response.status in (502, 503, 504):
+                    self._failed(origin)
+                    last_error = f"{origin.url} answered {response.status}"
+                    if origin is not self._order()[-1]:
+                        response.close()
+                        continue
+                else:
+                    self._succeeded(origin)
+                inner_done = response._on_done
+
+                def finish(inner: Callable[[], None] = inner_done) -> None:
+                    inner()
+                    release_slot()
+
+                response._on_done = finish
+                return response
+        except BaseException:
+            release_slot()
+            raise
+        release_slot()
+        raise UpstreamError(502, f"origin unreachable: {last_error}")
+
+    async def health_loop(self) -> None:
+        """Active health checks: GET the service's health path on every origin."""
+        path = self.service.health_check_path
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.service.health_check_interval))
+        while True:
+            for origin in self._origins:
+                try:
+                    async with self.session.get(origin.url + path, timeout=timeout) as response:
+                        healthy = response.status < 500
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    healthy = False
+                if healthy and not origin.healthy:
+                    log.warning("origin %s is healthy again", origin.url)
+                    self._succeeded(origin)
+                elif not healthy and origin.healthy:
+                    log.warning("origin %s failed its health check", origin.url)
+                origin.healthy = healthy
+            await asyncio.sleep(self.service.health_check_interval)
+
+    def start(self) -> None:
+        """Start the active health checks."""
+        if self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self.health_loop())
+
+    async def stop(self) -> None:
+        """Stop the health checks."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    called = False
+
+    def wrapper() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            fn()
+
+    return wrapper
+
+
+def rendezvous_order(key: str, names: Sequence[str]) -> list[str]:
+    """The names ordered by rendezvous (highest random weight) hashing for `key`."""
+    return sorted(
+        names,
+        key=lambda name: hashlib.blake2b(f"{name}\x00{key}".encode(), digest_size=8).digest(),
+        reverse=True,
+    )
+
+
+@dataclass
+class _ShieldState:
+    config: ShieldConfig
+    down_until: float = 0.0
+    healthy: bool = True
+
+
+@dataclass
+class ShieldRing:
+    """The shield tier as an edge sees it: one shield per key, failover to the next."""
+
+    shields: Sequence[ShieldConfig]
+    session: aiohttp.ClientSession
+    node_secret: str
+    clock: Callable[[], float] = time.monotonic
+    #: how long a passively failed shield is skipped before it is tried again
+    down_seconds: float = 3.0
+    probe_interval: float = 1.0
+    _states: dict[str, _ShieldState] = field(default_factory=dict)
+    _names: list[str] = field(default_factory=list)
+    _probe_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._states = {s.name: _ShieldState(s) for s in self.shields}
+        self._names = [s.name for s in self.shields]
+
+    def order(self, key: str) -> list[ShieldConfig]:
+        """Live shields for `key`, preferred first; dead ones are skipped."""
+        now = self.clock()
+        ordered = [self._states[name] for name in rendezvous_order(key, self._names)]
+        return [s.config for s in ordered if s.healthy and now >= s.down_until]
+
+    def mark_down(self, name: str) -> None:
+        """Passive health: this shield failed a request."""
+        state = self._states[name]
+        state.down_until = self.clock() + self.down_seconds
+        log.warning("shield %s marked down", name)
+
+    async def request(
+        self,
+        key: str,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> UpstreamResponse | None:
+        """Ask the key's shield, failing over; None when no shield could answer."""
+        request = _Request(method, target, headers, body)
+        retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        for shield in self.order(key):
+            try:
+                response = await _send(self.session, shield.url, request, shield.name, lambda: None)
+            except _ConnectFailure:
+                self.mark_down(shield.name)
+                if not retryable:
+                    raise UpstreamError(502, f"shield {shield.name} unreachable") from None
+                continue
+            except UpstreamError:
+                self.mark_down(shield.name)
+                if not retryable:
+                    raise
+                continue
+            if response.status >= 500 and response.headers.get(GENERATED_ERROR_HEADER) == "node":
+                # the shield itself failed (not an origin error it relays): try the next
+                self.mark_down(shield.name)
+                if retryable:
+                    response.close()
+                    continue
+            return response
+        return None
+
+    async def probe_loop(self) -> None:
+        """Active health: poll each shield's admin /healthz."""
+        timeout = aiohttp.ClientTimeout(total=max(0.5, self.probe_interval))
+        headers = {"Authorization": f"Bearer {self.node_secret}"}
+        while True:
+            for state in self._states.values():
+                try:
+                    async with self.session.get(
+                        state.config.admin_url + "/healthz", headers=headers, timeout=timeout
+                    ) as response:
+                        healthy = response.status == 200
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    healthy = False
+                if healthy and not state.healthy:
+                    log.warning("shield %s is healthy again", state.config.name)
+                    state.down_until = 0.0
+                elif not healthy and state.healthy:
+                    log.warning("shield %s failed its health check", state.config.name)
+                state.healthy = healthy
+            await asyncio.sleep(self.probe_interval)
+
+    def start(self) -> None:
+        """Start the active probes."""
+        if self._probe_task is None and self.shields:
+            self._probe_task = asyncio.get_running_loop().create_task(self.probe_loop())
+
+    async def stop(self) -> None:
+        """Stop the probes."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None

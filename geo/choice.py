@@ -1,0 +1,290 @@
+"""The nearest-edge choice: pure, I/O-free, and the same for DNS, HTTP and the CLI.
+
+Given where a client is (or is not), which edges are healthy and the routing policy
+of the fleet (coverage zones, a default region, a tie distance, an answer count),
+`Chooser.choose` returns a `Choice`: the edges to answer with, in order, and the
+reasoning behind them. It reads no clock, no file and no socket, so a table of real
+cities in a test can pin its behaviour down exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from collections.abc import Iterable, Set
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EARTH_RADIUS_KM",
+    "Choice",
+    "Chooser",
+    "IPAddress",
+    "IPNetwork",
+    "Location",
+    "Placement",
+    "Ranked",
+    "Site",
+    "client_hash_network",
+    "great_circle_km",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The mean Earth radius (IUGG), the usual choice for the haversine formula.
+EARTH_RADIUS_KM = 6371.0088
+
+# Ties are spread per client network rather than per address: a /24 (IPv4) or a /56
+# (IPv6) is what recursive resolvers send as EDNS Client Subnet by default
+# (RFC 7871 section 11.1 recommends 24 and 56), so the spread is the same whether a
+# client is seen through ECS or directly.
+HASH_PREFIX_V4 = 24
+HASH_PREFIX_V6 = 56
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Distance in km between two points on the Earth, by the haversine formula."""
+    phi1 = math.radians(lat1)
+    phi2 = math.radians(lat2)
+    dphi = phi2 - phi1
+    dlambda = math.radians(lon2 - lon1)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def client_hash_network(network: IPNetwork) -> IPNetwork:
+    """The network whose hash spreads ties: `network` cut to at most /24 or /56."""
+    limit = HASH_PREFIX_V4 if network.version == 4 else HASH_PREFIX_V6
+    if network.prefixlen <= limit:
+        return network
+    return network.supernet(new_prefix=limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A point on the Earth, with the names a GeoIP database gives it."""
+
+    latitude: float
+    longitude: float
+    country: str = ""
+    city: str = ""
+
+    def describe(self) -> str:
+        """ "Frankfurt am Main, DE (50.11, 8.68)", leaving out what is unknown."""
+        names = ", ".join(n for n in (self.city, self.country) if n)
+        point = f"({self.latitude:.2f}, {self.longitude:.2f})"
+        return f"{names} {point}" if names else point
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """An edge as the choice sees it: its name, region, coordinates and address."""
+
+    name: str
+    region: str
+    latitude: float
+    longitude: float
+    address: str
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the IP version of the public address (A or AAAA)."""
+        return 6 if ":" in self.address else 4
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A region: a name and the point its edges are measured from."""
+
+    name: str
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One edge of an answer and its distance from the client's point."""
+
+    site: Site
+    distance_km: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The edges to answer with, in order, and why.
+
+    `basis` is one of "coverage-zone", "geoip", "default-region", "unknown";
+    `deciding_network` is the network whose policy decided (the coverage zone or the
+    database network), so a DNS answer can say how far it holds (RFC 7871 scope).
+    """
+
+    client_network: IPNetwork
+    basis: str
+    point: Location | None
+    edges: tuple[Ranked, ...]
+    region: str = ""
+    location: Location | None = None
+    deciding_network: IPNetwork | None = None
+    tied: tuple[str, ...] = ()
+    all_down: bool = False
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def reason(self) -> str:
+        """The reasoning as one line of text."""
+        return "; ".join(self.reasons)
+
+
+@dataclass(frozen=True)
+class _Zone:
+    network: IPNetwork
+    region: Placement
+
+
+class Chooser:
+    """The routing policy of a fleet, ready to choose edges for clients."""
+
+    def __init__(
+        self,
+        sites: Iterable[Site],
+        regions: Iterable[Placement],
+        *,
+        coverage_zones: Iterable[tuple[str, str]] = (),
+        default_region: str = "",
+        tie_distance_km: float = 50.0,
+        answer_count: int = 1,
+    ) -> None:
+        self.sites: tuple[Site, ...] = tuple(sites)
+        self.regions = {region.name: region for region in regions}
+        for site in self.sites:
+            if site.region not in self.regions:
+                raise ValueError(f"edge {site.name!r}: no region named {site.region!r}")
+        if default_region and default_region not in self.regions:
+            raise ValueError(f"default region {default_region!r} is not a region")
+        if answer_count < 1:
+            raise ValueError("answer_count must be at least 1")
+        zones = [
+            _Zone(ipaddress.ip_network(network, strict=False), self.regions[region])
+            for network, region in coverage_zones
+        ]
+        # Most specific first, so the first zone that contains a client decides
+        # (longest-prefix match, as routing tables do).
+        zones.sort(key=lambda zone: -zone.network.prefixlen)
+        self.zones: tuple[_Zone, ...] = tuple(zones)
+        self.default_region = default_region
+        self.tie_distance_km = tie_distance_km
+        self.answer_count = answer_count
+
+    def coverage_zone(self, address: IPAddress) -> tuple[IPNetwork, Placement] | None:
+        """The most specific coverage zone holding `address`, and its region."""
+        for zone in self.zones:
+            if zone.network.version == address.version and address in zone.network:
+                return zone.network, zone.region
+        return None
+
+    def choose(
+        self,
+        client: IPNetwork,
+        location: Location | None,
+        healthy: Set[str],
+        *,
+        family: int | None = None,
+        location_network: IPNetwork | None = None,
+    ) -> Choice:
+        """The nearest healthy edges for `client` (an address as /32 or /128, or an ECS
+        subnet), located at `location` by the GeoIP database (None: not known).
+
+        Only edges whose public address is of `family` (4 or 6) are candidates when
+        it is given. Coverage zones are checked before the database; an unknown
+        location falls to the default region, else every edge is equally near.
+        """
+        reasons: list[str] = []
+        hash_network = client_hash_network(client)
+        region_name = ""
+        point: Location | None
+        deciding: IPNetwork | None = None
+        zone = self.coverage_zone(client.network_address)
+        if zone is not None:
+            deciding, placement = zone
+            basis = "coverage-zone"
+            region_name = placement.name
+            point = Location(placement.latitude, placement.longitude)
+            reasons.append(f"{client} is in coverage zone {deciding} of region {region_name}")
+        elif location is not None:
+            basis = "geoip"
+            point = location
+            deciding = location_network
+            reasons.append(f"{client} is located at {location.describe()} by the GeoIP database")
+        elif self.default_region:
+            basis = "default-region"
+            placement = self.regions[self.default_region]
+            region_name = placement.name
+            point = Location(placement.latitude, placement.longitude)
+            reasons.append(f"{client} is not in the GeoIP database; default region {region_name}")
+        else:
+            basis = "unknown"
+            point = None
+            reasons.append(f"{client} is not in the GeoIP database and there is no default region")
+
+        candidates = [s for s in self.sites if family is None or s.family == family]
+        up = [s for s in candidates if s.name in healthy]
+        all_down = bool(candidates) and not up
+        if all_down:
+            # With every edge failing its check, answering with all of them beats
+            # answering with none: the same fail-open rule as Route 53's health
+            # checks ("if all records are unhealthy, respond as if all were healthy").
+            reasons.append("no edge is healthy; answering as if all were")
+            up = candidates
+
+        ranked = [Ranked(s, self._distance(point, s)) for s in up]
+        ranked.sort(key=lambda r: (r.distance_km, r.site.name))
+        tied: list[Ranked] = []
+        if ranked:
+            nearest = ranked[0].distance_km
+            tied = [r for r in ranked if r.distance_km <= nearest + self.tie_distance_km]
+            rest = ranked[len(tied) :]
+            key = hash_network.network_address.packed + bytes([hash_network.prefixlen])
+            tied.sort(key=lambda r: _rendezvous(key, r.site.name), reverse=True)
+            ranked = tied + rest
+        answer = tuple(ranked[: self.answer_count])
+
+        if answer:
+            first = answer[0]
+            edge = f"edge {first.site.name} in {first.site.region}"
+            if point is not None:
+                nearest_kind = "nearest edge" if all_down else "nearest healthy edge"
+                edge = f"{nearest_kind} {first.site.name} in {first.site.region}"
+                edge += f" at {first.distance_km:.0f} km"
+            reasons.append(edge)
+            if len(tied) > 1:
+                reasons.append(
+                    f"{len(tied)} edges within {self.tie_distance_km:g} km of the nearest;"
+                    f" spread by a hash of {hash_network}"
+                )
+        else:
+            reasons.append("no edge has an address of this family")
+        return Choice(
+            client_network=client,
+            basis=basis,
+            point=point,
+            edges=answer,
+            region=region_name,
+            location=location,
+            deciding_network=deciding,
+            tied=tuple(r.site.name for r in tied),
+            all_down=all_down,
+            reasons=tuple(reasons),
+        )
+
+    @staticmethod
+    def _distance(point: Location | None, site: Site) -> float:
+        if point is None:
+            return 0.0
+        return great_circle_km(point.latitude, point.longitude, site.latitude, site.longitude)
+
+
+def _rendezvous(key: bytes, name: str) -> bytes:
+    """Highest-random-weight hashing: each client network ranks the tied edges in its
+    own stable order, and losing an edge moves only the clients that ranked it first."""
+    return hashlib.blake2b(key + name.encode(), digest_size=8).digest()

@@ -1,0 +1,250 @@
+"""The purge API's HTTP surface: the REST API for CI, and the pull endpoint for nodes.
+
+REST (design section 4, docs/purge-api.md):
+    POST /v1/services/{service}/purge[?wait=SECONDS]   log a purge, fan it out
+    GET  /v1/purges/{id}                                its status, per node
+Node protocol (node secret):
+    GET  /v1/nodes/{node}/purges?since=SEQ&limit=N      what a node missed
+    GET  /healthz
+
+Checks run in this order, so each error names the first thing wrong: 401 token,
+404 service, 403 scope, 429 rate, 413 size, 400 body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from fleet.config import Fleet, PurgeApiConfig, TokenConfig
+from purge_api.body import BodyError, BodyTooLarge, parse_purge_body
+from purge_api.fanout import FanOut
+from purge_api.log import LoggedPurge, PurgeLog
+from purge_api.ratelimit import RateLimiter
+from purge_api.tokens import TokenStore
+
+__all__ = ["MAX_BODY_BYTES", "MAX_WAIT", "PurgeApi"]
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_WAIT = 300.0
+MAX_PULL = 1000
+
+
+class PurgeApi:
+    """The API's state (log, fan-out, tokens, rate limits) and its request handlers."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        secret: str,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if fleet.purge_api is None:
+            raise ValueError(f"{fleet.source}: no [purge_api] table")
+        self.fleet = fleet
+        self.config: PurgeApiConfig = fleet.purge_api
+        self.clock = clock
+        self.monotonic = monotonic
+        self.tokens = TokenStore(self.config.tokens)
+        self.limiter = RateLimiter(self.config.rate_limit_per_minute)
+        self._secret_header = f"Bearer {secret}".encode()
+        self._has_secret = bool(secret)
+        self.log = PurgeLog(self.config.data_dir)
+        self.fanout = FanOut(fleet, self.log, secret, clock)
+
+    def app(self) -> web.Application:
+        """The aiohttp application; the log and the senders live as long as it runs."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.add_routes(
+            [
+                web.post("/v1/services/{service}/purge", self.post_purge),
+                web.get("/v1/purges/{id}", self.get_purge),
+                web.get("/v1/nodes/{node}/purges", self.pull),
+                web.get("/healthz", self.healthz),
+            ]
+        )
+        app.cleanup_ctx.append(self._lifetime)
+        return app
+
+    async def _lifetime(self, _app: web.Application) -> AsyncIterator[None]:
+        await self.fanout.start()
+        yield
+        await self.fanout.stop()
+        self.log.close()
+
+    # -- REST -----------------------------------------------------------------
+
+    async def post_purge(self, request: web.Request) -> web.Response:
+        """POST /v1/services/{service}/purge: log durably, answer 202, or 200 when complete."""
+        token = self.tokens.authenticate(request.headers.get("Authorization"))
+        if token is None:
+            return _error(401, "missing or unknown token: send Authorization: Bearer TOKEN")
+        name = request.match_info["service"]
+        service = self.fleet.service(name)
+        if service is None:
+            return _error(404, f"no service named {name!r}")
+        if not self.tokens.allows(token, name):
+            return _error(403, f"token {token.name!r} may not purge service {name!r}")
+        retry_after = self.limiter.take(token.name, self.monotonic())
+        if retry_after > 0:
+            response = _error(
+                429,
+                f"too many purges for token {token.name!r}: at most "
+                f"{self.config.rate_limit_per_minute} a minute",
+            )
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+            return response
+        wait = _wait_param(request)
+        if isinstance(wait, web.Response):
+            return wait
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key.strip()) <= 255):
+            return _error(400, "must be 1 to 255 characters", field="Idempotency-Key")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _error(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
+        try:
+            purge_request = parse_purge_body(raw, service, self.config.max_items)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
+        except BodyError as exc:
+            return _error(400, f"{exc.field}: {exc.message}", field=exc.field)
+        purge, created = await self.log.call(
+            self.log.append,
+            name,
+            purge_request,
+            token.name,
+            key.strip() if key else None,
+            self.clock(),
+        )
+        if created:
+            self.fanout.appended(purge.seq)
+        if wait > 0:
+            await self.fanout.wait_complete(purge.seq, wait)
+        status = await self._status(purge)
+        response = web.json_response(status, status=200 if status["status"] == "complete" else 202)
+        response.headers["Location"] = f"/v1/purges/{purge.id}"
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    async def get_purge(self, request: web.Request) -> web.Response:
+        """GET /v1/purges/{id}: status and per-node acknowledgements."""
+        token = self.tokens.authenticate(request.headers.get("Authorization"))
+        if token is None:
+            return _error(401, "missing or unknown token: send Authorization: Bearer TOKEN")
+        purge = await self.log.call(self.log.get, request.match_info["id"])
+        if purge is None:
+            return _error(404, f"no purge with id {request.match_info['id']!r}")
+        if not self.tokens.allows(token, purge.service):
+            return _error(403, f"token {token.name!r} may not see purges of {purge.service!r}")
+        wait = _wait_param(request)
+        if isinstance(wait, web.Response):
+            return wait
+        if wait > 0:
+            await self.fanout.wait_complete(purge.seq, wait)
+        return web.json_response(await self._status(purge))
+
+    async def _status(self, purge: LoggedPurge) -> dict[str, object]:
+        acks = await self.log.call(self.log.acks, purge.seq)
+        nodes: dict[str, float | None] = {}
+        details: dict[str, dict[str, object]] = {}
+        pending = []
+        for node in self.fleet.nodes:
+            ack = acks.get(node.name)
+            if ack is None:
+                nodes[node.name] = None
+                pending.append(node.name)
+                continue
+            ms = round(max(0.0, ack.acked_at - purge.accepted_at) * 1000, 3)
+            nodes[node.name] = ms
+            details[node.name] = {"acked_at": ack.acked_at, "ack_ms": ms, "matched": ack.matched}
+        complete = not pending
+        times = [ms for ms in nodes.values() if ms is not None]
+        return {
+            "id": purge.id,
+            "seq": purge.seq,
+            "status": "complete" if complete else "pending",
+            "service": purge.service,
+            "accepted_at": purge.accepted_at,
+            "request": {
+                "urls": list(purge.request.urls),
+                "prefixes": list(purge.request.prefixes),
+                "tags": list(purge.request.tags),
+                "all": purge.request.all,
+                "soft": purge.request.soft,
+            },
+            "acked": len(details),
+            "total": len(nodes),
+            "nodes": nodes,
+            "acks": details,
+            "pending": pending,
+            "propagation_ms": max(times, default=0.0) if complete else None,
+        }
+
+    # -- node protocol --------------------------------------------------------
+
+    async def pull(self, request: web.Request) -> web.Response:
+        """GET /v1/nodes/{node}/purges?since=N&limit=M: purges after N the node may have."""
+        given = request.headers.get("Authorization", "").encode()
+        if not (self._has_secret and hmac.compare_digest(given, self._secret_header)):
+            return _error(401, "missing or wrong node secret")
+        node = request.match_info["node"]
+        if node not in self.fanout.links:
+            return _error(404, f"no node named {node!r} in the fleet")
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = min(MAX_PULL, int(request.query.get("limit", str(MAX_PULL))))
+        except ValueError:
+            return _error(400, "since and limit must be integers", field="since")
+        if since < 0 or limit < 1:
+            return _error(400, "since must be >= 0 and limit >= 1", field="since")
+        up_to = self.fanout.limit_for(node)
+        purges = await self.log.call(self.log.since, since, limit, up_to)
+        self.fanout.node_pulled(node)
+        last = purges[-1].seq if purges else since
+        return web.json_response(
+            {
+                "records": [p.to_wire() for p in purges],
+                "head": self.fanout.head,
+                "up_to": up_to,
+                "more": last < up_to,
+            }
+        )
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        """GET /healthz: the API is up; the log's head and the edges' released seq."""
+        return web.json_response(
+            {"status": "ok", "head": self.fanout.head, "released": self.fanout.released()}
+        )
+
+
+def _wait_param(request: web.Request) -> float | web.Response:
+    text = request.query.get("wait", "0")
+    try:
+        wait = float(text)
+    except ValueError:
+        return _error(400, f"wait: {text!r} is not a number of seconds", field="wait")
+    if not 0 <= wait <= MAX_WAIT or math.isnan(wait):
+        return _error(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", field="wait")
+    return wait
+
+
+def _error(status: int, message: str, *, field: str | None = None) -> web.Response:
+    body: dict[str, object] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+def token_names(tokens: tuple[TokenConfig, ...]) -> list[str]:
+    """The configured token names (for the start-up line)."""
+    return [token.name for token in tokens]

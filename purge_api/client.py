@@ -1,0 +1,177 @@
+"""`edgeshield purge ...`: the CI client of the purge API.
+
+Sends one purge (token from $EDGESHIELD_TOKEN), then, with --wait, follows it until
+every node has acknowledged, printing progress. Exit status: 0 complete (or accepted,
+without --wait); 2 bad input; 3 refused token; 4 the wait ran out (the nodes that
+have not acknowledged are named); 1 anything else (API unreachable, rate limited).
+An Idempotency-Key (one is made up when not given) makes the client's own retries,
+and a re-run with the same --idempotency-key, return the first purge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_TIMED_OUT",
+    "run_purge_command",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_AUTH = 3
+EXIT_TIMED_OUT = 4
+
+TOKEN_ENV = "EDGESHIELD_TOKEN"
+POLL_INTERVAL = 0.1
+POST_ATTEMPTS = 4
+
+
+class _Failure(Exception):
+    """Ends the command with a message and an exit status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def run_purge_command(args: argparse.Namespace) -> int:
+    """Run `edgeshield purge` with parsed arguments; the exit status."""
+    try:
+        return asyncio.run(_run(args))
+    except _Failure as exc:
+        print(f"edgeshield purge: {exc}", file=sys.stderr)
+        return exc.status
+
+
+async def _run(args: argparse.Namespace) -> int:
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise _Failure(EXIT_AUTH, f"no token: set {TOKEN_ENV}")
+    body = {
+        "urls": list(args.urls),
+        "prefixes": list(args.prefixes),
+        "tags": list(args.tags),
+        "all": bool(args.purge_all),
+        "soft": bool(args.soft),
+    }
+    if not (args.urls or args.prefixes or args.tags or args.purge_all):
+        raise _Failure(EXIT_BAD_INPUT, "nothing to purge: give --url, --prefix, --tag or --all")
+    if args.wait < 0:
+        raise _Failure(EXIT_BAD_INPUT, "--wait must not be negative")
+    api = args.api.rstrip("/")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Idempotency-Key": args.idempotency_key or uuid.uuid4().hex,
+    }
+    started = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        status = await _post(session, f"{api}/v1/services/{args.service}/purge", body, headers)
+        kind = "soft purge" if args.soft else "purge"
+        print(
+            f"{kind} {status['id']} (seq {status['seq']}) accepted: "
+            f"{status['acked']}/{status['total']} nodes acked",
+            flush=True,
+        )
+        if status["status"] == "complete":
+            return _complete(status)
+        if args.wait <= 0:
+            print(f"not waiting; follow it at {api}/v1/purges/{status['id']}")
+            return EXIT_OK
+        deadline = started + args.wait
+        acked = status["acked"]
+        status_url = f"{api}/v1/purges/{status['id']}"
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+            try:
+                status = await _get(session, status_url, headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                print(f"  status check failed ({exc!r}); retrying", file=sys.stderr)
+                continue
+            if status["acked"] != acked:
+                acked = status["acked"]
+                print(f"  {acked}/{status['total']} nodes acked", flush=True)
+            if status["status"] == "complete":
+                return _complete(status)
+        pending = ", ".join(status.get("pending", [])) or "(unknown)"
+        raise _Failure(
+            EXIT_TIMED_OUT,
+            f"the wait ran out after {args.wait:g}s: {status['acked']}/{status['total']} "
+            f"nodes acked; not acknowledged: {pending}",
+        )
+
+
+def _complete(status: dict[str, Any]) -> int:
+    print(
+        f"complete: all {status['total']} nodes acknowledged; "
+        f"propagation {status['propagation_ms']:.1f} ms",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], headers: dict[str, str]
+) -> dict[str, Any]:
+    """POST the purge, retrying connection failures and 5xx (safe: Idempotency-Key)."""
+    delay = 0.5
+    for attempt in range(1, POST_ATTEMPTS + 1):
+        try:
+            async with session.post(url, json=body, headers=headers) as response:
+                data = await _json(response)
+                if response.status in (200, 202):
+                    return data
+                if response.status < 500 or attempt == POST_ATTEMPTS:
+                    raise _refused(response.status, data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if attempt == POST_ATTEMPTS:
+                raise _Failure(EXIT_FAILED, f"cannot reach the purge API at {url}: {exc!r}") from None
+        await asyncio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> dict[str, Any]:
+    async with session.get(url, headers=headers) as response:
+        data = await _json(response)
+        if response.status != 200:
+            raise _refused(response.status, data)
+        return data
+
+
+async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        data = await response.json(content_type=None)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {"error": (await response.text())[:300]}
+    return data
+
+
+def _refused(status: int, data: dict[str, Any]) -> _Failure:
+    message = str(data.get("error", "no reason given"))
+    if status in (401, 403):
+        return _Failure(EXIT_AUTH, f"refused ({status}): {message}")
+    if status in (400, 404, 413):
+        return _Failure(EXIT_BAD_INPUT, f"bad request ({status}): {message}")
+    if status == 429:
+        retry = data.get("retry_after") or "a while"
+        return _Failure(EXIT_FAILED, f"rate limited (429): {message}; try again in {retry}")
+    return _Failure(EXIT_FAILED, f"the purge API answered {status}: {message}")

@@ -1,0 +1,59 @@
+"""`edgeshield purge-api --config F`: run the purge API until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from fleet.config import Fleet, split_host_port
+from purge_api.app import PurgeApi
+
+__all__ = ["serve_purge_api"]
+
+
+def serve_purge_api(fleet: Fleet) -> int:
+    """Serve the purge API of `fleet`; the exit status (0 after a clean stop)."""
+    if fleet.purge_api is None:
+        print(f"edgeshield purge-api: {fleet.source} has no [purge_api] table", file=sys.stderr)
+        return 2
+    env = fleet.security.node_secret_env
+    secret = os.environ.get(env, "")
+    if not secret:
+        print(f"edgeshield purge-api: the node secret is not set: export {env}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(fleet, secret))
+
+
+async def _serve(fleet: Fleet, secret: str) -> int:
+    assert fleet.purge_api is not None
+    api = PurgeApi(fleet, secret)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_host_port(fleet.purge_api.listen)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(
+        f"purge-api ready on {fleet.purge_api.url} (log {api.log.path}, head {api.fanout.head}, "
+        f"{len(fleet.nodes)} nodes)",
+        flush=True,
+    )
+    await stop.wait()
+    await runner.cleanup()
+    return 0

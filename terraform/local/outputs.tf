@@ -1,0 +1,53 @@
+output "edge_urls" {
+  description = "Edge name => base URL (each region's edges on their own loopback address)."
+  value       = module.fleet.edge_urls
+}
+
+output "purge_api_url" {
+  description = "Base URL of the purge API (POST /v1/services/<service>/purge with the purge token)."
+  value       = module.fleet.purge_api_url
+}
+
+output "dns_address" {
+  description = "host:port of the GeoDNS server (UDP and TCP)."
+  value       = module.fleet.dns_listen
+}
+
+output "demo_host" {
+  description = "The Host header to send to an edge for the demo origin's service."
+  value       = var.demo_host
+}
+
+output "service" {
+  description = "Name of the demo service (for purges)."
+  value       = local.service
+}
+
+output "zone" {
+  description = "The DNS zone GeoDNS answers for."
+  value       = module.fleet.zone
+}
+
+output "edge_public_addresses" {
+  description = "Edge name => the address GeoDNS answers for it."
+  value       = module.fleet.edge_public_addresses
+}
+
+output "fleet_file" {
+  description = "Path of the rendered fleet.toml (use it with `edgeshield check --config`)."
+  value       = local.fleet_file
+}
+
+output "state_dir" {
+  description = "Directory holding caches, logs (logs/) and PID files (pids/)."
+  value       = local.state_dir
+}
+
+output "pid_files" {
+  description = "Node name => PID file of its background process."
+  value = merge(
+    { origin = terraform_data.origin.input.pid_file, purge-api = terraform_data.purge_api.input.pid_file, geo = terraform_data.geo.input.pid_file },
+    { for k, v in terraform_data.shield : k => v.input.pid_file },
+    { for k, v in terraform_data.edge : k => v.input.pid_file },
+  )
+}

@@ -1,0 +1,126 @@
+# Renders fleet.toml from typed variables with built-in functions only.
+#
+# Every table is a list of [key, value] pairs; pairs whose value is null are left
+# out so the loader's own defaults apply. Values go through jsonencode(): a JSON
+# string, number, boolean or array of strings is also valid TOML, with the same
+# escapes, so no value can break out of its line.
+
+locals {
+  region_names = [for r in var.regions : r.name]
+
+  region_tables = [for r in var.regions : [
+    ["name", r.name],
+    ["latitude", r.latitude],
+    ["longitude", r.longitude],
+    ["client_networks", r.client_networks],
+  ]]
+
+  service_tables = [for s in var.services : [
+    ["name", s.name],
+    ["hosts", s.hosts],
+    ["origins", s.origins],
+    ["negative_ttl", s.negative_ttl],
+    ["max_variants", s.max_variants],
+    ["default_stale_if_error", s.default_stale_if_error],
+    ["origin_fallback", s.origin_fallback],
+    ["max_origin_connections", s.max_origin_connections],
+    ["origin_queue", s.origin_queue],
+    ["origin_queue_timeout", s.origin_queue_timeout],
+    ["load_balancing", s.load_balancing],
+    ["health_check_path", s.health_check_path],
+    ["health_check_interval", s.health_check_interval],
+    ["connect_timeout", s.connect_timeout],
+    ["read_timeout", s.read_timeout],
+  ]]
+
+  service_cache_keys = [for s in var.services : s.cache_key == null ? null : [
+    ["sort_query", s.cache_key.sort_query],
+    ["drop_params", s.cache_key.drop_params],
+  ]]
+
+  shield_tables = [for n in var.shields : [
+    ["name", n.name],
+    ["region", n.region],
+    ["listen", n.listen],
+    ["admin_listen", n.admin_listen],
+    ["cache_dir", n.cache_dir],
+    ["cache_size", n.cache_size],
+    ["memory_size", n.memory_size],
+    ["workers", n.workers],
+  ]]
+
+  edge_tables = [for n in var.edges : [
+    ["name", n.name],
+    ["region", n.region],
+    ["listen", n.listen],
+    ["admin_listen", n.admin_listen],
+    ["cache_dir", n.cache_dir],
+    ["cache_size", n.cache_size],
+    ["memory_size", n.memory_size],
+    ["workers", n.workers],
+    ["public_address", n.public_address],
+  ]]
+
+  purge_api_table = var.purge_api == null ? null : [
+    ["listen", var.purge_api.listen],
+    ["data_dir", var.purge_api.data_dir],
+    ["rate_limit_per_minute", var.purge_api.rate_limit_per_minute],
+    ["max_items", var.purge_api.max_items],
+  ]
+
+  purge_token_tables = var.purge_api == null ? [] : [for t in var.purge_api.tokens : [
+    ["name", t.name],
+    ["sha256", lower(t.sha256)],
+    ["services", t.services],
+  ]]
+
+  geo_table = var.geo == null ? null : [
+    ["dns_listen", var.geo.dns_listen],
+    ["http_listen", var.geo.http_listen],
+    ["zone", var.geo.zone],
+    ["mmdb", var.geo.mmdb],
+    ["ttl", var.geo.ttl],
+    ["answer_count", var.geo.answer_count],
+    ["tie_distance_km", var.geo.tie_distance_km],
+    ["default_region", var.geo.default_region],
+    ["health_interval", var.geo.health_interval],
+  ]
+
+  coverage_zone_tables = var.geo == null ? [] : [for z in var.geo.coverage_zones : [
+    ["network", z.network],
+    ["region", z.region],
+  ]]
+
+  # One block of text per table: the header line, then `key = value` lines.
+  blocks = concat(
+    ["# Rendered by terraform/modules/fleet; edit the Terraform variables, not this file."],
+    [for t in local.region_tables : join("\n", concat(["[[regions]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+    flatten([for i, t in local.service_tables : concat(
+      [join("\n", concat(["[[services]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+      local.service_cache_keys[i] == null ? [] : [join("\n", concat(["[services.cache_key]"], [for kv in local.service_cache_keys[i] : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+    )]),
+    [for t in local.shield_tables : join("\n", concat(["[[shields]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+    [for t in local.edge_tables : join("\n", concat(["[[edges]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+    local.purge_api_table == null ? [] : concat(
+      [join("\n", concat(["[purge_api]"], [for kv in local.purge_api_table : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+      [for t in local.purge_token_tables : join("\n", concat(["[[purge_api.tokens]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
+    ),
+    local.geo_table == null ? [] : concat(
+      [join("\n", concat(["[geo]"], [for kv in local.geo_table : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
+      [for t in local.coverage_zone_tables : join("\n", concat(["[[geo.coverage_zones]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
+    ),
+    [join("\n", ["[security]", "node_secret_env = ${jsonencode(var.node_secret_env)}"])],
+  )
+
+  fleet_toml = "${join("\n\n", local.blocks)}\n"
+
+  # Cross-references the loader also checks; caught here so `plan` fails early.
+  node_names        = concat([for n in var.shields : n.name], [for n in var.edges : n.name])
+  service_names     = [for s in var.services : s.name]
+  unknown_regions   = setsubtract(concat([for n in var.shields : n.region], [for n in var.edges : n.region], var.geo == null ? [] : [for z in var.geo.coverage_zones : z.region]), local.region_names)
+  unknown_services  = var.purge_api == null ? [] : setsubtract(flatten([for t in var.purge_api.tokens : t.services]), concat(local.service_names, ["*"]))
+  node_listens      = flatten([for n in concat(var.shields, var.edges) : [n.listen, n.admin_listen]])
+  duplicate_listens = [for a in distinct(local.node_listens) : a if length([for b in local.node_listens : b if b == a]) > 1 && !endswith(a, ":0")]
+
+  edge_urls = { for n in var.edges : n.name => "http://${n.listen}" }
+}

@@ -1,0 +1,193 @@
+"""Cache keys: target normalisation, primary and secondary keys (RFC 9111 4.1),
+surrogate keys, and the header-list syntax they read (RFC 9110 5.6.1)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from edge.cache.headers import header_list_values, split_list, unquote
+from edge.cache.keys import (
+    normalize_path,
+    normalize_target,
+    primary_key,
+    secondary_key,
+    surrogate_keys,
+    vary_fields,
+)
+
+TRACKING = ("utm_*", "gclid", "fbclid")
+
+
+class TestHeaderLists:
+    def test_members_of_every_line_stripped_and_empty_ones_dropped(self) -> None:
+        headers = CIMultiDict([("Vary", " a ,, b"), ("vary", ""), ("VARY", "c,\t")])
+        assert header_list_values(headers, "vary") == ["a", "b", "c"]
+
+    def test_commas_inside_quoted_strings_do_not_split(self) -> None:
+        assert split_list('a="x, y", b="\\", z", c') == ['a="x, y"', 'b="\\", z"', "c"]
+
+    def test_an_absent_field_has_no_members(self) -> None:
+        assert header_list_values(CIMultiDict(), "vary") == []
+
+    def test_unquote_resolves_quoted_pairs(self) -> None:
+        assert unquote('"a\\"b\\\\c"') == 'a"b\\c'
+        assert unquote("token") == "token"
+        assert unquote('"') == '"'
+
+    @given(st.text())
+    def test_members_are_never_empty_or_padded(self, value: str) -> None:
+        assert all(m and m == m.strip(" \t") for m in split_list(value))
+
+
+class TestNormalizeTarget:
+    def test_path_without_query_is_unchanged(self) -> None:
+        assert normalize_target("/a/b.css", True, TRACKING) == "/a/b.css"
+
+    def test_query_params_are_sorted_by_name_stably(self) -> None:
+        assert normalize_target("/p?b=2&a=9&c=1&a=1", True, ()) == "/p?a=9&a=1&b=2&c=1"
+
+    def test_without_sorting_the_order_is_kept(self) -> None:
+        assert normalize_target("/p?b=2&a=1", False, ()) == "/p?b=2&a=1"
+
+    def test_tracking_params_are_dropped_by_pattern(self) -> None:
+        target = "/p?utm_source=x&id=7&gclid=abc&utm_medium=y&fbclid=z&gclidx=1"
+        assert normalize_target(target, False, TRACKING) == "/p?id=7&gclidx=1"
+
+    def test_a_percent_encoded_name_is_matched_decoded(self) -> None:
+        assert normalize_target("/p?utm%5Fsource=x&a=1", False, TRACKING) == "/p?a=1"
+
+    def test_kept_params_stay_byte_exact(self) -> None:
+        target = "/p?q=a+b%2c%2C&flag&empty=&x=%E2%9C%93"
+        assert normalize_target(target, False, TRACKING) == target
+
+    def test_no_question_mark_is_left_when_the_query_becomes_empty(self) -> None:
+        assert normalize_target("/p?utm_source=x", True, TRACKING) == "/p"
+        assert normalize_target("/p?", False, ()) == "/p"
+        assert normalize_target("/p?&&", False, ()) == "/p"
+
+    def test_empty_members_are_dropped(self) -> None:
+        assert normalize_target("/p?a=1&&b=2&", False, ()) == "/p?a=1&b=2"
+
+    def test_a_fragment_never_reaches_the_key(self) -> None:
+        assert normalize_target("/p?a=1#frag", False, ()) == "/p?a=1"
+
+    def test_path_escapes_of_unreserved_characters_are_decoded(self) -> None:
+        # RFC 3986 6.2.2.2: "%41" and "A" are equivalent; so are "%7E" and "~".
+        assert normalize_target("/%7euser/%41%62c%2D%2e%5F", False, ()) == "/~user/Abc-._"
+
+    def test_other_path_escapes_get_uppercase_hex(self) -> None:
+        # RFC 3986 6.2.2.1: "%3a" and "%3A" are equivalent; reserved "/" stays encoded.
+        assert normalize_target("/a%2fb/%3a%e2%9c%93", False, ()) == "/a%2Fb/%3A%E2%9C%93"
+
+    def test_the_query_keeps_its_escapes(self) -> None:
+        assert normalize_target("/%7e?x=%7e", False, ()) == "/~?x=%7e"
+
+    @pytest.mark.parametrize("path", ["/100%", "/%", "/%4", "/%zz", "/%%41"])
+    def test_broken_escapes_are_kept(self, path: str) -> None:
+        assert normalize_path(path) == path.replace("%41", "A")
+
+    @given(st.text())
+    def test_normalising_twice_changes_nothing(self, target: str) -> None:
+        once = normalize_target(target, True, TRACKING)
+        assert normalize_target(once, True, TRACKING) == once
+
+
+class TestPrimaryKey:
+    def test_host_is_lowercased_and_the_target_kept(self) -> None:
+        assert primary_key("www", "WWW.Example.COM", "/a?b=1") == "www www.example.com/a?b=1"
+
+    @pytest.mark.parametrize("host", ["example.com:80", "example.com:443", "example.com."])
+    def test_default_ports_and_a_trailing_dot_are_dropped(self, host: str) -> None:
+        assert primary_key("s", host, "/") == "s example.com/"
+
+    def test_other_ports_are_kept(self) -> None:
+        assert primary_key("s", "example.com:8080", "/") == "s example.com:8080/"
+        assert primary_key("s", "[::1]:8080", "/") == "s [::1]:8080/"
+        assert primary_key("s", "[::1]:443", "/") == "s [::1]/"
+
+    def test_different_services_never_share_a_key(self) -> None:
+        assert primary_key("a", "h", "/") != primary_key("b", "h", "/")
+
+
+class TestSurrogateKeys:
+    def test_surrogate_key_is_space_separated_and_cache_tag_comma_separated(self) -> None:
+        headers = CIMultiDict(
+            [
+                ("Surrogate-Key", "product-1  all\tcat-2"),
+                ("Cache-Tag", "cat-2, home,all"),
+                ("Surrogate-Key", "late"),
+            ]
+        )
+        assert surrogate_keys(headers) == ("product-1", "all", "cat-2", "late", "home")
+
+    def test_no_tags(self) -> None:
+        assert surrogate_keys(CIMultiDict()) == ()
+
+
+class TestVary:
+    def test_field_names_lowercased_sorted_deduplicated_across_lines(self) -> None:
+        headers = CIMultiDict(
+            [("Vary", "User-Agent, Accept-Encoding"), ("Vary", "accept-encoding,Origin")]
+        )
+        assert vary_fields(headers) == ("accept-encoding", "origin", "user-agent")
+
+    def test_no_vary_is_an_empty_tuple(self) -> None:
+        assert vary_fields(CIMultiDict()) == ()
+
+    def test_star_anywhere_is_none(self) -> None:
+        # RFC 9111 4.1: "A stored response with a Vary header field value containing
+        # a member "*" always fails to match."
+        assert vary_fields(CIMultiDict([("Vary", "Origin"), ("Vary", " * ")])) is None
+
+
+def skey(vary: tuple[str, ...], **request: str) -> str:
+    return secondary_key(
+        vary, CIMultiDict((name.replace("_", "-"), value) for name, value in request.items())
+    )
+
+
+class TestSecondaryKey:
+    def test_no_vary_is_the_empty_key(self) -> None:
+        assert skey((), accept_encoding="gzip") == ""
+
+    def test_equivalent_accept_encodings_share_a_variant(self) -> None:
+        vary = ("accept-encoding",)
+        assert skey(vary, accept_encoding="gzip, deflate, br") == skey(
+            vary, accept_encoding="br;q=1.0, gzip;q=0.8"
+        )
+        assert skey(vary, accept_encoding="identity") == skey(vary)
+        assert skey(vary, accept_encoding="gzip") != skey(vary, accept_encoding="br")
+
+    def test_whitespace_is_normalised(self) -> None:
+        vary = ("origin",)
+        assert skey(vary, origin="  https://a.example ") == skey(vary, origin="https://a.example")
+
+    def test_case_insensitive_fields_ignore_case(self) -> None:
+        vary = ("accept-language",)
+        assert skey(vary, accept_language="EN-us, fr") == skey(vary, accept_language="en-US,fr")
+
+    def test_other_fields_keep_case(self) -> None:
+        vary = ("x-variant",)
+        assert skey(vary, x_variant="A") != skey(vary, x_variant="a")
+
+    def test_an_absent_field_differs_from_an_empty_one(self) -> None:
+        # RFC 9111 4.1: an absent field "can only match another request if it is
+        # also absent there".
+        assert skey(("origin",)) != skey(("origin",), origin="")
+
+    def test_several_lines_equal_one_combined_line(self) -> None:
+        vary = ("accept-language",)
+        two_lines = secondary_key(
+            vary, CIMultiDict([("Accept-Language", "en"), ("Accept-Language", "fr")])
+        )
+        assert two_lines == skey(vary, accept_language="en, fr")
+
+    def test_values_cannot_be_confused_across_fields(self) -> None:
+        vary = ("a", "b")
+        assert skey(vary, a="1", b="2") != skey(vary, a="1, b", b="2")
+        assert json.loads(skey(vary, a='x"],["b","y')) == [["a", 'x"],["b","y'], ["b", None]]

@@ -1,0 +1,1 @@
+"""Tests of the fleet package: the fleet file, the demo origin, and `edgeshield up`."""

@@ -1,0 +1,256 @@
+"""The fleet file: a valid file, sizes, and bad files whose errors name file, table, key."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleet.config import ConfigError, load_fleet, parse_fleet, parse_size, split_host_port
+from fleet.demo import DEMO_HOST, demo_fleet_toml
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.toml"
+
+VALID = """
+[[regions]]
+name = "eu"
+latitude = 50.1
+longitude = 8.7
+client_networks = ["198.51.100.0/24"]
+
+[[services]]
+name = "site"
+hosts = ["www.example.com"]
+origins = ["http://127.0.0.1:8080"]
+
+[[shields]]
+name = "shield1"
+region = "eu"
+listen = "127.0.0.1:9100"
+admin_listen = "127.0.0.1:9101"
+cache_dir = "state/shield1"
+cache_size = "1GiB"
+
+[[edges]]
+name = "edge1"
+region = "eu"
+listen = "127.0.1.1:8000"
+admin_listen = "127.0.1.1:8001"
+cache_dir = "state/edge1"
+cache_size = 536870912
+
+[purge_api]
+listen = "127.0.0.1:9300"
+data_dir = "state/purge"
+tokens = [{ name = "ci", sha256 = "%s", services = ["site"] }]
+
+[geo]
+dns_listen = "127.0.0.1:5353"
+http_listen = "127.0.0.1:9400"
+zone = "CDN.Example.com."
+mmdb = ""
+
+[security]
+node_secret_env = "MY_SECRET"
+""" % hashlib.sha256(b"t").hexdigest()
+
+
+def error_of(text: str, source: str = "fleet-under-test.toml") -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_fleet(text, source)
+    message = str(caught.value)
+    assert message.startswith(f"{source}: "), message
+    return message
+
+
+def test_a_valid_file_loads_with_every_section() -> None:
+    fleet = parse_fleet(VALID, "valid.toml")
+    assert [r.name for r in fleet.regions] == ["eu"]
+    assert fleet.regions[0].client_networks == ("198.51.100.0/24",)
+    assert fleet.services[0].hosts == ("www.example.com",)
+    assert fleet.shield("shield1").cache_size == 1024**3
+    edge = fleet.edge("edge1")
+    assert edge.cache_size == 536870912
+    assert edge.public_address == "127.0.1.1"
+    assert edge.url == "http://127.0.1.1:8000"
+    assert edge.admin_url == "http://127.0.1.1:8001"
+    assert [n.name for n in fleet.nodes] == ["shield1", "edge1"]
+    assert fleet.purge_api is not None
+    assert fleet.purge_api.tokens[0].services == ("site",)
+    assert fleet.geo is not None and fleet.geo.zone == "cdn.example.com"
+    assert fleet.security.node_secret_env == "MY_SECRET"
+
+
+def test_the_example_fleet_file_is_valid() -> None:
+    fleet = load_fleet(EXAMPLE)
+    assert len(fleet.regions) == 2
+    assert {e.name for e in fleet.edges} == {"edge-eu", "edge-us"}
+    assert fleet.geo is not None and fleet.geo.coverage_zones[0].region == "eu-west"
+    assert fleet.purge_api is not None
+    assert fleet.purge_api.tokens[0].sha256 == hashlib.sha256(b"example-token-change-me").hexdigest()
+
+
+def test_the_demo_fleet_is_valid_and_stores_only_the_tokens_hash(tmp_path: Path) -> None:
+    text, info = demo_fleet_toml(tmp_path)
+    fleet = parse_fleet(text, "demo.toml")
+    assert [r.name for r in fleet.regions] == ["eu-west", "us-east", "ap-northeast"]
+    assert len(fleet.shields) == 2 and len(fleet.edges) == 3
+    assert {e.region for e in fleet.edges} == {r.name for r in fleet.regions}
+    assert fleet.services[0].hosts == (DEMO_HOST,)
+    assert fleet.services[0].origins == (info.origin_url,)
+    assert info.token not in text
+    assert fleet.purge_api is not None
+    assert fleet.purge_api.tokens[0].sha256 == hashlib.sha256(info.token.encode()).hexdigest()
+    assert fleet.geo is not None and fleet.geo.zone == info.zone
+    addresses = [n.listen for n in fleet.nodes] + [n.admin_listen for n in fleet.nodes]
+    addresses += [fleet.purge_api.listen, fleet.geo.dns_listen, fleet.geo.http_listen]
+    assert len(set(addresses)) == len(addresses)
+    assert all(n.cache_dir.startswith(str(tmp_path)) for n in fleet.nodes)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("512MiB", 512 * 1024**2),
+        ("1GiB", 1024**3),
+        ("1 gib", 1024**3),
+        ("10MB", 10 * 1000**2),
+        ("1.5KiB", 1536),
+        ("2TB", 2 * 1000**4),
+        ("7B", 7),
+    ],
+)
+def test_sizes_take_bytes_or_units(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "12 parsecs", "-1", -1, True, 1.5, "1e3"])
+def test_bad_sizes_say_why(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@given(st.integers(min_value=0, max_value=2**50))
+def test_a_size_in_mib_is_that_many_mebibytes(n: int) -> None:
+    assert parse_size(f"{n}MiB") == n * 1024**2
+    assert parse_size(n) == n
+
+
+@given(st.text(max_size=20))
+def test_any_text_is_a_size_or_a_value_error(text: str) -> None:
+    try:
+        assert parse_size(text) >= 0
+    except ValueError:
+        pass
+
+
+def test_a_size_with_units_in_the_file_is_bytes() -> None:
+    fleet = parse_fleet(VALID.replace('cache_size = "1GiB"', 'cache_size = "300MiB"'))
+    assert fleet.shield("shield1").cache_size == 300 * 1024**2
+    message = error_of(VALID.replace('cache_size = "1GiB"', 'cache_size = "lots"'))
+    assert "[[shields]] #1 ('shield1') key 'cache_size'" in message
+
+
+def test_host_port_splits_ipv4_and_ipv6() -> None:
+    assert split_host_port("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert split_host_port("[::1]:53") == ("::1", 53)
+    for bad in ("127.0.0.1", "host:", ":80", "h:99999", "h:port"):
+        with pytest.raises(ValueError):
+            split_host_port(bad)
+
+
+def test_a_missing_key_is_named() -> None:
+    message = error_of(VALID.replace('listen = "127.0.1.1:8000"\n', ""))
+    assert "[[edges]] #1 ('edge1') key 'listen'" in message
+    assert "is required" in message
+
+
+def test_a_wrong_type_is_named() -> None:
+    message = error_of(VALID.replace("latitude = 50.1", 'latitude = "north"'))
+    assert "[[regions]] #1 ('eu') key 'latitude'" in message
+    assert "expected a number, got str" in message
+    message = error_of(VALID.replace('hosts = ["www.example.com"]', 'hosts = "www.example.com"'))
+    assert "[[services]] #1 ('site') key 'hosts'" in message
+
+
+def test_an_unknown_key_is_named() -> None:
+    message = error_of(VALID.replace('region = "eu"\nlisten = "127.0.1.1', 'region = "eu"\n'
+                                     'listne = "x"\nlisten = "127.0.1.1'))
+    assert "[[edges]] #1 ('edge1') key 'listne'" in message
+    assert "is not a known key" in message
+    message = error_of(VALID.replace('zone = "CDN', 'zome = 1\nzone = "CDN'))
+    assert "[geo] key 'zome'" in message
+
+
+def test_a_bad_cidr_is_named() -> None:
+    message = error_of(VALID.replace("198.51.100.0/24", "198.51.100.0/33"))
+    assert "[[regions]] #1 ('eu') key 'client_networks'" in message
+    assert "'198.51.100.0/33' is not a CIDR network" in message
+
+
+def test_an_unknown_region_is_named() -> None:
+    message = error_of(VALID.replace('region = "eu"\nlisten = "127.0.1.1', 'region = "mars"\n'
+                                     'listen = "127.0.1.1'))
+    assert "[[edges] ('edge1') key 'region'" not in message
+    assert "[[edges]] ('edge1') key 'region'" in message
+    assert "no region named 'mars'" in message
+
+
+def test_duplicate_names_are_refused() -> None:
+    twice = VALID.replace("[[edges]]", '[[shields]]\nname = "shield1"\nregion = "eu"\n'
+                          'listen = "127.0.0.1:9200"\nadmin_listen = "127.0.0.1:9201"\n'
+                          'cache_dir = "x"\ncache_size = "1GiB"\n\n[[edges]]')
+    message = error_of(twice)
+    assert "[[shields]]" in message
+    assert "the name 'shield1' is used twice" in message
+
+
+def test_a_listen_address_used_twice_is_refused() -> None:
+    message = error_of(VALID.replace('listen = "127.0.1.1:8000"', 'listen = "127.0.0.1:9100"'))
+    assert "[[edges]] ('edge1') key 'listen'" in message
+    assert "already used by shield1.listen" in message
+
+
+def test_a_token_for_an_unknown_service_and_a_bad_hash_are_refused() -> None:
+    message = error_of(VALID.replace('services = ["site"]', 'services = ["other"]'))
+    assert "[purge_api] tokens ('ci') key 'services'" in message
+    message = error_of(VALID.replace(hashlib.sha256(b"t").hexdigest(), "abc"))
+    assert "key 'sha256'" in message
+
+
+def test_not_toml_and_unreadable_files_are_errors(tmp_path: Path) -> None:
+    assert "not valid TOML" in error_of("[[regions]\n")
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_fleet(missing)
+    assert str(caught.value).startswith(f"{missing}: cannot read")
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "check", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_check_accepts_the_example_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    good = run_check(EXAMPLE)
+    assert good.returncode == 0, good.stderr
+    assert "ok (2 regions, 1 services, 2 shields, 2 edges)" in good.stdout
+
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text(VALID.replace("198.51.100.0/24", "not-a-network"), encoding="utf-8")
+    bad = run_check(bad_file)
+    assert bad.returncode != 0
+    assert (
+        f"edgeshield: {bad_file}: [[regions]] #1 ('eu') key 'client_networks': "
+        "'not-a-network' is not a CIDR network"
+    ) in bad.stderr
+    assert bad.stdout == ""

