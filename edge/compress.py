@@ -138,7 +138,9 @@ class StreamDecoder:
             out = self._brotli.process(chunk, output_buffer_limit=DECODE_PIECE)
             if out:
                 yield out
-            while not self._brotli.can_accept_more_data():
+            # the decoder may hold more output than one piece even once it accepts more
+            # input: drain it with empty input until it has nothing more to give
+            while not self._brotli.is_finished():
                 out = self._brotli.process(b"", output_buffer_limit=DECODE_PIECE)
                 if not out:
                     break

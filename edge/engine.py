@@ -531,19 +531,13 @@ class Engine:
     ) -> web.StreamResponse:
         """Answer from a stored object: conditionals, Range, encoding, then the body."""
         headers = self._response_headers(meta, decision.age, own_status, stale)
-        if (
-            request.headers.get("if-none-match") is not None
-            or request.headers.get("if-modified-since") is not None
-            or request.headers.get("if-match") is not None
-            or request.headers.get("if-unmodified-since") is not None
-        ):
-            if meta.status == 200:
-                outcome = evaluate_preconditions(
-                    request.method, request.headers, meta.etag, meta.last_modified
-                )
-                if outcome is not None:
-                    self.metrics.hits.inc()
-                    return web.Response(status=outcome, headers=headers)
+        if meta.status == 200 and _has_preconditions(request):
+            outcome = evaluate_preconditions(
+                request.method, request.headers, meta.etag, meta.last_modified
+            )
+            if outcome is not None:
+                self.metrics.hits.inc()
+                return web.Response(status=outcome, headers=headers)
         range_header = request.headers.get("range")
         encoding = choose_encoding(
             None if range_header else request.headers.get("accept-encoding"), entry.bodies.keys()
@@ -619,6 +613,12 @@ class Engine:
         assert head.meta is not None
         meta = head.meta
         headers = self._response_headers(meta, meta.age(self.clock()), own_status, False)
+        if meta.status == 200 and _has_preconditions(request):
+            outcome = evaluate_preconditions(
+                request.method, request.headers, meta.etag, meta.last_modified
+            )
+            if outcome is not None:
+                return web.Response(status=outcome, headers=headers)
         decoder: StreamDecoder | None = None
         if head.encoding != "identity":
             if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
@@ -870,6 +870,14 @@ def _loop_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
         for value in headers.getall("cdn-loop", [])
         for member in value.split(",")
     }
+
+
+_PRECONDITIONS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
+
+
+def _has_preconditions(request: web.BaseRequest) -> bool:
+    headers = request.headers
+    return any(name in headers for name in _PRECONDITIONS)
 
 
 def _only_if_cached(request: web.BaseRequest) -> bool:

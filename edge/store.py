@@ -26,8 +26,10 @@ place, `DiskStore._run`, on a small dedicated thread pool.
 diskcache runs with eviction disabled: its least-recently-used policy writes to SQLite
 on every read (perf-notes: 166 µs against 24 µs per get), so the store keeps its own
 recency in memory and its own byte count of the body files, and evicts when a commit
-takes it over `max_bytes`. With several processes on one directory each process
-counts what it stored and what it saw when it opened; the bound is then approximate.
+takes it over `max_bytes`. Worker processes may share a directory: the byte total is
+a counter in the index, changed in the same transaction as the rows, so it is right
+across processes and crashes; recency is each process's own (what it stored, read or
+found at open), so with several workers eviction is close to LRU, not exact.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
+import pickle
 import shutil
 import sqlite3
 import tempfile
@@ -63,6 +67,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -76,6 +82,8 @@ ENTRY_OVERHEAD = 512
 #: an unreferenced body file younger than this may belong to another process that
 #: renamed it and is about to write its index row; the orphan sweep leaves it alone
 ORPHAN_GRACE = 600.0
+#: the index key of the byte total of all bodies (not a str, so never an object's key)
+BYTES_KEY = ("edgeshield", "body-bytes")
 
 
 class StoreError(Exception):
@@ -426,15 +434,20 @@ async def read_body(
 class MemoryTier:
     """A bounded LRU of entries kept in memory: metadata, and bodies when small."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, ttl: float = float("inf")) -> None:
         self.max_bytes = max_bytes
+        #: seconds an entry is trusted before it is read from the index again
+        self.ttl = ttl
         self.used = 0
-        self._entries: OrderedDict[str, tuple[StoredEntry, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[StoredEntry, int, float]] = OrderedDict()
 
     def get(self, key: str) -> StoredEntry | None:
-        """The entry, marked most recently used."""
+        """The entry, marked most recently used; None once it is older than `ttl`."""
         item = self._entries.get(key)
         if item is None:
+            return None
+        if item[2] < time.monotonic():
+            self.discard(key)
             return None
         self._entries.move_to_end(key)
         return item[0]
@@ -447,10 +460,10 @@ class MemoryTier:
         self.discard(entry.key)
         if cost > self.max_bytes:
             return
-        self._entries[entry.key] = (entry, cost)
+        self._entries[entry.key] = (entry, cost, time.monotonic() + self.ttl)
         self.used += cost
         while self.used > self.max_bytes:
-            _, (_, old_cost) = self._entries.popitem(last=False)
+            _, (_, old_cost, _) = self._entries.popitem(last=False)
             self.used -= old_cost
 
     def discard(self, key: str) -> None:
@@ -531,14 +544,15 @@ class _StoreBase:
     def _pick_victims(self, keep: str) -> list[str]:
         """Least recently used keys to drop until the bytes fit `max_bytes`."""
         victims: list[str] = []
-        if self._bytes <= self.max_bytes:
-            return victims
-        for key in list(self._lru):
-            if self._bytes <= self.max_bytes:
+        excess = self._bytes - self.max_bytes
+        freed = 0
+        for key, size in list(self._lru.items()):
+            if freed >= excess:
                 break
             if key == keep or key in self._locks:
                 continue  # just stored, or being changed right now
             victims.append(key)
+            freed += size
             self._account(key, None)
         return victims
 
@@ -583,12 +597,13 @@ class DiskStore(_StoreBase):
         memory_bytes: int = 64 * MiB,
         memory_object_max: int = 256 * KiB,
         io_threads: int = 4,
+        memory_ttl: float = 2.0,
     ) -> None:
-        """Not usable until `_start` ran; use `DiskStore.open`."""
+        """Not usable until opened; use `DiskStore.open`."""
         self.directory = os.path.abspath(directory)
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         super().__init__(max_bytes, os.path.join(self.directory, "tmp", owner), io_threads)
-        self.memory = MemoryTier(memory_bytes)
+        self.memory = MemoryTier(memory_bytes, memory_ttl)
         self.memory_object_max = memory_object_max
         self._index: diskcache.Cache | None = None
         self._lock_fd: int | None = None
@@ -601,9 +616,15 @@ class DiskStore(_StoreBase):
         memory_bytes: int = 64 * MiB,
         memory_object_max: int = 256 * KiB,
         io_threads: int = 4,
+        memory_ttl: float = 2.0,
     ) -> DiskStore:
-        """Open (creating if needed) the store in `directory`."""
-        store = cls(directory, max_bytes, memory_bytes, memory_object_max, io_threads)
+        """Open (creating if needed) the store in `directory`.
+
+        `memory_ttl` bounds how long the memory tier trusts an entry before reading the
+        index again: worker processes sharing the directory see each other's deletes
+        and replacements within that time (one disk read per hot key per period).
+        """
+        store = cls(directory, max_bytes, memory_bytes, memory_object_max, io_threads, memory_ttl)
         try:
             sizes = await store._run(store._start_sync)
         except BaseException:
@@ -615,6 +636,12 @@ class DiskStore(_StoreBase):
         if victims:
             await store._run(store._delete_sync, victims)
         return store
+
+    def _account(self, key: str, size: int | None) -> None:
+        """Recency only: the byte total is the shared counter that `_count` keeps."""
+        self._lru.pop(key, None)
+        if size is not None:
+            self._lru[key] = size
 
     # -- blocking parts, run on the store's threads
 
@@ -639,13 +666,35 @@ class DiskStore(_StoreBase):
         sizes: list[tuple[str, int]] = []
         referenced: set[str] = set()
         for key in self._index.iterkeys():
-            record = self._index.get(key)
-            if not isinstance(record, _Record) or not isinstance(key, str):
+            if not isinstance(key, str):
+                continue
+            record = self._row(key)
+            if record is None:
                 continue
             sizes.append((key, record.size))
             referenced.update(rel for _, rel, _ in record.bodies)
         self._sweep_orphans(referenced)
+        with self._index.transact():
+            if self._index.get(BYTES_KEY) is None:  # a new directory
+                self._index.set(BYTES_KEY, sum(size for _, size in sizes))
+            self._count(0)
         return sizes
+
+    def _row(self, key: str) -> _Record | None:
+        """The index row of `key`; a row that no longer unpickles (its metadata class
+        changed in an upgrade) is deleted and treated as absent, its files left to the
+        orphan sweep."""
+        try:
+            value = self.index.get(key)
+        except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as exc:
+            log.warning("dropping unreadable index row %r: %s", key, exc)
+            self.index.delete(key)
+            return None
+        return value if isinstance(value, _Record) else None
+
+    def _count(self, delta: int) -> None:
+        """Change the shared byte total (inside the caller's transaction) and note it."""
+        self._bytes = int(self.index.incr(BYTES_KEY, delta, default=0))
 
     def _sweep_orphans(self, referenced: set[str]) -> None:
         """Remove body files no index row names (left by a crash between rename and row)."""
@@ -694,19 +743,19 @@ class DiskStore(_StoreBase):
         record = _Record(meta, ((encoding, rel, size),))
         try:
             with self.index.transact():
-                old = self.index.get(key)
+                old = self._row(key)
                 self.index.set(key, record)
+                self._count(size - (old.size if old is not None else 0))
         except BaseException:
             _unlink_quietly(full)
             raise
-        old = old if isinstance(old, _Record) else None
         self._remove_files(old)
         return record, old
 
     def _add_encoding_sync(self, key: str, encoding: str, src: str) -> _Record | None:
         with self.index.transact():
-            old = self.index.get(key)
-            if not isinstance(old, _Record):
+            old = self._row(key)
+            if old is None:
                 _unlink_quietly(src)
                 return None
             size = os.stat(src).st_size
@@ -714,6 +763,7 @@ class DiskStore(_StoreBase):
             os.rename(src, full)
             record = old.with_body(encoding, rel, size)
             self.index.set(key, record)
+            self._count(record.size - old.size)
         replaced = [b for b in old.bodies if b[0] == encoding]
         for _, old_rel, _ in replaced:
             _unlink_quietly(self._abs(old_rel))
@@ -721,8 +771,8 @@ class DiskStore(_StoreBase):
 
     def _put_meta_sync(self, key: str, meta: object) -> _Record:
         with self.index.transact():
-            old = self.index.get(key)
-            bodies = old.bodies if isinstance(old, _Record) else ()
+            old = self._row(key)
+            bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
             self.index.set(key, record)
         return record
@@ -730,14 +780,17 @@ class DiskStore(_StoreBase):
     def _delete_sync(self, keys: list[str]) -> None:
         for key in keys:
             with self.index.transact():
-                old = self.index.get(key)
+                old = self._row(key)
+                if old is None:
+                    continue
                 self.index.delete(key)
-            self._remove_files(old if isinstance(old, _Record) else None)
+                self._count(-old.size)
+            self._remove_files(old)
 
     def _load_sync(self, key: str) -> tuple[_Record, dict[str, bytes]] | None:
         """Read a row, check its files exist, and read small bodies for the memory tier."""
-        record = self.index.get(key)
-        if not isinstance(record, _Record):
+        record = self._row(key)
+        if record is None:
             return None
         data: dict[str, bytes] = {}
         small = all(size <= self.memory_object_max for _, _, size in record.bodies)
@@ -760,10 +813,11 @@ class DiskStore(_StoreBase):
 
     def _drop_if_same(self, key: str, record: _Record) -> None:
         with self.index.transact():
-            current = self.index.get(key)
-            if not isinstance(current, _Record) or current.bodies != record.bodies:
+            current = self._row(key)
+            if current is None or current.bodies != record.bodies:
                 return  # changed meanwhile: not ours to drop
             self.index.delete(key)
+            self._count(-current.size)
         self._remove_files(record)
 
     def _keys_sync(self) -> list[str]:

@@ -129,19 +129,25 @@ def plan_fleet(
         geo = fleet.geo
         dns_host, dns_port = split_host_port(geo.dns_listen)
         http_host, http_port = split_host_port(geo.http_listen)
+        route_url = f"http://{_url_host(http_host)}:{http_port}"
         specs.append(
             NodeSpec(
                 name="geo",
                 role="geo",
                 region="-",
                 argv=_cli("geo", "serve", "--config", config_path),
-                # GeoDNS serves the same port over TCP, so a TCP accept says it is up.
-                health=HealthCheck((dns_host, dns_port)),
+                # GeoDNS serves its port over TCP as well as UDP, so a TCP accept says
+                # DNS is up; the route endpoint answering shows the process is geo.
+                health=HealthCheck((dns_host, dns_port), f"{route_url}/v1/route?ip=127.0.0.1"),
                 stage=4,
-                addresses=(f"dns {geo.dns_listen} (udp+tcp)", f"http://{http_host}:{http_port}"),
+                addresses=(f"dns {geo.dns_listen} (udp+tcp)", route_url),
             )
         )
     return specs
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -440,11 +446,12 @@ def try_commands(fleet: Fleet, specs: Sequence[NodeSpec], demo: DemoInfo | None)
                     f"dig @{dns_host} -p {dns_port} {name} A +subnet={network}    # {region.name}"
                 )
         http_host, http_port = split_host_port(fleet.geo.http_listen)
+        route_url = f"http://{_url_host(http_host)}:{http_port}"
         sample = next((r.client_networks[0] for r in fleet.regions if r.client_networks), "")
         if sample:
             sample_net = ipaddress.ip_network(sample, strict=False)
             ip = sample_net[10] if sample_net.num_addresses > 10 else sample_net[0]
-            lines.append(f"curl -s 'http://{http_host}:{http_port}/v1/route?ip={ip}'")
+            lines.append(f"curl -s '{route_url}/v1/route?ip={ip}'")
     return lines
 
 

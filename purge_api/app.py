@@ -92,13 +92,16 @@ class PurgeApi:
             return _error(403, f"token {token.name!r} may not purge service {name!r}")
         retry_after = self.limiter.take(token.name, self.monotonic())
         if retry_after > 0:
-            response = _error(
-                429,
-                f"too many purges for token {token.name!r}: at most "
-                f"{self.config.rate_limit_per_minute} a minute",
+            seconds = max(1, math.ceil(retry_after))
+            return web.json_response(
+                {
+                    "error": f"too many purges for token {token.name!r}: at most "
+                    f"{self.config.rate_limit_per_minute} a minute",
+                    "retry_after": seconds,
+                },
+                status=429,
+                headers={"Retry-After": str(seconds)},
             )
-            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-            return response
         wait = _wait_param(request)
         if isinstance(wait, web.Response):
             return wait

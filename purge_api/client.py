@@ -139,15 +139,13 @@ async def _post(
                     raise _refused(response.status, data)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if attempt == POST_ATTEMPTS:
-                raise _Failure(EXIT_FAILED, f"cannot reach the purge API at {url}: {exc!r}") from None
+                raise _Failure(EXIT_FAILED, f"cannot reach {url}: {exc!r}") from None
         await asyncio.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
 
 
-async def _get(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> dict[str, Any]:
+async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> dict[str, Any]:
     async with session.get(url, headers=headers) as response:
         data = await _json(response)
         if response.status != 200:
@@ -172,6 +170,6 @@ def _refused(status: int, data: dict[str, Any]) -> _Failure:
     if status in (400, 404, 413):
         return _Failure(EXIT_BAD_INPUT, f"bad request ({status}): {message}")
     if status == 429:
-        retry = data.get("retry_after") or "a while"
+        retry = f"{data['retry_after']}s" if "retry_after" in data else "a while"
         return _Failure(EXIT_FAILED, f"rate limited (429): {message}; try again in {retry}")
     return _Failure(EXIT_FAILED, f"the purge API answered {status}: {message}")

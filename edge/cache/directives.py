@@ -30,7 +30,8 @@ class CacheControl:
     Numbers are delta-seconds (None: absent). `no_cache` and `private` are the
     unqualified forms; a qualified form (`no-cache="Set-Cookie"`) lists its
     lowercased field names in `no_cache_fields` / `private_fields` instead (RFC 9111
-    5.2.2.4, 5.2.2.7). A bare request `max-stale` is `MAX_DELTA_SECONDS`.
+    5.2.2.4, 5.2.2.7). At most one of each pair is set: when both forms appear the
+    bare one wins. A bare request `max-stale` is `MAX_DELTA_SECONDS`.
     """
 
     max_age: int | None = None
@@ -113,9 +114,11 @@ class _Builder:
                 target.append(lowered)
 
     def build(self) -> CacheControl:
+        # The bare form restricts more than any field list, so when both appear the
+        # bare form wins (RFC 9111 4.2.1's "most restrictive") and the list is dropped.
         return CacheControl(
-            no_cache_fields=tuple(self.no_cache_fields),
-            private_fields=tuple(self.private_fields),
+            no_cache_fields=() if self.values.get("no_cache") else tuple(self.no_cache_fields),
+            private_fields=() if self.values.get("private") else tuple(self.private_fields),
             **self.values,  # type: ignore[arg-type]
         )
 

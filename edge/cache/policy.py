@@ -15,7 +15,12 @@ from enum import Enum
 from multidict import CIMultiDict
 
 from edge.cache.dates import parse_http_date
-from edge.cache.directives import TARGETED_FIELDS, CacheControl, effective_directives
+from edge.cache.directives import (
+    TARGETED_FIELDS,
+    CacheControl,
+    effective_directives,
+    parse_cache_control,
+)
 from edge.cache.headers import Headers
 from edge.cache.keys import surrogate_keys, vary_fields
 from edge.cache.model import HeaderPairs, ObjectMeta
@@ -114,8 +119,8 @@ def storability(
     negative_ttl: int = 0,
 ) -> Storability:
     """RFC 9111 3: may a shared cache store this response?"""
-    directives, _ = effective_directives(response_headers)
-    request_cc_no_store = "no-store" in (request_headers.get("cache-control") or "").lower()
+    directives, source = effective_directives(response_headers)
+    request_cc_no_store = parse_cache_control(request_headers.get("cache-control")).no_store
     if method != "GET":
         return Storability(False, "method")
     if status not in UNDERSTOOD_STATUSES:
@@ -125,8 +130,10 @@ def storability(
         return Storability(False, "request no-store")
     if directives.no_store:
         return Storability(False, "no-store")
-    if directives.private and not directives.private_fields:
-        # RFC 9111 5.2.2.7: a shared cache must not store a private response
+    if directives.private or directives.private_fields:
+        # RFC 9111 5.2.2.7: a shared cache must not store a private response. The
+        # qualified form (private="Set-Cookie") is treated like the bare one, as RFC
+        # 9111 5.2.2.7 notes many caches do, so no listed field can ever leak.
         return Storability(False, "private")
     vary = vary_fields(response_headers)
     if vary is None:
@@ -141,11 +148,13 @@ def storability(
         directives.public or directives.s_maxage is not None or directives.must_revalidate
     ):
         return Storability(False, "authorization")
-    if status in NEGATIVE_STATUSES and not _has_explicit_lifetime(directives, response_headers):
+    if status in NEGATIVE_STATUSES and not _has_explicit_lifetime(
+        directives, response_headers, source
+    ):
         if negative_ttl <= 0:
             return Storability(False, f"status {status} (negative caching off)")
     if not (
-        _has_explicit_lifetime(directives, response_headers)
+        _has_explicit_lifetime(directives, response_headers, source)
         or directives.public
         or status in HEURISTICALLY_CACHEABLE
         or directives.no_cache
@@ -154,24 +163,33 @@ def storability(
     return Storability(True, "")
 
 
-def _has_explicit_lifetime(directives: CacheControl, headers: Headers) -> bool:
+def _has_explicit_lifetime(directives: CacheControl, headers: Headers, source: str) -> bool:
     return (
         directives.s_maxage is not None
         or directives.max_age is not None
-        or headers.get("expires") is not None
+        or (source == "cache-control" and headers.get("expires") is not None)
     )
 
 
 def freshness_lifetime(
-    status: int, directives: CacheControl, response_headers: Headers, *, negative_ttl: int = 0
+    status: int,
+    directives: CacheControl,
+    response_headers: Headers,
+    *,
+    negative_ttl: int = 0,
+    source: str = "cache-control",
 ) -> float:
-    """RFC 9111 4.2.1: the first of s-maxage, max-age, Expires - Date, or a heuristic."""
+    """RFC 9111 4.2.1: the first of s-maxage, max-age, Expires - Date, or a heuristic.
+
+    `source` is the field the directives came from (see `effective_directives`).
+    """
     if directives.s_maxage is not None:
         return float(directives.s_maxage)
     if directives.max_age is not None:
         return float(directives.max_age)
     date = parse_http_date(response_headers.get("date"))
-    expires_text = response_headers.get("expires")
+    # RFC 9213 2.2: with a targeted field in force, Cache-Control *and* Expires are ignored
+    expires_text = response_headers.get("expires") if source == "cache-control" else None
     if expires_text is not None:
         expires = parse_http_date(expires_text)
         # RFC 9111 5.3: an invalid Expires (such as "0") means already expired
@@ -261,8 +279,10 @@ def build_meta(
 ) -> ObjectMeta:
     """The metadata of a response about to be stored, with its numbers precomputed."""
     headers = pair_headers(upstream_pairs)
-    directives, _ = effective_directives(headers)
-    lifetime = freshness_lifetime(status, directives, headers, negative_ttl=negative_ttl)
+    directives, source = effective_directives(headers)
+    lifetime = freshness_lifetime(
+        status, directives, headers, negative_ttl=negative_ttl, source=source
+    )
     initial_age = corrected_initial_age(headers, request_time, response_time)
     if force_stale:
         # The tier above served this stale (soft purge, stale-while-revalidate): it is
@@ -289,7 +309,9 @@ def build_meta(
             or directives.proxy_revalidate
             or directives.s_maxage is not None
         ),
-        no_cache=directives.no_cache and not directives.no_cache_fields,
+        # the qualified form (no-cache="field") is treated like the bare one: simpler
+        # than re-validating per field, and never reuses a listed field unvalidated
+        no_cache=directives.no_cache or bool(directives.no_cache_fields),
         etag=headers.get("etag"),
         last_modified=parse_http_date(headers.get("last-modified")),
         content_type=headers.get("content-type"),

@@ -424,3 +424,91 @@ async def test_a_body_already_open_survives_its_eviction(tmp_path: Path) -> None
         assert first + rest == body
     finally:
         await store.close()
+
+
+async def test_two_workers_on_one_directory_share_the_byte_total(tmp_path: Path) -> None:
+    first = await open_disk(tmp_path, max_bytes=700 * KiB)
+    second = await open_disk(tmp_path, max_bytes=700 * KiB)
+    try:
+        await store_body(first, "a", os.urandom(300 * KiB))
+        await store_body(second, "b", os.urandom(300 * KiB))
+        assert second.size_bytes == 600 * KiB  # counts the first worker's body too
+        await store_body(first, "c", os.urandom(300 * KiB))  # over: first evicts its LRU, a
+        assert first.size_bytes == 600 * KiB
+        assert sorted(await second.keys()) == ["b", "c"]
+        assert await second.get("a") is None
+    finally:
+        await second.close()
+        await first.close()
+    reopened = await open_disk(tmp_path)
+    try:
+        assert reopened.size_bytes == 600 * KiB
+    finally:
+        await reopened.close()
+
+
+async def test_a_worker_sees_another_workers_delete_once_its_memory_expires(
+    tmp_path: Path,
+) -> None:
+    directory = str(tmp_path / "cache")
+    # memory_ttl=0: every memory entry has expired by the next lookup
+    first = await DiskStore.open(directory, max_bytes=1 << 30, memory_ttl=0.0)
+    second = await DiskStore.open(directory, max_bytes=1 << 30)
+    try:
+        await store_body(first, "k", b"v" * 100)
+        assert await first.get("k") is not None
+        await second.delete("k")
+        assert first.peek("k") is None
+        assert await first.get("k") is None
+    finally:
+        await second.close()
+        await first.close()
+
+
+def _unloadable() -> object:
+    raise AttributeError("the metadata class of this row no longer exists")
+
+
+class MetaOfAnOlderRelease:
+    """Metadata that pickles but no longer unpickles (as after a class was renamed)."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_unloadable, ())
+
+
+async def test_an_unreadable_index_row_is_dropped_not_fatal(tmp_path: Path) -> None:
+    store = await open_disk(tmp_path)
+    await store_body(store, "old", b"o" * 100, meta=MetaOfAnOlderRelease())
+    await store_body(store, "good", b"g" * 100, meta="fine")
+    await store.close()
+
+    store = await open_disk(tmp_path)
+    try:
+        assert await store.get("old") is None
+        assert await store.keys() == ["good"]
+        entry = await store.get("good")
+        assert entry is not None
+        assert entry.meta == "fine"
+    finally:
+        await store.close()
+
+
+async def test_added_encodings_survive_a_restart(tmp_path: Path) -> None:
+    store = await open_disk(tmp_path)
+    await store_body(store, "k", b"i" * 1000)
+    src = store.tmp_path(".br")
+    Path(src).write_bytes(b"compressed")
+    assert await store.add_encoding("k", "br", src) is not None
+    await store.close()
+
+    store = await open_disk(tmp_path)
+    try:
+        entry = await store.get("k")
+        assert entry is not None
+        assert {e: await read_all(r) for e, r in entry.bodies.items()} == {
+            "identity": b"i" * 1000,
+            "br": b"compressed",
+        }
+        assert store.size_bytes == 1000 + len(b"compressed")
+    finally:
+        await store.close()

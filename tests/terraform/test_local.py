@@ -48,8 +48,9 @@ def port_is_free(host: str, port: int) -> bool:
     """Whether both TCP and UDP `port` can be bound on `host` now."""
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as sock:
-            # As a server binds: connections left in TIME_WAIT do not hold the port.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == socket.SOCK_STREAM:
+                # As a server binds: connections left in TIME_WAIT do not hold the port.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

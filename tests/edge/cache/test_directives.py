@@ -97,10 +97,10 @@ class TestResponseDirectives:
         assert cc('no-cache=""').no_cache is True
         assert cc('private=""').private is True
 
-    def test_bare_and_qualified_forms_together_keep_both(self) -> None:
-        parsed = cc('private="X-A", private')
-        assert parsed.private is True
-        assert parsed.private_fields == ("x-a",)
+    def test_bare_and_qualified_forms_together_the_bare_one_wins(self) -> None:
+        parsed = cc('private="X-A", private, no-cache, no-cache="X-B"')
+        assert (parsed.private, parsed.private_fields) == (True, ())
+        assert (parsed.no_cache, parsed.no_cache_fields) == (True, ())
 
 
 class TestInvalidValues:

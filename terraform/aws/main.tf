@@ -1,0 +1,224 @@
+# A real multi-region fleet: three sites, each a VPC in its own AWS region, joined by
+# VPC peering so every node reaches every other on its private address. Nodes bind
+# their private addresses (fixed below, so fleet.toml can name them before anything
+# exists); edges, GeoDNS and the purge API also get Elastic IPs, which AWS maps 1:1
+# to the private address. Admin ports are open only to the fleet's VPC CIDRs.
+
+locals {
+  ports = {
+    edge      = 80
+    admin     = 9090
+    shield    = 8080
+    purge_api = 8000
+    dns       = 53
+    geo_http  = 8053
+  }
+  mmdb_path      = "/var/lib/edgeshield/geo.mmdb"
+  purge_api_site = var.purge_api_site != "" ? var.purge_api_site : var.sites[0].name
+  fleet_cidrs    = [for s in var.sites : s.vpc_cidr]
+
+  # Every machine of the fleet: one node each, at a fixed host number of its subnet
+  # (edges .10+, shields .20+, purge API .30, GeoDNS .40).
+  nodes = merge(flatten([for s in var.sites : [
+    { for i in range(s.edges) : "edge-${s.name}-${i + 1}" => { site = s.name, role = "edge", host = 10 + i, public = true } },
+    { for i in range(s.shields) : "shield-${s.name}-${i + 1}" => { site = s.name, role = "shield", host = 20 + i, public = false } },
+    { for _ in s.name == local.purge_api_site ? [1] : [] : "purge-api" => { site = s.name, role = "purge-api", host = 30, public = true } },
+    { for _ in s.geo ? [1] : [] : "geo-${s.name}" => { site = s.name, role = "geo", host = 40, public = true } },
+  ]])...)
+
+  subnet_cidr = { for s in var.sites : s.name => cidrsubnet(s.vpc_cidr, 24 - tonumber(split("/", s.vpc_cidr)[1]), 0) }
+  private_ip  = { for name, n in local.nodes : name => cidrhost(local.subnet_cidr[n.site], n.host) }
+  public_ip = merge(
+    module.site1.public_ips,
+    module.site2.public_ips,
+    module.site3.public_ips,
+  )
+
+  site_nodes = { for s in var.sites : s.name => {
+    for name, n in local.nodes : name => {
+      role          = n.role
+      private_ip    = local.private_ip[name]
+      public        = n.public
+      instance_type = var.instance_types[replace(n.role, "-", "_")]
+    } if n.site == s.name
+  } }
+}
+
+provider "aws" {
+  alias  = "site1"
+  region = var.sites[0].aws_region
+  default_tags {
+    tags = merge({ Project = "edgeshield", Site = var.sites[0].name }, var.tags)
+  }
+}
+
+provider "aws" {
+  alias  = "site2"
+  region = var.sites[1].aws_region
+  default_tags {
+    tags = merge({ Project = "edgeshield", Site = var.sites[1].name }, var.tags)
+  }
+}
+
+provider "aws" {
+  alias  = "site3"
+  region = var.sites[2].aws_region
+  default_tags {
+    tags = merge({ Project = "edgeshield", Site = var.sites[2].name }, var.tags)
+  }
+}
+
+module "fleet" {
+  source = "../modules/fleet"
+
+  regions = [for s in var.sites : {
+    name            = s.name
+    latitude        = s.latitude
+    longitude       = s.longitude
+    client_networks = s.client_networks
+  }]
+  services = var.services
+  shields = [for name, n in local.nodes : {
+    name         = name
+    region       = n.site
+    listen       = "${local.private_ip[name]}:${local.ports.shield}"
+    admin_listen = "${local.private_ip[name]}:${local.ports.admin}"
+    cache_dir    = "/var/cache/edgeshield/${name}"
+    cache_size   = var.cache_sizes.shield
+  } if n.role == "shield"]
+  edges = [for name, n in local.nodes : {
+    name           = name
+    region         = n.site
+    listen         = "${local.private_ip[name]}:${local.ports.edge}"
+    admin_listen   = "${local.private_ip[name]}:${local.ports.admin}"
+    cache_dir      = "/var/cache/edgeshield/${name}"
+    cache_size     = var.cache_sizes.edge
+    public_address = local.public_ip[name]
+  } if n.role == "edge"]
+  purge_api = {
+    listen   = "${local.private_ip["purge-api"]}:${local.ports.purge_api}"
+    data_dir = "/var/lib/edgeshield/purge-api"
+    tokens   = var.purge_tokens
+  }
+  geo = {
+    # Every GeoDNS node reads the same file, so they bind the wildcard address.
+    dns_listen  = "0.0.0.0:${local.ports.dns}"
+    http_listen = "0.0.0.0:${local.ports.geo_http}"
+    zone        = var.zone
+    mmdb        = local.mmdb_path
+  }
+}
+
+module "user_data" {
+  source   = "../modules/cloud-init"
+  for_each = local.nodes
+
+  fleet_toml  = module.fleet.fleet_toml
+  role        = each.value.role
+  node_name   = each.key
+  package     = var.edgeshield_package
+  node_secret = var.node_secret
+  mmdb_url    = var.mmdb_url
+  mmdb_path   = local.mmdb_path
+}
+
+module "site1" {
+  source    = "./modules/site"
+  providers = { aws = aws.site1 }
+
+  name            = var.sites[0].name
+  vpc_cidr        = var.sites[0].vpc_cidr
+  subnet_cidr     = local.subnet_cidr[var.sites[0].name]
+  fleet_cidrs     = local.fleet_cidrs
+  peer_routes     = { (var.sites[1].vpc_cidr) = aws_vpc_peering_connection.site1_site2.id, (var.sites[2].vpc_cidr) = aws_vpc_peering_connection.site1_site3.id }
+  nodes           = local.site_nodes[var.sites[0].name]
+  user_data       = { for name, m in module.user_data : name => m.user_data if local.nodes[name].site == var.sites[0].name }
+  ports           = local.ports
+  ami_parameter   = var.ami_ssm_parameter
+  root_volume_gb  = var.root_volume_gb
+  ssh_key_name    = var.ssh_key_name
+  ssh_cidrs       = var.ssh_cidrs
+  purge_api_cidrs = var.purge_api_cidrs
+}
+
+module "site2" {
+  source    = "./modules/site"
+  providers = { aws = aws.site2 }
+
+  name            = var.sites[1].name
+  vpc_cidr        = var.sites[1].vpc_cidr
+  subnet_cidr     = local.subnet_cidr[var.sites[1].name]
+  fleet_cidrs     = local.fleet_cidrs
+  peer_routes     = { (var.sites[0].vpc_cidr) = aws_vpc_peering_connection.site1_site2.id, (var.sites[2].vpc_cidr) = aws_vpc_peering_connection.site2_site3.id }
+  nodes           = local.site_nodes[var.sites[1].name]
+  user_data       = { for name, m in module.user_data : name => m.user_data if local.nodes[name].site == var.sites[1].name }
+  ports           = local.ports
+  ami_parameter   = var.ami_ssm_parameter
+  root_volume_gb  = var.root_volume_gb
+  ssh_key_name    = var.ssh_key_name
+  ssh_cidrs       = var.ssh_cidrs
+  purge_api_cidrs = var.purge_api_cidrs
+}
+
+module "site3" {
+  source    = "./modules/site"
+  providers = { aws = aws.site3 }
+
+  name            = var.sites[2].name
+  vpc_cidr        = var.sites[2].vpc_cidr
+  subnet_cidr     = local.subnet_cidr[var.sites[2].name]
+  fleet_cidrs     = local.fleet_cidrs
+  peer_routes     = { (var.sites[0].vpc_cidr) = aws_vpc_peering_connection.site1_site3.id, (var.sites[1].vpc_cidr) = aws_vpc_peering_connection.site2_site3.id }
+  nodes           = local.site_nodes[var.sites[2].name]
+  user_data       = { for name, m in module.user_data : name => m.user_data if local.nodes[name].site == var.sites[2].name }
+  ports           = local.ports
+  ami_parameter   = var.ami_ssm_parameter
+  root_volume_gb  = var.root_volume_gb
+  ssh_key_name    = var.ssh_key_name
+  ssh_cidrs       = var.ssh_cidrs
+  purge_api_cidrs = var.purge_api_cidrs
+}
+
+# Inter-region VPC peering, a full mesh: the requester side in one region, the
+# accepter in the other.
+resource "aws_vpc_peering_connection" "site1_site2" {
+  provider    = aws.site1
+  vpc_id      = module.site1.vpc_id
+  peer_vpc_id = module.site2.vpc_id
+  peer_region = var.sites[1].aws_region
+  tags        = { Name = "edgeshield-${var.sites[0].name}-${var.sites[1].name}" }
+}
+
+resource "aws_vpc_peering_connection_accepter" "site1_site2" {
+  provider                  = aws.site2
+  vpc_peering_connection_id = aws_vpc_peering_connection.site1_site2.id
+  auto_accept               = true
+}
+
+resource "aws_vpc_peering_connection" "site1_site3" {
+  provider    = aws.site1
+  vpc_id      = module.site1.vpc_id
+  peer_vpc_id = module.site3.vpc_id
+  peer_region = var.sites[2].aws_region
+  tags        = { Name = "edgeshield-${var.sites[0].name}-${var.sites[2].name}" }
+}
+
+resource "aws_vpc_peering_connection_accepter" "site1_site3" {
+  provider                  = aws.site3
+  vpc_peering_connection_id = aws_vpc_peering_connection.site1_site3.id
+  auto_accept               = true
+}
+
+resource "aws_vpc_peering_connection" "site2_site3" {
+  provider    = aws.site2
+  vpc_id      = module.site2.vpc_id
+  peer_vpc_id = module.site3.vpc_id
+  peer_region = var.sites[2].aws_region
+  tags        = { Name = "edgeshield-${var.sites[1].name}-${var.sites[2].name}" }
+}
+
+resource "aws_vpc_peering_connection_accepter" "site2_site3" {
+  provider                  = aws.site3
+  vpc_peering_connection_id = aws_vpc_peering_connection.site2_site3.id
+  auto_accept               = true
+}

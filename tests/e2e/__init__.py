@@ -1,0 +1,1 @@
+"""End-to-end tests: real edge, shield and origin processes on loopback."""
