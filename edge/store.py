@@ -752,13 +752,19 @@ class DiskStore(_StoreBase):
         self._remove_files(old)
         return record, old
 
-    def _add_encoding_sync(self, key: str, encoding: str, src: str) -> _Record | None:
+    def _add_encoding_sync(
+        self, key: str, encoding: str, src: str
+    ) -> tuple[_Record, bytes | None] | None:
+        size = os.stat(src).st_size
+        data = None
+        if size <= self.memory_object_max:  # small: the memory tier keeps a copy
+            with open(src, "rb") as f:
+                data = f.read()
         with self.index.transact():
             old = self._row(key)
             if old is None:
                 _unlink_quietly(src)
                 return None
-            size = os.stat(src).st_size
             rel, full = self._new_body_path(encoding)
             os.rename(src, full)
             record = old.with_body(encoding, rel, size)
@@ -767,7 +773,7 @@ class DiskStore(_StoreBase):
         replaced = [b for b in old.bodies if b[0] == encoding]
         for _, old_rel, _ in replaced:
             _unlink_quietly(self._abs(old_rel))
-        return record
+        return record, data
 
     def _put_meta_sync(self, key: str, meta: object) -> _Record:
         with self.index.transact():
@@ -793,11 +799,10 @@ class DiskStore(_StoreBase):
         if record is None:
             return None
         data: dict[str, bytes] = {}
-        small = all(size <= self.memory_object_max for _, _, size in record.bodies)
         for encoding, rel, size in record.bodies:
             full = self._abs(rel)
             try:
-                if small:
+                if size <= self.memory_object_max:
                     with open(full, "rb") as f:
                         body = f.read(size + 1)
                     if len(body) != size:
@@ -907,17 +912,20 @@ class DiskStore(_StoreBase):
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Move `src_path` in as another encoding of `key`; None (and the file removed) if gone."""
         async with self._key_lock(key):
-            record = await self._run(self._add_encoding_sync, key, encoding, src_path)
+            added = await self._run(self._add_encoding_sync, key, encoding, src_path)
             self._version += 1
-            if record is None:
+            if added is None:
                 self.memory.discard(key)
                 self._account(key, None)
                 return None
+            record, new_data = added
             held = self.memory.get(key)
             data: dict[str, bytes] = {}
             if held is not None:
                 data = {e: r.data for e, r in held.bodies.items() if r.data is not None}
-                data.pop(encoding, None)
+            data.pop(encoding, None)
+            if new_data is not None:
+                data[encoding] = new_data
             entry = self._entry(key, record, data)
             self.memory.put(entry)
             self._account(key, record.size)

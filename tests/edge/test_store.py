@@ -512,3 +512,25 @@ async def test_added_encodings_survive_a_restart(tmp_path: Path) -> None:
         assert store.size_bytes == 1000 + len(b"compressed")
     finally:
         await store.close()
+
+
+async def test_small_bodies_are_held_in_memory_beside_a_large_one(tmp_path: Path) -> None:
+    store = await open_disk(tmp_path)
+    try:
+        large = os.urandom(400 * KiB)
+        await store_body(store, "k", large)
+        src = store.tmp_path(".br")
+        Path(src).write_bytes(b"small variant")
+        await store.add_encoding("k", "br", src)
+        entry = store.peek("k")
+        assert entry is not None
+        assert entry.bodies["br"].data == b"small variant"  # a hot br hit needs no disk
+        assert entry.bodies["identity"].data is None
+        store.memory.discard("k")
+        reloaded = await store.get("k")
+        assert reloaded is not None
+        assert reloaded.bodies["br"].data == b"small variant"
+        assert reloaded.bodies["identity"].data is None
+        assert await read_all(reloaded.bodies["identity"]) == large
+    finally:
+        await store.close()
