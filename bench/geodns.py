@@ -43,8 +43,11 @@ from geo.mmdb_build import build_fleet_mmdb
 from geo.routing import Router, chooser_from_fleet
 from geo.source import MmdbSource
 
-REGIONS = [("eu", 50.1, 8.7, "10.1.0.0/16"), ("us", 40.7, -74.0, "10.2.0.0/16"),
-           ("ap", 35.7, 139.7, "10.3.0.0/16")]
+REGIONS = [
+    ("eu", 50.1, 8.7, "10.1.0.0/16"),
+    ("us", 40.7, -74.0, "10.2.0.0/16"),
+    ("ap", 35.7, 139.7, "10.3.0.0/16"),
+]
 
 
 def free_port() -> int:
@@ -56,18 +59,41 @@ def free_port() -> int:
 def write_fleet(root: Path) -> Path:
     lines: list[str] = []
     for name, lat, lon, net in REGIONS:
-        lines += ["[[regions]]", f'name = "{name}"', f"latitude = {lat}", f"longitude = {lon}",
-                  f'client_networks = ["{net}"]', ""]
-    lines += ["[[services]]", 'name = "site"', 'hosts = ["www.example.com"]',
-              'origins = ["http://127.0.0.1:9"]', ""]
+        lines += [
+            "[[regions]]",
+            f'name = "{name}"',
+            f"latitude = {lat}",
+            f"longitude = {lon}",
+            f'client_networks = ["{net}"]',
+            "",
+        ]
+    lines += [
+        "[[services]]",
+        'name = "site"',
+        'hosts = ["www.example.com"]',
+        'origins = ["http://127.0.0.1:9"]',
+        "",
+    ]
     for i, (name, *_) in enumerate(REGIONS):
-        lines += ["[[edges]]", f'name = "edge-{name}"', f'region = "{name}"',
-                  f'listen = "127.0.0.1:{free_port()}"',
-                  f'admin_listen = "127.0.0.1:{free_port()}"', f'cache_dir = "{root / name}"',
-                  'cache_size = "16MiB"', f'public_address = "127.0.1.{i + 1}"', ""]
-    lines += ["[geo]", f'dns_listen = "127.0.0.1:{free_port()}"',
-              f'http_listen = "127.0.0.1:{free_port()}"', 'zone = "cdn.test"',
-              'default_region = "us"', ""]
+        lines += [
+            "[[edges]]",
+            f'name = "edge-{name}"',
+            f'region = "{name}"',
+            f'listen = "127.0.0.1:{free_port()}"',
+            f'admin_listen = "127.0.0.1:{free_port()}"',
+            f'cache_dir = "{root / name}"',
+            'cache_size = "16MiB"',
+            f'public_address = "127.0.1.{i + 1}"',
+            "",
+        ]
+    lines += [
+        "[geo]",
+        f'dns_listen = "127.0.0.1:{free_port()}"',
+        f'http_listen = "127.0.0.1:{free_port()}"',
+        'zone = "cdn.test"',
+        'default_region = "us"',
+        "",
+    ]
     path = root / "fleet.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -170,8 +196,10 @@ def main() -> int:
                 return 1
             pin(1)
             rows = []
-            for label, queries in (("hot (answer cache)", hot_queries()),
-                                   ("ECS, 131,072 clients (routed)", ecs_queries(131072))):
+            for label, queries in (
+                ("hot (answer cache)", hot_queries()),
+                ("ECS, 131,072 clients (routed)", ecs_queries(131072)),
+            ):
                 load(port, queries, 1.0, args.window)  # warm up
                 per_second, lost = load(port, queries, args.seconds, args.window)
                 rows.append((f"GeoDNS UDP, {label}", per_second, lost))
@@ -187,13 +215,15 @@ def main() -> int:
         healthy = router.healthy
         rng = random.Random(7)
         clients = [
-            ipaddress.IPv4Network((int(ipaddress.IPv4Address(f"10.{1 + i % 3}.0.0"))
-                                   + rng.randrange(65536), 32))
+            ipaddress.IPv4Network(
+                (int(ipaddress.IPv4Address(f"10.{1 + i % 3}.0.0")) + rng.randrange(65536), 32)
+            )
             for i in range(4096)
         ]
         places = [Location(rng.uniform(-60, 70), rng.uniform(-180, 180)) for _ in range(4096)]
-        choose = rate(lambda i: chooser.choose(clients[i % 4096], places[i % 4096], healthy),
-                      args.seconds)
+        choose = rate(
+            lambda i: chooser.choose(clients[i % 4096], places[i % 4096], healthy), args.seconds
+        )
         route = rate(lambda i: router.route(clients[i % 4096]), args.seconds)
         source.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -112,7 +113,9 @@ def verdict_cost() -> list[tuple[str, float]]:
             (0.0, "fetched before every rule"),
             (1e9, "fetched after every rule"),
         ):
-            call = lambda: rules.verdict("site", "www.example.com", target, keys, fetched_at)  # noqa: E731
+            call = functools.partial(
+                rules.verdict, "site", "www.example.com", target, keys, fetched_at
+            )
             number = 200_000
             best = min(timeit.repeat(call, number=number, repeat=5)) / number
             results.append((f"{label}, {when}", best * 1e9))

@@ -103,10 +103,10 @@ class Fill:
         self._changed = asyncio.Event()
 
     def _maybe_close(self) -> None:
-        if (self._finished or self._failed) and self._readers == 0 and self._fd is not None:
-            if not self._closed:
-                self._closed = True
-                os.close(self._fd)
+        done = self._finished or self._failed
+        if done and self._readers == 0 and self._fd is not None and not self._closed:
+            self._closed = True
+            os.close(self._fd)
 
     # -- the waiters' side --------------------------------------------------------
     async def head(self) -> FillHead:

@@ -32,6 +32,7 @@ from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.store import DiskStore
 from edge.upstream import OriginPool, ShieldRing, UpstreamError, UpstreamResponse, make_session
+from edge.workers import RelayingRules, follow_relayed_rules
 from fleet.config import Fleet, NodeConfig, Service, split_host_port
 
 log = logging.getLogger("edgeshield.node")
@@ -136,20 +137,31 @@ def run_node(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
 def _run_workers(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
     """Fork one process per worker sharing the traffic port (SO_REUSEPORT).
 
-    Worker 0 also runs the admin listener and the purge sync; the others read the
-    purge rules worker 0 persists (see PurgeSync's state file) on every change.
+    Worker 0 also runs the admin listener and the purge sync, and relays every purge
+    rule to the other workers before acknowledging it (see edge.workers).
     """
     children: list[int] = []
+    parent_ends: list[socket.socket] = []
     for worker in range(1, node.workers):
+        parent_end, child_end = socket.socketpair()
         pid = os.fork()
         if pid == 0:
+            parent_end.close()
+            for other in parent_ends:
+                other.close()
+            status = 0
             try:
-                asyncio.run(_serve(fleet, node, role, worker=worker, admin=False))
+                asyncio.run(_serve(fleet, node, role, worker=worker, admin=False, relay=child_end))
+            except BaseException:
+                log.exception("worker %d failed", worker)
+                status = 1
             finally:
-                os._exit(0)
+                os._exit(status)
+        child_end.close()
+        parent_ends.append(parent_end)
         children.append(pid)
     try:
-        asyncio.run(_serve(fleet, node, role, worker=0, admin=True))
+        asyncio.run(_serve(fleet, node, role, worker=0, admin=True, peers=parent_ends))
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -161,7 +173,14 @@ def _run_workers(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
 
 
 async def _serve(
-    fleet: Fleet, node: NodeConfig, role: NodeRole, *, worker: int, admin: bool
+    fleet: Fleet,
+    node: NodeConfig,
+    role: NodeRole,
+    *,
+    worker: int,
+    admin: bool,
+    peers: list[socket.socket] | None = None,
+    relay: socket.socket | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,7 +193,7 @@ async def _serve(
         os.path.join(node.cache_dir, "objects"), node.cache_size, memory_bytes=node.memory_size
     )
     metrics = NodeMetrics(node.name, role.role)
-    rules = PurgeRules(fleet.services)
+    rules = RelayingRules(fleet.services, peers) if peers else PurgeRules(fleet.services)
     session = make_session(
         connect_timeout=min((s.connect_timeout for s in fleet.services), default=2.0),
         read_timeout=max((s.read_timeout for s in fleet.services), default=30.0),
@@ -218,8 +237,18 @@ async def _serve(
         host, port = split_host_port(node.admin_listen)
         await web.TCPSite(admin_runner, host, port, reuse_address=True).start()
         runners.append(admin_runner)
-    # catch up on missed purges before serving anything they might cover
-    await sync.start()
+    follower: asyncio.Task[None] | None = None
+    if relay is not None:
+        # a worker without the admin listener: rules come from worker 0, which says
+        # when the node has caught up on missed purges
+        ready = asyncio.Event()
+        follower = loop.create_task(follow_relayed_rules(relay, rules, ready))
+        await ready.wait()
+    else:
+        # catch up on missed purges before serving anything they might cover
+        await sync.start()
+        if isinstance(rules, RelayingRules):
+            rules.announce_ready()
     upstream.start()
     if access_log:
         access_log.start()
@@ -240,7 +269,10 @@ async def _serve(
     for runner in reversed(runners):
         await runner.cleanup()
     await engine.close()
-    await sync.stop()
+    if follower is not None:
+        follower.cancel()
+    else:
+        await sync.stop()
     await upstream.stop()
     if access_log:
         await access_log.stop()
@@ -332,7 +364,7 @@ def _admin_app(
     return app
 
 
-def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], object]:
+def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
     """How many stored objects a purge covers; hard-purged ones are reclaimed as found."""
 
     async def count(record: PurgeRecord) -> int:

@@ -259,7 +259,7 @@ class OriginPool:
         try:
             for origin in self._order():
                 origin.outstanding += 1
-                done = _once(lambda o=origin: setattr(o, "outstanding", o.outstanding - 1))
+                done = _once(_decrement(origin))
                 try:
                     response = await _send(self.session, origin.url, request, origin.url, done)
                 except _ConnectFailure as exc:
@@ -324,6 +324,13 @@ class OriginPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
             self._health_task = None
+
+
+def _decrement(origin: _OriginState) -> Callable[[], None]:
+    def decrement() -> None:
+        origin.outstanding -= 1
+
+    return decrement
 
 
 def _once(fn: Callable[[], None]) -> Callable[[], None]:

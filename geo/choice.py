@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Iterable, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "EARTH_RADIUS_KM",
@@ -115,8 +115,10 @@ class Choice:
     """The edges to answer with, in order, and why.
 
     `basis` is one of "coverage-zone", "geoip", "default-region", "unknown";
-    `deciding_network` is the network whose policy decided (the coverage zone or the
-    database network), so a DNS answer can say how far it holds (RFC 7871 scope).
+    `deciding_prefix` is the prefix length of the network whose policy decided (the
+    coverage zone or the database network), so a DNS answer can say how far it
+    holds (RFC 7871 scope). The reasoning text is built only when asked for: the DNS
+    path never needs it.
     """
 
     client_network: IPNetwork
@@ -125,10 +127,53 @@ class Choice:
     edges: tuple[Ranked, ...]
     region: str = ""
     location: Location | None = None
-    deciding_network: IPNetwork | None = None
+    deciding_prefix: int | None = None
     tied: tuple[str, ...] = ()
     all_down: bool = False
-    reasons: tuple[str, ...] = field(default=())
+    tie_distance_km: float = 0.0
+
+    @property
+    def deciding_network(self) -> IPNetwork | None:
+        """The coverage zone or database network that decided, if any."""
+        if self.deciding_prefix is None:
+            return None
+        address = self.client_network.network_address
+        return ipaddress.ip_network((address, self.deciding_prefix), strict=False)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The reasoning, one step per line."""
+        client = self.client_network
+        if self.basis == "coverage-zone":
+            why = [f"{client} is in coverage zone {self.deciding_network} of region {self.region}"]
+        elif self.basis == "geoip" and self.location is not None:
+            why = [f"{client} is located at {self.location.describe()} by the GeoIP database"]
+        elif self.basis == "default-region":
+            why = [f"{client} is not in the GeoIP database; default region {self.region}"]
+        else:
+            why = [f"{client} is not in the GeoIP database and there is no default region"]
+        if self.all_down:
+            # With every edge failing its check, answering with all of them beats
+            # answering with none: the same fail-open rule as Route 53's health
+            # checks ("if all records are unhealthy, respond as if all were healthy").
+            why.append("no edge is healthy; answering as if all were")
+        if not self.edges:
+            why.append("no edge has an address of this family")
+            return tuple(why)
+        first = self.edges[0]
+        if self.point is None:
+            why.append(f"edge {first.site.name} in {first.site.region}")
+        else:
+            kind = "nearest edge" if self.all_down else "nearest healthy edge"
+            why.append(
+                f"{kind} {first.site.name} in {first.site.region} at {first.distance_km:.0f} km"
+            )
+        if len(self.tied) > 1:
+            why.append(
+                f"{len(self.tied)} edges within {self.tie_distance_km:g} km of the nearest;"
+                f" spread by a hash of {client_hash_network(client)}"
+            )
+        return tuple(why)
 
     @property
     def reason(self) -> str:
@@ -175,6 +220,12 @@ class Chooser:
         self.default_region = default_region
         self.tie_distance_km = tie_distance_km
         self.answer_count = answer_count
+        self._points = {r.name: Location(r.latitude, r.longitude) for r in self.regions.values()}
+        self._by_family: dict[int | None, tuple[Site, ...]] = {
+            None: self.sites,
+            4: tuple(s for s in self.sites if s.family == 4),
+            6: tuple(s for s in self.sites if s.family == 6),
+        }
 
     def coverage_zone(self, address: IPAddress) -> tuple[IPNetwork, Placement] | None:
         """The most specific coverage zone holding `address`, and its region."""
@@ -190,7 +241,7 @@ class Chooser:
         healthy: Set[str],
         *,
         family: int | None = None,
-        location_network: IPNetwork | None = None,
+        location_prefix: int | None = None,
     ) -> Choice:
         """The nearest healthy edges for `client` (an address as /32 or /128, or an ECS
         subnet), located at `location` by the GeoIP database (None: not known).
@@ -198,90 +249,71 @@ class Chooser:
         Only edges whose public address is of `family` (4 or 6) are candidates when
         it is given. Coverage zones are checked before the database; an unknown
         location falls to the default region, else every edge is equally near.
+        `location_prefix` is the prefix length of the database network that placed
+        the client.
         """
-        reasons: list[str] = []
-        hash_network = client_hash_network(client)
         region_name = ""
         point: Location | None
-        deciding: IPNetwork | None = None
-        zone = self.coverage_zone(client.network_address)
+        deciding: int | None = None
+        zone = self.coverage_zone(client.network_address) if self.zones else None
         if zone is not None:
-            deciding, placement = zone
             basis = "coverage-zone"
-            region_name = placement.name
-            point = Location(placement.latitude, placement.longitude)
-            reasons.append(f"{client} is in coverage zone {deciding} of region {region_name}")
+            deciding = zone[0].prefixlen
+            region_name = zone[1].name
+            point = self._points[region_name]
         elif location is not None:
             basis = "geoip"
             point = location
-            deciding = location_network
-            reasons.append(f"{client} is located at {location.describe()} by the GeoIP database")
+            deciding = location_prefix
         elif self.default_region:
             basis = "default-region"
-            placement = self.regions[self.default_region]
-            region_name = placement.name
-            point = Location(placement.latitude, placement.longitude)
-            reasons.append(f"{client} is not in the GeoIP database; default region {region_name}")
+            region_name = self.default_region
+            point = self._points[region_name]
         else:
             basis = "unknown"
             point = None
-            reasons.append(f"{client} is not in the GeoIP database and there is no default region")
 
-        candidates = [s for s in self.sites if family is None or s.family == family]
+        candidates = self._by_family[family]
         up = [s for s in candidates if s.name in healthy]
         all_down = bool(candidates) and not up
         if all_down:
-            # With every edge failing its check, answering with all of them beats
-            # answering with none: the same fail-open rule as Route 53's health
-            # checks ("if all records are unhealthy, respond as if all were healthy").
-            reasons.append("no edge is healthy; answering as if all were")
-            up = candidates
+            up = list(candidates)  # fail open; see Choice.reasons
 
-        ranked = [Ranked(s, self._distance(point, s)) for s in up]
-        ranked.sort(key=lambda r: (r.distance_km, r.site.name))
+        if point is None:
+            ranked = [Ranked(s, 0.0) for s in up]
+        else:
+            lat, lon = point.latitude, point.longitude
+            ranked = [Ranked(s, great_circle_km(lat, lon, s.latitude, s.longitude)) for s in up]
+            ranked.sort(key=lambda r: (r.distance_km, r.site.name))
         tied: list[Ranked] = []
         if ranked:
-            nearest = ranked[0].distance_km
-            tied = [r for r in ranked if r.distance_km <= nearest + self.tie_distance_km]
-            rest = ranked[len(tied) :]
-            key = hash_network.network_address.packed + bytes([hash_network.prefixlen])
-            tied.sort(key=lambda r: _rendezvous(key, r.site.name), reverse=True)
-            ranked = tied + rest
-        answer = tuple(ranked[: self.answer_count])
-
-        if answer:
-            first = answer[0]
-            edge = f"edge {first.site.name} in {first.site.region}"
-            if point is not None:
-                nearest_kind = "nearest edge" if all_down else "nearest healthy edge"
-                edge = f"{nearest_kind} {first.site.name} in {first.site.region}"
-                edge += f" at {first.distance_km:.0f} km"
-            reasons.append(edge)
+            limit = ranked[0].distance_km + self.tie_distance_km
+            tied = [r for r in ranked if r.distance_km <= limit]
             if len(tied) > 1:
-                reasons.append(
-                    f"{len(tied)} edges within {self.tie_distance_km:g} km of the nearest;"
-                    f" spread by a hash of {hash_network}"
-                )
-        else:
-            reasons.append("no edge has an address of this family")
+                key = _hash_key(client)
+                tied.sort(key=lambda r: _rendezvous(key, r.site.name), reverse=True)
+                ranked = tied + ranked[len(tied) :]
         return Choice(
             client_network=client,
             basis=basis,
             point=point,
-            edges=answer,
+            edges=tuple(ranked[: self.answer_count]),
             region=region_name,
             location=location,
-            deciding_network=deciding,
+            deciding_prefix=deciding,
             tied=tuple(r.site.name for r in tied),
             all_down=all_down,
-            reasons=tuple(reasons),
+            tie_distance_km=self.tie_distance_km,
         )
 
-    @staticmethod
-    def _distance(point: Location | None, site: Site) -> float:
-        if point is None:
-            return 0.0
-        return great_circle_km(point.latitude, point.longitude, site.latitude, site.longitude)
+
+def _hash_key(client: IPNetwork) -> bytes:
+    """The bytes of `client_hash_network(client)`, computed without building it."""
+    width = client.max_prefixlen
+    limit = HASH_PREFIX_V4 if width == 32 else HASH_PREFIX_V6
+    prefix = min(client.prefixlen, limit)
+    bits = int(client.network_address) >> (width - prefix)
+    return bits.to_bytes(width // 8, "big") + bytes([prefix])
 
 
 def _rendezvous(key: bytes, name: str) -> bytes:

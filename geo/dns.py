@@ -271,10 +271,8 @@ class DnsResponder:
         # network that decided is narrower; a scope longer than the source is allowed
         # and tells the resolver the source was not specific enough.
         scope = subnet.source_prefix
-        if choice.deciding_network is not None and choice.deciding_network.version == (
-            4 if subnet.family == 1 else 6
-        ):
-            scope = max(scope, choice.deciding_network.prefixlen)
+        if choice.deciding_prefix is not None:
+            scope = max(scope, choice.deciding_prefix)
         return scope
 
     def _finish(

@@ -81,5 +81,5 @@ class Router:
             located.location if located else None,
             self.healthy,
             family=family,
-            location_network=located.network if located else None,
+            location_prefix=located.prefixlen if located else None,
         )

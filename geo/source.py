@@ -40,10 +40,16 @@ class GeoDatabaseError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    """A location and the database network it holds for."""
+    """A location, and the database network it holds for (`prefixlen` bits of `address`)."""
 
     location: Location
-    network: IPNetwork
+    address: IPAddress
+    prefixlen: int
+
+    @property
+    def network(self) -> IPNetwork:
+        """The database network that holds `address`."""
+        return ipaddress.ip_network((self.address, self.prefixlen), strict=False)
 
 
 class GeoSource(Protocol):
@@ -54,16 +60,21 @@ class GeoSource(Protocol):
         ...
 
 
+_NUMBERS = (float, int)
+
+
 def location_from_record(record: object) -> Location | None:
     """A Location from a GeoLite2-City shaped record; None without coordinates."""
-    if not isinstance(record, Mapping):
+    # Plain dicts are what maxminddb returns; checking for them (not Mapping, an
+    # abstract class) keeps this off the profile of a DNS answer.
+    if not isinstance(record, dict):
         return None
     place = record.get("location")
-    if not isinstance(place, Mapping):
+    if not isinstance(place, dict):
         return None
     latitude = place.get("latitude")
     longitude = place.get("longitude")
-    if not isinstance(latitude, int | float) or not isinstance(longitude, int | float):
+    if not isinstance(latitude, _NUMBERS) or not isinstance(longitude, _NUMBERS):
         return None
     return Location(
         float(latitude),
@@ -73,9 +84,9 @@ def location_from_record(record: object) -> Location | None:
     )
 
 
-def _text(record: Mapping[str, Any], table: str, key: str) -> str:
+def _text(record: dict[str, Any], table: str, key: str) -> str:
     inner = record.get(table)
-    if isinstance(inner, Mapping):
+    if isinstance(inner, dict):
         value = inner.get(key)
         if isinstance(value, str):
             return value
@@ -83,9 +94,9 @@ def _text(record: Mapping[str, Any], table: str, key: str) -> str:
 
 
 def _english_name(table: object) -> str:
-    if isinstance(table, Mapping):
+    if isinstance(table, dict):
         names = table.get("names")
-        if isinstance(names, Mapping):
+        if isinstance(names, dict):
             name = names.get("en")
             if isinstance(name, str):
                 return name
@@ -137,8 +148,7 @@ class MmdbDatabase:
         location = location_from_record(record)
         if location is None:
             return None
-        network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-        return Located(location, network)
+        return Located(location, address, prefix)
 
     def close(self) -> None:
         """Unmap the file."""
@@ -195,5 +205,5 @@ class TableSource:
         """Where `address` is, or None when no network of the table holds it."""
         for network, location in self.entries:
             if network.version == address.version and address in network:
-                return Located(location, network)
+                return Located(location, address, network.prefixlen)
         return None

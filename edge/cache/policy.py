@@ -120,7 +120,9 @@ def storability(
 ) -> Storability:
     """RFC 9111 3: may a shared cache store this response?"""
     directives, source = effective_directives(response_headers)
-    request_cc_no_store = parse_cache_control(request_headers.get("cache-control")).no_store
+    request_cc_no_store = parse_cache_control(
+        ", ".join(request_headers.getall("cache-control", []))
+    ).no_store
     if method != "GET":
         return Storability(False, "method")
     if status not in UNDERSTOOD_STATUSES:
@@ -148,16 +150,13 @@ def storability(
         directives.public or directives.s_maxage is not None or directives.must_revalidate
     ):
         return Storability(False, "authorization")
-    if status in NEGATIVE_STATUSES and not _has_explicit_lifetime(
-        directives, response_headers, source
-    ):
-        if negative_ttl <= 0:
-            return Storability(False, f"status {status} (negative caching off)")
+    explicit = _has_explicit_lifetime(directives, response_headers, source)
+    if status in NEGATIVE_STATUSES and not explicit and negative_ttl <= 0:
+        return Storability(False, f"status {status} (negative caching off)")
     if not (
         _has_explicit_lifetime(directives, response_headers, source)
         or directives.public
         or status in HEURISTICALLY_CACHEABLE
-        or directives.no_cache
     ):
         return Storability(False, "no explicit freshness")
     return Storability(True, "")
@@ -178,16 +177,21 @@ def freshness_lifetime(
     *,
     negative_ttl: int = 0,
     source: str = "cache-control",
+    response_time: float | None = None,
 ) -> float:
     """RFC 9111 4.2.1: the first of s-maxage, max-age, Expires - Date, or a heuristic.
 
-    `source` is the field the directives came from (see `effective_directives`).
+    `source` is the field the directives came from (see `effective_directives`);
+    `response_time` stands in for a missing Date ("using the time the message was
+    received if it is not present", RFC 9111 4.2.1).
     """
     if directives.s_maxage is not None:
         return float(directives.s_maxage)
     if directives.max_age is not None:
         return float(directives.max_age)
     date = parse_http_date(response_headers.get("date"))
+    if date is None:
+        date = response_time
     # RFC 9213 2.2: with a targeted field in force, Cache-Control *and* Expires are ignored
     expires_text = response_headers.get("expires") if source == "cache-control" else None
     if expires_text is not None:
@@ -199,9 +203,14 @@ def freshness_lifetime(
     if status in NEGATIVE_STATUSES:
         return float(negative_ttl)
     last_modified = parse_http_date(response_headers.get("last-modified"))
-    if (status in HEURISTICALLY_CACHEABLE or directives.public) and last_modified is not None:
-        if date is not None and date > last_modified:
-            return min(HEURISTIC_MAX, (date - last_modified) * HEURISTIC_FRACTION)
+    heuristic_allowed = status in HEURISTICALLY_CACHEABLE or directives.public
+    if (
+        heuristic_allowed
+        and last_modified is not None
+        and date is not None
+        and date > last_modified
+    ):
+        return min(HEURISTIC_MAX, (date - last_modified) * HEURISTIC_FRACTION)
     return 0.0
 
 
@@ -281,7 +290,12 @@ def build_meta(
     headers = pair_headers(upstream_pairs)
     directives, source = effective_directives(headers)
     lifetime = freshness_lifetime(
-        status, directives, headers, negative_ttl=negative_ttl, source=source
+        status,
+        directives,
+        headers,
+        negative_ttl=negative_ttl,
+        source=source,
+        response_time=response_time,
     )
     initial_age = corrected_initial_age(headers, request_time, response_time)
     if force_stale:
@@ -365,8 +379,14 @@ def decide(
     staleness = -ttl
     # RFC 9111 4.2.4: a cache must not serve stale when must-revalidate etc. forbid it.
     may_serve_stale = not meta.must_revalidate and not meta.no_cache
-    stale_if_error = may_serve_stale and staleness <= meta.stale_if_error
-    if may_serve_stale and staleness <= meta.stale_while_revalidate:
+    stale_if_error = (
+        may_serve_stale and meta.stale_if_error > 0 and staleness <= meta.stale_if_error
+    )
+    if (
+        may_serve_stale
+        and meta.stale_while_revalidate > 0
+        and staleness <= meta.stale_while_revalidate
+    ):
         # RFC 5861 3: "caches MAY serve the response in which it appears after it
         # becomes stale, up to the indicated number of seconds", revalidating meanwhile.
         return Decision(Action.SERVE_STALE_REVALIDATE, age=age, ttl=ttl, stale_if_error=True)

@@ -266,3 +266,11 @@ def test_check_accepts_the_example_and_refuses_a_bad_file(tmp_path: Path) -> Non
         "'not-a-network' is not a CIDR network"
     ) in bad.stderr
     assert bad.stdout == ""
+
+
+def test_the_readme_fleet_example_is_valid() -> None:
+    readme = (EXAMPLE.parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    fleet = parse_fleet(block, "README.md")
+    assert fleet.purge_api is not None and fleet.geo is not None
+    assert [e.name for e in fleet.edges] == ["edge-eu"]

@@ -323,7 +323,9 @@ def test_any_bytes_give_a_readable_answer_or_nothing(data: bytes) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=12, max_value=60), st.data())
-def test_a_valid_query_cut_anywhere_never_breaks_the_responder(cut: int, data: st.DataObject) -> None:
+def test_a_valid_query_cut_anywhere_never_breaks_the_responder(
+    cut: int, data: st.DataObject
+) -> None:
     r, _ = responder()
     whole = query("site.cdn.test", ecs=ecs_option(1, 24, bytes([10, 3, 7])))
     piece = whole[: min(cut, len(whole))] + data.draw(st.binary(max_size=8))

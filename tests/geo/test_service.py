@@ -144,9 +144,7 @@ async def test_udp_and_tcp_answers_follow_the_resolver_address(
     assert await resolve(port, "cdn.test", flags=pycares.ARES_FLAG_USEVC) == [PUBLIC["us"]]
     # A resolver at 127.0.0.3 is in a coverage zone of ap.
     assert await resolve(port, "site.cdn.test", local_ip="127.0.0.3") == [PUBLIC["ap"]]
-    tcp = await resolve(
-        port, "site.cdn.test", local_ip="127.0.0.3", flags=pycares.ARES_FLAG_USEVC
-    )
+    tcp = await resolve(port, "site.cdn.test", local_ip="127.0.0.3", flags=pycares.ARES_FLAG_USEVC)
     assert tcp == [PUBLIC["ap"]]
 
 
@@ -258,7 +256,7 @@ def test_database_is_reloaded_when_replaced(tmp_path: Path, processes: list[Node
         assert time.monotonic() < deadline, node.log()
         time.sleep(0.1)
     status, body = http_get(path, "/v1/route?ip=10.9.1.1")
-    assert body["edge"] == "edge-ap"
+    assert (status, body["edge"]) == (200, "edge-ap")
 
 
 def test_build_mmdb_and_lookup_commands(tmp_path: Path, processes: list[NodeProcess]) -> None:

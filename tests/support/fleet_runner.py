@@ -132,12 +132,17 @@ class TieredFleet:
         return self.config(name).url
 
     def start(self) -> TieredFleet:
-        """Start every shield, then every edge, and wait until all listen."""
-        for name in self.shield_names + self.edge_names:
-            self._launch(name)
-        for name, node in self.nodes.items():
-            node.wait_listening(self.config(name).listen)
-            node.wait_listening(self.config(name).admin_listen)
+        """Start every shield, wait until they listen, then every edge likewise.
+
+        Shields first: an edge probes its shields as it starts, and one not yet
+        listening counts as down until the next probe.
+        """
+        for group in (self.shield_names, self.edge_names):
+            for name in group:
+                self._launch(name)
+            for name in group:
+                self.nodes[name].wait_listening(self.config(name).listen)
+                self.nodes[name].wait_listening(self.config(name).admin_listen)
         return self
 
     def _launch(self, name: str) -> NodeProcess:

@@ -16,7 +16,13 @@ def test_terraform_fmt_check_passes_on_every_module() -> None:
 
 
 def test_every_module_has_the_standard_files() -> None:
-    modules = [TERRAFORM_DIR / "modules" / "fleet", TERRAFORM_DIR / "local", TERRAFORM_DIR / "aws"]
+    modules = [
+        TERRAFORM_DIR / "modules" / "fleet",
+        TERRAFORM_DIR / "modules" / "cloud-init",
+        TERRAFORM_DIR / "local",
+        TERRAFORM_DIR / "aws",
+        TERRAFORM_DIR / "aws" / "modules" / "site",
+    ]
 
     missing = [
         str(module / name)
