@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import re
 import signal
 import socket
 import struct
@@ -86,6 +87,11 @@ class UpProcess:
             if line.startswith("edgeshield: started ")
         ]
 
+    def pids_of(self, node: str) -> list[int]:
+        """The PIDs `up` said node `node` had."""
+        prefix = f"edgeshield: started {node} pid "
+        return [int(line[len(prefix) :]) for line in self.lines if line.startswith(prefix)]
+
     def finish(self, timeout: float = 30.0) -> int:
         """Wait for exit, collecting the rest of the output; returns the status."""
         status = self.proc.wait(timeout)
@@ -151,7 +157,9 @@ def test_the_demo_fleet_comes_up_serves_answers_dns_and_stops_cleanly(
     output = up.output()
     for name in ["origin", "purge-api", *(n.name for n in fleet.nodes), "geo"]:
         assert f"edgeshield: started {name} pid " in output
-        assert any(line.startswith(name + " ") for line in up.lines[output.count("\n") - 30 :])
+        # The node's own output, prefixed with its name, and its row in the table.
+        assert re.search(rf"^{name} +\| ", output, re.MULTILINE), name
+        assert re.search(rf"^{name} +[a-z-]+ +[a-z-]+ +{up.pids_of(name)[-1]} ", output, re.M)
     token = next(
         line.split(": ", 1)[1] for line in up.lines if line.startswith("demo purge token: ")
     )
@@ -299,3 +307,19 @@ async def test_the_supervisor_reports_a_node_that_never_becomes_healthy(
         await supervisor.stop()
     assert "broken | cannot start" in lines
     assert "edgeshield: broken failed: exited with status 3 3 times while starting" in lines
+
+
+def test_up_with_a_bad_fleet_file_names_the_mistake_and_starts_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text('[[regions]]\nname = "eu"\nlatitude = 95\nlongitude = 0\n', "utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "up", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{config}: [[regions]] #1 ('eu') key 'latitude': must be between -90 and 90" in (
+        done.stderr
+    )
+    assert "started" not in done.stdout
