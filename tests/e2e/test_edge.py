@@ -238,7 +238,7 @@ async def test_br_and_gzip_decompress_to_the_identity_body(
     )
     await get(client, edge, "/c.html")
     await asyncio.sleep(0.5)  # variants are made right after the fill
-    status, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip;q=0.5, br;q=1")
+    _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip;q=0.5, br;q=1")
     assert headers.get("Content-Encoding") == "br" and brotli.decompress(body) == text
     _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip")
     assert headers.get("Content-Encoding") == "gzip" and gzip.decompress(body) == text
