@@ -43,7 +43,7 @@ from edge.cache.ranges import (
 from edge.compress import StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
 from edge.metrics import NodeMetrics
-from edge.store import BodyRef, ObjectStore, StoredEntry, read_body
+from edge.store import BodyGone, BodyRef, ObjectStore, StoredEntry, read_body
 from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
 from fleet.config import Service
 
@@ -80,6 +80,11 @@ CLIENT_ONLY_FIELDS = frozenset(
 )
 STALE_MARK = "X-Edgeshield-Stale"
 ERROR_BODY_LIMIT = 64 * 1024
+#: Bodies at least this large are sent with sendfile (smaller ones sit in memory).
+SENDFILE_MIN = 256 * 1024
+#: Chunk size when a body is copied through Python (no sendfile): few executor trips.
+COPY_CHUNK = 1024 * 1024
+_sendfile_supported = True
 #: How long a not-storable answer waits for the request that caused it to take it.
 PASS_HANDOFF_SECONDS = 10.0
 
@@ -266,8 +271,12 @@ class Engine:
                 )
             return self._error_answer(head, own_status)
         assert head.meta is not None
-        if head.meta.status >= 400 or not _same_variant(head.meta, fill, request, key):
-            pass
+        if fill.vary_fields and fill.store_key != _variant_key(
+            fill.key.split("\x1f", 1)[0], fill.vary_fields, request.headers
+        ):
+            # the response varies on a field this request sends differently: it is not
+            # this client's variant; look again (the Vary index is stored by now)
+            return await self._cacheable(request, service, host)
         return await self._stream_fill(request, fill, head, f"{own_status}; stored")
 
     def _start_fill(
@@ -385,8 +394,10 @@ class Engine:
         store_key = key
         if key_fields:
             base_key = key.split("\x1f", 1)[0]
-            await self.store.put_meta(base_key, VaryIndex(key_fields, fill.started_at))
             store_key = _variant_key(base_key, key_fields, request_headers)
+            await self._index_variant(base_key, key_fields, store_key, fill.started_at, service)
+        fill.store_key = store_key
+        fill.vary_fields = key_fields
         meta = self._meta(
             response.status,
             pairs,
@@ -431,6 +442,27 @@ class Engine:
                     await make_variants(self.store, store_key, source, meta.content_type)
                 except Exception:
                     log.exception("compressing %s failed", store_key)
+
+    async def _index_variant(
+        self, base_key: str, fields: tuple[str, ...], variant: str, now: float, service: Service
+    ) -> None:
+        """Record a URL's variant in its Vary index, evicting the oldest beyond the cap."""
+        current = self.store.peek(base_key) or await self.store.get(base_key)
+        variants: tuple[str, ...] = ()
+        if current is not None and isinstance(current.meta, VaryIndex):
+            if current.meta.fields == fields:
+                variants = current.meta.variants
+            else:
+                # the origin changed what it varies on: the old variants are unreachable
+                for old in current.meta.variants:
+                    await self.store.delete(old)
+        if variant in variants:
+            return
+        variants = (*variants, variant)
+        while len(variants) > service.max_variants:
+            await self.store.delete(variants[0])
+            variants = variants[1:]
+        await self.store.put_meta(base_key, VaryIndex(fields, now, variants))
 
     def _meta(
         self,
@@ -597,14 +629,60 @@ class Engine:
         end: int,
         decoder: StreamDecoder | None,
     ) -> web.StreamResponse:
+        global _sendfile_supported
+        loop = asyncio.get_running_loop()
+        if (
+            _sendfile_supported
+            and decoder is None
+            and body.path is not None
+            and end - start >= SENDFILE_MIN
+        ):
+            # large bodies leave by sendfile where the event loop offers it (asyncio's
+            # does; uvloop's does not, and there the chunked copy below serves)
+            try:
+                file = await loop.run_in_executor(None, open, body.path, "rb")
+            except OSError:
+                return _error(503, "stored body vanished; retry", self.options.node_name)
+            try:
+                response = web.StreamResponse(status=status, headers=headers)
+                await response.prepare(request)
+                if request.transport is None:
+                    raise ConnectionResetError("client went away")
+                try:
+                    await loop.sendfile(request.transport, file, start, end - start)
+                except NotImplementedError:
+                    _sendfile_supported = False
+                    await self._copy_body(request, response, body, start, end, None)
+                    return response
+                await response.write_eof()
+                return response
+            finally:
+                await loop.run_in_executor(None, file.close)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
-        async for chunk in read_body(body, start, end):
-            await response.write(decoder.decode(chunk) if decoder else chunk)
+        await self._copy_body(request, response, body, start, end, decoder)
+        return response
+
+    async def _copy_body(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        body: BodyRef,
+        start: int,
+        end: int,
+        decoder: StreamDecoder | None,
+    ) -> None:
+        try:
+            async for chunk in read_body(body, start, end, chunk_size=COPY_CHUNK):
+                await response.write(decoder.decode(chunk) if decoder else chunk)
+        except BodyGone:
+            # evicted under us after the headers went out: cut, never a short body
+            if request.transport is not None:
+                request.transport.close()
+            return
         if decoder is not None:
             await response.write(decoder.flush())
         await response.write_eof()
-        return response
 
     async def _stream_fill(
         self, request: web.BaseRequest, fill: Fill, head: FillHead, own_status: str
@@ -838,10 +916,6 @@ def _variant_key(
     return f"{key}\x1f{secondary_key(fields, request_headers)}"
 
 
-def _same_variant(meta: ObjectMeta, fill: Fill, request: web.BaseRequest, key: str) -> bool:
-    return True
-
-
 def _header(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
     for key, value in pairs:
         if key.lower() == name:
@@ -895,6 +969,8 @@ def _quoted(value: str) -> str:
 
 def _error(status: int, reason: str, node: str) -> web.Response:
     response = web.Response(status=status, text=f"{status} {reason}\n")
-    response.headers[GENERATED_ERROR_HEADER] = "node" if status in (500, 503) else "upstream"
+    # "upstream": this node answered for a failure beyond it (origin down, origin
+    # connection cap); the tier below passes such errors on instead of failing over
+    response.headers[GENERATED_ERROR_HEADER] = "upstream"
     response.headers["Cache-Status"] = f"{node}; fwd=request; detail=error"
     return response

@@ -72,6 +72,10 @@ class Fill:
         self._readers = 0
         self._closed = False
         self.pass_taken = False
+        #: the key the body is stored under (a variant key when the response varies)
+        self.store_key = key
+        #: the request fields the response varies on (Accept-Encoding aside)
+        self.vary_fields: tuple[str, ...] = ()
 
     # -- the owner's side ---------------------------------------------------------
     def set_head(self, head: FillHead, body_path: str | None = None) -> None:

@@ -76,6 +76,30 @@ class NodeMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.misses = outcomes.labels(**labels, outcome="miss")
+        latency = Histogram(
+            "edgeshield_request_seconds",
+            "Time to answer a client request (to the end of the body), by outcome",
+            ["node", "role", "outcome"],
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+            registry=self.registry,
+        )
+        self.hit_seconds = latency.labels(**labels, outcome="hit")
+        self.miss_seconds = latency.labels(**labels, outcome="miss")
         self.store_bytes = Gauge(
             "edgeshield_store_bytes",
             "Bytes held by the object store",

@@ -31,7 +31,14 @@ from edge.engine import Engine, EngineOptions
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.store import DiskStore
-from edge.upstream import OriginPool, ShieldRing, UpstreamError, UpstreamResponse, make_session
+from edge.upstream import (
+    GENERATED_ERROR_HEADER,
+    OriginPool,
+    ShieldRing,
+    UpstreamError,
+    UpstreamResponse,
+    make_session,
+)
 from edge.workers import RelayingRules, follow_relayed_rules
 from fleet.config import Fleet, NodeConfig, Service, split_host_port
 
@@ -253,8 +260,8 @@ async def _serve(
     if access_log:
         access_log.start()
 
-    server = web.Server(_traffic_handler(engine, access_log))
-    traffic_runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+    server = web.Server(_traffic_handler(engine, access_log, metrics), access_log=None)
+    traffic_runner = web.ServerRunner(server, handle_signals=False)
     await traffic_runner.setup()
     host, port = split_host_port(node.listen)
     site = web.SockSite(traffic_runner, _listen_socket(host, port))
@@ -294,7 +301,7 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 
 def _traffic_handler(
-    engine: Engine, access_log: AccessLog | None
+    engine: Engine, access_log: AccessLog | None, metrics: NodeMetrics
 ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     record = access_log.record if access_log is not None else None
     clock = time.time
@@ -307,7 +314,16 @@ def _traffic_handler(
             raise
         except Exception:
             log.exception("request %s %s failed", request.method, request.raw_path)
-            response = web.Response(status=500, text="500 internal error\n")
+            # "node": this node itself failed, so an edge may try another shield
+            response = web.Response(
+                status=500, text="500 internal error\n", headers={GENERATED_ERROR_HEADER: "node"}
+            )
+        status_field = response.headers.get("Cache-Status") or ""
+        elapsed = clock() - started
+        if "; hit" in status_field.rpartition(",")[2]:
+            metrics.hit_seconds.observe(elapsed)
+        else:
+            metrics.miss_seconds.observe(elapsed)
         if record is not None:
             record(
                 (
@@ -316,9 +332,9 @@ def _traffic_handler(
                     request.headers.get("Host"),
                     request.raw_path,
                     response.status,
-                    response.headers.get("Cache-Status"),
+                    status_field,
                     response.content_length,
-                    round((clock() - started) * 1000, 3),
+                    round(elapsed * 1000, 3),
                     request.remote,
                 )
             )

@@ -311,7 +311,8 @@ class _Table:
         self.used: set[str] = set()
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.source, f"{self.where} key {key!r}", message)
+        where = f"{self.where} key {key!r}" if self.where else f"top-level key {key!r}"
+        return ConfigError(self.source, where, message)
 
     def get(
         self,
@@ -634,7 +635,9 @@ def _check_references(fleet: Fleet) -> None:
     src = fleet.source
     _unique(src, "[[regions]]", [r.name for r in fleet.regions])
     _unique(src, "[[services]]", [s.name for s in fleet.services])
-    _unique(src, "[[shields]] / [[edges]]", [n.name for n in fleet.nodes])
+    _unique(src, "[[shields]]", [n.name for n in fleet.shields])
+    _unique(src, "[[edges]]", [n.name for n in fleet.edges])
+    _unique(src, "[[shields]] and [[edges]]", [n.name for n in fleet.nodes])
     region_names = {r.name for r in fleet.regions}
     service_names = {s.name for s in fleet.services}
     seen_hosts: dict[str, str] = {}
@@ -686,7 +689,9 @@ def _check_references(fleet: Fleet) -> None:
 
 def _unique(source: str, table: str, names: list[str]) -> None:
     seen: set[str] = set()
-    for name in names:
+    for index, name in enumerate(names):
         if name in seen:
-            raise ConfigError(source, table, f"the name {name!r} is used twice")
+            raise ConfigError(
+                source, f"{table} #{index + 1} key 'name'", f"the name {name!r} is used twice"
+            )
         seen.add(name)

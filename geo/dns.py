@@ -335,15 +335,16 @@ class DnsResponder:
 
 
 def _reply(query: DNSRecord, rcode: int, *, aa: bool) -> DNSRecord:
-    header = DNSHeader(
-        id=query.header.id,
-        qr=1,
-        aa=1 if aa else 0,
-        rd=query.header.rd,
-        opcode=query.header.opcode,
-        rcode=rcode,
-    )
-    return DNSRecord(header, q=query.q if query.questions else None)
+    """The parsed query turned into its response, in place (cheaper than a new one).
+
+    RFC 1035 section 4.1.1: QR set, OPCODE and RD copied; CD copied too (RFC 4035
+    section 3.2.2); AA when we answer authoritatively; TC, RA, Z and AD clear. The
+    question stays; every other section starts empty.
+    """
+    copied = query.header.bitmap & 0x7910  # OPCODE (bits 11-14), RD (8), CD (4)
+    query.header.bitmap = copied | 0x8000 | (0x0400 if aa else 0) | (rcode & 0xF)
+    query.rr, query.auth, query.ar = [], [], []
+    return query
 
 
 def _header_only(data: bytes, rcode: int) -> bytes | None:

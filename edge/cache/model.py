@@ -62,3 +62,5 @@ class VaryIndex:
 
     fields: tuple[str, ...]
     stored_at: float
+    #: the variant keys stored, oldest first (capped by the service's max_variants)
+    variants: tuple[str, ...] = ()

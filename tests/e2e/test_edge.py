@@ -33,12 +33,18 @@ def origin() -> Iterator[OriginServer]:
 class Edge:
     """One edge process and how to reach it."""
 
-    def __init__(self, tmp_path: Path, origin: OriginServer, processes: list[NodeProcess]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        origin: OriginServer,
+        processes: list[NodeProcess],
+        service_extra: str = "",
+    ) -> None:
         self.spec = FleetSpec(
             tmp_path / "fleet",
             origins=[origin.url],
             edges=1,
-            service_extra='health_check_path = "/healthz"',
+            service_extra='health_check_path = "/healthz"\n' + service_extra,
         )
         self.config = self.spec.write()
         text = self.config.read_text()
@@ -474,3 +480,58 @@ async def test_admin_needs_the_node_secret(edge: Edge, client: aiohttp.ClientSes
     ) as response:
         assert response.status == 200
         assert "edgeshield_requests_total" in await response.text()
+
+
+async def test_collapsed_waiters_get_their_own_variant(
+    edge: Edge, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    origin.route(
+        "/lang",
+        headers={"Cache-Control": "max-age=300", "Vary": "Accept-Language"},
+        body=b"one body for every language",
+        delay=0.3,
+    )
+    results = await asyncio.gather(
+        *(get(client, edge, "/lang", Accept_Language=lang) for lang in ("en", "de", "en", "fr"))
+    )
+    assert all(status == 200 for status, _, _ in results)
+    # en is shared; de and fr each need their own variant
+    assert origin.count("/lang") == 3
+    for lang in ("en", "de", "fr"):
+        _, headers, _ = await get(client, edge, "/lang", Accept_Language=lang)
+        assert "hit" in headers["Cache-Status"]
+
+
+async def test_variants_per_url_are_capped(
+    tmp_path: Path,
+    origin: OriginServer,
+    processes: list[NodeProcess],
+    client: aiohttp.ClientSession,
+) -> None:
+    edge = Edge(tmp_path, origin, processes, service_extra="max_variants = 2")
+    edge.start()
+    origin.route("/cap", headers={"Cache-Control": "max-age=300", "Vary": "X-Variant"}, body=b"c")
+    for variant in ("a", "b", "c"):
+        await get(client, edge, "/cap", X_Variant=variant)
+    _, headers, _ = await get(client, edge, "/cap", X_Variant="c")
+    assert "hit" in headers["Cache-Status"]
+    _, headers, _ = await get(client, edge, "/cap", X_Variant="a")
+    assert "vary-miss" in headers["Cache-Status"]
+    assert origin.count("/cap") == 4
+
+
+async def test_large_hits_and_ranges_leave_by_sendfile(
+    edge: Edge, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    size = 3 * 1024 * 1024
+    origin.route(
+        "/large.bin",
+        headers={"Cache-Control": "max-age=300", "Content-Type": "application/octet-stream"},
+        size=size,
+    )
+    await get(client, edge, "/large.bin")
+    status, headers, body = await get(client, edge, "/large.bin")
+    assert status == 200 and "hit" in headers["Cache-Status"] and body == pattern_bytes(size)
+    status, headers, body = await get(client, edge, "/large.bin", Range="bytes=1000000-1999999")
+    assert status == 206 and body == pattern_bytes(size)[1_000_000:2_000_000]
+    assert origin.count("/large.bin") == 1
