@@ -239,7 +239,9 @@ async def _serve(
     runners: list[web.BaseRunner] = []
     if admin:
         admin_app = _admin_app(node, secret, sync, metrics, store)
-        admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        admin_runner = web.AppRunner(
+            admin_app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await admin_runner.setup()
         host, port = split_host_port(node.admin_listen)
         await web.TCPSite(admin_runner, host, port, reuse_address=True).start()
@@ -261,7 +263,7 @@ async def _serve(
         access_log.start()
 
     server = web.Server(_traffic_handler(engine, access_log, metrics), access_log=None)
-    traffic_runner = web.ServerRunner(server, handle_signals=False)
+    traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
     await traffic_runner.setup()
     host, port = split_host_port(node.listen)
     site = web.SockSite(traffic_runner, _listen_socket(host, port))

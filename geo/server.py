@@ -127,7 +127,9 @@ class GeoService:
         )
         http_socket.setblocking(False)
         self.http_address = (http_host, int(http_socket.getsockname()[1]))
-        self._http = web.AppRunner(make_app(self.router, self.health), access_log=None)
+        self._http = web.AppRunner(
+            make_app(self.router, self.health), access_log=None, shutdown_timeout=2.0
+        )
         await self._http.setup()
         await web.SockSite(self._http, http_socket).start()
 
