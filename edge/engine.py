@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,7 +43,7 @@ from edge.cache.ranges import (
 from edge.compress import StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
 from edge.metrics import NodeMetrics
-from edge.store import BodyGone, BodyRef, ObjectStore, StoredEntry, read_body
+from edge.store import BodyGone, BodyRef, BodyWriter, ObjectStore, StoredEntry, read_body
 from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
 from fleet.config import Service
 
@@ -85,6 +85,8 @@ SENDFILE_MIN = 256 * 1024
 #: Chunk size when a body is copied through Python (no sendfile): few executor trips.
 COPY_CHUNK = 1024 * 1024
 _sendfile_supported = True
+#: How often a fill takes the rest of a body from another upstream after a cut.
+MID_BODY_RETRIES = 2
 #: How long a not-storable answer waits for the request that caused it to take it.
 PASS_HANDOFF_SECONDS = 10.0
 
@@ -104,6 +106,10 @@ class Upstream(Protocol):
         """Send a request on; raises UpstreamError when no answer can be had."""
         ...
 
+    def failed(self, response: UpstreamResponse) -> None:
+        """The peer behind `response` broke off: avoid it for a while."""
+        ...
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -118,6 +124,22 @@ class EngineOptions:
     cdn_loop_token: str = ""
     #: tell the downstream cache that an answer was served stale (shields)
     mark_stale: bool = False
+
+
+@dataclass(frozen=True)
+class FillJob:
+    """What a fill fetches: the object, and the request it is fetched for."""
+
+    service: Service
+    host: str
+    target: str
+    key: str
+    #: the request as the next tier sees it (validators added when revalidating)
+    upstream_headers: CIMultiDict[str]
+    #: the stored object being revalidated, if any
+    stale: StoredEntry | None
+    #: the client request's own fields (for Vary and storability)
+    request_headers: CIMultiDict[str]
 
 
 class Engine:
@@ -299,50 +321,32 @@ class Engine:
                 headers["If-Modified-Since"] = last_modified
         else:
             stale = None
-        task = asyncio.get_running_loop().create_task(
-            self._run_fill(fill, service, host, target, key, headers, stale, request.headers.copy())
-        )
+        job = FillJob(service, host, target, key, headers, stale, request.headers.copy())
+        task = asyncio.get_running_loop().create_task(self._run_fill(fill, job))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return fill
 
-    async def _run_fill(
-        self,
-        fill: Fill,
-        service: Service,
-        host: str,
-        target: str,
-        key: str,
-        headers: CIMultiDict[str],
-        stale: StoredEntry | None,
-        request_headers: CIMultiDict[str],
-    ) -> None:
+    async def _run_fill(self, fill: Fill, job: FillJob) -> None:
         """Fetch from upstream once for everyone waiting on `fill`, storing as it streams."""
         started = time.perf_counter()
         try:
-            await self._fill_body(fill, service, host, target, key, headers, stale, request_headers)
+            await self._fill_body(fill, job)
         except Exception:
-            log.exception("fill of %s failed", key)
+            log.exception("fill of %s failed", job.key)
             fill.set_head(FillHead(HeadKind.ERROR, error=UpstreamError(502, "internal error")))
             fill.fail()
         finally:
             self.fills.done(fill)
             self.metrics.fill_seconds.observe(time.perf_counter() - started)
 
-    async def _fill_body(
-        self,
-        fill: Fill,
-        service: Service,
-        host: str,
-        target: str,
-        key: str,
-        headers: CIMultiDict[str],
-        stale: StoredEntry | None,
-        request_headers: CIMultiDict[str],
-    ) -> None:
+    async def _fill_body(self, fill: Fill, job: FillJob) -> None:
+        service, key, stale = job.service, job.key, job.stale
         request_time = self.clock()
         try:
-            response = await self.upstream.fetch(service, key, "GET", target, headers, None)
+            response = await self.upstream.fetch(
+                service, key, "GET", job.target, job.upstream_headers, None
+            )
         except UpstreamError as exc:
             fill.set_head(FillHead(HeadKind.ERROR, error=exc))
             return
@@ -353,14 +357,12 @@ class Engine:
             response.release()
             merged = policy.merge_304_headers(stale.meta.upstream_headers, pairs)
             meta = self._meta(
-                response.status if False else stale.meta.status,
+                job,
+                stale.meta.status,
                 merged,
                 request_time,
                 response_time,
                 fill.started_at,
-                service,
-                host,
-                target,
                 response,
             )
             await self.store.put_meta(key, meta)
@@ -381,7 +383,7 @@ class Engine:
         storable = policy.storability(
             "GET",
             response.status,
-            request_headers,
+            job.request_headers,
             response.headers,
             negative_ttl=service.negative_ttl,
         )
@@ -394,20 +396,12 @@ class Engine:
         store_key = key
         if key_fields:
             base_key = key.split("\x1f", 1)[0]
-            store_key = _variant_key(base_key, key_fields, request_headers)
+            store_key = _variant_key(base_key, key_fields, job.request_headers)
             await self._index_variant(base_key, key_fields, store_key, fill.started_at, service)
         fill.store_key = store_key
         fill.vary_fields = key_fields
         meta = self._meta(
-            response.status,
-            pairs,
-            request_time,
-            response_time,
-            fill.started_at,
-            service,
-            host,
-            target,
-            response,
+            job, response.status, pairs, request_time, response_time, fill.started_at, response
         )
         writer = self.store.begin(store_key, meta.upstream_encoding)
         length_text = response.headers.get("content-length")
@@ -418,10 +412,7 @@ class Engine:
         )
         notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
         try:
-            async for chunk in response.iter_chunks():
-                await writer.write(chunk)
-            if length is not None and writer.received != length:
-                raise UpstreamError(502, f"body ended at {writer.received} of {length} bytes")
+            response = await self._copy_upstream_body(job, response, writer, meta, length)
             entry = await writer.commit(meta)
         except BaseException:
             response.close()
@@ -442,6 +433,47 @@ class Engine:
                     await make_variants(self.store, store_key, source, meta.content_type)
                 except Exception:
                     log.exception("compressing %s failed", store_key)
+
+    async def _copy_upstream_body(
+        self,
+        job: FillJob,
+        response: UpstreamResponse,
+        writer: BodyWriter,
+        meta: ObjectMeta,
+        length: int | None,
+    ) -> UpstreamResponse:
+        """Write the upstream body to the store; if the upstream dies mid-body, take the
+        rest from the next one (a GET is idempotent), so readers never see a cut.
+
+        Returns the response the body was completed from.
+        """
+        for attempt in range(MID_BODY_RETRIES + 1):
+            try:
+                async for chunk in _skip_bytes(response.iter_chunks(), writer.received):
+                    await writer.write(chunk)
+                break
+            except UpstreamError:
+                response.close()
+                self.upstream.failed(response)
+                if attempt == MID_BODY_RETRIES:
+                    raise
+            retry = await self.upstream.fetch(
+                job.service, job.key, "GET", job.target, job.upstream_headers, None
+            )
+            same_length = retry.headers.get("content-length") == (
+                str(length) if length is not None else None
+            )
+            if (
+                retry.status != meta.status
+                or not same_length
+                or (meta.etag and retry.headers.get("etag") != meta.etag)
+            ):
+                retry.close()
+                raise UpstreamError(502, "the upstream's body changed while refetching it")
+            response = retry
+        if length is not None and writer.received != length:
+            raise UpstreamError(502, f"body ended at {writer.received} of {length} bytes")
+        return response
 
     async def _index_variant(
         self, base_key: str, fields: tuple[str, ...], variant: str, now: float, service: Service
@@ -466,52 +498,33 @@ class Engine:
 
     def _meta(
         self,
+        job: FillJob,
         status: int,
         pairs: tuple[tuple[str, str], ...],
         request_time: float,
         response_time: float,
         stored_at: float,
-        service: Service,
-        host: str,
-        target: str,
         response: UpstreamResponse,
     ) -> ObjectMeta:
         encoding = (_header(pairs, "content-encoding") or "identity").lower()
         compressible = self.options.compress and (
             is_compressible(_header(pairs, "content-type")) or encoding != "identity"
         )
-        meta = policy.build_meta(
+        return policy.build_meta(
             status=status,
             upstream_pairs=pairs,
             request_time=request_time,
             response_time=response_time,
             stored_at=stored_at,
-            service=service.name,
-            host=host,
-            target=target,
+            service=job.service.name,
+            host=job.host,
+            target=job.target,
             compressible=compressible,
-            negative_ttl=service.negative_ttl,
-            default_stale_if_error=service.default_stale_if_error,
+            negative_ttl=job.service.negative_ttl,
+            default_stale_if_error=job.service.default_stale_if_error,
             force_stale=response.headers.get(STALE_MARK) == "1",
+            for_cdn=self.options.downstream_is_cdn,
         )
-        if self.options.downstream_is_cdn:
-            # the edges below are this CDN: they need the targeted fields and keys
-            keep = tuple(
-                (name, value)
-                for name, value in pairs
-                if name.lower()
-                not in {
-                    "content-length",
-                    "content-encoding",
-                    "age",
-                    "via",
-                    "cache-status",
-                    "date",
-                    STALE_MARK.lower(),
-                }
-            )
-            meta = _replace_client_headers(meta, keep)
-        return meta
 
     async def _close_unclaimed(self, fill: Fill, response: UpstreamResponse) -> None:
         await asyncio.sleep(0)
@@ -788,12 +801,14 @@ class Engine:
         self, request: web.BaseRequest, upstream: UpstreamResponse, own_status: str
     ) -> web.StreamResponse:
         pairs = policy.upstream_header_pairs(upstream.header_pairs)
-        omitted = {"content-length", "cache-status", "via", "date", STALE_MARK.lower()}
-        if not self.options.downstream_is_cdn:
-            omitted |= {"surrogate-key", "cache-tag", "cdn-cache-control", "surrogate-control"}
         headers: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in pairs if name.lower() not in omitted
+            policy.client_header_pairs(pairs, for_cdn=self.options.downstream_is_cdn)
         )
+        # relayed as received, so its coding, age and date stay the upstream's
+        for name in ("Content-Encoding", "Age", "Date"):
+            value = upstream.headers.get(name)
+            if value is not None:
+                headers[name] = value
         upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
         own = f"{self.options.node_name}; {own_status}; fwd-status={upstream.status}"
         headers["Cache-Status"] = f"{upstream_status}, {own}" if upstream_status else own
@@ -879,12 +894,6 @@ class Engine:
                 await task
 
 
-def _replace_client_headers(meta: ObjectMeta, pairs: tuple[tuple[str, str], ...]) -> ObjectMeta:
-    import dataclasses
-
-    return dataclasses.replace(meta, client_headers=pairs)
-
-
 async def _forward_progress(writer: object, fill: Fill) -> None:
     """Wake the fill's readers whenever the writer puts more bytes on disk."""
     written = 0
@@ -894,6 +903,16 @@ async def _forward_progress(writer: object, fill: Fill) -> None:
         fill.progress(written)
         if getattr(writer, "finished", False):
             return
+
+
+async def _skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    """The chunks after their first `count` bytes."""
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
 
 
 async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:

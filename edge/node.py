@@ -80,6 +80,12 @@ class TierUpstream:
                 raise UpstreamError(502, "no shield is reachable and origin fallback is off")
         return await self.pools[service.name].request(method, target, headers, body)
 
+    def failed(self, response: UpstreamResponse) -> None:
+        """A peer broke off a body: a shield is skipped for a while (origins have their
+        own ejection on connect failures)."""
+        if self.ring is not None and response.peer in self.ring.names:
+            self.ring.mark_down(response.peer)
+
     def start(self) -> None:
         """Start health checks (origins only where this node talks to them)."""
         if self.ring is not None and self.ring.shields:

@@ -257,7 +257,8 @@ class OriginPool:
         last_error = "no origin configured"
         retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
         try:
-            for origin in self._order():
+            order = self._order()
+            for position, origin in enumerate(order):
                 origin.outstanding += 1
                 done = _once(_decrement(origin))
                 try:
@@ -274,7 +275,7 @@ class OriginPool:
                 if response.status >= 500 and retryable and response.status in (502, 503, 504):
                     self._failed(origin)
                     last_error = f"{origin.url} answered {response.status}"
-                    if origin is not self._order()[-1]:
+                    if position < len(order) - 1:
                         response.close()
                         continue
                 else:
@@ -379,6 +380,11 @@ class ShieldRing:
     def __post_init__(self) -> None:
         self._states = {s.name: _ShieldState(s) for s in self.shields}
         self._names = [s.name for s in self.shields]
+
+    @property
+    def names(self) -> list[str]:
+        """The shields' names."""
+        return self._names
 
     def order(self, key: str) -> list[ShieldConfig]:
         """Live shields for `key`, preferred first; dead ones are skipped."""

@@ -59,13 +59,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: Fields a client never receives from the cache: targeted cache control (RFC 9213
-#: says a CDN consumes CDN-Cache-Control), surrogate keys, and framing set per response.
-CLIENT_OMITTED = frozenset(
+#: Fields set per response by each tier (framing, age, the tier trail, our stale mark).
+PER_RESPONSE_FIELDS = frozenset(
     {
-        *TARGETED_FIELDS,
-        "surrogate-key",
-        "cache-tag",
         "content-length",
         "content-encoding",
         "age",
@@ -75,6 +71,14 @@ CLIENT_OMITTED = frozenset(
         "date",
     }
 )
+
+#: Fields only this CDN reads: targeted cache control (RFC 9213 says a CDN consumes
+#: CDN-Cache-Control) and surrogate keys. Passed between our tiers, never to clients.
+CDN_ONLY_FIELDS = frozenset({*TARGETED_FIELDS, "surrogate-key", "cache-tag"})
+
+#: Fields a client never receives from the cache.
+CLIENT_OMITTED = PER_RESPONSE_FIELDS | CDN_ONLY_FIELDS
+
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -233,14 +237,14 @@ def corrected_initial_age(
 
 
 def client_header_pairs(
-    pairs: HeaderPairs, extra_omitted: frozenset[str] = frozenset()
+    pairs: HeaderPairs, extra_omitted: frozenset[str] = frozenset(), *, for_cdn: bool = False
 ) -> HeaderPairs:
-    """The stored headers a client may see: see CLIENT_OMITTED."""
-    return tuple(
-        (name, value)
-        for name, value in pairs
-        if name.lower() not in CLIENT_OMITTED and name.lower() not in extra_omitted
-    )
+    """The stored headers a downstream may see: see CLIENT_OMITTED.
+
+    `for_cdn`: the downstream is a tier of this CDN, which needs CDN_ONLY_FIELDS.
+    """
+    omitted = (PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED) | extra_omitted
+    return tuple((name, value) for name, value in pairs if name.lower() not in omitted)
 
 
 def upstream_header_pairs(pairs: HeaderPairs) -> HeaderPairs:
@@ -285,8 +289,12 @@ def build_meta(
     negative_ttl: int = 0,
     default_stale_if_error: int = 0,
     force_stale: bool = False,
+    for_cdn: bool = False,
 ) -> ObjectMeta:
-    """The metadata of a response about to be stored, with its numbers precomputed."""
+    """The metadata of a response about to be stored, with its numbers precomputed.
+
+    `for_cdn`: this node's downstream is a tier of this CDN (a shield's edges).
+    """
     headers = pair_headers(upstream_pairs)
     directives, source = effective_directives(headers)
     lifetime = freshness_lifetime(
@@ -307,7 +315,7 @@ def build_meta(
     return ObjectMeta(
         status=status,
         upstream_headers=upstream_pairs,
-        client_headers=client_header_pairs(upstream_pairs),
+        client_headers=client_header_pairs(upstream_pairs, for_cdn=for_cdn),
         corrected_initial_age=initial_age,
         response_time=response_time,
         stored_at=stored_at,
