@@ -58,9 +58,16 @@ class TierUpstream:
         services: tuple[Service, ...],
         ring: ShieldRing | None,
         session: aiohttp.ClientSession,
+        workers: int = 1,
     ) -> None:
         self.ring = ring
-        self.pools = {service.name: OriginPool(service, session) for service in services}
+        # the cap on origin connections is the node's: each worker takes its share
+        self.pools = {
+            service.name: OriginPool(
+                service, session, max_connections=-(-service.max_origin_connections // workers)
+            )
+            for service in services
+        }
 
     async def fetch(
         self,
@@ -214,7 +221,7 @@ async def _serve(
     ring = (
         ShieldRing(fleet.shields, session, secret) if role.uses_shields and fleet.shields else None
     )
-    upstream = TierUpstream(fleet.services, ring, session)
+    upstream = TierUpstream(fleet.services, ring, session, node.workers)
     access_log = (
         AccessLog(sys.stdout, node.name)
         if os.environ.get("EDGESHIELD_ACCESS_LOG", "1") != "0"
