@@ -564,8 +564,12 @@ def hits_table(
             f"| {min(ratios):.2f}-{max(ratios):.2f} "
             f"| {_median(edge, 'p50_ms'):.2f} / {_median(edge, 'p99_ms'):.2f} "
             f"| {_median(nginx, 'p50_ms'):.2f} / {_median(nginx, 'p99_ms'):.2f} |"
-            + (f" errors: {errors}" if errors else "")
         )
+        if errors:
+            servers.notes.append(
+                f"{case.label}: wrk counted {errors} error(s) (non-2xx/3xx or socket errors, "
+                "timeouts included) over all rounds of both servers."
+            )
     return "\n".join(lines)
 
 

@@ -43,7 +43,15 @@ from edge.cache.ranges import (
 from edge.compress import StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
 from edge.metrics import NodeMetrics
-from edge.store import BodyGone, BodyRef, BodyWriter, ObjectStore, StoredEntry, read_body
+from edge.store import (
+    BodyGone,
+    BodyRef,
+    BodyWriter,
+    ObjectStore,
+    StoredEntry,
+    open_body,
+    read_body,
+)
 from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
 from fleet.config import Service
 
@@ -80,11 +88,9 @@ CLIENT_ONLY_FIELDS = frozenset(
 )
 STALE_MARK = "X-Edgeshield-Stale"
 ERROR_BODY_LIMIT = 64 * 1024
-#: Bodies at least this large are sent with sendfile (smaller ones sit in memory).
-SENDFILE_MIN = 256 * 1024
-#: Chunk size when a body is copied through Python (no sendfile): few executor trips.
+#: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
+#: event loop has no sendfile, so bodies not in the memory tier are copied.)
 COPY_CHUNK = 1024 * 1024
-_sendfile_supported = True
 #: How often a fill takes the rest of a body from another upstream after a cut.
 MID_BODY_RETRIES = 2
 #: How long a not-storable answer waits for the request that caused it to take it.
@@ -124,6 +130,14 @@ class EngineOptions:
     cdn_loop_token: str = ""
     #: tell the downstream cache that an answer was served stale (shields)
     mark_stale: bool = False
+
+
+class _EntryGone(Exception):
+    """A stored entry's body vanished before its response started."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,12 @@ class Engine:
             return _error(508, "request loop detected (CDN-Loop)", self.options.node_name)
         kind = policy.classify_request(request.method, request.headers)
         if kind is RequestKind.CACHEABLE:
-            return await self._cacheable(request, service, host)
+            try:
+                return await self._cacheable(request, service, host)
+            except _EntryGone as gone:
+                # the memory tier pointed at a body file that is gone: look again
+                self.store.forget_cached(gone.key)
+                return await self._cacheable(request, service, host)
         response = await self._pass(request, service, host)
         if kind is RequestKind.INVALIDATING and response.status < 400:
             await self._invalidate(service, host, request)
@@ -248,7 +267,7 @@ class Engine:
         fwd: str,
         verdict: PurgeVerdict,
     ) -> web.StreamResponse:
-        fill = self.fills.get(key)
+        fill = self._joinable_fill(key, service)
         collapsed = fill is not None
         if fill is None:
             fill = self._start_fill(request, service, host, target, key, stale)
@@ -300,6 +319,14 @@ class Engine:
             # this client's variant; look again (the Vary index is stored by now)
             return await self._cacheable(request, service, host)
         return await self._stream_fill(request, fill, head, f"{own_status}; stored")
+
+    def _joinable_fill(self, key: str, service: Service) -> Fill | None:
+        """The fill in flight for `key`, unless a purge was applied after it started:
+        then it may carry purged content, and a new fill takes its place."""
+        fill = self.fills.get(key)
+        if fill is not None and self.rules.changed_since(service.name, fill.started_at):
+            return None
+        return fill
 
     def _start_fill(
         self,
@@ -544,7 +571,7 @@ class Engine:
         entry: StoredEntry,
     ) -> None:
         """RFC 5861 3: one background revalidation, however many stale hits ask for it."""
-        if self.fills.get(key) is not None:
+        if self._joinable_fill(key, service) is not None:
             return
         fill = self._start_fill(request, service, host, target, key, entry)
         self.metrics.background_revalidations.inc()
@@ -630,7 +657,11 @@ class Engine:
                 headers=headers,
                 body=body.data if (start, end) == (0, body.size) else body.data[start:end],
             )
-        return await self._stream_body(request, status, headers, body, start, end, decoder)
+        try:
+            return await self._stream_body(request, status, headers, body, start, end, decoder)
+        except BodyGone:
+            # gone before any header left (replaced or evicted by another worker)
+            raise _EntryGone(entry.key) from None
 
     async def _stream_body(
         self,
@@ -642,60 +673,33 @@ class Engine:
         end: int,
         decoder: StreamDecoder | None,
     ) -> web.StreamResponse:
-        global _sendfile_supported
-        loop = asyncio.get_running_loop()
-        if (
-            _sendfile_supported
-            and decoder is None
-            and body.path is not None
-            and end - start >= SENDFILE_MIN
-        ):
-            # large bodies leave by sendfile where the event loop offers it (asyncio's
-            # does; uvloop's does not, and there the chunked copy below serves)
-            try:
-                file = await loop.run_in_executor(None, open, body.path, "rb")
-            except OSError:
-                return _error(503, "stored body vanished; retry", self.options.node_name)
-            try:
-                response = web.StreamResponse(status=status, headers=headers)
-                await response.prepare(request)
-                if request.transport is None:
-                    raise ConnectionResetError("client went away")
-                try:
-                    await loop.sendfile(request.transport, file, start, end - start)
-                except NotImplementedError:
-                    _sendfile_supported = False
-                    await self._copy_body(request, response, body, start, end, None)
-                    return response
-                await response.write_eof()
-                return response
-            finally:
-                await loop.run_in_executor(None, file.close)
-        response = web.StreamResponse(status=status, headers=headers)
-        await response.prepare(request)
-        await self._copy_body(request, response, body, start, end, decoder)
-        return response
-
-    async def _copy_body(
-        self,
-        request: web.BaseRequest,
-        response: web.StreamResponse,
-        body: BodyRef,
-        start: int,
-        end: int,
-        decoder: StreamDecoder | None,
-    ) -> None:
+        """Send a stored body: opened before the headers go, so a body replaced or
+        evicted meanwhile is still read whole, and one already gone raises BodyGone
+        while the request can still be answered another way."""
+        opened = await open_body(body) if body.data is None else None
         try:
-            async for chunk in read_body(body, start, end, chunk_size=COPY_CHUNK):
-                await response.write(decoder.decode(chunk) if decoder else chunk)
-        except BodyGone:
-            # evicted under us after the headers went out: cut, never a short body
-            if request.transport is not None:
-                request.transport.close()
-            return
-        if decoder is not None:
-            await response.write(decoder.flush())
-        await response.write_eof()
+            response = web.StreamResponse(status=status, headers=headers)
+            await response.prepare(request)
+            chunks = (
+                opened.chunks(start, end, COPY_CHUNK)
+                if opened is not None
+                else read_body(body, start, end, chunk_size=COPY_CHUNK)
+            )
+            try:
+                async for chunk in chunks:
+                    await response.write(decoder.decode(chunk) if decoder else chunk)
+                if decoder is not None:
+                    await response.write(decoder.flush())
+            except BodyGone:
+                # cut, never a short body that looks whole
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            if opened is not None:
+                await opened.close()
 
     async def _stream_fill(
         self, request: web.BaseRequest, fill: Fill, head: FillHead, own_status: str

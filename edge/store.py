@@ -162,6 +162,10 @@ class ObjectStore(Protocol):
         """A fresh path in the store's temp directory (same filesystem as the bodies)."""
         ...
 
+    def forget_cached(self, key: str) -> None:
+        """Drop `key` from the memory tier, so the next `get` reads the index."""
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove an entry and its bodies; no error if absent."""
         ...
@@ -428,6 +432,50 @@ async def read_body(
         await asyncio.shield(loop.run_in_executor(pool, os.close, fd))
 
 
+class OpenBody:
+    """A body file opened before a response starts, read by offset off the loop.
+
+    Opening first means a body replaced or evicted after this point stays readable
+    (files are only ever unlinked, never rewritten), and a body already gone is
+    known before any header has left.
+    """
+
+    def __init__(self, fd: int, ref: BodyRef) -> None:
+        self._fd = fd
+        self.ref = ref
+
+    async def chunks(self, start: int, end: int, chunk_size: int) -> AsyncIterator[bytes]:
+        """The bytes [start, end), in chunks; BodyGone if the file is shorter."""
+        loop = asyncio.get_running_loop()
+        pool = _readers()
+        pos = start
+        while pos < end:
+            chunk = await loop.run_in_executor(
+                pool, os.pread, self._fd, min(chunk_size, end - pos), pos
+            )
+            if not chunk:
+                raise BodyGone(f"body file {self.ref.path} ends at {pos}, expected {end}")
+            pos += len(chunk)
+            yield chunk
+
+    async def close(self) -> None:
+        """Close the file (shielded: survives a cancelled reader)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(_readers(), os.close, self._fd))
+
+
+async def open_body(ref: BodyRef) -> OpenBody:
+    """Open a stored body file; BodyGone if it is not there any more."""
+    if ref.path is None:
+        raise BodyGone("body has no file")
+    loop = asyncio.get_running_loop()
+    try:
+        fd = await loop.run_in_executor(_readers(), os.open, ref.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise BodyGone(f"body file {ref.path} is gone") from exc
+    return OpenBody(fd, ref)
+
+
 # --------------------------------------------------------------------------- tiers
 
 
@@ -523,6 +571,9 @@ class _StoreBase:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    def forget_cached(self, key: str) -> None:
+        """Drop `key` from the memory tier (none here), so `get` reads the index."""
 
     def tmp_path(self, suffix: str = "") -> str:
         """A fresh path in the store's temp directory (same filesystem as the bodies)."""
@@ -844,6 +895,10 @@ class DiskStore(_StoreBase):
             for enc, rel, size in record.bodies
         }
         return StoredEntry(key, record.meta, bodies)
+
+    def forget_cached(self, key: str) -> None:
+        """Drop `key` from the memory tier, so the next `get` reads the index."""
+        self.memory.discard(key)
 
     def peek(self, key: str) -> StoredEntry | None:
         """The entry if it is in the memory tier; synchronous, no disk, no executor."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "EARTH_RADIUS_KM",
+    "HASH_PREFIX_V4",
+    "HASH_PREFIX_V6",
     "Choice",
     "Chooser",
     "IPAddress",
@@ -25,6 +27,7 @@ __all__ = [
     "Placement",
     "Ranked",
     "Site",
+    "client_hash_key",
     "client_hash_network",
     "great_circle_km",
 ]
@@ -227,6 +230,19 @@ class Chooser:
             6: tuple(s for s in self.sites if s.family == 6),
         }
 
+    def splits(self, network: IPNetwork) -> bool:
+        """Whether a coverage zone lies inside `network` without covering all of it,
+        so that its clients are not all routed alike."""
+        shift = network.max_prefixlen - network.prefixlen
+        bits = int(network.network_address) >> shift
+        for zone in self.zones:  # most specific first
+            inner = zone.network
+            if inner.prefixlen <= network.prefixlen:
+                return False
+            if inner.version == network.version and int(inner.network_address) >> shift == bits:
+                return True
+        return False
+
     def coverage_zone(self, address: IPAddress) -> tuple[IPNetwork, Placement] | None:
         """The most specific coverage zone holding `address`, and its region."""
         for zone in self.zones:
@@ -290,7 +306,7 @@ class Chooser:
             limit = ranked[0].distance_km + self.tie_distance_km
             tied = [r for r in ranked if r.distance_km <= limit]
             if len(tied) > 1:
-                key = _hash_key(client)
+                key = client_hash_key(client)
                 tied.sort(key=lambda r: _rendezvous(key, r.site.name), reverse=True)
                 ranked = tied + ranked[len(tied) :]
         return Choice(
@@ -307,8 +323,10 @@ class Chooser:
         )
 
 
-def _hash_key(client: IPNetwork) -> bytes:
-    """The bytes of `client_hash_network(client)`, computed without building it."""
+def client_hash_key(client: IPNetwork) -> bytes:
+    """The bytes of `client_hash_network(client)`, computed without building it: the
+    network's bits and its prefix length, so two keys are equal exactly when the
+    hash networks are."""
     width = client.max_prefixlen
     limit = HASH_PREFIX_V4 if width == 32 else HASH_PREFIX_V6
     prefix = min(client.prefixlen, limit)

@@ -11,10 +11,18 @@ read and dropped otherwise; nothing a client sends may raise out of `respond`.
 Answers are cached by the query's bytes (all but the ID) and the resolver's address,
 and the cache is emptied whenever the router's version moves (health or database
 changed), so a hot query is one dict lookup.
+
+A query not seen before (every ECS client subnet is a new one) is parsed and packed by
+dnslib every time, but what goes between is reused: the edges come from
+`Router.answer` (cached per client /24 or /56), the answer records for a name and a
+set of edges, the SOA, NS and glue records and the OPT record are built once, and the
+name asked for is classified once per spelling.
 """
 
 from __future__ import annotations
 
+import copy
+import enum
 import ipaddress
 import logging
 import struct
@@ -38,8 +46,8 @@ from dnslib import (
     EDNSOption,
 )
 
-from geo.choice import Choice, IPNetwork
-from geo.routing import Router
+from geo.choice import IPNetwork
+from geo.routing import Answer, Router
 
 __all__ = ["EDNS_UDP_SIZE", "DnsResponder", "QueryError", "ZoneInfo", "parse_client_subnet"]
 
@@ -55,6 +63,34 @@ OPTION_CLIENT_SUBNET = 8
 BADVERS = 16
 CLASS_ANY = 255  # QCLASS "*" (RFC 1035 section 3.2.5)
 CACHE_ENTRIES = 50_000
+# Names (as spelled in queries) and answer record sets remembered before starting over.
+NAME_ENTRIES = 4096
+RECORD_ENTRIES = 4096
+
+# dnslib's QTYPE/CLASS/OPCODE/RCODE attributes are dictionary look-ups behind a
+# Python __getattr__; the request path reads plain ints instead.
+_A: int = QTYPE.A
+_AAAA: int = QTYPE.AAAA
+_ANY: int = QTYPE.ANY
+_NS: int = QTYPE.NS
+_SOA: int = QTYPE.SOA
+_OPT: int = QTYPE.OPT
+_IN: int = CLASS.IN
+_QUERY: int = OPCODE.QUERY
+_NOERROR: int = RCODE.NOERROR
+_FORMERR: int = RCODE.FORMERR
+_NXDOMAIN: int = RCODE.NXDOMAIN
+_REFUSED: int = RCODE.REFUSED
+
+
+class NameKind(enum.Enum):
+    """What a name asked for is to this zone."""
+
+    OUTSIDE = "outside"  # not in the zone: REFUSED
+    APEX = "apex"  # the zone itself
+    SERVICE = "service"  # <service>.<zone>
+    NAMESERVER = "nameserver"  # the NS target, when it is in the zone
+    UNKNOWN = "unknown"  # in the zone but no such name: NXDOMAIN
 
 
 class QueryError(Exception):
@@ -132,6 +168,14 @@ class DnsResponder:
         self.serial = zone.serial or int(time.time())
         self._cache: dict[tuple[bytes, str, bool], bytes] = {}
         self._cache_version = router.version
+        # Built once: the zone does not change while we serve it.
+        self._soa_record = self._soa()
+        self._ns_record = self._ns()
+        self._glue_records = self._glue()
+        self._opt_record = EDNS0(udp_len=EDNS_UDP_SIZE)
+        self._names: dict[tuple[bytes, ...], NameKind] = {}
+        self._records: dict[tuple[tuple[bytes, ...], int, tuple[str, ...]], list[RR]] = {}
+        self._resolvers: dict[str, IPNetwork] = {}
         self.queries = 0
         self.cache_hits = 0
         self.malformed = 0
@@ -172,7 +216,7 @@ class DnsResponder:
         except Exception:  # dnslib raises DNSError, struct.error, UnicodeError, ...
             self.malformed += 1
             return _header_only(data, RCODE.FORMERR)
-        opt = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
+        opt = [rr for rr in query.ar if rr.rtype == _OPT]
         try:
             return self._answer(query, opt, client, tcp)
         except QueryError as exc:
@@ -183,14 +227,14 @@ class DnsResponder:
             return bytes(reply.pack())
 
     def _answer(self, query: DNSRecord, opt: list[RR], client: str, tcp: bool) -> bytes:
-        if query.header.opcode != OPCODE.QUERY:
+        if query.header.opcode != _QUERY:
             # RFC 1035 section 4.1.1: NOTIMP for a kind of query we do not support.
             raise QueryError(RCODE.NOTIMP, "opcode not supported")
         if len(query.questions) != 1:
-            raise QueryError(RCODE.FORMERR, "a query must ask exactly one question")
+            raise QueryError(_FORMERR, "a query must ask exactly one question")
         if len(opt) > 1:
             # RFC 6891 section 6.1.1: more than one OPT RR is FORMERR.
-            raise QueryError(RCODE.FORMERR, "more than one OPT record")
+            raise QueryError(_FORMERR, "more than one OPT record")
         subnet: ClientSubnet | None = None
         limit = TCP_SIZE if tcp else PLAIN_UDP_SIZE
         if opt:
@@ -208,43 +252,59 @@ class DnsResponder:
                     subnet = parse_client_subnet(bytes(option.data))
         question = query.q
         qtype = question.qtype
-        name = str(question.qname).lower().rstrip(".")
-        origin = self.zone.origin
-        in_zone = name == origin or name.endswith("." + origin)
-        if question.qclass not in (CLASS.IN, CLASS_ANY) or not in_zone:
-            reply = _reply(query, RCODE.REFUSED, aa=False)
+        kind = self._classify(question.qname)
+        if kind is NameKind.OUTSIDE or question.qclass not in (_IN, CLASS_ANY):
+            reply = _reply(query, _REFUSED, aa=False)
             return self._finish(reply, opt, subnet, 0, limit)
 
-        reply = _reply(query, RCODE.NOERROR, aa=True)
+        reply = _reply(query, _NOERROR, aa=True)
         scope = 0
-        label = name[: -len(origin) - 1] if name != origin else ""
-        if label == "" or label in self.zone.services:
-            if name == origin and qtype == QTYPE.SOA:
-                reply.add_answer(self._soa())
-            elif name == origin and qtype == QTYPE.NS:
-                reply.add_answer(self._ns())
-                for record in self._glue():
-                    reply.add_ar(record)
-            elif qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-                scope = self._add_edges(reply, query, qtype, subnet, client)
+        if kind is NameKind.APEX or kind is NameKind.SERVICE:
+            if kind is NameKind.APEX and qtype == _SOA:
+                reply.rr = [self._soa_record]
+            elif kind is NameKind.APEX and qtype == _NS:
+                reply.rr = [self._ns_record]
+                reply.ar = list(self._glue_records)
+            elif qtype in (_A, _AAAA, _ANY):
+                scope = self._add_edges(reply, question.qname, qtype, subnet, client)
             if not reply.rr:
-                reply.add_auth(self._soa())  # NODATA (RFC 2308 section 2.2)
-        elif name == self.zone.nameserver_name.lower():
-            for record in self._glue():
-                if qtype in (record.rtype, QTYPE.ANY):
-                    reply.add_answer(record)
+                reply.auth = [self._soa_record]  # NODATA (RFC 2308 section 2.2)
+        elif kind is NameKind.NAMESERVER:
+            reply.rr = [r for r in self._glue_records if qtype in (r.rtype, _ANY)]
             if not reply.rr:
-                reply.add_auth(self._soa())
+                reply.auth = [self._soa_record]
         else:
             # RFC 2308 section 3: NXDOMAIN with the SOA in the authority section.
-            reply.header.rcode = RCODE.NXDOMAIN
-            reply.add_auth(self._soa())
+            reply.header.rcode = _NXDOMAIN
+            reply.auth = [self._soa_record]
         return self._finish(reply, opt, subnet, scope, limit)
+
+    def _classify(self, qname: DNSLabel) -> NameKind:
+        """What `qname` is to the zone, worked out once per spelling of it."""
+        kind = self._names.get(qname.label)
+        if kind is not None:
+            return kind
+        name = str(qname).lower().rstrip(".")
+        origin = self.zone.origin
+        if name != origin and not name.endswith("." + origin):
+            kind = NameKind.OUTSIDE
+        elif name == origin:
+            kind = NameKind.APEX
+        elif name[: -len(origin) - 1] in self.zone.services:
+            kind = NameKind.SERVICE
+        elif name == self.zone.nameserver_name.lower():
+            kind = NameKind.NAMESERVER
+        else:
+            kind = NameKind.UNKNOWN
+        if len(self._names) >= NAME_ENTRIES:
+            self._names.clear()
+        self._names[qname.label] = kind
+        return kind
 
     def _add_edges(
         self,
         reply: DNSRecord,
-        query: DNSRecord,
+        qname: DNSLabel,
         qtype: int,
         subnet: ClientSubnet | None,
         client: str,
@@ -255,25 +315,49 @@ class DnsResponder:
         else:
             # No ECS, or "source prefix 0": the client asked that its address not be
             # used (RFC 7871 section 7.1.2), so the resolver's address decides.
-            network = ipaddress.ip_network(client)
-        families = (4, 6) if qtype == QTYPE.ANY else (4 if qtype == QTYPE.A else 6,)
-        choice: Choice | None = None
+            network = self._resolver_network(client)
+        families = (4, 6) if qtype == _ANY else (4 if qtype == _A else 6,)
+        answer: Answer | None = None
         for family in families:
-            choice = self.router.route(network, family)
-            for ranked in choice.edges:
-                rdata = A(ranked.site.address) if family == 4 else AAAA(ranked.site.address)
-                rtype = QTYPE.A if family == 4 else QTYPE.AAAA
-                reply.add_answer(RR(query.q.qname, rtype, rdata=rdata, ttl=self.zone.ttl))
-        if subnet is None or subnet.source_prefix == 0 or choice is None:
+            answer = self.router.answer(network, family)
+            reply.rr.extend(self._edge_records(qname, family, answer.addresses))
+        if subnet is None or subnet.source_prefix == 0 or answer is None:
             return 0
         # RFC 7871 section 7.2.1: SCOPE is the prefix length the answer holds for. It
         # holds for the subnet we were given unless the database (or coverage zone)
         # network that decided is narrower; a scope longer than the source is allowed
         # and tells the resolver the source was not specific enough.
         scope = subnet.source_prefix
-        if choice.deciding_prefix is not None:
-            scope = max(scope, choice.deciding_prefix)
+        if answer.deciding_prefix is not None:
+            scope = max(scope, answer.deciding_prefix)
         return scope
+
+    def _edge_records(
+        self, qname: DNSLabel, family: int, addresses: tuple[str, ...]
+    ) -> list[RR]:
+        """The A or AAAA records for `addresses` under `qname` (spelled as asked,
+        which also lets the name compress to a pointer at the question)."""
+        key = (qname.label, family, addresses)
+        records = self._records.get(key)
+        if records is None:
+            if family == 4:
+                records = [RR(qname, _A, rdata=A(a), ttl=self.zone.ttl) for a in addresses]
+            else:
+                records = [RR(qname, _AAAA, rdata=AAAA(a), ttl=self.zone.ttl) for a in addresses]
+            if len(self._records) >= RECORD_ENTRIES:
+                self._records.clear()
+            self._records[key] = records
+        return records
+
+    def _resolver_network(self, client: str) -> IPNetwork:
+        """The resolver's address as a /32 or /128 (resolvers are few: remembered)."""
+        network = self._resolvers.get(client)
+        if network is None:
+            network = ipaddress.ip_network(client)
+            if len(self._resolvers) >= NAME_ENTRIES:
+                self._resolvers.clear()
+            self._resolvers[client] = network
+        return network
 
     def _finish(
         self,
@@ -284,13 +368,14 @@ class DnsResponder:
         limit: int,
     ) -> bytes:
         if opt:
-            options = []
+            record = self._opt_record
             if subnet is not None:
                 # RFC 7871 section 7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS are
                 # copied from the query; SCOPE PREFIX-LENGTH is ours.
                 data = struct.pack("!HBB", subnet.family, subnet.source_prefix, scope)
-                options.append(EDNSOption(OPTION_CLIENT_SUBNET, data + subnet.address))
-            reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE, opts=options))
+                record = copy.copy(record)
+                record.rdata = [EDNSOption(OPTION_CLIENT_SUBNET, data + subnet.address)]
+            reply.ar.append(record)
         wire = bytes(reply.pack())
         if len(wire) <= limit:
             return wire
@@ -300,7 +385,7 @@ class DnsResponder:
             DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1), q=reply.q
         )
         for record in reply.ar:
-            if record.rtype == QTYPE.OPT:
+            if record.rtype == _OPT:
                 truncated.add_ar(record)
         return bytes(truncated.pack())
 

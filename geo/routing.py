@@ -3,6 +3,11 @@
 `Router` is what the DNS responder, the HTTP endpoint and `geo lookup` all call, so
 the three cannot disagree. It keeps a `version` that moves whenever an answer could
 change (edge health, a reloaded database), which is what answer caches key on.
+
+`Router.answer` is the DNS path: only the edges' addresses and the deciding prefix,
+remembered per client hash network (a /24 or /56, the unit ties are spread over) and
+family when everything that decides is the same across that network, and forgotten
+when the version moves.
 """
 
 from __future__ import annotations
@@ -10,12 +15,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from fleet.config import Fleet, GeoConfig
-from geo.choice import Choice, Chooser, IPNetwork, Placement, Site
-from geo.source import GeoDatabaseError, GeoSource
+from geo.choice import (
+    HASH_PREFIX_V4,
+    HASH_PREFIX_V6,
+    Choice,
+    Chooser,
+    IPNetwork,
+    Placement,
+    Site,
+    client_hash_key,
+)
+from geo.source import GeoDatabaseError, GeoSource, Located
 
-__all__ = ["Router", "chooser_from_fleet"]
+__all__ = ["ANSWER_CACHE_ENTRIES", "Answer", "Router", "chooser_from_fleet"]
 
 log = logging.getLogger("edgeshield.geo.routing")
 
@@ -44,6 +59,19 @@ def chooser_from_fleet(fleet: Fleet) -> Chooser:
     )
 
 
+# Client networks remembered by `Router.answer` before the cache starts over.
+ANSWER_CACHE_ENTRIES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a DNS answer takes from a Choice: the edges' addresses in order, and the
+    prefix length of the network whose policy decided (None: nothing narrower)."""
+
+    addresses: tuple[str, ...]
+    deciding_prefix: int | None
+
+
 class Router:
     """Routes clients with a chooser, a geo source and the current healthy set."""
 
@@ -52,6 +80,9 @@ class Router:
         self.source = source
         self.healthy: frozenset[str] = frozenset(s.name for s in chooser.sites)
         self.version = 0
+        self._answers: dict[tuple[int | None, bytes], Answer] = {}
+        self._answers_version = 0
+        self.answer_hits = 0
 
     def set_healthy(self, names: Iterable[str]) -> None:
         """Answer with these edges from now on."""
@@ -66,16 +97,57 @@ class Router:
 
     def route(self, client: IPNetwork, family: int | None = None) -> Choice:
         """The edges for `client` (an address as a /32 or /128, or an ECS subnet)."""
-        mapped = client.network_address.ipv4_mapped if client.version == 6 else None
-        if mapped is not None and client.prefixlen >= 96:
-            # An IPv4 client seen through an IPv6 socket (::ffff:a.b.c.d, RFC 4291
-            # section 2.5.5.2) is that IPv4 client.
-            client = ipaddress.IPv4Network((mapped, client.prefixlen - 96))
+        client = _unmapped(client)
         try:
             located = self.source.locate(client.network_address)
         except GeoDatabaseError as exc:
             log.error("GeoIP lookup failed, routing %s as unknown: %s", client, exc)
             located = None
+        return self._choose(client, located, family)
+
+    def answer(self, client: IPNetwork, family: int) -> Answer:
+        """What `route(client, family)` answers with, from the cache when it can be.
+
+        An answer is kept for the client's hash network (client_hash_network) and
+        family, which is all the choice looks at when the client is that network or
+        wider. For a narrower client (a /32, say) it is kept only when no database
+        network and no coverage zone inside the hash network could tell its clients
+        apart; otherwise it is worked out every time.
+        """
+        if self._answers_version != self.version:
+            self._answers.clear()
+            self._answers_version = self.version
+        client = _unmapped(client)
+        key = (family, client_hash_key(client))
+        cached = self._answers.get(key)
+        if cached is not None:
+            self.answer_hits += 1
+            return cached
+        located: Located | None = None
+        try:
+            located, span = self.source.locate_with_span(client.network_address)
+        except GeoDatabaseError as exc:
+            log.error("GeoIP lookup failed, routing %s as unknown: %s", client, exc)
+            span = -1  # a failed lookup says nothing about the network's other clients
+        choice = self._choose(client, located, family)
+        answer = Answer(
+            tuple(ranked.site.address for ranked in choice.edges), choice.deciding_prefix
+        )
+        if span >= 0 and self._holds_for_key(client, span):
+            if len(self._answers) >= ANSWER_CACHE_ENTRIES:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
+
+    def _holds_for_key(self, client: IPNetwork, span: int) -> bool:
+        """Whether every client with `client`'s hash key is routed as `client` is,
+        when the geo source's answer for it holds over `span` leading bits."""
+        limit = HASH_PREFIX_V4 if client.version == 4 else HASH_PREFIX_V6
+        if client.prefixlen <= limit:
+            return True  # the key is the client network itself
+        return span <= limit and not self.chooser.splits(client.supernet(new_prefix=limit))
+
+    def _choose(self, client: IPNetwork, located: Located | None, family: int | None) -> Choice:
         return self.chooser.choose(
             client,
             located.location if located else None,
@@ -83,3 +155,12 @@ class Router:
             family=family,
             location_prefix=located.prefixlen if located else None,
         )
+
+
+def _unmapped(client: IPNetwork) -> IPNetwork:
+    mapped = client.network_address.ipv4_mapped if client.version == 6 else None
+    if mapped is not None and client.prefixlen >= 96:
+        # An IPv4 client seen through an IPv6 socket (::ffff:a.b.c.d, RFC 4291
+        # section 2.5.5.2) is that IPv4 client.
+        return ipaddress.IPv4Network((mapped, client.prefixlen - 96))
+    return client

@@ -8,6 +8,10 @@
 `TableSource` answers from an in-memory table with the same contract, for tests and
 for measuring the choice without the database.
 
+Both also say how far an answer holds (`locate_with_span`): the prefix length of the
+network around the address inside which every address gets the same answer, so a
+cache above them can answer a whole network from one lookup.
+
 maxminddb's own exceptions become `GeoDatabaseError` here and go no further.
 """
 
@@ -57,6 +61,11 @@ class GeoSource(Protocol):
 
     def locate(self, address: IPAddress) -> Located | None:
         """Where `address` is, or None when the source does not know."""
+        ...
+
+    def locate_with_span(self, address: IPAddress) -> tuple[Located | None, int]:
+        """`locate(address)`, and the prefix length of the network around `address`
+        in which every address gets the same answer (known or not)."""
         ...
 
 
@@ -139,16 +148,23 @@ class MmdbDatabase:
 
     def locate(self, address: IPAddress) -> Located | None:
         """Where `address` is in this database, or None."""
+        return self.locate_with_span(address)[0]
+
+    def locate_with_span(self, address: IPAddress) -> tuple[Located | None, int]:
+        """Where `address` is in this database (or None), and the prefix length of
+        the database network that holds it, found or not."""
         if address.version == 6 and self.ip_version == 4:
-            return None
+            return None, 0  # no IPv6 address is in an IPv4-only database
         try:
             record, prefix = self._reader.get_with_prefix_len(address)
         except (ValueError, maxminddb.InvalidDatabaseError) as exc:
             raise GeoDatabaseError(f"{self.path}: lookup of {address} failed: {exc}") from None
+        # The search ends `prefix` bits down the tree, at data or at an empty record:
+        # every address with the same first `prefix` bits ends at the same place.
         location = location_from_record(record)
         if location is None:
-            return None
-        return Located(location, address, prefix)
+            return None, prefix
+        return Located(location, address, prefix), prefix
 
     def close(self) -> None:
         """Unmap the file."""
@@ -166,6 +182,10 @@ class MmdbSource:
     def locate(self, address: IPAddress) -> Located | None:
         """Where `address` is, from the database currently installed."""
         return self.database.locate(address)
+
+    def locate_with_span(self, address: IPAddress) -> tuple[Located | None, int]:
+        """`locate(address)` and how far the answer holds, from the database installed."""
+        return self.database.locate_with_span(address)
 
     def load_if_changed(self) -> MmdbDatabase | None:
         """Blocking: the file reopened if it changed since it was opened, else None.
@@ -207,3 +227,19 @@ class TableSource:
             if network.version == address.version and address in network:
                 return Located(location, address, network.prefixlen)
         return None
+
+    def locate_with_span(self, address: IPAddress) -> tuple[Located | None, int]:
+        """`locate(address)`, and the longest prefix around `address` that holds no
+        other network of the table (a more specific one would answer differently)."""
+        located = self.locate(address)
+        span = located.prefixlen if located is not None else 0
+        value = int(address)
+        width = address.max_prefixlen
+        for network, _ in self.entries:
+            if network.version != address.version or address in network:
+                continue
+            # `address` and this network share `common` leading bits; a prefix of
+            # `common + 1` bits around `address` is the first that leaves it out.
+            common = width - (value ^ int(network.network_address)).bit_length()
+            span = max(span, common + 1)
+        return located, span

@@ -255,6 +255,15 @@ class PurgeRules:
             rules.add(record, applied_at)
         self.version += 1
 
+    def changed_since(self, service: str, moment: float) -> bool:
+        """Whether a rule of `service` was applied after `moment` (node-local time).
+
+        A fill that started before such a rule may carry what the rule purged, so
+        no request that arrives after the rule may join it.
+        """
+        rules = self._services.get(service)
+        return rules is not None and rules.latest > moment
+
     def verdict(
         self,
         service: str,

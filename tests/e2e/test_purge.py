@@ -255,7 +255,7 @@ async def test_fill_started_before_a_purge_and_landing_after_it_is_not_kept(
     fleet: PurgeFleet, origin: OriginServer
 ) -> None:
     path = "/race/landing"
-    publish(origin, path, 1, delay=1.5)
+    publish(origin, path, 1, delay=2.5)
     async with client_session() as session:
         slow = asyncio.create_task(get(session, fleet.url("edge1"), path))
         await wait_for_origin(origin, path, 1)  # edge1's and the shield's fills are running
