@@ -132,6 +132,39 @@ class EngineOptions:
     mark_stale: bool = False
 
 
+#: Request fields that send a GET down the full path instead of the fast lane.
+_HOT_PATH_EXCLUDED = (
+    "Authorization",
+    "Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+    "CDN-Loop",
+    "Cache-Control",
+)
+#: Entries in each fast-lane table before it is emptied and refilled.
+HOT_PATH_ENTRIES = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a (Host, target) pair leads: its primary cache key."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A hot hit's answer, less Age and Cache-Status (set per response)."""
+
+    entry: StoredEntry
+    headers: CIMultiDict[str]
+    body: bytes
+    size: int
+    status_prefix: str
+
+
 class _EntryGone(Exception):
     """A stored entry's body vanished before its response started."""
 
@@ -181,10 +214,18 @@ class Engine:
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
         self._background: set[asyncio.Task[None]] = set()
+        #: fast-lane memory: (Host, raw target) → cache key; (key, Accept-Encoding) →
+        #: the prepared answer. Both bounded; entries are checked against the store.
+        self._routes: dict[tuple[str | None, str], _Route] = {}
+        self._prepared: dict[tuple[str, str | None], _Prepared] = {}
 
     # -- the request path ---------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one client request."""
+        if request.method == "GET":
+            hot = self._hot_hit(request)
+            if hot is not None:
+                return hot
         host = _request_host(request)
         service = self._hosts.get(host)
         if service is None:
@@ -205,6 +246,70 @@ class Engine:
             await self._invalidate(service, host, request)
         return response
 
+    def _hot_hit(self, request: web.BaseRequest) -> web.Response | None:
+        """The fast lane: a plain GET for a fresh object whose body is in memory.
+
+        Everything here was computed before (the route, the headers of the chosen
+        coding); anything unusual (preconditions, Range, loops, Vary, purges that
+        cover the object, staleness) returns None and takes the full path.
+        """
+        headers = request.headers
+        route = self._routes.get((headers.get("Host"), request.raw_path))
+        if route is None:
+            return None
+        entry = self.store.peek(route.key)
+        if entry is None:
+            return None
+        meta = entry.meta
+        if type(meta) is not ObjectMeta or meta.no_cache:
+            return None
+        for name in _HOT_PATH_EXCLUDED:
+            if name in headers:
+                return None
+        now = self.clock()
+        age = meta.corrected_initial_age + (now - meta.response_time)
+        ttl = meta.freshness_lifetime - age
+        if ttl <= 0:
+            return None
+        if self.rules.version and self._verdict(meta) is not PurgeVerdict.NONE:
+            return None
+        prepared = self._prepared.get((route.key, headers.get("Accept-Encoding")))
+        if prepared is None or prepared.entry is not entry:
+            prepared = self._prepare(route.key, entry, meta, headers.get("Accept-Encoding"))
+            if prepared is None:
+                return None
+        response_headers = prepared.headers.copy()
+        response_headers["Age"] = str(int(age))
+        response_headers["Cache-Status"] = f"{prepared.status_prefix}{int(ttl)}"
+        self.metrics.hits.inc()
+        self.metrics.bytes_sent.inc(prepared.size)
+        return web.Response(status=meta.status, headers=response_headers, body=prepared.body)
+
+    def _prepare(
+        self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
+    ) -> _Prepared | None:
+        """Headers and body of a hot hit, computed once per entry and Accept-Encoding."""
+        encoding = choose_encoding(accept_encoding, entry.bodies.keys())
+        if encoding is None:
+            return None
+        body = entry.bodies.get(encoding)
+        if body is None or body.data is None:
+            return None
+        headers = self._response_headers(meta, 0, "", False)
+        del headers["Age"]
+        del headers["Cache-Status"]
+        if encoding != "identity":
+            headers["Content-Encoding"] = encoding
+        if meta.status == 200:
+            headers["Accept-Ranges"] = "bytes"
+        own = f"{self.options.node_name}; hit; ttl="
+        prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
+        prepared = _Prepared(entry, headers, body.data, body.size, prefix)
+        if len(self._prepared) >= HOT_PATH_ENTRIES:
+            self._prepared.clear()
+        self._prepared[(key, accept_encoding)] = prepared
+        return prepared
+
     async def _cacheable(
         self, request: web.BaseRequest, service: Service, host: str
     ) -> web.StreamResponse:
@@ -212,6 +317,9 @@ class Engine:
             request.raw_path, service.cache_key.sort_query, service.cache_key.drop_params
         )
         key = primary_key(service.name, host, target)
+        if len(self._routes) >= HOT_PATH_ENTRIES:
+            self._routes.clear()
+        self._routes[(request.headers.get("Host"), request.raw_path)] = _Route(key)
         entry = self.store.peek(key) or await self.store.get(key)
         fwd_missing = "uri-miss"
         if entry is not None and isinstance(entry.meta, VaryIndex):
@@ -267,6 +375,7 @@ class Engine:
         fwd: str,
         verdict: PurgeVerdict,
     ) -> web.StreamResponse:
+        self.metrics.misses.inc()
         fill = self._joinable_fill(key, service)
         collapsed = fill is not None
         if fill is None:

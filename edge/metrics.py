@@ -1,111 +1,171 @@
-"""The node's Prometheus metrics: counters and histograms bound once, incremented on the path.
+"""The node's Prometheus metrics: plain numbers on the request path, exposed on scrape.
 
-Each node process has its own registry; labelled children are resolved here at start
-so the request path only calls `.inc()` / `.observe()` on ready objects.
+The request path only adds to a Python float (no lock, no label lookup): a node
+process is single-threaded on its event loop, so prometheus_client's locked values
+would cost a hit about a microsecond each for nothing. A collector turns the numbers
+into Prometheus metric families when `/metrics` is scraped.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import bisect
+from collections.abc import Iterator, Sequence
 
-__all__ = ["NodeMetrics"]
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+__all__ = ["Count", "Distribution", "NodeMetrics"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Count:
+    """A monotonically increasing number (a Prometheus counter's value)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount`."""
+        self.value += amount
+
+
+class Level:
+    """A number that goes up and down (a Prometheus gauge's value)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        """Set the value."""
+        self.value = value
+
+
+class Distribution:
+    """Observations counted into fixed buckets (a Prometheus histogram's values)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Buckets as Prometheus wants them: cumulative, ending with +Inf."""
+        running = 0
+        buckets = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return buckets
 
 
 class NodeMetrics:
     """Counters of one node: requests by outcome, bytes, fills, upstream traffic."""
 
     def __init__(self, node: str, role: str) -> None:
+        self.node = node
+        self.role = role
+        self.hits = Count()
+        self.misses = Count()
+        self.passes = Count()
+        self.refused = Count()
+        self.stale_if_error = Count()
+        self.bytes_sent = Count()
+        self.upstream_requests = Count()
+        self.upstream_errors = Count()
+        self.stored = Count()
+        self.fill_failures = Count()
+        self.background_revalidations = Count()
+        self.invalidations = Count()
+        self.store_bytes = Level()
+        self.fill_seconds = Distribution()
+        self.hit_seconds = Distribution()
+        self.miss_seconds = Distribution()
         self.registry = CollectorRegistry()
-        labels = {"node": node, "role": role}
-        outcomes = Counter(
-            "edgeshield_requests_total",
-            "Client requests by cache outcome",
-            ["node", "role", "outcome"],
-            registry=self.registry,
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families, for prometheus_client's registry."""
+        labels = ["node", "role"]
+        values = [self.node, self.role]
+        outcomes = CounterMetricFamily(
+            "edgeshield_requests", "Client requests by cache outcome", labels=[*labels, "outcome"]
         )
-        self.hits = outcomes.labels(**labels, outcome="hit")
-        self.passes = outcomes.labels(**labels, outcome="pass")
-        self.refused = outcomes.labels(**labels, outcome="refused")
-        self.stale_if_error = outcomes.labels(**labels, outcome="stale_if_error")
-        self.bytes_sent = Counter(
-            "edgeshield_body_bytes_sent_total",
-            "Body bytes sent to clients",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.upstream_requests = Counter(
-            "edgeshield_upstream_requests_total",
-            "Requests sent to the next tier for fills",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.upstream_errors = Counter(
-            "edgeshield_upstream_errors_total",
-            "Requests the next tier could not answer",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.stored = Counter(
-            "edgeshield_objects_stored_total",
-            "Responses stored",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.fill_failures = Counter(
-            "edgeshield_fill_failures_total",
-            "Fills that broke off and were discarded",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.background_revalidations = Counter(
-            "edgeshield_background_revalidations_total",
-            "stale-while-revalidate background revalidations",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.invalidations = Counter(
-            "edgeshield_invalidations_total",
-            "URIs invalidated by unsafe requests",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.fill_seconds = Histogram(
-            "edgeshield_fill_seconds",
-            "Time from fill start to its end",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.misses = outcomes.labels(**labels, outcome="miss")
-        latency = Histogram(
-            "edgeshield_request_seconds",
-            "Time to answer a client request (to the end of the body), by outcome",
-            ["node", "role", "outcome"],
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
+        for outcome, count in (
+            ("hit", self.hits),
+            ("miss", self.misses),
+            ("pass", self.passes),
+            ("refused", self.refused),
+            ("stale_if_error", self.stale_if_error),
+        ):
+            outcomes.add_metric([*values, outcome], count.value)
+        yield outcomes
+        for name, help_text, count in (
+            ("edgeshield_body_bytes_sent", "Body bytes sent to clients", self.bytes_sent),
+            (
+                "edgeshield_upstream_requests",
+                "Requests sent to the next tier for fills",
+                self.upstream_requests,
             ),
-            registry=self.registry,
+            (
+                "edgeshield_upstream_errors",
+                "Requests the next tier could not answer",
+                self.upstream_errors,
+            ),
+            ("edgeshield_objects_stored", "Responses stored", self.stored),
+            (
+                "edgeshield_fill_failures",
+                "Fills that broke off and were discarded",
+                self.fill_failures,
+            ),
+            (
+                "edgeshield_background_revalidations",
+                "stale-while-revalidate background revalidations",
+                self.background_revalidations,
+            ),
+            (
+                "edgeshield_invalidations",
+                "URIs invalidated by unsafe requests",
+                self.invalidations,
+            ),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            family.add_metric(values, count.value)
+            yield family
+        gauge = GaugeMetricFamily(
+            "edgeshield_store_bytes", "Bytes held by the object store", labels=labels
         )
-        self.hit_seconds = latency.labels(**labels, outcome="hit")
-        self.miss_seconds = latency.labels(**labels, outcome="miss")
-        self.store_bytes = Gauge(
-            "edgeshield_store_bytes",
-            "Bytes held by the object store",
-            ["node", "role"],
-            registry=self.registry,
-        ).labels(**labels)
+        gauge.add_metric(values, self.store_bytes.value)
+        yield gauge
+        fills = HistogramMetricFamily(
+            "edgeshield_fill_seconds", "Time from fill start to its end", labels=labels
+        )
+        fills.add_metric(values, self.fill_seconds.cumulative(), self.fill_seconds.total)
+        yield fills
+        latency = HistogramMetricFamily(
+            "edgeshield_request_seconds",
+            "Time to answer a client request, by outcome",
+            labels=[*labels, "outcome"],
+        )
+        for outcome, distribution in (("hit", self.hit_seconds), ("miss", self.miss_seconds)):
+            latency.add_metric([*values, outcome], distribution.cumulative(), distribution.total)
+        yield latency
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this node's metrics."""

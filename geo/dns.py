@@ -125,7 +125,19 @@ class ClientSubnet:
     family: int
     source_prefix: int
     address: bytes
-    network: IPNetwork
+    value: int  # the address as a number, all `width` bits of it
+
+    @property
+    def version(self) -> int:
+        """4 or 6: the IP version of the subnet."""
+        return 4 if self.family == 1 else 6
+
+    @property
+    def network(self) -> IPNetwork:
+        """The subnet as an ip_network."""
+        if self.family == 1:
+            return ipaddress.IPv4Network((self.value, self.source_prefix))
+        return ipaddress.IPv6Network((self.value, self.source_prefix))
 
 
 def parse_client_subnet(data: bytes) -> ClientSubnet:
@@ -135,9 +147,9 @@ def parse_client_subnet(data: bytes) -> ClientSubnet:
     family, source, _scope = struct.unpack("!HBB", data[:4])
     address = data[4:]
     if family == 1:
-        width, kind = 32, 4
+        width = 32
     elif family == 2:
-        width, kind = 128, 6
+        width = 128
     else:
         raise QueryError(RCODE.FORMERR, f"ECS family {family} is not IPv4 or IPv6")
     if source > width:
@@ -150,12 +162,7 @@ def parse_client_subnet(data: bytes) -> ClientSubnet:
     full = int.from_bytes(address.ljust(width // 8, b"\0"), "big")
     if full & ((1 << (width - source)) - 1):
         raise QueryError(RCODE.FORMERR, "ECS address has bits set beyond its prefix")
-    network: IPNetwork
-    if kind == 4:
-        network = ipaddress.IPv4Network((full, source))
-    else:
-        network = ipaddress.IPv6Network((full, source))
-    return ClientSubnet(family, source, address, network)
+    return ClientSubnet(family, source, address, full)
 
 
 class DnsResponder:
@@ -175,7 +182,7 @@ class DnsResponder:
         self._opt_record = EDNS0(udp_len=EDNS_UDP_SIZE)
         self._names: dict[tuple[bytes, ...], NameKind] = {}
         self._records: dict[tuple[tuple[bytes, ...], int, tuple[str, ...]], list[RR]] = {}
-        self._resolvers: dict[str, IPNetwork] = {}
+        self._resolvers: dict[str, tuple[int, int, int]] = {}
         self.queries = 0
         self.cache_hits = 0
         self.malformed = 0
@@ -311,15 +318,15 @@ class DnsResponder:
     ) -> int:
         """Answer records for the nearest edges; returns the ECS scope prefix."""
         if subnet is not None and subnet.source_prefix > 0:
-            network = subnet.network
+            version, value, prefixlen = subnet.version, subnet.value, subnet.source_prefix
         else:
             # No ECS, or "source prefix 0": the client asked that its address not be
             # used (RFC 7871 section 7.1.2), so the resolver's address decides.
-            network = self._resolver_network(client)
+            version, value, prefixlen = self._resolver(client)
         families = (4, 6) if qtype == _ANY else (4 if qtype == _A else 6,)
         answer: Answer | None = None
         for family in families:
-            answer = self.router.answer(network, family)
+            answer = self.router.answer(version, value, prefixlen, family)
             reply.rr.extend(self._edge_records(qname, family, answer.addresses))
         if subnet is None or subnet.source_prefix == 0 or answer is None:
             return 0
@@ -349,15 +356,17 @@ class DnsResponder:
             self._records[key] = records
         return records
 
-    def _resolver_network(self, client: str) -> IPNetwork:
-        """The resolver's address as a /32 or /128 (resolvers are few: remembered)."""
-        network = self._resolvers.get(client)
-        if network is None:
-            network = ipaddress.ip_network(client)
+    def _resolver(self, client: str) -> tuple[int, int, int]:
+        """The resolver's address as (IP version, number, full prefix length);
+        resolvers are few, so each is worked out once."""
+        found = self._resolvers.get(client)
+        if found is None:
+            address = ipaddress.ip_address(client)
+            found = (address.version, int(address), address.max_prefixlen)
             if len(self._resolvers) >= NAME_ENTRIES:
                 self._resolvers.clear()
-            self._resolvers[client] = network
-        return network
+            self._resolvers[client] = found
+        return found
 
     def _finish(
         self,

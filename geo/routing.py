@@ -26,7 +26,6 @@ from geo.choice import (
     IPNetwork,
     Placement,
     Site,
-    client_hash_key,
 )
 from geo.source import GeoDatabaseError, GeoSource, Located
 
@@ -80,7 +79,7 @@ class Router:
         self.source = source
         self.healthy: frozenset[str] = frozenset(s.name for s in chooser.sites)
         self.version = 0
-        self._answers: dict[tuple[int | None, bytes], Answer] = {}
+        self._answers: dict[tuple[int, int, int, int], Answer] = {}
         self._answers_version = 0
         self.answer_hits = 0
 
@@ -105,10 +104,13 @@ class Router:
             located = None
         return self._choose(client, located, family)
 
-    def answer(self, client: IPNetwork, family: int) -> Answer:
-        """What `route(client, family)` answers with, from the cache when it can be.
+    def answer(self, version: int, address: int, prefixlen: int, family: int) -> Answer:
+        """What `route(client, family)` answers with for the client network
+        `address`/`prefixlen` of IP `version`, from the cache when it can be.
 
-        An answer is kept for the client's hash network (client_hash_network) and
+        The client comes as numbers, not an ip_network, because on the DNS path
+        most clients are answered from the cache and never need one built. An
+        answer is kept for the client's hash network (client_hash_network) and
         family, which is all the choice looks at when the client is that network or
         wider. For a narrower client (a /32, say) it is kept only when no database
         network and no coverage zone inside the hash network could tell its clients
@@ -117,12 +119,24 @@ class Router:
         if self._answers_version != self.version:
             self._answers.clear()
             self._answers_version = self.version
-        client = _unmapped(client)
-        key = (family, client_hash_key(client))
+        if version == 6 and prefixlen >= 96 and address >> 32 == 0xFFFF:
+            # ::ffff:a.b.c.d is an IPv4 client, as in route().
+            version, address, prefixlen = 4, address & 0xFFFFFFFF, prefixlen - 96
+        if version == 4:
+            width, limit = 32, HASH_PREFIX_V4
+        else:
+            width, limit = 128, HASH_PREFIX_V6
+        prefix = min(prefixlen, limit)
+        key = (family, version, prefix, address >> (width - prefix))
         cached = self._answers.get(key)
         if cached is not None:
             self.answer_hits += 1
             return cached
+        client: IPNetwork
+        if version == 4:
+            client = ipaddress.IPv4Network((address, prefixlen))
+        else:
+            client = ipaddress.IPv6Network((address, prefixlen))
         located: Located | None = None
         try:
             located, span = self.source.locate_with_span(client.network_address)
