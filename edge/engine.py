@@ -32,7 +32,7 @@ from edge.cache.encoding import choose_encoding, is_compressible
 from edge.cache.keys import normalize_target, primary_key, secondary_key, vary_fields
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
-from edge.cache.purge import PurgeRules, PurgeVerdict
+from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
 from edge.cache.ranges import (
     ByteRange,
     Unsatisfiable,
@@ -271,7 +271,7 @@ class Engine:
         ttl = meta.freshness_lifetime - age
         if ttl <= 0:
             return None
-        if self.rules.version and self._verdict(meta) is not PurgeVerdict.NONE:
+        if self.rules.version and self._verdict(meta, now) is not PurgeVerdict.NONE:
             return None
         prepared = self._prepared.get((route.key, headers.get("Accept-Encoding")))
         if prepared is None or prepared.entry is not entry:
@@ -328,7 +328,7 @@ class Engine:
             fwd_missing = "vary-miss"
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
         now = self.clock()
-        verdict = self._verdict(meta) if meta is not None else PurgeVerdict.NONE
+        verdict = self._verdict(meta, now) if meta is not None else PurgeVerdict.NONE
         decision = policy.decide(meta, now, verdict)
         if decision.action is Action.SERVE:
             assert entry is not None and meta is not None
@@ -355,9 +355,12 @@ class Engine:
             request, service, host, target, key, entry, decision, fwd, verdict
         )
 
-    def _verdict(self, meta: ObjectMeta) -> PurgeVerdict:
+    def _verdict(self, meta: ObjectMeta, now: float) -> PurgeVerdict:
         if self.rules.version == 0:
             return PurgeVerdict.NONE
+        if meta.stored_at < now - MAX_RULE_AGE:
+            # rules this old are dropped, so an object this old is validated instead
+            return PurgeVerdict.STALE
         return self.rules.verdict(
             meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
         )

@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
-from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict
+from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
@@ -44,8 +44,6 @@ from fleet.config import Fleet, NodeConfig, Service, split_host_port
 
 log = logging.getLogger("edgeshield.node")
 
-#: The longest a purge rule must be kept: no object outlives a year here.
-MAX_RULE_AGE = 366 * 86400.0
 #: Objects a purge's match count looks at, at most (the count is for reporting).
 MATCH_SCAN_LIMIT = 20000
 

@@ -21,7 +21,6 @@ name asked for is classified once per spelling.
 
 from __future__ import annotations
 
-import copy
 import enum
 import ipaddress
 import logging
@@ -40,8 +39,10 @@ from dnslib import (
     RR,
     SOA,
     A,
+    DNSBuffer,
     DNSHeader,
     DNSLabel,
+    DNSQuestion,
     DNSRecord,
     EDNSOption,
 )
@@ -63,9 +64,12 @@ OPTION_CLIENT_SUBNET = 8
 BADVERS = 16
 CLASS_ANY = 255  # QCLASS "*" (RFC 1035 section 3.2.5)
 CACHE_ENTRIES = 50_000
-# Names (as spelled in queries) and answer record sets remembered before starting over.
+# Names (as spelled in queries), question sections and answer record sets remembered
+# before starting over.
 NAME_ENTRIES = 4096
 RECORD_ENTRIES = 4096
+# How many lengths of question section are looked for among those remembered.
+QUESTION_LENGTHS = 8
 
 # dnslib's QTYPE/CLASS/OPCODE/RCODE attributes are dictionary look-ups behind a
 # Python __getattr__; the request path reads plain ints instead.
@@ -180,6 +184,12 @@ class DnsResponder:
         self._ns_record = self._ns()
         self._glue_records = self._glue()
         self._opt_record = EDNS0(udp_len=EDNS_UDP_SIZE)
+        # The OPT record of an answer with ECS: its options are set for each answer
+        # just before packing, so it is one object, not one per answer. This is safe
+        # because `respond` is synchronous and keeps no reply after it returns.
+        self._ecs_opt_record = EDNS0(udp_len=EDNS_UDP_SIZE)
+        self._questions: dict[bytes, DNSQuestion] = {}
+        self._question_lengths: list[int] = []
         self._names: dict[tuple[bytes, ...], NameKind] = {}
         self._records: dict[tuple[tuple[bytes, ...], int, tuple[str, ...]], list[RR]] = {}
         self._resolvers: dict[str, tuple[int, int, int]] = {}
@@ -219,7 +229,7 @@ class DnsResponder:
         if flags & 0x8000:
             return None  # a response, not a query: never answer those (no loops)
         try:
-            query = DNSRecord.parse(data)
+            query = self._parse(data)
         except Exception:  # dnslib raises DNSError, struct.error, UnicodeError, ...
             self.malformed += 1
             return _header_only(data, RCODE.FORMERR)
@@ -232,6 +242,47 @@ class DnsResponder:
             if opt and len(opt) == 1:
                 reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
             return bytes(reply.pack())
+
+    def _parse(self, data: bytes) -> DNSRecord:
+        """`DNSRecord.parse(data)`, with the question section parsed once per spelling.
+
+        A query is a header, one question and (with EDNS) one OPT record. The
+        question is the same from query to query while the OPT record carries each
+        client's subnet, so a question parsed before is taken from memory when the
+        bytes after the header start with it. Anything else goes to dnslib whole.
+        """
+        buffer = DNSBuffer(data)
+        header = DNSHeader.parse(buffer)
+        if header.q != 1 or header.a or header.auth:
+            return DNSRecord.parse(data)
+        start = buffer.offset
+        question: DNSQuestion | None = None
+        for length in self._question_lengths:
+            question = self._questions.get(data[start : start + length])
+            if question is not None:
+                buffer.offset = start + length
+                break
+        else:
+            question = DNSQuestion.parse(buffer)
+            self._remember_question(question, data[start : buffer.offset])
+        additional = [RR.parse(buffer) for _ in range(header.ar)]
+        return DNSRecord(header, [question], ar=additional)
+
+    def _remember_question(self, question: DNSQuestion, wire: bytes) -> None:
+        # Only a name without compression pointers is remembered: a pointer reaches
+        # outside these bytes (into the header), so the same bytes could parse to
+        # another name. Without one, the same bytes always parse to the same question.
+        plain = sum(len(label) + 1 for label in question.qname.label) + 1 + 4
+        if len(wire) != plain:
+            return
+        if len(self._questions) >= NAME_ENTRIES:
+            self._questions.clear()
+            self._question_lengths.clear()
+        if len(wire) not in self._question_lengths:
+            if len(self._question_lengths) >= QUESTION_LENGTHS:
+                return
+            self._question_lengths.append(len(wire))
+        self._questions[wire] = question
 
     def _answer(self, query: DNSRecord, opt: list[RR], client: str, tcp: bool) -> bytes:
         if query.header.opcode != _QUERY:
@@ -382,7 +433,7 @@ class DnsResponder:
                 # RFC 7871 section 7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS are
                 # copied from the query; SCOPE PREFIX-LENGTH is ours.
                 data = struct.pack("!HBB", subnet.family, subnet.source_prefix, scope)
-                record = copy.copy(record)
+                record = self._ecs_opt_record
                 record.rdata = [EDNSOption(OPTION_CLIENT_SUBNET, data + subnet.address)]
             reply.ar.append(record)
         wire = bytes(reply.pack())

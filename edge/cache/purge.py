@@ -29,6 +29,11 @@ _ANY_HOST = ""
 K = TypeVar("K")
 
 
+#: How long a node keeps an applied rule. The engine validates any object stored
+#: longer ago than this before serving it, so dropping older rules unpurges nothing.
+MAX_RULE_AGE = 366 * 86400.0
+
+
 @dataclass(frozen=True)
 class PurgeRecord:
     """One accepted purge, as the API's log holds it and as nodes receive it."""

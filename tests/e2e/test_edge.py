@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -580,3 +581,40 @@ async def test_memory_stays_flat_while_a_large_object_streams_through(
     # the body passes through in chunks: the edge's peak memory grows by a few MiB of
     # buffers, not by the object's 256 MiB
     assert grown_mib < 64, f"edge peak RSS grew by {grown_mib:.0f} MiB"
+
+
+async def test_absolute_form_for_another_host_gets_421(edge: Edge, origin: OriginServer) -> None:
+    host, port = edge.listen.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET http://evil.example.net/steal HTTP/1.1\r\n"
+        b"Host: www.example.com\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 421")
+    assert b"evil.example.net" in answer
+    assert sum(n for path, n in origin.requests.items() if path != "/healthz") == 0
+
+
+async def test_access_log_has_json_lines_with_the_cache_outcome(
+    edge: Edge, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    origin.route("/logged", headers={"Cache-Control": "max-age=300"}, body=b"x")
+    await get(client, edge, "/logged")
+    await get(client, edge, "/logged")
+    assert edge.node is not None
+    lines: list[dict[str, object]] = []
+    for _ in range(40):
+        lines = [
+            json.loads(line)
+            for line in edge.node.log().splitlines()
+            if line.startswith("{") and '"/logged"' in line
+        ]
+        if len(lines) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert [line["status"] for line in lines] == [200, 200]
+    assert "fwd=uri-miss" in str(lines[0]["cache"]) and "hit" in str(lines[1]["cache"])
+    assert lines[1]["node"] == "edge1" and lines[1]["host"] == HOST
