@@ -11,8 +11,11 @@ loopback, keeping `--window` queries in flight:
 
 - hot: the same question from the same resolver (the answer cache serves it)
 - ECS, 131,072 clients: each query carries a different EDNS Client Subnet (a /32),
-  more than the answer cache holds, so every query is parsed, routed (mmdb lookup
-  + choice) and packed anew
+  more than the answer cache holds, so every query is parsed and packed anew; the
+  clients share 513 /24s, so the route of each /24 is worked out once and kept
+- ECS, 131,072 /24s: each query carries a different /24 (10.0.0.0/8 and
+  11.0.0.0/8, more than the route cache holds), so every query is also routed
+  (mmdb lookup + choice) anew: the worst case
 
 Then, in this process, lookups per second of the choice alone: `Chooser.choose` with a
 known location, and `Router.route` (mmdb lookup + choice) over the simulated .mmdb.
@@ -115,6 +118,18 @@ def ecs_queries(count: int) -> list[bytes]:
     return queries
 
 
+def ecs24_queries(count: int) -> list[bytes]:
+    """`count` queries, each with its own client subnet, a /24 (10.0.0.0/8 onwards)."""
+    queries = []
+    for n in range(count):
+        record = DNSRecord.question("site.cdn.test")
+        subnet = bytes([10 + n // 65536, (n // 256) % 256, n % 256])
+        option = EDNSOption(8, struct.pack("!HBB", 1, 24, 0) + subnet)
+        record.add_ar(EDNS0(udp_len=1232, opts=[option]))
+        queries.append(bytes(record.pack()))
+    return queries
+
+
 def load(port: int, queries: list[bytes], seconds: float, window: int) -> tuple[float, int]:
     """Answers per second with `window` queries in flight; also the number lost."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -198,7 +213,8 @@ def main() -> int:
             rows = []
             for label, queries in (
                 ("hot (answer cache)", hot_queries()),
-                ("ECS, 131,072 clients (routed)", ecs_queries(131072)),
+                ("ECS, 131,072 clients in 513 /24s", ecs_queries(131072)),
+                ("ECS, 131,072 /24s (each routed)", ecs24_queries(131072)),
             ):
                 load(port, queries, 1.0, args.window)  # warm up
                 per_second, lost = load(port, queries, args.seconds, args.window)

@@ -390,9 +390,7 @@ class DnsResponder:
             scope = max(scope, answer.deciding_prefix)
         return scope
 
-    def _edge_records(
-        self, qname: DNSLabel, family: int, addresses: tuple[str, ...]
-    ) -> list[RR]:
+    def _edge_records(self, qname: DNSLabel, family: int, addresses: tuple[str, ...]) -> list[RR]:
         """The A or AAAA records for `addresses` under `qname` (spelled as asked,
         which also lets the name compress to a pointer at the question)."""
         key = (qname.label, family, addresses)

@@ -109,12 +109,13 @@ class Router:
         `address`/`prefixlen` of IP `version`, from the cache when it can be.
 
         The client comes as numbers, not an ip_network, because on the DNS path
-        most clients are answered from the cache and never need one built. An
-        answer is kept for the client's hash network (client_hash_network) and
-        family, which is all the choice looks at when the client is that network or
-        wider. For a narrower client (a /32, say) it is kept only when no database
-        network and no coverage zone inside the hash network could tell its clients
-        apart; otherwise it is worked out every time.
+        most clients are answered from the cache and never need one built.
+
+        A client wider than its hash network (client_hash_network: a /24 or /56)
+        has its answer kept for itself alone. Any other client's answer is kept for
+        the hash network, shared by every client inside it, and only when no
+        database network and no coverage zone inside the hash network could tell
+        those clients apart; when one could, it is worked out every time.
         """
         if self._answers_version != self.version:
             self._answers.clear()
@@ -157,9 +158,12 @@ class Router:
         """Whether every client with `client`'s hash key is routed as `client` is,
         when the geo source's answer for it holds over `span` leading bits."""
         limit = HASH_PREFIX_V4 if client.version == 4 else HASH_PREFIX_V6
-        if client.prefixlen <= limit:
+        if client.prefixlen < limit:
             return True  # the key is the client network itself
-        return span <= limit and not self.chooser.splits(client.supernet(new_prefix=limit))
+        # The key is the hash network, shared by every client inside it (this one
+        # may be exactly that network, or a /32 in it).
+        hash_network = client.supernet(new_prefix=limit) if client.prefixlen > limit else client
+        return span <= limit and not self.chooser.splits(hash_network)
 
     def _choose(self, client: IPNetwork, located: Located | None, family: int | None) -> Choice:
         return self.chooser.choose(

@@ -187,6 +187,27 @@ def test_coverage_zone_overrides_the_database_most_specific_first() -> None:
     assert (outside.basis, outside.edges[0].site.name) == ("geoip", "fra")
 
 
+def test_a_network_is_split_only_by_a_coverage_zone_inside_it() -> None:
+    chooser = Chooser(
+        sites(),
+        placements(),
+        coverage_zones=[
+            ("198.51.0.0/16", "syd"),
+            ("198.51.100.64/26", "gru"),
+            ("fd00::/64", "syd"),
+        ],
+    )
+    assert chooser.splits(client("198.51.100.0/24"))
+    assert chooser.splits(client("198.51.0.0/17"))
+    assert not chooser.splits(client("198.51.100.64/26"))  # the zone itself
+    assert not chooser.splits(client("198.51.100.128/25"))  # beside it
+    assert not chooser.splits(client("198.51.7.0/24"))  # inside the /16, which covers it all
+    assert not chooser.splits(client("203.0.113.0/24"))
+    assert chooser.splits(client("fd00::/56"))
+    assert not chooser.splits(client("fd00:0:0:1::/64"))
+    assert not Chooser(sites(), placements()).splits(client("198.51.100.0/24"))
+
+
 def test_coverage_zone_region_down_goes_to_the_region_nearest_it() -> None:
     chooser = Chooser(sites(), placements(), coverage_zones=[("198.51.0.0/16", "syd")])
     choice = chooser.choose(client("198.51.7.1/32"), None, ALL - {"syd"})

@@ -227,6 +227,42 @@ def test_health_change_changes_the_next_answer() -> None:
     assert addresses(ask(r, data, "10.1.0.9")) == ["192.0.2.1"]
 
 
+def test_the_choice_kept_for_a_24_is_dropped_when_an_edge_goes_down() -> None:
+    r, router = responder()
+
+    def ecs_client(last: int) -> list[str]:
+        data = query("site.cdn.test", ecs=ecs_option(1, 32, bytes([10, 1, 0, last])))
+        return addresses(ask(r, data, "10.3.0.9"))
+
+    # Every query is new to the answer cache, but their /24 is routed once.
+    assert [ecs_client(n) for n in (1, 2, 3)] == [["192.0.2.1"]] * 3
+    assert (r.cache_hits, router.answer_hits) == (0, 2)
+    router.set_healthy({"edge-us", "edge-ap", "edge-eu6"})
+    assert ecs_client(4) == ["192.0.2.2"]  # New York is next
+    assert ecs_client(1) == ["192.0.2.2"]
+    router.set_healthy({"edge-eu", "edge-us", "edge-ap", "edge-eu6"})
+    assert ecs_client(5) == ["192.0.2.1"]
+
+
+def test_each_question_is_echoed_as_asked_whatever_came_before() -> None:
+    r, _ = responder()
+    asked = [
+        ("site.cdn.test", "A", RCODE.NOERROR),
+        ("site.cdn.test", "AAAA", RCODE.NOERROR),
+        ("SITE.cdn.test", "A", RCODE.NOERROR),
+        ("site.cdn.tes", "A", RCODE.REFUSED),
+        ("site.cdn.test.x", "A", RCODE.REFUSED),
+        ("x.site.cdn.test", "A", RCODE.NXDOMAIN),
+        ("img.cdn.test", "A", RCODE.NOERROR),
+        ("cdn.test", "SOA", RCODE.NOERROR),
+    ]
+    for n, (name, qtype, rcode) in enumerate(asked * 2):
+        data = query(name, qtype, ecs=ecs_option(1, 32, bytes([10, 1, 1, n])))
+        answer = ask(r, data)
+        assert (str(answer.q.qname), answer.q.qtype) == (name + ".", getattr(QTYPE, qtype))
+        assert answer.header.rcode == rcode
+
+
 def test_cached_answers_carry_the_id_of_each_query() -> None:
     r, _ = responder()
     first = ask(r, query("site.cdn.test", ident=1))

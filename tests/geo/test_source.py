@@ -74,6 +74,48 @@ class TestContract:
     def test_unknown_addresses_have_no_location(self, source: GeoSource, address: str) -> None:
         assert source.locate(ip(address)) is None
 
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "81.2.69.160",
+            "126.7.1.1",
+            "126.8.1.1",
+            "126.6.255.255",
+            "8.8.8.8",
+            "2001:db8:5ea::1",
+            "2001:db8:1::1",
+            "::1",
+        ],
+    )
+    def test_an_answer_holds_for_every_address_within_its_span(
+        self, source: GeoSource, address: str
+    ) -> None:
+        located, span = source.locate_with_span(ip(address))
+        assert located == source.locate(ip(address))
+        around = ipaddress.ip_network((ip(address), span), strict=False)
+        width = around.max_prefixlen
+        samples = [int(around.network_address), int(around.broadcast_address)]
+        samples += [
+            int(around.network_address) + (i * 7919 << max(0, width - span - 16))
+            for i in range(1, 40)
+        ]
+        for value in samples:
+            other = ipaddress.ip_address(value) if width == 32 else ipaddress.IPv6Address(value)
+            if other not in around:
+                continue
+            found = source.locate(other)
+            assert (found is None) == (located is None), other
+            if found is not None and located is not None:
+                assert (found.location, found.prefixlen) == (located.location, located.prefixlen)
+
+    def test_a_span_stops_short_of_a_more_specific_network(self, source: GeoSource) -> None:
+        # 126.8.1.1 is in 126.0.0.0/8 (Tokyo) but 126.0.0.0/12 also holds 126.7.0.0/16
+        # (Osaka): the answer holds for 126.8.0.0/13 and no wider.
+        located, span = source.locate_with_span(ip("126.8.1.1"))
+        assert located is not None and located.location == TOKYO
+        assert span == 13
+        assert source.locate_with_span(ip("81.2.69.160"))[1] == 16
+
 
 def test_record_in_geolite2_city_shape() -> None:
     record = {
