@@ -223,6 +223,14 @@ class CoverageZone:
 
 
 @dataclass(frozen=True)
+class Nameserver:
+    """One of the zone's NS targets and the addresses it answers on (glue)."""
+
+    name: str
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GeoConfig:
     """The GeoDNS service."""
 
@@ -236,6 +244,8 @@ class GeoConfig:
     default_region: str = ""
     health_interval: float = 1.0
     coverage_zones: tuple[CoverageZone, ...] = ()
+    #: the zone's NS set; empty: one NS, ns1.<zone>, at the host of dns_listen
+    nameservers: tuple[Nameserver, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -614,6 +624,25 @@ def _geo(t: _Table) -> GeoConfig:
     zone = t.text("zone", required=True).lower().rstrip(".")
     if not zone:
         raise t.error("zone", "must not be empty")
+    nameservers = []
+    for ns_table in t.tables("nameservers", "[geo] nameservers"):
+        ns_name = ns_table.text("name", required=True).lower().rstrip(".")
+        if not re.fullmatch(
+            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+", ns_name
+        ):
+            raise ns_table.error("name", f"{ns_name!r} is not a host name")
+        addresses = ns_table.strings("addresses")
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ns_table.error("addresses", f"{address!r} is not an IP address") from None
+        if (ns_name == zone or ns_name.endswith("." + zone)) and not addresses:
+            raise ns_table.error(
+                "addresses", "a name server inside the zone needs its addresses (glue)"
+            )
+        nameservers.append(Nameserver(ns_name, addresses))
+        ns_table.reject_unknown()
     config = GeoConfig(
         dns_listen=t.address("dns_listen", required=True),
         http_listen=t.address("http_listen", required=True),
@@ -625,6 +654,7 @@ def _geo(t: _Table) -> GeoConfig:
         default_region=t.text("default_region", ""),
         health_interval=t.number("health_interval", 1.0, minimum=0.05),
         coverage_zones=tuple(zones),
+        nameservers=tuple(nameservers),
     )
     t.reject_unknown()
     return config

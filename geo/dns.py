@@ -115,11 +115,23 @@ class ZoneInfo:
     nameserver: str = ""
     nameserver_addresses: tuple[str, ...] = ()
     serial: int = 0
+    #: the zone's NS set: (name, glue addresses) each; empty means one NS,
+    #: `nameserver_name` with `nameserver_addresses`
+    nameservers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def nameserver_name(self) -> str:
-        """The NS target: `nameserver`, or ns1.<zone>."""
+        """The first NS target: the first of `nameservers`, `nameserver`, or ns1.<zone>."""
+        if self.nameservers:
+            return self.nameservers[0][0]
         return self.nameserver or f"ns1.{self.origin}"
+
+    @property
+    def ns_set(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Every NS target with its glue addresses."""
+        if self.nameservers:
+            return self.nameservers
+        return ((self.nameserver_name, self.nameserver_addresses),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +193,9 @@ class DnsResponder:
         self._cache_version = router.version
         # Built once: the zone does not change while we serve it.
         self._soa_record = self._soa()
-        self._ns_record = self._ns()
+        self._ns_records = self._ns()
         self._glue_records = self._glue()
+        self._ns_names = frozenset(name.lower().rstrip(".") for name, _ in zone.ns_set)
         self._opt_record = EDNS0(udp_len=EDNS_UDP_SIZE)
         # The OPT record of an answer with ECS: its options are set for each answer
         # just before packing, so it is one object, not one per answer. This is safe
@@ -321,14 +334,18 @@ class DnsResponder:
             if kind is NameKind.APEX and qtype == _SOA:
                 reply.rr = [self._soa_record]
             elif kind is NameKind.APEX and qtype == _NS:
-                reply.rr = [self._ns_record]
+                reply.rr = list(self._ns_records)
                 reply.ar = list(self._glue_records)
             elif qtype in (_A, _AAAA, _ANY):
                 scope = self._add_edges(reply, question.qname, qtype, subnet, client)
             if not reply.rr:
                 reply.auth = [self._soa_record]  # NODATA (RFC 2308 section 2.2)
         elif kind is NameKind.NAMESERVER:
-            reply.rr = [r for r in self._glue_records if qtype in (r.rtype, _ANY)]
+            reply.rr = [
+                r
+                for r in self._glue_records
+                if qtype in (r.rtype, _ANY) and r.rname == question.qname
+            ]
             if not reply.rr:
                 reply.auth = [self._soa_record]
         else:
@@ -350,7 +367,7 @@ class DnsResponder:
             kind = NameKind.APEX
         elif name[: -len(origin) - 1] in self.zone.services:
             kind = NameKind.SERVICE
-        elif name == self.zone.nameserver_name.lower():
+        elif name in self._ns_names:
             kind = NameKind.NAMESERVER
         else:
             kind = NameKind.UNKNOWN
@@ -462,18 +479,22 @@ class DnsResponder:
             ),
         )
 
-    def _ns(self) -> RR:
-        return RR(self.origin, QTYPE.NS, ttl=3600, rdata=NS(self.zone.nameserver_name))
+    def _ns(self) -> list[RR]:
+        return [RR(self.origin, QTYPE.NS, ttl=3600, rdata=NS(name)) for name, _ in self.zone.ns_set]
 
     def _glue(self) -> list[RR]:
+        """A/AAAA records for the NS targets inside the zone (RFC 1034 4.2.1 glue)."""
         records = []
-        for address in self.zone.nameserver_addresses:
-            if ":" in address:
-                records.append(
-                    RR(self.zone.nameserver_name, QTYPE.AAAA, ttl=3600, rdata=AAAA(address))
-                )
-            else:
-                records.append(RR(self.zone.nameserver_name, QTYPE.A, ttl=3600, rdata=A(address)))
+        origin = self.zone.origin
+        for name, addresses in self.zone.ns_set:
+            lowered = name.lower().rstrip(".")
+            if lowered != origin and not lowered.endswith("." + origin):
+                continue  # out of zone: not ours to answer
+            for address in addresses:
+                if ":" in address:
+                    records.append(RR(name, QTYPE.AAAA, ttl=3600, rdata=AAAA(address)))
+                else:
+                    records.append(RR(name, QTYPE.A, ttl=3600, rdata=A(address)))
         return records
 
 

@@ -53,6 +53,7 @@ def zone_from_fleet(fleet: Fleet) -> ZoneInfo:
         services=frozenset(s.name.lower() for s in fleet.services),
         ttl=geo.ttl,
         nameserver_addresses=glue,
+        nameservers=tuple((ns.name, ns.addresses) for ns in geo.nameservers),
     )
 
 

@@ -274,3 +274,44 @@ def test_the_readme_fleet_example_is_valid() -> None:
     fleet = parse_fleet(block, "README.md")
     assert fleet.purge_api is not None and fleet.geo is not None
     assert [e.name for e in fleet.edges] == ["edge-eu"]
+
+
+GEO_BASE = """
+[[regions]]
+name = "eu"
+latitude = 50.0
+longitude = 8.0
+
+[geo]
+dns_listen = "127.0.0.1:5353"
+http_listen = "127.0.0.1:9400"
+zone = "cdn.example.com"
+"""
+
+
+def test_geo_name_servers_with_glue() -> None:
+    fleet = parse_fleet(
+        GEO_BASE
+        + 'nameservers = [{ name = "ns1.cdn.example.com", addresses = ["192.0.2.53"] },'
+        + ' { name = "ns.provider.example" }]\n'
+    )
+    assert fleet.geo is not None
+    assert [(ns.name, ns.addresses) for ns in fleet.geo.nameservers] == [
+        ("ns1.cdn.example.com", ("192.0.2.53",)),
+        ("ns.provider.example", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "message"),
+    [
+        ('{ name = "ns1.cdn.example.com" }', "addresses", "needs its addresses"),
+        ('{ name = "ns1", addresses = ["192.0.2.1"] }', "name", "not a host name"),
+        ('{ name = "ns1.x.example", addresses = ["nope"] }', "addresses", "not an IP address"),
+    ],
+)
+def test_bad_geo_name_servers_name_the_key(entry: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_fleet(GEO_BASE + f"nameservers = [{entry}]\n", "f.toml")
+    assert "[geo] nameservers #1" in str(caught.value)
+    assert f"key {key!r}" in str(caught.value) and message in str(caught.value)

@@ -367,3 +367,34 @@ def test_a_valid_query_cut_anywhere_never_breaks_the_responder(
     piece = whole[: min(cut, len(whole))] + data.draw(st.binary(max_size=8))
     wire = r.respond(piece, "10.1.0.9")
     assert wire is None or DNSRecord.parse(wire).header.id == 4242
+
+
+def test_a_zone_with_several_name_servers_lists_each_with_its_glue() -> None:
+    _, router = responder()
+    zone = ZoneInfo(
+        origin="cdn.test",
+        services=frozenset({"site"}),
+        nameservers=(
+            ("ns1.cdn.test", ("198.51.100.53",)),
+            ("ns2.cdn.test", ("203.0.113.53", "2001:db8::53")),
+            ("ns.other-provider.example", ()),
+        ),
+        serial=1,
+    )
+    r = DnsResponder(zone, router)
+    ns = ask(r, query("cdn.test", "NS"))
+    assert [str(rr.rdata) for rr in ns.rr] == [
+        "ns1.cdn.test.",
+        "ns2.cdn.test.",
+        "ns.other-provider.example.",
+    ]
+    # glue only for the targets inside the zone
+    assert sorted((str(rr.rname), str(rr.rdata)) for rr in ns.ar) == [
+        ("ns1.cdn.test.", "198.51.100.53"),
+        ("ns2.cdn.test.", "2001:db8::53"),
+        ("ns2.cdn.test.", "203.0.113.53"),
+    ]
+    assert addresses(ask(r, query("ns2.cdn.test"))) == ["203.0.113.53"]
+    assert addresses(ask(r, query("NS1.cdn.test"))) == ["198.51.100.53"]
+    soa = ask(r, query("cdn.test", "SOA"))
+    assert str(soa.rr[0].rdata.mname) == "ns1.cdn.test."

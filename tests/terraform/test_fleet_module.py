@@ -79,6 +79,10 @@ EXAMPLE: dict[str, Any] = {
         "ttl": 20,
         "default_region": "eu",
         "coverage_zones": [{"network": "192.0.2.0/24", "region": "us"}],
+        "nameservers": [
+            {"name": "ns1.cdn.example.com", "addresses": ["192.0.2.53", "2001:db8::53"]},
+            {"name": "ns.provider.example"},
+        ],
     },
     "node_secret_env": "FLEET_SECRET",
 }
@@ -154,6 +158,10 @@ def test_rendered_example_loads_with_every_value_intact(tmp_path: Path) -> None:
         "eu",
     )
     assert [(z.network, z.region) for z in fleet.geo.coverage_zones] == [("192.0.2.0/24", "us")]
+    assert [(ns.name, ns.addresses) for ns in fleet.geo.nameservers] == [
+        ("ns1.cdn.example.com", ("192.0.2.53", "2001:db8::53")),
+        ("ns.provider.example", ()),
+    ]
     assert fleet.security.node_secret_env == "FLEET_SECRET"
     assert out["edge_urls"] == {"edge-eu": "http://10.1.0.20:80", "edge-us": "http://[::1]:8081"}
     assert out["edge_public_addresses"] == {"edge-eu": "198.51.100.7", "edge-us": "::1"}

@@ -91,6 +91,11 @@ locals {
     ["region", z.region],
   ]]
 
+  nameserver_tables = var.geo == null ? [] : [for ns in var.geo.nameservers : [
+    ["name", ns.name],
+    ["addresses", ns.addresses],
+  ]]
+
   # One block of text per table: the header line, then `key = value` lines.
   blocks = concat(
     ["# Rendered by terraform/modules/fleet; edit the Terraform variables, not this file."],
@@ -108,6 +113,7 @@ locals {
     local.geo_table == null ? [] : concat(
       [join("\n", concat(["[geo]"], [for kv in local.geo_table : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
       [for t in local.coverage_zone_tables : join("\n", concat(["[[geo.coverage_zones]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
+      [for t in local.nameserver_tables : join("\n", concat(["[[geo.nameservers]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
     ),
     [join("\n", ["[security]", "node_secret_env = ${jsonencode(var.node_secret_env)}"])],
   )

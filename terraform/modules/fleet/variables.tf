@@ -138,7 +138,7 @@ variable "purge_api" {
 }
 
 variable "geo" {
-  description = "The GeoDNS service: DNS and HTTP listeners, the zone it is authoritative for, and optional tuning and coverage zones (network -> region overrides)."
+  description = "The GeoDNS service: DNS and HTTP listeners, the zone it is authoritative for, and optional tuning, coverage zones (network -> region overrides) and the zone's NS set (name servers with their glue addresses)."
   type = object({
     dns_listen      = string
     http_listen     = string
@@ -152,6 +152,10 @@ variable "geo" {
     coverage_zones = optional(list(object({
       network = string
       region  = string
+    })), [])
+    nameservers = optional(list(object({
+      name      = string
+      addresses = optional(list(string), [])
     })), [])
   })
   default = null
