@@ -660,8 +660,8 @@ def versions() -> str:
     wrk = run_quiet(["wrk", "-v"]).stdout.strip().splitlines()
     wrk_version = wrk[0].split()[1] if wrk else "?"
     return (
-        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, "
-        f"nginx {nginx}, wrk {wrk_version}"
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, nginx {nginx}, wrk {wrk_version}"
     )
 
 

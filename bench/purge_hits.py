@@ -251,7 +251,7 @@ the figure is the median of the rounds.
 
 {summary}
 
-Lookup cost alone (no server) is in docs/benchmarks-purge.md: about 2 µs per verdict
+Lookup cost alone (no server) is in docs/benchmarks.md: about 2 µs per verdict
 with 10,000 rules on the slow path, against tens of microseconds per hit.
 
 Run it on an idle machine: the edge and wrk share its two cores, and a run made
