@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
+from edge.reclaim import reclaim_purged_forever
 from edge.store import DiskStore
 from edge.upstream import (
     GENERATED_ERROR_HEADER,
@@ -41,6 +41,7 @@ from edge.upstream import (
 )
 from edge.workers import RelayingRules, follow_relayed_rules
 from fleet.config import Fleet, NodeConfig, Service, split_host_port
+from fleet.process import die_with_parent_hook
 
 log = logging.getLogger("edgeshield.node")
 
@@ -160,10 +161,13 @@ def _run_workers(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
     """
     children: list[int] = []
     parent_ends: list[socket.socket] = []
+    die_with_parent = die_with_parent_hook()
     for worker in range(1, node.workers):
         parent_end, child_end = socket.socketpair()
         pid = os.fork()
         if pid == 0:
+            if die_with_parent is not None:
+                die_with_parent()
             parent_end.close()
             for other in parent_ends:
                 other.close()
@@ -272,6 +276,7 @@ async def _serve(
     upstream.start()
     if access_log:
         access_log.start()
+    reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
 
     server = web.Server(_traffic_handler(engine, access_log, metrics), access_log=None)
     traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
@@ -289,6 +294,8 @@ async def _serve(
     for runner in reversed(runners):
         await runner.cleanup()
     await engine.close()
+    if reclaimer is not None:
+        reclaimer.cancel()
     if follower is not None:
         follower.cancel()
     else:
@@ -394,29 +401,23 @@ def _admin_app(
 
 
 def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
-    """How many stored objects a purge covers; hard-purged ones are reclaimed as found."""
+    """How many stored objects a purge covers (for the purge's status), read from the
+    index without promoting anything into the memory tier."""
 
     async def count(record: PurgeRecord) -> int:
         probe = PurgeRules(fleet.services)
         probe.apply_local(record, applied_at=float("inf"))
+        keys = (await store.keys())[:MATCH_SCAN_LIMIT]
         matched = 0
-        for key in (await store.keys())[:MATCH_SCAN_LIMIT]:
-            entry = store.peek(key) or await store.get(key)
-            if entry is None or not isinstance(entry.meta, ObjectMeta):
-                continue
-            meta = entry.meta
-            verdict = probe.verdict(
-                meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
-            )
-            if verdict is PurgeVerdict.NONE:
-                continue
-            matched += 1
-            if verdict is PurgeVerdict.GONE and meta.stored_at < time.time():
-                await store.delete(key)
+        for _key, meta in await store.metas(keys):
+            if (
+                isinstance(meta, ObjectMeta)
+                and probe.verdict(
+                    meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
+                )
+                is not PurgeVerdict.NONE
+            ):
+                matched += 1
         return matched
 
     return count
-
-
-def _dump(value: object) -> str:
-    return json.dumps(value)

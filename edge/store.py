@@ -174,6 +174,11 @@ class ObjectStore(Protocol):
         """All keys, for background scans (may be slow)."""
         ...
 
+    async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
+        """The metadata of `keys` that exist, read without promoting anything into
+        the memory tier (for background scans, which must not evict hot entries)."""
+        ...
+
     async def close(self) -> None:
         """Finish background work and release resources."""
         ...
@@ -999,6 +1004,19 @@ class DiskStore(_StoreBase):
         """All keys in the index (a full scan)."""
         return await self._run(self._keys_sync)
 
+    async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
+        """The metadata of `keys` that exist, without promoting them into memory."""
+
+        def read() -> list[tuple[str, object]]:
+            found = []
+            for key in keys:
+                record = self._row(key)
+                if record is not None:
+                    found.append((key, record.meta))
+            return found
+
+        return await self._run(read)
+
     async def _evict(self, keep: str) -> None:
         victims = self._pick_victims(keep)
         if not victims:
@@ -1112,6 +1130,10 @@ class MemoryStore(_StoreBase):
     async def keys(self) -> list[str]:
         """All keys."""
         return list(self._entries)
+
+    async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
+        """The metadata of `keys` that exist."""
+        return [(key, self._entries[key].meta) for key in keys if key in self._entries]
 
     def _evict(self, keep: str) -> None:
         for key in self._pick_victims(keep):

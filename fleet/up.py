@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import os
 import secrets
@@ -38,6 +37,7 @@ import aiohttp
 
 from fleet.config import Fleet, load_fleet, split_host_port
 from fleet.demo import DemoInfo, demo_fleet_toml
+from fleet.process import die_with_parent_hook
 
 __all__ = ["HealthCheck", "NodeSpec", "Supervisor", "plan_fleet", "run_up"]
 
@@ -150,27 +150,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child if `up` itself is killed.
-
-    Without it, a SIGKILLed `up` would leave its children running, because they sit
-    in their own sessions (so that Ctrl-C reaches `up` alone and `up` stops them in
-    order). Elsewhere there is no such call and this returns None.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return hook
-
-
 @dataclass
 class _Node:
     spec: NodeSpec
@@ -196,7 +175,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._helpers: set[asyncio.Task[None]] = set()
         self._width = max((len(spec.name) for spec in specs), default=4)
-        self._preexec = _die_with_parent()
+        self._preexec = die_with_parent_hook()
 
     def node(self, name: str) -> _Node:
         """The running record of node `name`."""
