@@ -42,6 +42,7 @@ from edge.cache.ranges import (
 )
 from edge.compress import StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
+from edge.forwarding import loop_tokens, request_host, upstream_request_headers
 from edge.metrics import NodeMetrics
 from edge.store import (
     BodyGone,
@@ -57,35 +58,6 @@ from fleet.config import Service
 
 log = logging.getLogger("edgeshield.engine")
 
-#: Request fields an origin could act on that the cache key does not include: a
-#: poisoned response stored under a clean key would be served to everyone.
-POISONING_FIELDS = frozenset(
-    {
-        "x-forwarded-host",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-http-method-override",
-        "x-host",
-        "x-forwarded-server",
-        "x-forwarded-scheme",
-    }
-)
-#: Client fields not sent upstream on a cacheable fill: the fill is for everyone.
-CLIENT_ONLY_FIELDS = frozenset(
-    {
-        "if-none-match",
-        "if-modified-since",
-        "if-match",
-        "if-unmodified-since",
-        "if-range",
-        "range",
-        "accept-encoding",
-        "cache-control",
-        "pragma",
-        "cookie",
-        "authorization",
-    }
-)
 STALE_MARK = "X-Edgeshield-Stale"
 ERROR_BODY_LIMIT = 64 * 1024
 #: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
@@ -226,12 +198,12 @@ class Engine:
             hot = self._hot_hit(request)
             if hot is not None:
                 return hot
-        host = _request_host(request)
+        host = request_host(request)
         service = self._hosts.get(host)
         if service is None:
             self.metrics.refused.inc()
             return _error(421, f"this CDN does not serve the host {host!r}", self.options.node_name)
-        if self._loop_token in _loop_tokens(request.headers):
+        if self._loop_token in loop_tokens(request.headers):
             return _error(508, "request loop detected (CDN-Loop)", self.options.node_name)
         kind = policy.classify_request(request.method, request.headers)
         if kind is RequestKind.CACHEABLE:
@@ -450,7 +422,9 @@ class Engine:
         stale: StoredEntry | None,
     ) -> Fill:
         fill = self.fills.start(key, self.clock())
-        headers = self._upstream_headers(request, host, cacheable=True)
+        headers = upstream_request_headers(
+            request, host, cacheable=True, via=self._via, loop_token=self._loop_token
+        )
         if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
             # RFC 9111 4.3.1: validate with the stored validators
             if stale.meta.etag:
@@ -896,7 +870,9 @@ class Engine:
     ) -> web.StreamResponse:
         """Send the request on unchanged (but for hygiene) and relay the answer."""
         self.metrics.passes.inc()
-        headers = self._upstream_headers(request, host, cacheable=False)
+        headers = upstream_request_headers(
+            request, host, cacheable=False, via=self._via, loop_token=self._loop_token
+        )
         body: aiohttp.StreamReader | None = request.content if request.body_exists else None
         target = normalize_target(request.raw_path, False, service.cache_key.drop_params)
         key = primary_key(service.name, host, target)
@@ -958,51 +934,11 @@ class Engine:
         await self.store.delete(key)
         self.metrics.invalidations.inc()
 
-    def _upstream_headers(
-        self, request: web.BaseRequest, host: str, *, cacheable: bool
-    ) -> CIMultiDict[str]:
-        """The request as the next tier sees it: hygiene, forwarding and loop fields."""
-        incoming = request.headers
-        connection_named = {
-            token.strip().lower()
-            for value in incoming.getall("connection", [])
-            for token in value.split(",")
-        }
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
-            lower = name.lower()
-            if (
-                lower in policy.HOP_BY_HOP
-                or lower in connection_named
-                or lower in POISONING_FIELDS
-                or lower
-                in ("host", "content-length", "x-forwarded-for", "forwarded", "cdn-loop", "via")
-                or (cacheable and lower in CLIENT_ONLY_FIELDS)
-            ):
-                continue
-            headers.add(name, value)
-        headers["Host"] = host
-        if cacheable:
-            # every tier fetches identity and the edges make the codings clients want
-            headers["Accept-Encoding"] = "identity"
-        if request.body_exists and request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
-        peer = request.remote or "unknown"
-        forwarded_for = ", ".join(incoming.getall("x-forwarded-for", []))
-        headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-        forwarded = ", ".join(incoming.getall("forwarded", []))
-        element = f"for={_forwarded_node(peer)};host={_quoted(host)};proto={request.scheme}"
-        headers["Forwarded"] = f"{forwarded}, {element}" if forwarded else element
-        loop_field = ", ".join(incoming.getall("cdn-loop", []))
-        headers["CDN-Loop"] = (
-            f"{loop_field}, {self._loop_token}" if loop_field else self._loop_token
-        )
-        via = ", ".join(incoming.getall("via", []))
-        headers["Via"] = f"{via}, {self._via}" if via else self._via
-        return headers
-
-    async def close(self) -> None:
-        """Cancel background work (fills, revalidations)."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Let fills in flight finish for up to `grace` seconds, then cancel the rest
+        (a cancelled fill is discarded, never stored half)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=grace)
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -1058,29 +994,6 @@ def _header(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
     return None
 
 
-def _request_host(request: web.BaseRequest) -> str:
-    raw = request.raw_path
-    if raw.startswith(("http://", "https://")):
-        # absolute-form (RFC 9112 3.2.2): the target's authority wins over Host
-        authority = raw.split("://", 1)[1].split("/", 1)[0]
-        host = authority
-    else:
-        host = request.headers.get("host", "")
-    host = host.strip().lower()
-    if host.endswith("]") or ":" not in host:
-        return host.rstrip(".")
-    name, _, port = host.rpartition(":")
-    return name.rstrip(".") if port.isdigit() else host
-
-
-def _loop_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
-    return {
-        member.split(";", 1)[0].strip()
-        for value in headers.getall("cdn-loop", [])
-        for member in value.split(",")
-    }
-
-
 _PRECONDITIONS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
 
 
@@ -1092,14 +1005,6 @@ def _has_preconditions(request: web.BaseRequest) -> bool:
 def _only_if_cached(request: web.BaseRequest) -> bool:
     value = request.headers.get("cache-control")
     return value is not None and "only-if-cached" in value.lower()
-
-
-def _forwarded_node(address: str) -> str:
-    return f'"[{address}]"' if ":" in address else address
-
-
-def _quoted(value: str) -> str:
-    return f'"{value}"' if ":" in value else value
 
 
 def _error(status: int, reason: str, node: str) -> web.Response:

@@ -123,7 +123,21 @@ class Fill:
         return self._finished
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The body bytes [start, end) as they reach disk; FillFailed if the fill breaks."""
+        """The body bytes [start, end) as they reach disk; FillFailed if the fill breaks.
+
+        The last chunk is held back until the fill has committed: a client that has
+        the whole body finds the object in the store with its next request (and a
+        fill that breaks at the very end never hands out a complete-looking body).
+        """
+        pending: bytes | None = None
+        async for chunk in self._read_growing(start, end):
+            if pending is not None:
+                yield pending
+            pending = chunk
+        if pending is not None:
+            yield pending
+
+    async def _read_growing(self, start: int, end: int | None) -> AsyncIterator[bytes]:
         if self._path is None:
             raise FillFailed("this fill has no body")
         self._readers += 1
