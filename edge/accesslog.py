@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from typing import TextIO
 
 FIELDS = ("ts", "method", "host", "target", "status", "cache", "bytes", "ms", "client")
@@ -68,8 +67,3 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
-
-
-def now() -> float:
-    """Wall time for a log line."""
-    return time.time()

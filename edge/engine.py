@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,7 +34,6 @@ from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
 from edge.cache.ranges import (
-    ByteRange,
     Unsatisfiable,
     content_range,
     parse_range,
@@ -182,7 +181,6 @@ class Engine:
         self.clock = clock
         self.fills = FillTable()
         self._hosts = {host: service for service in services for host in service.hosts}
-        self._services = {service.name: service for service in services}
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
         self._background: set[asyncio.Task[None]] = set()
@@ -359,8 +357,7 @@ class Engine:
         head = await fill.head()
         own_status = f"fwd={fwd}" + ("; collapsed" if collapsed else "")
         if head.kind is HeadKind.PASS:
-            if not fill.pass_taken and head.response is not None:
-                fill.pass_taken = True
+            if head.response is not None and fill.claim_pass():
                 return await self._relay(
                     request, head.response, f"{own_status}; detail=not-storable"
                 )
@@ -640,11 +637,8 @@ class Engine:
         )
 
     async def _close_unclaimed(self, fill: Fill, response: UpstreamResponse) -> None:
-        await asyncio.sleep(0)
-        deadline = time.monotonic() + PASS_HANDOFF_SECONDS
-        while not fill.pass_taken and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if not fill.pass_taken:
+        """Close a not-storable answer nobody took (its requester went away)."""
+        if not await fill.pass_claimed(PASS_HANDOFF_SECONDS):
             response.close()
 
     def _revalidate_in_background(
@@ -668,8 +662,7 @@ class Engine:
                 with contextlib.suppress(FillFailed):
                     async for _ in fill.read():
                         pass
-            elif head.kind is HeadKind.PASS and head.response is not None:
-                fill.pass_taken = True
+            elif head.kind is HeadKind.PASS and head.response is not None and fill.claim_pass():
                 head.response.close()
 
         task = asyncio.get_running_loop().create_task(drain())
@@ -713,21 +706,22 @@ class Engine:
         self.metrics.hits.inc()
         status = meta.status
         start, end = 0, body.size
-        if range_header and status == 200 and decoder is None:
-            byte_range = parse_range(range_header, body.size)
-            if (
-                byte_range is not None
-                and if_range_allows(request.headers.get("if-range"), meta.etag, meta.last_modified)
-                if request.headers.get("if-range")
-                else byte_range is not None
-            ):
-                if isinstance(byte_range, Unsatisfiable):
-                    headers["Content-Range"] = unsatisfied_range(body.size)
-                    return web.Response(status=416, headers=headers)
-                assert isinstance(byte_range, ByteRange)
-                status = 206
-                start, end = byte_range.start, byte_range.end + 1
-                headers["Content-Range"] = content_range(byte_range, body.size)
+        if_range = request.headers.get("if-range")
+        byte_range = (
+            parse_range(range_header, body.size)
+            if range_header and status == 200 and decoder is None
+            else None
+        )
+        # RFC 9110 13.1.5: a failed If-Range means the whole representation
+        if byte_range is not None and (
+            if_range is None or if_range_allows(if_range, meta.etag, meta.last_modified)
+        ):
+            if isinstance(byte_range, Unsatisfiable):
+                headers["Content-Range"] = unsatisfied_range(body.size)
+                return web.Response(status=416, headers=headers)
+            status = 206
+            start, end = byte_range.start, byte_range.end + 1
+            headers["Content-Range"] = content_range(byte_range, body.size)
         if meta.status == 200:
             headers["Accept-Ranges"] = "bytes"
         self.metrics.bytes_sent.inc(end - start)
@@ -946,15 +940,12 @@ class Engine:
                 await task
 
 
-async def _forward_progress(writer: object, fill: Fill) -> None:
+async def _forward_progress(writer: BodyWriter, fill: Fill) -> None:
     """Wake the fill's readers whenever the writer puts more bytes on disk."""
     written = 0
-    wait_written: Callable[[int], Awaitable[int]] = writer.wait_written  # type: ignore[attr-defined]
-    while True:
-        written = await wait_written(written)
+    while not writer.finished:
+        written = await writer.wait_written(written)
         fill.progress(written)
-        if getattr(writer, "finished", False):
-            return
 
 
 async def _skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:

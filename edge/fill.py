@@ -71,7 +71,7 @@ class Fill:
         self._changed = asyncio.Event()
         self._readers = 0
         self._closed = False
-        self.pass_taken = False
+        self._pass_claimed = asyncio.Event()
         #: the key the body is stored under (a variant key when the response varies)
         self.store_key = key
         #: the request fields the response varies on (Accept-Encoding aside)
@@ -111,6 +111,21 @@ class Fill:
         if done and self._readers == 0 and self._fd is not None and not self._closed:
             self._closed = True
             os.close(self._fd)
+
+    def claim_pass(self) -> bool:
+        """Take a PASS head's live response; True for the first caller only."""
+        if self._pass_claimed.is_set():
+            return False
+        self._pass_claimed.set()
+        return True
+
+    async def pass_claimed(self, timeout: float) -> bool:
+        """Wait up to `timeout` for someone to claim a PASS head's response."""
+        try:
+            await asyncio.wait_for(self._pass_claimed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # -- the waiters' side --------------------------------------------------------
     async def head(self) -> FillHead:
@@ -199,8 +214,5 @@ class FillTable:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
 
-    def __len__(self) -> int:
-        return len(self._fills)
 
-
-__all__ = ["READ_CHUNK", "Fill", "FillFailed", "FillHead", "FillTable", "HeadKind", "UpstreamError"]
+__all__ = ["READ_CHUNK", "Fill", "FillFailed", "FillHead", "FillTable", "HeadKind"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.cache.policy import HOP_BY_HOP
+from edge.cache.policy import HOP_BY_HOP, connection_listed
 
 #: Request fields an origin could act on that the cache key does not include: a
 #: poisoned response stored under a clean key would be served to everyone.
@@ -53,11 +53,7 @@ def upstream_request_headers(
     behind; `via` and `loop_token` are this node's Via entry and CDN-Loop token.
     """
     incoming = request.headers
-    connection_named = {
-        token.strip().lower()
-        for value in incoming.getall("connection", [])
-        for token in value.split(",")
-    }
+    connection_named = connection_listed(incoming.getall("connection", []))
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()

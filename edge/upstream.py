@@ -79,6 +79,16 @@ class UpstreamResponse:
         if self._response.content.exception() is not None:
             raise UpstreamError(502, f"upstream {self.peer} broke off the body")
 
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Also run `callback` once the response is released or closed."""
+        previous = self._on_done
+
+        def both() -> None:
+            previous()
+            callback()
+
+        self._on_done = both
+
     def release(self) -> None:
         """Give the connection back (or close it if the body was not read)."""
         if not self._done:
@@ -280,13 +290,7 @@ class OriginPool:
                         continue
                 else:
                     self._succeeded(origin)
-                inner_done = response._on_done
-
-                def finish(inner: Callable[[], None] = inner_done) -> None:
-                    inner()
-                    release_slot()
-
-                response._on_done = finish
+                response.on_done(release_slot)
                 return response
         except BaseException:
             release_slot()

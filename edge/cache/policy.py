@@ -9,6 +9,7 @@ decision out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -247,14 +248,16 @@ def client_header_pairs(
     return tuple((name, value) for name, value in pairs if name.lower() not in omitted)
 
 
+def connection_listed(values: Iterable[str]) -> set[str]:
+    """Field names a Connection field lists: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
 def upstream_header_pairs(pairs: HeaderPairs) -> HeaderPairs:
     """Headers received from upstream with hop-by-hop fields removed (RFC 9110 7.6.1)."""
-    connection_named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
+    connection_named = connection_listed(
+        value for name, value in pairs if name.lower() == "connection"
+    )
     return tuple(
         (name, value)
         for name, value in pairs
@@ -385,25 +388,35 @@ def decide(
     if ttl > 0 and not meta.no_cache:
         return Decision(Action.SERVE, age=age, ttl=ttl)
     staleness = -ttl
-    # RFC 9111 4.2.4: a cache must not serve stale when must-revalidate etc. forbid it.
-    may_serve_stale = not meta.must_revalidate and not meta.no_cache
-    stale_if_error = (
-        may_serve_stale and meta.stale_if_error > 0 and staleness <= meta.stale_if_error
-    )
+    stale_if_error = _stale_may_stand_in(meta, staleness)
     if (
-        may_serve_stale
+        _may_serve_stale(meta)
         and meta.stale_while_revalidate > 0
         and staleness <= meta.stale_while_revalidate
     ):
         # RFC 5861 3: "caches MAY serve the response in which it appears after it
         # becomes stale, up to the indicated number of seconds", revalidating meanwhile.
-        return Decision(Action.SERVE_STALE_REVALIDATE, age=age, ttl=ttl, stale_if_error=True)
+        return Decision(
+            Action.SERVE_STALE_REVALIDATE, age=age, ttl=ttl, stale_if_error=stale_if_error
+        )
     return Decision(Action.REVALIDATE, age=age, ttl=ttl, stale_if_error=stale_if_error, fwd="stale")
 
 
 def may_serve_stale_on_error(meta: ObjectMeta, now: float, verdict: PurgeVerdict) -> bool:
     """RFC 5861 4: may this stored response stand in for an upstream error now?"""
-    if verdict is PurgeVerdict.GONE or meta.must_revalidate or meta.no_cache:
+    if verdict is PurgeVerdict.GONE:
         return False
     staleness = meta.age(now) - meta.freshness_lifetime
-    return staleness <= meta.stale_if_error
+    if verdict is PurgeVerdict.STALE:
+        staleness = max(staleness, 0.0)  # soft-purged: stale now, whatever its age
+    return _stale_may_stand_in(meta, staleness)
+
+
+def _may_serve_stale(meta: ObjectMeta) -> bool:
+    # RFC 9111 4.2.4: a cache must not serve stale when must-revalidate etc. forbid it.
+    return not meta.must_revalidate and not meta.no_cache
+
+
+def _stale_may_stand_in(meta: ObjectMeta, staleness: float) -> bool:
+    """RFC 5861 4: within the stale-if-error window (and nothing forbids stale)."""
+    return _may_serve_stale(meta) and meta.stale_if_error > 0 and staleness <= meta.stale_if_error

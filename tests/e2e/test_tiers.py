@@ -60,8 +60,7 @@ async def test_without_origin_fallback_a_dead_shield_tier_is_a_502_naming_it(
 async def test_an_edge_revalidates_through_the_shield_which_answers_304_from_its_copy(
     origin: OriginServer, processes: list[NodeProcess], tmp_path: Path
 ) -> None:
-    # the edge keeps it 1 s (max-age), the shield 300 s (s-maxage... is shared by both,
-    # so use CDN-Cache-Control for the shield's longer life and max-age for the edge's)
+    # both tiers keep it 1 s, so the edge's revalidation finds the shield stale too
     origin.route(
         "/reval",
         headers={"Cache-Control": "max-age=1", "CDN-Cache-Control": "max-age=1"},

@@ -631,6 +631,16 @@ class TestStaleIfError:
         meta = stored("Cache-Control: max-age=60, stale-if-error=300")
         assert not may_serve_stale_on_error(meta, NOW + 1, PurgeVerdict.GONE)
 
+    def test_a_soft_purged_response_stands_in_only_within_its_window(self) -> None:
+        """A soft purge makes the object stale now; stale-if-error then counts from
+        now, and without it the object may not stand in for an error at all."""
+        allowed = stored("Cache-Control: max-age=600, stale-if-error=300")
+        assert may_serve_stale_on_error(allowed, NOW + 1, PurgeVerdict.STALE)
+        assert decide(allowed, NOW + 1, PurgeVerdict.STALE).stale_if_error
+        plain = stored("Cache-Control: max-age=600")
+        assert not may_serve_stale_on_error(plain, NOW + 1, PurgeVerdict.STALE)
+        assert not decide(plain, NOW + 1, PurgeVerdict.STALE).stale_if_error
+
     def test_no_cache_forbids_stale_on_error(self) -> None:
         meta = stored("Cache-Control: no-cache, stale-if-error=300")
         assert not may_serve_stale_on_error(meta, NOW + 1, PurgeVerdict.NONE)
