@@ -184,8 +184,8 @@ def credentials_need_explicit_freshness(request_headers: Headers) -> bool:
     any freshness (say `/account.php/x.css`, a page served under a path that looks
     static, with only Last-Modified) is not one it meant to share: storing it on a
     heuristic lifetime is "web cache deception". So such an answer is stored only
-    on explicit freshness (s-maxage, max-age, Expires) or an explicit `public`: RFC 9111 4.2.2 lets a cache
-    use a heuristic, it never obliges one to.
+    on explicit freshness (s-maxage, max-age, Expires) or an explicit `public`:
+    RFC 9111 4.2.2 lets a cache use a heuristic, it never obliges one to.
     """
     return (
         request_headers.get("cookie") is not None

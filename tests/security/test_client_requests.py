@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 
