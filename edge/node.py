@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import aiohttp
 from aiohttp import web
@@ -329,7 +330,10 @@ class _TerseErrors(RequestHandler):
     ) -> web.StreamResponse:
         """Answer a parse or handler failure with a short body."""
         if message is not None and 400 <= status < 500:
-            message = f"{status} bad request" if status == 400 else f"{status} refused"
+            try:
+                message = f"{status} {HTTPStatus(status).phrase}"
+            except ValueError:
+                message = str(status)
         return super().handle_error(request, status, exc, message)
 
 
