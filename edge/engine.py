@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +30,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.cache import policy
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
 from edge.cache.encoding import choose_encoding, is_compressible
-from edge.cache.keys import normalize_target, primary_key, secondary_key, vary_fields
+from edge.cache.keys import (
+    normalize_target,
+    origin_form,
+    primary_key,
+    secondary_key,
+    vary_fields,
+)
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
@@ -41,7 +48,14 @@ from edge.cache.ranges import (
 )
 from edge.compress import StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
-from edge.forwarding import loop_tokens, request_host, upstream_request_headers
+from edge.forwarding import (
+    IPNetwork,
+    end_to_end_fields,
+    is_trusted_peer,
+    loop_tokens,
+    request_host,
+    upstream_request_headers,
+)
 from edge.metrics import NodeMetrics
 from edge.store import (
     BodyGone,
@@ -101,6 +115,12 @@ class EngineOptions:
     cdn_loop_token: str = ""
     #: tell the downstream cache that an answer was served stale (shields)
     mark_stale: bool = False
+    #: peers whose forwarding fields are kept ([security] trusted_proxies)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: the node token by which our own nodes prove themselves (see edge.forwarding)
+    node_token: str = ""
+    #: store answers to requests with Cookie/Authorization on a heuristic lifetime
+    heuristic_with_credentials: bool = False
 
 
 #: Request fields that send a GET down the full path instead of the fast lane.
@@ -192,7 +212,7 @@ class Engine:
     # -- the request path ---------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one client request."""
-        if request.method == "GET":
+        if request.method == "GET" and not request.body_exists:
             hot = self._hot_hit(request)
             if hot is not None:
                 return hot
@@ -200,9 +220,20 @@ class Engine:
         service = self._hosts.get(host)
         if service is None:
             self.metrics.refused.inc()
-            return _error(421, f"this CDN does not serve the host {host!r}", self.options.node_name)
+            return _error(
+                421, f"this CDN does not serve the host {host[:64]!r}", self.options.node_name
+            )
         if self._loop_token in loop_tokens(request.headers):
             return _error(508, "request loop detected (CDN-Loop)", self.options.node_name)
+        if not origin_form(request.raw_path).startswith("/"):
+            return _refuse(400, "the request target must be a path or an absolute URL")
+        if request.method in _NO_BODY_METHODS and request.body_exists:
+            # A cached answer is shared by everyone who asks for the key, and fills never
+            # send a body, so a body could only change the answer without changing the
+            # key (RFC 9110 9.3.1: "content received in a GET request has no generally
+            # defined semantics" and may be rejected). Bodies on OPTIONS and DELETE,
+            # which always pass, are forwarded with framing of our own.
+            return _refuse(400, f"a {request.method} request must not have a body")
         kind = policy.classify_request(request.method, request.headers)
         if kind is RequestKind.CACHEABLE:
             try:
@@ -211,10 +242,7 @@ class Engine:
                 # the memory tier pointed at a body file that is gone: look again
                 self.store.forget_cached(gone.key)
                 return await self._cacheable(request, service, host)
-        response = await self._pass(request, service, host)
-        if kind is RequestKind.INVALIDATING and response.status < 400:
-            await self._invalidate(service, host, request)
-        return response
+        return await self._pass(request, service, host, invalidate=kind is RequestKind.INVALIDATING)
 
     def _hot_hit(self, request: web.BaseRequest) -> web.Response | None:
         """The fast lane: a plain GET for a fresh object whose body is in memory.
@@ -284,7 +312,9 @@ class Engine:
         self, request: web.BaseRequest, service: Service, host: str
     ) -> web.StreamResponse:
         target = normalize_target(
-            request.raw_path, service.cache_key.sort_query, service.cache_key.drop_params
+            origin_form(request.raw_path),
+            service.cache_key.sort_query,
+            service.cache_key.drop_params,
         )
         key = primary_key(service.name, host, target)
         if len(self._routes) >= HOT_PATH_ENTRIES:
@@ -293,7 +323,7 @@ class Engine:
         entry = self.store.peek(key) or await self.store.get(key)
         fwd_missing = "uri-miss"
         if entry is not None and isinstance(entry.meta, VaryIndex):
-            key = _variant_key(key, entry.meta.fields, request.headers)
+            key = _variant_key(key, entry.meta.fields, end_to_end_fields(request.headers))
             entry = self.store.peek(key) or await self.store.get(key)
             fwd_missing = "vary-miss"
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
@@ -349,7 +379,7 @@ class Engine:
         verdict: PurgeVerdict,
     ) -> web.StreamResponse:
         self.metrics.misses.inc()
-        fill = self._joinable_fill(key, service)
+        fill = self._joinable_fill(key, service, host, target)
         collapsed = fill is not None
         if fill is None:
             fill = self._start_fill(request, service, host, target, key, stale)
@@ -394,18 +424,22 @@ class Engine:
             return self._error_answer(head, own_status)
         assert head.meta is not None
         if fill.vary_fields and fill.store_key != _variant_key(
-            fill.key.split("\x1f", 1)[0], fill.vary_fields, request.headers
+            fill.key.split("\x1f", 1)[0], fill.vary_fields, end_to_end_fields(request.headers)
         ):
             # the response varies on a field this request sends differently: it is not
             # this client's variant; look again (the Vary index is stored by now)
             return await self._cacheable(request, service, host)
         return await self._stream_fill(request, fill, head, f"{own_status}; stored")
 
-    def _joinable_fill(self, key: str, service: Service) -> Fill | None:
-        """The fill in flight for `key`, unless a purge was applied after it started:
-        then it may carry purged content, and a new fill takes its place."""
+    def _joinable_fill(self, key: str, service: Service, host: str, target: str) -> Fill | None:
+        """The fill in flight for `key`, unless a purge or an invalidation of its URI
+        was applied after it started: then it may carry purged content, and a new
+        fill takes its place."""
         fill = self.fills.get(key)
-        if fill is not None and self.rules.changed_since(service.name, fill.started_at):
+        if fill is not None and (
+            self.rules.changed_since(service.name, fill.started_at)
+            or self.rules.invalidated_since(service.name, host, target, fill.started_at)
+        ):
             return None
         return fill
 
@@ -420,7 +454,12 @@ class Engine:
     ) -> Fill:
         fill = self.fills.start(key, self.clock())
         headers = upstream_request_headers(
-            request, host, cacheable=True, via=self._via, loop_token=self._loop_token
+            request,
+            host,
+            cacheable=True,
+            via=self._via,
+            loop_token=self._loop_token,
+            trusted=self._trusted(request),
         )
         if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
             # RFC 9111 4.3.1: validate with the stored validators
@@ -431,7 +470,10 @@ class Engine:
                 headers["If-Modified-Since"] = last_modified
         else:
             stale = None
-        job = FillJob(service, host, target, key, headers, stale, request.headers.copy())
+        # the fields that went upstream, not the raw request: see end_to_end_fields
+        job = FillJob(
+            service, host, target, key, headers, stale, end_to_end_fields(request.headers)
+        )
         task = asyncio.get_running_loop().create_task(self._run_fill(fill, job))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -496,6 +538,7 @@ class Engine:
             job.request_headers,
             response.headers,
             negative_ttl=service.negative_ttl,
+            heuristic_with_credentials=self.options.heuristic_with_credentials,
         )
         if not storable.storable:
             fill.set_head(FillHead(HeadKind.PASS, response=response))
@@ -651,7 +694,7 @@ class Engine:
         entry: StoredEntry,
     ) -> None:
         """RFC 5861 3: one background revalidation, however many stale hits ask for it."""
-        if self._joinable_fill(key, service) is not None:
+        if self._joinable_fill(key, service, host, target) is not None:
             return
         fill = self._start_fill(request, service, host, target, key, entry)
         self.metrics.background_revalidations.inc()
@@ -850,9 +893,10 @@ class Engine:
             return web.Response(status=head.error_status, headers=headers, body=head.error_body)
         error = head.error or UpstreamError(502, "upstream failed")
         self.metrics.upstream_errors.inc()
+        log.warning("upstream error: %s", error)
         response = _error(error.status, error.reason, self.options.node_name)
         response.headers["Cache-Status"] = (
-            f"{self.options.node_name}; {own_status}; detail=upstream-error"
+            f"{self.options.node_name}; {own_status}; detail={_detail_token(error.reason)}"
         )
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
@@ -860,15 +904,35 @@ class Engine:
 
     # -- pass-through -------------------------------------------------------------------
     async def _pass(
-        self, request: web.BaseRequest, service: Service, host: str, detail: str = ""
+        self,
+        request: web.BaseRequest,
+        service: Service,
+        host: str,
+        detail: str = "",
+        *,
+        invalidate: bool = False,
     ) -> web.StreamResponse:
-        """Send the request on unchanged (but for hygiene) and relay the answer."""
+        """Send the request on unchanged (but for hygiene) and relay the answer.
+
+        `invalidate`: an unsafe method (RFC 9111 4.4); once the upstream's status says
+        it succeeded, and before any of the answer leaves, the target URI is invalidated.
+        """
         self.metrics.passes.inc()
-        headers = upstream_request_headers(
-            request, host, cacheable=False, via=self._via, loop_token=self._loop_token
-        )
+        # the body goes on with framing of our own: its length if the client gave one,
+        # else (chunked) aiohttp sends it chunked; nothing announced that is not sent
         body: aiohttp.StreamReader | None = request.content if request.body_exists else None
-        target = normalize_target(request.raw_path, False, service.cache_key.drop_params)
+        headers = upstream_request_headers(
+            request,
+            host,
+            cacheable=False,
+            via=self._via,
+            loop_token=self._loop_token,
+            trusted=self._trusted(request),
+            body_length=request.content_length if body is not None else None,
+        )
+        target = normalize_target(
+            origin_form(request.raw_path), False, service.cache_key.drop_params
+        )
         key = primary_key(service.name, host, target)
         try:
             upstream = await self.upstream.fetch(
@@ -876,12 +940,21 @@ class Engine:
             )
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc()
-            response = _error(exc.status, exc.reason, self.options.node_name)
+            log.warning("%s %s: upstream error: %s", request.method, target, exc)
+            response = _error(
+                exc.status, exc.reason, self.options.node_name, _detail_token(exc.reason)
+            )
             if exc.retry_after is not None:
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
+        if invalidate and 200 <= upstream.status < 400:
+            await self._invalidate(service, host, target, upstream.headers)
         status = "fwd=request" + (f"; detail={detail}" if detail else "")
         return await self._relay(request, upstream, status)
+
+    def _trusted(self, request: web.BaseRequest) -> bool:
+        """Whether the peer's forwarding fields are kept (see edge.forwarding)."""
+        return is_trusted_peer(request, self.options.trusted_proxies, self.options.node_token)
 
     async def _relay(
         self, request: web.BaseRequest, upstream: UpstreamResponse, own_status: str
@@ -919,14 +992,34 @@ class Engine:
             upstream.release()
         return response
 
-    async def _invalidate(self, service: Service, host: str, request: web.BaseRequest) -> None:
-        """RFC 9111 4.4: an unsafe request that succeeded invalidates the target URI."""
-        target = normalize_target(
-            request.raw_path, service.cache_key.sort_query, service.cache_key.drop_params
-        )
-        key = primary_key(service.name, host, target)
-        await self.store.delete(key)
-        self.metrics.invalidations.inc()
+    async def _invalidate(
+        self, service: Service, host: str, target: str, response_headers: CIMultiDictProxy[str]
+    ) -> None:
+        """RFC 9111 4.4: an unsafe request that succeeded invalidates the target URI,
+        and the URIs in Location and Content-Location when their host is the same.
+
+        Done as a rule at lookup (`PurgeRules.invalidate`), so it covers every variant,
+        the memory tier, and fills in flight that started before it; the primary entry
+        is deleted too, to give its space back. The rule is this process's own: other
+        worker processes of the node see the deletion from the shared index, and drop
+        their memory-tier copy when its memory lifetime ends.
+        """
+        base = f"http://{host}"
+        targets = {target}
+        for name in ("location", "content-location"):
+            value = response_headers.get(name)
+            if not value:
+                continue
+            parts = urlsplit(urljoin(base + target, value.strip()))
+            if parts.scheme in ("http", "https") and (parts.hostname or "") == host:
+                targets.add((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        now = self.clock()
+        policy_ = service.cache_key
+        for raw in targets:
+            keyed = normalize_target(raw, policy_.sort_query, policy_.drop_params)
+            self.rules.invalidate(service.name, host, keyed, now)
+            await self.store.delete(primary_key(service.name, host, keyed))
+            self.metrics.invalidations.inc()
 
     async def close(self, grace: float = 5.0) -> None:
         """Let fills in flight finish for up to `grace` seconds, then cancel the rest
@@ -998,10 +1091,30 @@ def _only_if_cached(request: web.BaseRequest) -> bool:
     return value is not None and "only-if-cached" in value.lower()
 
 
-def _error(status: int, reason: str, node: str) -> web.Response:
+def _error(status: int, reason: str, node: str, detail: str = "error") -> web.Response:
+    """An error this node answers: a short reason, never an internal address (those
+    go to the log); `detail` is the Cache-Status detail token."""
     response = web.Response(status=status, text=f"{status} {reason}\n")
     # "upstream": this node answered for a failure beyond it (origin down, origin
     # connection cap); the tier below passes such errors on instead of failing over
     response.headers[GENERATED_ERROR_HEADER] = "upstream"
-    response.headers["Cache-Status"] = f"{node}; fwd=request; detail=error"
+    response.headers["Cache-Status"] = f"{node}; fwd=request; detail={detail}"
     return response
+
+
+#: Methods whose requests may not carry a body here (see Engine.handle).
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _refuse(status: int, reason: str) -> web.Response:
+    """A 4xx for a request we will not handle; the connection is closed after it, since
+    the rest of what the client sent (an unread body) cannot be trusted as framing."""
+    response = web.Response(status=status, text=f"{status} {reason}\n")
+    response.force_close()
+    return response
+
+
+def _detail_token(reason: str) -> str:
+    """A short reason as a Cache-Status detail token ("origin unreachable" →
+    "origin-unreachable")."""
+    return "-".join(reason.split()) or "error"

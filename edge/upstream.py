@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.forwarding import NODE_TOKEN_HEADER, node_token
 from fleet.config import Service, ShieldConfig
 
 log = logging.getLogger("edgeshield.upstream")
@@ -37,12 +38,19 @@ GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
 
 
 class UpstreamError(Exception):
-    """The next tier could not give an answer: `status` is what the client should see."""
+    """The next tier could not give an answer: `status` is what the client should see.
 
-    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
-        super().__init__(reason)
+    `reason` is short and names nothing internal (it goes into the client's error
+    body); `detail` is for the log only and may name addresses and errors.
+    """
+
+    def __init__(
+        self, status: int, reason: str, *, detail: str = "", retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
         self.status = status
         self.reason = reason
+        self.detail = detail
         self.retry_after = retry_after
 
 
@@ -73,11 +81,13 @@ class UpstreamResponse:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamError(502, f"upstream {self.peer} broke off the body: {exc!r}") from None
+            raise UpstreamError(
+                502, "upstream broke off the body", detail=f"{self.peer}: {exc!r}"
+            ) from None
         finally:
             pass
         if self._response.content.exception() is not None:
-            raise UpstreamError(502, f"upstream {self.peer} broke off the body")
+            raise UpstreamError(502, "upstream broke off the body", detail=self.peer)
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Also run `callback` once the response is released or closed."""
@@ -154,13 +164,13 @@ async def _send(
         raise _ConnectFailure(f"cannot connect to {peer}: {exc.os_error or exc}") from None
     except TimeoutError:
         on_done()
-        raise UpstreamError(504, f"{peer} did not answer in time") from None
+        raise UpstreamError(504, "upstream did not answer in time", detail=peer) from None
     except aiohttp.ServerDisconnectedError:
         on_done()
         raise _ConnectFailure(f"{peer} closed the connection") from None
     except aiohttp.ClientError as exc:
         on_done()
-        raise UpstreamError(502, f"{peer}: {exc}") from None
+        raise UpstreamError(502, "upstream request failed", detail=f"{peer}: {exc}") from None
     return UpstreamResponse(response, peer, on_done)
 
 
@@ -296,7 +306,7 @@ class OriginPool:
             release_slot()
             raise
         release_slot()
-        raise UpstreamError(502, f"origin unreachable: {last_error}")
+        raise UpstreamError(502, "origin unreachable", detail=last_error)
 
     async def health_loop(self) -> None:
         """Active health checks: GET the service's health path on every origin."""
@@ -380,8 +390,10 @@ class ShieldRing:
     _states: dict[str, _ShieldState] = field(default_factory=dict)
     _names: list[str] = field(default_factory=list)
     _probe_task: asyncio.Task[None] | None = None
+    _token: str = ""
 
     def __post_init__(self) -> None:
+        self._token = node_token(self.node_secret)
         self._states = {s.name: _ShieldState(s) for s in self.shields}
         self._names = [s.name for s in self.shields]
 
@@ -410,7 +422,14 @@ class ShieldRing:
         headers: CIMultiDict[str],
         body: bytes | aiohttp.StreamReader | None,
     ) -> UpstreamResponse | None:
-        """Ask the key's shield, failing over; None when no shield could answer."""
+        """Ask the key's shield, failing over; None when no shield could answer.
+
+        The request carries the node token (NODE_TOKEN_HEADER), by which the shield
+        knows the forwarding fields are ours; it goes to shields only, never to origins.
+        """
+        if self._token:
+            headers = headers.copy()
+            headers[NODE_TOKEN_HEADER] = self._token
         request = _Request(method, target, headers, body)
         retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
         for shield in self.order(key):
@@ -419,7 +438,9 @@ class ShieldRing:
             except _ConnectFailure:
                 self.mark_down(shield.name)
                 if not retryable:
-                    raise UpstreamError(502, f"shield {shield.name} unreachable") from None
+                    raise UpstreamError(
+                        502, "shield unreachable", detail=f"shield {shield.name}"
+                    ) from None
                 continue
             except UpstreamError:
                 self.mark_down(shield.name)

@@ -250,9 +250,17 @@ class GeoConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """Where the shared node secret comes from."""
+    """Where the shared node secret comes from, and whom a node believes."""
 
     node_secret_env: str = "EDGESHIELD_NODE_SECRET"
+    #: CIDR networks of proxies in front of the nodes (a load balancer) whose
+    #: forwarding fields (X-Forwarded-For, Forwarded, X-Real-IP, ...) are kept; from
+    #: anyone else they are dropped and rewritten. Our own edges prove themselves to
+    #: shields with a token derived from the node secret and need no entry here.
+    trusted_proxies: tuple[str, ...] = ()
+    #: store answers to requests that carried Cookie or Authorization on a heuristic
+    #: lifetime (Last-Modified only); off: such answers need explicit freshness
+    heuristic_freshness_with_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -466,8 +474,15 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> Fleet:
     security_table = root.table("security", "[security]")
     security = SecurityConfig()
     if security_table:
+        proxies = security_table.strings("trusted_proxies")
+        for network in proxies:
+            _check_network(security_table, "trusted_proxies", network)
         security = SecurityConfig(
-            node_secret_env=security_table.text("node_secret_env", "EDGESHIELD_NODE_SECRET")
+            node_secret_env=security_table.text("node_secret_env", "EDGESHIELD_NODE_SECRET"),
+            trusted_proxies=proxies,
+            heuristic_freshness_with_credentials=security_table.get(
+                "heuristic_freshness_with_credentials", bool, False
+            ),
         )
         security_table.reject_unknown()
     root.reject_unknown()

@@ -2,7 +2,9 @@
 
 `normalize_target` is applied once per request, and its result is both the key's
 target and what goes upstream, so the cache never keys on something the origin
-does not see (a classic cache-poisoning gap).
+does not see (a classic cache-poisoning gap). Lookups, fills, invalidations and purge
+rules all go through it, so "/./x", "/a/../x" and "/%2e/x" are one key, "/x", and the
+origin is asked for "/x".
 """
 
 from __future__ import annotations
@@ -41,19 +43,67 @@ def normalize_path(path: str) -> str:
     return "".join(out)
 
 
+def remove_dot_segments(path: str) -> str:
+    """`path` without "." and ".." segments (RFC 3986 5.2.4, as 6.2.2.3 asks).
+
+    Run after percent-decoding of unreserved characters, so "%2e%2e" counts as "..";
+    an escaped slash ("%2F") is not a separator. ".." never climbs above the root.
+    A last segment that was "." or ".." leaves a trailing "/", as the RFC's
+    algorithm does ("/a/b/.." → "/a/").
+    """
+    if "." not in path:
+        return path
+    segments = path.split("/")
+    out: list[str] = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    result = "/".join(out)
+    if path.startswith("/") and not result.startswith("/"):
+        result = "/" + result
+    return result
+
+
+def origin_form(target: str) -> str:
+    """The origin-form part ("/path?query") of a request target.
+
+    An absolute-form target ("http://host:port/path?q", RFC 9112 3.2.2, which a
+    client may send to any server) loses its scheme and authority, the part that
+    names the host; "http://host" alone is "/". Anything else is returned unchanged.
+    """
+    lower = target[:8].lower()
+    if not lower.startswith(("http://", "https://")):
+        return target
+    rest = target.split("://", 1)[1]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+    if cut < 0:
+        return "/"
+    path = rest[cut:]
+    return path if path.startswith("/") else "/" + path
+
+
 def normalize_target(target: str, sort_query: bool, drop_params: tuple[str, ...]) -> str:
     """The origin-form target ("/path?query") as this CDN keys it and forwards it.
 
-    The path's percent-encoding is normalised. Query parameters whose (decoded)
-    name matches one of `drop_params` (fnmatch patterns, case-sensitive, e.g.
-    "utm_*") are removed; with `sort_query` the rest are ordered by name, keeping
-    the original order among equal names (a stable sort), since an origin may read
-    repeated names as a list. Parameters stay byte-exact; empty "&&" members go; a
+    The path's percent-encoding is normalised and its dot segments removed. Query
+    parameters whose (decoded) name matches one of `drop_params` (fnmatch patterns,
+    case-sensitive, e.g. "utm_*") are removed; with `sort_query` the rest are ordered
+    by name, keeping the original order among equal names (a stable sort), since an
+    origin may read repeated names as a list. Parameters stay byte-exact; empty "&&" members go; a
     query left empty loses its "?". A fragment, if a client sent one, is dropped.
     """
     target = target.partition("#")[0]
     path, has_query, query = target.partition("?")
-    path = normalize_path(path)
+    path = remove_dot_segments(normalize_path(path))
     if not has_query:
         return path
     params = [param for param in query.split("&") if param]

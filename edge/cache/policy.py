@@ -122,8 +122,14 @@ def storability(
     response_headers: Headers,
     *,
     negative_ttl: int = 0,
+    heuristic_with_credentials: bool = False,
 ) -> Storability:
-    """RFC 9111 3: may a shared cache store this response?"""
+    """RFC 9111 3: may a shared cache store this response?
+
+    `heuristic_with_credentials`: a response to a request that carried Cookie or
+    Authorization may be stored on a heuristic lifetime alone (off by default: see
+    `credentials_need_explicit_freshness`).
+    """
     directives, source = effective_directives(response_headers)
     request_cc_no_store = parse_cache_control(
         ", ".join(request_headers.getall("cache-control", []))
@@ -158,13 +164,33 @@ def storability(
     explicit = _has_explicit_lifetime(directives, response_headers, source)
     if status in NEGATIVE_STATUSES and not explicit and negative_ttl <= 0:
         return Storability(False, f"status {status} (negative caching off)")
-    if not (
-        _has_explicit_lifetime(directives, response_headers, source)
-        or directives.public
-        or status in HEURISTICALLY_CACHEABLE
-    ):
+    if not (explicit or directives.public or status in HEURISTICALLY_CACHEABLE):
         return Storability(False, "no explicit freshness")
+    if (
+        not explicit
+        and not directives.public
+        and not heuristic_with_credentials
+        and credentials_need_explicit_freshness(request_headers)
+        and not (status in NEGATIVE_STATUSES and negative_ttl > 0)
+    ):
+        return Storability(False, "credentials without explicit freshness")
     return Storability(True, "")
+
+
+def credentials_need_explicit_freshness(request_headers: Headers) -> bool:
+    """Whether the request carried credentials (Cookie or Authorization).
+
+    An answer to such a request may be personal, and one the origin sent without
+    any freshness (say `/account.php/x.css`, a page served under a path that looks
+    static, with only Last-Modified) is not one it meant to share: storing it on a
+    heuristic lifetime is "web cache deception". So such an answer is stored only
+    on explicit freshness (s-maxage, max-age, Expires) or an explicit `public`:
+    RFC 9111 4.2.2 lets a cache use a heuristic, it never obliges one to.
+    """
+    return (
+        request_headers.get("cookie") is not None
+        or request_headers.get("authorization") is not None
+    )
 
 
 def _has_explicit_lifetime(directives: CacheControl, headers: Headers, source: str) -> bool:

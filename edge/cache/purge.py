@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,6 +33,12 @@ K = TypeVar("K")
 #: How long a node keeps an applied rule. The engine validates any object stored
 #: longer ago than this before serving it, so dropping older rules unpurges nothing.
 MAX_RULE_AGE = 366 * 86400.0
+
+#: Invalidations (RFC 9111 4.4, after an unsafe method) a node keeps per service; the
+#: oldest goes first. Any client can cause one, so they are bounded apart from the
+#: API's purges. An invalidated object is also deleted from the store, so a dropped
+#: invalidation only stops covering fills that were in flight when it was made.
+MAX_INVALIDATIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,17 @@ class _Times:
 class _ServiceRules:
     """The active rules of one service, indexed for constant-time lookup."""
 
-    __slots__ = ("all", "latest", "prefix_lengths", "prefixes", "service", "tags", "urls")
+    __slots__ = (
+        "all",
+        "invalidated",
+        "latest",
+        "latest_invalidation",
+        "prefix_lengths",
+        "prefixes",
+        "service",
+        "tags",
+        "urls",
+    )
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -173,6 +190,17 @@ class _ServiceRules:
         self.tags: dict[str, _Times] = {}
         # the latest applied_at of any rule: objects fetched after it skip the lookups
         self.latest = _NEVER
+        # (host, normalized target) -> when an unsafe request invalidated it, oldest first
+        self.invalidated: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.latest_invalidation = _NEVER
+
+    def invalidate(self, host: str, target: str, applied_at: float) -> None:
+        key = (host, target)
+        self.invalidated.pop(key, None)
+        self.invalidated[key] = applied_at
+        while len(self.invalidated) > MAX_INVALIDATIONS:
+            self.invalidated.popitem(last=False)
+        self.latest_invalidation = max(self.latest_invalidation, applied_at)
 
     def add(self, record: PurgeRecord, applied_at: float) -> None:
         soft = record.soft
@@ -211,7 +239,12 @@ class _ServiceRules:
         )
         if self.latest < cutoff:
             self.latest = _NEVER
-        return dropped
+        old = [key for key, at in self.invalidated.items() if at < cutoff]
+        for key in old:
+            del self.invalidated[key]
+        if not self.invalidated:
+            self.latest_invalidation = _NEVER
+        return dropped + len(old)
 
 
 def _expire_table(table: dict[K, _Times], cutoff: float) -> int:
@@ -260,6 +293,28 @@ class PurgeRules:
             rules.add(record, applied_at)
         self.version += 1
 
+    def invalidate(self, service: str, host: str, target: str, applied_at: float) -> None:
+        """RFC 9111 4.4: an unsafe request to `host` + `target` (normalized) succeeded.
+
+        Every stored response for that URI (all its variants) fetched before
+        `applied_at` is gone, in this process, whoever stored it, and so is what a
+        fill in flight since before then brings (`invalidated_since`). Not part of the
+        API's log and not persisted: an invalidation is this node's own business.
+        """
+        rules = self._services.get(service)
+        if rules is None:
+            return
+        rules.invalidate(_strip_port(host.lower()), target, applied_at)
+        self.version += 1
+
+    def invalidated_since(self, service: str, host: str, target: str, moment: float) -> bool:
+        """Whether `host` + `target` was invalidated after `moment` (a fill's start)."""
+        rules = self._services.get(service)
+        if rules is None or rules.latest_invalidation <= moment:
+            return False
+        applied = rules.invalidated.get((_strip_port(host.lower()), target))
+        return applied is not None and applied > moment
+
     def changed_since(self, service: str, moment: float) -> bool:
         """Whether a rule of `service` was applied after `moment` (node-local time).
 
@@ -288,12 +343,13 @@ class PurgeRules:
         frozen test clock does not purge the refill that follows a purge.
         """
         rules = self._services.get(service)
-        if rules is None or rules.latest <= stored_at:
+        if rules is None or (rules.latest <= stored_at and rules.latest_invalidation <= stored_at):
             return PurgeVerdict.NONE
         hard = rules.all.hard
         soft = rules.all.soft
-        if ":" in host and not host.endswith("]"):
-            host = host.rsplit(":", 1)[0]
+        host = _strip_port(host)
+        if rules.invalidated:
+            hard = max(hard, rules.invalidated.get((host, target), _NEVER))
         urls = rules.urls
         if urls:
             for key in ((host, target), (_ANY_HOST, target)):
@@ -346,4 +402,12 @@ class PurgeRules:
             total += len(rules.urls) + len(rules.tags)
             total += sum(len(table) for table in rules.prefixes.values())
             total += rules.all.latest() != _NEVER
+            total += len(rules.invalidated)
         return total
+
+
+def _strip_port(host: str) -> str:
+    """`host` without a ":port" (an IPv6 literal's brackets kept)."""
+    if ":" in host and not host.endswith("]"):
+        return host.rsplit(":", 1)[0]
+    return host

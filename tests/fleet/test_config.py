@@ -202,6 +202,40 @@ def test_a_bad_cidr_is_named() -> None:
     assert "'198.51.100.0/33' is not a CIDR network" in message
 
 
+def test_security_defaults_trust_no_proxy_and_no_credentialed_heuristic() -> None:
+    security = parse_fleet(VALID, "valid.toml").security
+    assert security.trusted_proxies == ()
+    assert security.heuristic_freshness_with_credentials is False
+
+
+def test_trusted_proxies_and_the_credentialed_heuristic_are_read() -> None:
+    text = VALID.replace(
+        'node_secret_env = "MY_SECRET"',
+        'node_secret_env = "MY_SECRET"\ntrusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]\n'
+        "heuristic_freshness_with_credentials = true",
+    )
+    security = parse_fleet(text, "valid.toml").security
+    assert security.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32")
+    assert security.heuristic_freshness_with_credentials is True
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('trusted_proxies = ["10.0.0.0/33"]', "'10.0.0.0/33' is not a CIDR network"),
+        ('trusted_proxies = "10.0.0.0/8"', "expected"),
+        ('heuristic_freshness_with_credentials = "yes"', "expected"),
+    ],
+)
+def test_bad_security_keys_are_named(line: str, expected: str) -> None:
+    key = line.split(" ", 1)[0]
+    message = error_of(
+        VALID.replace('node_secret_env = "MY_SECRET"', f'node_secret_env = "MY_SECRET"\n{line}')
+    )
+    assert f"[security] key '{key}'" in message
+    assert expected in message
+
+
 def test_an_unknown_region_is_named() -> None:
     message = error_of(
         VALID.replace('region = "eu"\nlisten = "127.0.1.1', 'region = "mars"\nlisten = "127.0.1.1')

@@ -14,7 +14,9 @@ from edge.cache.headers import header_list_values, split_list, unquote
 from edge.cache.keys import (
     normalize_path,
     normalize_target,
+    origin_form,
     primary_key,
+    remove_dot_segments,
     secondary_key,
     surrogate_keys,
     vary_fields,
@@ -95,6 +97,69 @@ class TestNormalizeTarget:
     def test_normalising_twice_changes_nothing(self, target: str) -> None:
         once = normalize_target(target, True, TRACKING)
         assert normalize_target(once, True, TRACKING) == once
+
+
+class TestDotSegments:
+    """RFC 3986 6.2.2.3: "." and ".." segments are removed before keying, so every
+    spelling of a path is one key, and the origin is asked for that one path."""
+
+    @pytest.mark.parametrize(
+        ("target", "keyed"),
+        [
+            ("/./x", "/x"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/%2e%2e/x", "/x"),
+            ("/a/%2E/b", "/a/b"),
+            ("/a/.%2e/b?q=/../", "/b?q=/../"),
+            ("/a/..%2Fb", "/a/..%2Fb"),
+            ("/a/...", "/a/..."),
+            ("/.well-known/x", "/.well-known/x"),
+        ],
+    )
+    def test_dot_segments_are_removed_after_decoding(self, target: str, keyed: str) -> None:
+        assert normalize_target(target, False, ()) == keyed
+
+    @given(
+        st.lists(
+            st.sampled_from([".", "..", "%2e", "%2E%2e", "a", "b.c", "", "%2F.."]), max_size=12
+        )
+    )
+    def test_normalising_twice_is_once_and_no_dot_segment_remains(
+        self, segments: list[str]
+    ) -> None:
+        once = normalize_target("/" + "/".join(segments), False, ())
+        assert once.startswith("/")
+        assert normalize_target(once, False, ()) == once
+        assert not {".", ".."} & set(once.split("/"))
+
+    @given(st.text())
+    def test_removing_dot_segments_is_idempotent_on_any_text(self, path: str) -> None:
+        once = remove_dot_segments(path)
+        assert remove_dot_segments(once) == once
+
+
+class TestOriginForm:
+    """RFC 9112 3.2.2: an absolute-form target's authority names the host; what is
+    keyed and sent upstream is its origin-form part."""
+
+    @pytest.mark.parametrize(
+        ("target", "path"),
+        [
+            ("http://www.example.com/a?b=1", "/a?b=1"),
+            ("HTTPS://www.example.com:8443/a", "/a"),
+            ("http://www.example.com", "/"),
+            ("http://www.example.com?q", "/?q"),
+            ("/already/origin-form", "/already/origin-form"),
+            ("*", "*"),
+        ],
+    )
+    def test_the_origin_form_part(self, target: str, path: str) -> None:
+        assert origin_form(target) == path
 
 
 class TestPrimaryKey:

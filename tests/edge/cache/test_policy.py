@@ -284,6 +284,48 @@ class TestStorability:
         assert not may_store("Cache-Control: no-cache", status=302).storable
 
 
+class TestCacheDeception:
+    """A response to a request with Cookie or Authorization is not stored on a
+    heuristic lifetime: `/account.php/x.css` answered with only Last-Modified is a
+    personal page the origin never meant to share (web cache deception)."""
+
+    LAST_MODIFIED = f"Last-Modified: {http_date(NOW - 30 * DAY)}"
+
+    @pytest.mark.parametrize("credential", ["Cookie: session=alice", "Authorization: Basic eA=="])
+    def test_no_heuristic_freshness_for_a_credentialed_request(self, credential: str) -> None:
+        verdict = may_store(self.LAST_MODIFIED, request=(credential,))
+        assert not verdict.storable
+
+    def test_without_credentials_the_heuristic_still_applies(self) -> None:
+        assert may_store(self.LAST_MODIFIED).storable
+
+    @pytest.mark.parametrize(
+        "explicit",
+        ["Cache-Control: max-age=60", "Cache-Control: s-maxage=60", "Cache-Control: public"],
+    )
+    def test_explicit_freshness_or_public_still_caches(self, explicit: str) -> None:
+        verdict = may_store(explicit, self.LAST_MODIFIED, request=("Cookie: a=b",))
+        assert verdict.storable
+
+    def test_expires_is_explicit_too(self) -> None:
+        verdict = may_store(f"Expires: {http_date(NOW + 60)}", request=("Cookie: a=b",))
+        assert verdict.storable
+
+    def test_configured_negative_caching_is_not_a_heuristic(self) -> None:
+        verdict = may_store(status=404, request=("Cookie: a=b",), negative_ttl=30)
+        assert verdict.storable
+
+    def test_the_operator_may_allow_the_heuristic(self) -> None:
+        verdict = storability(
+            "GET",
+            200,
+            headers("Cookie: session=alice"),
+            headers(f"Date: {http_date(NOW)}", self.LAST_MODIFIED),
+            heuristic_with_credentials=True,
+        )
+        assert verdict.storable
+
+
 # --------------------------------------------------------------------------------------
 # RFC 9213: CDN-Cache-Control, and Surrogate-Control, take precedence
 # --------------------------------------------------------------------------------------

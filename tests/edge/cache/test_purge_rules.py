@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.cache.keys import normalize_target
-from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict
+from edge.cache.purge import MAX_INVALIDATIONS, PurgeRecord, PurgeRules, PurgeVerdict
 from fleet.config import CacheKeyPolicy, Service
 
 SITE = Service(name="site", hosts=("www.example.com", "img.example.com"), origins=("http://o",))
@@ -291,3 +291,49 @@ def test_url_verdict_matches_a_plain_scan(
         applied.append((key(url), at))
     expected = GONE if any(t == key(target) and at > fetched_at for t, at in applied) else NONE
     assert rules.verdict("site", "www.example.com", key(target), (), fetched_at) is expected
+
+
+# -- invalidation after unsafe methods (RFC 9111 4.4): rules of the node's own ----------
+
+
+def test_an_invalidation_removes_what_was_fetched_before_it_on_that_host() -> None:
+    node = Node()
+    node.rules.invalidate("site", "www.example.com", key("/a"), 100.0)
+    assert node.lookup("/a", fetched_at=99.0) is GONE
+    assert node.lookup("/a", host="www.example.com:8080", fetched_at=99.0) is GONE
+    assert node.lookup("/a", fetched_at=100.5) is NONE
+    assert node.lookup("/a", host="img.example.com", fetched_at=99.0) is NONE
+    assert node.lookup("/b", fetched_at=99.0) is NONE
+
+
+def test_an_invalidation_tells_a_fill_that_started_before_it() -> None:
+    rules = PurgeRules([SITE, OTHER])
+    rules.invalidate("site", "www.example.com", key("/a"), 100.0)
+    assert rules.invalidated_since("site", "www.example.com", key("/a"), 99.0)
+    assert not rules.invalidated_since("site", "www.example.com", key("/a"), 100.0)
+    assert not rules.invalidated_since("site", "www.example.com", key("/b"), 99.0)
+    # an invalidation is not a purge: other fills of the service still collapse
+    assert not rules.changed_since("site", 99.0)
+
+
+def test_invalidations_are_bounded_oldest_first() -> None:
+    rules = PurgeRules([SITE])
+    for n in range(MAX_INVALIDATIONS + 5):
+        rules.invalidate("site", "www.example.com", f"/p{n}", 100.0 + n)
+    assert rules.rule_count == MAX_INVALIDATIONS
+    assert rules.verdict("site", "www.example.com", "/p0", (), 50.0) is NONE
+    last = f"/p{MAX_INVALIDATIONS + 4}"
+    assert rules.verdict("site", "www.example.com", last, (), 50.0) is GONE
+
+
+def test_invalidations_expire_like_rules() -> None:
+    rules = PurgeRules([SITE])
+    rules.invalidate("site", "www.example.com", "/a", 100.0)
+    assert rules.expire(now=200.0, max_lifetime=50.0) == 1
+    assert rules.verdict("site", "www.example.com", "/a", (), 50.0) is NONE
+
+
+def test_a_url_purge_covers_every_dot_segment_spelling() -> None:
+    node = Node().at(100.0).applies(purge(urls=("https://www.example.com/./x",)))
+    assert node.lookup("/x", fetched_at=99.0) is GONE
+    assert node.lookup("/a/../x", fetched_at=99.0) is GONE
