@@ -26,7 +26,9 @@ from multidict import CIMultiDict
 from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
+from edge.connections import LimitedServer
 from edge.engine import Engine, EngineOptions
+from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
@@ -278,7 +280,18 @@ async def _serve(
         access_log.start()
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
 
-    server = web.Server(_traffic_handler(engine, access_log, metrics), access_log=None)
+    limits = ConnectionLimits(
+        ConnectionLimits.worker_share(node.max_connections, node.workers),
+        node.head_timeout,
+        metrics,
+    )
+    limits.start()
+    server = LimitedServer(
+        _traffic_handler(engine, access_log, metrics),
+        limits,
+        access_log=None,
+        keepalive_timeout=node.keepalive_timeout,
+    )
     traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
     await traffic_runner.setup()
     host, port = split_host_port(node.listen)
@@ -293,6 +306,7 @@ async def _serve(
     await stop.wait()
     for runner in reversed(runners):
         await runner.cleanup()
+    await limits.stop()
     await engine.close()
     if reclaimer is not None:
         reclaimer.cancel()
