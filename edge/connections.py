@@ -16,7 +16,9 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import HttpProcessingError, HttpVersion10, HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -25,6 +27,8 @@ from edge.limits import NO_HEAD, REFUSED_RESPONSE, ConnectionLimits
 __all__ = ["LimitedServer"]
 
 log = logging.getLogger("edgeshield.limits")
+
+_HTTP_1 = (HttpVersion11, HttpVersion10)
 
 
 class _LimitedHandler(RequestHandler):
@@ -67,8 +71,15 @@ class _LimitedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != count:
             self.head_since = NO_HEAD
-            if self._messages:
-                self._last_payload = self._messages[-1][1]
+            messages = self._messages
+            for index in range(
+                max(0, len(messages) - (self._request_count - count)), len(messages)
+            ):
+                message = messages[index][0]
+                if isinstance(message, RawRequestMessage) and message.version not in _HTTP_1:
+                    messages[index] = (_version_answer(message), messages[index][1])
+            if messages:
+                self._last_payload = messages[-1][1]
 
     def close_for_head_timeout(self) -> None:
         """Close at once, answering nothing (a request never arrived)."""
@@ -84,8 +95,9 @@ class _LimitedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> StreamResponse:
-        """A 4xx for a request the parser refused: a short body, never the input echoed."""
-        if status >= 500:
+        """An error the parser or the version check found: a short body, never the input
+        echoed (aiohttp's own quotes up to 8 KB of what was sent)."""
+        if status == 500:
             return super().handle_error(request, status, exc, message)
         log.info("bad request from %s: %d %.200s", request.remote, status, exc or message)
         if request.writer.output_size > 0:
@@ -93,6 +105,17 @@ class _LimitedHandler(RequestHandler):
         response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
         response.force_close()
         return response
+
+
+def _version_answer(message: RawRequestMessage) -> _ErrInfo:
+    """A head of another HTTP version than 1.0 and 1.1 (aiohttp's parser lets "HTTP/2.0"
+    through, and would answer "HTTP/2.0 200" in HTTP/1 framing): 505 (RFC 9110
+    15.6.6), answered as HTTP/1.0."""
+    return _ErrInfo(
+        status=505,
+        exc=HttpProcessingError(code=505, message=f"HTTP version {message.version} in a head"),
+        message="HTTP version not supported",
+    )
 
 
 def _phrase(status: int) -> str:

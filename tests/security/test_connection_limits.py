@@ -238,3 +238,16 @@ async def test_a_bad_request_gets_a_short_answer_that_echoes_nothing(edges: Limi
         client.close()
         assert status == 400
         assert len(body) < 100 and b"\x01" not in body and b"999" not in body, body[:200]
+
+
+async def test_only_http_1_is_spoken_and_answered(edges: LimitsFleet) -> None:
+    # a second request on the connection: the first decides nothing about the answer
+    for version, answered in ((b"HTTP/2.0", b"HTTP/1.0 505 "), (b"HTTP/1.0", b"HTTP/1.0 200 ")):
+        client = await RawClient.connect(edges.url(HEADS))
+        await client.send(b"GET /version HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n")
+        status_first, _, _ = await client.response()
+        assert status_first == 200
+        await client.send(b"GET /version " + version + b"\r\nHost: " + HOST.encode() + b"\r\n\r\n")
+        head = await client.reader.readuntil(b"\r\n")
+        client.close()
+        assert head.startswith(answered), (version, head)
