@@ -35,7 +35,7 @@ from tests.support.origin import OriginServer
 from tests.support.processes import NodeProcess
 from tests.support.purge_api_input import PurgeApi, post, running_purge_api
 
-EXAMPLES = int(os.environ.get("EDGESHIELD_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EDGESHIELD_FUZZ_EXAMPLES", "1000"))
 #: 5xx answers that are right: the upstream's failures, and 505 for "HTTP/2.0" heads
 ALLOWED_5XX = {502, 503, 504, 505}
 
