@@ -94,6 +94,9 @@ class NodeMetrics:
         self.background_revalidations = Count()
         self.invalidations = Count()
         self.store_bytes = Level()
+        self.connections_open = Level()
+        self.connections_refused = Count()
+        self.head_timeouts = Count()
         self.fill_seconds = Distribution()
         self.hit_seconds = Distribution()
         self.miss_seconds = Distribution()
@@ -144,6 +147,16 @@ class NodeMetrics:
                 "URIs invalidated by unsafe requests",
                 self.invalidations,
             ),
+            (
+                "edgeshield_connections_refused",
+                "Client connections refused (503 and closed) over the connection cap",
+                self.connections_refused,
+            ),
+            (
+                "edgeshield_head_timeouts",
+                "Client connections closed because a request head took over head_timeout",
+                self.head_timeouts,
+            ),
         ):
             family = CounterMetricFamily(name, help_text, labels=labels)
             family.add_metric(values, count.value)
@@ -153,6 +166,11 @@ class NodeMetrics:
         )
         gauge.add_metric(values, self.store_bytes.value)
         yield gauge
+        connections = GaugeMetricFamily(
+            "edgeshield_connections_open", "Client connections open", labels=labels
+        )
+        connections.add_metric(values, self.connections_open.value)
+        yield connections
         fills = HistogramMetricFamily(
             "edgeshield_fill_seconds", "Time from fill start to its end", labels=labels
         )

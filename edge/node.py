@@ -19,18 +19,18 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 
 import aiohttp
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
+from edge.connections import LimitedServer
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
+from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
@@ -287,7 +287,18 @@ async def _serve(
         access_log.start()
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
 
-    server = _TerseServer(_traffic_handler(engine, access_log, metrics), access_log=None)
+    limits = ConnectionLimits(
+        ConnectionLimits.worker_share(node.max_connections, node.workers),
+        node.head_timeout,
+        metrics,
+    )
+    limits.start()
+    server = LimitedServer(
+        _traffic_handler(engine, access_log, metrics),
+        limits,
+        access_log=None,
+        keepalive_timeout=node.keepalive_timeout,
+    )
     traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
     await traffic_runner.setup()
     host, port = split_host_port(node.listen)
@@ -302,6 +313,7 @@ async def _serve(
     await stop.wait()
     for runner in reversed(runners):
         await runner.cleanup()
+    await limits.stop()
     await engine.close()
     if reclaimer is not None:
         reclaimer.cancel()
@@ -314,34 +326,6 @@ async def _serve(
         await access_log.stop()
     await session.close()
     await store.close()
-
-
-class _TerseErrors(RequestHandler):
-    """aiohttp's protocol handler, but its own 4xx answers (a request it could not
-    parse) say only the status: aiohttp's message echoes the offending input (up to
-    the whole 8 KiB head line) back to the client. The log keeps the details."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """Answer a parse or handler failure with a short body."""
-        if message is not None and 400 <= status < 500:
-            try:
-                message = f"{status} {HTTPStatus(status).phrase}"
-            except ValueError:
-                message = str(status)
-        return super().handle_error(request, status, exc, message)
-
-
-class _TerseServer(web.Server):
-    """A web.Server whose connections are handled by `_TerseErrors`."""
-
-    def __call__(self) -> RequestHandler:
-        return _TerseErrors(self, loop=self._loop, **self._kwargs)
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

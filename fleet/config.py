@@ -8,6 +8,7 @@ the key, so `ConfigError` carries all three and the CLI prints it and exits non-
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -152,6 +153,12 @@ class NodeConfig:
     cache_size: int
     memory_size: int = 64 * 1024**2
     workers: int = 1
+    #: client connections the node holds at once (all workers together); more: 503
+    max_connections: int = 4096
+    #: seconds from the first byte of a request to the end of its head
+    head_timeout: float = 10.0
+    #: seconds an idle client connection (no request under way) is kept open
+    keepalive_timeout: float = 20.0
 
     @property
     def listen_host(self) -> str:
@@ -588,9 +595,17 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         cache_size=t.size("cache_size", 0, required=True),
         memory_size=t.size("memory_size", 64 * 1024**2),
         workers=t.integer("workers", 1, minimum=1),
+        max_connections=t.integer("max_connections", 4096, minimum=1),
+        head_timeout=t.number("head_timeout", 10.0, minimum=0.1),
+        keepalive_timeout=t.number("keepalive_timeout", 20.0, minimum=0.1),
     )
     if kwargs["cache_size"] < 1024 * 1024:
         raise t.error("cache_size", "must be at least 1MiB")
+    if kwargs["max_connections"] < kwargs["workers"]:
+        raise t.error("max_connections", "must be at least workers (each worker takes a share)")
+    for key in ("head_timeout", "keepalive_timeout"):
+        if not math.isfinite(kwargs[key]):
+            raise t.error(key, "must be a finite number of seconds")
     if role == "edge":
         default_public = split_host_port(kwargs["listen"])[0]
         public = t.text("public_address", default_public)

@@ -8,22 +8,25 @@ Node protocol (node secret):
     GET  /healthz
 
 Checks run in this order, so each error names the first thing wrong: 401 token,
-404 service, 403 scope, 429 rate, 413 size, 400 body.
+404 service, 403 scope, 429 rate, 400 wait or Idempotency-Key, 415 Content-Type,
+413 size, 400 body, 422 an Idempotency-Key reused for a different purge. Error
+messages quote at most a few dozen characters of what the client sent.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from fleet.config import Fleet, PurgeApiConfig, TokenConfig
-from purge_api.body import BodyError, BodyTooLarge, parse_purge_body
+from purge_api.body import BodyError, BodyTooLarge, parse_purge_body, shorten
 from purge_api.fanout import FanOut
-from purge_api.log import LoggedPurge, PurgeLog
+from purge_api.log import IdempotencyConflict, LoggedPurge, PurgeLog
 from purge_api.ratelimit import RateLimiter
 from purge_api.tokens import TokenStore
 
@@ -32,6 +35,14 @@ __all__ = ["MAX_BODY_BYTES", "MAX_WAIT", "PurgeApi"]
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_WAIT = 300.0
 MAX_PULL = 1000
+#: the largest sequence number SQLite's INTEGER holds
+MAX_SEQ = 2**63 - 1
+_PURGE_ID = re.compile(r"[0-9a-f]{32}")
+#: an Idempotency-Key: printable ASCII (a structured-field string's characters)
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+#: body media types taken as JSON: JSON itself, and what `curl -d` and a bare text
+#: body send (the documented curl examples omit Content-Type)
+_JSON_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
 
 
 class PurgeApi:
@@ -87,7 +98,7 @@ class PurgeApi:
         name = request.match_info["service"]
         service = self.fleet.service(name)
         if service is None:
-            return _error(404, f"no service named {name!r}")
+            return _error(404, f"no service named {shorten(name)}")
         if not self.tokens.allows(token, name):
             return _error(403, f"token {token.name!r} may not purge service {name!r}")
         retry_after = self.limiter.take(token.name, self.monotonic())
@@ -106,8 +117,23 @@ class PurgeApi:
         if isinstance(wait, web.Response):
             return wait
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key.strip()) <= 255):
-            return _error(400, "must be 1 to 255 characters", field="Idempotency-Key")
+        if key is not None:
+            key = key.strip()
+            if not _IDEMPOTENCY_KEY.fullmatch(key):
+                return _error(
+                    400,
+                    "Idempotency-Key: must be 1 to 255 printable ASCII characters",
+                    field="Idempotency-Key",
+                )
+        media_type = request.content_type
+        if request.headers.get("Content-Type") and not (
+            media_type in _JSON_TYPES or media_type.endswith("+json")
+        ):
+            return _error(
+                415,
+                f"Content-Type: the body is JSON (application/json), not {shorten(media_type)}",
+                field="Content-Type",
+            )
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _error(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
         try:
@@ -120,14 +146,17 @@ class PurgeApi:
             return _error(413, str(exc))
         except BodyError as exc:
             return _error(400, f"{exc.field}: {exc.message}", field=exc.field)
-        purge, created = await self.log.call(
-            self.log.append,
-            name,
-            purge_request,
-            token.name,
-            key.strip() if key else None,
-            self.clock(),
-        )
+        try:
+            purge, created = await self.log.call(
+                self.log.append, name, purge_request, token.name, key, self.clock()
+            )
+        except IdempotencyConflict as exc:
+            return _error(
+                422,
+                f"Idempotency-Key: {shorten(key or '')} was used for a different purge "
+                f"({exc.earlier.id}); use a new key for a new purge",
+                field="Idempotency-Key",
+            )
         if created:
             self.fanout.appended(purge.seq)
         if wait > 0:
@@ -144,9 +173,12 @@ class PurgeApi:
         token = self.tokens.authenticate(request.headers.get("Authorization"))
         if token is None:
             return _error(401, "missing or unknown token: send Authorization: Bearer TOKEN")
-        purge = await self.log.call(self.log.get, request.match_info["id"])
+        purge_id = request.match_info["id"]
+        purge = (
+            await self.log.call(self.log.get, purge_id) if _PURGE_ID.fullmatch(purge_id) else None
+        )
         if purge is None:
-            return _error(404, f"no purge with id {request.match_info['id']!r}")
+            return _error(404, f"no purge with id {shorten(purge_id)}")
         if not self.tokens.allows(token, purge.service):
             return _error(403, f"token {token.name!r} may not see purges of {purge.service!r}")
         wait = _wait_param(request)
@@ -202,14 +234,14 @@ class PurgeApi:
             return _error(401, "missing or wrong node secret")
         node = request.match_info["node"]
         if node not in self.fanout.links:
-            return _error(404, f"no node named {node!r} in the fleet")
+            return _error(404, f"no node named {shorten(node)} in the fleet")
         try:
             since = int(request.query.get("since", "0"))
             limit = min(MAX_PULL, int(request.query.get("limit", str(MAX_PULL))))
         except ValueError:
             return _error(400, "since and limit must be integers", field="since")
-        if since < 0 or limit < 1:
-            return _error(400, "since must be >= 0 and limit >= 1", field="since")
+        if not 0 <= since <= MAX_SEQ or limit < 1:
+            return _error(400, "since must be 0 to 2**63-1 and limit >= 1", field="since")
         up_to = self.fanout.limit_for(node)
         purges = await self.log.call(self.log.since, since, limit, up_to)
         self.fanout.node_pulled(node)
@@ -235,7 +267,7 @@ def _wait_param(request: web.Request) -> float | web.Response:
     try:
         wait = float(text)
     except ValueError:
-        return _error(400, f"wait: {text!r} is not a number of seconds", field="wait")
+        return _error(400, f"wait: {shorten(text)} is not a number of seconds", field="wait")
     if not 0 <= wait <= MAX_WAIT or math.isnan(wait):
         return _error(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", field="wait")
     return wait

@@ -167,7 +167,7 @@ def _refused(status: int, data: dict[str, Any]) -> _Failure:
     message = str(data.get("error", "no reason given"))
     if status in (401, 403):
         return _Failure(EXIT_AUTH, f"refused ({status}): {message}")
-    if status in (400, 404, 413):
+    if status in (400, 404, 413, 415, 422):
         return _Failure(EXIT_BAD_INPUT, f"bad request ({status}): {message}")
     if status == 429:
         retry = f"{data['retry_after']}s" if "retry_after" in data else "a while"

@@ -4,7 +4,8 @@ Each accepted purge gets the next sequence number; nodes apply purges in that or
 and acknowledge by the highest number they have applied. The log also keeps every
 node's acknowledgements (for status) and the highest sequence each node acknowledged
 (so fan-out resumes where it was after a restart), and the Idempotency-Key of each
-call (so a retried CI job gets its first purge back).
+call (so a retried CI job gets its first purge back; a key reused for a different
+purge is refused rather than answered with the first one's result).
 
 The sqlite3 calls block, so the API runs them on one dedicated thread through
 `PurgeLog.call` — one place, in plain sight, and one writer at a time.
@@ -24,7 +25,7 @@ from typing import ParamSpec, TypeVar
 
 from purge_api.body import PurgeRequest
 
-__all__ = ["Ack", "LoggedPurge", "PurgeLog"]
+__all__ = ["Ack", "IdempotencyConflict", "LoggedPurge", "PurgeLog"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +54,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     acked_seq INTEGER NOT NULL
 );
 """
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key already used by this token for a different purge."""
+
+    def __init__(self, earlier: LoggedPurge) -> None:
+        self.earlier = earlier
+        super().__init__(f"the key was used for purge {earlier.id}")
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,16 @@ class PurgeLog:
         idempotency_key: str | None,
         accepted_at: float,
     ) -> tuple[LoggedPurge, bool]:
-        """Log a purge durably; (purge, True), or (the first purge, False) for a key seen before."""
+        """Log a purge durably; (purge, True), or (the first purge, False) for a key seen before.
+
+        IdempotencyConflict when the key was used before for another service or body: a
+        replay must be the same call, or the second purge would be silently dropped.
+        """
         if idempotency_key is not None:
             earlier = self._one("WHERE token = ? AND idempotency_key = ?", (token, idempotency_key))
             if earlier is not None:
+                if earlier.service != service or earlier.request != request:
+                    raise IdempotencyConflict(earlier)
                 return earlier, False
         purge_id = uuid.uuid4().hex
         text = json.dumps(

@@ -18,8 +18,12 @@ __all__ = ["TokenStore", "bearer_token", "hash_token", "print_new_token"]
 
 
 def hash_token(token: str) -> str:
-    """The lowercase hex SHA-256 of a token, as the fleet file stores it."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """The lowercase hex SHA-256 of a token, as the fleet file stores it.
+
+    A header's bytes that are not UTF-8 arrive as surrogate escapes; they hash as the
+    bytes they were (and match no token) instead of failing to encode.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -11,7 +11,7 @@ import gzip
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -88,6 +88,26 @@ async def get(
         return response.status, CIMultiDict(response.headers), body
 
 
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0
+) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def br_variant_stored(client: aiohttp.ClientSession, edge: Edge, path: str) -> None:
+    """Wait until the edge answers `path` in br (its variants are made after the fill)."""
+
+    async def stored() -> bool:
+        _, headers, _ = await get(client, edge, path, Accept_Encoding="br")
+        return headers.get("Content-Encoding") == "br"
+
+    await eventually(stored, f"the br variant of {path}")
+
+
 async def test_hit_after_miss_with_growing_age(
     edge: Edge, origin: OriginServer, client: aiohttp.ClientSession
 ) -> None:
@@ -97,7 +117,7 @@ async def test_hit_after_miss_with_growing_age(
     status, headers, body = await get(client, edge, "/page")
     assert (status, body) == (200, b"v1")
     assert "fwd=uri-miss" in headers["Cache-Status"] and "stored" in headers["Cache-Status"]
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # the subject: real time passes, so Age grows past 1
     status, headers, body = await get(client, edge, "/page")
     assert (status, body) == (200, b"v1")
     assert headers["Cache-Status"].startswith("edge1; hit")
@@ -157,7 +177,7 @@ async def test_stale_while_revalidate_serves_stale_and_revalidates_once(
         delay=0.0,
     )
     await get(client, edge, "/swr")
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # the subject: max-age=1 runs out in real time
     origin.route(
         "/swr",
         headers={
@@ -170,10 +190,13 @@ async def test_stale_while_revalidate_serves_stale_and_revalidates_once(
     results = await asyncio.gather(*(get(client, edge, "/swr") for _ in range(10)))
     assert all(body == b"old" for _, _, body in results)
     assert all("stale-while-revalidate" in h["Cache-Status"] for _, h, _ in results)
-    await asyncio.sleep(1.0)
+
+    async def revalidated() -> bool:
+        _, _, body = await get(client, edge, "/swr")
+        return body == b"new"
+
+    await eventually(revalidated, "the background revalidation to store the new body")
     assert origin.count("/swr") == 2
-    _, _, body = await get(client, edge, "/swr")
-    assert body == b"new"
 
 
 async def test_stale_if_error_when_origin_is_down(
@@ -187,7 +210,7 @@ async def test_stale_if_error_when_origin_is_down(
     await get(client, edge, "/sie")
     origin.stop()
     try:
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.2)  # the subject: max-age=1 runs out in real time
         status, headers, body = await get(client, edge, "/sie")
         assert (status, body) == (200, b"kept")
         assert "stale-if-error" in headers["Cache-Status"]
@@ -244,7 +267,7 @@ async def test_br_and_gzip_decompress_to_the_identity_body(
         "/c.html", headers={"Cache-Control": "max-age=300", "Content-Type": "text/html"}, body=text
     )
     await get(client, edge, "/c.html")
-    await asyncio.sleep(0.5)  # variants are made right after the fill
+    await br_variant_stored(client, edge, "/c.html")
     _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip;q=0.5, br;q=1")
     assert headers.get("Content-Encoding") == "br" and brotli.decompress(body) == text
     _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip")
@@ -270,7 +293,7 @@ async def test_origin_gzip_is_decoded_for_clients_that_do_not_accept_it(
     )
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="identity")
     assert status == 200 and body == text and "Content-Encoding" not in headers
-    await asyncio.sleep(0.5)
+    await br_variant_stored(client, edge, "/api.json")
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="identity")
     assert status == 200 and body == text
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="br")

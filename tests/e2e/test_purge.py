@@ -243,12 +243,13 @@ async def test_purge_reaches_every_edge(
 
 # -- the race: a fill in flight while the purge is applied ------------------------------
 async def wait_for_origin(origin: OriginServer, path: str, count: int) -> None:
-    """Wait until the origin has seen `count` requests for `path`."""
-    for _ in range(200):
-        if origin.count(path) >= count:
-            return
+    """Wait until the origin has seen `count` requests for `path` (15 s at most)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15.0
+    while origin.count(path) < count:
+        if loop.time() > deadline:
+            raise AssertionError(f"the origin never saw {count} requests for {path}")
         await asyncio.sleep(0.01)
-    raise AssertionError(f"the origin never saw {count} requests for {path}")
 
 
 async def test_fill_started_before_a_purge_and_landing_after_it_is_not_kept(

@@ -306,7 +306,12 @@ async def test_failing_origin_is_ejected_and_returns_after_recovery(
 
             # active: the bad origin fails its health check too; it gets nothing
             bad.route("/health", status=503, body=b"down")
-            await asyncio.sleep(1.0)
+
+            async def every_shield_saw_it_fail() -> bool:
+                failed = f"origin {bad.url} failed its health check"
+                return all(failed in fleet.nodes[name].log() for name in fleet.shield_names)
+
+            await wait_for(every_shield_saw_it_fail, "every shield to find the origin unhealthy")
             seen = origin_requests(bad, "/two")
             replies = await round_of(30)
             assert [(r.status, r.body) for r in replies] == [(200, b"good")] * 30
@@ -378,7 +383,14 @@ cache_size = "64MiB"
         return len(handled()) >= 2
 
     await wait_for(both_logged, "the edge to log the looped request")
-    await asyncio.sleep(1.0)  # two more flushes of the batched log
+    # a later request logged means the batched log holds everything before it
+    async with client_session(timeout=15) as session:
+        await get(session, f"http://127.0.0.1:{port}", "/after-the-loop.txt")
+
+    async def marker_logged() -> bool:
+        return '"/after-the-loop.txt"' in edge.log()
+
+    await wait_for(marker_logged, "the edge to log the request after the loop")
     assert sorted(r["status"] for r in handled()) == [508, 508]
     assert "marked down" not in edge.log()
 

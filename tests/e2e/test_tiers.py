@@ -71,7 +71,7 @@ async def test_an_edge_revalidates_through_the_shield_which_answers_304_from_its
     async with client_session() as session:
         first = await get(session, fleet.url("edge1"), "/reval")
         assert first.status == 200
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.2)  # the subject: max-age=1 runs out in real time
         again = await get(session, fleet.url("edge1"), "/reval")
     assert (again.status, again.body) == (200, b"same")
     # both tiers revalidated: the origin saw one conditional request and answered 304
@@ -91,7 +91,7 @@ async def test_what_a_shield_serves_stale_is_stale_at_the_edge_too(
     fleet = TieredFleet(tmp_path, [origin.url], processes, edges=2, shields=1).start()
     async with client_session() as session:
         await get(session, fleet.url("edge1"), "/swr")  # the shield stores it
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.2)  # the subject: max-age=1 runs out in real time
         origin.route(
             "/swr",
             headers={"Cache-Control": "max-age=1, stale-while-revalidate=60"},

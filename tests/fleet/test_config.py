@@ -349,3 +349,34 @@ def test_bad_geo_name_servers_name_the_key(entry: str, key: str, message: str) -
         parse_fleet(GEO_BASE + f"nameservers = [{entry}]\n", "f.toml")
     assert "[geo] nameservers #1" in str(caught.value)
     assert f"key {key!r}" in str(caught.value) and message in str(caught.value)
+
+
+def test_connection_limits_have_defaults_and_can_be_set() -> None:
+    edge = parse_fleet(VALID, "f.toml").edge("edge1")
+    assert (edge.max_connections, edge.head_timeout, edge.keepalive_timeout) == (4096, 10.0, 20.0)
+    text = VALID.replace(
+        "cache_size = 536870912\n",
+        "cache_size = 536870912\nmax_connections = 100\nhead_timeout = 2\n"
+        "keepalive_timeout = 5.5\nworkers = 4\n",
+    )
+    edge = parse_fleet(text, "f.toml").edge("edge1")
+    assert (edge.max_connections, edge.head_timeout, edge.keepalive_timeout) == (100, 2.0, 5.5)
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "message"),
+    [
+        ("max_connections = 0", "max_connections", "at least 1"),
+        ("max_connections = 2\nworkers = 3", "max_connections", "at least workers"),
+        ('max_connections = "many"', "max_connections", "expected an integer"),
+        ("head_timeout = 0.0", "head_timeout", "at least 0.1"),
+        ("head_timeout = inf", "head_timeout", "finite"),
+        ("keepalive_timeout = nan", "keepalive_timeout", "finite"),
+        ("keepalive_timeout = true", "keepalive_timeout", "boolean"),
+    ],
+)
+def test_bad_connection_limits_name_the_table_and_key(lines: str, key: str, message: str) -> None:
+    text = VALID.replace("cache_size = 536870912\n", f"cache_size = 536870912\n{lines}\n")
+    error = error_of(text)
+    assert "[[edges]] #1 ('edge1')" in error and f"key {key!r}" in error, error
+    assert message in error, error
