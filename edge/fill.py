@@ -47,6 +47,8 @@ class FillHead:
     error_status: int = 0
     error_pairs: tuple[tuple[str, str], ...] = ()
     error_body: bytes = b""
+    #: for PASS: why it is not stored (Cache-Status detail), e.g. "too-large"
+    detail: str = ""
 
 
 class FillFailed(Exception):

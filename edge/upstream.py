@@ -60,6 +60,22 @@ class UpstreamResponse:
         self._done = False
 
     @property
+    def close_delimited(self) -> bool:
+        """Whether the body ends only where the upstream closes the connection.
+
+        RFC 9112 6.3: a body is framed by chunked Transfer-Encoding (item 4) or by
+        Content-Length (item 6); with neither, a response body lasts until the server
+        closes the connection (item 8), and a connection cut in the middle looks just
+        like the end. Responses that have no body (1xx, 204, 304) are not.
+        """
+        if self.status < 200 or self.status in (204, 304):
+            return False
+        if "content-length" in self.headers:
+            return False
+        codings = ",".join(self.headers.getall("transfer-encoding", [])).lower()
+        return not codings.rstrip(" ,").endswith("chunked")
+
+    @property
     def header_pairs(self) -> tuple[tuple[str, str], ...]:
         """Headers as received, decoded, in order."""
         return tuple(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "OBJECT_SHARE_OF_CACHE",
     "ConfigError",
     "EdgeConfig",
     "Fleet",
@@ -27,6 +28,7 @@ __all__ = [
     "ShieldConfig",
     "TokenConfig",
     "load_fleet",
+    "object_limit",
     "parse_fleet",
     "parse_size",
     "split_host_port",
@@ -138,6 +140,22 @@ class Service:
     health_check_interval: float = 2.0
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
+    #: the largest body stored (bytes, after decoding when a node decodes); a node also
+    #: caps it at an eighth of its cache_size (see `NodeConfig.object_limit`)
+    max_object_size: int = 1024**3
+    #: store bodies whose end is the connection's close (no Content-Length, not
+    #: chunked), whose truncation cannot be told from their end (RFC 9112 6.3 item 8)
+    cache_close_delimited: bool = False
+
+
+#: the share of a node's cache_size one object may take at most (so at least this many
+#: objects of the largest size fit, and one fill cannot evict the whole cache)
+OBJECT_SHARE_OF_CACHE = 8
+
+
+def object_limit(service: Service, cache_size: int) -> int:
+    """The largest body a node with `cache_size` bytes stores (or decodes) for `service`."""
+    return max(1, min(service.max_object_size, cache_size // OBJECT_SHARE_OF_CACHE))
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,8 @@ class NodeConfig:
     cache_size: int
     memory_size: int = 64 * 1024**2
     workers: int = 1
+    #: bytes per second the background scrubber re-reads to verify body checksums (0: off)
+    scrub_rate: int = 8 * 1024**2
 
     @property
     def listen_host(self) -> str:
@@ -552,7 +572,11 @@ def _service(t: _Table) -> Service:
         health_check_interval=t.number("health_check_interval", 2.0, minimum=0.05),
         connect_timeout=t.number("connect_timeout", 2.0, minimum=0.01),
         read_timeout=t.number("read_timeout", 30.0, minimum=0.01),
+        max_object_size=t.size("max_object_size", 1024**3),
+        cache_close_delimited=t.get("cache_close_delimited", bool, False),
     )
+    if service.max_object_size < 1:
+        raise t.error("max_object_size", "must be at least 1 byte")
     if not service.health_check_path.startswith("/"):
         raise t.error("health_check_path", "must start with /")
     t.reject_unknown()
@@ -573,6 +597,7 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         cache_size=t.size("cache_size", 0, required=True),
         memory_size=t.size("memory_size", 64 * 1024**2),
         workers=t.integer("workers", 1, minimum=1),
+        scrub_rate=t.size("scrub_rate", 8 * 1024**2),
     )
     if kwargs["cache_size"] < 1024 * 1024:
         raise t.error("cache_size", "must be at least 1MiB")
