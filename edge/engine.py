@@ -601,6 +601,10 @@ class Engine:
                 self.upstream.failed(response)
                 if attempt == MID_BODY_RETRIES:
                     raise
+            except BaseException:
+                # the caller closes the first response; a retry's is closed here
+                response.close()
+                raise
             retry = await self.upstream.fetch(
                 job.service, job.key, "GET", job.target, job.upstream_headers, None
             )
@@ -730,9 +734,10 @@ class Engine:
         decoder: StreamDecoder | None = None
         if encoding is None:
             # the client takes none of the stored codings: decode the origin's on the way,
-            # no further than the object size limit (a decompression bomb stops there)
+            # no further than the object size limit (a decompression bomb stops there);
+            # an edge below gets the coding as stored (see _decoder_for)
             encoding = meta.upstream_encoding
-            decoder = StreamDecoder(encoding, self._limits.get(meta.service))
+            decoder = self._decoder_for(encoding, meta)
         body = entry.bodies.get(encoding)
         if body is None:
             return _error(502, "stored object has no body", self.options.node_name)
@@ -844,8 +849,8 @@ class Engine:
         decoder: StreamDecoder | None = None
         if head.encoding != "identity":
             if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
-                decoder = StreamDecoder(head.encoding, self._limits.get(meta.service))
-            else:
+                decoder = self._decoder_for(head.encoding, meta)
+            if decoder is None:
                 headers["Content-Encoding"] = head.encoding
         if head.length is not None and decoder is None:
             headers["Content-Length"] = str(head.length)
@@ -870,6 +875,19 @@ class Engine:
         await response.write_eof()
         return response
 
+    def _decoder_for(self, encoding: str, meta: ObjectMeta) -> StreamDecoder | None:
+        """The decoder of a stored coding for a client that does not accept it, bounded
+        by the object size limit; None when the client is one of our edges.
+
+        An edge stores a coding as sent and decodes it itself, bounded, once (in
+        make_variants) and per client that needs it. A shield that decoded for its
+        edges would spend its CPU on every edge's copy, and a decoding stopped at the
+        size limit would reach the edge as a cut, which it takes for a dead shield.
+        """
+        if self.options.downstream_is_cdn:
+            return None
+        return StreamDecoder(encoding, self._limits.get(meta.service))
+
     def _corrupt_found(self, key: str) -> None:
         """The store found a body whose checksum fails (it has dropped the object)."""
         self.metrics.store_corrupt.inc()
@@ -883,9 +901,9 @@ class Engine:
     async def _drop_undecodable(self, key: str, exc: DecodeLimit) -> None:
         """A stored coded body decodes past the object size limit (a decompression
         bomb): it is not kept, as a body over the limit is never stored."""
-        self.metrics.decode_refused.inc()
         log.warning("dropping %s: %s", key, exc)
         await self.store.delete(key)
+        self.metrics.decode_refused.inc()
 
     def _response_headers(
         self, meta: ObjectMeta, age: float, own_status: str, stale: bool

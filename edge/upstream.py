@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from fleet.config import Service, ShieldConfig
@@ -58,6 +59,11 @@ class UpstreamResponse:
         self.headers: CIMultiDictProxy[str] = response.headers
         self._on_done = on_done
         self._done = False
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            protocol = connection.protocol
+            loop = asyncio.get_running_loop()
+            response.content.on_eof(lambda: loop.call_soon(_drop_if_overrun, protocol))
 
     @property
     def close_delimited(self) -> bool:
@@ -118,6 +124,22 @@ class UpstreamResponse:
             self._done = True
             self._response.close()
             self._on_done()
+
+
+def _drop_if_overrun(protocol: ResponseHandler) -> None:
+    """Close a connection on which more bytes came than the response's framing took.
+
+    RFC 9112 6.3: bytes after a body delimited by Content-Length are not part of it;
+    on a kept-alive connection aiohttp parses them as the response to the next
+    request it sends there (an origin, or a broken middlebox, answering a request it
+    was never sent: response splitting into another cache key). The client returns
+    the connection to its pool at the body's end, before those bytes are queued, so
+    they are looked for once that data has been handled (the next loop step) and the
+    connection is closed instead of reused.
+    """
+    if protocol.should_close and protocol.transport is not None:
+        log.warning("upstream sent bytes past the end of a response: connection closed")
+        protocol.close()
 
 
 def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> aiohttp.ClientSession:
