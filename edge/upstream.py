@@ -37,6 +37,10 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
 
 
+#: Seconds a body read waits before it checks that its connection is still open.
+BODY_POLL = 1.0
+
+
 class UpstreamError(Exception):
     """The next tier could not give an answer: `status` is what the client should see."""
 
@@ -60,10 +64,15 @@ class UpstreamResponse:
         self._on_done = on_done
         self._done = False
         connection = response.connection
-        if connection is not None and connection.protocol is not None:
-            protocol = connection.protocol
+        self._protocol = connection.protocol if connection is not None else None
+        if self._protocol is not None:
+            protocol = self._protocol
             loop = asyncio.get_running_loop()
-            response.content.on_eof(lambda: loop.call_soon(_drop_if_overrun, protocol))
+
+            def at_body_end() -> None:
+                loop.call_soon(_drop_if_overrun, protocol)
+
+            response.content.on_eof(at_body_end)
 
     @property
     def close_delimited(self) -> bool:
@@ -91,15 +100,34 @@ class UpstreamResponse:
 
     async def iter_chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
         """The body as it arrives; UpstreamError if the upstream stops short."""
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_chunked(size):
+            while chunk := await self._read(content, size):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamError(502, f"upstream {self.peer} broke off the body: {exc!r}") from None
-        finally:
-            pass
-        if self._response.content.exception() is not None:
+        if content.exception() is not None:
             raise UpstreamError(502, f"upstream {self.peer} broke off the body")
+
+    async def _read(self, content: aiohttp.StreamReader, size: int) -> bytes:
+        """Up to `size` body bytes (b"" at the end), checking while it waits that the
+        connection is still there.
+
+        When an upstream breaks the framing in the middle of a body (a malformed chunk
+        size), aiohttp closes the connection and stops the read timeout, but does not
+        tell the body's reader, which would then wait forever: a gone connection with
+        the body unfinished is a broken body.
+        """
+        while True:
+            waiting = asyncio.timeout(BODY_POLL)
+            try:
+                async with waiting:
+                    return await content.read(size)
+            except TimeoutError:
+                if not waiting.expired():
+                    raise  # aiohttp's own read timeout
+            if self._protocol is not None and not self._protocol.is_connected():
+                raise UpstreamError(502, f"upstream {self.peer} broke the body's framing")
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Also run `callback` once the response is released or closed."""

@@ -310,11 +310,8 @@ async def test_body_shorter_than_its_length_is_never_served_whole(attacked: Flee
 
 async def test_bad_chunked_framing_is_not_stored(attacked: Fleet) -> None:
     for _ in range(2):
-        try:
-            status, _headers, body = await asyncio.wait_for(fetch(attacked.edge, "/bad-chunk"), 10)
-        except TimeoutError:
-            print("DEBUG", attacked.fleet.logs())
-            raise
+        # well within the nodes' 30 s read timeout, which aiohttp drops in this case
+        status, _headers, body = await asyncio.wait_for(fetch(attacked.edge, "/bad-chunk"), 10)
         assert body is None or status >= 500
     assert attacked.origin.count("/bad-chunk") >= 2
 

@@ -225,6 +225,10 @@ class HostileOrigin:
             return True
         if path.startswith("/bad-chunk"):
             writer.write((base + "Transfer-Encoding: chunked\r\n\r\n").encode())
+            await writer.drain()
+            # the head first, on its own: the client has handed the body's reader out
+            # by the time the broken framing arrives
+            await asyncio.sleep(0.05)
             await self._body(path, writer, b"10\r\n0123456789abcdef\r\nzz-not-hex\r\nxx\r\n")
             return False
         body = f"plain {path}\n".encode()
