@@ -23,9 +23,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from fleet.config import Service, ShieldConfig
@@ -65,14 +65,6 @@ class UpstreamResponse:
         self._done = False
         connection = response.connection
         self._protocol = connection.protocol if connection is not None else None
-        if self._protocol is not None:
-            protocol = self._protocol
-            loop = asyncio.get_running_loop()
-
-            def at_body_end() -> None:
-                loop.call_soon(_drop_if_overrun, protocol)
-
-            response.content.on_eof(at_body_end)
 
     @property
     def close_delimited(self) -> bool:
@@ -154,25 +146,31 @@ class UpstreamResponse:
             self._on_done()
 
 
-def _drop_if_overrun(protocol: ResponseHandler) -> None:
-    """Close a connection on which more bytes came than the response's framing took.
+class _ReuseCheckingConnector(aiohttp.TCPConnector):
+    """A connector that never reuses a kept-alive connection holding unasked-for bytes.
 
-    RFC 9112 6.3: bytes after a body delimited by Content-Length are not part of it;
-    on a kept-alive connection aiohttp parses them as the response to the next
-    request it sends there (an origin, or a broken middlebox, answering a request it
-    was never sent: response splitting into another cache key). The client returns
-    the connection to its pool at the body's end, before those bytes are queued, so
-    they are looked for once that data has been handled (the next loop step) and the
-    connection is closed instead of reused.
+    RFC 9112 6.3: bytes after a body delimited by Content-Length are not part of it.
+    On a kept-alive connection aiohttp parses such bytes as the response to the next
+    request it sends there, so an origin (or a broken middlebox) could answer a
+    request it was never sent: response splitting into another cache key. aiohttp
+    returns a connection to its pool at the body's end, and bytes that arrive after
+    that are queued on it; a connection taken from the pool with anything queued is
+    closed instead of used.
     """
-    if protocol.should_close and protocol.transport is not None:
-        log.warning("upstream sent bytes past the end of a response: connection closed")
-        protocol.close()
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            connection = await super()._get(*args, **kwargs)
+            protocol = connection.protocol if connection is not None else None
+            if protocol is None or not protocol.should_close:
+                return connection
+            log.warning("upstream sent bytes nobody asked for: connection closed")
+            connection.close()
 
 
 def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> aiohttp.ClientSession:
     """A keep-alive client session for talking to the next tier."""
-    connector = aiohttp.TCPConnector(
+    connector = _ReuseCheckingConnector(
         limit=0,
         limit_per_host=0,
         keepalive_timeout=30,

@@ -292,13 +292,17 @@ async def test_chunked_body_past_the_limit_is_aborted(attacked: Fleet) -> None:
     assert shield_disk.peak <= LIMIT and edge_disk.peak <= LIMIT
 
 
-async def test_body_longer_than_its_length_is_cut_at_the_length(attacked: Fleet) -> None:
-    status, _headers, body = await fetch(attacked.edge, "/long")
+@pytest.mark.parametrize("path", ["/long", "/long-late"])
+async def test_body_longer_than_its_length_is_cut_at_the_length(attacked: Fleet, path: str) -> None:
+    status, _headers, body = await fetch(attacked.edge, path)
     assert (status, body) == (200, b"the real body\n")
+    if path == "/long-late":
+        await wait_for(lambda: attacked.origin.sent(path) > len(body))
     # the extra bytes looked like a response: they never answer another request
-    for _ in range(3):
-        status, _headers, body = await fetch(attacked.edge, "/victim")
-        assert (status, body) == (200, b"plain /victim\n")
+    for n in range(3):
+        victim = f"/victim{path}{n}"
+        status, _headers, body = await fetch(attacked.edge, victim)
+        assert (status, body) == (200, f"plain {victim}\n".encode())
 
 
 async def test_body_shorter_than_its_length_is_never_served_whole(attacked: Fleet) -> None:

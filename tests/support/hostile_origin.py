@@ -10,7 +10,8 @@ writes its responses byte by byte, so it can break HTTP/1.1 framing on purpose:
 - `/declared-big...`: a Content-Length above the test's object limit, body sent whole
 - `/chunked-big...`: a chunked body that grows past the object limit
 - `/long...`: a body longer than its Content-Length, the extra bytes shaped like a
-  second response (on a kept-alive connection: a response-splitting attempt)
+  second response (on a kept-alive connection: a response-splitting attempt); sent
+  with the body, or for `/long-late...` a moment after it
 - `/short...`: a body shorter than its Content-Length, then the close
 - `/slow...`: a Content-Length body trickled in small pieces
 - `/bad-chunk...`: a chunked body with a malformed chunk size
@@ -210,7 +211,13 @@ class HostileOrigin:
                 b"Content-Length: 9\r\n\r\nsmuggled\n"
             )
             writer.write((base + f"Content-Length: {len(body)}\r\n\r\n").encode())
-            await self._body(path, writer, body + smuggled)
+            if path.startswith("/long-late"):
+                # the extra bytes once the client has put the connection back in its pool
+                await self._body(path, writer, body)
+                await asyncio.sleep(0.1)
+                await self._body(path, writer, smuggled)
+            else:
+                await self._body(path, writer, body + smuggled)
             return True
         if path.startswith("/short"):
             writer.write((base + "Content-Length: 200000\r\nConnection: close\r\n\r\n").encode())
