@@ -161,8 +161,9 @@ class _ReuseCheckingConnector(aiohttp.TCPConnector):
     async def _get(self, *args: Any, **kwargs: Any) -> Any:
         while True:
             connection = await super()._get(*args, **kwargs)
-            protocol = connection.protocol if connection is not None else None
-            if protocol is None or not protocol.should_close:
+            if connection is None or connection.protocol is None:
+                return connection
+            if not connection.protocol.should_close:
                 return connection
             log.warning("upstream sent bytes nobody asked for: connection closed")
             connection.close()
