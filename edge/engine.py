@@ -50,6 +50,7 @@ from edge.store import (
     BodyWriter,
     ObjectStore,
     StoredEntry,
+    StoreError,
     open_body,
     read_body,
 )
@@ -548,10 +549,17 @@ class Engine:
             entry = await writer.commit(meta)
         except BaseException as exc:
             response.close()
+            too_large = isinstance(exc, ObjectTooLarge)
+            if too_large:
+                # readers get the body up to the limit before the cut, so an edge
+                # below sees the cut where its own limit is, not a failing shield
+                with contextlib.suppress(StoreError):
+                    await writer.flush()
+                    fill.progress(writer.written)
             await writer.abort()
-            fill.fail()
+            fill.fail(drain=too_large)
             self.metrics.fill_failures.inc()
-            if isinstance(exc, ObjectTooLarge):
+            if too_large:
                 self.metrics.not_stored_too_large.inc()
                 log.warning("fill of %s aborted: %s", store_key, exc)
                 return
@@ -593,11 +601,16 @@ class Engine:
             try:
                 async for chunk in _skip_bytes(response.iter_chunks(), writer.received):
                     if writer.received + len(chunk) > limit:
+                        await writer.write(chunk[: limit - writer.received])
                         raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
                     await writer.write(chunk)
                 break
             except UpstreamError:
                 response.close()
+                if writer.received >= limit:
+                    # the tier above stopped at the same size limit (a shield aborts
+                    # a fill there): not a failing peer, and no other will do better
+                    raise ObjectTooLarge(f"body reached max_object_size ({limit} bytes)") from None
                 self.upstream.failed(response)
                 if attempt == MID_BODY_RETRIES:
                     raise

@@ -240,6 +240,7 @@ async def test_endless_body_never_passes_the_limit_on_disk_when_trusted(
     attacked: Fleet,
 ) -> None:
     path = "/endless-trusted"
+    edge_log = len(attacked.fleet.nodes[attacked.edge_name].log())
     with (
         Sampler(attacked.growth(attacked.shield_name)) as shield_disk,
         Sampler(attacked.growth(attacked.edge_name)) as edge_disk,
@@ -250,6 +251,8 @@ async def test_endless_body_never_passes_the_limit_on_disk_when_trusted(
     assert body is None or status >= 500
     assert shield_disk.peak <= LIMIT, shield_disk.peak
     assert edge_disk.peak <= LIMIT, edge_disk.peak
+    # the shield stopping at the limit is not taken for a failing shield
+    assert "marked down" not in attacked.fleet.nodes[attacked.edge_name].log()[edge_log:]
     again = attacked.origin.count(path)
     await fetch(attacked.edge, path, host=TRUSTING)
     await wait_for(lambda: attacked.origin.active[path] == 0)
