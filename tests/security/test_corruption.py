@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge.store import BodyRef, DiskStore
+from edge.store import BodyRef, DiskStore, _Record
 from fleet.config import load_fleet
 from tests.support.fleet_runner import TieredFleet, client_session
 from tests.support.origin import OriginServer, pattern_bytes
@@ -190,3 +190,22 @@ async def test_checksums_survive_a_reopen_and_catch_damage(tmp_path: Path) -> No
     assert found == ["k"]
     assert await reopened.keys() == []  # dropped, not only skipped
     await reopened.close()
+
+
+async def test_rows_written_before_checksums_still_load(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "store"), 64 * 1024 * 1024)
+    writer = store.begin("old")
+    await writer.write(b"stored before checksums")
+    entry = await writer.commit("meta")
+    ref = entry.bodies["identity"]
+    assert ref.path is not None
+    rel = os.path.relpath(ref.path, store.directory)
+    # the row as an older version wrote it: (encoding, path, size), no checksum
+    store.index.set("old", _Record("meta", (("identity", rel, ref.size),)))  # type: ignore[arg-type]
+    store.forget_cached("old")
+    loaded = await store.get("old")
+    assert loaded is not None
+    assert loaded.bodies["identity"].data == b"stored before checksums"
+    assert loaded.bodies["identity"].checksum is None
+    assert await store.scrub("old", 1 << 30) == 0  # nothing to check it against
+    await store.close()
