@@ -71,6 +71,8 @@ PASS_HANDOFF_SECONDS = 10.0
 #: The Cache-Status detail of an answer passed on unstored because its body's end
 #: cannot be told from a cut connection; a tier below that sees it does not store either
 CLOSE_DELIMITED_DETAIL = "detail=close-delimited"
+#: A cut this close to the size limit is the tier above stopping there.
+LIMIT_CUT_SLACK = 1024 * 1024
 
 
 class ObjectTooLarge(Exception):
@@ -607,9 +609,11 @@ class Engine:
                 break
             except UpstreamError:
                 response.close()
-                if writer.received >= limit:
-                    # the tier above stopped at the same size limit (a shield aborts
-                    # a fill there): not a failing peer, and no other will do better
+                if writer.received >= max(limit - LIMIT_CUT_SLACK, limit // 2):
+                    # the tier above stopped at the same size limit (a shield aborts a
+                    # fill there, sending what it has; the client library may drop its
+                    # last buffered bytes at the cut): not a failing peer, and no
+                    # other will do better
                     raise ObjectTooLarge(f"body reached max_object_size ({limit} bytes)") from None
                 self.upstream.failed(response)
                 if attempt == MID_BODY_RETRIES:
