@@ -9,7 +9,10 @@ stores each result beside the object with `ObjectStore.add_encoding`.
 `StreamDecoder` undoes an origin's content coding chunk by chunk, for a client that
 does not accept it (RFC 9110 8.4: a recipient may decode a representation it received
 with a coding). Its output per step is bounded, so a small hostile input cannot make
-it return gigabytes at once.
+it return gigabytes at once, and its output in all is bounded by `max_output` (the
+object size limit): a 1.6 KB br body that decodes to 1 GiB is a decompression bomb,
+refused with `DecodeLimit` once it passes the limit. Callers iterate `iter_decode`
+and write each piece before the next is made, so memory stays at about one piece.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import brotli
+import xxhash
 
 from edge.cache.encoding import is_compressible
-from edge.store import BodyGone, BodyRef, ObjectStore, StoreError
+from edge.store import BodyCorrupt, BodyGone, BodyRef, ObjectStore, StoreError
 
 __all__ = [
     "BROTLI_QUALITY",
     "GZIP_LEVEL",
     "STORED_ENCODINGS",
     "DecodeError",
+    "DecodeLimit",
     "StreamDecoder",
     "make_variants",
 ]
@@ -56,16 +61,24 @@ class DecodeError(ValueError):
     """A coded body is malformed or truncated, or uses a coding we cannot decode."""
 
 
+class DecodeLimit(DecodeError):
+    """A coded body decodes to more than the decoder's `max_output` bytes."""
+
+
 class StreamDecoder:
     """Undoes one content coding ("gzip", "x-gzip", "deflate", "br", "identity") incrementally.
 
-    Feed chunks to `decode` (or `iter_decode` for bounded pieces) and call `flush` at the
-    end of the body; `flush` raises `DecodeError` if the coded stream was cut short.
+    Feed chunks to `iter_decode` (bounded pieces; `decode` joins them) and call `flush`
+    at the end of the body; `flush` raises `DecodeError` if the coded stream was cut
+    short. More than `max_output` decoded bytes in all raise `DecodeLimit`.
     """
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, max_output: int | None = None) -> None:
         """A decoder for `encoding`; `DecodeError` if we cannot decode it."""
         self.encoding = encoding.strip().lower()
+        self.max_output = max_output
+        #: decoded bytes handed out so far
+        self.output = 0
         self._fed = False
         self._zlib: zlib._Decompress | None = None
         self._brotli: brotli.Decompressor | None = None
@@ -84,7 +97,11 @@ class StreamDecoder:
         return b"".join(self.iter_decode(chunk))
 
     def iter_decode(self, chunk: bytes) -> Iterator[bytes]:
-        """The decoded bytes for `chunk`, in pieces of at most 2 * `DECODE_PIECE` bytes."""
+        """The decoded bytes for `chunk`, in pieces of at most 2 * `DECODE_PIECE` bytes.
+
+        Each piece is made only when the previous one was taken, so a consumer that
+        writes each piece out holds one piece at a time however large the output.
+        """
         if not chunk:
             return
         self._fed = True
@@ -93,11 +110,19 @@ class StreamDecoder:
             if not chunk:
                 return
         if self._brotli is not None:
-            yield from self._iter_brotli(chunk)
+            pieces = self._iter_brotli(chunk)
         elif self._zlib is not None:
-            yield from self._iter_zlib(chunk)
+            pieces = self._iter_zlib(chunk)
         else:
-            yield chunk
+            pieces = iter((chunk,))
+        for piece in pieces:
+            self._count(len(piece))
+            yield piece
+
+    def _count(self, n: int) -> None:
+        self.output += n
+        if self.max_output is not None and self.output > self.max_output:
+            raise DecodeLimit(f"{self.encoding} body decodes to more than {self.max_output} bytes")
 
     def _choose_deflate(self, chunk: bytes) -> bytes:
         """Pick zlib or raw deflate from the first two bytes; what is still to decode."""
@@ -129,6 +154,7 @@ class StreamDecoder:
             rest = self._zlib.flush()
             if not self._zlib.eof:
                 raise DecodeError(f"{self.encoding} stream is truncated")
+            self._count(len(rest))
             return rest
         return b""
 
@@ -138,13 +164,15 @@ class StreamDecoder:
             out = self._brotli.process(chunk, output_buffer_limit=DECODE_PIECE)
             if out:
                 yield out
-            # the decoder may hold more output than one piece even once it accepts more
-            # input: drain it with empty input until it has nothing more to give
+            # with an output limit the decoder keeps the input it could not use yet
+            # (brotli >= 1.2): drain it with empty input, one bounded piece at a time,
+            # until it asks for more input or has nothing more to give
             while not self._brotli.is_finished():
                 out = self._brotli.process(b"", output_buffer_limit=DECODE_PIECE)
-                if not out:
+                if not out and self._brotli.can_accept_more_data():
                     break
-                yield out
+                if out:
+                    yield out
         except brotli.error as exc:
             raise DecodeError(f"malformed br stream: {exc}") from exc
 
@@ -218,6 +246,7 @@ def _source_chunks(source: BodyRef) -> Iterator[bytes]:
     if source.path is None:
         raise BodyGone("source body has neither data nor path")
     total = 0
+    hasher = xxhash.xxh3_64()
     try:
         f = open(source.path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError as exc:
@@ -225,18 +254,26 @@ def _source_chunks(source: BodyRef) -> Iterator[bytes]:
     with f:
         while chunk := f.read(CHUNK):
             total += len(chunk)
+            hasher.update(chunk)
             yield chunk
     if total != source.size:
         raise BodyGone(f"body file {source.path} has {total} bytes, expected {source.size}")
+    # checked at the end, which discards every output made from it: a damaged source
+    # never becomes a variant with a checksum of its own
+    if source.checksum is not None and hasher.intdigest() != source.checksum:
+        raise BodyCorrupt(f"body file {source.path} fails its checksum")
 
 
-def _transcode(source: BodyRef, outputs: dict[str, str]) -> dict[str, int]:
+def _transcode(
+    source: BodyRef, outputs: dict[str, str], max_decoded: int | None = None
+) -> dict[str, int]:
     """Stream `source` once into every output (coding -> path); returns their sizes.
 
-    The source is decoded first when it is coded; "identity" among the outputs
-    receives the decoded bytes. On failure every output file is removed.
+    The source is decoded first when it is coded ("identity" among the outputs
+    receives the decoded bytes), and `DecodeLimit` stops it past `max_decoded` bytes.
+    On failure every output file is removed.
     """
-    decoder = StreamDecoder(source.encoding) if source.encoding != "identity" else None
+    decoder = StreamDecoder(source.encoding, max_decoded) if source.encoding != "identity" else None
     encoders: list[_Encoder] = []
     try:
         for encoding, path in outputs.items():
@@ -271,6 +308,7 @@ async def make_variants(
     source: BodyRef,
     content_type: str | None,
     executor: Executor | None = None,
+    max_decoded: int | None = None,
 ) -> dict[str, BodyRef]:
     """Store the codings of `key` it lacks among identity, br and gzip; return the new ones.
 
@@ -279,8 +317,9 @@ async def make_variants(
     the origin's coding still gets a readable body; br and gzip are made only for a
     compressible `content_type` and kept only when at least 5% smaller than identity.
     The work runs in `executor` (None: the loop's default). Raises `DecodeError` for a
-    malformed coded source and `StoreError` for I/O failures; returns {} if the entry
-    is gone.
+    malformed coded source, `DecodeLimit` for one that decodes to more than
+    `max_decoded` bytes (nothing is stored then), and `StoreError` for I/O failures;
+    returns {} if the entry is gone.
     """
     entry = await store.get(key)
     if entry is None:
@@ -296,7 +335,7 @@ async def make_variants(
     outputs = {enc: store.tmp_path("." + enc) for enc in wanted}
     loop = asyncio.get_running_loop()
     try:
-        sizes = await loop.run_in_executor(executor, _transcode, source, outputs)
+        sizes = await loop.run_in_executor(executor, _transcode, source, outputs, max_decoded)
     except OSError as exc:
         raise StoreError(f"compressing {key!r}: {exc}") from exc
 

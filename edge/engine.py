@@ -46,7 +46,7 @@ from edge.cache.ranges import (
     parse_range,
     unsatisfied_range,
 )
-from edge.compress import StreamDecoder, make_variants
+from edge.compress import DecodeError, DecodeLimit, StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
 from edge.forwarding import (
     IPNetwork,
@@ -58,16 +58,18 @@ from edge.forwarding import (
 )
 from edge.metrics import NodeMetrics
 from edge.store import (
+    BodyCorrupt,
     BodyGone,
     BodyRef,
     BodyWriter,
     ObjectStore,
     StoredEntry,
+    StoreError,
     open_body,
     read_body,
 )
 from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
-from fleet.config import Service
+from fleet.config import Service, object_limit
 
 log = logging.getLogger("edgeshield.engine")
 
@@ -80,6 +82,15 @@ COPY_CHUNK = 1024 * 1024
 MID_BODY_RETRIES = 2
 #: How long a not-storable answer waits for the request that caused it to take it.
 PASS_HANDOFF_SECONDS = 10.0
+#: The Cache-Status detail of an answer passed on unstored because its body's end
+#: cannot be told from a cut connection; a tier below that sees it does not store either
+CLOSE_DELIMITED_DETAIL = "detail=close-delimited"
+#: A cut this close to the size limit is the tier above stopping there.
+LIMIT_CUT_SLACK = 1024 * 1024
+
+
+class ObjectTooLarge(Exception):
+    """A fill's body passed the object size limit: it is aborted, never committed."""
 
 
 class Upstream(Protocol):
@@ -201,6 +212,9 @@ class Engine:
         self.clock = clock
         self.fills = FillTable()
         self._hosts = {host: service for service in services for host in service.hosts}
+        #: per service: the largest body stored, or decoded for a client
+        self._limits = {s.name: object_limit(s, store.max_bytes) for s in services}
+        store.on_corrupt = self._corrupt_found
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
         self._background: set[asyncio.Task[None]] = set()
@@ -387,12 +401,11 @@ class Engine:
         head = await fill.head()
         own_status = f"fwd={fwd}" + ("; collapsed" if collapsed else "")
         if head.kind is HeadKind.PASS:
+            detail = head.detail or "not-storable"
             if head.response is not None and fill.claim_pass():
-                return await self._relay(
-                    request, head.response, f"{own_status}; detail=not-storable"
-                )
+                return await self._relay(request, head.response, f"{own_status}; detail={detail}")
             # a response not fit to share: this client goes upstream on its own
-            return await self._pass(request, service, host, detail="not-storable")
+            return await self._pass(request, service, host, detail=detail)
         if head.kind is HeadKind.NOT_MODIFIED:
             assert head.meta is not None
             entry = self.store.peek(key) or await self.store.get(key)
@@ -540,8 +553,22 @@ class Engine:
             negative_ttl=service.negative_ttl,
             heuristic_with_credentials=self.options.heuristic_with_credentials,
         )
+        length_text = response.headers.get("content-length")
+        length = int(length_text) if length_text and length_text.isdigit() else None
+        limit = self._limits[service.name]
+        unstored = None
         if not storable.storable:
-            fill.set_head(FillHead(HeadKind.PASS, response=response))
+            unstored = "not-storable"
+        elif length is not None and length > limit:
+            # larger than this node stores: passed on as it streams, never written
+            # (like Varnish's uncacheable objects and nginx's proxy_max_temp_file_size)
+            unstored = "too-large"
+            self.metrics.not_stored_too_large.inc()
+        elif _close_delimited(response) and not service.cache_close_delimited:
+            unstored = "close-delimited"
+            self.metrics.not_stored_close_delimited.inc()
+        if unstored is not None:
+            fill.set_head(FillHead(HeadKind.PASS, response=response, detail=unstored))
             await self._close_unclaimed(fill, response)
             return
         vary = vary_fields(response.headers) or ()
@@ -557,21 +584,30 @@ class Engine:
             job, response.status, pairs, request_time, response_time, fill.started_at, response
         )
         writer = self.store.begin(store_key, meta.upstream_encoding)
-        length_text = response.headers.get("content-length")
-        length = int(length_text) if length_text and length_text.isdigit() else None
         fill.set_head(
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
             body_path=writer.path,
         )
         notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
         try:
-            response = await self._copy_upstream_body(job, response, writer, meta, length)
+            response = await self._copy_upstream_body(job, response, writer, meta, length, limit)
             entry = await writer.commit(meta)
-        except BaseException:
+        except BaseException as exc:
             response.close()
+            too_large = isinstance(exc, ObjectTooLarge)
+            if too_large:
+                # readers get the body up to the limit before the cut, so an edge
+                # below sees the cut where its own limit is, not a failing shield
+                with contextlib.suppress(StoreError):
+                    await writer.flush()
+                    fill.progress(writer.written)
             await writer.abort()
-            fill.fail()
+            fill.fail(drain=too_large)
             self.metrics.fill_failures.inc()
+            if too_large:
+                self.metrics.not_stored_too_large.inc()
+                log.warning("fill of %s aborted: %s", store_key, exc)
+                return
             raise
         finally:
             notifier.cancel()
@@ -583,7 +619,11 @@ class Engine:
             source = entry.bodies.get(meta.upstream_encoding)
             if source is not None:
                 try:
-                    await make_variants(self.store, store_key, source, meta.content_type)
+                    await make_variants(
+                        self.store, store_key, source, meta.content_type, max_decoded=limit
+                    )
+                except DecodeLimit as exc:
+                    await self._drop_undecodable(store_key, exc)
                 except Exception:
                     log.exception("compressing %s failed", store_key)
 
@@ -594,22 +634,37 @@ class Engine:
         writer: BodyWriter,
         meta: ObjectMeta,
         length: int | None,
+        limit: int,
     ) -> UpstreamResponse:
         """Write the upstream body to the store; if the upstream dies mid-body, take the
         rest from the next one (a GET is idempotent), so readers never see a cut.
 
-        Returns the response the body was completed from.
+        Returns the response the body was completed from. Raises `ObjectTooLarge` once
+        the body passes `limit` bytes, whether or not any client still reads the fill.
         """
         for attempt in range(MID_BODY_RETRIES + 1):
             try:
                 async for chunk in _skip_bytes(response.iter_chunks(), writer.received):
+                    if writer.received + len(chunk) > limit:
+                        await writer.write(chunk[: limit - writer.received])
+                        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
                     await writer.write(chunk)
                 break
             except UpstreamError:
                 response.close()
+                if writer.received >= max(limit - LIMIT_CUT_SLACK, limit // 2):
+                    # the tier above stopped at the same size limit (a shield aborts a
+                    # fill there, sending what it has; the client library may drop its
+                    # last buffered bytes at the cut): not a failing peer, and no
+                    # other will do better
+                    raise ObjectTooLarge(f"body reached max_object_size ({limit} bytes)") from None
                 self.upstream.failed(response)
                 if attempt == MID_BODY_RETRIES:
                     raise
+            except BaseException:
+                # the caller closes the first response; a retry's is closed here
+                response.close()
+                raise
             retry = await self.upstream.fetch(
                 job.service, job.key, "GET", job.target, job.upstream_headers, None
             )
@@ -738,9 +793,11 @@ class Engine:
         )
         decoder: StreamDecoder | None = None
         if encoding is None:
-            # the client takes none of the stored codings: decode the origin's on the way
+            # the client takes none of the stored codings: decode the origin's on the way,
+            # no further than the object size limit (a decompression bomb stops there);
+            # an edge below gets the coding as stored (see _decoder_for)
             encoding = meta.upstream_encoding
-            decoder = StreamDecoder(encoding)
+            decoder = self._decoder_for(encoding, meta)
         body = entry.bodies.get(encoding)
         if body is None:
             return _error(502, "stored object has no body", self.options.node_name)
@@ -781,7 +838,9 @@ class Engine:
                 body=body.data if (start, end) == (0, body.size) else body.data[start:end],
             )
         try:
-            return await self._stream_body(request, status, headers, body, start, end, decoder)
+            return await self._stream_body(
+                request, entry.key, status, headers, body, start, end, decoder
+            )
         except BodyGone:
             # gone before any header left (replaced or evicted by another worker)
             raise _EntryGone(entry.key) from None
@@ -789,6 +848,7 @@ class Engine:
     async def _stream_body(
         self,
         request: web.BaseRequest,
+        key: str,
         status: int,
         headers: CIMultiDict[str],
         body: BodyRef,
@@ -798,7 +858,12 @@ class Engine:
     ) -> web.StreamResponse:
         """Send a stored body: opened before the headers go, so a body replaced or
         evicted meanwhile is still read whole, and one already gone raises BodyGone
-        while the request can still be answered another way."""
+        while the request can still be answered another way.
+
+        A body read whole from disk is checked against its checksum as it goes, its
+        last chunk held back until the check passes: a mismatch cuts the connection
+        (the client sees a truncated body, never a complete-looking corrupt one) and
+        drops the object. Decoded output goes out one bounded piece at a time."""
         opened = await open_body(body) if body.data is None else None
         try:
             response = web.StreamResponse(status=status, headers=headers)
@@ -810,11 +875,15 @@ class Engine:
             )
             try:
                 async for chunk in chunks:
-                    await response.write(decoder.decode(chunk) if decoder else chunk)
+                    await _write_decoded(response, decoder, chunk)
                 if decoder is not None:
                     await response.write(decoder.flush())
-            except BodyGone:
+            except (BodyGone, DecodeError) as exc:
                 # cut, never a short body that looks whole
+                if isinstance(exc, BodyCorrupt):
+                    await self._drop_corrupt(key, body)
+                elif isinstance(exc, DecodeLimit):
+                    await self._drop_undecodable(key, exc)
                 if request.transport is not None:
                     request.transport.close()
                 return response
@@ -840,8 +909,8 @@ class Engine:
         decoder: StreamDecoder | None = None
         if head.encoding != "identity":
             if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
-                decoder = StreamDecoder(head.encoding)
-            else:
+                decoder = self._decoder_for(head.encoding, meta)
+            if decoder is None:
                 headers["Content-Encoding"] = head.encoding
         if head.length is not None and decoder is None:
             headers["Content-Length"] = str(head.length)
@@ -852,17 +921,49 @@ class Engine:
         try:
             async for chunk in fill.read():
                 self.metrics.bytes_sent.inc(len(chunk))
-                await response.write(decoder.decode(chunk) if decoder else chunk)
-        except FillFailed:
+                await _write_decoded(response, decoder, chunk)
+            if decoder is not None:
+                await response.write(decoder.flush())
+        except (FillFailed, BodyGone, DecodeError) as exc:
+            if isinstance(exc, DecodeLimit):
+                self.metrics.decode_refused.inc()
             # the headers are gone already: cut the connection so the client sees a
             # truncated body, never a short one that looks complete
             if request.transport is not None:
                 request.transport.close()
             return response
-        if decoder is not None:
-            await response.write(decoder.flush())
         await response.write_eof()
         return response
+
+    def _decoder_for(self, encoding: str, meta: ObjectMeta) -> StreamDecoder | None:
+        """The decoder of a stored coding for a client that does not accept it, bounded
+        by the object size limit; None when the client is one of our edges.
+
+        An edge stores a coding as sent and decodes it itself, bounded, once (in
+        make_variants) and per client that needs it. A shield that decoded for its
+        edges would spend its CPU on every edge's copy, and a decoding stopped at the
+        size limit would reach the edge as a cut, which it takes for a dead shield.
+        """
+        if self.options.downstream_is_cdn:
+            return None
+        return StreamDecoder(encoding, self._limits.get(meta.service))
+
+    def _corrupt_found(self, key: str) -> None:
+        """The store found a body whose checksum fails (it has dropped the object)."""
+        self.metrics.store_corrupt.inc()
+        self._prepared = {k: v for k, v in self._prepared.items() if k[0] != key}
+        log.error("stored body of %s failed its checksum: object dropped", key)
+
+    async def _drop_corrupt(self, key: str, body: BodyRef) -> None:
+        """A body streamed from disk failed its checksum: drop its object."""
+        await self.store.drop_corrupt(key, body)
+
+    async def _drop_undecodable(self, key: str, exc: DecodeLimit) -> None:
+        """A stored coded body decodes past the object size limit (a decompression
+        bomb): it is not kept, as a body over the limit is never stored."""
+        log.warning("dropping %s: %s", key, exc)
+        await self.store.delete(key)
+        self.metrics.decode_refused.inc()
 
     def _response_headers(
         self, meta: ObjectMeta, age: float, own_status: str, stale: bool
@@ -1039,6 +1140,29 @@ async def _forward_progress(writer: BodyWriter, fill: Fill) -> None:
     while not writer.finished:
         written = await writer.wait_written(written)
         fill.progress(written)
+
+
+async def _write_decoded(
+    response: web.StreamResponse, decoder: StreamDecoder | None, chunk: bytes
+) -> None:
+    """Write `chunk`, decoded one bounded piece at a time when `decoder` is set (each
+    piece is written, and the transport drained, before the next is made)."""
+    if decoder is None:
+        await response.write(chunk)
+        return
+    for piece in decoder.iter_decode(chunk):
+        await response.write(piece)
+
+
+def _close_delimited(response: UpstreamResponse) -> bool:
+    """Whether the body's end cannot be told from a cut: framed by the connection's
+    close at the next tier (RFC 9112 6.3 item 8), or at a tier above, which says so
+    in its Cache-Status entry (it relays such a body chunked, unstored)."""
+    if response.close_delimited:
+        return True
+    return any(
+        CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
+    )
 
 
 async def _skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:

@@ -47,10 +47,17 @@ class FillHead:
     error_status: int = 0
     error_pairs: tuple[tuple[str, str], ...] = ()
     error_body: bytes = b""
+    #: for PASS: why it is not stored (Cache-Status detail), e.g. "too-large"
+    detail: str = ""
 
 
 class FillFailed(Exception):
     """The fill broke off after its head was sent: the reader's response must be cut."""
+
+    def __init__(self, message: str, *, drained: bool = False) -> None:
+        super().__init__(message)
+        #: the reader had every byte written before the break
+        self.drained = drained
 
 
 class Fill:
@@ -68,6 +75,7 @@ class Fill:
         self._written = 0
         self._finished = False
         self._failed = False
+        self._drain = False
         self._changed = asyncio.Event()
         self._readers = 0
         self._closed = False
@@ -96,9 +104,12 @@ class Fill:
         self._wake()
         self._maybe_close()
 
-    def fail(self) -> None:
-        """The fill broke off: readers stop with FillFailed."""
+    def fail(self, drain: bool = False) -> None:
+        """The fill broke off: readers stop with FillFailed; with `drain`, those that
+        have the file open first read what was written (a body cut at a size limit,
+        whose readers are cut there too, never handed a complete-looking body)."""
         self._failed = True
+        self._drain = drain
         self._wake()
         self._maybe_close()
 
@@ -145,10 +156,15 @@ class Fill:
         fill that breaks at the very end never hands out a complete-looking body).
         """
         pending: bytes | None = None
-        async for chunk in self._read_growing(start, end):
-            if pending is not None:
-                yield pending
-            pending = chunk
+        try:
+            async for chunk in self._read_growing(start, end):
+                if pending is not None:
+                    yield pending
+                pending = chunk
+        except FillFailed as exc:
+            if exc.drained and pending is not None:
+                yield pending  # the caller cuts the connection after it
+            raise
         if pending is not None:
             yield pending
 
@@ -160,8 +176,10 @@ class Fill:
         position = start
         try:
             while True:
-                if self._failed:
-                    raise FillFailed(f"the fill of {self.key} broke off")
+                if self._failed and (
+                    not self._drain or self._fd is None or position >= self._written
+                ):
+                    raise FillFailed(f"the fill of {self.key} broke off", drained=self._drain)
                 if self._fd is None and self._finished and self._committed is not None:
                     # never opened while growing: read the committed body from the store
                     async for chunk in read_body(self._committed, position, end):

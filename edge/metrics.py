@@ -93,6 +93,10 @@ class NodeMetrics:
         self.fill_failures = Count()
         self.background_revalidations = Count()
         self.invalidations = Count()
+        self.store_corrupt = Count()
+        self.not_stored_too_large = Count()
+        self.not_stored_close_delimited = Count()
+        self.decode_refused = Count()
         self.store_bytes = Level()
         self.connections_open = Level()
         self.connections_refused = Count()
@@ -157,10 +161,31 @@ class NodeMetrics:
                 "Client connections closed because a request head took over head_timeout",
                 self.head_timeouts,
             ),
+            (
+                "edgeshield_store_corrupt",
+                "Stored bodies that failed their checksum (each object dropped)",
+                self.store_corrupt,
+            ),
+            (
+                "edgeshield_decode_refused",
+                "Coded bodies not decoded past the object size limit (decompression bombs)",
+                self.decode_refused,
+            ),
         ):
             family = CounterMetricFamily(name, help_text, labels=labels)
             family.add_metric(values, count.value)
             yield family
+        unstored = CounterMetricFamily(
+            "edgeshield_bodies_not_stored",
+            "Storable responses passed on unstored or aborted, by reason",
+            labels=[*labels, "reason"],
+        )
+        for reason, count in (
+            ("too_large", self.not_stored_too_large),
+            ("close_delimited", self.not_stored_close_delimited),
+        ):
+            unstored.add_metric([*values, reason], count.value)
+        yield unstored
         gauge = GaugeMetricFamily(
             "edgeshield_store_bytes", "Bytes held by the object store", labels=labels
         )

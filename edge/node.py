@@ -34,6 +34,7 @@ from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
+from edge.scrub import scrub_forever
 from edge.store import DiskStore
 from edge.upstream import (
     GENERATED_ERROR_HEADER,
@@ -286,6 +287,7 @@ async def _serve(
     if access_log:
         access_log.start()
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
+    scrubber = loop.create_task(scrub_forever(store, node.scrub_rate)) if admin else None
 
     limits = ConnectionLimits(
         ConnectionLimits.worker_share(node.max_connections, node.workers),
@@ -317,6 +319,8 @@ async def _serve(
     await engine.close()
     if reclaimer is not None:
         reclaimer.cancel()
+    if scrubber is not None:
+        scrubber.cancel()
     if follower is not None:
         follower.cancel()
     else:

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -35,6 +36,10 @@ log = logging.getLogger("edgeshield.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Marks an error a node generated itself (not one it relayed from an origin).
 GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
+
+
+#: Seconds a body read waits before it checks that its connection is still open.
+BODY_POLL = 1.0
 
 
 class UpstreamError(Exception):
@@ -66,6 +71,24 @@ class UpstreamResponse:
         self.headers: CIMultiDictProxy[str] = response.headers
         self._on_done = on_done
         self._done = False
+        connection = response.connection
+        self._protocol = connection.protocol if connection is not None else None
+
+    @property
+    def close_delimited(self) -> bool:
+        """Whether the body ends only where the upstream closes the connection.
+
+        RFC 9112 6.3: a body is framed by chunked Transfer-Encoding (item 4) or by
+        Content-Length (item 6); with neither, a response body lasts until the server
+        closes the connection (item 8), and a connection cut in the middle looks just
+        like the end. Responses that have no body (1xx, 204, 304) are not.
+        """
+        if self.status < 200 or self.status in (204, 304):
+            return False
+        if "content-length" in self.headers:
+            return False
+        codings = ",".join(self.headers.getall("transfer-encoding", [])).lower()
+        return not codings.rstrip(" ,").endswith("chunked")
 
     @property
     def header_pairs(self) -> tuple[tuple[str, str], ...]:
@@ -77,17 +100,36 @@ class UpstreamResponse:
 
     async def iter_chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
         """The body as it arrives; UpstreamError if the upstream stops short."""
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_chunked(size):
+            while chunk := await self._read(content, size):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamError(
                 502, "upstream broke off the body", detail=f"{self.peer}: {exc!r}"
             ) from None
-        finally:
-            pass
-        if self._response.content.exception() is not None:
+        if content.exception() is not None:
             raise UpstreamError(502, "upstream broke off the body", detail=self.peer)
+
+    async def _read(self, content: aiohttp.StreamReader, size: int) -> bytes:
+        """Up to `size` body bytes (b"" at the end), checking while it waits that the
+        connection is still there.
+
+        When an upstream breaks the framing in the middle of a body (a malformed chunk
+        size), aiohttp closes the connection and stops the read timeout, but does not
+        tell the body's reader, which would then wait forever: a gone connection with
+        the body unfinished is a broken body.
+        """
+        while True:
+            waiting = asyncio.timeout(BODY_POLL)
+            try:
+                async with waiting:
+                    return await content.read(size)
+            except TimeoutError:
+                if not waiting.expired():
+                    raise  # aiohttp's own read timeout
+            if self._protocol is not None and not self._protocol.is_connected():
+                raise UpstreamError(502, "upstream broke the body's framing", detail=self.peer)
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Also run `callback` once the response is released or closed."""
@@ -114,9 +156,32 @@ class UpstreamResponse:
             self._on_done()
 
 
+class _ReuseCheckingConnector(aiohttp.TCPConnector):
+    """A connector that never reuses a kept-alive connection holding unasked-for bytes.
+
+    RFC 9112 6.3: bytes after a body delimited by Content-Length are not part of it.
+    On a kept-alive connection aiohttp parses such bytes as the response to the next
+    request it sends there, so an origin (or a broken middlebox) could answer a
+    request it was never sent: response splitting into another cache key. aiohttp
+    returns a connection to its pool at the body's end, and bytes that arrive after
+    that are queued on it; a connection taken from the pool with anything queued is
+    closed instead of used.
+    """
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            connection = await super()._get(*args, **kwargs)
+            if connection is None or connection.protocol is None:
+                return connection
+            if not connection.protocol.should_close:
+                return connection
+            log.warning("upstream sent bytes nobody asked for: connection closed")
+            connection.close()
+
+
 def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> aiohttp.ClientSession:
     """A keep-alive client session for talking to the next tier."""
-    connector = aiohttp.TCPConnector(
+    connector = _ReuseCheckingConnector(
         limit=0,
         limit_per_host=0,
         keepalive_timeout=30,

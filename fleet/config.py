@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "OBJECT_SHARE_OF_CACHE",
     "ConfigError",
     "EdgeConfig",
     "Fleet",
@@ -28,6 +29,7 @@ __all__ = [
     "ShieldConfig",
     "TokenConfig",
     "load_fleet",
+    "object_limit",
     "parse_fleet",
     "parse_size",
     "split_host_port",
@@ -139,6 +141,22 @@ class Service:
     health_check_interval: float = 2.0
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
+    #: the largest body stored (bytes, after decoding when a node decodes); a node also
+    #: caps it at an eighth of its cache_size (see `NodeConfig.object_limit`)
+    max_object_size: int = 1024**3
+    #: store bodies whose end is the connection's close (no Content-Length, not
+    #: chunked), whose truncation cannot be told from their end (RFC 9112 6.3 item 8)
+    cache_close_delimited: bool = False
+
+
+#: the share of a node's cache_size one object may take at most (so at least this many
+#: objects of the largest size fit, and one fill cannot evict the whole cache)
+OBJECT_SHARE_OF_CACHE = 8
+
+
+def object_limit(service: Service, cache_size: int) -> int:
+    """The largest body a node with `cache_size` bytes stores (or decodes) for `service`."""
+    return max(1, min(service.max_object_size, cache_size // OBJECT_SHARE_OF_CACHE))
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,8 @@ class NodeConfig:
     head_timeout: float = 10.0
     #: seconds an idle client connection (no request under way) is kept open
     keepalive_timeout: float = 20.0
+    #: bytes per second the background scrubber re-reads to verify body checksums (0: off)
+    scrub_rate: int = 8 * 1024**2
 
     @property
     def listen_host(self) -> str:
@@ -574,7 +594,11 @@ def _service(t: _Table) -> Service:
         health_check_interval=t.number("health_check_interval", 2.0, minimum=0.05),
         connect_timeout=t.number("connect_timeout", 2.0, minimum=0.01),
         read_timeout=t.number("read_timeout", 30.0, minimum=0.01),
+        max_object_size=t.size("max_object_size", 1024**3),
+        cache_close_delimited=t.get("cache_close_delimited", bool, False),
     )
+    if service.max_object_size < 1:
+        raise t.error("max_object_size", "must be at least 1 byte")
     if not service.health_check_path.startswith("/"):
         raise t.error("health_check_path", "must start with /")
     t.reject_unknown()
@@ -598,6 +622,7 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         max_connections=t.integer("max_connections", 4096, minimum=1),
         head_timeout=t.number("head_timeout", 10.0, minimum=0.1),
         keepalive_timeout=t.number("keepalive_timeout", 20.0, minimum=0.1),
+        scrub_rate=t.size("scrub_rate", 8 * 1024**2),
     )
     if kwargs["cache_size"] < 1024 * 1024:
         raise t.error("cache_size", "must be at least 1MiB")

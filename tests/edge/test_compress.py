@@ -14,8 +14,8 @@ from pathlib import Path
 import brotli
 import pytest
 
-from edge.compress import DECODE_PIECE, DecodeError, StreamDecoder, make_variants
-from edge.store import BodyRef, DiskStore, MemoryStore, ObjectStore, read_body
+from edge.compress import DECODE_PIECE, DecodeError, DecodeLimit, StreamDecoder, make_variants
+from edge.store import BodyCorrupt, BodyRef, DiskStore, MemoryStore, ObjectStore, read_body
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -131,6 +131,22 @@ async def test_a_corrupt_origin_coding_raises_and_stores_nothing(store: ObjectSt
     assert set(entry.bodies) == {"gzip"}
 
 
+async def test_a_damaged_source_makes_no_variants(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    try:
+        source = await store_body(store, "k", text_body(400 * KiB))
+        assert source.path is not None
+        with open(source.path, "r+b") as f:
+            f.seek(1000)
+            f.write(b"#")
+        with pytest.raises(BodyCorrupt):
+            await make_variants(store, "k", source, "text/plain")
+        entry = await store.get("k")
+        assert entry is not None and set(entry.bodies) == {"identity"}
+    finally:
+        await store.close()
+
+
 async def test_a_gone_entry_gets_no_variants(store: ObjectStore) -> None:
     source = await store_body(store, "k", text_body(10 * KiB))
     await store.delete("k")
@@ -239,3 +255,27 @@ def test_highly_compressed_input_comes_out_in_bounded_pieces(encoding: str, enco
     assert all(len(p) <= 2 * DECODE_PIECE for p in pieces)
     assert sum(len(p) for p in pieces) == 16 * MiB
     assert decoder.flush() == b""
+
+
+@pytest.mark.parametrize(("encoding", "encode"), [("gzip", gzip.compress), ("br", brotli.compress)])
+def test_a_decompression_bomb_stops_at_the_output_limit(encoding: str, encode: object) -> None:
+    assert callable(encode)
+    coded = encode(b"\0" * (16 * MiB))
+    decoder = StreamDecoder(encoding, max_output=MiB)
+    taken = 0
+    with pytest.raises(DecodeLimit):
+        for piece in decoder.iter_decode(coded):
+            taken += len(piece)
+    # it stopped within a piece of the limit, not after decoding everything
+    assert MiB - 2 * DECODE_PIECE <= taken <= MiB
+
+
+async def test_a_variant_is_not_made_past_the_decoded_limit(store: ObjectStore) -> None:
+    coded = gzip.compress(b"\0" * (4 * MiB))
+    source = await store_body(store, "bomb", coded, "gzip")
+    with pytest.raises(DecodeLimit):
+        await make_variants(store, "bomb", source, "text/plain", max_decoded=MiB)
+    entry = await store.get("bomb")
+    assert entry is not None and set(entry.bodies) == {"gzip"}  # nothing added
+    if isinstance(store, DiskStore):
+        assert os.listdir(store._tmp_dir) == [".lock"]  # no output left behind

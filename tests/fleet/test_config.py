@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.config import ConfigError, load_fleet, parse_fleet, parse_size, split_host_port
+from fleet.config import (
+    ConfigError,
+    load_fleet,
+    object_limit,
+    parse_fleet,
+    parse_size,
+    split_host_port,
+)
 from fleet.demo import DEMO_HOST, demo_fleet_toml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.toml"
@@ -380,3 +387,41 @@ def test_bad_connection_limits_name_the_table_and_key(lines: str, key: str, mess
     error = error_of(text)
     assert "[[edges]] #1 ('edge1')" in error and f"key {key!r}" in error, error
     assert message in error, error
+
+
+def test_object_size_and_close_delimited_keys() -> None:
+    fleet = parse_fleet(VALID)
+    site = fleet.services[0]
+    assert (site.max_object_size, site.cache_close_delimited) == (1024**3, False)
+    # a node stores at most an eighth of its cache in one object
+    assert object_limit(site, 1024**3) == 128 * 1024**2
+    assert object_limit(site, 64 * 1024**3) == 1024**3
+    text = VALID.replace(
+        'hosts = ["www.example.com"]',
+        'hosts = ["www.example.com"]\nmax_object_size = "5MiB"\ncache_close_delimited = true',
+    )
+    site = parse_fleet(text).services[0]
+    assert (site.max_object_size, site.cache_close_delimited) == (5 * 1024**2, True)
+    message = error_of(
+        VALID.replace(
+            'hosts = ["www.example.com"]', 'hosts = ["www.example.com"]\nmax_object_size = "huge"'
+        )
+    )
+    assert "[[services]] #1 ('site') key 'max_object_size'" in message
+    message = error_of(
+        VALID.replace(
+            'hosts = ["www.example.com"]', 'hosts = ["www.example.com"]\nmax_object_size = 0'
+        )
+    )
+    assert "key 'max_object_size'" in message and "at least 1" in message
+
+
+def test_scrub_rate_is_a_size_per_second() -> None:
+    fleet = parse_fleet(VALID)
+    assert fleet.shield("shield1").scrub_rate == 8 * 1024**2
+    text = VALID.replace('cache_size = "1GiB"', 'cache_size = "1GiB"\nscrub_rate = 0', 1)
+    assert parse_fleet(text).shield("shield1").scrub_rate == 0
+    message = error_of(
+        VALID.replace('cache_size = "1GiB"', 'cache_size = "1GiB"\nscrub_rate = "fast"', 1)
+    )
+    assert "[[shields]] #1 ('shield1') key 'scrub_rate'" in message
