@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -20,9 +19,9 @@ from aiohttp.http import HttpProcessingError, HttpVersion10, HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from edge.limits import NO_HEAD, REFUSED_RESPONSE, ConnectionLimits
+from fleet.http_errors import TerseRequestHandler
 
 __all__ = ["LimitedServer"]
 
@@ -31,7 +30,7 @@ log = logging.getLogger("edgeshield.limits")
 _HTTP_1 = (HttpVersion11, HttpVersion10)
 
 
-class _LimitedHandler(RequestHandler):
+class _LimitedHandler(TerseRequestHandler):
     """aiohttp's connection protocol with the cap, the head stamp and short 4xx bodies."""
 
     __slots__ = ("_last_payload", "_limits", "_refused", "head_since")
@@ -88,24 +87,6 @@ class _LimitedHandler(RequestHandler):
         if self.transport is not None:
             self.transport.close()
 
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> StreamResponse:
-        """An error the parser or the version check found: a short body, never the input
-        echoed (aiohttp's own quotes up to 8 KB of what was sent)."""
-        if status == 500:
-            return super().handle_error(request, status, exc, message)
-        log.info("bad request from %s: %d %.200s", request.remote, status, exc or message)
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started, cannot send an error")
-        response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
-        response.force_close()
-        return response
-
 
 def _version_answer(message: RawRequestMessage) -> _ErrInfo:
     """A head of another HTTP version than 1.0 and 1.1 (aiohttp's parser lets "HTTP/2.0"
@@ -116,13 +97,6 @@ def _version_answer(message: RawRequestMessage) -> _ErrInfo:
         exc=HttpProcessingError(code=505, message=f"HTTP version {message.version} in a head"),
         message="HTTP version not supported",
     )
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase.lower()
-    except ValueError:
-        return "bad request"
 
 
 class LimitedServer(web.Server):

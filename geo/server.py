@@ -22,6 +22,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from fleet.config import Fleet, split_host_port
+from fleet.http_errors import TerseAppRunner
 from geo.dns import DnsResponder, ZoneInfo
 from geo.health import HealthMonitor
 from geo.http_api import make_app
@@ -128,7 +129,7 @@ class GeoService:
         )
         http_socket.setblocking(False)
         self.http_address = (http_host, int(http_socket.getsockname()[1]))
-        self._http = web.AppRunner(
+        self._http = TerseAppRunner(
             make_app(self.router, self.health), access_log=None, shutdown_timeout=2.0
         )
         await self._http.setup()

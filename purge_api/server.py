@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from fleet.config import Fleet, split_host_port
+from fleet.http_errors import TerseAppRunner
 from purge_api.app import PurgeApi
 
 __all__ = ["serve_purge_api"]
@@ -40,7 +41,7 @@ def serve_purge_api(fleet: Fleet) -> int:
 async def _serve(fleet: Fleet, secret: str) -> int:
     assert fleet.purge_api is not None
     api = PurgeApi(fleet, secret)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = TerseAppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     host, port = split_host_port(fleet.purge_api.listen)
     site = web.TCPSite(runner, host, port, reuse_address=True)

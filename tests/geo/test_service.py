@@ -279,3 +279,18 @@ def test_build_mmdb_and_lookup_commands(tmp_path: Path, processes: list[NodeProc
     assert "location:  ap (35.70, 139.70)" in text
     assert "edge:      edge-ap (127.0.1.3, region ap, 0 km)" in text
     assert "why:" in text
+
+
+def test_a_head_the_parser_refuses_gets_a_short_answer(geo_fleet: tuple[Path, NodeProcess]) -> None:
+    path, _ = geo_fleet
+    fleet = load_fleet(path)
+    assert fleet.geo is not None
+    host, port = split_host_port(fleet.geo.http_listen)
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/route HTTP/1.1\r\nHost: g\r\nX: " + b"A" * 9000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", answer[:300]
+    assert len(body) < 100 and b"AAA" not in body, body[:200]

@@ -202,3 +202,21 @@ async def test_a_node_pull_with_absurd_numbers_is_400(api: PurgeApi, query: str)
         f"Authorization: Bearer {TEST_NODE_SECRET}\r\nConnection: close\r\n\r\n"
     ).encode()
     refused(await raw_exchange(api.address, request), 400, "since")
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"POST /v1/" + b"\x01" * 6000 + b" HTTP/1.1\r\nHost: api\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: zz" + b"9" * 5000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: api\r\nX: " + b"A" * 9000 + b"\r\n\r\n",
+    ],
+    ids=["bad-target", "bad-length", "long-field"],
+)
+async def test_a_head_the_parser_refuses_gets_a_short_answer_that_echoes_nothing(
+    api: PurgeApi, junk: bytes
+) -> None:
+    answer = await raw_exchange(api.address, junk)
+    assert answer.status == 400
+    assert len(answer.body) < 100, answer.body[:200]
+    assert b"\x01" not in answer.body and b"999" not in answer.body and b"AAA" not in answer.body
