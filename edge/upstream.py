@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.statelog import StateLog
 from fleet.config import Service, ShieldConfig
 
 log = logging.getLogger("edgeshield.upstream")
@@ -175,6 +176,11 @@ class _OriginState:
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     outstanding: int = 0
+    #: ejections logged when they start, every few seconds while they go on, and end
+    log: StateLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = StateLog(log, f"origin {self.url}")
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -223,11 +229,12 @@ class OriginPool:
         origin.consecutive_failures += 1
         if origin.consecutive_failures >= self.eject_after:
             origin.ejected_until = self.clock() + self.eject_seconds
-            log.warning("origin %s ejected for %.0fs", origin.url, self.eject_seconds)
+            origin.log.failed(f"ejected for {self.eject_seconds:.0f}s")
 
     def _succeeded(self, origin: _OriginState) -> None:
         origin.consecutive_failures = 0
         origin.ejected_until = 0.0
+        origin.log.recovered()
 
     async def request(
         self,
@@ -310,10 +317,9 @@ class OriginPool:
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     healthy = False
                 if healthy and not origin.healthy:
-                    log.warning("origin %s is healthy again", origin.url)
                     self._succeeded(origin)
                 elif not healthy and origin.healthy:
-                    log.warning("origin %s failed its health check", origin.url)
+                    origin.log.failed("failed its health check")
                 origin.healthy = healthy
             await asyncio.sleep(self.service.health_check_interval)
 
@@ -364,6 +370,10 @@ class _ShieldState:
     config: ShieldConfig
     down_until: float = 0.0
     healthy: bool = True
+    log: StateLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = StateLog(log, f"shield {self.config.name}")
 
 
 @dataclass
@@ -400,7 +410,7 @@ class ShieldRing:
         """Passive health: this shield failed a request."""
         state = self._states[name]
         state.down_until = self.clock() + self.down_seconds
-        log.warning("shield %s marked down", name)
+        state.log.failed(f"marked down for {self.down_seconds:.0f}s")
 
     async def request(
         self,
@@ -432,6 +442,8 @@ class ShieldRing:
                 if retryable:
                     response.close()
                     continue
+            else:
+                self._states[shield.name].log.recovered()
             return response
         return None
 
@@ -449,10 +461,10 @@ class ShieldRing:
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     healthy = False
                 if healthy and not state.healthy:
-                    log.warning("shield %s is healthy again", state.config.name)
+                    state.log.recovered()
                     state.down_until = 0.0
                 elif not healthy and state.healthy:
-                    log.warning("shield %s failed its health check", state.config.name)
+                    state.log.failed("failed its health check")
                 state.healthy = healthy
             await asyncio.sleep(self.probe_interval)
 
