@@ -81,7 +81,9 @@ class TierUpstream:
             if response is not None:
                 return response
             if not service.origin_fallback:
-                raise UpstreamError(502, "no shield is reachable and origin fallback is off")
+                raise UpstreamError(
+                    502, "no shield is reachable and origin fallback is off", unreachable=True
+                )
         return await self.pools[service.name].request(method, target, headers, body)
 
     def failed(self, response: UpstreamResponse) -> None:

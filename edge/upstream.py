@@ -35,16 +35,31 @@ log = logging.getLogger("edgeshield.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Marks an error a node generated itself (not one it relayed from an origin).
 GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
+#: The value of GENERATED_ERROR_HEADER when the origin could not be reached at all.
+UNREACHABLE = "unreachable"
 
 
 class UpstreamError(Exception):
-    """The next tier could not give an answer: `status` is what the client should see."""
+    """The next tier could not give an answer: `status` is what the client should see.
 
-    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+    `unreachable`: no answer came because nothing could be reached (connection refused
+    or reset before an answer, connect or answer timeout), as opposed to an answer the
+    node could not use (RFC 9111 4.2.4 lets a cache serve stale when disconnected).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        *,
+        retry_after: int | None = None,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 class UpstreamResponse:
@@ -155,7 +170,7 @@ async def _send(
         raise _ConnectFailure(f"cannot connect to {peer}: {exc.os_error or exc}") from None
     except TimeoutError:
         on_done()
-        raise UpstreamError(504, f"{peer} did not answer in time") from None
+        raise UpstreamError(504, f"{peer} did not answer in time", unreachable=True) from None
     except aiohttp.ServerDisconnectedError:
         on_done()
         raise _ConnectFailure(f"{peer} closed the connection") from None
@@ -303,7 +318,7 @@ class OriginPool:
             release_slot()
             raise
         release_slot()
-        raise UpstreamError(502, f"origin unreachable: {last_error}")
+        raise UpstreamError(502, f"origin unreachable: {last_error}", unreachable=True)
 
     async def health_loop(self) -> None:
         """Active health checks: GET the service's health path on every origin."""
@@ -429,7 +444,9 @@ class ShieldRing:
             except _ConnectFailure:
                 self.mark_down(shield.name)
                 if not retryable:
-                    raise UpstreamError(502, f"shield {shield.name} unreachable") from None
+                    raise UpstreamError(
+                        502, f"shield {shield.name} unreachable", unreachable=True
+                    ) from None
                 continue
             except UpstreamError:
                 self.mark_down(shield.name)
