@@ -315,3 +315,15 @@ def test_bad_geo_name_servers_name_the_key(entry: str, key: str, message: str) -
         parse_fleet(GEO_BASE + f"nameservers = [{entry}]\n", "f.toml")
     assert "[geo] nameservers #1" in str(caught.value)
     assert f"key {key!r}" in str(caught.value) and message in str(caught.value)
+
+
+def test_max_stale_when_unreachable_defaults_to_a_day_and_refuses_negatives() -> None:
+    (service,) = parse_fleet(VALID, "f.toml").services
+    assert service.max_stale_when_unreachable == 86400
+    off = VALID.replace(
+        'hosts = ["www.example.com"]\n',
+        'hosts = ["www.example.com"]\nmax_stale_when_unreachable = 0\n',
+    )
+    assert parse_fleet(off, "f.toml").services[0].max_stale_when_unreachable == 0
+    bad = off.replace("max_stale_when_unreachable = 0", "max_stale_when_unreachable = -1")
+    assert "key 'max_stale_when_unreachable'" in error_of(bad)
