@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edge.cache.purge import PurgeRecord, PurgeRules
 from fleet.config import Service
@@ -62,7 +63,7 @@ class RelayingRules(PurgeRules):
     ) -> None:
         super().__init__(services)
         self._peers: dict[int, socket.socket] = {}
-        self._history: list[dict[str, object]] = []
+        self._history: list[dict[str, Any]] = []
         self._on_lost = on_lost
         for number, peer in enumerate(peers, start=1):
             self._peers[number] = _blocking(peer)
@@ -83,9 +84,11 @@ class RelayingRules(PurgeRules):
         self._relay({"op": "local", "record": record.to_json(), "at": applied_at})
 
     def expire(self, now: float, max_lifetime: float) -> int:
-        """Drop old rules here and in every worker."""
+        """Drop old rules here and in every worker (and from what a new worker gets)."""
         dropped = super().expire(now, max_lifetime)
-        self._relay({"op": "expire", "now": now, "max": max_lifetime})
+        cutoff = now - max_lifetime
+        self._history = [m for m in self._history if _applied_at(m) >= cutoff]
+        self._relay({"op": "expire", "now": now, "max": max_lifetime}, keep=False)
         return dropped
 
     def announce_ready(self) -> None:
@@ -114,7 +117,7 @@ class RelayingRules(PurgeRules):
             with contextlib.suppress(OSError):
                 peer.close()
 
-    def _relay(self, message: dict[str, object], *, keep: bool = True) -> None:
+    def _relay(self, message: dict[str, Any], *, keep: bool = True) -> None:
         # Blocking on purpose: a purge is not acknowledged before every live worker has
         # it, and purges are rare next to requests. A worker that fails to take it is
         # dropped and reported, so it is killed and replaced (it starts from history).
@@ -126,6 +129,10 @@ class RelayingRules(PurgeRules):
                 self.drop(number)
                 if self._on_lost is not None:
                     self._on_lost(number)
+
+
+def _applied_at(message: dict[str, Any]) -> float:
+    return float(message.get("at", float("inf")))
 
 
 def _blocking(peer: socket.socket) -> socket.socket:
@@ -164,16 +171,16 @@ async def follow_relayed_rules(
         await writer.drain()
 
 
-def _follow(message: dict[str, object], rules: PurgeRules, ready: asyncio.Event) -> None:
+def _follow(message: dict[str, Any], rules: PurgeRules, ready: asyncio.Event) -> None:
     op = message["op"]
     if op == "apply":
-        rules.apply(PurgeRecord.from_json(message["record"]), float(message["at"]))  # type: ignore[arg-type]
+        rules.apply(PurgeRecord.from_json(message["record"]), float(message["at"]))
     elif op == "local":
-        rules.apply_local(PurgeRecord.from_json(message["record"]), float(message["at"]))  # type: ignore[arg-type]
+        rules.apply_local(PurgeRecord.from_json(message["record"]), float(message["at"]))
     elif op == "expire":
-        rules.expire(float(message["now"]), float(message["max"]))  # type: ignore[arg-type]
+        rules.expire(float(message["now"]), float(message["max"]))
     elif op == "batch":
-        for item in message["messages"]:  # type: ignore[attr-defined]
+        for item in message["messages"]:
             _follow(item, rules, ready)
     elif op == "ready":
         ready.set()
