@@ -346,3 +346,41 @@ async def test_with_the_origin_down_cached_objects_are_served_stale_and_the_log_
     assert len(results) > 200
     print("shield log during the outage:", origin_lines)
     assert len(origin_lines) <= 5, origin_lines
+
+
+async def test_an_edge_serves_stale_when_its_shield_says_the_origin_is_unreachable(
+    tiers: TieredFleet, outage_origin: OriginServer
+) -> None:
+    path, failing = "/outage/edge-only", "/outage/answers-503"
+    cacheable(outage_origin, path, b"kept at the edge\n", "max-age=1")
+    cacheable(outage_origin, failing, b"good\n", "max-age=1")
+    edge, shield = tiers.url("edge1"), tiers.config("shield1")
+    async with client_session(timeout=30) as session:
+        for name in (path, failing):
+            assert (await get(session, edge, name)).status == 200
+        # the shield forgets everything; then the origin goes away
+        tiers.kill("shield1")
+        shutil.rmtree(shield.cache_dir)
+        tiers.restart("shield1")
+        outage_origin.stop()
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                reply = await get(session, edge, path)
+                assert (reply.status, reply.body) == (200, b"kept at the edge\n"), reply
+                # the edge asked the shield, which had nothing and could not reach
+                # the origin: the edge's stale copy answers
+                if await metric(session, shield.admin_url, "edgeshield_upstream_errors") > 0:
+                    break
+                assert time.monotonic() < deadline, tiers.logs()
+                await asyncio.sleep(0.05)
+            assert "detail=stale-when-unreachable" in reply.cache_status[-1], reply.cache_status
+        finally:
+            outage_origin.restart()
+        # an origin that answers 5xx is not unreachable: no stale without stale-if-error
+        outage_origin.route(failing, status=503, body=b"origin says no\n")
+        deadline = time.monotonic() + 10
+        while (answer := await get(session, edge, failing)).status == 200:
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.1)
+        assert (answer.status, answer.body) == (503, b"origin says no\n")
