@@ -52,7 +52,9 @@ class RelayingRules(PurgeRules):
     """Worker 0's rules: every change is applied here and in every live worker.
 
     Every relayed change is also kept (`history`) so a worker that joins later, a
-    replacement included, starts from exactly the rules worker 0 has.
+    replacement included, starts from exactly the rules worker 0 has. `peers` are
+    workers that have joined already (numbered from 1); `on_lost(number)` is told of
+    a worker that failed to take a rule and was dropped.
     """
 
     def __init__(
@@ -90,10 +92,6 @@ class RelayingRules(PurgeRules):
         self._history = [m for m in self._history if _applied_at(m) >= cutoff]
         self._relay({"op": "expire", "now": now, "max": max_lifetime}, keep=False)
         return dropped
-
-    def announce_ready(self) -> None:
-        """Tell the workers the node has caught up and they may serve."""
-        self._relay({"op": "ready"}, keep=False)
 
     def join(self, number: int, peer: socket.socket) -> bool:
         """Give a (re)started worker every rule so far, then let it serve; from now on

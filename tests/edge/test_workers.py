@@ -62,10 +62,9 @@ async def test_a_joining_worker_gets_every_rule_so_far_then_each_new_one() -> No
 
 async def test_a_dead_worker_is_dropped_and_reported_and_the_rule_still_applies() -> None:
     lost: list[int] = []
-    relaying = RelayingRules([SITE], on_lost=lost.append)
     ours, theirs = socket.socketpair()
+    relaying = RelayingRules([SITE], [ours], on_lost=lost.append)
     theirs.close()  # the worker is gone
-    relaying._peers[1] = ours  # as if it had joined before it died
     relaying.apply(record(1, "/a"), 10.0)  # no exception: the live workers have it
     assert lost == [1] and relaying.live_peers == []
     assert verdict(relaying, "/a") is PurgeVerdict.GONE
