@@ -877,9 +877,11 @@ class Engine:
             return web.Response(status=head.error_status, headers=headers, body=head.error_body)
         error = head.error or UpstreamError(502, "upstream failed")
         self.metrics.upstream_errors.inc()
-        response = _error(
-            error.status, error.reason, self.options.node_name, unreachable=error.unreachable
-        )
+        response = _error(error.status, error.reason, self.options.node_name)
+        if error.unreachable:
+            # the origin could not be reached at all: a tier below that holds a stale
+            # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
+            response.headers[GENERATED_ERROR_HEADER] = UNREACHABLE
         response.headers["Cache-Status"] = (
             f"{self.options.node_name}; {own_status}; detail=upstream-error"
         )
@@ -1055,12 +1057,10 @@ def _unreachable(head: FillHead) -> bool:
     return head.error is not None and head.error.unreachable
 
 
-def _error(status: int, reason: str, node: str, *, unreachable: bool = False) -> web.Response:
+def _error(status: int, reason: str, node: str) -> web.Response:
     response = web.Response(status=status, text=f"{status} {reason}\n")
     # "upstream": this node answered for a failure beyond it (origin down, origin
-    # connection cap); the tier below passes such errors on instead of failing over.
-    # "unreachable": the failure was that the origin could not be reached, so a tier
-    # below that holds a stale copy may serve it (RFC 9111 4.2.4).
-    response.headers[GENERATED_ERROR_HEADER] = UNREACHABLE if unreachable else "upstream"
+    # connection cap); the tier below passes such errors on instead of failing over
+    response.headers[GENERATED_ERROR_HEADER] = "upstream"
     response.headers["Cache-Status"] = f"{node}; fwd=request; detail=error"
     return response
