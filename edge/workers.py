@@ -246,9 +246,10 @@ class WorkerSupervisor:
             return
         state.live = False
         self._on_change()
-        if state.pid is not None:
+        process = self._processes.get(number)
+        if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, signal.SIGKILL)
+                process.kill()
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every worker and wait for them (SIGKILL after `grace`)."""

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -192,6 +193,32 @@ async def test_a_purge_that_cannot_be_saved_is_not_acknowledged_until_it_is(
         assert answer["id"] in rule_ids_on_disk(fleet, EDGE)
         after = await every_worker(fleet.url(EDGE), path, 20)
         assert {r.body for r in after} == {b"version 2\n"}
+
+
+async def test_a_worker_that_cannot_take_a_purge_is_replaced_before_the_ack(
+    fleet: PurgeFleet, origin: OriginServer
+) -> None:
+    path = "/workers/stopped"
+    cacheable(origin, path, b"version 1\n", "max-age=300")
+    async with client_session(timeout=40) as session:
+        await wait_health(session, fleet, EDGE, "ok", 20)
+        assert {r.body for r in await every_worker(fleet.url(EDGE), path, 10)} == {b"version 1\n"}
+        (stuck,) = worker_pids(fleet, EDGE)
+        cacheable(origin, path, b"version 2\n", "max-age=300")
+        os.kill(stuck, signal.SIGSTOP)  # alive, but takes nothing
+        try:
+            code, answer = await fleet.purge(session, {"urls": [path]}, wait=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGCONT)
+        assert code == 200 and answer["status"] == "complete", answer
+        assert answer["id"] in rule_ids_on_disk(fleet, EDGE)
+        # the stuck worker was killed, not left serving what the purge covers
+        await wait_health(session, fleet, EDGE, "ok", 10)
+        assert stuck not in worker_pids(fleet, EDGE)
+        after = await every_worker(fleet.url(EDGE), path)
+        assert {r.body for r in after} == {b"version 2\n"}
+    assert "did not take a purge rule; replacing it" in fleet.nodes[EDGE].log()
 
 
 # -- 3. a soft purge's window ends on time -----------------------------------------------
