@@ -74,9 +74,18 @@ class PurgeStateFile:
             applied_seq = int(data["applied_seq"])
         entries: list[tuple[PurgeRecord, float]] = []
         try:
-            lines = self.rules_path.read_text(encoding="utf-8").splitlines()
+            raw = self.rules_path.read_bytes()
         except FileNotFoundError:
-            lines = []
+            raw = b""
+        if raw and not raw.endswith(b"\n"):
+            # a crash in the middle of an append left a line cut short: cut it off, or
+            # the next append would run on from it and that line would be lost too
+            raw = raw[: raw.rfind(b"\n") + 1]
+            with open(self.rules_path, "r+b") as handle:
+                handle.truncate(len(raw))
+                handle.flush()
+                os.fsync(handle.fileno())
+        lines = raw.decode("utf-8", errors="replace").splitlines()
         for line in lines:
             try:
                 item = json.loads(line)
