@@ -308,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="edgeshield-chaos-"))
-    try:
-        report = asyncio.run(run_chaos(args.seconds, root, args.seed))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    report = asyncio.run(run_chaos(args.seconds, root, args.seed))
     print(json.dumps(report, indent=2))
-    return 0 if all(report[kind] == 0 for kind in MUST_BE_ZERO) else 1
+    if all(report[kind] == 0 for kind in MUST_BE_ZERO):
+        shutil.rmtree(root, ignore_errors=True)
+        return 0
+    print(f"the fleet's logs and state are kept in {root}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
