@@ -175,6 +175,9 @@ class PurgeSync:
         self._session: aiohttp.ClientSession | None = None
         self._background: asyncio.Task[None] | None = None
         self._ready = self._api_url is None
+        # pushes wait until the saved rules are restored: before that, applied_seq
+        # reads 0 and a push from seq 1 would apply old purges again as new
+        self._restored = self._api_url is None
         self.caught_up = self._api_url is None
         """True once a pull from the API has succeeded since start-up."""
 
@@ -202,6 +205,7 @@ class PurgeSync:
         loop = asyncio.get_running_loop()
         applied_seq, entries = await loop.run_in_executor(None, self._state.load)
         self._restore(applied_seq, entries)
+        self._restored = True
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=5.0, sock_connect=2.0)
         )
@@ -399,6 +403,8 @@ class PurgeSync:
             records = [PurgeRecord.from_json(item) for item in body["records"]]
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"bad push body: {exc}")
+        if not self._restored:
+            return _error(503, "starting: saved purge rules not restored yet")
         async with self._lock:
             pending = [r for r in records if r.seq > self.rules.applied_seq]
             if pending and min(r.seq for r in pending) > self.rules.applied_seq + 1:
