@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/hits.py
+
+# kill nodes and workers under load while purging; every body and purge checked
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.chaos --seconds $(or $(CHAOS_SECONDS),45)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -41,6 +41,7 @@ from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
 from edge.cache.ranges import (
+    ByteRange,
     Unsatisfiable,
     content_range,
     parse_range,
@@ -68,7 +69,7 @@ from edge.store import (
     open_body,
     read_body,
 )
-from edge.upstream import GENERATED_ERROR_HEADER, UpstreamError, UpstreamResponse
+from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
 from fleet.config import Service, object_limit
 
 log = logging.getLogger("edgeshield.engine")
@@ -343,7 +344,7 @@ class Engine:
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
         now = self.clock()
         verdict = self._verdict(meta, now) if meta is not None else PurgeVerdict.NONE
-        decision = policy.decide(meta, now, verdict)
+        decision = policy.decide(meta, now, verdict, self._purged_at(meta, verdict))
         if decision.action is Action.SERVE:
             assert entry is not None and meta is not None
             return await self._from_store(
@@ -376,6 +377,14 @@ class Engine:
             # rules this old are dropped, so an object this old is validated instead
             return PurgeVerdict.STALE
         return self.rules.verdict(
+            meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
+        )
+
+    def _purged_at(self, meta: ObjectMeta | None, verdict: PurgeVerdict) -> float | None:
+        """When the soft purge behind a STALE verdict was applied (None otherwise)."""
+        if meta is None or verdict is not PurgeVerdict.STALE:
+            return None
+        return self.rules.soft_purged_at(
             meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
         )
 
@@ -420,20 +429,27 @@ class Engine:
                 f"{own_status}; fwd-status=304; ttl={int(ttl)}",
             )
         if head.kind is HeadKind.ERROR:
-            if (
-                stale is not None
-                and isinstance(stale.meta, ObjectMeta)
-                and policy.may_serve_stale_on_error(stale.meta, self.clock(), verdict)
-            ):
-                self.metrics.stale_if_error.inc()
-                return await self._from_store(
-                    request,
-                    stale,
-                    stale.meta,
-                    decision,
-                    f"{own_status}; detail=stale-if-error",
-                    stale=True,
-                )
+            if stale is not None and isinstance(stale.meta, ObjectMeta):
+                now = self.clock()
+                purged_at = self._purged_at(stale.meta, verdict)
+                detail = ""
+                if policy.may_serve_stale_on_error(stale.meta, now, verdict, purged_at):
+                    self.metrics.stale_if_error.inc()
+                    detail = "stale-if-error"
+                elif _unreachable(head) and policy.may_serve_stale_when_unreachable(
+                    stale.meta, now, verdict, service.max_stale_when_unreachable, purged_at
+                ):
+                    self.metrics.stale_unreachable.inc()
+                    detail = "stale-when-unreachable"
+                if detail:
+                    return await self._from_store(
+                        request,
+                        stale,
+                        stale.meta,
+                        decision,
+                        f"{own_status}; detail={detail}",
+                        stale=True,
+                    )
             return self._error_answer(head, own_status)
         assert head.meta is not None
         if fill.vary_fields and fill.store_key != _variant_key(
@@ -912,14 +928,25 @@ class Engine:
                 decoder = self._decoder_for(head.encoding, meta)
             if decoder is None:
                 headers["Content-Encoding"] = head.encoding
-        if head.length is not None and decoder is None:
-            headers["Content-Length"] = str(head.length)
-        response = web.StreamResponse(status=meta.status, headers=headers)
+        status, start, end = meta.status, 0, head.length
+        if meta.status == 200 and head.length is not None:
+            headers["Accept-Ranges"] = "bytes"
+            byte_range = _requested_range(request, meta, head.length, decoder, head.encoding)
+            if isinstance(byte_range, Unsatisfiable):
+                headers["Content-Range"] = unsatisfied_range(head.length)
+                return web.Response(status=416, headers=headers)
+            if byte_range is not None:
+                # the fill stores the whole object; this client gets its range of it
+                status, start, end = 206, byte_range.start, byte_range.end + 1
+                headers["Content-Range"] = content_range(byte_range, head.length)
+        if end is not None and decoder is None:
+            headers["Content-Length"] = str(end - start)
+        response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         if request.method == "HEAD":
             return response
         try:
-            async for chunk in fill.read():
+            async for chunk in fill.read(start, end if status == 206 else None):
                 self.metrics.bytes_sent.inc(len(chunk))
                 await _write_decoded(response, decoder, chunk)
             if decoder is not None:
@@ -996,6 +1023,10 @@ class Engine:
         self.metrics.upstream_errors.inc()
         log.warning("upstream error: %s", error)
         response = _error(error.status, error.reason, self.options.node_name)
+        if error.unreachable:
+            # the origin could not be reached at all: a tier below that holds a stale
+            # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
+            response.headers[GENERATED_ERROR_HEADER] = UNREACHABLE
         response.headers["Cache-Status"] = (
             f"{self.options.node_name}; {own_status}; detail={_detail_token(error.reason)}"
         )
@@ -1213,6 +1244,34 @@ def _has_preconditions(request: web.BaseRequest) -> bool:
 def _only_if_cached(request: web.BaseRequest) -> bool:
     value = request.headers.get("cache-control")
     return value is not None and "only-if-cached" in value.lower()
+
+
+def _requested_range(
+    request: web.BaseRequest,
+    meta: ObjectMeta,
+    size: int,
+    decoder: StreamDecoder | None,
+    encoding: str,
+) -> ByteRange | Unsatisfiable | None:
+    """The single range a client asked for, as `_from_store` would grant it: on the
+    identity body only, not when If-Range fails (RFC 9110 13.1.5), multiple ranges
+    answered whole (None)."""
+    range_header = request.headers.get("range")
+    if not range_header or decoder is not None or encoding != "identity":
+        return None
+    if_range = request.headers.get("if-range")
+    if if_range is not None and not if_range_allows(if_range, meta.etag, meta.last_modified):
+        return None
+    return parse_range(range_header, size)
+
+
+def _unreachable(head: FillHead) -> bool:
+    """Whether a fill's error means the origin could not be reached (RFC 9111 4.2.4's
+    "disconnected"), as opposed to an answer with a 5xx status: our own failure to
+    connect, or a shield's generated error saying the same."""
+    if head.error_status:
+        return _header(head.error_pairs, GENERATED_ERROR_HEADER.lower()) == UNREACHABLE
+    return head.error is not None and head.error.unreachable
 
 
 def _error(status: int, reason: str, node: str, detail: str = "error") -> web.Response:

@@ -101,6 +101,10 @@ class NodeMetrics:
         self.connections_open = Level()
         self.connections_refused = Count()
         self.head_timeouts = Count()
+        self.stale_unreachable = Count()
+        self.workers_live = Level()
+        self.workers_expected = Level()
+        self.worker_restarts = Count()
         self.fill_seconds = Distribution()
         self.hit_seconds = Distribution()
         self.miss_seconds = Distribution()
@@ -196,6 +200,7 @@ class NodeMetrics:
         )
         connections.add_metric(values, self.connections_open.value)
         yield connections
+        yield from self._availability(labels, values)
         fills = HistogramMetricFamily(
             "edgeshield_fill_seconds", "Time from fill start to its end", labels=labels
         )
@@ -209,6 +214,28 @@ class NodeMetrics:
         for outcome, distribution in (("hit", self.hit_seconds), ("miss", self.miss_seconds)):
             latency.add_metric([*values, outcome], distribution.cumulative(), distribution.total)
         yield latency
+
+    def _availability(self, labels: list[str], values: list[str]) -> Iterator[Metric]:
+        """Stale answers while the next tier is unreachable, and the node's processes."""
+        stale = CounterMetricFamily(
+            "edgeshield_stale_when_unreachable",
+            "Stale answers served because the next tier could not be reached",
+            labels=labels,
+        )
+        stale.add_metric(values, self.stale_unreachable.value)
+        yield stale
+        restarts = CounterMetricFamily(
+            "edgeshield_worker_restarts", "Worker processes started again", labels=labels
+        )
+        restarts.add_metric(values, self.worker_restarts.value)
+        yield restarts
+        for name, help_text, level in (
+            ("edgeshield_workers_live", "Worker processes serving now", self.workers_live),
+            ("edgeshield_workers_expected", "Worker processes configured", self.workers_expected),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            family.add_metric(values, level.value)
+            yield family
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this node's metrics."""

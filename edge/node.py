@@ -8,7 +8,6 @@ listener (apart, node secret required) has `/healthz`, `/metrics` and the purge 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import logging
@@ -44,9 +43,8 @@ from edge.upstream import (
     UpstreamResponse,
     make_session,
 )
-from edge.workers import RelayingRules, follow_relayed_rules
-from fleet.config import Fleet, NodeConfig, Service, split_host_port
-from fleet.process import die_with_parent_hook
+from edge.workers import RelayingRules, WorkerSupervisor, follow_relayed_rules, worker_argv
+from fleet.config import Fleet, NodeConfig, Service, load_fleet, split_host_port
 
 log = logging.getLogger("edgeshield.node")
 
@@ -88,7 +86,9 @@ class TierUpstream:
             if response is not None:
                 return response
             if not service.origin_fallback:
-                raise UpstreamError(502, "no shield is reachable and origin fallback is off")
+                raise UpstreamError(
+                    502, "no shield is reachable and origin fallback is off", unreachable=True
+                )
         return await self.pools[service.name].request(method, target, headers, body)
 
     def failed(self, response: UpstreamResponse) -> None:
@@ -133,7 +133,36 @@ def node_secret(fleet: Fleet) -> str:
 
 
 def run_node(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
-    """Run a caching node until SIGTERM/SIGINT; returns the exit status."""
+    """Run a caching node until SIGTERM/SIGINT; returns the exit status.
+
+    With `workers > 1` this process is worker 0: it starts the other workers and
+    replaces any that exits (see edge.workers).
+    """
+    _setup_process(node)
+    if not node_secret(fleet):
+        print(
+            f"edgeshield {role.role} {node.name}: set the node secret in "
+            f"${fleet.security.node_secret_env}",
+            file=sys.stderr,
+        )
+        return 2
+    asyncio.run(_serve(fleet, node, role, worker=0, admin=True))
+    return 0
+
+
+def run_worker(
+    source: str, node_name: str, role_name: str, worker: int, relay: socket.socket
+) -> int:
+    """Run worker `worker` of a node, started by its worker 0 (see edge.workers)."""
+    fleet = load_fleet(source)
+    node: NodeConfig = fleet.edge(node_name) if role_name == "edge" else fleet.shield(node_name)
+    _setup_process(node)
+    role = EDGE if role_name == "edge" else SHIELD
+    asyncio.run(_serve(fleet, node, role, worker=worker, admin=False, relay=relay))
+    return 0
+
+
+def _setup_process(node: NodeConfig) -> None:
     logging.basicConfig(
         level=logging.INFO,
         format=f"{node.name} %(levelname)s %(name)s: %(message)s",
@@ -145,58 +174,6 @@ def run_node(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    if not node_secret(fleet):
-        print(
-            f"edgeshield {role.role} {node.name}: set the node secret in "
-            f"${fleet.security.node_secret_env}",
-            file=sys.stderr,
-        )
-        return 2
-    if node.workers > 1:
-        return _run_workers(fleet, node, role)
-    asyncio.run(_serve(fleet, node, role, worker=0, admin=True))
-    return 0
-
-
-def _run_workers(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
-    """Fork one process per worker sharing the traffic port (SO_REUSEPORT).
-
-    Worker 0 also runs the admin listener and the purge sync, and relays every purge
-    rule to the other workers before acknowledging it (see edge.workers).
-    """
-    children: list[int] = []
-    parent_ends: list[socket.socket] = []
-    die_with_parent = die_with_parent_hook()
-    for worker in range(1, node.workers):
-        parent_end, child_end = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            if die_with_parent is not None:
-                die_with_parent()
-            parent_end.close()
-            for other in parent_ends:
-                other.close()
-            status = 0
-            try:
-                asyncio.run(_serve(fleet, node, role, worker=worker, admin=False, relay=child_end))
-            except BaseException:
-                log.exception("worker %d failed", worker)
-                status = 1
-            finally:
-                os._exit(status)
-        child_end.close()
-        parent_ends.append(parent_end)
-        children.append(pid)
-    try:
-        asyncio.run(_serve(fleet, node, role, worker=0, admin=True, peers=parent_ends))
-    finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-    return 0
 
 
 async def _serve(
@@ -206,7 +183,6 @@ async def _serve(
     *,
     worker: int,
     admin: bool,
-    peers: list[socket.socket] | None = None,
     relay: socket.socket | None = None,
 ) -> None:
     stop = asyncio.Event()
@@ -220,7 +196,18 @@ async def _serve(
         os.path.join(node.cache_dir, "objects"), node.cache_size, memory_bytes=node.memory_size
     )
     metrics = NodeMetrics(node.name, role.role)
-    rules = RelayingRules(fleet.services, peers) if peers else PurgeRules(fleet.services)
+    supervisor: WorkerSupervisor | None = None
+    rules: PurgeRules = PurgeRules(fleet.services)
+    if admin and node.workers > 1:
+        relaying = RelayingRules(fleet.services, on_lost=lambda n: _lost(supervisor, n))
+        supervisor = WorkerSupervisor(
+            node.workers,
+            relaying,
+            lambda n, fd: worker_argv(fleet.source, node.name, role.role, n, fd),
+            on_change=lambda: _count_workers(supervisor, metrics),
+        )
+        _count_workers(supervisor, metrics)
+        rules = relaying
     session = make_session(
         connect_timeout=min((s.connect_timeout for s in fleet.services), default=2.0),
         read_timeout=max((s.read_timeout for s in fleet.services), default=30.0),
@@ -263,7 +250,7 @@ async def _serve(
 
     runners: list[web.BaseRunner] = []
     if admin:
-        admin_app = _admin_app(node, secret, sync, metrics, store)
+        admin_app = _admin_app(node, secret, sync, metrics, store, supervisor)
         admin_runner = web.AppRunner(
             admin_app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
@@ -281,8 +268,8 @@ async def _serve(
     else:
         # catch up on missed purges before serving anything they might cover
         await sync.start()
-        if isinstance(rules, RelayingRules):
-            rules.announce_ready()
+        if supervisor is not None:
+            supervisor.start()
     upstream.start()
     if access_log:
         access_log.start()
@@ -313,6 +300,8 @@ async def _serve(
         flush=True,
     )
     await stop.wait()
+    if supervisor is not None:
+        await supervisor.stop()
     for runner in reversed(runners):
         await runner.cleanup()
     await limits.stop()
@@ -330,6 +319,18 @@ async def _serve(
         await access_log.stop()
     await session.close()
     await store.close()
+
+
+def _lost(supervisor: WorkerSupervisor | None, number: int) -> None:
+    if supervisor is not None:
+        supervisor.lost(number)
+
+
+def _count_workers(supervisor: WorkerSupervisor | None, metrics: NodeMetrics) -> None:
+    if supervisor is not None:
+        metrics.workers_live.set(supervisor.live)
+        metrics.workers_expected.set(supervisor.expected)
+        metrics.worker_restarts.value = supervisor.restarts
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
@@ -389,7 +390,12 @@ def _traffic_handler(
 
 
 def _admin_app(
-    node: NodeConfig, secret: str, sync: PurgeSync, metrics: NodeMetrics, store: DiskStore
+    node: NodeConfig,
+    secret: str,
+    sync: PurgeSync,
+    metrics: NodeMetrics,
+    store: DiskStore,
+    supervisor: WorkerSupervisor | None = None,
 ) -> web.Application:
     expected = f"Bearer {secret}".encode()
 
@@ -411,6 +417,16 @@ def _admin_app(
             return web.json_response(
                 {"node": node.name, "status": "not ready", "reason": "catching up on purges"},
                 status=503,
+            )
+        if supervisor is not None and supervisor.live < supervisor.expected:
+            # still serving (200), on fewer processes than configured until the
+            # missing workers are replaced
+            return web.json_response(
+                {
+                    "node": node.name,
+                    "status": "degraded",
+                    "workers": {"live": supervisor.live, "expected": supervisor.expected},
+                }
             )
         return web.json_response({"node": node.name, "status": "ok"})
 

@@ -35,6 +35,7 @@ import aiohttp
 from aiohttp import web
 
 from edge.cache.purge import PurgeRecord, PurgeRules
+from edge.statelog import StateLog
 from fleet.config import Fleet
 
 __all__ = ["PurgeStateFile", "PurgeSync", "PurgeSyncError"]
@@ -73,9 +74,18 @@ class PurgeStateFile:
             applied_seq = int(data["applied_seq"])
         entries: list[tuple[PurgeRecord, float]] = []
         try:
-            lines = self.rules_path.read_text(encoding="utf-8").splitlines()
+            raw = self.rules_path.read_bytes()
         except FileNotFoundError:
-            lines = []
+            raw = b""
+        if raw and not raw.endswith(b"\n"):
+            # a crash in the middle of an append left a line cut short: cut it off, or
+            # the next append would run on from it and that line would be lost too
+            raw = raw[: raw.rfind(b"\n") + 1]
+            with open(self.rules_path, "r+b") as handle:
+                handle.truncate(len(raw))
+                handle.flush()
+                os.fsync(handle.fileno())
+        lines = raw.decode("utf-8", errors="replace").splitlines()
         for line in lines:
             try:
                 item = json.loads(line)
@@ -159,11 +169,15 @@ class PurgeSync:
         self._secret = secret.encode()
         self._auth_header = f"Bearer {secret}"
         self._lock = asyncio.Lock()
+        self._pull_log = StateLog(log, "purge: catch-up from the API", every=60.0)
         self._applied: list[tuple[PurgeRecord, float]] = []
         self._matched: OrderedDict[int, int | None] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
         self._background: asyncio.Task[None] | None = None
         self._ready = self._api_url is None
+        # pushes wait until the saved rules are restored: before that, applied_seq
+        # reads 0 and a push from seq 1 would apply old purges again as new
+        self._restored = self._api_url is None
         self.caught_up = self._api_url is None
         """True once a pull from the API has succeeded since start-up."""
 
@@ -191,6 +205,7 @@ class PurgeSync:
         loop = asyncio.get_running_loop()
         applied_seq, entries = await loop.run_in_executor(None, self._state.load)
         self._restore(applied_seq, entries)
+        self._restored = True
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=5.0, sock_connect=2.0)
         )
@@ -268,19 +283,30 @@ class PurgeSync:
         )
 
     async def _apply_locked(self, records: list[PurgeRecord]) -> None:
-        """Apply the records that continue applied_seq, in order; persist; count."""
+        """Persist the records that continue applied_seq, then apply them, in order; count.
+
+        On disk first: if saving fails, nothing is applied and applied_seq stays where
+        it was, so the push is answered with an error and its retry saves it again
+        (never an acknowledgement for a rule that is not on disk). A rule on disk but
+        not applied (a crash in between) is restored at start-up.
+        """
         new: list[tuple[PurgeRecord, float]] = []
+        seq = self.rules.applied_seq
         for record in sorted(records, key=lambda r: r.seq):
-            if record.seq != self.rules.applied_seq + 1:
+            if record.seq != seq + 1:
                 continue  # seen already, or beyond a gap the caller could not fill
-            applied_at = self.clock()
-            self.rules.apply(record, applied_at)
-            new.append((record, applied_at))
+            new.append((record, self.clock()))
+            seq = record.seq
         if not new:
             return
-        self._applied.extend(new)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._state.append, new, self.rules.applied_seq)
+        try:
+            await loop.run_in_executor(None, self._state.append, new, seq)
+        except OSError as exc:
+            raise PurgeSyncError(f"saving purge rules failed: {exc}") from None
+        for record, applied_at in new:
+            self.rules.apply(record, applied_at)
+        self._applied.extend(new)
         for record, _ in new:
             self._remember_matched(record.seq, await self._count(record))
 
@@ -352,9 +378,10 @@ class PurgeSync:
             await asyncio.sleep(delay)
             try:
                 await self.catch_up()
+                self._pull_log.recovered()
                 delay = self.poll_interval
             except PurgeSyncError as exc:
-                log.warning("purge: catch-up failed: %s", exc)
+                self._pull_log.failed(f"failed: {exc}")
                 delay = min(max(delay * 2, 0.5), 5.0) if not self.caught_up else 5.0
             now = time.monotonic()
             if self.max_rule_age is not None and now - last_expiry > 3600:
@@ -376,13 +403,20 @@ class PurgeSync:
             records = [PurgeRecord.from_json(item) for item in body["records"]]
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"bad push body: {exc}")
+        if not self._restored:
+            return _error(503, "starting: saved purge rules not restored yet")
         async with self._lock:
             pending = [r for r in records if r.seq > self.rules.applied_seq]
             if pending and min(r.seq for r in pending) > self.rules.applied_seq + 1:
                 # a gap: pull the missing range first, so purges apply in order
                 with contextlib.suppress(PurgeSyncError):
                     await self._pull_locked()
-            await self._apply_locked(records)
+            try:
+                await self._apply_locked(records)
+            except PurgeSyncError as exc:
+                # nothing was applied: the API retries, and only an ack counts
+                log.error("purge: %s", exc)
+                return _error(503, "could not save the purge rules")
             applied_seq = self.rules.applied_seq
         if records and applied_seq < max(r.seq for r in records):
             return web.json_response(

@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.forwarding import NODE_TOKEN_HEADER, node_token
+from edge.statelog import StateLog
 from fleet.config import Service, ShieldConfig
 
 log = logging.getLogger("edgeshield.upstream")
@@ -36,6 +37,8 @@ log = logging.getLogger("edgeshield.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Marks an error a node generated itself (not one it relayed from an origin).
 GENERATED_ERROR_HEADER = "X-Edgeshield-Error"
+#: The value of GENERATED_ERROR_HEADER when the origin could not be reached at all.
+UNREACHABLE = "unreachable"
 
 
 #: Seconds a body read waits before it checks that its connection is still open.
@@ -47,16 +50,26 @@ class UpstreamError(Exception):
 
     `reason` is short and names nothing internal (it goes into the client's error
     body); `detail` is for the log only and may name addresses and errors.
+    `unreachable`: no answer came because nothing could be reached (connection refused
+    or reset before an answer, connect or answer timeout), as opposed to an answer the
+    node could not use (RFC 9111 4.2.4 lets a cache serve stale when disconnected).
     """
 
     def __init__(
-        self, status: int, reason: str, *, detail: str = "", retry_after: int | None = None
+        self,
+        status: int,
+        reason: str,
+        *,
+        detail: str = "",
+        retry_after: int | None = None,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.status = status
         self.reason = reason
         self.detail = detail
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 class UpstreamResponse:
@@ -229,7 +242,9 @@ async def _send(
         raise _ConnectFailure(f"cannot connect to {peer}: {exc.os_error or exc}") from None
     except TimeoutError:
         on_done()
-        raise UpstreamError(504, "upstream did not answer in time", detail=peer) from None
+        raise UpstreamError(
+            504, "upstream did not answer in time", detail=peer, unreachable=True
+        ) from None
     except aiohttp.ServerDisconnectedError:
         on_done()
         raise _ConnectFailure(f"{peer} closed the connection") from None
@@ -250,6 +265,11 @@ class _OriginState:
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     outstanding: int = 0
+    #: ejections logged when they start, every few seconds while they go on, and end
+    log: StateLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = StateLog(log, f"origin {self.url}")
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -298,11 +318,12 @@ class OriginPool:
         origin.consecutive_failures += 1
         if origin.consecutive_failures >= self.eject_after:
             origin.ejected_until = self.clock() + self.eject_seconds
-            log.warning("origin %s ejected for %.0fs", origin.url, self.eject_seconds)
+            origin.log.failed(f"ejected for {self.eject_seconds:.0f}s")
 
     def _succeeded(self, origin: _OriginState) -> None:
         origin.consecutive_failures = 0
         origin.ejected_until = 0.0
+        origin.log.recovered()
 
     async def request(
         self,
@@ -371,7 +392,7 @@ class OriginPool:
             release_slot()
             raise
         release_slot()
-        raise UpstreamError(502, "origin unreachable", detail=last_error)
+        raise UpstreamError(502, "origin unreachable", detail=last_error, unreachable=True)
 
     async def health_loop(self) -> None:
         """Active health checks: GET the service's health path on every origin."""
@@ -385,10 +406,9 @@ class OriginPool:
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     healthy = False
                 if healthy and not origin.healthy:
-                    log.warning("origin %s is healthy again", origin.url)
                     self._succeeded(origin)
                 elif not healthy and origin.healthy:
-                    log.warning("origin %s failed its health check", origin.url)
+                    origin.log.failed("failed its health check")
                 origin.healthy = healthy
             await asyncio.sleep(self.service.health_check_interval)
 
@@ -439,6 +459,10 @@ class _ShieldState:
     config: ShieldConfig
     down_until: float = 0.0
     healthy: bool = True
+    log: StateLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = StateLog(log, f"shield {self.config.name}")
 
 
 @dataclass
@@ -477,7 +501,7 @@ class ShieldRing:
         """Passive health: this shield failed a request."""
         state = self._states[name]
         state.down_until = self.clock() + self.down_seconds
-        log.warning("shield %s marked down", name)
+        state.log.failed(f"marked down for {self.down_seconds:.0f}s")
 
     async def request(
         self,
@@ -504,7 +528,10 @@ class ShieldRing:
                 self.mark_down(shield.name)
                 if not retryable:
                     raise UpstreamError(
-                        502, "shield unreachable", detail=f"shield {shield.name}"
+                        502,
+                        "shield unreachable",
+                        detail=f"shield {shield.name}",
+                        unreachable=True,
                     ) from None
                 continue
             except UpstreamError:
@@ -518,6 +545,8 @@ class ShieldRing:
                 if retryable:
                     response.close()
                     continue
+            else:
+                self._states[shield.name].log.recovered()
             return response
         return None
 
@@ -535,10 +564,10 @@ class ShieldRing:
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     healthy = False
                 if healthy and not state.healthy:
-                    log.warning("shield %s is healthy again", state.config.name)
+                    state.log.recovered()
                     state.down_until = 0.0
                 elif not healthy and state.healthy:
-                    log.warning("shield %s failed its health check", state.config.name)
+                    state.log.failed("failed its health check")
                 state.healthy = healthy
             await asyncio.sleep(self.probe_interval)
 

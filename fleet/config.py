@@ -132,6 +132,9 @@ class Service:
     negative_ttl: int = 0
     max_variants: int = 16
     default_stale_if_error: int = 0
+    #: RFC 9111 4.2.4: how stale an object may be served while the origin cannot be
+    #: reached (0: never); a 5xx answer still needs stale-if-error
+    max_stale_when_unreachable: int = 86400
     origin_fallback: bool = True
     max_origin_connections: int = 64
     origin_queue: int = 256
@@ -585,6 +588,7 @@ def _service(t: _Table) -> Service:
         negative_ttl=t.integer("negative_ttl", 0, minimum=0),
         max_variants=t.integer("max_variants", 16, minimum=1),
         default_stale_if_error=t.integer("default_stale_if_error", 0, minimum=0),
+        max_stale_when_unreachable=t.integer("max_stale_when_unreachable", 86400, minimum=0),
         origin_fallback=t.get("origin_fallback", bool, True),
         max_origin_connections=t.integer("max_origin_connections", 64, minimum=1),
         origin_queue=t.integer("origin_queue", 256, minimum=0),

@@ -401,41 +401,84 @@ class Decision:
 
 
 def decide(
-    meta: ObjectMeta | None, now: float, verdict: PurgeVerdict = PurgeVerdict.NONE
+    meta: ObjectMeta | None,
+    now: float,
+    verdict: PurgeVerdict = PurgeVerdict.NONE,
+    purged_at: float | None = None,
 ) -> Decision:
-    """RFC 9111 4 and RFC 5861: what to do with what the cache holds for a request."""
+    """RFC 9111 4 and RFC 5861: what to do with what the cache holds for a request.
+
+    `purged_at`: when the soft purge behind a STALE verdict was applied (node-local
+    time); the object counts as stale since then at least.
+    """
     if meta is None or verdict is PurgeVerdict.GONE:
         return Decision(Action.FETCH, fwd="uri-miss" if meta is None else "miss")
     age = meta.age(now)
     ttl = meta.freshness_lifetime - age
-    soft_purged = verdict is PurgeVerdict.STALE
-    if soft_purged:
-        ttl = min(ttl, 0.0)
+    if verdict is PurgeVerdict.STALE:
+        ttl = -staleness(meta, now, verdict, purged_at)
     if ttl > 0 and not meta.no_cache:
         return Decision(Action.SERVE, age=age, ttl=ttl)
-    staleness = -ttl
-    stale_if_error = _stale_may_stand_in(meta, staleness)
+    stale_for = -ttl
+    stale_if_error = _stale_may_stand_in(meta, stale_for)
     if (
         _may_serve_stale(meta)
         and meta.stale_while_revalidate > 0
-        and staleness <= meta.stale_while_revalidate
+        and stale_for <= meta.stale_while_revalidate
     ):
         # RFC 5861 3: "caches MAY serve the response in which it appears after it
         # becomes stale, up to the indicated number of seconds", revalidating meanwhile.
+        # A soft purge makes it stale from the purge on, so the window ends that many
+        # seconds after the purge.
         return Decision(
             Action.SERVE_STALE_REVALIDATE, age=age, ttl=ttl, stale_if_error=stale_if_error
         )
     return Decision(Action.REVALIDATE, age=age, ttl=ttl, stale_if_error=stale_if_error, fwd="stale")
 
 
-def may_serve_stale_on_error(meta: ObjectMeta, now: float, verdict: PurgeVerdict) -> bool:
+def staleness(
+    meta: ObjectMeta, now: float, verdict: PurgeVerdict, purged_at: float | None = None
+) -> float:
+    """How long the object has been stale (negative while fresh, RFC 9111 4.2).
+
+    A soft-purged object (verdict STALE) is stale now whatever its age, and has been
+    since the purge (`purged_at`, when known).
+    """
+    stale_for = meta.age(now) - meta.freshness_lifetime
+    if verdict is PurgeVerdict.STALE:
+        since_purge = now - purged_at if purged_at is not None else 0.0
+        stale_for = max(stale_for, since_purge, 0.0)
+    return stale_for
+
+
+def may_serve_stale_on_error(
+    meta: ObjectMeta, now: float, verdict: PurgeVerdict, purged_at: float | None = None
+) -> bool:
     """RFC 5861 4: may this stored response stand in for an upstream error now?"""
     if verdict is PurgeVerdict.GONE:
         return False
-    staleness = meta.age(now) - meta.freshness_lifetime
-    if verdict is PurgeVerdict.STALE:
-        staleness = max(staleness, 0.0)  # soft-purged: stale now, whatever its age
-    return _stale_may_stand_in(meta, staleness)
+    return _stale_may_stand_in(meta, staleness(meta, now, verdict, purged_at))
+
+
+def may_serve_stale_when_unreachable(
+    meta: ObjectMeta,
+    now: float,
+    verdict: PurgeVerdict,
+    max_stale: float,
+    purged_at: float | None = None,
+) -> bool:
+    """RFC 9111 4.2.4: may this stored response be served while the origin cannot be
+    reached (connection refused, timeout, no route), up to `max_stale` seconds stale?
+
+    "A cache MUST NOT generate a stale response if it is prohibited by an explicit
+    in-protocol directive (e.g., by a no-cache response directive, a must-revalidate
+    response directive, or an applicable s-maxage or proxy-revalidate response
+    directive)", and it may send one when "it is disconnected". A hard purge is never
+    undone; a 5xx *answer* from the origin is not a disconnection (stale-if-error).
+    """
+    if verdict is PurgeVerdict.GONE or max_stale <= 0 or not _may_serve_stale(meta):
+        return False
+    return staleness(meta, now, verdict, purged_at) <= max_stale
 
 
 def _may_serve_stale(meta: ObjectMeta) -> bool:

@@ -342,9 +342,39 @@ class PurgeRules:
         very instant the fetch started does not cover it (strictly later only), so a
         frozen test clock does not purge the refill that follows a purge.
         """
+        hard, soft = self._covering(service, host, target, surrogate_keys, stored_at)
+        if hard > stored_at:
+            return PurgeVerdict.GONE
+        if soft > stored_at:
+            return PurgeVerdict.STALE
+        return PurgeVerdict.NONE
+
+    def soft_purged_at(
+        self,
+        service: str,
+        host: str,
+        target: str,
+        surrogate_keys: tuple[str, ...],
+        stored_at: float,
+    ) -> float | None:
+        """When the latest soft rule covering the object was applied (node-local
+        time), if one was applied after `stored_at`: the object is stale since then,
+        so stale-while-revalidate counts from it. Arguments as for `verdict`."""
+        _, soft = self._covering(service, host, target, surrogate_keys, stored_at)
+        return soft if soft > stored_at else None
+
+    def _covering(
+        self,
+        service: str,
+        host: str,
+        target: str,
+        surrogate_keys: tuple[str, ...],
+        stored_at: float,
+    ) -> tuple[float, float]:
+        """(latest hard, latest soft) applied_at of the rules covering the object."""
         rules = self._services.get(service)
         if rules is None or (rules.latest <= stored_at and rules.latest_invalidation <= stored_at):
-            return PurgeVerdict.NONE
+            return _NEVER, _NEVER
         hard = rules.all.hard
         soft = rules.all.soft
         host = _strip_port(host)
@@ -376,11 +406,7 @@ class PurgeRules:
                     if times is not None:
                         hard = max(hard, times.hard)
                         soft = max(soft, times.soft)
-        if hard > stored_at:
-            return PurgeVerdict.GONE
-        if soft > stored_at:
-            return PurgeVerdict.STALE
-        return PurgeVerdict.NONE
+        return hard, soft
 
     def expire(self, now: float, max_lifetime: float) -> int:
         """Drop rules applied more than `max_lifetime` before `now`; how many were dropped.

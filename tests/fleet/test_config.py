@@ -425,3 +425,15 @@ def test_scrub_rate_is_a_size_per_second() -> None:
         VALID.replace('cache_size = "1GiB"', 'cache_size = "1GiB"\nscrub_rate = "fast"', 1)
     )
     assert "[[shields]] #1 ('shield1') key 'scrub_rate'" in message
+
+
+def test_max_stale_when_unreachable_defaults_to_a_day_and_refuses_negatives() -> None:
+    (service,) = parse_fleet(VALID, "f.toml").services
+    assert service.max_stale_when_unreachable == 86400
+    off = VALID.replace(
+        'hosts = ["www.example.com"]\n',
+        'hosts = ["www.example.com"]\nmax_stale_when_unreachable = 0\n',
+    )
+    assert parse_fleet(off, "f.toml").services[0].max_stale_when_unreachable == 0
+    bad = off.replace("max_stale_when_unreachable = 0", "max_stale_when_unreachable = -1")
+    assert "key 'max_stale_when_unreachable'" in error_of(bad)
