@@ -1021,7 +1021,9 @@ class Engine:
             return web.Response(status=head.error_status, headers=headers, body=head.error_body)
         error = head.error or UpstreamError(502, "upstream failed")
         self.metrics.upstream_errors.inc()
-        log.warning("upstream error: %s", error)
+        # the upstream's state-change log has the details: a line per request would
+        # bury them during an outage
+        log.debug("upstream error: %s", error)
         response = _error(error.status, error.reason, self.options.node_name)
         if error.unreachable:
             # the origin could not be reached at all: a tier below that holds a stale
@@ -1072,7 +1074,7 @@ class Engine:
             )
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc()
-            log.warning("%s %s: upstream error: %s", request.method, target, exc)
+            log.debug("%s %s: upstream error: %s", request.method, target, exc)
             response = _error(
                 exc.status, exc.reason, self.options.node_name, _detail_token(exc.reason)
             )

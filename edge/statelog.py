@@ -61,6 +61,16 @@ class StateLog:
                 message,
             )
 
+    def turned_unhealthy(self, message: str) -> None:
+        """Report a health check's verdict turning to failed: a state change of its own,
+        logged once even during an outage that is already being logged (it happens
+        once per change, never per request)."""
+        if self._since is None:
+            self.failed(message)
+            return
+        self.failures += 1
+        self.logger.warning("%s %s", self.subject, message)
+
     def recovered(self) -> None:
         """Report success: logged once if it ends an outage."""
         if self._since is None:

@@ -408,7 +408,7 @@ class OriginPool:
                 if healthy and not origin.healthy:
                     self._succeeded(origin)
                 elif not healthy and origin.healthy:
-                    origin.log.failed("failed its health check")
+                    origin.log.turned_unhealthy("failed its health check")
                 origin.healthy = healthy
             await asyncio.sleep(self.service.health_check_interval)
 
@@ -567,7 +567,7 @@ class ShieldRing:
                     state.log.recovered()
                     state.down_until = 0.0
                 elif not healthy and state.healthy:
-                    state.log.failed("failed its health check")
+                    state.log.turned_unhealthy("failed its health check")
                 state.healthy = healthy
             await asyncio.sleep(self.probe_interval)
 

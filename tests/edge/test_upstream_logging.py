@@ -62,3 +62,18 @@ def test_a_failure_that_goes_on_is_logged_again_with_a_count_every_so_often(
 
 def _headers() -> CIMultiDict[str]:
     return CIMultiDict({"Host": "www.example.com"})
+
+
+def test_a_failed_health_check_is_logged_once_even_during_an_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    state = StateLog(logging.getLogger("edgeshield.test"), "origin o", clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="edgeshield.test"):
+        for _ in range(50):
+            state.failed("ejected for 5s")
+        state.turned_unhealthy("failed its health check")
+        for _ in range(50):
+            state.failed("ejected for 5s")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["origin o ejected for 5s", "origin o failed its health check"], lines
