@@ -10,7 +10,7 @@ What it does, all on 127.0.0.1:
 - installs Debian's `nginx-light` and `wrk` with apt-get when missing, and tries the
   nginx brotli filter module (without it, the br row compares against nginx's gzip);
 - starts a local origin (`bench/origin_server.py`), the edge as a real process
-  (`python -m fleet.cli edge`, one worker per core, no shields) and nginx proxy_cache
+  (`python -m cli.main edge`, one worker per core, no shields) and nginx proxy_cache
   (one worker per core, gzip level 6 and br level 4 on the fly) in front of it;
 - warms both and checks every benchmarked URL is a hit on both;
 - runs `wrk -t2 -c64 -dNs --latency` against each in turn, interleaved, N rounds,
@@ -266,7 +266,7 @@ class Servers:
         wait_listening(self.origin_port, child, log, 20)
 
     def start_edge(self, workers: int) -> None:
-        """The edge as `python -m fleet.cli edge`; falls back to 1 worker if N fails."""
+        """The edge as `python -m cli.main edge`; falls back to 1 worker if N fails."""
         for attempt in (workers, 1) if workers > 1 else (workers,):
             try:
                 self._start_edge(attempt)
@@ -313,7 +313,7 @@ class Servers:
         )
         log = self.tmp / f"edge-{workers}.log"
         env = {"EDGESHIELD_NODE_SECRET": self.edge_secret, "EDGESHIELD_ACCESS_LOG": "0"}
-        argv = [sys.executable, "-m", "fleet.cli", "edge", "--config", str(fleet)]
+        argv = [sys.executable, "-m", "cli.main", "edge", "--config", str(fleet)]
         child = self.procs.start([*argv, "--node", "edge1"], log, env)
         try:
             wait_listening(self.edge_port, child, log, 30)

@@ -46,7 +46,7 @@ from edge.upstream import (
 )
 from edge.workers import RelayingRules, follow_relayed_rules
 from fleet.config import Fleet, NodeConfig, Service, split_host_port
-from fleet.process import die_with_parent_hook
+from runtime.process import die_with_parent_hook
 
 log = logging.getLogger("edgeshield.node")
 

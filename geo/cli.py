@@ -1,4 +1,4 @@
-"""`edgeshield geo serve | build-mmdb | lookup`: the geo commands behind fleet/cli.py."""
+"""`edgeshield geo serve | build-mmdb | lookup`: the geo commands behind cli/main.py."""
 
 from __future__ import annotations
 

@@ -22,12 +22,12 @@ from typing import Any, cast
 from aiohttp import web
 
 from fleet.config import Fleet, split_host_port
-from fleet.http_errors import TerseAppRunner
 from geo.dns import DnsResponder, ZoneInfo
 from geo.health import HealthMonitor
 from geo.http_api import make_app
 from geo.routing import Router, chooser_from_fleet
 from geo.source import GeoDatabaseError, MmdbSource
+from runtime.http_errors import TerseAppRunner
 
 __all__ = ["GeoService", "zone_from_fleet"]
 

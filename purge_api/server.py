@@ -11,8 +11,8 @@ import sys
 from aiohttp import web
 
 from fleet.config import Fleet, split_host_port
-from fleet.http_errors import TerseAppRunner
 from purge_api.app import PurgeApi
+from runtime.http_errors import TerseAppRunner
 
 __all__ = ["serve_purge_api"]
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli.demo import DEMO_HOST, demo_fleet_toml
 from fleet.config import (
     ConfigError,
     load_fleet,
@@ -19,7 +20,6 @@ from fleet.config import (
     parse_size,
     split_host_port,
 )
-from fleet.demo import DEMO_HOST, demo_fleet_toml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.toml"
 
@@ -286,7 +286,7 @@ def test_not_toml_and_unreadable_files_are_errors(tmp_path: Path) -> None:
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "check", "--config", str(path)],
+        [sys.executable, "-m", "cli.main", "check", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ honour. Page bodies carry a version number that `POST /admin/bump` (or a timer)
 raises, so a purge visibly brings new content. `GET /admin/stats` counts the
 requests that reached the origin, which is what a cache is meant to reduce.
 
-Run it with `python -m fleet.demo_origin --listen 127.0.0.1:8080`.
+Run it with `python -m demo.origin --listen 127.0.0.1:8080`.
 """
 
 from __future__ import annotations
@@ -566,7 +566,7 @@ class _AccessLogger(AbstractAccessLogger):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo origin until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.demo_origin", description="The edgeshield demo origin."
+        prog="python -m demo.origin", description="The edgeshield demo origin."
     )
     parser.add_argument("--listen", required=True, help="host:port to serve on")
     parser.add_argument(

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fleet.demo_origin import make_app
+from demo.origin import make_app
 from tests.support.ports import free_port
 from tests.support.processes import wait_for_port
 
@@ -255,7 +255,7 @@ async def test_status_path_answers_that_status(origin: Origin) -> None:
 def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.demo_origin", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "demo.origin", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -35,9 +35,9 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
+from cli.demo import DemoInfo, demo_fleet_toml
 from fleet.config import Fleet, load_fleet, split_host_port
-from fleet.demo import DemoInfo, demo_fleet_toml
-from fleet.process import die_with_parent_hook
+from runtime.process import die_with_parent_hook
 
 __all__ = ["HealthCheck", "NodeSpec", "Supervisor", "plan_fleet", "run_up"]
 
@@ -75,7 +75,7 @@ class NodeSpec:
 
 
 def _cli(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "fleet.cli", *args)
+    return (sys.executable, "-m", "cli.main", *args)
 
 
 def plan_fleet(
@@ -91,7 +91,7 @@ def plan_fleet(
                 name="origin",
                 role="origin",
                 region="-",
-                argv=(sys.executable, "-m", "fleet.demo_origin", "--listen", demo.origin_listen),
+                argv=(sys.executable, "-m", "demo.origin", "--listen", demo.origin_listen),
                 health=HealthCheck((host, port), f"{demo.origin_url}/healthz"),
                 stage=0,
                 addresses=(demo.origin_url,),
@@ -376,7 +376,7 @@ def _edgeshield_command() -> str:
         return shlex.quote(str(beside))
     if shutil.which("edgeshield"):
         return "edgeshield"
-    return f"{shlex.quote(sys.executable)} -m fleet.cli"
+    return f"{shlex.quote(sys.executable)} -m cli.main"
 
 
 def format_table(specs: Sequence[NodeSpec], pids: Mapping[str, int]) -> list[str]:
