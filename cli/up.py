@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import aiohttp
 
 from cli.demo import DemoInfo, demo_fleet_toml
-from fleet.config import Fleet, load_fleet, split_host_port
+from fleet.config import Fleet, load_fleet, node_secret, split_host_port
 from runtime.process import die_with_parent_hook
 
 __all__ = ["HealthCheck", "NodeSpec", "Supervisor", "plan_fleet", "run_up"]
@@ -479,7 +479,7 @@ async def _run(config: str | None, state: Path | None, stop: asyncio.Event) -> i
         _print(f"edgeshield: state in {state}")
 
     secret_env = fleet.security.node_secret_env
-    secret = os.environ.get(secret_env) or secrets.token_urlsafe(32)
+    secret = node_secret(fleet) or secrets.token_urlsafe(32)
     env = {**os.environ, secret_env: secret, "PYTHONUNBUFFERED": "1"}
 
     if not await _build_mmdb(fleet, str(config_path), env):

@@ -15,6 +15,7 @@ from cli.demo import DEMO_HOST, demo_fleet_toml
 from fleet.config import (
     ConfigError,
     load_fleet,
+    node_secret,
     object_limit,
     parse_fleet,
     parse_size,
@@ -425,3 +426,9 @@ def test_scrub_rate_is_a_size_per_second() -> None:
         VALID.replace('cache_size = "1GiB"', 'cache_size = "1GiB"\nscrub_rate = "fast"', 1)
     )
     assert "[[shields]] #1 ('shield1') key 'scrub_rate'" in message
+
+
+def test_node_secret_comes_from_the_variable_the_fleet_names() -> None:
+    fleet = parse_fleet(VALID, "valid.toml")
+    assert node_secret(fleet, {"MY_SECRET": "abc", "EDGESHIELD_NODE_SECRET": "x"}) == "abc"
+    assert node_secret(fleet, {"EDGESHIELD_NODE_SECRET": "x"}) == ""
