@@ -21,7 +21,8 @@ import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 
 from cli.demo import DEMO_HOST, DEMO_SERVICE, DEMO_ZONE
-from cli.up import HealthCheck, NodeSpec, Supervisor
+from cli.plan import HealthCheck, NodeSpec
+from cli.supervisor import Supervisor
 from fleet.config import load_fleet
 from tests.support.ports import free_port
 
