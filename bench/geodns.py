@@ -197,7 +197,7 @@ def main() -> int:
         assert fleet.geo is not None
         port = split_host_port(fleet.geo.dns_listen)[1]
         server = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "geo", "serve", "--config", str(path)],
+            [sys.executable, "-m", "cli.main", "geo", "serve", "--config", str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             preexec_fn=lambda: pin(0),

@@ -9,9 +9,10 @@ the command, the date and notes). Run from the repository root:
 What it does, all on 127.0.0.1:
 - installs Debian's `nginx-light` and `wrk` with apt-get when missing, and tries the
   nginx brotli filter module (without it, the br row compares against nginx's gzip);
-- starts a local origin (`bench/origin_server.py`), the edge as a real process
-  (`python -m fleet.cli edge`, one worker per core, no shields) and nginx proxy_cache
-  (one worker per core, gzip level 6 and br level 4 on the fly) in front of it;
+- starts the demo origin (`python -m demo.origin`, serving `demo/sized.py`'s objects),
+  the edge as a real process (`python -m cli.main edge`, one worker per core, no
+  shields) and nginx proxy_cache (one worker per core, gzip level 6 and br level 4 on
+  the fly) in front of it;
 - warms both and checks every benchmarked URL is a hit on both;
 - runs `wrk -t2 -c64 -dNs --latency` against each in turn, interleaved, N rounds,
   and prints medians and the edge/nginx ratio;
@@ -258,15 +259,15 @@ class Servers:
     edge_secret: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def start_origin(self) -> None:
-        """The origin of bench/origin_server.py."""
+        """The demo origin, whose sized objects (`demo/sized.py`) the cases fetch."""
         self.origin_port = free_port()
         log = self.tmp / "origin.log"
-        argv = [sys.executable, str(REPO / "bench" / "origin_server.py")]
-        child = self.procs.start([*argv, "--port", str(self.origin_port)], log)
+        argv = [sys.executable, "-m", "demo.origin", "--quiet"]
+        child = self.procs.start([*argv, "--listen", f"127.0.0.1:{self.origin_port}"], log)
         wait_listening(self.origin_port, child, log, 20)
 
     def start_edge(self, workers: int) -> None:
-        """The edge as `python -m fleet.cli edge`; falls back to 1 worker if N fails."""
+        """The edge as `python -m cli.main edge`; falls back to 1 worker if N fails."""
         for attempt in (workers, 1) if workers > 1 else (workers,):
             try:
                 self._start_edge(attempt)
@@ -313,7 +314,7 @@ class Servers:
         )
         log = self.tmp / f"edge-{workers}.log"
         env = {"EDGESHIELD_NODE_SECRET": self.edge_secret, "EDGESHIELD_ACCESS_LOG": "0"}
-        argv = [sys.executable, "-m", "fleet.cli", "edge", "--config", str(fleet)]
+        argv = [sys.executable, "-m", "cli.main", "edge", "--config", str(fleet)]
         child = self.procs.start([*argv, "--node", "edge1"], log, env)
         try:
             wait_listening(self.edge_port, child, log, 30)
@@ -738,10 +739,11 @@ generator sharing the cores with the servers.
 `wrk -t2 -c64 -d{args.duration:g}s --latency` on keep-alive connections against the edge
 and nginx in turn, interleaved, {args.rounds} rounds; medians (req/s and latency
 percentiles), the ratio of the medians and the range of the per-round ratios. The
-origin (`bench/origin_server.py`) sends `Cache-Control: public, max-age=3600`; every
-URL is checked to be a hit on both servers before measuring. Identity rows fetch
-incompressible bytes; the br row fetches JSON-like text that the edge compressed once
-at fill time and nginx compresses on each request.
+origin (the demo origin's sized objects, `demo/sized.py`) sends
+`Cache-Control: public, max-age=3600`; every URL is checked to be a hit on both servers
+before measuring. Identity rows fetch incompressible bytes; the br row fetches
+JSON-like text that the edge compressed once at fill time and nginx compresses on each
+request.
 
 {body}
 

@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from edge.limits import NO_HEAD, REFUSED_RESPONSE, ConnectionLimits
-from fleet.http_errors import TerseRequestHandler
+from runtime.http_errors import TerseRequestHandler
 
 __all__ = ["LimitedServer"]
 

@@ -8,7 +8,6 @@ listener (apart, node secret required) has `/healthz`, `/metrics` and the purge 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import os
@@ -44,7 +43,8 @@ from edge.upstream import (
     make_session,
 )
 from edge.workers import RelayingRules, WorkerSupervisor, follow_relayed_rules, worker_argv
-from fleet.config import Fleet, NodeConfig, Service, load_fleet, split_host_port
+from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
+from runtime.auth import bearer_matches
 
 log = logging.getLogger("edgeshield.node")
 
@@ -125,11 +125,6 @@ class NodeRole:
 
 EDGE = NodeRole("edge", uses_shields=True, compress=True, downstream_is_cdn=False)
 SHIELD = NodeRole("shield", uses_shields=False, compress=False, downstream_is_cdn=True)
-
-
-def node_secret(fleet: Fleet) -> str:
-    """The shared node secret from the environment variable the fleet names."""
-    return os.environ.get(fleet.security.node_secret_env, "")
 
 
 def run_node(fleet: Fleet, node: NodeConfig, role: NodeRole) -> int:
@@ -397,14 +392,11 @@ def _admin_app(
     store: DiskStore,
     supervisor: WorkerSupervisor | None = None,
 ) -> web.Application:
-    expected = f"Bearer {secret}".encode()
-
     @web.middleware
     async def require_secret(
         request: web.Request, handler: Callable[[web.Request], object]
     ) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not bearer_matches(request.headers.get("Authorization"), secret):
             return web.json_response(
                 {"error": "the node secret is required (Authorization: Bearer ...)"}, status=401
             )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -36,7 +35,8 @@ from aiohttp import web
 
 from edge.cache.purge import PurgeRecord, PurgeRules
 from edge.statelog import StateLog
-from fleet.config import Fleet
+from fleet.config import Fleet, node_secret
+from runtime.auth import bearer_matches
 
 __all__ = ["PurgeStateFile", "PurgeSync", "PurgeSyncError"]
 
@@ -161,12 +161,12 @@ class PurgeSync:
         self.count_timeout = count_timeout
         self._state = PurgeStateFile(state_dir)
         self._api_url = fleet.purge_api.url if fleet.purge_api else None
-        secret = os.environ.get(fleet.security.node_secret_env, "")
+        secret = node_secret(fleet)
         if self._api_url and not secret:
             raise PurgeSyncError(
                 f"the node secret is not set: export {fleet.security.node_secret_env}"
             )
-        self._secret = secret.encode()
+        self._secret = secret
         self._auth_header = f"Bearer {secret}"
         self._lock = asyncio.Lock()
         self._pull_log = StateLog(log, "purge: catch-up from the API", every=60.0)
@@ -391,8 +391,7 @@ class PurgeSync:
     # -- the push intake ------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode()
-        return bool(self._secret) and hmac.compare_digest(given, self._auth_header.encode())
+        return bearer_matches(request.headers.get("Authorization"), self._secret)
 
     async def _handle_push(self, request: web.Request) -> web.Response:
         """POST /admin/purge {"records": [...]} -> {"node", "applied_seq", "matched"}."""

@@ -384,7 +384,7 @@ def worker_argv(source: str, node: str, role: str, number: int, fd: int) -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
     """A worker process of a node, started by its worker 0 (not a user command)."""
-    from fleet.process import die_with_parent_hook
+    from runtime.process import die_with_parent_hook
 
     parser = argparse.ArgumentParser(prog="edge.workers")
     parser.add_argument("--config", required=True)

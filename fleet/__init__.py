@@ -1,1 +1,1 @@
-"""The fleet: the fleet file's schema and loading, the CLI, and `edgeshield up`."""
+"""The fleet file: its schema and loading, the floor every other package stands on."""

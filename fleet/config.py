@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "ShieldConfig",
     "TokenConfig",
     "load_fleet",
+    "node_secret",
     "object_limit",
     "parse_fleet",
     "parse_size",
@@ -784,3 +786,14 @@ def _unique(source: str, table: str, names: list[str]) -> None:
                 source, f"{table} #{index + 1} key 'name'", f"the name {name!r} is used twice"
             )
         seen.add(name)
+
+
+def node_secret(fleet: Fleet, environ: Mapping[str, str] | None = None) -> str:
+    """The shared node secret: the value of the variable `[security] node_secret_env` names.
+
+    Empty when unset; each caller decides whether that is fatal (a node, the purge API)
+    or only a warning (geo). The secret lives in the environment, never in the fleet
+    file, so the file can be committed and rendered by Terraform.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(fleet.security.node_secret_env, "")

@@ -1,4 +1,4 @@
-"""`edgeshield geo serve | build-mmdb | lookup`: the geo commands behind fleet/cli.py."""
+"""`edgeshield geo serve | build-mmdb | lookup`: the geo commands behind cli/main.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fleet.config import Fleet, load_fleet
+from fleet.config import Fleet, load_fleet, node_secret
 from geo.health import HealthMonitor
 from geo.mmdb_build import build_fleet_mmdb
 from geo.routing import Router, chooser_from_fleet
@@ -51,7 +51,7 @@ def serve(fleet: Fleet) -> int:
         print(f"edgeshield geo: {fleet.source} has no [geo] table", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    if not os.environ.get(fleet.security.node_secret_env):
+    if not node_secret(fleet):
         print(
             f"edgeshield geo: warning: ${fleet.security.node_secret_env} is not set;"
             " edge health checks will be refused",
@@ -168,7 +168,7 @@ def _print_lookup(
 
 async def _check_health(fleet: Fleet) -> dict[str, tuple[bool, str]] | None:
     """One round of edge health checks, or None when the node secret is not set."""
-    secret = os.environ.get(fleet.security.node_secret_env, "")
+    secret = node_secret(fleet)
     if not secret or not fleet.edges:
         return None
     async with HealthMonitor(fleet.edges, secret, interval=1.0) as monitor:

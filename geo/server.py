@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -21,13 +20,13 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from fleet.config import Fleet, split_host_port
-from fleet.http_errors import TerseAppRunner
+from fleet.config import Fleet, node_secret, split_host_port
 from geo.dns import DnsResponder, ZoneInfo
 from geo.health import HealthMonitor
 from geo.http_api import make_app
 from geo.routing import Router, chooser_from_fleet
 from geo.source import GeoDatabaseError, MmdbSource
+from runtime.http_errors import TerseAppRunner
 
 __all__ = ["GeoService", "zone_from_fleet"]
 
@@ -90,7 +89,7 @@ class GeoService:
         self.router = Router(chooser_from_fleet(fleet), self.source)
         self.responder = DnsResponder(zone_from_fleet(fleet), self.router)
         if secret is None:
-            secret = os.environ.get(fleet.security.node_secret_env, "")
+            secret = node_secret(fleet)
         self.health = HealthMonitor(
             fleet.edges,
             secret,

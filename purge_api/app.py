@@ -15,7 +15,6 @@ messages quote at most a few dozen characters of what the client sent.
 
 from __future__ import annotations
 
-import hmac
 import math
 import re
 import time
@@ -29,6 +28,7 @@ from purge_api.fanout import FanOut
 from purge_api.log import IdempotencyConflict, LoggedPurge, PurgeLog
 from purge_api.ratelimit import RateLimiter
 from purge_api.tokens import TokenStore
+from runtime.auth import bearer_matches
 
 __all__ = ["MAX_BODY_BYTES", "MAX_WAIT", "PurgeApi"]
 
@@ -63,8 +63,7 @@ class PurgeApi:
         self.monotonic = monotonic
         self.tokens = TokenStore(self.config.tokens)
         self.limiter = RateLimiter(self.config.rate_limit_per_minute)
-        self._secret_header = f"Bearer {secret}".encode()
-        self._has_secret = bool(secret)
+        self._secret = secret
         self.log = PurgeLog(self.config.data_dir)
         self.fanout = FanOut(fleet, self.log, secret, clock)
 
@@ -229,8 +228,7 @@ class PurgeApi:
 
     async def pull(self, request: web.Request) -> web.Response:
         """GET /v1/nodes/{node}/purges?since=N&limit=M: purges after N the node may have."""
-        given = request.headers.get("Authorization", "").encode()
-        if not (self._has_secret and hmac.compare_digest(given, self._secret_header)):
+        if not bearer_matches(request.headers.get("Authorization"), self._secret):
             return _error(401, "missing or wrong node secret")
         node = request.match_info["node"]
         if node not in self.fanout.links:

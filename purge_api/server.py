@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
 from aiohttp import web
 
-from fleet.config import Fleet, split_host_port
-from fleet.http_errors import TerseAppRunner
+from fleet.config import Fleet, node_secret, split_host_port
 from purge_api.app import PurgeApi
+from runtime.http_errors import TerseAppRunner
 
 __all__ = ["serve_purge_api"]
 
@@ -22,9 +21,9 @@ def serve_purge_api(fleet: Fleet) -> int:
     if fleet.purge_api is None:
         print(f"edgeshield purge-api: {fleet.source} has no [purge_api] table", file=sys.stderr)
         return 2
-    env = fleet.security.node_secret_env
-    secret = os.environ.get(env, "")
+    secret = node_secret(fleet)
     if not secret:
+        env = fleet.security.node_secret_env
         print(f"edgeshield purge-api: the node secret is not set: export {env}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

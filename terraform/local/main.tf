@@ -100,7 +100,7 @@ resource "terraform_data" "origin" {
     pid_file = "${local.state_dir}/pids/origin.pid"
     log_file = "${local.state_dir}/logs/origin.log"
     wait     = local.origin
-    argv     = [var.python, "-m", "fleet.demo_origin", "--listen", local.origin]
+    argv     = [var.python, "-m", "demo.origin", "--listen", local.origin]
   })
 
   provisioner "local-exec" {
@@ -121,7 +121,7 @@ resource "terraform_data" "purge_api" {
     pid_file = "${local.state_dir}/pids/purge-api.pid"
     log_file = "${local.state_dir}/logs/purge-api.log"
     wait     = "127.0.0.1:${var.ports.purge_api}"
-    argv     = [var.python, "-m", "fleet.cli", "purge-api", "--config", local.fleet_file]
+    argv     = [var.python, "-m", "cli.main", "purge-api", "--config", local.fleet_file]
   })
 
   provisioner "local-exec" {
@@ -145,7 +145,7 @@ resource "terraform_data" "shield" {
     pid_file = "${local.state_dir}/pids/${each.key}.pid"
     log_file = "${local.state_dir}/logs/${each.key}.log"
     wait     = each.value.listen
-    argv     = [var.python, "-m", "fleet.cli", "shield", "--config", local.fleet_file, "--node", each.key]
+    argv     = [var.python, "-m", "cli.main", "shield", "--config", local.fleet_file, "--node", each.key]
   })
   depends_on = [terraform_data.origin, terraform_data.purge_api]
 
@@ -169,7 +169,7 @@ resource "terraform_data" "edge" {
     pid_file = "${local.state_dir}/pids/${each.key}.pid"
     log_file = "${local.state_dir}/logs/${each.key}.log"
     wait     = each.value.listen
-    argv     = [var.python, "-m", "fleet.cli", "edge", "--config", local.fleet_file, "--node", each.key]
+    argv     = [var.python, "-m", "cli.main", "edge", "--config", local.fleet_file, "--node", each.key]
   })
   depends_on = [terraform_data.shield, terraform_data.purge_api]
 
@@ -191,7 +191,7 @@ resource "terraform_data" "geo_mmdb" {
 
   provisioner "local-exec" {
     command     = local.mmdb_file
-    interpreter = [var.python, "-m", "fleet.cli", "geo", "build-mmdb", "--config", local.fleet_file, "-o"]
+    interpreter = [var.python, "-m", "cli.main", "geo", "build-mmdb", "--config", local.fleet_file, "-o"]
   }
 }
 
@@ -201,7 +201,7 @@ resource "terraform_data" "geo" {
     pid_file = "${local.state_dir}/pids/geo.pid"
     log_file = "${local.state_dir}/logs/geo.log"
     wait     = "127.0.0.1:${var.ports.geo_http}"
-    argv     = [var.python, "-m", "fleet.cli", "geo", "serve", "--config", local.fleet_file]
+    argv     = [var.python, "-m", "cli.main", "geo", "serve", "--config", local.fleet_file]
   })
   depends_on = [terraform_data.edge]
 

@@ -394,7 +394,7 @@ async def test_cli_purge_by_tag_waits_until_complete_and_prints_the_propagation_
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "fleet.cli",
+            "cli.main",
             "purge",
             "--api",
             fleet.api_url,

@@ -1,1 +1,1 @@
-"""Tests of the fleet package: the fleet file, the demo origin, and `edgeshield up`."""
+"""Tests of the fleet package: the fleet file's schema and validation."""

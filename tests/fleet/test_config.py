@@ -11,15 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli.demo import DEMO_HOST, demo_fleet_toml
 from fleet.config import (
     ConfigError,
     load_fleet,
+    node_secret,
     object_limit,
     parse_fleet,
     parse_size,
     split_host_port,
 )
-from fleet.demo import DEMO_HOST, demo_fleet_toml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.toml"
 
@@ -286,7 +287,7 @@ def test_not_toml_and_unreadable_files_are_errors(tmp_path: Path) -> None:
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "check", "--config", str(path)],
+        [sys.executable, "-m", "cli.main", "check", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -437,3 +438,9 @@ def test_max_stale_when_unreachable_defaults_to_a_day_and_refuses_negatives() ->
     assert parse_fleet(off, "f.toml").services[0].max_stale_when_unreachable == 0
     bad = off.replace("max_stale_when_unreachable = 0", "max_stale_when_unreachable = -1")
     assert "key 'max_stale_when_unreachable'" in error_of(bad)
+
+
+def test_node_secret_comes_from_the_variable_the_fleet_names() -> None:
+    fleet = parse_fleet(VALID, "valid.toml")
+    assert node_secret(fleet, {"MY_SECRET": "abc", "EDGESHIELD_NODE_SECRET": "x"}) == "abc"
+    assert node_secret(fleet, {"EDGESHIELD_NODE_SECRET": "x"}) == ""

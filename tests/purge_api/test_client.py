@@ -18,7 +18,7 @@ async def purge_cli(*args: str, token: str = TEST_TOKEN) -> tuple[int, str, str]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fleet.cli",
+        "cli.main",
         "purge",
         *args,
         env=env,

@@ -1,7 +1,7 @@
 """A whole tiered fleet for end-to-end tests: shields and edges as real processes.
 
 `TieredFleet` writes a fleet.toml (via `FleetSpec`), starts every shield and edge with
-`python -m fleet.cli`, waits until each listens, and can kill (SIGKILL) and restart
+`python -m cli.main`, waits until each listens, and can kill (SIGKILL) and restart
 one node. `get()` is a small client that records status, headers and body, and
 `shield_for()` says which shield the ring prefers for a path, computed the way every
 edge computes it.

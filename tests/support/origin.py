@@ -1,66 +1,58 @@
-"""A real origin server for tests: scripted responses, request counts, in a thread.
+"""The demo origin for tests: scripted routes and request counts, served from a thread.
 
-Tests set what each path answers (`origin.route(...)`) and read how many requests it
-saw (`origin.count(path)`); the server is a real aiohttp server on 127.0.0.1, run on
-its own event loop in a thread so synchronous tests can use it beside real processes.
+Tests set what a path answers (`origin.route(...)`, see `demo.scripted.Route`) and read
+how many requests it saw (`origin.count(path)`) and their header fields
+(`origin.seen_headers`). The server is the demo origin (`demo.origin`), a real aiohttp
+server on 127.0.0.1, run on its own event loop in a thread so synchronous tests can use
+it beside real processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from demo.origin import STATE, make_app
+from demo.scripted import Route, pattern_bytes
 from tests.support.ports import free_port
 
-
-@dataclass
-class Route:
-    """What the origin answers for one path."""
-
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    #: generated body of this many bytes (streamed in chunks) instead of `body`
-    size: int = 0
-    #: seconds to wait before answering
-    delay: float = 0.0
-    #: seconds to wait between body chunks
-    chunk_delay: float = 0.0
-    #: stop after this many body bytes and drop the connection
-    cut_after: int | None = None
-    #: answer 304 to a matching If-None-Match
-    etag: str | None = None
-
-
-def pattern_bytes(size: int, offset: int = 0) -> bytes:
-    """Deterministic, incompressible-looking bytes for large-body tests."""
-    block = bytes((i * 31 + 7) % 251 for i in range(251))
-    start = offset % 251
-    out = (block * (size // 251 + 2))[start : start + size]
-    return out
+__all__ = ["OriginServer", "Route", "pattern_bytes", "running_origin"]
 
 
 class OriginServer:
-    """A scripted origin on 127.0.0.1, started and stopped by the test."""
+    """The demo origin on 127.0.0.1, started and stopped by the test."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.routes: dict[str, Route] = {}
-        self.requests: Counter[str] = Counter()
-        self.seen_headers: list[dict[str, str]] = []
+        self.app = make_app(large_size=1024)
+        self._state = self.app[STATE]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.ServerRunner | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         """The origin's base URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        """The scripted routes: path (with or without query) -> what it answers."""
+        return self._state.routes
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Content requests seen, by path and query as sent (health checks left out)."""
+        return self._state.requests
+
+    @property
+    def seen_headers(self) -> deque[dict[str, str]]:
+        """The header fields of the latest content requests, oldest first."""
+        return self._state.seen_headers
 
     def route(self, path: str, **kwargs: object) -> Route:
         """Set what `path` answers."""
@@ -72,56 +64,15 @@ class OriginServer:
         """Requests seen for `path` (query included as sent)."""
         return self.requests[path]
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.requests[request.path_qs] += 1
-        self.seen_headers.append(dict(request.headers))
-        if request.path == "/healthz":
-            return web.Response(text="ok")
-        route = self.routes.get(request.path_qs) or self.routes.get(request.path)
-        if route is None:
-            return web.Response(status=404, text="no such route")
-        if route.delay:
-            await asyncio.sleep(route.delay)
-        if route.etag and request.headers.get("If-None-Match") == route.etag:
-            return web.Response(status=304, headers={"ETag": route.etag, **route.headers})
-        headers = dict(route.headers)
-        if route.etag:
-            headers["ETag"] = route.etag
-        if not route.size and not route.chunk_delay and route.cut_after is None:
-            return web.Response(status=route.status, headers=headers, body=route.body)
-        size = route.size or len(route.body)
-        headers["Content-Length"] = str(size)
-        response = web.StreamResponse(status=route.status, headers=headers)
-        await response.prepare(request)
-        sent = 0
-        chunk = 64 * 1024
-        while sent < size:
-            n = min(chunk, size - sent)
-            data = route.body[sent : sent + n] if route.body else pattern_bytes(n, sent)
-            if route.cut_after is not None and sent + n > route.cut_after:
-                await response.write(data[: route.cut_after - sent])
-                await asyncio.sleep(0.05)
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            await response.write(data)
-            sent += n
-            if route.chunk_delay:
-                await asyncio.sleep(route.chunk_delay)
-        await response.write_eof()
-        return response
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     def start(self) -> OriginServer:
         """Start serving."""
         self._thread.start()
-
-        async def setup() -> None:
-            server = web.Server(self._handle, access_log=None)
-            self._runner = web.ServerRunner(server)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(setup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
         return self
 
     def stop(self) -> None:
@@ -132,14 +83,7 @@ class OriginServer:
 
     def restart(self) -> None:
         """Serve again on the same port after stop()."""
-
-        async def setup() -> None:
-            server = web.Server(self._handle, access_log=None)
-            self._runner = web.ServerRunner(server)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(setup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
 
     def close(self) -> None:
         """Stop and end the thread."""

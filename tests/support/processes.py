@@ -46,7 +46,7 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", *self.args],
+            [sys.executable, "-m", "cli.main", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -2,7 +2,7 @@
 
 `PurgeFleet` writes a fleet.toml (via `FleetSpec`, with a `[purge_api]` table and
 optionally `workers = N` on some edges), starts the purge API, then every shield,
-then every edge (`python -m fleet.cli ...`), and waits until each node's admin
+then every edge (`python -m cli.main ...`), and waits until each node's admin
 `/healthz` says ready. It can SIGKILL and restart the API, stop and start a node,
 and speaks the purge API (`purge`, `status`, `until_complete`) and the admin health
 check for the tests.

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fleet.cli import build_parser
+from cli.main import build_parser
 from fleet.config import parse_fleet
 from tests.terraform.tfrun import TERRAFORM_DIR, diagnostics, hcl_vars, outputs, require_ok, tf
 

@@ -33,7 +33,7 @@ from tests.terraform.tfrun import copy_terraform, diagnostics, hcl_vars, outputs
 EDGE_ADDRESSES = {"eu-west": "127.0.1.1", "us-east": "127.0.2.1", "ap-northeast": "127.0.3.1"}
 # One client network per region, as in the module's default regions.
 REGION_NETWORKS = {"eu-west": "198.51.100.0", "us-east": "203.0.113.0", "ap-northeast": "192.0.2.0"}
-OUR_COMMANDS = ("fleet.cli", "fleet.demo_origin")
+OUR_COMMANDS = ("cli.main", "demo.origin")
 
 
 def free_port_everywhere(hosts: list[str]) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 # A PID is ours only if its command line still carries one of these.
-OUR_COMMANDS = ("fleet.cli", "fleet.demo_origin", "edgeshield")
+OUR_COMMANDS = ("cli.main", "demo.origin", "edgeshield")
 
 
 def write_file(path: Path) -> int:

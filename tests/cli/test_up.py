@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 
+from cli.demo import DEMO_HOST, DEMO_SERVICE, DEMO_ZONE
+from cli.plan import HealthCheck, NodeSpec
+from cli.supervisor import Supervisor
 from fleet.config import load_fleet
-from fleet.demo import DEMO_HOST, DEMO_SERVICE, DEMO_ZONE
-from fleet.up import HealthCheck, NodeSpec, Supervisor
 from tests.support.ports import free_port
 
 UP_TIMEOUT = 90.0
@@ -42,11 +43,11 @@ def alive(pid: int) -> bool:
 
 
 class UpProcess:
-    """`python -m fleet.cli up ...` with its output collected line by line."""
+    """`python -m cli.main up ...` with its output collected line by line."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "up", *args],
+            [sys.executable, "-m", "cli.main", "up", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -258,7 +259,7 @@ def origin_spec(name: str, stage: int, port: int) -> NodeSpec:
         name=name,
         role="origin",
         region="-",
-        argv=(sys.executable, "-m", "fleet.demo_origin", "--listen", f"127.0.0.1:{port}"),
+        argv=(sys.executable, "-m", "demo.origin", "--listen", f"127.0.0.1:{port}"),
         health=HealthCheck(("127.0.0.1", port), f"http://127.0.0.1:{port}/healthz"),
         stage=stage,
     )
@@ -313,7 +314,7 @@ def test_up_with_a_bad_fleet_file_names_the_mistake_and_starts_nothing(tmp_path:
     config = tmp_path / "fleet.toml"
     config.write_text('[[regions]]\nname = "eu"\nlatitude = 95\nlongitude = 0\n', "utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "cli.main", "up", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

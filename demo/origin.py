@@ -7,7 +7,12 @@ honour. Page bodies carry a version number that `POST /admin/bump` (or a timer)
 raises, so a purge visibly brings new content. `GET /admin/stats` counts the
 requests that reached the origin, which is what a cache is meant to reduce.
 
-Run it with `python -m fleet.demo_origin --listen 127.0.0.1:8080`.
+The same server is the origin of tests and benchmarks: tests script what a path
+answers (`demo.scripted`, set through `OriginState.routes`) and read the counts and the
+request headers the origin saw; benchmarks fetch objects of a given size
+(`demo.sized`). One origin, so what the demo shows is what the tests exercise.
+
+Run it with `python -m demo.origin --listen 127.0.0.1:8080`.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ import struct
 import sys
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from demo.scripted import Route, answer
+from demo.sized import add_sized_routes
 from fleet.config import split_host_port
 
-__all__ = ["OriginState", "main", "make_app"]
+__all__ = ["STATE", "OriginState", "main", "make_app"]
 
 LARGE_SIZE_DEFAULT = 8 * 1024 * 1024
 LANGUAGES = {
@@ -72,6 +79,7 @@ PATHS: tuple[tuple[str, str], ...] = (
     ("/status/404", "any status code, no cache headers (negative caching)"),
     ("/echo", "the request as the origin saw it (X-Forwarded-For, Via, CDN-Loop), no-store"),
     ("/healthz", "health check"),
+    ("/json/100k, /bin/1m, /stream/1g", "objects of a given size, max-age=3600 (benchmarks)"),
     ("POST /admin/bump", "raise the content version (pages and API change)"),
     ("POST /admin/fail?on=1", "make every content path answer 503 (on=0 to recover)"),
     ("/admin/stats", "the version and how many requests reached the origin, per path"),
@@ -82,12 +90,18 @@ _ETAG_LIST_ITEM = re.compile(r'\s*(W/)?("[^"]*"|\*)\s*(?:,|$)')
 
 @dataclass
 class OriginState:
-    """What changes while the origin runs: the content version, failure mode, counts."""
+    """What changes while the origin runs: the content version, failure mode, counts,
+    and the routes a test scripted."""
 
     version: int = 1
     changed_at: int = field(default_factory=lambda: int(time.time()))
     failing: bool = False
+    #: content requests by path and query as sent (health checks and /admin/ left out)
     requests: Counter[str] = field(default_factory=Counter)
+    #: the header fields of the latest content requests, oldest first
+    seen_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=256))
+    #: path (with or without its query) -> what it answers, before any built-in route
+    routes: dict[str, Route] = field(default_factory=dict)
 
     def bump(self) -> int:
         """A new content version; pages and API objects change with it."""
@@ -127,6 +141,7 @@ def make_app(*, bump_every: float = 0.0, large_size: int = LARGE_SIZE_DEFAULT) -
     app.router.add_post("/admin/bump", _bump)
     app.router.add_post("/admin/fail", _fail)
     app.router.add_get("/admin/stats", _stats)
+    add_sized_routes(app)
     if bump_every > 0:
         app.cleanup_ctx.append(_bump_timer(bump_every))
     return app
@@ -137,18 +152,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _count_and_fail(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count content requests, and answer 503 to them while failure mode is on."""
+    """Count content requests, answer 503 to them while failure mode is on, and answer
+    a scripted route where a test set one."""
     state = request.app[STATE]
     if request.path.startswith("/admin/"):
         return await handler(request)
     if request.path != "/healthz":
-        state.requests[request.path] += 1
+        state.requests[request.path_qs] += 1
+        state.seen_headers.append(dict(request.headers))
     if state.failing:
         return web.Response(
             status=503,
             text="demo origin: failing on purpose\n",
             headers={"Cache-Control": "no-store"},
         )
+    route = state.routes.get(request.path_qs) or state.routes.get(request.path)
+    if route is not None:
+        return await answer(request, route)
     return await handler(request)
 
 
@@ -566,7 +586,7 @@ class _AccessLogger(AbstractAccessLogger):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo origin until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.demo_origin", description="The edgeshield demo origin."
+        prog="python -m demo.origin", description="The edgeshield demo origin."
     )
     parser.add_argument("--listen", required=True, help="host:port to serve on")
     parser.add_argument(
@@ -583,17 +603,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="BYTES",
         help="size of /large.bin",
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no line per request (benchmarks, where logging would cost more than serving)",
+    )
     args = parser.parse_args(argv)
     try:
         host, port = split_host_port(args.listen)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
     app = make_app(bump_every=args.bump_every, large_size=args.large_size)
     web.run_app(
         app,
         host=host,
         port=port,
+        access_log=None if args.quiet else logging.getLogger("aiohttp.access"),
         access_log_class=_AccessLogger,
         print=lambda text: print(f"demo origin: listening on http://{args.listen}", flush=True),
     )

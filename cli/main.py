@@ -125,7 +125,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_purge_command(args)
     if command == "up":
-        from fleet.up import run_up
+        from cli.up import run_up
 
         return run_up(args.config, args.state_dir)
     raise AssertionError(f"unhandled command {command!r}")

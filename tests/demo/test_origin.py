@@ -16,7 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fleet.demo_origin import make_app
+from demo.origin import STATE, OriginState, make_app
+from demo.scripted import Route, pattern_bytes
+from demo.sized import MAX_BODY
 from tests.support.ports import free_port
 from tests.support.processes import wait_for_port
 
@@ -29,6 +31,7 @@ class Origin:
 
     url: str
     session: aiohttp.ClientSession
+    state: OriginState
 
     async def get(self, path: str, **headers: str) -> tuple[aiohttp.ClientResponse, bytes]:
         async with self.session.get(self.url + path, headers=headers) as response:
@@ -42,13 +45,14 @@ class Origin:
 
 @pytest.fixture
 async def origin() -> AsyncIterator[Origin]:
-    runner = web.AppRunner(make_app(large_size=LARGE))
+    app = make_app(large_size=LARGE)
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield Origin(f"http://127.0.0.1:{port}", session)
+        yield Origin(f"http://127.0.0.1:{port}", session, app[STATE])
     await runner.cleanup()
 
 
@@ -255,7 +259,7 @@ async def test_status_path_answers_that_status(origin: Origin) -> None:
 def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.demo_origin", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "demo.origin", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -270,3 +274,54 @@ def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     assert proc.returncode == 0
     assert f"listening on http://127.0.0.1:{port}".encode() in output
     assert b"GET /pages/x 200" in output
+
+
+async def test_sized_objects_have_the_size_asked_for_and_are_cacheable(origin: Origin) -> None:
+    response, body = await origin.get("/json/1k")
+    assert (response.status, len(body)) == (200, 1024)
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "public, max-age=3600"
+    assert len(zlib.compress(body)) < len(body) // 2  # JSON-like text compresses
+    response, again = await origin.get("/json/1k")
+    assert again == body
+    response, body = await origin.get("/bin/100k")
+    assert (response.status, len(body)) == (200, 100 * 1024)
+    assert len(zlib.compress(body)) > len(body) * 0.99
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    response, body = await origin.get("/stream/1m")
+    assert (response.status, len(body)) == (200, 1024**2)
+    assert response.headers["Content-Length"] == str(1024**2)
+
+
+async def test_sized_objects_refuse_malformed_or_huge_sizes(origin: Origin) -> None:
+    for path in ("/json/abc", "/bin/1x", "/bin/-1", f"/bin/{MAX_BODY + 1}", "/stream/1t"):
+        response, _ = await origin.get(path)
+        assert response.status == 404, path
+
+
+async def test_a_scripted_route_answers_before_a_built_in_one(origin: Origin) -> None:
+    origin.state.routes["/pages/home"] = Route(status=201, body=b"scripted")
+    response, body = await origin.get("/pages/home")
+    assert (response.status, body) == (201, b"scripted")
+    origin.state.routes["/q?a=1"] = Route(body=b"with query")
+    response, body = await origin.get("/q?a=1")
+    assert body == b"with query"
+    assert origin.state.requests["/q?a=1"] == 1
+    assert origin.state.requests["/pages/home"] == 1
+
+
+async def test_a_scripted_etag_gets_304_and_a_generated_body_streams(origin: Origin) -> None:
+    origin.state.routes["/e"] = Route(etag='"e1"', headers={"Cache-Control": "max-age=5"})
+    response, _ = await origin.get("/e", **{"If-None-Match": '"e1"'})
+    assert response.status == 304
+    assert response.headers["ETag"] == '"e1"'
+    origin.state.routes["/big"] = Route(size=200_000)
+    response, body = await origin.get("/big")
+    assert body == pattern_bytes(200_000)
+    assert origin.state.seen_headers[-1].get("If-None-Match") is None
+
+
+async def test_a_scripted_cut_drops_the_connection_mid_body(origin: Origin) -> None:
+    origin.state.routes["/cut"] = Route(size=200_000, cut_after=100_000)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await origin.get("/cut")
