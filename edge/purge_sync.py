@@ -35,6 +35,7 @@ import aiohttp
 from aiohttp import web
 
 from edge.cache.purge import PurgeRecord, PurgeRules
+from edge.store import io
 from fleet.config import Fleet
 
 __all__ = ["PurgeStateFile", "PurgeSync", "PurgeSyncError"]
@@ -57,7 +58,7 @@ class PurgeStateFile:
     appended and fsynced before the node acknowledges; `purge-applied.json` holds
     `{"applied_seq": N}` and is replaced atomically after the rules are on disk, so
     a crash between the two leaves rules that are replayed, never a seq without its
-    rules. Blocking: the caller runs these methods in an executor.
+    rules. Blocking: the caller runs these methods on the I/O gateway (`edge.store.io`).
     """
 
     def __init__(self, state_dir: str) -> None:
@@ -189,7 +190,7 @@ class PurgeSync:
             self._ready = True
             return
         loop = asyncio.get_running_loop()
-        applied_seq, entries = await loop.run_in_executor(None, self._state.load)
+        applied_seq, entries = await io.run(self._state.load)
         self._restore(applied_seq, entries)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=5.0, sock_connect=2.0)
@@ -279,8 +280,7 @@ class PurgeSync:
         if not new:
             return
         self._applied.extend(new)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._state.append, new, self.rules.applied_seq)
+        await io.run(self._state.append, new, self.rules.applied_seq)
         for record, _ in new:
             self._remember_matched(record.seq, await self._count(record))
 
@@ -309,8 +309,7 @@ class PurgeSync:
             kept = [(r, at) for r, at in self._applied if at >= cutoff]
             if len(kept) != len(self._applied):
                 self._applied = kept
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self._state.rewrite, kept)
+                await io.run(self._state.rewrite, kept)
             return dropped
 
     # -- talking to the API ---------------------------------------------------

@@ -14,6 +14,7 @@
 Everything other modules use is exported here: `from edge.store import X`.
 """
 
+from edge.store import io
 from edge.store.bodies import OpenBody, open_body, read_body
 from edge.store.disk import DiskStore
 from edge.store.disk_index import _Record
@@ -44,6 +45,7 @@ __all__ = [
     "StoredEntry",
     "_Record",
     "body_checksum",
+    "io",
     "open_body",
     "read_body",
 ]
