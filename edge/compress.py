@@ -3,8 +3,9 @@
 A cached object is compressed when it is stored, never per hit: perf-notes measured
 on-the-fly brotli at 100 KiB at 400 req/s for nginx, where a stored variant costs no
 more to serve than the identity body. `make_variants` streams the stored body through
-the encoders file-to-file in an executor, so no body is held whole in memory, and
-stores each result beside the object with `ObjectStore.add_encoding`.
+the encoders file-to-file on the I/O gateway (`edge.store.io`), so no body is held
+whole in memory and no file call runs on the event loop, and stores each result
+beside the object with `ObjectStore.add_encoding`.
 
 `StreamDecoder` undoes an origin's content coding chunk by chunk, for a client that
 does not accept it (RFC 9110 8.4: a recipient may decode a representation it received
@@ -17,18 +18,16 @@ and write each piece before the next is made, so memory stays at about one piece
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 
 import brotli
 import xxhash
 
 from edge.cache.encoding import is_compressible
-from edge.store import BodyCorrupt, BodyGone, BodyRef, ObjectStore, StoreError
+from edge.store import BodyCorrupt, BodyGone, BodyRef, ObjectStore, StoreError, io
 
 __all__ = [
     "BROTLI_QUALITY",
@@ -237,7 +236,7 @@ class _Encoder:
 
 
 def _source_chunks(source: BodyRef) -> Iterator[bytes]:
-    """The stored bytes of `source`, in chunks (blocking; runs in an executor)."""
+    """The stored bytes of `source`, in chunks (blocking; runs on the gateway)."""
     if source.data is not None:
         view = memoryview(source.data)
         for pos in range(0, len(view), CHUNK):
@@ -307,7 +306,6 @@ async def make_variants(
     key: str,
     source: BodyRef,
     content_type: str | None,
-    executor: Executor | None = None,
     max_decoded: int | None = None,
 ) -> dict[str, BodyRef]:
     """Store the codings of `key` it lacks among identity, br and gzip; return the new ones.
@@ -316,7 +314,7 @@ async def make_variants(
     it) is decoded to identity whatever its type, so a client that does not accept
     the origin's coding still gets a readable body; br and gzip are made only for a
     compressible `content_type` and kept only when at least 5% smaller than identity.
-    The work runs in `executor` (None: the loop's default). Raises `DecodeError` for a
+    The work runs on the I/O gateway. Raises `DecodeError` for a
     malformed coded source, `DecodeLimit` for one that decodes to more than
     `max_decoded` bytes (nothing is stored then), and `StoreError` for I/O failures;
     returns {} if the entry is gone.
@@ -333,9 +331,8 @@ async def make_variants(
     if not wanted:
         return {}
     outputs = {enc: store.tmp_path("." + enc) for enc in wanted}
-    loop = asyncio.get_running_loop()
     try:
-        sizes = await loop.run_in_executor(executor, _transcode, source, outputs, max_decoded)
+        sizes = await io.run(_transcode, source, outputs, max_decoded)
     except OSError as exc:
         raise StoreError(f"compressing {key!r}: {exc}") from exc
 
@@ -352,5 +349,5 @@ async def make_variants(
             break
         added[enc] = ref
     if discard:
-        await loop.run_in_executor(executor, _unlink_all, discard)
+        await io.run(_unlink_all, discard)
     return added

@@ -5,7 +5,8 @@ the fetch others wait for). Waiters learn what came back through `head()`, then 
 the body with `read()`, which tails the file the store is writing: nothing is held
 whole in memory, and each waiter gets the bytes as soon as they are on disk. The file
 is read through one descriptor opened at the start, so the store renaming the file
-into place when the fill commits does not disturb readers.
+into place when the fill commits does not disturb readers. Every file call runs on
+the I/O gateway (`edge.store.io`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from edge.cache.model import ObjectMeta
-from edge.store import BodyRef, read_body
+from edge.store import BodyRef, io, read_body
 from edge.upstream import UpstreamError, UpstreamResponse
 
 READ_CHUNK = 256 * 1024
@@ -121,7 +122,8 @@ class Fill:
         done = self._finished or self._failed
         if done and self._readers == 0 and self._fd is not None and not self._closed:
             self._closed = True
-            os.close(self._fd)
+            fd, self._fd = self._fd, None
+            io.detach(os.close, fd)
 
     def claim_pass(self) -> bool:
         """Take a PASS head's live response; True for the first caller only."""
@@ -172,7 +174,6 @@ class Fill:
         if self._path is None:
             raise FillFailed("this fill has no body")
         self._readers += 1
-        loop = asyncio.get_running_loop()
         position = start
         try:
             while True:
@@ -188,14 +189,19 @@ class Fill:
                 limit = self._written if end is None else min(self._written, end)
                 if position < limit:
                     if self._fd is None:
+                        changed = self._changed
                         try:
-                            self._fd = os.open(self._path, os.O_RDONLY)
+                            fd = await io.run(os.open, self._path, os.O_RDONLY | os.O_CLOEXEC)
                         except FileNotFoundError:
                             # renamed by the commit in between: wait for finish()
-                            await self._changed.wait()
+                            await changed.wait()
                             continue
+                        if self._fd is None:
+                            self._fd = fd
+                        else:  # another reader opened it meanwhile
+                            io.detach(os.close, fd)
                     size = min(READ_CHUNK, limit - position)
-                    chunk = await loop.run_in_executor(None, os.pread, self._fd, size, position)
+                    chunk = await io.run(os.pread, self._fd, size, position)
                     if not chunk:
                         raise FillFailed("body file shorter than written")
                     position += len(chunk)

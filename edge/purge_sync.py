@@ -35,6 +35,7 @@ from aiohttp import web
 
 from edge.cache.purge import PurgeRecord, PurgeRules
 from edge.statelog import StateLog
+from edge.store import io
 from fleet.config import Fleet, node_secret
 from runtime.auth import bearer_matches
 
@@ -58,7 +59,7 @@ class PurgeStateFile:
     appended and fsynced before the node acknowledges; `purge-applied.json` holds
     `{"applied_seq": N}` and is replaced atomically after the rules are on disk, so
     a crash between the two leaves rules that are replayed, never a seq without its
-    rules. Blocking: the caller runs these methods in an executor.
+    rules. Blocking: the caller runs these methods on the I/O gateway (`edge.store.io`).
     """
 
     def __init__(self, state_dir: str) -> None:
@@ -203,7 +204,7 @@ class PurgeSync:
             self._ready = True
             return
         loop = asyncio.get_running_loop()
-        applied_seq, entries = await loop.run_in_executor(None, self._state.load)
+        applied_seq, entries = await io.run(self._state.load)
         self._restore(applied_seq, entries)
         self._restored = True
         self._session = aiohttp.ClientSession(
@@ -299,9 +300,8 @@ class PurgeSync:
             seq = record.seq
         if not new:
             return
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._state.append, new, seq)
+            await io.run(self._state.append, new, seq)
         except OSError as exc:
             raise PurgeSyncError(f"saving purge rules failed: {exc}") from None
         for record, applied_at in new:
@@ -335,8 +335,7 @@ class PurgeSync:
             kept = [(r, at) for r, at in self._applied if at >= cutoff]
             if len(kept) != len(self._applied):
                 self._applied = kept
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self._state.rewrite, kept)
+                await io.run(self._state.rewrite, kept)
             return dropped
 
     # -- talking to the API ---------------------------------------------------

@@ -8,8 +8,11 @@ damaged directory looks like to a reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pickletools
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -532,5 +535,38 @@ async def test_small_bodies_are_held_in_memory_beside_a_large_one(tmp_path: Path
         assert reloaded.bodies["br"].data == b"small variant"
         assert reloaded.bodies["identity"].data is None
         assert await read_all(reloaded.bodies["identity"]) == large
+    finally:
+        await store.close()
+
+
+def pickled_globals(data: bytes) -> set[str]:
+    """The `module.name` of every class a pickle refers to."""
+    names: set[str] = set()
+    strings: list[str] = []
+    for opcode, arg, _pos in pickletools.genops(data):
+        if isinstance(arg, str):
+            strings.append(arg)
+        if opcode.name == "STACK_GLOBAL":
+            names.add(".".join(strings[-2:]))
+        elif opcode.name in ("GLOBAL", "INST"):
+            names.add(str(arg).replace(" ", "."))
+    return names
+
+
+async def test_index_rows_name_the_record_class_as_earlier_releases_did(tmp_path: Path) -> None:
+    """A row is pickled as `edge.store._Record` (the module before the store became a
+    package), so a directory written by either release is read by the other."""
+    store = await open_disk(tmp_path)
+    await store_body(store, "k", b"v" * 100, meta="m")
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache" / "index" / "cache.db")) as db:
+        (raw,) = db.execute("SELECT value FROM Cache WHERE key = ?", ("k",)).fetchone()
+    assert "edge.store._Record" in pickled_globals(raw)
+
+    store = await open_disk(tmp_path)
+    try:
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.meta == "m"
     finally:
         await store.close()

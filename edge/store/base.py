@@ -1,0 +1,127 @@
+"""What `DiskStore` and `MemoryStore` share: blocking calls through the I/O gateway
+with their errors made ours, per-key locks, recency and byte accounting, and the
+choice of eviction victims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import diskcache
+
+from edge.store import io
+from edge.store.interface import StoredEntry, StoreError
+
+if TYPE_CHECKING:
+    from edge.store.writer import BodyWriter
+
+__all__ = ["StoreBase"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("edge.store")
+
+
+class StoreBase:
+    """What both stores share: gateway calls, per-key locks and LRU accounting."""
+
+    def __init__(self, max_bytes: int, tmp_dir: str) -> None:
+        self.max_bytes = max_bytes
+        self._tmp_dir = tmp_dir
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: key -> bytes of its bodies, least recently used first
+        self._lru: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0
+        #: bumped by every change to the index, so a read that raced a change does
+        #: not put what it read into the memory tier
+        self._version = 0
+        self._closed = False
+        #: called with the key of an object dropped because a body failed its checksum
+        self.on_corrupt: Callable[[str], None] | None = None
+        #: objects dropped so far because a body failed its checksum
+        self.corrupt_found = 0
+
+    def _corrupt(self, key: str) -> None:
+        self.corrupt_found += 1
+        log.error("object %r dropped: a stored body fails its checksum", key)
+        if self.on_corrupt is not None:
+            self.on_corrupt(key)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of body data currently held."""
+        return self._bytes
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call on the I/O gateway, its storage errors as `StoreError`."""
+        try:
+            return await io.run(fn, *args)
+        except StoreError:
+            raise
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise StoreError(f"{getattr(fn, '__name__', fn)}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        """Serialise changes to one key within this process."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def forget_cached(self, key: str) -> None:
+        """Drop `key` from the memory tier (none here), so `get` reads the index."""
+
+    def tmp_path(self, suffix: str = "") -> str:
+        """A fresh path in the store's temp directory (same filesystem as the bodies)."""
+        return os.path.join(self._tmp_dir, uuid.uuid4().hex + suffix)
+
+    def _account(self, key: str, size: int | None) -> None:
+        """Record the body bytes of a key (None: the key is gone), most recent last."""
+        old = self._lru.pop(key, None)
+        if old is not None:
+            self._bytes -= old
+        if size is not None:
+            self._lru[key] = size
+            self._bytes += size
+
+    def _touch(self, key: str) -> None:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+
+    def _pick_victims(self, keep: str) -> list[str]:
+        """Least recently used keys to drop until the bytes fit `max_bytes`."""
+        victims: list[str] = []
+        excess = self.size_bytes - self.max_bytes
+        freed = 0
+        for key, size in list(self._lru.items()):
+            if freed >= excess:
+                break
+            if key == keep or key in self._locks:
+                continue  # just stored, or being changed right now
+            victims.append(key)
+            freed += size
+            self._account(key, None)
+        return victims
+
+    async def _commit_body(
+        self, writer: BodyWriter, meta: object, data: bytes | None
+    ) -> StoredEntry:
+        raise NotImplementedError

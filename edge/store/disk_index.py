@@ -1,0 +1,348 @@
+"""The blocking half of `DiskStore`: the diskcache index and the body files.
+
+Every method here blocks and runs on the I/O gateway (`edge.store.io`), called by
+`DiskStore`, which keeps the memory tier, recency and per-key locks on the event
+loop. The split follows diskcache's own (file mechanics apart from policy).
+
+Layout of a store directory::
+
+    index/          the diskcache index: key -> _Record(meta, ((encoding, relative
+                    path, size, checksum), ...)), and the byte total of all bodies
+    bodies/ab/cd/   body files, named by a random id so that a replaced body never
+                    overwrites a file a reader still has open
+    tmp/<owner>/    bodies being written, one sub-directory per open store, held by an
+                    flock on `<owner>/.lock`; a directory whose lock is free belongs to a
+                    dead process and is removed when a store opens
+
+Why a fill is never visible unless complete: the body is written to tmp/, closed,
+renamed into bodies/, and only then is the index row written. A process killed at any
+point before the row leaves at most a temp file (removed at the next open) or an
+unreferenced body file (removed by the orphan sweep at open). An index row whose
+file has gone is treated as absent and deleted when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import diskcache
+import xxhash
+
+from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
+from edge.store.writer import unlink_quietly
+
+__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex"]
+
+log = logging.getLogger("edge.store")
+
+#: an unreferenced body file younger than this may belong to another process that
+#: renamed it and is about to write its index row; the orphan sweep leaves it alone
+ORPHAN_GRACE = 600.0
+#: the index key of the byte total of all bodies (not a str, so never an object's key)
+BYTES_KEY = ("edgeshield", "body-bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """An index row as stored by diskcache (pickled)."""
+
+    meta: object
+    # (encoding, path relative to the store directory, size, checksum or None); rows
+    # written before checksums have 3-tuples, read as "not known" (see `_row`)
+    bodies: tuple[tuple[str, str, int, int | None], ...] = field(default=())
+
+    def with_body(self, encoding: str, rel: str, size: int, checksum: int | None) -> _Record:
+        """This row with `encoding`'s body replaced by the one given."""
+        others = tuple(b for b in self.bodies if b[0] != encoding)
+        return _Record(self.meta, (*others, (encoding, rel, size, checksum)))
+
+    @property
+    def size(self) -> int:
+        """Bytes of all its bodies."""
+        return sum(b[2] for b in self.bodies)
+
+
+# rows are pickled under the name older releases wrote them with (`edge.store` before
+# it became a package, which still exports it), so either release reads the other's rows
+_Record.__module__ = "edge.store"
+
+
+class DiskIndex:
+    """The index and body files of one store directory; every method blocks.
+
+    `start` opens (or creates) the directory; `close` releases it. `bytes` is the
+    shared byte total of all bodies as last read or changed by this process.
+    """
+
+    def __init__(self, directory: str, tmp_dir: str, memory_object_max: int) -> None:
+        self.directory = directory
+        #: this store's own temp directory (tmp/<owner>)
+        self.tmp_dir = tmp_dir
+        #: bodies up to this size are read whole by `load` (for the memory tier)
+        self.memory_object_max = memory_object_max
+        self.bytes = 0
+        self._index: diskcache.Cache | None = None
+        self._lock_fd: int | None = None
+
+    def start(self) -> list[tuple[str, int]]:
+        """Open the directory: remove temp directories of dead stores, take this
+        store's own, open the index, sweep orphan bodies; (key, bytes) of every row."""
+        tmp_root = os.path.dirname(self.tmp_dir)
+        os.makedirs(os.path.join(self.directory, "bodies"), exist_ok=True)
+        os.makedirs(tmp_root, exist_ok=True)
+        _remove_dead_tmp_dirs(tmp_root)
+        os.makedirs(self.tmp_dir)
+        self._lock_fd = os.open(
+            os.path.join(self.tmp_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._index = diskcache.Cache(
+            os.path.join(self.directory, "index"),
+            eviction_policy="none",
+            size_limit=2**62,
+            cull_limit=0,
+            statistics=0,
+            tag_index=0,
+        )
+        sizes: list[tuple[str, int]] = []
+        referenced: set[str] = set()
+        for key in self._index.iterkeys():
+            if not isinstance(key, str):
+                continue
+            record = self.row(key)
+            if record is None:
+                continue
+            sizes.append((key, record.size))
+            referenced.update(body[1] for body in record.bodies)
+        self._sweep_orphans(referenced)
+        with self._index.transact():
+            if self._index.get(BYTES_KEY) is None:  # a new directory
+                self._index.set(BYTES_KEY, sum(size for _, size in sizes))
+            self._count(0)
+        return sizes
+
+    def row(self, key: str) -> _Record | None:
+        """The index row of `key`; a row that no longer unpickles (its metadata class
+        changed in an upgrade) is deleted and treated as absent, its files left to the
+        orphan sweep."""
+        try:
+            value = self.index.get(key)
+        except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as exc:
+            log.warning("dropping unreadable index row %r: %s", key, exc)
+            self.index.delete(key)
+            return None
+        if not isinstance(value, _Record):
+            return None
+        if any(len(body) == 3 for body in value.bodies):
+            bodies = tuple((*body[:3], None) for body in value.bodies)
+            return _Record(value.meta, bodies)  # type: ignore[arg-type]
+        return value
+
+    def _count(self, delta: int) -> None:
+        """Change the shared byte total (inside the caller's transaction) and note it."""
+        self.bytes = int(self.index.incr(BYTES_KEY, delta, default=0))
+
+    def _sweep_orphans(self, referenced: set[str]) -> None:
+        """Remove body files no index row names (left by a crash between rename and row)."""
+        bodies = os.path.join(self.directory, "bodies")
+        cutoff = time.time() - ORPHAN_GRACE
+        for dirpath, _dirs, files in os.walk(bodies):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if os.path.relpath(full, self.directory) in referenced:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(full).st_mtime < cutoff:
+                        os.unlink(full)
+
+    @property
+    def index(self) -> diskcache.Cache:
+        """The diskcache index (open)."""
+        if self._index is None:
+            raise StoreError("store is not open")
+        return self._index
+
+    def _new_body_path(self, encoding: str) -> tuple[str, str]:
+        """A fresh (relative, absolute) body path in a sharded directory."""
+        name = uuid.uuid4().hex
+        rel = os.path.join("bodies", name[:2], name[2:4], f"{name}.{encoding}")
+        full = os.path.join(self.directory, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        return rel, full
+
+    def abs_path(self, rel: str) -> str:
+        """The absolute path of a body named relative to the directory in a row."""
+        return os.path.join(self.directory, rel)
+
+    def _remove_files(self, record: _Record | None, keep: frozenset[str] = frozenset()) -> None:
+        if record is None:
+            return
+        for body in record.bodies:
+            rel = body[1]
+            if rel not in keep:
+                unlink_quietly(self.abs_path(rel))
+
+    def install(
+        self, key: str, src: str, encoding: str, meta: object, size: int, checksum: int
+    ) -> tuple[_Record, _Record | None]:
+        """Rename a finished body into place, then write its row (the commit point)."""
+        rel, full = self._new_body_path(encoding)
+        os.rename(src, full)
+        record = _Record(meta, ((encoding, rel, size, checksum),))
+        try:
+            with self.index.transact():
+                old = self.row(key)
+                self.index.set(key, record)
+                self._count(size - (old.size if old is not None else 0))
+        except BaseException:
+            unlink_quietly(full)
+            raise
+        self._remove_files(old)
+        return record, old
+
+    def add_encoding(
+        self, key: str, encoding: str, src: str
+    ) -> tuple[_Record, bytes | None] | None:
+        """Checksum the finished file `src` and move it in as `encoding` of `key`, with
+        its bytes when small (for the memory tier); None, the file removed, if gone."""
+        size = os.stat(src).st_size
+        data = None
+        hasher = xxhash.xxh3_64()
+        with open(src, "rb") as f:
+            if size <= self.memory_object_max:  # small: the memory tier keeps a copy
+                data = f.read()
+                hasher.update(data)
+            else:
+                while chunk := f.read(MiB):
+                    hasher.update(chunk)
+        with self.index.transact():
+            old = self.row(key)
+            if old is None:
+                unlink_quietly(src)
+                return None
+            rel, full = self._new_body_path(encoding)
+            os.rename(src, full)
+            record = old.with_body(encoding, rel, size, hasher.intdigest())
+            self.index.set(key, record)
+            self._count(record.size - old.size)
+        for body in old.bodies:
+            if body[0] == encoding:
+                unlink_quietly(self.abs_path(body[1]))
+        return record, data
+
+    def put_meta(self, key: str, meta: object) -> _Record:
+        """Write `meta` as the row of `key`, keeping the bodies it has."""
+        with self.index.transact():
+            old = self.row(key)
+            bodies = old.bodies if old is not None else ()
+            record = _Record(meta, bodies)
+            self.index.set(key, record)
+        return record
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove the rows of `keys`, then their body files."""
+        for key in keys:
+            with self.index.transact():
+                old = self.row(key)
+                if old is None:
+                    continue
+                self.index.delete(key)
+                self._count(-old.size)
+            self._remove_files(old)
+
+    def load(self, key: str) -> tuple[_Record, dict[str, bytes]] | None:
+        """Read a row, check its files exist, and read small bodies for the memory tier."""
+        record = self.row(key)
+        if record is None:
+            return None
+        data: dict[str, bytes] = {}
+        for encoding, rel, size, checksum in record.bodies:
+            full = self.abs_path(rel)
+            try:
+                if size <= self.memory_object_max:
+                    with open(full, "rb") as f:
+                        body = f.read(size + 1)
+                    if len(body) != size:
+                        raise FileNotFoundError(full)
+                    if checksum is not None and body_checksum(body) != checksum:
+                        # never into the memory tier: the object goes, all its codings
+                        if self.drop_if_same(key, record):
+                            raise BodyCorrupt(f"body file {full} fails its checksum")
+                        return None
+                    data[encoding] = body
+                elif os.stat(full).st_size != size:
+                    raise FileNotFoundError(full)
+            except FileNotFoundError:
+                # the row names a missing or damaged file: the entry is absent
+                self.drop_if_same(key, record)
+                return None
+        return record, data
+
+    def drop_if_same(self, key: str, record: _Record) -> bool:
+        """Delete `key` if its row still names the bodies of `record`; whether it did."""
+        with self.index.transact():
+            current = self.row(key)
+            if current is None or current.bodies != record.bodies:
+                return False  # changed meanwhile: not ours to drop
+            self.index.delete(key)
+            self._count(-current.size)
+        self._remove_files(record)
+        return True
+
+    def drop_body(self, key: str, path: str) -> bool:
+        """Delete `key` if one of its bodies is still the file `path`."""
+        record = self.row(key)
+        if record is None or all(self.abs_path(body[1]) != path for body in record.bodies):
+            return False
+        return self.drop_if_same(key, record)
+
+    def keys(self) -> list[str]:
+        """Every object key in the index (a full scan)."""
+        return [k for k in self.index.iterkeys() if isinstance(k, str)]
+
+    def metas(self, keys: list[str]) -> list[tuple[str, object]]:
+        """The metadata of those `keys` that have a row."""
+        found = []
+        for key in keys:
+            record = self.row(key)
+            if record is not None:
+                found.append((key, record.meta))
+        return found
+
+    def close(self) -> None:
+        """Close the index and give up this store's temp directory."""
+        if self._index is not None:
+            self._index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _remove_dead_tmp_dirs(tmp_root: str) -> None:
+    """Remove temp directories whose owning store is gone (its flock is free)."""
+    for name in os.listdir(tmp_root):
+        path = os.path.join(tmp_root, name)
+        if not os.path.isdir(path):
+            unlink_quietly(path)
+            continue
+        try:
+            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            shutil.rmtree(path, ignore_errors=True)  # its owner died before locking
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live store owns it
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)

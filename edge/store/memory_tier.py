@@ -1,0 +1,65 @@
+"""The memory tier: a bounded LRU of entries held in memory, so a hot hit needs
+neither disk nor the I/O gateway.
+
+`DiskStore` keeps metadata here for every entry it reads or writes, and the bodies
+of small objects (`memory_object_max`) beside it; `DiskStore.peek` answers from here
+synchronously. Each worker process has its own; `ttl` bounds how long an entry is
+trusted before the shared index is read again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from edge.store.interface import StoredEntry
+
+__all__ = ["ENTRY_OVERHEAD", "MemoryTier"]
+
+#: accounting overhead of one entry in the memory tier besides its body bytes
+ENTRY_OVERHEAD = 512
+
+
+class MemoryTier:
+    """A bounded LRU of entries kept in memory: metadata, and bodies when small."""
+
+    def __init__(self, max_bytes: int, ttl: float = float("inf")) -> None:
+        self.max_bytes = max_bytes
+        #: seconds an entry is trusted before it is read from the index again
+        self.ttl = ttl
+        self.used = 0
+        self._entries: OrderedDict[str, tuple[StoredEntry, int, float]] = OrderedDict()
+
+    def get(self, key: str) -> StoredEntry | None:
+        """The entry, marked most recently used; None once it is older than `ttl`."""
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        if item[2] < time.monotonic():
+            self.discard(key)
+            return None
+        self._entries.move_to_end(key)
+        return item[0]
+
+    def put(self, entry: StoredEntry) -> None:
+        """Hold an entry, evicting the least recently used ones beyond the bound."""
+        cost = ENTRY_OVERHEAD + sum(
+            len(ref.data) for ref in entry.bodies.values() if ref.data is not None
+        )
+        self.discard(entry.key)
+        if cost > self.max_bytes:
+            return
+        self._entries[entry.key] = (entry, cost, time.monotonic() + self.ttl)
+        self.used += cost
+        while self.used > self.max_bytes:
+            _, (_, old_cost, _) = self._entries.popitem(last=False)
+            self.used -= old_cost
+
+    def discard(self, key: str) -> None:
+        """Forget a key."""
+        item = self._entries.pop(key, None)
+        if item is not None:
+            self.used -= item[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
