@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench chaos clean
+.PHONY: run test lint typecheck unit bench chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # kill nodes and workers under load while purging; every body and purge checked
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.chaos --seconds $(or $(CHAOS_SECONDS),45)
+
+# a longer fuzz run of request heads (edge) and purge bodies (purge API)
+fuzz: $(STAMP)
+	EDGESHIELD_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),5000) $(BIN)/pytest -q tests/security/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
