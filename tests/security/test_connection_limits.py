@@ -86,14 +86,23 @@ IDLE = "edge2"
 
 
 async def served_plain(url: str, path: str = "/still-serving") -> bool:
-    """A plain request on a new connection gets a 200."""
-    client = await RawClient.connect(url)
-    try:
-        await client.send(get_request(path))
-        status, _, _ = await client.response()
-        return status == 200
-    finally:
-        client.close()
+    """A plain request on a new connection gets a 200, once the node has counted out
+    the connections a test just closed (it learns of each close asynchronously, and
+    until then a new connection may still be over the cap)."""
+
+    async def served() -> bool:
+        client = await RawClient.connect(url)
+        try:
+            await client.send(get_request(path))
+            status, _, _ = await client.response()
+            return status == 200
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False  # refused: the closed connections are not counted out yet
+        finally:
+            client.close()
+
+    await wait_until(served, what="a plain request served")
+    return True
 
 
 async def trickle(client: RawClient, first: bytes) -> None:
