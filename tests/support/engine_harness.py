@@ -301,13 +301,26 @@ class CacheUnderTest:
         """GET `path`."""
         return await self.request("GET", path, **headers)
 
-    def purge(self, *, soft: bool = False, **what: Any) -> None:
-        """Apply a purge now (urls=, prefixes=, tags=, all=), as a node applies one
-        received from the purge API."""
+    def purge(
+        self,
+        *,
+        urls: tuple[str, ...] = (),
+        prefixes: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (),
+        everything: bool = False,
+        soft: bool = False,
+    ) -> None:
+        """Apply a purge now, as a node applies one received from the purge API."""
         self._purges += 1
-        fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in what.items()}
         record = PurgeRecord(
-            seq=self._purges, id=f"p{self._purges}", service=SERVICE, soft=soft, **fields
+            seq=self._purges,
+            id=f"p{self._purges}",
+            service=SERVICE,
+            urls=urls,
+            prefixes=prefixes,
+            tags=tags,
+            all=everything,
+            soft=soft,
         )
         self.rules.apply(record, self.clock())
 
