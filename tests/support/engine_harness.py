@@ -130,6 +130,7 @@ class ScriptedOrigin:
         self,
         path: str,
         status: int = 200,
+        /,
         *,
         cache_control: str | None = None,
         body: bytes = b"",
