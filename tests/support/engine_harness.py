@@ -21,7 +21,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -36,8 +36,9 @@ from edge.engine import Engine, EngineOptions
 from edge.metrics import NodeMetrics
 from edge.node import TierUpstream
 from edge.store import MemoryStore, StoredEntry
-from edge.upstream import make_session
-from fleet.config import Service
+from edge.forwarding import node_token
+from edge.upstream import ShieldRing, make_session
+from fleet.config import Service, ShieldConfig
 
 __all__ = [
     "HOST",
@@ -46,8 +47,10 @@ __all__ = [
     "FrozenClock",
     "Reply",
     "ScriptedOrigin",
+    "Tiers",
     "engine_handler",
     "running_cache",
+    "running_tiers",
     "until",
 ]
 
@@ -224,6 +227,11 @@ class Reply:
     body: bytes
 
     @property
+    def tiers(self) -> list[str]:
+        """Each tier's Cache-Status entry, the one nearest the origin first."""
+        return [e for e in self.headers.get("Cache-Status", "").split(", ") if e]
+
+    @property
     def cache_status(self) -> str:
         """This node's Cache-Status entry (the last one)."""
         return self.headers.get("Cache-Status", "").rpartition(", ")[2]
@@ -356,31 +364,99 @@ async def running_cache(
     clock = FrozenClock()
     origin = await ScriptedOrigin(clock).start()
     config = Service(name=SERVICE, hosts=(HOST,), origins=(origin_url or origin.url,), **service)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(origin.stop)
+        session = await stack.enter_async_context(make_session())
+        upstream = TierUpstream((config,), None, session)
+        options = options or EngineOptions(node_name="edge1")
+        yield await _node(stack, config, options, upstream, origin, clock, max_bytes)
+
+
+@dataclasses.dataclass
+class Tiers:
+    """A shield and edges in front of one scripted origin, on one frozen clock."""
+
+    origin: ScriptedOrigin
+    clock: FrozenClock
+    shield: CacheUnderTest
+    edges: list[CacheUnderTest]
+
+
+@asynccontextmanager
+async def running_tiers(*, edges: int = 1, **service: Any) -> AsyncIterator[Tiers]:
+    """A shield ("shield1") and `edges` edges ("edge1", ...) that reach it through the
+    real shield ring, as a fleet's nodes do; `service` overrides fields of `Service`."""
+    clock = FrozenClock()
+    origin = await ScriptedOrigin(clock).start()
+    config = Service(name=SERVICE, hosts=(HOST,), origins=(origin.url,), **service)
+    secret = "engine-harness-secret"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(origin.stop)
+        session = await stack.enter_async_context(make_session())
+        shield_options = EngineOptions(
+            node_name="shield1",
+            compress=False,
+            downstream_is_cdn=True,
+            mark_stale=True,
+            node_token=node_token(secret),
+        )
+        shield = await _node(
+            stack, config, shield_options, TierUpstream((config,), None, session), origin, clock
+        )
+        port = int(shield.base.rpartition(":")[2])
+        shield_config = ShieldConfig(
+            name="shield1",
+            region="here",
+            listen=f"127.0.0.1:{port}",
+            admin_listen="127.0.0.1:0",
+            cache_dir="",
+            cache_size=64 * 1024 * 1024,
+        )
+        ring = ShieldRing((shield_config,), session, secret)
+        edge_nodes = [
+            await _node(
+                stack,
+                config,
+                EngineOptions(node_name=f"edge{n}"),
+                TierUpstream((config,), ring, session),
+                origin,
+                clock,
+            )
+            for n in range(1, edges + 1)
+        ]
+        yield Tiers(origin, clock, shield, edge_nodes)
+
+
+async def _node(
+    stack: AsyncExitStack,
+    service: Service,
+    options: EngineOptions,
+    upstream: TierUpstream,
+    origin: ScriptedOrigin,
+    clock: FrozenClock,
+    max_bytes: int = 64 * 1024 * 1024,
+) -> CacheUnderTest:
+    """One node's engine served in-process on 127.0.0.1:0, and a client for it; all
+    closed by `stack`."""
     store = MemoryStore(max_bytes=max_bytes)
-    upstream_session = make_session()
+    stack.push_async_callback(store.close)
     engine = Engine(
-        (config,),
-        options or EngineOptions(node_name="edge1"),
+        (service,),
+        options,
         store,
-        TierUpstream((config,), None, upstream_session),
-        PurgeRules((config,)),
-        NodeMetrics("edge1", "edge"),
+        upstream,
+        PurgeRules((service,)),
+        NodeMetrics(options.node_name, "shield" if options.downstream_is_cdn else "edge"),
         clock=clock,
     )
+    stack.push_async_callback(engine.close, 1.0)
     runner = web.ServerRunner(web.Server(engine_handler(engine)), handle_signals=False)
     await runner.setup()
+    stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     server = site._server
     assert isinstance(server, asyncio.Server)
     base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    client = aiohttp.ClientSession(auto_decompress=False)
-    try:
-        yield CacheUnderTest(engine, store, origin, clock, client, base)
-    finally:
-        await client.close()
-        await runner.cleanup()
-        await engine.close(grace=1.0)
-        await upstream_session.close()
-        await origin.stop()
-        await store.close()
+    client = await stack.enter_async_context(aiohttp.ClientSession(auto_decompress=False))
+    return CacheUnderTest(engine, store, origin, clock, client, base)
