@@ -33,10 +33,10 @@ from edge.cache.dates import format_http_date
 from edge.cache.keys import primary_key
 from edge.cache.purge import PurgeRecord, PurgeRules
 from edge.engine import Engine, EngineOptions
+from edge.forwarding import node_token
 from edge.metrics import NodeMetrics
 from edge.node import TierUpstream
 from edge.store import MemoryStore, StoredEntry
-from edge.forwarding import node_token
 from edge.upstream import ShieldRing, make_session
 from fleet.config import Service, ShieldConfig
 

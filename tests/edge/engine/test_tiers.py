@@ -3,7 +3,6 @@ through the tiers and staleness that travels down from the shield."""
 
 from __future__ import annotations
 
-
 from tests.support.engine_harness import running_tiers, until
 
 
