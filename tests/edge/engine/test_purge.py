@@ -114,6 +114,22 @@ async def _soft_purged_again_and_past_the_window(cache: CacheUnderTest) -> None:
     (await cache.get("/w")).assert_body(b"newer").assert_says("fwd=stale", "stored")
 
 
+async def test_a_soft_purge_serves_stale_only_within_its_window_from_the_purge() -> None:
+    # a busy object is asked for inside the window, a quiet one only after it ends
+    swr = "max-age=300, stale-while-revalidate=2"
+    async with running_cache() as cache:
+        for path in ("/soft/quiet", "/soft/busy"):
+            await _stored(cache, path, cache_control=swr)
+        cache.purge(urls=("/soft/quiet", "/soft/busy"), soft=True)
+        release = cache.origin.hold("/soft/busy")
+        inside = await cache.get("/soft/busy")
+        inside.assert_body(b"old").assert_stale("stale-while-revalidate")
+        release.set()
+        cache.clock.advance(2.3)
+        later = (await cache.get("/soft/quiet")).assert_body(b"new").assert_says("fwd=stale")
+        assert "stale-while-revalidate" not in later.cache_status
+
+
 async def test_a_hard_purge_leaves_no_stale_copy_for_an_unreachable_origin() -> None:
     async with running_cache(max_stale_when_unreachable=3600) as cache:
         await _stored(cache, "/h", cache_control="max-age=1000, stale-if-error=3600")
