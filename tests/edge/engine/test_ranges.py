@@ -62,3 +62,13 @@ async def test_a_failed_if_range_gets_the_whole_object() -> None:
         matching.assert_status(206)
         changed = await cache.get("/bin", Range="bytes=0-9", If_Range='"r0"')
         changed.assert_status(200).assert_body(PAYLOAD)
+
+
+async def test_a_range_on_a_stale_object_is_answered_after_its_304() -> None:
+    async with running_cache() as cache:
+        cache.origin.responds("/r", cache_control="max-age=10", body=b"0123456789", etag='"e"')
+        await cache.get("/r")
+        cache.clock.advance(11)
+        reply = (await cache.get("/r", Range="bytes=2-4")).assert_status(206)
+        reply.assert_says("fwd-status=304")
+        assert reply.body == b"234"

@@ -77,3 +77,36 @@ async def test_a_head_request_is_answered_from_the_stored_get() -> None:
 async def test_a_host_this_cdn_does_not_serve_is_a_421() -> None:
     async with running_cache() as cache:
         (await cache.get("/", Host="elsewhere.example")).assert_status(421)
+
+
+async def test_a_successful_post_invalidates_every_variant_of_the_uri() -> None:
+    async with running_cache() as cache:
+        vary = {"cache_control": "max-age=600", "Vary": "Accept-Language"}
+        for language in ("en", "fr"):
+            cache.origin.responds("/v", body=language.encode(), **vary)
+            await cache.get("/v", Accept_Language=language)
+        cache.clock.advance(1)
+        cache.origin.responds("/v", body=b"new", **vary)
+        await cache.request("POST", "/v")
+        (await cache.get("/v", Accept_Language="en")).assert_body(b"new")
+        (await cache.get("/v", Accept_Language="fr")).assert_body(b"new")
+
+
+async def test_only_if_cached_for_a_variant_not_stored_is_a_504() -> None:
+    async with running_cache() as cache:
+        cache.origin.responds("/v", cache_control="max-age=600", body=b"en", Vary="Accept-Language")
+        await cache.get("/v", Accept_Language="en")
+        reply = await cache.get("/v", Accept_Language="fr", Cache_Control="only-if-cached")
+        reply.assert_status(504)
+        assert cache.origin.count("/v") == 1
+
+
+async def test_a_head_on_a_miss_fills_the_cache_for_the_gets_after_it() -> None:
+    async with running_cache() as cache:
+        cache.origin.responds("/h", cache_control="max-age=600", body=b"twelve bytes")
+        reply = (await cache.request("HEAD", "/h")).assert_status(200).assert_stored()
+        assert reply.body == b""
+        # the HEAD's answer left before the fill committed the body
+        await cache.background_done()
+        (await cache.get("/h")).assert_body(b"twelve bytes").assert_hit()
+        assert cache.origin.seen[-1][0] == "GET"

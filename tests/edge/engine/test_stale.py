@@ -108,3 +108,15 @@ async def test_must_revalidate_forbids_serving_stale_when_unreachable() -> None:
         await cache.origin.stop()
         cache.clock.advance(11)
         (await cache.get("/m")).assert_status(502)
+
+
+async def test_must_revalidate_forbids_stale_if_error() -> None:
+    # RFC 9111 5.2.2.2: once stale, never used without successful validation
+    async with running_cache() as cache:
+        cache.origin.responds(
+            "/m", cache_control="max-age=10, must-revalidate, stale-if-error=300", body=b"x"
+        )
+        await cache.get("/m")
+        cache.clock.advance(11)
+        cache.origin.responds("/m", 503, body=b"down")
+        (await cache.get("/m")).assert_status(503)

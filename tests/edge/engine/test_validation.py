@@ -62,3 +62,25 @@ async def test_conditional_client_requests_are_answered_from_the_cache() -> None
         (await cache.get("/c", If_None_Match='"c1"')).assert_status(304).assert_hit()
         (await cache.get("/c", If_None_Match='"other"')).assert_status(200).assert_body(b"x")
         assert cache.origin.count("/c") == 1
+
+
+async def test_after_a_304_the_age_counts_from_the_revalidation() -> None:
+    async with running_cache() as cache:
+        cache.origin.responds("/r", cache_control="max-age=10", body=b"x", etag='"e"')
+        await cache.get("/r")
+        cache.clock.advance(15)
+        (await cache.get("/r")).assert_says("fwd-status=304")
+        cache.clock.advance(3)
+        (await cache.get("/r")).assert_hit(age=3)  # the hot lane
+        (await cache.get("/r", Cache_Control="max-age=0")).assert_hit(age=3)  # the full path
+
+
+async def test_a_304_does_not_change_the_stored_body_or_its_length() -> None:
+    # RFC 9111 4.3.4: Content-Length of a 304 is not used to update the stored response
+    async with running_cache() as cache:
+        route = cache.origin.responds("/r", cache_control="max-age=10", body=b"same", etag='"e"')
+        await cache.get("/r")
+        cache.clock.advance(11)
+        route.headers["Content-Length"] = "0"
+        (await cache.get("/r")).assert_body(b"same")
+        (await cache.get("/r")).assert_body(b"same").assert_hit()

@@ -55,3 +55,17 @@ async def test_vary_star_is_never_served_from_the_cache() -> None:
         await cache.get("/star")
         (await cache.get("/star")).assert_body(b"x").assert_says("fwd=")
         assert cache.origin.count("/star") == 2
+
+
+async def test_a_variant_is_revalidated_on_its_own_and_freshened_by_304() -> None:
+    async with running_cache() as cache:
+        route = cache.origin.responds(
+            "/v", cache_control="max-age=10", body=b"en", etag='"v"', Vary="Accept-Language"
+        )
+        await cache.get("/v", Accept_Language="en")
+        cache.clock.advance(11)
+        route.headers["X-New"] = "1"
+        reply = await cache.get("/v", Accept_Language="en")
+        reply.assert_body(b"en").assert_says("fwd-status=304")
+        assert reply.headers["X-New"] == "1"
+        (await cache.get("/v", Accept_Language="en")).assert_hit().assert_body(b"en")
