@@ -48,6 +48,7 @@ __all__ = [
     "Reply",
     "ScriptedOrigin",
     "Tiers",
+    "background_work",
     "engine_handler",
     "running_cache",
     "running_tiers",
@@ -70,6 +71,12 @@ def engine_handler(engine: Engine) -> Handler:
     request/response types and an aiohttp adapter, only this line changes.
     """
     return engine.handle
+
+
+def background_work(engine: Engine) -> int:
+    """How many background tasks the engine has under way (fills, revalidations,
+    compressed variants): the one other place the harness knows the engine's inside."""
+    return len(engine._background)
 
 
 class FrozenClock:
@@ -117,10 +124,7 @@ class ScriptedOrigin:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        if not self.port:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:
@@ -340,7 +344,7 @@ class CacheUnderTest:
     async def background_done(self) -> None:
         """Wait (bounded) for the engine's background work: fills, revalidations,
         compressed variants."""
-        await until(lambda: not self.engine._background, "the engine's background work")
+        await until(lambda: not background_work(self.engine), "the engine's background work")
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = BACKGROUND_TIMEOUT) -> None:
@@ -455,8 +459,6 @@ async def _node(
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     client = await stack.enter_async_context(aiohttp.ClientSession(auto_decompress=False))
     return CacheUnderTest(engine, store, origin, clock, client, base)
