@@ -6,7 +6,6 @@
 - A purge the node cannot save is not acknowledged, and is once it can be.
 - With the origin stopped, objects that were cached are served stale (marked), only
   objects never cached fail; the shield logs the outage in a handful of lines.
-- A soft purge's stale-while-revalidate window is counted from the purge.
 - A Range on a miss is answered 206 while the fill stores the whole object.
 """
 
@@ -219,32 +218,6 @@ async def test_a_worker_that_cannot_take_a_purge_is_replaced_before_the_ack(
         after = await every_worker(fleet.url(EDGE), path)
         assert {r.body for r in after} == {b"version 2\n"}
     assert "did not take a purge rule; replacing it" in fleet.nodes[EDGE].log()
-
-
-# -- 3. a soft purge's window ends on time -----------------------------------------------
-async def test_a_soft_purge_serves_stale_only_within_its_window_from_the_purge(
-    fleet: PurgeFleet, origin: OriginServer
-) -> None:
-    window = 2.0
-    quiet, busy = "/soft/quiet", "/soft/busy"
-    for path in (quiet, busy):
-        cacheable(origin, path, b"old\n", f"max-age=300, stale-while-revalidate={window:g}")
-    url = fleet.url(EDGE)
-    async with client_session() as session:
-        for path in (quiet, busy):
-            assert (await get(session, url, path)).body == b"old\n"
-        for path in (quiet, busy):
-            cacheable(origin, path, b"new\n", f"max-age=300, stale-while-revalidate={window:g}")
-        code, answer = await fleet.purge(session, {"urls": [quiet, busy], "soft": True})
-        assert code == 200, answer
-        acked = time.monotonic()
-        inside = await get(session, url, busy)
-        assert inside.body == b"old\n" and "stale-while-revalidate" in inside.cache_status[-1]
-        # time itself is what this test waits for: the window counted from the purge
-        await asyncio.sleep(acked + window + 0.3 - time.monotonic())
-        later = await get(session, url, quiet)
-    assert later.body == b"new\n", later.cache_status
-    assert "stale-while-revalidate" not in later.cache_status[-1]
 
 
 # -- 5. a Range on a miss -----------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""In-process tests of the engine: a real Engine, MemoryStore, scripted origin, frozen clock."""
