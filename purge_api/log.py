@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from purge_api.body import PurgeRequest
+from runtime.purge_wire import PurgeRecord, PurgeRequest
 
 __all__ = ["Ack", "IdempotencyConflict", "LoggedPurge", "PurgeLog"]
 
@@ -77,17 +77,9 @@ class LoggedPurge:
 
     def to_wire(self) -> dict[str, object]:
         """The record as pushed to and pulled by nodes (docs/purge-api.md, node protocol)."""
-        return {
-            "seq": self.seq,
-            "id": self.id,
-            "service": self.service,
-            "urls": list(self.request.urls),
-            "prefixes": list(self.request.prefixes),
-            "tags": list(self.request.tags),
-            "all": self.request.all,
-            "soft": self.request.soft,
-            "accepted_at": self.accepted_at,
-        }
+        return PurgeRecord.of(
+            self.seq, self.id, self.service, self.request, self.accepted_at
+        ).to_json()
 
 
 @dataclass(frozen=True)
@@ -145,15 +137,7 @@ class PurgeLog:
                     raise IdempotencyConflict(earlier)
                 return earlier, False
         purge_id = uuid.uuid4().hex
-        text = json.dumps(
-            {
-                "urls": request.urls,
-                "prefixes": request.prefixes,
-                "tags": request.tags,
-                "all": request.all,
-                "soft": request.soft,
-            }
-        )
+        text = json.dumps(request.to_json())
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             cursor = self._db.execute(
@@ -228,12 +212,5 @@ class PurgeLog:
 
 def _purge(row: tuple[int, str, str, str, float, str]) -> LoggedPurge:
     seq, purge_id, service, text, accepted_at, token = row
-    data = json.loads(text)
-    request = PurgeRequest(
-        urls=tuple(data["urls"]),
-        prefixes=tuple(data["prefixes"]),
-        tags=tuple(data["tags"]),
-        all=bool(data["all"]),
-        soft=bool(data["soft"]),
-    )
+    request = PurgeRequest.from_json(json.loads(text), "logged purge")
     return LoggedPurge(seq, purge_id, service, request, accepted_at, token)

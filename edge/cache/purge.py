@@ -14,13 +14,13 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from edge.cache.keys import normalize_target
 from fleet.config import Service
+from runtime.purge_wire import PurgeRecord
 
 __all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "purge_target"]
 
@@ -39,71 +39,6 @@ MAX_RULE_AGE = 366 * 86400.0
 #: API's purges. An invalidated object is also deleted from the store, so a dropped
 #: invalidation only stops covering fills that were in flight when it was made.
 MAX_INVALIDATIONS = 10_000
-
-
-@dataclass(frozen=True)
-class PurgeRecord:
-    """One accepted purge, as the API's log holds it and as nodes receive it."""
-
-    seq: int
-    id: str
-    service: str
-    urls: tuple[str, ...] = ()
-    prefixes: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    all: bool = False
-    soft: bool = False
-    accepted_at: float = 0.0
-
-    def to_json(self) -> dict[str, object]:
-        """The record as a JSON-ready dict (the wire and log form)."""
-        return {
-            "seq": self.seq,
-            "id": self.id,
-            "service": self.service,
-            "urls": list(self.urls),
-            "prefixes": list(self.prefixes),
-            "tags": list(self.tags),
-            "all": self.all,
-            "soft": self.soft,
-            "accepted_at": self.accepted_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> PurgeRecord:
-        """A record from its JSON form; ValueError names the field that is wrong."""
-        if not isinstance(data, Mapping):
-            raise ValueError("purge record: expected an object")
-
-        def strings(name: str) -> tuple[str, ...]:
-            value = data.get(name, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"purge record: {name!r} must be a list of strings")
-            return tuple(value)
-
-        seq = data.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ValueError("purge record: 'seq' must be a non-negative integer")
-        for name in ("id", "service"):
-            if not isinstance(data.get(name), str):
-                raise ValueError(f"purge record: {name!r} must be a string")
-        for name in ("all", "soft"):
-            if not isinstance(data.get(name, False), bool):
-                raise ValueError(f"purge record: {name!r} must be true or false")
-        accepted_at = data.get("accepted_at", 0.0)
-        if not isinstance(accepted_at, int | float) or isinstance(accepted_at, bool):
-            raise ValueError("purge record: 'accepted_at' must be a number")
-        return cls(
-            seq=seq,
-            id=str(data["id"]),
-            service=str(data["service"]),
-            urls=strings("urls"),
-            prefixes=strings("prefixes"),
-            tags=strings("tags"),
-            all=bool(data.get("all", False)),
-            soft=bool(data.get("soft", False)),
-            accepted_at=float(accepted_at),
-        )
 
 
 class PurgeVerdict(enum.Enum):
