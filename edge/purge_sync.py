@@ -307,6 +307,8 @@ class PurgeSync:
         for record, applied_at in new:
             self.rules.apply(record, applied_at)
         self._applied.extend(new)
+        # every process of the node has them before the caller acknowledges
+        await self.rules.settled()
         for record, _ in new:
             self._remember_matched(record.seq, await self._count(record))
 
@@ -331,6 +333,7 @@ class PurgeSync:
         async with self._lock:
             now = self.clock()
             dropped = self.rules.expire(now, self.max_rule_age)
+            await self.rules.settled()
             cutoff = now - self.max_rule_age
             kept = [(r, at) for r, at in self._applied if at >= cutoff]
             if len(kept) != len(self._applied):

@@ -15,14 +15,14 @@ import enum
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from edge.cache.keys import normalize_target
 from fleet.config import Service
 from runtime.purge_wire import PurgeRecord
 
-__all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "purge_target"]
+__all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "RulesObserver", "purge_target"]
 
 _NEVER = -math.inf
 # The host key of a rule given as a path: it covers that path on every host.
@@ -39,6 +39,28 @@ MAX_RULE_AGE = 366 * 86400.0
 #: API's purges. An invalidated object is also deleted from the store, so a dropped
 #: invalidation only stops covering fills that were in flight when it was made.
 MAX_INVALIDATIONS = 10_000
+
+
+class RulesObserver(Protocol):
+    """Told of every change to a `PurgeRules`, just after it is made.
+
+    The rules stay pure: an observer carries changes elsewhere (worker 0 relays them
+    to a node's other worker processes; another worker sends its invalidations up to
+    worker 0; see edge.workers). The calls are synchronous and must not block;
+    `settled()` waits until every change told so far has arrived where it goes.
+    """
+
+    def applied(self, record: PurgeRecord, applied_at: float, *, local: bool) -> None:
+        """A purge was applied (`local`: a rule outside the API's log)."""
+
+    def invalidated(self, service: str, host: str, target: str, applied_at: float) -> None:
+        """An unsafe request invalidated `host` + `target` (host lowercase, no port)."""
+
+    def expired(self, now: float, max_lifetime: float) -> None:
+        """Rules applied more than `max_lifetime` before `now` were dropped."""
+
+    async def settled(self) -> None:
+        """Return once every change told so far has been carried where it goes."""
 
 
 class PurgeVerdict(enum.Enum):
@@ -195,7 +217,8 @@ class PurgeRules:
 
     `version` increases on every change, so a caller may cache a verdict per object
     and ask again only when the version moved. `applied_seq` is the highest sequence
-    number applied with none missing below it.
+    number applied with none missing below it. `observer`, when set, is told of every
+    change after it is made (see `RulesObserver`).
     """
 
     def __init__(self, services: Sequence[Service]) -> None:
@@ -203,6 +226,7 @@ class PurgeRules:
         self.version = 0
         self.applied_seq = 0
         self._applied_above: set[int] = set()  # applied seqs beyond a gap
+        self.observer: RulesObserver | None = None
 
     def apply(self, record: PurgeRecord, applied_at: float) -> None:
         """Apply one purge as of node-local time `applied_at`; a seq seen before is a no-op."""
@@ -213,6 +237,8 @@ class PurgeRules:
         while self.applied_seq + 1 in self._applied_above:
             self.applied_seq += 1
             self._applied_above.discard(self.applied_seq)
+        if self.observer is not None:
+            self.observer.applied(record, applied_at, local=False)
 
     def apply_local(self, record: PurgeRecord, applied_at: float) -> None:
         """Apply a rule that is not in the API's log (its seq is ignored).
@@ -221,6 +247,8 @@ class PurgeRules:
         able to reach the API, and to restore rules that were applied before a restart.
         """
         self._add(record, applied_at)
+        if self.observer is not None:
+            self.observer.applied(record, applied_at, local=True)
 
     def _add(self, record: PurgeRecord, applied_at: float) -> None:
         rules = self._services.get(record.service)
@@ -234,13 +262,32 @@ class PurgeRules:
         Every stored response for that URI (all its variants) fetched before
         `applied_at` is gone, in this process, whoever stored it, and so is what a
         fill in flight since before then brings (`invalidated_since`). Not part of the
-        API's log and not persisted: an invalidation is this node's own business.
+        API's log and not persisted: an invalidation is this node's own business. The
+        observer carries it to the node's other worker processes.
         """
         rules = self._services.get(service)
         if rules is None:
             return
-        rules.invalidate(_strip_port(host.lower()), target, applied_at)
+        host = _strip_port(host.lower())
+        rules.invalidate(host, target, applied_at)
         self.version += 1
+        if self.observer is not None:
+            self.observer.invalidated(service, host, target, applied_at)
+
+    async def invalidate_everywhere(
+        self, service: str, host: str, target: str, applied_at: float
+    ) -> None:
+        """`invalidate`, then wait until every process of the node has it (`settled`),
+        so an answer sent after this cannot be followed by a hit of the old object in
+        another worker process."""
+        self.invalidate(service, host, target, applied_at)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Return once the observer has carried every change so far where it goes (at
+        once without an observer)."""
+        if self.observer is not None:
+            await self.observer.settled()
 
     def invalidated_since(self, service: str, host: str, target: str, moment: float) -> bool:
         """Whether `host` + `target` was invalidated after `moment` (a fill's start)."""
@@ -353,6 +400,8 @@ class PurgeRules:
         dropped = sum(rules.expire(cutoff) for rules in self._services.values())
         if dropped:
             self.version += 1
+        if self.observer is not None:
+            self.observer.expired(now, max_lifetime)
         return dropped
 
     @property
