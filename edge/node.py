@@ -238,7 +238,7 @@ async def _serve(
         node.name,
         rules,
         state_dir,
-        count_matches=_match_counter(fleet, store),
+        count_matches=match_counter(fleet, store),
         max_rule_age=MAX_RULE_AGE,
     )
 
@@ -432,7 +432,7 @@ def _admin_app(
     return app
 
 
-def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
+def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
     """How many stored objects a purge covers (for the purge's status), read from the
     index without promoting anything into the memory tier."""
 

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     acked_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS matched (
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (seq, node)
+);
 """
 
 
@@ -197,10 +203,27 @@ class PurgeLog:
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
 
+    def record_matched(self, node: str, counts: list[tuple[int, int]]) -> None:
+        """Store (seq, matched) counts `node` reported after its acks (the latest kept)."""
+        # reports like acks: a lost one is only a number missing from a status
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO matched (seq, node, count) VALUES (?, ?, ?)"
+                    " ON CONFLICT(seq, node) DO UPDATE SET count = excluded.count",
+                    [(seq, node, count) for seq, count in counts],
+                )
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
     def acks(self, seq: int) -> dict[str, Ack]:
-        """Every node's ack of purge `seq`, by node name."""
+        """Every node's ack of purge `seq`, by node name, with its count if it came."""
         rows = self._db.execute(
-            "SELECT node, acked_at, matched FROM acks WHERE seq = ?", (seq,)
+            "SELECT a.node, a.acked_at, COALESCE(a.matched, m.count) FROM acks AS a"
+            " LEFT JOIN matched AS m ON m.seq = a.seq AND m.node = a.node WHERE a.seq = ?",
+            (seq,),
         ).fetchall()
         return {node: Ack(node, acked_at, matched) for node, acked_at, matched in rows}
 

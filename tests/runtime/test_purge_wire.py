@@ -17,11 +17,13 @@ from runtime.purge_wire import PurgeRecord, PurgeRequest
 
 SERVICE = Service(name="site", hosts=("www.example.com",), origins=("http://127.0.0.1:9",))
 
-paths = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), max_size=12).map(
-    lambda s: "/" + s.lstrip("/")
+#: what a client may put in a path or a tag: no spaces or controls of any kind
+visible = st.characters(
+    min_codepoint=33, max_codepoint=0x2FFF, blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs")
 )
+paths = st.text(visible, max_size=12).map(lambda s: "/" + s.lstrip("/"))
 locations = paths | paths.map(lambda p: "https://www.example.com" + p)
-tags = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12)
+tags = st.text(visible, min_size=1, max_size=12)
 requests = st.builds(
     PurgeRequest,
     urls=st.lists(locations, max_size=3).map(tuple),
