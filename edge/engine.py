@@ -1151,7 +1151,7 @@ class Engine:
         policy_ = service.cache_key
         for raw in targets:
             keyed = normalize_target(raw, policy_.sort_query, policy_.drop_params)
-            self.rules.invalidate(service.name, host, keyed, now)
+            await self.rules.invalidate_everywhere(service.name, host, keyed, now)
             await self.store.delete(primary_key(service.name, host, keyed))
             self.metrics.invalidations.inc()
 

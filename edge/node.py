@@ -42,7 +42,7 @@ from edge.upstream import (
     UpstreamResponse,
     make_session,
 )
-from edge.workers import RelayingRules, WorkerSupervisor, follow_relayed_rules, worker_argv
+from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
 from runtime.auth import bearer_matches
 
@@ -192,17 +192,16 @@ async def _serve(
     )
     metrics = NodeMetrics(node.name, role.role)
     supervisor: WorkerSupervisor | None = None
-    rules: PurgeRules = PurgeRules(fleet.services)
+    rules = PurgeRules(fleet.services)
     if admin and node.workers > 1:
-        relaying = RelayingRules(fleet.services, on_lost=lambda n: _lost(supervisor, n))
+        # the relay observes the rules: every change reaches every worker process
         supervisor = WorkerSupervisor(
             node.workers,
-            relaying,
+            WorkerRelay(rules, on_lost=lambda n: _lost(supervisor, n)),
             lambda n, fd: worker_argv(fleet.source, node.name, role.role, n, fd),
             on_change=lambda: _count_workers(supervisor, metrics),
         )
         _count_workers(supervisor, metrics)
-        rules = relaying
     session = make_session(
         connect_timeout=min((s.connect_timeout for s in fleet.services), default=2.0),
         read_timeout=max((s.read_timeout for s in fleet.services), default=30.0),
@@ -239,7 +238,7 @@ async def _serve(
         node.name,
         rules,
         state_dir,
-        count_matches=_match_counter(fleet, store),
+        count_matches=match_counter(fleet, store),
         max_rule_age=MAX_RULE_AGE,
     )
 
@@ -258,7 +257,7 @@ async def _serve(
         # a worker without the admin listener: rules come from worker 0, which says
         # when the node has caught up on missed purges
         ready = asyncio.Event()
-        follower = loop.create_task(follow_relayed_rules(relay, rules, ready))
+        follower = loop.create_task(RelayFollower(rules).run(relay, ready))
         await ready.wait()
     else:
         # catch up on missed purges before serving anything they might cover
@@ -433,7 +432,7 @@ def _admin_app(
     return app
 
 
-def _match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
+def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
     """How many stored objects a purge covers (for the purge's status), read from the
     index without promoting anything into the memory tier."""
 

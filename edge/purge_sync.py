@@ -7,6 +7,12 @@ applied, which is its acknowledgement. A node that was away pulls what it missed
 (`GET /v1/nodes/{node}/purges?since=N` on the API) at start-up, whenever a push
 shows a gap, and every `poll_interval` as a safety net.
 
+How many stored objects a purge covers (`matched`, a report for the purge's status)
+is counted off the acknowledgement path: counting scans the store's index, and an
+ack must not wait for it. An ack carries the counts that are ready; the rest are
+counted in the background, one purge at a time, and sent to the API when done
+(`POST /v1/nodes/{node}/matched`).
+
 Applied rules and the applied sequence number are kept in `state_dir`, each rule
 with the node-local time it was first applied, so a restarted node keeps its rules
 exactly as they were and pulls only what it missed. When the API cannot be reached
@@ -25,7 +31,7 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,14 @@ log = logging.getLogger("edgeshield.purge_sync")
 PUSH_PATH = "/admin/purge"
 PULL_PAGE = 500
 _MATCHED_MEMORY = 10_000  # how many recent matched counts a node remembers for acks
+#: purges waiting to be counted, at most: a node catching up on thousands of purges
+#: counts the latest ones (each count is a scan of the index) and reports no count
+#: for the older ones
+_COUNT_BACKLOG = 100
+#: counts one report to the API carries, at most (the API's MAX_MATCHED)
+_REPORT_BATCH = 1000
+#: seconds between tries of a report the API did not take
+_REPORT_RETRY = 5.0
 
 
 class PurgeSyncError(Exception):
@@ -149,7 +163,7 @@ class PurgeSync:
         startup_retry: float = 3.0,
         poll_interval: float = 30.0,
         max_rule_age: float | None = None,
-        count_timeout: float = 2.0,
+        count_timeout: float = 30.0,
     ) -> None:
         self.fleet = fleet
         self.node_name = node_name
@@ -173,6 +187,12 @@ class PurgeSync:
         self._pull_log = StateLog(log, "purge: catch-up from the API", every=60.0)
         self._applied: list[tuple[PurgeRecord, float]] = []
         self._matched: OrderedDict[int, int | None] = OrderedDict()
+        self._to_count: deque[PurgeRecord] = deque()
+        self._count_wake = asyncio.Event()
+        self._unreported: OrderedDict[int, int] = OrderedDict()
+        self._counter: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._report_log = StateLog(log, "purge: reporting matched counts to the API", every=60.0)
         self._session: aiohttp.ClientSession | None = None
         self._background: asyncio.Task[None] | None = None
         self._ready = self._api_url is None
@@ -226,12 +246,15 @@ class PurgeSync:
         self._background = asyncio.create_task(self._keep_in_step())
 
     async def stop(self) -> None:
-        """Stop the background pulls and close the HTTP session."""
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
-            self._background = None
+        """Stop the background pulls and counts, and close the HTTP session."""
+        self._stopping = True  # the counter ends even if a library swallows its cancel
+        self._count_wake.set()
+        for task in (self._background, self._counter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._background = self._counter = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -307,17 +330,73 @@ class PurgeSync:
         for record, applied_at in new:
             self.rules.apply(record, applied_at)
         self._applied.extend(new)
-        for record, _ in new:
-            self._remember_matched(record.seq, await self._count(record))
+        # every process of the node has them before the caller acknowledges
+        await self.rules.settled()
+        self._count_later([record for record, _ in new])
+
+    # -- counting matches, off the ack path -------------------------------------
+
+    def _count_later(self, records: list[PurgeRecord]) -> None:
+        """Queue applied purges for counting; the ack does not wait for it."""
+        if self.count_matches is None or not records:
+            return
+        self._to_count.extend(records)
+        while len(self._to_count) > _COUNT_BACKLOG:
+            self._to_count.popleft()
+        self._count_wake.set()
+        if self._counter is None or self._counter.done():
+            self._counter = asyncio.get_running_loop().create_task(self._count_forever())
+
+    async def _count_forever(self) -> None:
+        """Background: count queued purges one at a time, then report the counts."""
+        while not self._stopping:
+            if self._unreported:  # a report failed: try again after a while
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_REPORT_RETRY):
+                        await self._count_wake.wait()
+            else:
+                await self._count_wake.wait()
+            self._count_wake.clear()
+            while self._to_count:
+                record = self._to_count.popleft()
+                matched = await self._count(record)
+                self._remember_matched(record.seq, matched)
+                if matched is not None:
+                    self._unreported[record.seq] = matched
+                    while len(self._unreported) > _MATCHED_MEMORY:
+                        self._unreported.popitem(last=False)
+            await self._report()
 
     async def _count(self, record: PurgeRecord) -> int | None:
-        if self.count_matches is None:
-            return None
+        assert self.count_matches is not None
         try:
-            return await asyncio.wait_for(self.count_matches(record), self.count_timeout)
-        except Exception:  # a count is a report; it must not hold back the ack
+            async with asyncio.timeout(self.count_timeout):
+                return await self.count_matches(record)
+        except Exception:  # a count is a report: log it and go on
             log.exception("purge: counting matches of seq %d failed", record.seq)
             return None
+
+    async def _report(self) -> None:
+        """Send counts not reported yet to the API; kept for the next try if it fails."""
+        if self._api_url is None or self._session is None:
+            return
+        url = f"{self._api_url}/v1/nodes/{self.node_name}/matched"
+        while self._unreported:
+            batch = dict(list(self._unreported.items())[:_REPORT_BATCH])
+            try:
+                async with self._session.post(
+                    url,
+                    json={"matched": {str(seq): n for seq, n in batch.items()}},
+                    headers={"Authorization": self._auth_header},
+                ) as response:
+                    if response.status != 200:
+                        raise PurgeSyncError(f"answered {response.status}")
+            except (TimeoutError, aiohttp.ClientError, PurgeSyncError) as exc:
+                self._report_log.failed(f"failed: {exc!r}")
+                return
+            self._report_log.recovered()
+            for seq in batch:
+                self._unreported.pop(seq, None)
 
     def _remember_matched(self, seq: int, matched: int | None) -> None:
         self._matched[seq] = matched
@@ -331,6 +410,7 @@ class PurgeSync:
         async with self._lock:
             now = self.clock()
             dropped = self.rules.expire(now, self.max_rule_age)
+            await self.rules.settled()
             cutoff = now - self.max_rule_age
             kept = [(r, at) for r, at in self._applied if at >= cutoff]
             if len(kept) != len(self._applied):
@@ -393,7 +473,11 @@ class PurgeSync:
         return bearer_matches(request.headers.get("Authorization"), self._secret)
 
     async def _handle_push(self, request: web.Request) -> web.Response:
-        """POST /admin/purge {"records": [...]} -> {"node", "applied_seq", "matched"}."""
+        """POST /admin/purge {"records": [...]} -> {"node", "applied_seq", "matched"}.
+
+        `matched` has a count for each record whose count is ready (a record sent
+        again, mostly) and null for the others; those follow to the API when counted.
+        """
         if not self._authorized(request):
             return _error(401, "missing or wrong node secret")
         try:

@@ -5,6 +5,7 @@ REST (design section 4, docs/purge-api.md):
     GET  /v1/purges/{id}                                its status, per node
 Node protocol (node secret):
     GET  /v1/nodes/{node}/purges?since=SEQ&limit=N      what a node missed
+    POST /v1/nodes/{node}/matched                       counts that follow a node's acks
     GET  /healthz
 
 Checks run in this order, so each error names the first thing wrong: 401 token,
@@ -35,6 +36,8 @@ __all__ = ["MAX_BODY_BYTES", "MAX_WAIT", "PurgeApi"]
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_WAIT = 300.0
 MAX_PULL = 1000
+#: counts one report of matched objects may carry
+MAX_MATCHED = 1000
 #: the largest sequence number SQLite's INTEGER holds
 MAX_SEQ = 2**63 - 1
 _PURGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -75,6 +78,7 @@ class PurgeApi:
                 web.post("/v1/services/{service}/purge", self.post_purge),
                 web.get("/v1/purges/{id}", self.get_purge),
                 web.get("/v1/nodes/{node}/purges", self.pull),
+                web.post("/v1/nodes/{node}/matched", self.post_matched),
                 web.get("/healthz", self.healthz),
             ]
         )
@@ -209,13 +213,7 @@ class PurgeApi:
             "status": "complete" if complete else "pending",
             "service": purge.service,
             "accepted_at": purge.accepted_at,
-            "request": {
-                "urls": list(purge.request.urls),
-                "prefixes": list(purge.request.prefixes),
-                "tags": list(purge.request.tags),
-                "all": purge.request.all,
-                "soft": purge.request.soft,
-            },
+            "request": purge.request.to_json(),
             "acked": len(details),
             "total": len(nodes),
             "nodes": nodes,
@@ -252,6 +250,35 @@ class PurgeApi:
                 "more": last < up_to,
             }
         )
+
+    async def post_matched(self, request: web.Request) -> web.Response:
+        """POST /v1/nodes/{node}/matched {"matched": {"SEQ": COUNT}}: how many stored
+        objects purges covered on the node, counted after it acknowledged them."""
+        if not bearer_matches(request.headers.get("Authorization"), self._secret):
+            return _error(401, "missing or wrong node secret")
+        node = request.match_info["node"]
+        if node not in self.fanout.links:
+            return _error(404, f"no node named {shorten(node)} in the fleet")
+        try:
+            body = await request.json()
+            matched = body["matched"]
+            if not isinstance(matched, dict) or len(matched) > MAX_MATCHED:
+                raise ValueError
+            counts = [(int(seq), count) for seq, count in matched.items()]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return _error(
+                400, f'expected {{"matched": {{"SEQ": COUNT}}}} with at most {MAX_MATCHED}'
+            )
+        if not all(
+            0 < seq <= MAX_SEQ
+            and isinstance(n, int)
+            and not isinstance(n, bool)
+            and 0 <= n <= MAX_SEQ
+            for seq, n in counts
+        ):
+            return _error(400, "sequence numbers and counts must be non-negative integers")
+        await self.log.call(self.log.record_matched, node, counts)
+        return web.json_response({"node": node, "recorded": len(counts)})
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """GET /healthz: the API is up; the log's head and the edges' released seq."""

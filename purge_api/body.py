@@ -8,11 +8,11 @@ of the service's) or a path starting with "/" (that path on every host).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from fleet.config import Service
+from runtime.purge_wire import PurgeRequest
 
 __all__ = ["BodyError", "BodyTooLarge", "PurgeRequest", "parse_purge_body", "shorten"]
 
@@ -39,22 +39,6 @@ class BodyError(Exception):
 
 class BodyTooLarge(Exception):
     """More items than a purge may carry (HTTP 413)."""
-
-
-@dataclass(frozen=True)
-class PurgeRequest:
-    """What one purge call asks for, checked."""
-
-    urls: tuple[str, ...] = ()
-    prefixes: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    all: bool = False
-    soft: bool = False
-
-    @property
-    def item_count(self) -> int:
-        """URLs, prefixes and tags together (what max_items limits)."""
-        return len(self.urls) + len(self.prefixes) + len(self.tags)
 
 
 def parse_purge_body(raw: bytes, service: Service, max_items: int) -> PurgeRequest:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from purge_api.body import PurgeRequest
+from runtime.purge_wire import PurgeRecord, PurgeRequest
 
 __all__ = ["Ack", "IdempotencyConflict", "LoggedPurge", "PurgeLog"]
 
@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     acked_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS matched (
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (seq, node)
+);
 """
 
 
@@ -77,17 +83,9 @@ class LoggedPurge:
 
     def to_wire(self) -> dict[str, object]:
         """The record as pushed to and pulled by nodes (docs/purge-api.md, node protocol)."""
-        return {
-            "seq": self.seq,
-            "id": self.id,
-            "service": self.service,
-            "urls": list(self.request.urls),
-            "prefixes": list(self.request.prefixes),
-            "tags": list(self.request.tags),
-            "all": self.request.all,
-            "soft": self.request.soft,
-            "accepted_at": self.accepted_at,
-        }
+        return PurgeRecord.of(
+            self.seq, self.id, self.service, self.request, self.accepted_at
+        ).to_json()
 
 
 @dataclass(frozen=True)
@@ -145,15 +143,7 @@ class PurgeLog:
                     raise IdempotencyConflict(earlier)
                 return earlier, False
         purge_id = uuid.uuid4().hex
-        text = json.dumps(
-            {
-                "urls": request.urls,
-                "prefixes": request.prefixes,
-                "tags": request.tags,
-                "all": request.all,
-                "soft": request.soft,
-            }
-        )
+        text = json.dumps(request.to_json())
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             cursor = self._db.execute(
@@ -213,10 +203,27 @@ class PurgeLog:
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
 
+    def record_matched(self, node: str, counts: list[tuple[int, int]]) -> None:
+        """Store (seq, matched) counts `node` reported after its acks (the latest kept)."""
+        # reports like acks: a lost one is only a number missing from a status
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO matched (seq, node, count) VALUES (?, ?, ?)"
+                    " ON CONFLICT(seq, node) DO UPDATE SET count = excluded.count",
+                    [(seq, node, count) for seq, count in counts],
+                )
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
     def acks(self, seq: int) -> dict[str, Ack]:
-        """Every node's ack of purge `seq`, by node name."""
+        """Every node's ack of purge `seq`, by node name, with its count if it came."""
         rows = self._db.execute(
-            "SELECT node, acked_at, matched FROM acks WHERE seq = ?", (seq,)
+            "SELECT a.node, a.acked_at, COALESCE(a.matched, m.count) FROM acks AS a"
+            " LEFT JOIN matched AS m ON m.seq = a.seq AND m.node = a.node WHERE a.seq = ?",
+            (seq,),
         ).fetchall()
         return {node: Ack(node, acked_at, matched) for node, acked_at, matched in rows}
 
@@ -228,12 +235,5 @@ class PurgeLog:
 
 def _purge(row: tuple[int, str, str, str, float, str]) -> LoggedPurge:
     seq, purge_id, service, text, accepted_at, token = row
-    data = json.loads(text)
-    request = PurgeRequest(
-        urls=tuple(data["urls"]),
-        prefixes=tuple(data["prefixes"]),
-        tags=tuple(data["tags"]),
-        all=bool(data["all"]),
-        soft=bool(data["soft"]),
-    )
+    request = PurgeRequest.from_json(json.loads(text), "logged purge")
     return LoggedPurge(seq, purge_id, service, request, accepted_at, token)

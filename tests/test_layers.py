@@ -53,7 +53,27 @@ def test_imports_point_one_way(package: str) -> None:
     assert wrong == {}
 
 
-def test_edge_cache_imports_only_the_fleet_schema() -> None:
+def imported_modules(path: Path) -> set[str]:
+    """The modules of ours that a module imports, by full dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return {name for name in found if name.split(".")[0] in ALLOWED}
+
+
+def test_edge_cache_imports_only_the_fleet_schema_and_the_purge_wire() -> None:
+    # the purge record is pure data shared with the purge API (runtime.purge_wire);
+    # nothing else of runtime (processes, aiohttp glue) may reach the I/O-free policy
     for path in sorted((REPO / "edge" / "cache").rglob("*.py")):
-        imported = imported_packages(path)
-        assert imported <= {"edge", "fleet"}, path
+        modules = imported_modules(path)
+        assert {m.split(".")[0] for m in modules} <= {"edge", "fleet", "runtime"}, path
+        assert {m for m in modules if m.startswith("runtime")} <= {"runtime.purge_wire"}, path
+        edge = {m for m in modules if m.split(".")[0] == "edge"}
+        assert all(m.startswith("edge.cache") for m in edge), path
+
+
+def test_the_purge_wire_imports_nothing_of_ours() -> None:
+    assert imported_modules(REPO / "runtime" / "purge_wire.py") == set()

@@ -14,15 +14,15 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from edge.cache.keys import normalize_target
 from fleet.config import Service
+from runtime.purge_wire import PurgeRecord
 
-__all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "purge_target"]
+__all__ = ["PurgeRecord", "PurgeRules", "PurgeVerdict", "RulesObserver", "purge_target"]
 
 _NEVER = -math.inf
 # The host key of a rule given as a path: it covers that path on every host.
@@ -41,69 +41,26 @@ MAX_RULE_AGE = 366 * 86400.0
 MAX_INVALIDATIONS = 10_000
 
 
-@dataclass(frozen=True)
-class PurgeRecord:
-    """One accepted purge, as the API's log holds it and as nodes receive it."""
+class RulesObserver(Protocol):
+    """Told of every change to a `PurgeRules`, just after it is made.
 
-    seq: int
-    id: str
-    service: str
-    urls: tuple[str, ...] = ()
-    prefixes: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    all: bool = False
-    soft: bool = False
-    accepted_at: float = 0.0
+    The rules stay pure: an observer carries changes elsewhere (worker 0 relays them
+    to a node's other worker processes; another worker sends its invalidations up to
+    worker 0; see edge.workers). The calls are synchronous and must not block;
+    `settled()` waits until every change told so far has arrived where it goes.
+    """
 
-    def to_json(self) -> dict[str, object]:
-        """The record as a JSON-ready dict (the wire and log form)."""
-        return {
-            "seq": self.seq,
-            "id": self.id,
-            "service": self.service,
-            "urls": list(self.urls),
-            "prefixes": list(self.prefixes),
-            "tags": list(self.tags),
-            "all": self.all,
-            "soft": self.soft,
-            "accepted_at": self.accepted_at,
-        }
+    def applied(self, record: PurgeRecord, applied_at: float, *, local: bool) -> None:
+        """A purge was applied (`local`: a rule outside the API's log)."""
 
-    @classmethod
-    def from_json(cls, data: object) -> PurgeRecord:
-        """A record from its JSON form; ValueError names the field that is wrong."""
-        if not isinstance(data, Mapping):
-            raise ValueError("purge record: expected an object")
+    def invalidated(self, service: str, host: str, target: str, applied_at: float) -> None:
+        """An unsafe request invalidated `host` + `target` (host lowercase, no port)."""
 
-        def strings(name: str) -> tuple[str, ...]:
-            value = data.get(name, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"purge record: {name!r} must be a list of strings")
-            return tuple(value)
+    def expired(self, now: float, max_lifetime: float) -> None:
+        """Rules applied more than `max_lifetime` before `now` were dropped."""
 
-        seq = data.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ValueError("purge record: 'seq' must be a non-negative integer")
-        for name in ("id", "service"):
-            if not isinstance(data.get(name), str):
-                raise ValueError(f"purge record: {name!r} must be a string")
-        for name in ("all", "soft"):
-            if not isinstance(data.get(name, False), bool):
-                raise ValueError(f"purge record: {name!r} must be true or false")
-        accepted_at = data.get("accepted_at", 0.0)
-        if not isinstance(accepted_at, int | float) or isinstance(accepted_at, bool):
-            raise ValueError("purge record: 'accepted_at' must be a number")
-        return cls(
-            seq=seq,
-            id=str(data["id"]),
-            service=str(data["service"]),
-            urls=strings("urls"),
-            prefixes=strings("prefixes"),
-            tags=strings("tags"),
-            all=bool(data.get("all", False)),
-            soft=bool(data.get("soft", False)),
-            accepted_at=float(accepted_at),
-        )
+    async def settled(self) -> None:
+        """Return once every change told so far has been carried where it goes."""
 
 
 class PurgeVerdict(enum.Enum):
@@ -260,7 +217,8 @@ class PurgeRules:
 
     `version` increases on every change, so a caller may cache a verdict per object
     and ask again only when the version moved. `applied_seq` is the highest sequence
-    number applied with none missing below it.
+    number applied with none missing below it. `observer`, when set, is told of every
+    change after it is made (see `RulesObserver`).
     """
 
     def __init__(self, services: Sequence[Service]) -> None:
@@ -268,6 +226,7 @@ class PurgeRules:
         self.version = 0
         self.applied_seq = 0
         self._applied_above: set[int] = set()  # applied seqs beyond a gap
+        self.observer: RulesObserver | None = None
 
     def apply(self, record: PurgeRecord, applied_at: float) -> None:
         """Apply one purge as of node-local time `applied_at`; a seq seen before is a no-op."""
@@ -278,6 +237,8 @@ class PurgeRules:
         while self.applied_seq + 1 in self._applied_above:
             self.applied_seq += 1
             self._applied_above.discard(self.applied_seq)
+        if self.observer is not None:
+            self.observer.applied(record, applied_at, local=False)
 
     def apply_local(self, record: PurgeRecord, applied_at: float) -> None:
         """Apply a rule that is not in the API's log (its seq is ignored).
@@ -286,6 +247,8 @@ class PurgeRules:
         able to reach the API, and to restore rules that were applied before a restart.
         """
         self._add(record, applied_at)
+        if self.observer is not None:
+            self.observer.applied(record, applied_at, local=True)
 
     def _add(self, record: PurgeRecord, applied_at: float) -> None:
         rules = self._services.get(record.service)
@@ -299,13 +262,32 @@ class PurgeRules:
         Every stored response for that URI (all its variants) fetched before
         `applied_at` is gone, in this process, whoever stored it, and so is what a
         fill in flight since before then brings (`invalidated_since`). Not part of the
-        API's log and not persisted: an invalidation is this node's own business.
+        API's log and not persisted: an invalidation is this node's own business. The
+        observer carries it to the node's other worker processes.
         """
         rules = self._services.get(service)
         if rules is None:
             return
-        rules.invalidate(_strip_port(host.lower()), target, applied_at)
+        host = _strip_port(host.lower())
+        rules.invalidate(host, target, applied_at)
         self.version += 1
+        if self.observer is not None:
+            self.observer.invalidated(service, host, target, applied_at)
+
+    async def invalidate_everywhere(
+        self, service: str, host: str, target: str, applied_at: float
+    ) -> None:
+        """`invalidate`, then wait until every process of the node has it (`settled`),
+        so an answer sent after this cannot be followed by a hit of the old object in
+        another worker process."""
+        self.invalidate(service, host, target, applied_at)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Return once the observer has carried every change so far where it goes (at
+        once without an observer)."""
+        if self.observer is not None:
+            await self.observer.settled()
 
     def invalidated_since(self, service: str, host: str, target: str, moment: float) -> bool:
         """Whether `host` + `target` was invalidated after `moment` (a fill's start)."""
@@ -418,6 +400,8 @@ class PurgeRules:
         dropped = sum(rules.expire(cutoff) for rules in self._services.values())
         if dropped:
             self.version += 1
+        if self.observer is not None:
+            self.observer.expired(now, max_lifetime)
         return dropped
 
     @property

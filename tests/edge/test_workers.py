@@ -1,15 +1,17 @@
-"""Purge rules relayed to a node's workers, over real socketpairs."""
+"""Purge rules relayed between a node's workers, over real socketpairs and streams."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict
-from edge.workers import RelayingRules, follow_relayed_rules
+from edge.workers import RelayFollower, WorkerRelay
 from fleet.config import Service
 
 SITE = Service(name="site", hosts=("www.example.com",), origins=("http://127.0.0.1:1",))
@@ -25,57 +27,154 @@ def verdict(rules: PurgeRules, url: str) -> PurgeVerdict:
 
 #: the followers of the test running now (held, so none is collected while it runs)
 FOLLOWERS: list[asyncio.Task[None]] = []
+RELAYS: list[WorkerRelay] = []
 
 
 @pytest.fixture(autouse=True)
 async def stop_followers() -> AsyncIterator[None]:
     yield
+    for relay in RELAYS:
+        await relay.close()
+    RELAYS.clear()
     for task in FOLLOWERS:
         task.cancel()
     await asyncio.gather(*FOLLOWERS, return_exceptions=True)
     FOLLOWERS.clear()
 
 
-async def joined(relaying: RelayingRules, number: int) -> tuple[PurgeRules, asyncio.Event]:
-    """A worker's rules, joined to worker 0's `relaying` the way the supervisor does."""
+def relay_of(rules: PurgeRules, lost: list[int] | None = None) -> WorkerRelay:
+    relay = WorkerRelay(rules, on_lost=lost.append if lost is not None else None)
+    RELAYS.append(relay)
+    return relay
+
+
+async def hello(ours: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Worker 0's end once the worker said hello, as the supervisor opens it."""
+    ours.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=ours)
+    assert await asyncio.wait_for(reader.readline(), 5) == b"h\n"
+    return reader, writer
+
+
+async def joined(relay: WorkerRelay, number: int) -> PurgeRules:
+    """A worker's rules, joined to worker 0's relay the way the supervisor does."""
     ours, theirs = socket.socketpair()
     rules, ready = PurgeRules([SITE]), asyncio.Event()
-    FOLLOWERS.append(
-        asyncio.get_running_loop().create_task(follow_relayed_rules(theirs, rules, ready))
-    )
-    ours.setblocking(False)
-    assert await asyncio.get_running_loop().sock_recv(ours, 1) == b"h"
-    assert await asyncio.to_thread(relaying.join, number, ours)
+    FOLLOWERS.append(asyncio.create_task(RelayFollower(rules).run(theirs, ready)))
+    assert await relay.join(number, *await hello(ours))
     await asyncio.wait_for(ready.wait(), 5)
-    return rules, ready
+    return rules
 
 
 async def test_a_joining_worker_gets_every_rule_so_far_then_each_new_one() -> None:
-    relaying = RelayingRules([SITE])
-    relaying.apply(record(1, "/a"), 10.0)
-    worker, _ = await joined(relaying, 1)
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    rules.apply(record(1, "/a"), 10.0)
+    worker = await joined(relay, 1)
     assert verdict(worker, "/a") is PurgeVerdict.GONE
-    await asyncio.to_thread(relaying.apply, record(2, "/b"), 11.0)
+    rules.apply(record(2, "/b"), 11.0)
+    await rules.settled()  # what the purge sync awaits before it acknowledges
     assert verdict(worker, "/b") is PurgeVerdict.GONE
-    assert relaying.live_peers == [1]
+    assert relay.live_peers == [1]
 
 
 async def test_a_dead_worker_is_dropped_and_reported_and_the_rule_still_applies() -> None:
     lost: list[int] = []
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules, lost)
     ours, theirs = socket.socketpair()
-    relaying = RelayingRules([SITE], [ours], on_lost=lost.append)
-    theirs.close()  # the worker is gone
-    relaying.apply(record(1, "/a"), 10.0)  # no exception: the live workers have it
-    assert lost == [1] and relaying.live_peers == []
-    assert verdict(relaying, "/a") is PurgeVerdict.GONE
-    assert relaying.applied_seq == 1
+    follower = asyncio.create_task(RelayFollower(PurgeRules([SITE])).run(theirs, asyncio.Event()))
+    FOLLOWERS.append(follower)
+    assert await relay.join(1, *await hello(ours))
+    follower.cancel()  # the worker is gone
+    await asyncio.gather(follower, return_exceptions=True)
+    rules.apply(record(1, "/a"), 10.0)
+    await rules.settled()  # no exception: the live workers have it
+    assert lost == [1] and relay.live_peers == []
+    assert verdict(rules, "/a") is PurgeVerdict.GONE
+    assert rules.applied_seq == 1
+
+
+async def test_a_worker_that_does_not_answer_is_lost_without_holding_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("edge.workers.RELAY_TIMEOUT", 0.5)
+    lost: list[int] = []
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules, lost)
+    ours, theirs = socket.socketpair()
+    theirs.sendall(b"h\n")
+    reader, writer = await hello(ours)
+    joining = asyncio.create_task(relay.join(1, reader, writer))
+    # the "worker" acknowledges the join, then stops reading: alive, not answering
+    assert await asyncio.to_thread(theirs.recv, 65536)
+    theirs.sendall(b"k\nk\n")
+    assert await joining
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    rules.apply(record(1, "/a"), 10.0)
+    await rules.settled()
+    waited = time.monotonic() - started
+    ticker.cancel()
+    await asyncio.gather(ticker, return_exceptions=True)
+    theirs.close()
+    assert lost == [1] and relay.live_peers == []
+    # the loop kept running while the relay waited for the stuck worker
+    assert waited >= 0.4 and ticks >= 10
 
 
 async def test_expired_rules_are_not_given_to_a_worker_that_joins_later() -> None:
-    relaying = RelayingRules([SITE])
-    relaying.apply(record(1, "/old"), 10.0)
-    relaying.apply(record(2, "/new"), 1000.0)
-    relaying.expire(1005.0, 100.0)
-    worker, _ = await joined(relaying, 1)
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    rules.apply(record(1, "/old"), 10.0)
+    rules.apply(record(2, "/new"), 1000.0)
+    rules.expire(1005.0, 100.0)
+    worker = await joined(relay, 1)
     assert verdict(worker, "/old") is PurgeVerdict.NONE
     assert verdict(worker, "/new") is PurgeVerdict.GONE
+
+
+async def test_a_workers_invalidation_reaches_worker_0_and_every_other_worker() -> None:
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    first, second = await joined(relay, 1), await joined(relay, 2)
+    await first.invalidate_everywhere("site", "www.example.com:80", "/posted", 50.0)
+    for each in (rules, first, second):
+        assert each.verdict("site", "www.example.com", "/posted", (), 40.0) is PurgeVerdict.GONE
+        assert each.invalidated_since("site", "www.example.com", "/posted", 40.0)
+    # not a purge of the API's log: nothing for a worker that joins later
+    assert verdict(await joined(relay, 3), "/posted") is PurgeVerdict.NONE
+
+
+async def test_worker_0s_invalidation_is_relayed_before_it_settles() -> None:
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    worker = await joined(relay, 1)
+    await rules.invalidate_everywhere("site", "www.example.com", "/x", 50.0)
+    assert worker.verdict("site", "www.example.com", "/x", (), 40.0) is PurgeVerdict.GONE
+
+
+async def test_an_unusable_line_from_a_worker_drops_it() -> None:
+    lost: list[int] = []
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules, lost)
+    ours, theirs = socket.socketpair()
+    theirs.sendall(b"h\n")
+    reader, writer = await hello(ours)
+    joining = asyncio.create_task(relay.join(1, reader, writer))
+    batch = await asyncio.to_thread(theirs.recv, 65536)
+    assert json.loads(batch.split(b"\n")[0])["op"] == "batch"
+    theirs.sendall(b"k\nk\n{not json\n")
+    assert await joining
+    rules.apply(record(1, "/a"), 10.0)
+    await rules.settled()
+    theirs.close()
+    assert lost == [1]

@@ -2,13 +2,14 @@
 
 The nodes are aiohttp apps in the test process: each mounts `PurgeSync.routes()` on
 its admin listener from the fleet file, exactly as an edge or shield does, and
-records the order in which purges were applied (through the `count_matches` hook).
+records the order in which purges were applied (as the observer of its rules).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,27 @@ class Applied:
         return next(at for name, s, at in self.events if name == node and s == seq)
 
 
+class _Recorder:
+    """The rules' observer in a test node: notes when each purge of the log is applied."""
+
+    def __init__(self, name: str, applied: Applied) -> None:
+        self.name = name
+        self.events = applied.events
+
+    def applied(self, record: PurgeRecord, applied_at: float, *, local: bool) -> None:
+        if not local:
+            self.events.append((self.name, record.seq, time.monotonic()))
+
+    def invalidated(self, service: str, host: str, target: str, applied_at: float) -> None:
+        pass
+
+    def expired(self, now: float, max_lifetime: float) -> None:
+        pass
+
+    async def settled(self) -> None:
+        pass
+
+
 class Node:
     """One node's admin listener with the real PurgeSync mounted on it."""
 
@@ -73,18 +95,20 @@ class Node:
         listen: str | None = None,
         startup_retry: float = 3.0,
         clock: Any = time.time,
+        count: Callable[[PurgeRecord], Awaitable[int]] | None = None,
     ) -> None:
         self.fleet = fleet
         self.name = name
         self.applied = applied
         self.rules = PurgeRules(fleet.services)
+        self.rules.observer = _Recorder(name, applied)
         self.state_dir = root / "state" / name
         self.sync = PurgeSync(
             fleet,
             name,
             self.rules,
             str(self.state_dir),
-            self._count,
+            count or self._count,
             clock=clock,
             startup_retry=startup_retry,
         )
@@ -94,7 +118,6 @@ class Node:
         self.url = ""
 
     async def _count(self, record: PurgeRecord) -> int:
-        self.applied.events.append((self.name, record.seq, time.monotonic()))
         return len(self.name)  # a recognisable "matched" count per node
 
     async def start(self, *, sync: bool = True) -> Node:

@@ -65,6 +65,14 @@ async def test_shields_apply_before_edges_and_wait_reports_complete(
         assert status == 200
         assert report["status"] == "complete"
         assert (report["acked"], report["total"], report["pending"]) == (5, 5, [])
+        # the count follows the ack, counted off the ack path
+        deadline = asyncio.get_running_loop().time() + 10
+        while report["acks"]["edge2"]["matched"] is None:
+            assert asyncio.get_running_loop().time() < deadline, report
+            await asyncio.sleep(0.05)
+            _, report, _ = await api_call(
+                "GET", f"{api_url(fleet)}/v1/purges/{body['id']}", headers=AUTH
+            )
         assert report["acks"]["edge2"]["matched"] == len("edge2")
         assert report["propagation_ms"] == max(report["nodes"].values())
     finally:
@@ -160,16 +168,23 @@ async def test_a_push_after_a_gap_pulls_the_missing_purges_first(
         )
         assert status == 200
         assert answer["applied_seq"] == 3
-        assert answer["matched"] == {"3": len("edge1")}
+        # the count follows the ack: in it if ready, else null
+        assert answer["matched"] in ({"3": None}, {"3": len("edge1")})
         assert applied.seqs("edge1") == [1, 2, 3]
-        # pushed again: idempotent
-        status, answer, _ = await api_call(
-            "POST",
-            f"{node.url}/admin/purge",
-            headers=NODE_AUTH,
-            json={"records": [third.to_json()]},
-        )
-        assert (status, answer["applied_seq"]) == (200, 3)
+        # pushed again: idempotent, and the ack carries the count once it is ready
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            status, answer, _ = await api_call(
+                "POST",
+                f"{node.url}/admin/purge",
+                headers=NODE_AUTH,
+                json={"records": [third.to_json()]},
+            )
+            assert (status, answer["applied_seq"]) == (200, 3)
+            if answer["matched"] == {"3": len("edge1")}:
+                break
+            assert asyncio.get_running_loop().time() < deadline, answer
+            await asyncio.sleep(0.05)
         assert applied.seqs("edge1") == [1, 2, 3]
     finally:
         await node.stop()
