@@ -20,14 +20,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, assert_never
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.cache import policy
+from edge.cache import policy, transitions
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
 from edge.cache.encoding import choose_encoding, is_compressible
 from edge.cache.keys import (
@@ -35,7 +35,6 @@ from edge.cache.keys import (
     origin_form,
     primary_key,
     secondary_key,
-    vary_fields,
 )
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
@@ -46,6 +45,14 @@ from edge.cache.ranges import (
     content_range,
     parse_range,
     unsatisfied_range,
+)
+from edge.cache.transitions import (
+    Error,
+    NotModified,
+    ServeStale,
+    ServeWithoutStoring,
+    StoreAndServe,
+    UpstreamFailed,
 )
 from edge.compress import DecodeError, DecodeLimit, StreamDecoder, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
@@ -86,6 +93,9 @@ PASS_HANDOFF_SECONDS = 10.0
 #: The Cache-Status detail of an answer passed on unstored because its body's end
 #: cannot be told from a cut connection; a tier below that sees it does not store either
 CLOSE_DELIMITED_DETAIL = "detail=close-delimited"
+#: How often one request looks the store up again after it changed underneath (a
+#: body gone before its answer started, a fill that stored another variant).
+MAX_RESTARTS = 3
 #: A cut this close to the size limit is the tier above stopping there.
 LIMIT_CUT_SLACK = 1024 * 1024
 
@@ -135,17 +145,6 @@ class EngineOptions:
     heuristic_with_credentials: bool = False
 
 
-#: Request fields that send a GET down the full path instead of the fast lane.
-_HOT_PATH_EXCLUDED = (
-    "Authorization",
-    "Range",
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Match",
-    "If-Unmodified-Since",
-    "CDN-Loop",
-    "Cache-Control",
-)
 #: Entries in each fast-lane table before it is emptied and refilled.
 HOT_PATH_ENTRIES = 50_000
 
@@ -166,6 +165,13 @@ class _Prepared:
     body: bytes
     size: int
     status_prefix: str
+
+
+class _Restart:
+    """The answer of a lookup that must start over (see MAX_RESTARTS)."""
+
+
+RESTART = _Restart()
 
 
 class _EntryGone(Exception):
@@ -250,14 +256,22 @@ class Engine:
             # which always pass, are forwarded with framing of our own.
             return _refuse(400, f"a {request.method} request must not have a body")
         kind = policy.classify_request(request.method, request.headers)
-        if kind is RequestKind.CACHEABLE:
+        if kind is not RequestKind.CACHEABLE:
+            return await self._pass(
+                request, service, host, invalidate=kind is RequestKind.INVALIDATING
+            )
+        for _ in range(MAX_RESTARTS):
             try:
-                return await self._cacheable(request, service, host)
+                answer = await self._cacheable(request, service, host)
             except _EntryGone as gone:
                 # the memory tier pointed at a body file that is gone: look again
                 self.store.forget_cached(gone.key)
-                return await self._cacheable(request, service, host)
-        return await self._pass(request, service, host, invalidate=kind is RequestKind.INVALIDATING)
+                continue
+            if not isinstance(answer, _Restart):
+                return answer
+        # the store kept changing under this request (variants replaced, bodies
+        # evicted): answer it straight from upstream rather than loop
+        return await self._pass(request, service, host, detail="restarts")
 
     def _hot_hit(self, request: web.BaseRequest) -> web.Response | None:
         """The fast lane: a plain GET for a fresh object whose body is in memory.
@@ -276,12 +290,10 @@ class Engine:
         meta = entry.meta
         if type(meta) is not ObjectMeta or meta.no_cache:
             return None
-        for name in _HOT_PATH_EXCLUDED:
-            if name in headers:
-                return None
+        if not transitions.may_use_hot_lane(headers):
+            return None
         now = self.clock()
-        age = meta.corrected_initial_age + (now - meta.response_time)
-        ttl = meta.freshness_lifetime - age
+        age, ttl = transitions.freshness(meta, now)
         if ttl <= 0:
             return None
         if self.rules.version and self._verdict(meta, now) is not PurgeVerdict.NONE:
@@ -325,7 +337,7 @@ class Engine:
 
     async def _cacheable(
         self, request: web.BaseRequest, service: Service, host: str
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | _Restart:
         target = normalize_target(
             origin_form(request.raw_path),
             service.cache_key.sort_query,
@@ -345,27 +357,32 @@ class Engine:
         now = self.clock()
         verdict = self._verdict(meta, now) if meta is not None else PurgeVerdict.NONE
         decision = policy.decide(meta, now, verdict, self._purged_at(meta, verdict))
-        if decision.action is Action.SERVE:
-            assert entry is not None and meta is not None
-            return await self._from_store(
-                request, entry, meta, decision, f"hit; ttl={int(decision.ttl)}"
-            )
-        if decision.action is Action.SERVE_STALE_REVALIDATE:
-            assert entry is not None and meta is not None
-            self._revalidate_in_background(request, service, host, target, key, entry)
-            return await self._from_store(
-                request,
-                entry,
-                meta,
-                decision,
-                f"hit; ttl={int(decision.ttl)}; detail=stale-while-revalidate",
-                stale=True,
-            )
-        if _only_if_cached(request):
+        match decision.action:
+            case Action.SERVE:
+                assert entry is not None and meta is not None
+                return await self._from_store(
+                    request, entry, meta, decision, f"hit; ttl={int(decision.ttl)}"
+                )
+            case Action.SERVE_STALE_REVALIDATE:
+                assert entry is not None and meta is not None
+                self._revalidate_in_background(request, service, host, target, key, entry)
+                return await self._from_store(
+                    request,
+                    entry,
+                    meta,
+                    decision,
+                    f"hit; ttl={int(decision.ttl)}; detail=stale-while-revalidate",
+                    stale=True,
+                )
+            case Action.REVALIDATE:
+                pass
+            case Action.FETCH:
+                entry = None
+            case _:
+                assert_never(decision.action)
+        if transitions.only_if_cached(request.headers):
             return _error(504, "not in cache (only-if-cached)", self.options.node_name)
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
-        if decision.action is Action.FETCH:
-            entry = None
         return await self._through_fill(
             request, service, host, target, key, entry, decision, fwd, verdict
         )
@@ -400,7 +417,7 @@ class Engine:
         decision: Decision,
         fwd: str,
         verdict: PurgeVerdict,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | _Restart:
         self.metrics.misses.inc()
         fill = self._joinable_fill(key, service, host, target)
         collapsed = fill is not None
@@ -409,55 +426,70 @@ class Engine:
         fill.waiters += 1
         head = await fill.head()
         own_status = f"fwd={fwd}" + ("; collapsed" if collapsed else "")
-        if head.kind is HeadKind.PASS:
-            detail = head.detail or "not-storable"
-            if head.response is not None and fill.claim_pass():
-                return await self._relay(request, head.response, f"{own_status}; detail={detail}")
-            # a response not fit to share: this client goes upstream on its own
-            return await self._pass(request, service, host, detail=detail)
-        if head.kind is HeadKind.NOT_MODIFIED:
-            assert head.meta is not None
-            entry = self.store.peek(key) or await self.store.get(key)
-            if entry is None or not entry.bodies:
-                return await self._pass(request, service, host, detail="revalidated-gone")
-            ttl = head.meta.freshness_lifetime - head.meta.age(self.clock())
-            return await self._from_store(
-                request,
-                entry,
-                head.meta,
-                Decision(Action.SERVE, ttl=ttl),
-                f"{own_status}; fwd-status=304; ttl={int(ttl)}",
-            )
-        if head.kind is HeadKind.ERROR:
-            if stale is not None and isinstance(stale.meta, ObjectMeta):
-                now = self.clock()
-                purged_at = self._purged_at(stale.meta, verdict)
-                detail = ""
-                if policy.may_serve_stale_on_error(stale.meta, now, verdict, purged_at):
-                    self.metrics.stale_if_error.inc()
-                    detail = "stale-if-error"
-                elif _unreachable(head) and policy.may_serve_stale_when_unreachable(
-                    stale.meta, now, verdict, service.max_stale_when_unreachable, purged_at
-                ):
-                    self.metrics.stale_unreachable.inc()
-                    detail = "stale-when-unreachable"
-                if detail:
-                    return await self._from_store(
-                        request,
-                        stale,
-                        stale.meta,
-                        decision,
-                        f"{own_status}; detail={detail}",
-                        stale=True,
+        match head.kind:
+            case HeadKind.PASS:
+                detail = head.detail or "not-storable"
+                if head.response is not None and fill.claim_pass():
+                    return await self._relay(
+                        request, head.response, f"{own_status}; detail={detail}"
                     )
-            return self._error_answer(head, own_status)
+                # a response not fit to share: this client goes upstream on its own
+                return await self._pass(request, service, host, detail=detail)
+            case HeadKind.NOT_MODIFIED:
+                assert head.meta is not None
+                entry = self.store.peek(key) or await self.store.get(key)
+                if entry is None or not entry.bodies:
+                    return await self._pass(request, service, host, detail="revalidated-gone")
+                ttl = head.meta.freshness_lifetime - head.meta.age(self.clock())
+                return await self._from_store(
+                    request,
+                    entry,
+                    head.meta,
+                    Decision(Action.SERVE, ttl=ttl),
+                    f"{own_status}; fwd-status=304; ttl={int(ttl)}",
+                )
+            case HeadKind.ERROR:
+                stale_meta = (
+                    stale.meta if stale is not None and isinstance(stale.meta, ObjectMeta) else None
+                )
+                after = transitions.after_error(
+                    stale_meta,
+                    self.clock(),
+                    verdict=verdict,
+                    purged_at=self._purged_at(stale_meta, verdict),
+                    unreachable=_unreachable(head),
+                    max_stale_when_unreachable=service.max_stale_when_unreachable,
+                )
+                match after:
+                    case ServeStale(reason=reason):
+                        assert stale is not None and stale_meta is not None
+                        if reason == "stale-if-error":
+                            self.metrics.stale_if_error.inc()
+                        else:
+                            self.metrics.stale_unreachable.inc()
+                        return await self._from_store(
+                            request,
+                            stale,
+                            stale_meta,
+                            decision,
+                            f"{own_status}; detail={reason}",
+                            stale=True,
+                        )
+                    case Error():
+                        return self._error_answer(head, own_status)
+                    case _:
+                        assert_never(after)
+            case HeadKind.STREAM:
+                pass
+            case _:
+                assert_never(head.kind)
         assert head.meta is not None
         if fill.vary_fields and fill.store_key != _variant_key(
             fill.key.split("\x1f", 1)[0], fill.vary_fields, end_to_end_fields(request.headers)
         ):
             # the response varies on a field this request sends differently: it is not
             # this client's variant; look again (the Vary index is stored by now)
-            return await self._cacheable(request, service, host)
+            return RESTART
         return await self._stream_fill(request, fill, head, f"{own_status}; stored")
 
     def _joinable_fill(self, key: str, service: Service, host: str, target: str) -> Fill | None:
@@ -534,61 +566,61 @@ class Engine:
         self.metrics.upstream_requests.inc()
         response_time = self.clock()
         pairs = policy.upstream_header_pairs(response.header_pairs)
-        if response.status == 304 and stale is not None and isinstance(stale.meta, ObjectMeta):
-            response.release()
-            merged = policy.merge_304_headers(stale.meta.upstream_headers, pairs)
-            meta = self._meta(
-                job,
-                stale.meta.status,
-                merged,
-                request_time,
-                response_time,
-                fill.started_at,
-                response,
-            )
-            await self.store.put_meta(key, meta)
-            fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
-            return
-        if response.status in (500, 502, 503, 504):
-            body = await _read_limited(response, ERROR_BODY_LIMIT)
-            fill.set_head(
-                FillHead(
-                    HeadKind.ERROR,
-                    error=UpstreamError(response.status, f"upstream answered {response.status}"),
-                    error_status=response.status,
-                    error_pairs=pairs,
-                    error_body=body,
-                )
-            )
-            return
-        storable = policy.storability(
-            "GET",
+        limit = self._limits[service.name]
+        revalidating = stale is not None and isinstance(stale.meta, ObjectMeta)
+        fetched = transitions.after_fetch(
             response.status,
             job.request_headers,
             response.headers,
+            revalidating=revalidating,
+            limit=limit,
+            close_delimited=_close_delimited(response),
+            cache_close_delimited=service.cache_close_delimited,
             negative_ttl=service.negative_ttl,
             heuristic_with_credentials=self.options.heuristic_with_credentials,
         )
-        length_text = response.headers.get("content-length")
-        length = int(length_text) if length_text and length_text.isdigit() else None
-        limit = self._limits[service.name]
-        unstored = None
-        if not storable.storable:
-            unstored = "not-storable"
-        elif length is not None and length > limit:
-            # larger than this node stores: passed on as it streams, never written
-            # (like Varnish's uncacheable objects and nginx's proxy_max_temp_file_size)
-            unstored = "too-large"
-            self.metrics.not_stored_too_large.inc()
-        elif _close_delimited(response) and not service.cache_close_delimited:
-            unstored = "close-delimited"
-            self.metrics.not_stored_close_delimited.inc()
-        if unstored is not None:
-            fill.set_head(FillHead(HeadKind.PASS, response=response, detail=unstored))
-            await self._close_unclaimed(fill, response)
-            return
-        vary = vary_fields(response.headers) or ()
-        key_fields = tuple(f for f in vary if f != "accept-encoding")
+        match fetched:
+            case NotModified():
+                assert stale is not None and isinstance(stale.meta, ObjectMeta)
+                response.release()
+                merged = policy.merge_304_headers(stale.meta.upstream_headers, pairs)
+                meta = self._meta(
+                    job,
+                    stale.meta.status,
+                    merged,
+                    request_time,
+                    response_time,
+                    fill.started_at,
+                    response,
+                )
+                await self.store.put_meta(key, meta)
+                fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
+                return
+            case UpstreamFailed(status=status):
+                body = await _read_limited(response, ERROR_BODY_LIMIT)
+                fill.set_head(
+                    FillHead(
+                        HeadKind.ERROR,
+                        error=UpstreamError(status, f"upstream answered {status}"),
+                        error_status=status,
+                        error_pairs=pairs,
+                        error_body=body,
+                    )
+                )
+                return
+            case ServeWithoutStoring(reason=reason):
+                if reason == "too-large":
+                    self.metrics.not_stored_too_large.inc()
+                elif reason == "close-delimited":
+                    self.metrics.not_stored_close_delimited.inc()
+                fill.set_head(FillHead(HeadKind.PASS, response=response, detail=reason))
+                await self._close_unclaimed(fill, response)
+                return
+            case StoreAndServe(vary=key_fields):
+                pass
+            case _:
+                assert_never(fetched)
+        length = transitions.content_length(response.headers)
         store_key = key
         if key_fields:
             base_key = key.split("\x1f", 1)[0]
@@ -1241,11 +1273,6 @@ _PRECONDITIONS = ("if-none-match", "if-modified-since", "if-match", "if-unmodifi
 def _has_preconditions(request: web.BaseRequest) -> bool:
     headers = request.headers
     return any(name in headers for name in _PRECONDITIONS)
-
-
-def _only_if_cached(request: web.BaseRequest) -> bool:
-    value = request.headers.get("cache-control")
-    return value is not None and "only-if-cached" in value.lower()
 
 
 def _requested_range(
