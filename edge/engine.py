@@ -19,8 +19,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Protocol, assert_never
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar, assert_never
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -65,6 +65,7 @@ from edge.forwarding import (
     upstream_request_headers,
 )
 from edge.metrics import NodeMetrics
+from edge.outcome import ErrorSource, Outcome, refused
 from edge.store import (
     BodyCorrupt,
     BodyGone,
@@ -80,6 +81,8 @@ from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, Up
 from fleet.config import Service, object_limit
 
 log = logging.getLogger("edgeshield.engine")
+
+_R = TypeVar("_R", bound=web.StreamResponse)
 
 STALE_MARK = "X-Edgeshield-Stale"
 ERROR_BODY_LIMIT = 64 * 1024
@@ -242,19 +245,24 @@ class Engine:
         if service is None:
             self.metrics.refused.inc()
             return _error(
-                421, f"this CDN does not serve the host {host[:64]!r}", self.options.node_name
+                421,
+                f"this CDN does not serve the host {host[:64]!r}",
+                refused("host-not-served"),
+                self.options.node_name,
             )
         if self._loop_token in loop_tokens(request.headers):
-            return _error(508, "request loop detected (CDN-Loop)", self.options.node_name)
+            return _error(
+                508, "request loop detected (CDN-Loop)", refused("loop"), self.options.node_name
+            )
         if not origin_form(request.raw_path).startswith("/"):
-            return _refuse(400, "the request target must be a path or an absolute URL")
+            return _refuse(400, "the request target must be a path or an absolute URL", "target")
         if request.method in _NO_BODY_METHODS and request.body_exists:
             # A cached answer is shared by everyone who asks for the key, and fills never
             # send a body, so a body could only change the answer without changing the
             # key (RFC 9110 9.3.1: "content received in a GET request has no generally
             # defined semantics" and may be rejected). Bodies on OPTIONS and DELETE,
             # which always pass, are forwarded with framing of our own.
-            return _refuse(400, f"a {request.method} request must not have a body")
+            return _refuse(400, f"a {request.method} request must not have a body", "body")
         kind = policy.classify_request(request.method, request.headers)
         if kind is not RequestKind.CACHEABLE:
             return await self._pass(
@@ -305,10 +313,13 @@ class Engine:
                 return None
         response_headers = prepared.headers.copy()
         response_headers["Age"] = str(int(age))
-        response_headers["Cache-Status"] = f"{prepared.status_prefix}{int(ttl)}"
+        outcome = Outcome(hit=True, ttl=int(ttl))
+        response_headers["Cache-Status"] = prepared.status_prefix + outcome.member()
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)
-        return web.Response(status=meta.status, headers=response_headers, body=prepared.body)
+        response = web.Response(status=meta.status, headers=response_headers, body=prepared.body)
+        response[OUTCOME] = outcome
+        return response
 
     def _prepare(
         self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
@@ -320,14 +331,14 @@ class Engine:
         body = entry.bodies.get(encoding)
         if body is None or body.data is None:
             return None
-        headers = self._response_headers(meta, 0, "", False)
+        headers = self._response_headers(meta, 0, Outcome(), False)
         del headers["Age"]
         del headers["Cache-Status"]
         if encoding != "identity":
             headers["Content-Encoding"] = encoding
         if meta.status == 200:
             headers["Accept-Ranges"] = "bytes"
-        own = f"{self.options.node_name}; hit; ttl="
+        own = f"{self.options.node_name}; "
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
         prepared = _Prepared(entry, headers, body.data, body.size, prefix)
         if len(self._prepared) >= HOT_PATH_ENTRIES:
@@ -361,7 +372,7 @@ class Engine:
             case Action.SERVE:
                 assert entry is not None and meta is not None
                 return await self._from_store(
-                    request, entry, meta, decision, f"hit; ttl={int(decision.ttl)}"
+                    request, entry, meta, decision, Outcome(hit=True, ttl=int(decision.ttl))
                 )
             case Action.SERVE_STALE_REVALIDATE:
                 assert entry is not None and meta is not None
@@ -371,7 +382,7 @@ class Engine:
                     entry,
                     meta,
                     decision,
-                    f"hit; ttl={int(decision.ttl)}; detail=stale-while-revalidate",
+                    Outcome(hit=True, ttl=int(decision.ttl), detail="stale-while-revalidate"),
                     stale=True,
                 )
             case Action.REVALIDATE:
@@ -381,7 +392,12 @@ class Engine:
             case _:
                 assert_never(decision.action)
         if transitions.only_if_cached(request.headers):
-            return _error(504, "not in cache (only-if-cached)", self.options.node_name)
+            return _error(
+                504,
+                "not in cache (only-if-cached)",
+                refused("only-if-cached"),
+                self.options.node_name,
+            )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
         return await self._through_fill(
             request, service, host, target, key, entry, decision, fwd, verdict
@@ -425,13 +441,13 @@ class Engine:
             fill = self._start_fill(request, service, host, target, key, stale)
         fill.waiters += 1
         head = await fill.head()
-        own_status = f"fwd={fwd}" + ("; collapsed" if collapsed else "")
+        outcome = Outcome(fwd=fwd, collapsed=collapsed)
         match head.kind:
             case HeadKind.PASS:
                 detail = head.detail or "not-storable"
                 if head.response is not None and fill.claim_pass():
                     return await self._relay(
-                        request, head.response, f"{own_status}; detail={detail}"
+                        request, head.response, replace(outcome, detail=detail)
                     )
                 # a response not fit to share: this client goes upstream on its own
                 return await self._pass(request, service, host, detail=detail)
@@ -446,7 +462,7 @@ class Engine:
                     entry,
                     head.meta,
                     Decision(Action.SERVE, ttl=ttl),
-                    f"{own_status}; fwd-status=304; ttl={int(ttl)}",
+                    replace(outcome, fwd_status=304, ttl=int(ttl)),
                 )
             case HeadKind.ERROR:
                 stale_meta = (
@@ -472,11 +488,11 @@ class Engine:
                             stale,
                             stale_meta,
                             decision,
-                            f"{own_status}; detail={reason}",
+                            replace(outcome, detail=reason),
                             stale=True,
                         )
                     case Error():
-                        return self._error_answer(head, own_status)
+                        return self._error_answer(head, outcome)
                     case _:
                         assert_never(after)
             case HeadKind.STREAM:
@@ -490,7 +506,7 @@ class Engine:
             # the response varies on a field this request sends differently: it is not
             # this client's variant; look again (the Vary index is stored by now)
             return RESTART
-        return await self._stream_fill(request, fill, head, f"{own_status}; stored")
+        return await self._stream_fill(request, fill, head, replace(outcome, stored=True))
 
     def _joinable_fill(self, key: str, service: Service, host: str, target: str) -> Fill | None:
         """The fill in flight for `key`, unless a purge or an invalidation of its URI
@@ -822,19 +838,19 @@ class Engine:
         entry: StoredEntry,
         meta: ObjectMeta,
         decision: Decision,
-        own_status: str,
+        outcome: Outcome,
         *,
         stale: bool = False,
     ) -> web.StreamResponse:
         """Answer from a stored object: conditionals, Range, encoding, then the body."""
-        headers = self._response_headers(meta, decision.age, own_status, stale)
+        headers = self._response_headers(meta, decision.age, outcome, stale)
         if meta.status == 200 and _has_preconditions(request):
-            outcome = evaluate_preconditions(
+            precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
             )
-            if outcome is not None:
+            if precondition is not None:
                 self.metrics.hits.inc()
-                return web.Response(status=outcome, headers=headers)
+                return _tagged(web.Response(status=precondition, headers=headers), outcome)
         range_header = request.headers.get("range")
         encoding = choose_encoding(
             None if range_header else request.headers.get("accept-encoding"), entry.bodies.keys()
@@ -848,7 +864,9 @@ class Engine:
             decoder = self._decoder_for(encoding, meta)
         body = entry.bodies.get(encoding)
         if body is None:
-            return _error(502, "stored object has no body", self.options.node_name)
+            return _error(
+                502, "stored object has no body", refused("no-body"), self.options.node_name
+            )
         if encoding != "identity" and decoder is None:
             headers["Content-Encoding"] = encoding
         self.metrics.hits.inc()
@@ -866,7 +884,7 @@ class Engine:
         ):
             if isinstance(byte_range, Unsatisfiable):
                 headers["Content-Range"] = unsatisfied_range(body.size)
-                return web.Response(status=416, headers=headers)
+                return _tagged(web.Response(status=416, headers=headers), outcome)
             status = 206
             start, end = byte_range.start, byte_range.end + 1
             headers["Content-Range"] = content_range(byte_range, body.size)
@@ -876,18 +894,21 @@ class Engine:
         if decoder is None:
             headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
-            response = web.StreamResponse(status=status, headers=headers)
+            response = _tagged(web.StreamResponse(status=status, headers=headers), outcome)
             await response.prepare(request)
             return response
         if body.data is not None and decoder is None:
-            return web.Response(
-                status=status,
-                headers=headers,
-                body=body.data if (start, end) == (0, body.size) else body.data[start:end],
-            )
+            data = body.data if (start, end) == (0, body.size) else body.data[start:end]
+            return _tagged(web.Response(status=status, headers=headers, body=data), outcome)
         try:
             return await self._stream_body(
-                request, entry.key, status, headers, body, start, end, decoder
+                request,
+                entry.key,
+                _tagged(web.StreamResponse(status=status, headers=headers), outcome),
+                body,
+                start,
+                end,
+                decoder,
             )
         except BodyGone:
             # gone before any header left (replaced or evicted by another worker)
@@ -897,8 +918,7 @@ class Engine:
         self,
         request: web.BaseRequest,
         key: str,
-        status: int,
-        headers: CIMultiDict[str],
+        response: web.StreamResponse,
         body: BodyRef,
         start: int,
         end: int,
@@ -914,7 +934,6 @@ class Engine:
         drops the object. Decoded output goes out one bounded piece at a time."""
         opened = await open_body(body) if body.data is None else None
         try:
-            response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(request)
             chunks = (
                 opened.chunks(start, end, COPY_CHUNK)
@@ -942,18 +961,18 @@ class Engine:
                 await opened.close()
 
     async def _stream_fill(
-        self, request: web.BaseRequest, fill: Fill, head: FillHead, own_status: str
+        self, request: web.BaseRequest, fill: Fill, head: FillHead, outcome: Outcome
     ) -> web.StreamResponse:
         """Answer from a fill while it is still arriving (every waiter reads the file)."""
         assert head.meta is not None
         meta = head.meta
-        headers = self._response_headers(meta, meta.age(self.clock()), own_status, False)
+        headers = self._response_headers(meta, meta.age(self.clock()), outcome, False)
         if meta.status == 200 and _has_preconditions(request):
-            outcome = evaluate_preconditions(
+            precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
             )
-            if outcome is not None:
-                return web.Response(status=outcome, headers=headers)
+            if precondition is not None:
+                return _tagged(web.Response(status=precondition, headers=headers), outcome)
         decoder: StreamDecoder | None = None
         if head.encoding != "identity":
             if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
@@ -966,14 +985,14 @@ class Engine:
             byte_range = _requested_range(request, meta, head.length, decoder, head.encoding)
             if isinstance(byte_range, Unsatisfiable):
                 headers["Content-Range"] = unsatisfied_range(head.length)
-                return web.Response(status=416, headers=headers)
+                return _tagged(web.Response(status=416, headers=headers), outcome)
             if byte_range is not None:
                 # the fill stores the whole object; this client gets its range of it
                 status, start, end = 206, byte_range.start, byte_range.end + 1
                 headers["Content-Range"] = content_range(byte_range, head.length)
         if end is not None and decoder is None:
             headers["Content-Length"] = str(end - start)
-        response = web.StreamResponse(status=status, headers=headers)
+        response = _tagged(web.StreamResponse(status=status, headers=headers), outcome)
         await response.prepare(request)
         if request.method == "HEAD":
             return response
@@ -1025,14 +1044,13 @@ class Engine:
         self.metrics.decode_refused.inc()
 
     def _response_headers(
-        self, meta: ObjectMeta, age: float, own_status: str, stale: bool
+        self, meta: ObjectMeta, age: float, outcome: Outcome, stale: bool
     ) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
         headers["Age"] = str(int(age))
         headers["Via"] = f"{meta.upstream_via}, {self._via}" if meta.upstream_via else self._via
-        own = f"{self.options.node_name}; {own_status}"
-        headers["Cache-Status"] = (
-            f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
+        headers["Cache-Status"] = outcome.cache_status(
+            self.options.node_name, meta.upstream_cache_status
         )
         if meta.compressible:
             vary = headers.get("Vary")
@@ -1044,26 +1062,28 @@ class Engine:
             headers[STALE_MARK] = "1"
         return headers
 
-    def _error_answer(self, head: FillHead, own_status: str) -> web.StreamResponse:
+    def _error_answer(self, head: FillHead, outcome: Outcome) -> web.StreamResponse:
         if head.error_status:
+            relayed = replace(outcome, fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
             headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
-            headers["Cache-Status"] = (
-                f"{self.options.node_name}; {own_status}; fwd-status={head.error_status}"
-            )
-            return web.Response(status=head.error_status, headers=headers, body=head.error_body)
+            headers["Cache-Status"] = relayed.cache_status(self.options.node_name)
+            response = web.Response(status=head.error_status, headers=headers, body=head.error_body)
+            return _tagged(response, relayed)
         error = head.error or UpstreamError(502, "upstream failed")
         self.metrics.upstream_errors.inc()
         # the upstream's state-change log has the details: a line per request would
         # bury them during an outage
         log.debug("upstream error: %s", error)
-        response = _error(error.status, error.reason, self.options.node_name)
+        response = _error(
+            error.status,
+            error.reason,
+            replace(outcome, detail=_detail_token(error.reason), error=ErrorSource.UPSTREAM),
+            self.options.node_name,
+        )
         if error.unreachable:
             # the origin could not be reached at all: a tier below that holds a stale
             # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
             response.headers[GENERATED_ERROR_HEADER] = UNREACHABLE
-        response.headers["Cache-Status"] = (
-            f"{self.options.node_name}; {own_status}; detail={_detail_token(error.reason)}"
-        )
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response
@@ -1108,22 +1128,26 @@ class Engine:
             self.metrics.upstream_errors.inc()
             log.debug("%s %s: upstream error: %s", request.method, target, exc)
             response = _error(
-                exc.status, exc.reason, self.options.node_name, _detail_token(exc.reason)
+                exc.status,
+                exc.reason,
+                Outcome(
+                    fwd="request", detail=_detail_token(exc.reason), error=ErrorSource.UPSTREAM
+                ),
+                self.options.node_name,
             )
             if exc.retry_after is not None:
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
         if invalidate and 200 <= upstream.status < 400:
             await self._invalidate(service, host, target, upstream.headers)
-        status = "fwd=request" + (f"; detail={detail}" if detail else "")
-        return await self._relay(request, upstream, status)
+        return await self._relay(request, upstream, Outcome(fwd="request", detail=detail))
 
     def _trusted(self, request: web.BaseRequest) -> bool:
         """Whether the peer's forwarding fields are kept (see edge.forwarding)."""
         return is_trusted_peer(request, self.options.trusted_proxies, self.options.node_token)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: UpstreamResponse, own_status: str
+        self, request: web.BaseRequest, upstream: UpstreamResponse, outcome: Outcome
     ) -> web.StreamResponse:
         pairs = policy.upstream_header_pairs(upstream.header_pairs)
         headers: CIMultiDict[str] = CIMultiDict(
@@ -1135,14 +1159,14 @@ class Engine:
             if value is not None:
                 headers[name] = value
         upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
-        own = f"{self.options.node_name}; {own_status}; fwd-status={upstream.status}"
-        headers["Cache-Status"] = f"{upstream_status}, {own}" if upstream_status else own
+        outcome = replace(outcome, fwd_status=upstream.status)
+        headers["Cache-Status"] = outcome.cache_status(self.options.node_name, upstream_status)
         upstream_via = ", ".join(upstream.headers.getall("via", []))
         headers["Via"] = f"{upstream_via}, {self._via}" if upstream_via else self._via
         length = upstream.headers.get("content-length")
         if length is not None:
             headers["Content-Length"] = length
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = _tagged(web.StreamResponse(status=upstream.status, headers=headers), outcome)
         try:
             await response.prepare(request)
             if request.method != "HEAD" and upstream.status not in (204, 304):
@@ -1303,27 +1327,43 @@ def _unreachable(head: FillHead) -> bool:
     return head.error is not None and head.error.unreachable
 
 
-def _error(status: int, reason: str, node: str, detail: str = "error") -> web.Response:
+def _error(status: int, reason: str, outcome: Outcome, node: str) -> web.Response:
     """An error this node answers: a short reason, never an internal address (those
-    go to the log); `detail` is the Cache-Status detail token."""
+    go to the log)."""
     response = web.Response(status=status, text=f"{status} {reason}\n")
-    # "upstream": this node answered for a failure beyond it (origin down, origin
-    # connection cap); the tier below passes such errors on instead of failing over
-    response.headers[GENERATED_ERROR_HEADER] = "upstream"
-    response.headers["Cache-Status"] = f"{node}; fwd=request; detail={detail}"
-    return response
+    if outcome.error is ErrorSource.UPSTREAM:
+        # this node answered for a failure beyond it (origin down, origin connection
+        # cap); the tier below passes such errors on instead of failing over
+        response.headers[GENERATED_ERROR_HEADER] = "upstream"
+    response.headers["Cache-Status"] = outcome.cache_status(node)
+    return _tagged(response, outcome)
 
 
 #: Methods whose requests may not carry a body here (see Engine.handle).
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _refuse(status: int, reason: str) -> web.Response:
+def _refuse(status: int, reason: str, detail: str) -> web.Response:
     """A 4xx for a request we will not handle; the connection is closed after it, since
     the rest of what the client sent (an unread body) cannot be trusted as framing."""
     response = web.Response(status=status, text=f"{status} {reason}\n")
     response.force_close()
+    return _tagged(response, refused(detail))
+
+
+#: Where a response carries its request's Outcome (see `outcome_of`).
+OUTCOME = "edgeshield.outcome"
+
+
+def _tagged(response: _R, outcome: Outcome) -> _R:
+    response[OUTCOME] = outcome
     return response
+
+
+def outcome_of(response: web.StreamResponse) -> Outcome:
+    """The Outcome the engine decided for `response` (one it made itself, if untagged)."""
+    outcome = response.get(OUTCOME)
+    return outcome if isinstance(outcome, Outcome) else refused("internal-error")
 
 
 def _detail_token(reason: str) -> str:

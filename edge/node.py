@@ -26,7 +26,7 @@ from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.connections import LimitedServer
-from edge.engine import Engine, EngineOptions
+from edge.engine import Engine, EngineOptions, outcome_of
 from edge.forwarding import node_token
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -359,9 +359,9 @@ def _traffic_handler(
             response = web.Response(
                 status=500, text="500 internal error\n", headers={GENERATED_ERROR_HEADER: "node"}
             )
-        status_field = response.headers.get("Cache-Status") or ""
+        outcome = outcome_of(response)
         elapsed = clock() - started
-        if "; hit" in status_field.rpartition(",")[2]:
+        if outcome.hit:
             metrics.hit_seconds.observe(elapsed)
         else:
             metrics.miss_seconds.observe(elapsed)
@@ -373,7 +373,7 @@ def _traffic_handler(
                     request.headers.get("Host"),
                     request.raw_path,
                     response.status,
-                    status_field,
+                    outcome.member(),
                     response.content_length,
                     round(elapsed * 1000, 3),
                     request.remote,
