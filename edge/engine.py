@@ -26,8 +26,6 @@ from dataclasses import replace
 from typing import assert_never
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from edge.cache import policy, transitions
@@ -45,16 +43,17 @@ from edge.forwarding import (
     request_host,
     upstream_request_headers,
 )
+from edge.front.types import BodyStream, RequestHead, ResponseSink
 from edge.hotlane import HotLane, purge_verdict
 from edge.metrics import NodeMetrics
 from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
-from edge.responding import EntryGone, Responder, detail_token, error_response, outcome_of, refuse
+from edge.responding import EntryGone, Responder, detail_token, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
 from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError
 from fleet.config import Service, object_limit
 
-__all__ = ["Engine", "EngineOptions", "Upstream", "outcome_of"]
+__all__ = ["Engine", "EngineOptions", "Upstream"]
 
 log = logging.getLogger("edgeshield.engine")
 
@@ -101,10 +100,10 @@ class Engine:
         self._via = f"1.1 {options.node_name} (edgeshield)"
 
     # -- the request path ---------------------------------------------------------------
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Answer one client request."""
-        if request.method == "GET" and not request.body_exists:
-            hot = self.hot.hit(request)
+    async def handle(self, request: RequestHead, body: BodyStream, sink: ResponseSink) -> Outcome:
+        """Answer one client request into `sink`; what became of it is the Outcome."""
+        if request.method == "GET" and not body.exists:
+            hot = self.hot.hit(request, sink)
             if hot is not None:
                 return hot
         host = request_host(request)
@@ -112,6 +111,7 @@ class Engine:
         if service is None:
             self.metrics.refused.inc()
             return error_response(
+                sink,
                 421,
                 f"this CDN does not serve the host {host[:64]!r}",
                 refused("host-not-served"),
@@ -119,25 +119,31 @@ class Engine:
             )
         if self._loop_token in loop_tokens(request.headers):
             return error_response(
-                508, "request loop detected (CDN-Loop)", refused("loop"), self.options.node_name
+                sink,
+                508,
+                "request loop detected (CDN-Loop)",
+                refused("loop"),
+                self.options.node_name,
             )
-        if not origin_form(request.raw_path).startswith("/"):
-            return refuse(400, "the request target must be a path or an absolute URL", "target")
-        if request.method in _NO_BODY_METHODS and request.body_exists:
+        if not origin_form(request.target).startswith("/"):
+            return refuse(
+                sink, 400, "the request target must be a path or an absolute URL", "target"
+            )
+        if request.method in _NO_BODY_METHODS and body.exists:
             # A cached answer is shared by everyone who asks for the key, and fills never
             # send a body, so a body could only change the answer without changing the
             # key (RFC 9110 9.3.1: "content received in a GET request has no generally
             # defined semantics" and may be rejected). Bodies on OPTIONS and DELETE,
             # which always pass, are forwarded with framing of our own.
-            return refuse(400, f"a {request.method} request must not have a body", "body")
+            return refuse(sink, 400, f"a {request.method} request must not have a body", "body")
         kind = policy.classify_request(request.method, request.headers)
         if kind is not RequestKind.CACHEABLE:
             return await self._pass(
-                request, service, host, invalidate=kind is RequestKind.INVALIDATING
+                request, sink, service, host, body=body, invalidate=kind is RequestKind.INVALIDATING
             )
         for _ in range(MAX_RESTARTS):
             try:
-                answer = await self._cacheable(request, service, host)
+                answer = await self._cacheable(request, sink, service, host)
             except EntryGone as gone:
                 # the memory tier pointed at a body file that is gone: look again
                 self.store.forget_cached(gone.key)
@@ -146,19 +152,19 @@ class Engine:
                 return answer
         # the store kept changing under this request (variants replaced, bodies
         # evicted): answer it straight from upstream rather than loop
-        return await self._pass(request, service, host, detail="restarts")
+        return await self._pass(request, sink, service, host, detail="restarts")
 
     async def _cacheable(
-        self, request: web.BaseRequest, service: Service, host: str
-    ) -> web.StreamResponse | _Restart:
+        self, request: RequestHead, sink: ResponseSink, service: Service, host: str
+    ) -> Outcome | _Restart:
         """Look the request up, decide (policy.decide), and serve, revalidate or fill."""
         target = normalize_target(
-            origin_form(request.raw_path),
+            origin_form(request.target),
             service.cache_key.sort_query,
             service.cache_key.drop_params,
         )
         key = primary_key(service.name, host, target)
-        self.hot.remember(request.headers.get("Host"), request.raw_path, key)
+        self.hot.remember(request.headers.get("Host"), request.target, key)
         entry = self.store.peek(key) or await self.store.get(key)
         fwd_missing = "uri-miss"
         if entry is not None and isinstance(entry.meta, VaryIndex):
@@ -173,13 +179,14 @@ class Engine:
             case Action.SERVE:
                 assert entry is not None and meta is not None
                 return await self.respond.from_store(
-                    request, entry, meta, decision, Outcome(hit=True, ttl=int(decision.ttl))
+                    request, sink, entry, meta, decision, Outcome(hit=True, ttl=int(decision.ttl))
                 )
             case Action.SERVE_STALE_REVALIDATE:
                 assert entry is not None and meta is not None
                 self._revalidate_in_background(request, service, host, target, key, entry)
                 return await self.respond.from_store(
                     request,
+                    sink,
                     entry,
                     meta,
                     decision,
@@ -194,6 +201,7 @@ class Engine:
                 assert_never(decision.action)
         if transitions.only_if_cached(request.headers):
             return error_response(
+                sink,
                 504,
                 "not in cache (only-if-cached)",
                 refused("only-if-cached"),
@@ -201,7 +209,7 @@ class Engine:
             )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
         return await self._through_fill(
-            request, service, host, target, key, entry, decision, fwd, verdict
+            request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
 
     def _purged_at(self, meta: ObjectMeta | None, verdict: PurgeVerdict) -> float | None:
@@ -214,7 +222,8 @@ class Engine:
 
     async def _through_fill(
         self,
-        request: web.BaseRequest,
+        request: RequestHead,
+        sink: ResponseSink,
         service: Service,
         host: str,
         target: str,
@@ -223,7 +232,7 @@ class Engine:
         decision: Decision,
         fwd: str,
         verdict: PurgeVerdict,
-    ) -> web.StreamResponse | _Restart:
+    ) -> Outcome | _Restart:
         """Answer through the key's fill: what its head turned out to be decides."""
         self.metrics.misses.inc()
         fill = self.filler.joinable(key, service, host, target)
@@ -238,18 +247,19 @@ class Engine:
                 detail = head.detail or "not-storable"
                 if head.response is not None and fill.claim_pass():
                     return await self.respond.relay(
-                        request, head.response, replace(outcome, detail=detail)
+                        request, sink, head.response, replace(outcome, detail=detail)
                     )
                 # a response not fit to share: this client goes upstream on its own
-                return await self._pass(request, service, host, detail=detail)
+                return await self._pass(request, sink, service, host, detail=detail)
             case HeadKind.NOT_MODIFIED:
                 assert head.meta is not None
                 entry = self.store.peek(key) or await self.store.get(key)
                 if entry is None or not entry.bodies:
-                    return await self._pass(request, service, host, detail="revalidated-gone")
+                    return await self._pass(request, sink, service, host, detail="revalidated-gone")
                 ttl = head.meta.freshness_lifetime - head.meta.age(self.clock())
                 return await self.respond.from_store(
                     request,
+                    sink,
                     entry,
                     head.meta,
                     Decision(Action.SERVE, ttl=ttl),
@@ -276,6 +286,7 @@ class Engine:
                             self.metrics.stale_unreachable.inc()
                         return await self.respond.from_store(
                             request,
+                            sink,
                             stale,
                             stale_meta,
                             decision,
@@ -283,7 +294,7 @@ class Engine:
                             stale=True,
                         )
                     case Error():
-                        return self.respond.error_answer(head, outcome)
+                        return self.respond.error_answer(sink, head, outcome)
                     case _:
                         assert_never(after)
             case HeadKind.STREAM:
@@ -297,11 +308,13 @@ class Engine:
             # the response varies on a field this request sends differently: it is not
             # this client's variant; look again (the Vary index is stored by now)
             return RESTART
-        return await self.respond.stream_fill(request, fill, head, replace(outcome, stored=True))
+        return await self.respond.stream_fill(
+            request, sink, fill, head, replace(outcome, stored=True)
+        )
 
     def _fill_job(
         self,
-        request: web.BaseRequest,
+        request: RequestHead,
         service: Service,
         host: str,
         target: str,
@@ -333,7 +346,7 @@ class Engine:
 
     def _revalidate_in_background(
         self,
-        request: web.BaseRequest,
+        request: RequestHead,
         service: Service,
         host: str,
         target: str,
@@ -347,13 +360,15 @@ class Engine:
     # -- pass-through -------------------------------------------------------------------
     async def _pass(
         self,
-        request: web.BaseRequest,
+        request: RequestHead,
+        sink: ResponseSink,
         service: Service,
         host: str,
         detail: str = "",
         *,
+        body: BodyStream | None = None,
         invalidate: bool = False,
-    ) -> web.StreamResponse:
+    ) -> Outcome:
         """Send the request on unchanged (but for hygiene) and relay the answer.
 
         `invalidate`: an unsafe method (RFC 9111 4.4); once the upstream's status says
@@ -361,8 +376,9 @@ class Engine:
         """
         self.metrics.passes.inc()
         # the body goes on with framing of our own: its length if the client gave one,
-        # else (chunked) aiohttp sends it chunked; nothing announced that is not sent
-        body: aiohttp.StreamReader | None = request.content if request.body_exists else None
+        # else (chunked) the client library sends it chunked; nothing announced that is
+        # not sent
+        sent = body if body is not None and body.exists else None
         headers = upstream_request_headers(
             request,
             host,
@@ -370,33 +386,36 @@ class Engine:
             via=self._via,
             loop_token=self._loop_token,
             trusted=self._trusted(request),
-            body_length=request.content_length if body is not None else None,
+            body_length=sent.length if sent is not None else None,
         )
-        target = normalize_target(
-            origin_form(request.raw_path), False, service.cache_key.drop_params
-        )
+        target = normalize_target(origin_form(request.target), False, service.cache_key.drop_params)
         key = primary_key(service.name, host, target)
         try:
             upstream = await self.upstream.fetch(
-                service, key, request.method, target, headers, body
+                service,
+                key,
+                request.method,
+                target,
+                headers,
+                sent.chunks() if sent is not None else None,
             )
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc()
             log.debug("%s %s: upstream error: %s", request.method, target, exc)
-            response = error_response(
+            return error_response(
+                sink,
                 exc.status,
                 exc.reason,
                 Outcome(fwd="request", detail=detail_token(exc.reason), error=ErrorSource.UPSTREAM),
                 self.options.node_name,
+                retry_after=exc.retry_after,
             )
-            if exc.retry_after is not None:
-                response.headers["Retry-After"] = str(exc.retry_after)
-            return response
         if invalidate and 200 <= upstream.status < 400:
             await self._invalidate(service, host, target, upstream.headers)
-        return await self.respond.relay(request, upstream, Outcome(fwd="request", detail=detail))
+        outcome = Outcome(fwd="request", detail=detail)
+        return await self.respond.relay(request, sink, upstream, outcome)
 
-    def _trusted(self, request: web.BaseRequest) -> bool:
+    def _trusted(self, request: RequestHead) -> bool:
         """Whether the peer's forwarding fields are kept (see edge.forwarding)."""
         return is_trusted_peer(request, self.options.trusted_proxies, self.options.node_token)
 

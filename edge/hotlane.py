@@ -13,16 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from edge.cache import transitions
 from edge.cache.encoding import choose_encoding
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
+from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.outcome import Outcome
-from edge.responding import OUTCOME, Responder
+from edge.responding import Responder
 from edge.store import ObjectStore, StoredEntry
 
 #: Entries in each fast-lane table before it is emptied and refilled.
@@ -79,7 +79,7 @@ class HotLane:
         """Drop the prepared answers of `key` (its stored body was found corrupt)."""
         self._prepared = {k: v for k, v in self._prepared.items() if k[0] != key}
 
-    def hit(self, request: web.BaseRequest) -> web.Response | None:
+    def hit(self, request: RequestHead, sink: ResponseSink) -> Outcome | None:
         """The fast lane: a plain GET for a fresh object whose body is in memory.
 
         Everything here was computed before (the route, the headers of the chosen
@@ -87,7 +87,7 @@ class HotLane:
         cover the object, staleness) returns None and takes the full path.
         """
         headers = request.headers
-        route = self._routes.get((headers.get("Host"), request.raw_path))
+        route = self._routes.get((headers.get("Host"), request.target))
         if route is None:
             return None
         entry = self.store.peek(route.key)
@@ -115,9 +115,8 @@ class HotLane:
         response_headers["Cache-Status"] = prepared.status_prefix + outcome.member()
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)
-        response = web.Response(status=meta.status, headers=response_headers, body=prepared.body)
-        response[OUTCOME] = outcome
-        return response
+        sink.send(meta.status, response_headers, prepared.body)
+        return outcome
 
     def _prepare(
         self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,10 +26,12 @@ from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.connections import LimitedServer
-from edge.engine import Engine, EngineOptions, outcome_of
+from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
+from edge.front.aiohttp_adapter import answer
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
+from edge.outcome import refused
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
 from edge.scrub import scrub_forever
@@ -78,7 +80,7 @@ class TierUpstream:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Ask the key's shield (failing over along the ring), else the origins."""
         if self.ring is not None and self.ring.shields:
@@ -350,7 +352,7 @@ def _traffic_handler(
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         started = clock()
         try:
-            response = await engine.handle(request)
+            response, outcome = await answer(engine, request)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
@@ -359,7 +361,7 @@ def _traffic_handler(
             response = web.Response(
                 status=500, text="500 internal error\n", headers={GENERATED_ERROR_HEADER: "node"}
             )
-        outcome = outcome_of(response)
+            outcome = refused("internal-error")
         elapsed = clock() - started
         if outcome.hit:
             metrics.hit_seconds.observe(elapsed)

@@ -6,10 +6,10 @@ them without importing the driver.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 from multidict import CIMultiDict
 
 from edge.forwarding import IPNetwork
@@ -30,7 +30,7 @@ class Upstream(Protocol):
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Send a request on; raises UpstreamError when no answer can be had."""
         ...

@@ -1,7 +1,7 @@
 """Responding: the answers a node sends, from the store, from a fill, relayed, or its own.
 
-Each answer's `Outcome` is decided by the engine and carried on the response (see
-`outcome_of`); the Cache-Status field is written from it here. Once the head of an
+Answers are written to the front's `ResponseSink` (edge.front.types); each returns the
+request's `Outcome`, from which the Cache-Status field is written here. Once the head of an
 answer has left, a failure cuts the connection: a client sees a truncated body,
 never a short one that looks whole.
 """
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
 
-from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
 from edge.cache.encoding import choose_encoding
+from edge.cache.headers import Headers
 from edge.cache.model import ObjectMeta
 from edge.cache.policy import Decision
 from edge.cache.ranges import (
@@ -30,6 +29,7 @@ from edge.cache.ranges import (
 from edge.compress import DecodeError, DecodeLimit, StreamDecoder
 from edge.fill import Fill, FillFailed, FillHead
 from edge.filling import drop_undecodable, log
+from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions
 from edge.outcome import ErrorSource, Outcome, refused
@@ -43,8 +43,6 @@ from edge.store import (
     read_body,
 )
 from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
-
-_R = TypeVar("_R", bound=web.StreamResponse)
 
 #: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
 #: event loop has no sendfile, so bodies not in the memory tier are copied.)
@@ -79,23 +77,25 @@ class Responder:
 
     async def from_store(
         self,
-        request: web.BaseRequest,
+        request: RequestHead,
+        sink: ResponseSink,
         entry: StoredEntry,
         meta: ObjectMeta,
         decision: Decision,
         outcome: Outcome,
         *,
         stale: bool = False,
-    ) -> web.StreamResponse:
+    ) -> Outcome:
         """Answer from a stored object: conditionals, Range, encoding, then the body."""
         headers = self.response_headers(meta, decision.age, outcome, stale)
-        if meta.status == 200 and _has_preconditions(request):
+        if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
             )
             if precondition is not None:
                 self.metrics.hits.inc()
-                return tagged(web.Response(status=precondition, headers=headers), outcome)
+                sink.send(precondition, headers)
+                return outcome
         range_header = request.headers.get("range")
         encoding = choose_encoding(
             None if range_header else request.headers.get("accept-encoding"), entry.bodies.keys()
@@ -110,7 +110,7 @@ class Responder:
         body = entry.bodies.get(encoding)
         if body is None:
             return error_response(
-                502, "stored object has no body", refused("no-body"), self.options.node_name
+                sink, 502, "stored object has no body", refused("no-body"), self.options.node_name
             )
         if encoding != "identity" and decoder is None:
             headers["Content-Encoding"] = encoding
@@ -129,7 +129,8 @@ class Responder:
         ):
             if isinstance(byte_range, Unsatisfiable):
                 headers["Content-Range"] = unsatisfied_range(body.size)
-                return tagged(web.Response(status=416, headers=headers), outcome)
+                sink.send(416, headers)
+                return outcome
             status = 206
             start, end = byte_range.start, byte_range.end + 1
             headers["Content-Range"] = content_range(byte_range, body.size)
@@ -139,36 +140,31 @@ class Responder:
         if decoder is None:
             headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
-            response = tagged(web.StreamResponse(status=status, headers=headers), outcome)
-            await response.prepare(request)
-            return response
+            await sink.start(status, headers)
+            await sink.end()
+            return outcome
         if body.data is not None and decoder is None:
             data = body.data if (start, end) == (0, body.size) else body.data[start:end]
-            return tagged(web.Response(status=status, headers=headers, body=data), outcome)
+            sink.send(status, headers, data)
+            return outcome
         try:
-            return await self._stream_body(
-                request,
-                entry.key,
-                tagged(web.StreamResponse(status=status, headers=headers), outcome),
-                body,
-                start,
-                end,
-                decoder,
-            )
+            await self._stream_body(sink, entry.key, status, headers, body, start, end, decoder)
+            return outcome
         except BodyGone:
             # gone before any header left (replaced or evicted by another worker)
             raise EntryGone(entry.key) from None
 
     async def _stream_body(
         self,
-        request: web.BaseRequest,
+        sink: ResponseSink,
         key: str,
-        response: web.StreamResponse,
+        status: int,
+        headers: CIMultiDict[str],
         body: BodyRef,
         start: int,
         end: int,
         decoder: StreamDecoder | None,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Send a stored body: opened before the headers go, so a body replaced or
         evicted meanwhile is still read whole, and one already gone raises BodyGone
         while the request can still be answered another way.
@@ -179,7 +175,7 @@ class Responder:
         drops the object. Decoded output goes out one bounded piece at a time."""
         opened = await open_body(body) if body.data is None else None
         try:
-            await response.prepare(request)
+            await sink.start(status, headers)
             chunks = (
                 opened.chunks(start, end, COPY_CHUNK)
                 if opened is not None
@@ -187,37 +183,41 @@ class Responder:
             )
             try:
                 async for chunk in chunks:
-                    await _write_decoded(response, decoder, chunk)
+                    await _write_decoded(sink, decoder, chunk)
                 if decoder is not None:
-                    await response.write(decoder.flush())
+                    await sink.write(decoder.flush())
             except (BodyGone, DecodeError) as exc:
                 # cut, never a short body that looks whole
                 if isinstance(exc, BodyCorrupt):
                     await self._drop_corrupt(key, body)
                 elif isinstance(exc, DecodeLimit):
                     await drop_undecodable(self.store, self.metrics, key, exc)
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
-            return response
+                sink.abort()
+                return
+            await sink.end()
         finally:
             if opened is not None:
                 await opened.close()
 
     async def stream_fill(
-        self, request: web.BaseRequest, fill: Fill, head: FillHead, outcome: Outcome
-    ) -> web.StreamResponse:
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        fill: Fill,
+        head: FillHead,
+        outcome: Outcome,
+    ) -> Outcome:
         """Answer from a fill while it is still arriving (every waiter reads the file)."""
         assert head.meta is not None
         meta = head.meta
         headers = self.response_headers(meta, meta.age(self.clock()), outcome, False)
-        if meta.status == 200 and _has_preconditions(request):
+        if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
             )
             if precondition is not None:
-                return tagged(web.Response(status=precondition, headers=headers), outcome)
+                sink.send(precondition, headers)
+                return outcome
         decoder: StreamDecoder | None = None
         if head.encoding != "identity":
             if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
@@ -227,36 +227,38 @@ class Responder:
         status, start, end = meta.status, 0, head.length
         if meta.status == 200 and head.length is not None:
             headers["Accept-Ranges"] = "bytes"
-            byte_range = _requested_range(request, meta, head.length, decoder, head.encoding)
+            byte_range = _requested_range(
+                request.headers, meta, head.length, decoder, head.encoding
+            )
             if isinstance(byte_range, Unsatisfiable):
                 headers["Content-Range"] = unsatisfied_range(head.length)
-                return tagged(web.Response(status=416, headers=headers), outcome)
+                sink.send(416, headers)
+                return outcome
             if byte_range is not None:
                 # the fill stores the whole object; this client gets its range of it
                 status, start, end = 206, byte_range.start, byte_range.end + 1
                 headers["Content-Range"] = content_range(byte_range, head.length)
         if end is not None and decoder is None:
             headers["Content-Length"] = str(end - start)
-        response = tagged(web.StreamResponse(status=status, headers=headers), outcome)
-        await response.prepare(request)
+        await sink.start(status, headers)
         if request.method == "HEAD":
-            return response
+            await sink.end()
+            return outcome
         try:
             async for chunk in fill.read(start, end if status == 206 else None):
                 self.metrics.bytes_sent.inc(len(chunk))
-                await _write_decoded(response, decoder, chunk)
+                await _write_decoded(sink, decoder, chunk)
             if decoder is not None:
-                await response.write(decoder.flush())
+                await sink.write(decoder.flush())
         except (FillFailed, BodyGone, DecodeError) as exc:
             if isinstance(exc, DecodeLimit):
                 self.metrics.decode_refused.inc()
             # the headers are gone already: cut the connection so the client sees a
             # truncated body, never a short one that looks complete
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        await response.write_eof()
-        return response
+            sink.abort()
+            return outcome
+        await sink.end()
+        return outcome
 
     def _decoder_for(self, encoding: str, meta: ObjectMeta) -> StreamDecoder | None:
         """The decoder of a stored coding for a client that does not accept it, bounded
@@ -295,36 +297,36 @@ class Responder:
             headers[STALE_MARK] = "1"
         return headers
 
-    def error_answer(self, head: FillHead, outcome: Outcome) -> web.StreamResponse:
+    def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
         """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
         if head.error_status:
             relayed = replace(outcome, fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
             headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
             headers["Cache-Status"] = relayed.cache_status(self.options.node_name)
-            response = web.Response(status=head.error_status, headers=headers, body=head.error_body)
-            return tagged(response, relayed)
+            sink.send(head.error_status, headers, head.error_body)
+            return relayed
         error = head.error or UpstreamError(502, "upstream failed")
         self.metrics.upstream_errors.inc()
         # the upstream's state-change log has the details: a line per request would
         # bury them during an outage
         log.debug("upstream error: %s", error)
-        response = error_response(
+        return error_response(
+            sink,
             error.status,
             error.reason,
             replace(outcome, detail=detail_token(error.reason), error=ErrorSource.UPSTREAM),
             self.options.node_name,
+            unreachable=error.unreachable,
+            retry_after=error.retry_after,
         )
-        if error.unreachable:
-            # the origin could not be reached at all: a tier below that holds a stale
-            # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
-            response.headers[GENERATED_ERROR_HEADER] = UNREACHABLE
-        if error.retry_after is not None:
-            response.headers["Retry-After"] = str(error.retry_after)
-        return response
 
     async def relay(
-        self, request: web.BaseRequest, upstream: UpstreamResponse, outcome: Outcome
-    ) -> web.StreamResponse:
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        upstream: UpstreamResponse,
+        outcome: Outcome,
+    ) -> Outcome:
         """Pass an upstream answer on as it arrives, with our hygiene and trail."""
         pairs = policy.upstream_header_pairs(upstream.header_pairs)
         headers: CIMultiDict[str] = CIMultiDict(
@@ -343,45 +345,39 @@ class Responder:
         length = upstream.headers.get("content-length")
         if length is not None:
             headers["Content-Length"] = length
-        response = tagged(web.StreamResponse(status=upstream.status, headers=headers), outcome)
         try:
-            await response.prepare(request)
+            await sink.start(upstream.status, headers)
             if request.method != "HEAD" and upstream.status not in (204, 304):
                 async for chunk in upstream.iter_chunks():
-                    await response.write(chunk)
-            await response.write_eof()
+                    await sink.write(chunk)
+            await sink.end()
         except UpstreamError:
             upstream.close()
-            if request.transport is not None:
-                request.transport.close()
-            return response
+            sink.abort()
         finally:
             upstream.release()
-        return response
+        return outcome
 
 
-async def _write_decoded(
-    response: web.StreamResponse, decoder: StreamDecoder | None, chunk: bytes
-) -> None:
+async def _write_decoded(sink: ResponseSink, decoder: StreamDecoder | None, chunk: bytes) -> None:
     """Write `chunk`, decoded one bounded piece at a time when `decoder` is set (each
     piece is written, and the transport drained, before the next is made)."""
     if decoder is None:
-        await response.write(chunk)
+        await sink.write(chunk)
         return
     for piece in decoder.iter_decode(chunk):
-        await response.write(piece)
+        await sink.write(piece)
 
 
 _PRECONDITIONS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
 
 
-def _has_preconditions(request: web.BaseRequest) -> bool:
-    headers = request.headers
+def _has_preconditions(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
     return any(name in headers for name in _PRECONDITIONS)
 
 
 def _requested_range(
-    request: web.BaseRequest,
+    request_headers: Headers,
     meta: ObjectMeta,
     size: int,
     decoder: StreamDecoder | None,
@@ -390,49 +386,49 @@ def _requested_range(
     """The single range a client asked for, as `_from_store` would grant it: on the
     identity body only, not when If-Range fails (RFC 9110 13.1.5), multiple ranges
     answered whole (None)."""
-    range_header = request.headers.get("range")
+    range_header = request_headers.get("range")
     if not range_header or decoder is not None or encoding != "identity":
         return None
-    if_range = request.headers.get("if-range")
+    if_range = request_headers.get("if-range")
     if if_range is not None and not if_range_allows(if_range, meta.etag, meta.last_modified):
         return None
     return parse_range(range_header, size)
 
 
-def error_response(status: int, reason: str, outcome: Outcome, node: str) -> web.Response:
+def error_response(
+    sink: ResponseSink,
+    status: int,
+    reason: str,
+    outcome: Outcome,
+    node: str,
+    *,
+    unreachable: bool = False,
+    retry_after: int | None = None,
+) -> Outcome:
     """An error this node answers: a short reason, never an internal address (those
-    go to the log)."""
-    response = web.Response(status=status, text=f"{status} {reason}\n")
+    go to the log). `unreachable`: it answers for an origin that could not be reached."""
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
     if outcome.error is ErrorSource.UPSTREAM:
         # this node answered for a failure beyond it (origin down, origin connection
         # cap); the tier below passes such errors on instead of failing over
-        response.headers[GENERATED_ERROR_HEADER] = "upstream"
-    response.headers["Cache-Status"] = outcome.cache_status(node)
-    return tagged(response, outcome)
+        headers[GENERATED_ERROR_HEADER] = "upstream"
+    if unreachable:
+        # the origin could not be reached at all: a tier below that holds a stale
+        # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
+        headers[GENERATED_ERROR_HEADER] = UNREACHABLE
+    headers["Cache-Status"] = outcome.cache_status(node)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    sink.send(status, headers, f"{status} {reason}\n".encode())
+    return outcome
 
 
-def refuse(status: int, reason: str, detail: str) -> web.Response:
+def refuse(sink: ResponseSink, status: int, reason: str, detail: str) -> Outcome:
     """A 4xx for a request we will not handle; the connection is closed after it, since
     the rest of what the client sent (an unread body) cannot be trusted as framing."""
-    response = web.Response(status=status, text=f"{status} {reason}\n")
-    response.force_close()
-    return tagged(response, refused(detail))
-
-
-#: Where a response carries its request's Outcome (see `outcome_of`).
-OUTCOME = "edgeshield.outcome"
-
-
-def tagged(response: _R, outcome: Outcome) -> _R:
-    """`response`, carrying `outcome` for the node's metrics and access log."""
-    response[OUTCOME] = outcome
-    return response
-
-
-def outcome_of(response: web.StreamResponse) -> Outcome:
-    """The Outcome the engine decided for `response` (one it made itself, if untagged)."""
-    outcome = response.get(OUTCOME)
-    return outcome if isinstance(outcome, Outcome) else refused("internal-error")
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+    sink.send(status, headers, f"{status} {reason}\n".encode(), close=True)
+    return refused(detail)
 
 
 def detail_token(reason: str) -> str:
