@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import assert_never
-from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDictProxy
 
@@ -34,7 +33,7 @@ from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
 from edge.cache.purge import PurgeRules, PurgeVerdict
 from edge.cache.transitions import Error, ServeStale
-from edge.fill import FillHead, HeadKind
+from edge.fill import HeadKind
 from edge.filling import Filler, FillJob, header_value, variant_key
 from edge.forwarding import (
     end_to_end_fields,
@@ -50,7 +49,7 @@ from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
 from edge.responding import EntryGone, Responder, detail_token, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
-from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError
+from edge.upstream import UpstreamError
 from fleet.config import Service, object_limit
 
 __all__ = ["Engine", "EngineOptions", "Upstream"]
@@ -274,7 +273,7 @@ class Engine:
                     self.clock(),
                     verdict=verdict,
                     purged_at=self._purged_at(stale_meta, verdict),
-                    unreachable=_unreachable(head),
+                    unreachable=head.unreachable,
                     max_stale_when_unreachable=service.max_stale_when_unreachable,
                 )
                 match after:
@@ -431,18 +430,9 @@ class Engine:
         worker processes of the node see the deletion from the shared index, and drop
         their memory-tier copy when its memory lifetime ends.
         """
-        base = f"http://{host}"
-        targets = {target}
-        for name in ("location", "content-location"):
-            value = response_headers.get(name)
-            if not value:
-                continue
-            parts = urlsplit(urljoin(base + target, value.strip()))
-            if parts.scheme in ("http", "https") and (parts.hostname or "") == host:
-                targets.add((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         now = self.clock()
         policy_ = service.cache_key
-        for raw in targets:
+        for raw in transitions.invalidated_targets(host, target, response_headers):
             keyed = normalize_target(raw, policy_.sort_query, policy_.drop_params)
             self.rules.invalidate(service.name, host, keyed, now)
             await self.store.delete(primary_key(service.name, host, keyed))
@@ -462,12 +452,3 @@ class Engine:
 
 #: Methods whose requests may not carry a body here (see Engine.handle).
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
-
-
-def _unreachable(head: FillHead) -> bool:
-    """Whether a fill's error means the origin could not be reached (RFC 9111 4.2.4's
-    "disconnected"), as opposed to an answer with a 5xx status: our own failure to
-    connect, or a shield's generated error saying the same."""
-    if head.error_status:
-        return header_value(head.error_pairs, GENERATED_ERROR_HEADER.lower()) == UNREACHABLE
-    return head.error is not None and head.error.unreachable

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,19 +24,16 @@ from multidict import CIMultiDict
 from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
-from edge.connections import LimitedServer
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
-from edge.front.aiohttp_adapter import answer
+from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
-from edge.outcome import refused
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
 from edge.scrub import scrub_forever
 from edge.store import DiskStore
 from edge.upstream import (
-    GENERATED_ERROR_HEADER,
     OriginPool,
     ShieldRing,
     UpstreamError,
@@ -280,7 +276,7 @@ async def _serve(
     )
     limits.start()
     server = LimitedServer(
-        _traffic_handler(engine, access_log, metrics),
+        traffic_handler(engine, access_log, metrics),
         limits,
         access_log=None,
         keepalive_timeout=node.keepalive_timeout,
@@ -341,49 +337,6 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def _traffic_handler(
-    engine: Engine, access_log: AccessLog | None, metrics: NodeMetrics
-) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    record = access_log.record if access_log is not None else None
-    clock = time.time
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        started = clock()
-        try:
-            response, outcome = await answer(engine, request)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("request %s %s failed", request.method, request.raw_path)
-            # "node": this node itself failed, so an edge may try another shield
-            response = web.Response(
-                status=500, text="500 internal error\n", headers={GENERATED_ERROR_HEADER: "node"}
-            )
-            outcome = refused("internal-error")
-        elapsed = clock() - started
-        if outcome.hit:
-            metrics.hit_seconds.observe(elapsed)
-        else:
-            metrics.miss_seconds.observe(elapsed)
-        if record is not None:
-            record(
-                (
-                    started,
-                    request.method,
-                    request.headers.get("Host"),
-                    request.raw_path,
-                    response.status,
-                    outcome.member(),
-                    response.content_length,
-                    round(elapsed * 1000, 3),
-                    request.remote,
-                )
-            )
-        return response
-
-    return handler
 
 
 def _admin_app(

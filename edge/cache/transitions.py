@@ -16,6 +16,7 @@ functions: `now` is an argument, nothing here awaits or reads a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 from edge.cache.headers import Headers
 from edge.cache.keys import vary_fields
@@ -193,3 +194,22 @@ def freshness(meta: ObjectMeta, now: float) -> tuple[float, float]:
     same arithmetic every path uses (`ObjectMeta.age`)."""
     age = meta.age(now)
     return age, meta.freshness_lifetime - age
+
+
+def invalidated_targets(host: str, target: str, response_headers: Headers) -> set[str]:
+    """RFC 9111 4.4: the targets an unsafe request that succeeded invalidates.
+
+    "A cache MUST invalidate the target URI ... and the URI(s) in the Location and
+    Content-Location response header fields (if present)" but "MUST NOT invalidate a
+    URI from a Location or Content-Location response header field if the host part
+    of that URI differs from the host part in the target URI".
+    """
+    targets = {target}
+    for name in ("location", "content-location"):
+        value = response_headers.get(name)
+        if not value:
+            continue
+        parts = urlsplit(urljoin(f"http://{host}{target}", value.strip()))
+        if parts.scheme in ("http", "https") and (parts.hostname or "") == host:
+            targets.add((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    return targets

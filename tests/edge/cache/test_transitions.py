@@ -21,6 +21,7 @@ from edge.cache.transitions import (
     after_fetch,
     content_length,
     freshness,
+    invalidated_targets,
     may_use_hot_lane,
     only_if_cached,
 )
@@ -224,3 +225,23 @@ def test_content_length_is_read_only_as_plain_digits() -> None:
     assert content_length(headers("Content-Length: -1")) is None
     assert content_length(headers("Content-Length: 1e3")) is None
     assert content_length(CIMultiDict()) is None
+
+
+# -- RFC 9111 4.4: invalidating stored responses ------------------------------------------
+def test_an_unsafe_request_invalidates_its_target() -> None:
+    assert invalidated_targets("example.com", "/cart", headers()) == {"/cart"}
+
+
+def test_location_and_content_location_on_the_same_host_are_invalidated() -> None:
+    fields = headers("Location: /cart/7?x=1", "Content-Location: http://example.com/cart")
+    assert invalidated_targets("example.com", "/cart/add", fields) == {
+        "/cart/add",
+        "/cart/7?x=1",
+        "/cart",
+    }
+
+
+def test_a_location_on_another_host_is_not_invalidated() -> None:
+    # "MUST NOT invalidate a URI ... if the host part of that URI differs"
+    fields = headers("Location: http://evil.example.net/cart")
+    assert invalidated_targets("example.com", "/cart/add", fields) == {"/cart/add"}
