@@ -48,7 +48,7 @@ def request_head(request: web.BaseRequest) -> RequestHead:
         headers=request.headers,
         peer=request.remote,
         scheme=request.scheme,
-        version=(request.version.major, request.version.minor),
+        version=request.version,
     )
 
 
