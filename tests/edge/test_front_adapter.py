@@ -32,9 +32,24 @@ def origin() -> Iterator[OriginServer]:
     yield from running_origin()
 
 
+class Clock:
+    """A clock the test sets (the engine's `clock`)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def base(origin: OriginServer) -> AsyncIterator[str]:
-    """The URL of an in-process edge in front of `origin`."""
+def clock() -> Clock:
+    return Clock(1_700_000_000.0)
+
+
+@pytest.fixture
+async def base(origin: OriginServer, clock: Clock) -> AsyncIterator[str]:
+    """The URL of an in-process edge in front of `origin`, on the test's clock."""
     service = Service(name="www", hosts=(HOST,), origins=(origin.url,))
     session = make_session()
     upstream = TierUpstream((service,), None, session)
@@ -46,6 +61,7 @@ async def base(origin: OriginServer) -> AsyncIterator[str]:
         upstream,
         PurgeRules((service,)),
         NodeMetrics("edge-t", "edge"),
+        clock=clock,
     )
     runner = web.ServerRunner(web.Server(aiohttp_handler(engine)), handle_signals=False)
     await runner.setup()
@@ -105,3 +121,24 @@ async def test_a_refusal_is_the_nodes_own_and_reaches_no_origin(
         assert response.headers["Cache-Status"] == "edge-t; detail=host-not-served"
         assert "X-Edgeshield-Error" not in response.headers
     assert origin.count("/a") == 0
+
+
+async def test_a_clock_stepping_back_never_makes_a_hot_hit_younger(
+    base: str, origin: OriginServer, clock: Clock
+) -> None:
+    # RFC 9111 4.2.3: apparent and resident times are never negative; the fast lane
+    # once subtracted without that clamp, answering "Age: -10" and a ttl past the
+    # object's lifetime
+    origin.route("/t", headers={"Cache-Control": "max-age=600"}, body=b"tick")
+    async with aiohttp.ClientSession(headers={"Host": HOST}) as client:
+        async with client.get(base + "/t") as miss:
+            assert await miss.read() == b"tick"
+            assert "fwd=uri-miss" in miss.headers["Cache-Status"]
+        async with client.get(base + "/t") as hit:
+            assert await hit.read() == b"tick"
+            assert hit.headers["Cache-Status"] == "edge-t; hit; ttl=600"
+        clock.now -= 10
+        async with client.get(base + "/t") as earlier:
+            assert await earlier.read() == b"tick"
+            assert earlier.headers["Age"] == "0"
+            assert earlier.headers["Cache-Status"] == "edge-t; hit; ttl=600"
