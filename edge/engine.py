@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import assert_never
 
 from multidict import CIMultiDictProxy
@@ -246,7 +245,7 @@ class Engine:
                 detail = head.detail or "not-storable"
                 if head.response is not None and fill.claim_pass():
                     return await self.respond.relay(
-                        request, sink, head.response, replace(outcome, detail=detail)
+                        request, sink, head.response, outcome._replace(detail=detail)
                     )
                 # a response not fit to share: this client goes upstream on its own
                 return await self._pass(request, sink, service, host, detail=detail)
@@ -262,7 +261,7 @@ class Engine:
                     entry,
                     head.meta,
                     Decision(Action.SERVE, ttl=ttl),
-                    replace(outcome, fwd_status=304, ttl=int(ttl)),
+                    outcome._replace(fwd_status=304, ttl=int(ttl)),
                 )
             case HeadKind.ERROR:
                 stale_meta = (
@@ -289,7 +288,7 @@ class Engine:
                             stale,
                             stale_meta,
                             decision,
-                            replace(outcome, detail=reason),
+                            outcome._replace(detail=reason),
                             stale=True,
                         )
                     case Error():
@@ -308,7 +307,7 @@ class Engine:
             # this client's variant; look again (the Vary index is stored by now)
             return RESTART
         return await self.respond.stream_fill(
-            request, sink, fill, head, replace(outcome, stored=True)
+            request, sink, fill, head, outcome._replace(stored=True)
         )
 
     def _fill_job(

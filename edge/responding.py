@@ -9,7 +9,6 @@ never a short one that looks whole.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -300,7 +299,7 @@ class Responder:
     def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
         """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
         if head.error_status:
-            relayed = replace(outcome, fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
+            relayed = outcome._replace(fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
             headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
             headers["Cache-Status"] = relayed.cache_status(self.options.node_name)
             sink.send(head.error_status, headers, head.error_body)
@@ -314,7 +313,7 @@ class Responder:
             sink,
             error.status,
             error.reason,
-            replace(outcome, detail=detail_token(error.reason), error=ErrorSource.UPSTREAM),
+            outcome._replace(detail=detail_token(error.reason), error=ErrorSource.UPSTREAM),
             self.options.node_name,
             unreachable=error.unreachable,
             retry_after=error.retry_after,
@@ -338,7 +337,7 @@ class Responder:
             if value is not None:
                 headers[name] = value
         upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
-        outcome = replace(outcome, fwd_status=upstream.status)
+        outcome = outcome._replace(fwd_status=upstream.status)
         headers["Cache-Status"] = outcome.cache_status(self.options.node_name, upstream_status)
         upstream_via = ", ".join(upstream.headers.getall("via", []))
         headers["Via"] = f"{upstream_via}, {self._via}" if upstream_via else self._via

@@ -42,18 +42,21 @@ log = logging.getLogger("edgeshield.node")
 
 def request_head(request: web.BaseRequest) -> RequestHead:
     """Our request head of an aiohttp request."""
+    # positional: this runs on every request
     return RequestHead(
-        method=request.method,
-        target=request.raw_path,
-        headers=request.headers,
-        peer=request.remote,
-        scheme=request.scheme,
-        version=request.version,
+        request.method,
+        request.raw_path,
+        request.headers,
+        request.remote,
+        request.scheme,
+        request.version,
     )
 
 
 class AiohttpBody:
     """An aiohttp request's body as a `BodyStream`."""
+
+    __slots__ = ("_request",)
 
     def __init__(self, request: web.BaseRequest) -> None:
         self._request = request
@@ -76,6 +79,8 @@ class AiohttpBody:
 
 class AiohttpSink:
     """A `ResponseSink` onto aiohttp's responses; `response` is what the handler returns."""
+
+    __slots__ = ("_request", "response")
 
     def __init__(self, request: web.BaseRequest) -> None:
         self._request = request

@@ -8,15 +8,13 @@ caching and these three types; a front knows framing and its own types.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """A request's head, as received."""
+class RequestHead(NamedTuple):
+    """A request's head, as received (a named tuple: one is made per request)."""
 
     method: str
     #: the request target exactly as sent (origin-form or absolute-form)
