@@ -19,7 +19,7 @@ from enum import Enum
 
 from edge.cache.model import ObjectMeta
 from edge.store import BodyRef, io, read_body
-from edge.upstream import UpstreamError, UpstreamResponse
+from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
 
 READ_CHUNK = 256 * 1024
 
@@ -50,6 +50,19 @@ class FillHead:
     error_body: bytes = b""
     #: for PASS: why it is not stored (Cache-Status detail), e.g. "too-large"
     detail: str = ""
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether an ERROR means the origin could not be reached (RFC 9111 4.2.4's
+        "disconnected"), as opposed to an answer with a 5xx status: our own failure
+        to connect, or a shield's generated error saying the same."""
+        if self.error_status:
+            generated = GENERATED_ERROR_HEADER.lower()
+            return any(
+                name.lower() == generated and value == UNREACHABLE
+                for name, value in self.error_pairs
+            )
+        return self.error is not None and self.error.unreachable
 
 
 class FillFailed(Exception):

@@ -17,10 +17,10 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache.policy import HOP_BY_HOP, connection_listed
+from edge.front.types import RequestHead
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -96,9 +96,7 @@ def node_token(secret: str) -> str:
     return hmac.new(secret.encode(), b"edgeshield forwarding", hashlib.sha256).hexdigest()
 
 
-def is_trusted_peer(
-    request: web.BaseRequest, trusted_proxies: Sequence[IPNetwork], token: str
-) -> bool:
+def is_trusted_peer(request: RequestHead, trusted_proxies: Sequence[IPNetwork], token: str) -> bool:
     """Whether the peer may tell us who the client is (keep its forwarding fields).
 
     One of our nodes proves itself with the node token (compared in constant time);
@@ -108,10 +106,10 @@ def is_trusted_peer(
     given = request.headers.get(NODE_TOKEN_HEADER)
     if token and given is not None and hmac.compare_digest(given.encode(), token.encode()):
         return True
-    if not trusted_proxies or request.remote is None:
+    if not trusted_proxies or request.peer is None:
         return False
     try:
-        address = ipaddress.ip_address(request.remote)
+        address = ipaddress.ip_address(request.peer)
     except ValueError:
         return False
     return any(address in network for network in trusted_proxies)
@@ -138,7 +136,7 @@ def end_to_end_fields(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMu
 
 
 def upstream_request_headers(
-    request: web.BaseRequest,
+    request: RequestHead,
     host: str,
     *,
     cacheable: bool,
@@ -175,7 +173,7 @@ def upstream_request_headers(
         headers["Accept-Encoding"] = "identity"
     if body_length is not None:
         headers["Content-Length"] = str(body_length)
-    peer = request.remote or "unknown"
+    peer = request.peer or "unknown"
     element = f"for={_forwarded_node(peer)};host={_quoted(host)};proto={request.scheme}"
     if trusted:
         for name, value in incoming.items():
@@ -198,9 +196,9 @@ def upstream_request_headers(
     return headers
 
 
-def request_host(request: web.BaseRequest) -> str:
+def request_host(request: RequestHead) -> str:
     """The host a request is for, lowercased, without port or trailing dot."""
-    raw = request.raw_path
+    raw = request.target
     if raw[:8].lower().startswith(("http://", "https://")):
         # absolute-form (RFC 9112 3.2.2): the target's authority wins over Host
         authority = raw.split("://", 1)[1]
@@ -216,7 +214,7 @@ def request_host(request: web.BaseRequest) -> str:
     return name.rstrip(".") if port.isdigit() else host
 
 
-def loop_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def loop_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     """The CDN identifiers in CDN-Loop (RFC 8586), parameters dropped."""
     return {
         member.split(";", 1)[0].strip()

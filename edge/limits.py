@@ -5,7 +5,7 @@ lives in `ConnectionLimits`, which knows nothing of the HTTP server carrying the
 bytes: a front calls `admit`/`closed` when a connection opens and ends, stamps a
 connection's `head_since` when the first byte of a request arrives and clears it when
 the head is complete, and the sweep closes what is past its deadline. The aiohttp
-glue is `edge.connections.LimitedServer`; a front of our own calls the same few methods.
+glue is `edge.front.aiohttp_adapter.LimitedServer`; a front of our own calls the same few methods.
 
 Why a sweep and not a timer per request: a hit must stay cheap, so starting a head
 costs one clock read and finishing it one store; a task wakes a few times per

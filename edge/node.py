@@ -14,8 +14,7 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,9 +24,9 @@ from multidict import CIMultiDict
 from edge.accesslog import AccessLog
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
-from edge.connections import LimitedServer
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
+from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
@@ -35,7 +34,6 @@ from edge.reclaim import reclaim_purged_forever
 from edge.scrub import scrub_forever
 from edge.store import DiskStore
 from edge.upstream import (
-    GENERATED_ERROR_HEADER,
     OriginPool,
     ShieldRing,
     UpstreamError,
@@ -78,7 +76,7 @@ class TierUpstream:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Ask the key's shield (failing over along the ring), else the origins."""
         if self.ring is not None and self.ring.shields:
@@ -277,7 +275,7 @@ async def _serve(
     )
     limits.start()
     server = LimitedServer(
-        _traffic_handler(engine, access_log, metrics),
+        traffic_handler(engine, access_log, metrics),
         limits,
         access_log=None,
         keepalive_timeout=node.keepalive_timeout,
@@ -338,49 +336,6 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def _traffic_handler(
-    engine: Engine, access_log: AccessLog | None, metrics: NodeMetrics
-) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    record = access_log.record if access_log is not None else None
-    clock = time.time
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        started = clock()
-        try:
-            response = await engine.handle(request)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("request %s %s failed", request.method, request.raw_path)
-            # "node": this node itself failed, so an edge may try another shield
-            response = web.Response(
-                status=500, text="500 internal error\n", headers={GENERATED_ERROR_HEADER: "node"}
-            )
-        status_field = response.headers.get("Cache-Status") or ""
-        elapsed = clock() - started
-        if "; hit" in status_field.rpartition(",")[2]:
-            metrics.hit_seconds.observe(elapsed)
-        else:
-            metrics.miss_seconds.observe(elapsed)
-        if record is not None:
-            record(
-                (
-                    started,
-                    request.method,
-                    request.headers.get("Host"),
-                    request.raw_path,
-                    response.status,
-                    status_field,
-                    response.content_length,
-                    round(elapsed * 1000, 3),
-                    request.remote,
-                )
-            )
-        return response
-
-    return handler
 
 
 def _admin_app(

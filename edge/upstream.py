@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,7 @@ class _Request:
     method: str
     target: str
     headers: CIMultiDict[str]
-    body: bytes | aiohttp.StreamReader | None
+    body: AsyncIterable[bytes] | None
 
 
 async def _send(
@@ -330,7 +330,7 @@ class OriginPool:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Send a request to one origin of the service, failing over where safe."""
         assert self._semaphore is not None
@@ -361,7 +361,7 @@ class OriginPool:
 
         request = _Request(method, target, headers, body)
         last_error = "no origin configured"
-        retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        retryable = method in IDEMPOTENT and body is None
         try:
             order = self._order()
             for position, origin in enumerate(order):
@@ -509,7 +509,7 @@ class ShieldRing:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse | None:
         """Ask the key's shield, failing over; None when no shield could answer.
 
@@ -520,7 +520,7 @@ class ShieldRing:
             headers = headers.copy()
             headers[NODE_TOKEN_HEADER] = self._token
         request = _Request(method, target, headers, body)
-        retryable = method in IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        retryable = method in IDEMPOTENT and body is None
         for shield in self.order(key):
             try:
                 response = await _send(self.session, shield.url, request, shield.name, lambda: None)

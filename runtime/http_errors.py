@@ -3,7 +3,7 @@
 aiohttp answers a head it cannot parse with a body that quotes the offending input (up
 to 8 KiB of it) and logs a traceback at ERROR level. A server facing the internet says
 only the status, and logs one short line. The traffic listeners of edges and shields
-(`edge.connections`), the purge API and the geo HTTP API all use this handler.
+(`edge.front.aiohttp_adapter`), the purge API and the geo HTTP API all use this handler.
 """
 
 from __future__ import annotations

@@ -260,6 +260,9 @@ async def test_unknown_host_gets_421_and_no_origin_request(
     async with client.get(edge.base + "/x", headers={"Host": "evil.example.net"}) as response:
         assert response.status == 421
         assert "evil.example.net" in await response.text()
+        # the node's own refusal: not an error of the tiers beyond it, nor forwarded
+        assert "X-Edgeshield-Error" not in response.headers
+        assert "fwd=" not in response.headers["Cache-Status"]
     assert sum(n for path, n in origin.requests.items() if path != "/healthz") == 0
 
 

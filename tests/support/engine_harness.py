@@ -34,6 +34,7 @@ from edge.cache.keys import primary_key
 from edge.cache.purge import PurgeRecord, PurgeRules
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
+from edge.front.aiohttp_adapter import aiohttp_handler
 from edge.metrics import NodeMetrics
 from edge.node import TierUpstream
 from edge.store import MemoryStore, StoredEntry
@@ -64,19 +65,15 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def engine_handler(engine: Engine) -> Handler:
-    """The one place where an `Engine` becomes an aiohttp request handler.
-
-    Today the engine's own `handle` is that handler (edge/node.py's `_traffic_handler`
-    wraps it the same way, adding logs and metrics). When the engine gets its own
-    request/response types and an aiohttp adapter, only this line changes.
-    """
-    return engine.handle
+    """The one place where an `Engine` becomes an aiohttp request handler: the aiohttp
+    front's adapter, as a node serves it (less the node's logs and metrics)."""
+    return aiohttp_handler(engine)
 
 
 def background_work(engine: Engine) -> int:
     """How many background tasks the engine has under way (fills, revalidations,
-    compressed variants): the one other place the harness knows the engine's inside."""
-    return len(engine._background)
+    compressed variants)."""
+    return engine.filler.background_tasks
 
 
 class FrozenClock:

@@ -1,0 +1,463 @@
+"""Filling: one upstream fetch per object, stored as it streams, for every waiter.
+
+The engine starts a fill (`Filler.start`) with a `FillJob`; the fill task fetches,
+asks `transitions.after_fetch` what the answer is, and carries that out: freshen the
+stored object on a 304, hand an error or a not-storable answer to the requests
+waiting, or write the body to the store (indexing its Vary variant) while every
+waiter reads it from the `Fill` (edge.fill). A body cut mid-way is completed from
+the next upstream, so a reader never sees a short body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import assert_never
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge.cache import policy, transitions
+from edge.cache.encoding import is_compressible
+from edge.cache.keys import secondary_key
+from edge.cache.model import ObjectMeta, VaryIndex
+from edge.cache.purge import PurgeRules
+from edge.cache.transitions import NotModified, ServeWithoutStoring, StoreAndServe, UpstreamFailed
+from edge.compress import DecodeLimit, make_variants
+from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
+from edge.metrics import NodeMetrics
+from edge.options import STALE_MARK, EngineOptions, Upstream
+from edge.store import BodyWriter, ObjectStore, StoredEntry, StoreError
+from edge.upstream import UpstreamError, UpstreamResponse
+from fleet.config import Service
+
+log = logging.getLogger("edgeshield.engine")
+
+ERROR_BODY_LIMIT = 64 * 1024
+#: How often a fill takes the rest of a body from another upstream after a cut.
+MID_BODY_RETRIES = 2
+#: How long a not-storable answer waits for the request that caused it to take it.
+PASS_HANDOFF_SECONDS = 10.0
+#: The Cache-Status detail of an answer passed on unstored because its body's end
+#: cannot be told from a cut connection; a tier below that sees it does not store either
+CLOSE_DELIMITED_DETAIL = "detail=close-delimited"
+#: A cut this close to the size limit is the tier above stopping there.
+LIMIT_CUT_SLACK = 1024 * 1024
+
+
+class ObjectTooLarge(Exception):
+    """A fill's body passed the object size limit: it is aborted, never committed."""
+
+
+@dataclass(frozen=True)
+class FillJob:
+    """What a fill fetches: the object, and the request it is fetched for."""
+
+    service: Service
+    host: str
+    target: str
+    key: str
+    #: the request as the next tier sees it (validators added when revalidating)
+    upstream_headers: CIMultiDict[str]
+    #: the stored object being revalidated, if any
+    stale: StoredEntry | None
+    #: the client request's own fields (for Vary and storability)
+    request_headers: CIMultiDict[str]
+
+
+class Filler:
+    """Runs a node's fills: at most one upstream fetch per cache key at a time."""
+
+    def __init__(
+        self,
+        options: EngineOptions,
+        store: ObjectStore,
+        upstream: Upstream,
+        rules: PurgeRules,
+        metrics: NodeMetrics,
+        clock: Callable[[], float],
+        limits: dict[str, int],
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.upstream = upstream
+        self.rules = rules
+        self.metrics = metrics
+        self.clock = clock
+        self.fills = FillTable()
+        self._limits = limits
+        self._background: set[asyncio.Task[None]] = set()
+
+    def start(self, job: FillJob) -> Fill:
+        """Start fetching `job` in the background; waiters read the returned fill."""
+        fill = self.fills.start(job.key, self.clock())
+        self._spawn(self._run_fill(fill, job))
+        return fill
+
+    def revalidate(self, job: FillJob) -> None:
+        """RFC 5861 3: one background revalidation, however many stale hits ask for it."""
+        fill = self.start(job)
+        self.metrics.background_revalidations.inc()
+
+        async def drain() -> None:
+            head = await fill.head()
+            if head.kind is HeadKind.STREAM:
+                with contextlib.suppress(FillFailed):
+                    async for _ in fill.read():
+                        pass
+            elif head.kind is HeadKind.PASS and head.response is not None and fill.claim_pass():
+                head.response.close()
+
+        self._spawn(drain())
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def joinable(self, key: str, service: Service, host: str, target: str) -> Fill | None:
+        """The fill in flight for `key`, unless a purge or an invalidation of its URI
+        was applied after it started: then it may carry purged content, and a new
+        fill takes its place."""
+        fill = self.fills.get(key)
+        if fill is not None and (
+            self.rules.changed_since(service.name, fill.started_at)
+            or self.rules.invalidated_since(service.name, host, target, fill.started_at)
+        ):
+            return None
+        return fill
+
+    async def _run_fill(self, fill: Fill, job: FillJob) -> None:
+        """Fetch from upstream once for everyone waiting on `fill`, storing as it streams."""
+        started = time.perf_counter()
+        try:
+            await self._fill_body(fill, job)
+        except Exception:
+            log.exception("fill of %s failed", job.key)
+            fill.set_head(FillHead(HeadKind.ERROR, error=UpstreamError(502, "internal error")))
+            fill.fail()
+        finally:
+            self.fills.done(fill)
+            self.metrics.fill_seconds.observe(time.perf_counter() - started)
+
+    async def _fill_body(self, fill: Fill, job: FillJob) -> None:
+        service, key, stale = job.service, job.key, job.stale
+        request_time = self.clock()
+        try:
+            response = await self.upstream.fetch(
+                service, key, "GET", job.target, job.upstream_headers, None
+            )
+        except UpstreamError as exc:
+            fill.set_head(FillHead(HeadKind.ERROR, error=exc))
+            return
+        self.metrics.upstream_requests.inc()
+        response_time = self.clock()
+        pairs = policy.upstream_header_pairs(response.header_pairs)
+        limit = self._limits[service.name]
+        revalidating = stale is not None and isinstance(stale.meta, ObjectMeta)
+        fetched = transitions.after_fetch(
+            response.status,
+            job.request_headers,
+            response.headers,
+            revalidating=revalidating,
+            limit=limit,
+            close_delimited=_close_delimited(response),
+            cache_close_delimited=service.cache_close_delimited,
+            negative_ttl=service.negative_ttl,
+            heuristic_with_credentials=self.options.heuristic_with_credentials,
+        )
+        match fetched:
+            case NotModified():
+                assert stale is not None and isinstance(stale.meta, ObjectMeta)
+                response.release()
+                merged = policy.merge_304_headers(stale.meta.upstream_headers, pairs)
+                meta = self._meta(
+                    job,
+                    stale.meta.status,
+                    merged,
+                    request_time,
+                    response_time,
+                    fill.started_at,
+                    response,
+                )
+                await self.store.put_meta(key, meta)
+                fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
+                return
+            case UpstreamFailed(status=status):
+                body = await _read_limited(response, ERROR_BODY_LIMIT)
+                fill.set_head(
+                    FillHead(
+                        HeadKind.ERROR,
+                        error=UpstreamError(status, f"upstream answered {status}"),
+                        error_status=status,
+                        error_pairs=pairs,
+                        error_body=body,
+                    )
+                )
+                return
+            case ServeWithoutStoring(reason=reason):
+                if reason == "too-large":
+                    self.metrics.not_stored_too_large.inc()
+                elif reason == "close-delimited":
+                    self.metrics.not_stored_close_delimited.inc()
+                fill.set_head(FillHead(HeadKind.PASS, response=response, detail=reason))
+                await self._close_unclaimed(fill, response)
+                return
+            case StoreAndServe(vary=key_fields):
+                pass
+            case _:
+                assert_never(fetched)
+        length = transitions.content_length(response.headers)
+        store_key = key
+        if key_fields:
+            base_key = key.split("\x1f", 1)[0]
+            store_key = variant_key(base_key, key_fields, job.request_headers)
+            await self._index_variant(base_key, key_fields, store_key, fill.started_at, service)
+        fill.store_key = store_key
+        fill.vary_fields = key_fields
+        meta = self._meta(
+            job, response.status, pairs, request_time, response_time, fill.started_at, response
+        )
+        writer = self.store.begin(store_key, meta.upstream_encoding)
+        fill.set_head(
+            FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
+            body_path=writer.path,
+        )
+        notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        try:
+            response = await self._copy_upstream_body(job, response, writer, meta, length, limit)
+            entry = await writer.commit(meta)
+        except BaseException as exc:
+            response.close()
+            too_large = isinstance(exc, ObjectTooLarge)
+            if too_large:
+                # readers get the body up to the limit before the cut, so an edge
+                # below sees the cut where its own limit is, not a failing shield
+                with contextlib.suppress(StoreError):
+                    await writer.flush()
+                    fill.progress(writer.written)
+            await writer.abort()
+            fill.fail(drain=too_large)
+            self.metrics.fill_failures.inc()
+            if too_large:
+                self.metrics.not_stored_too_large.inc()
+                log.warning("fill of %s aborted: %s", store_key, exc)
+                return
+            raise
+        finally:
+            notifier.cancel()
+        response.release()
+        fill.finish(entry.bodies.get(meta.upstream_encoding))
+        self.fills.done(fill)
+        self.metrics.stored.inc()
+        if self.options.compress and meta.compressible:
+            source = entry.bodies.get(meta.upstream_encoding)
+            if source is not None:
+                try:
+                    await make_variants(
+                        self.store, store_key, source, meta.content_type, max_decoded=limit
+                    )
+                except DecodeLimit as exc:
+                    await drop_undecodable(self.store, self.metrics, store_key, exc)
+                except Exception:
+                    log.exception("compressing %s failed", store_key)
+
+    async def _copy_upstream_body(
+        self,
+        job: FillJob,
+        response: UpstreamResponse,
+        writer: BodyWriter,
+        meta: ObjectMeta,
+        length: int | None,
+        limit: int,
+    ) -> UpstreamResponse:
+        """Write the upstream body to the store; if the upstream dies mid-body, take the
+        rest from the next one (a GET is idempotent), so readers never see a cut.
+
+        Returns the response the body was completed from. Raises `ObjectTooLarge` once
+        the body passes `limit` bytes, whether or not any client still reads the fill.
+        """
+        for attempt in range(MID_BODY_RETRIES + 1):
+            try:
+                async for chunk in _skip_bytes(response.iter_chunks(), writer.received):
+                    if writer.received + len(chunk) > limit:
+                        await writer.write(chunk[: limit - writer.received])
+                        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
+                    await writer.write(chunk)
+                break
+            except UpstreamError:
+                response.close()
+                if writer.received >= max(limit - LIMIT_CUT_SLACK, limit // 2):
+                    # the tier above stopped at the same size limit (a shield aborts a
+                    # fill there, sending what it has; the client library may drop its
+                    # last buffered bytes at the cut): not a failing peer, and no
+                    # other will do better
+                    raise ObjectTooLarge(f"body reached max_object_size ({limit} bytes)") from None
+                self.upstream.failed(response)
+                if attempt == MID_BODY_RETRIES:
+                    raise
+            except BaseException:
+                # the caller closes the first response; a retry's is closed here
+                response.close()
+                raise
+            retry = await self.upstream.fetch(
+                job.service, job.key, "GET", job.target, job.upstream_headers, None
+            )
+            same_length = retry.headers.get("content-length") == (
+                str(length) if length is not None else None
+            )
+            if (
+                retry.status != meta.status
+                or not same_length
+                or (meta.etag and retry.headers.get("etag") != meta.etag)
+            ):
+                retry.close()
+                raise UpstreamError(502, "the upstream's body changed while refetching it")
+            response = retry
+        if length is not None and writer.received != length:
+            raise UpstreamError(502, f"body ended at {writer.received} of {length} bytes")
+        return response
+
+    async def _index_variant(
+        self, base_key: str, fields: tuple[str, ...], variant: str, now: float, service: Service
+    ) -> None:
+        """Record a URL's variant in its Vary index, evicting the oldest beyond the cap."""
+        current = self.store.peek(base_key) or await self.store.get(base_key)
+        variants: tuple[str, ...] = ()
+        if current is not None and isinstance(current.meta, VaryIndex):
+            if current.meta.fields == fields:
+                variants = current.meta.variants
+            else:
+                # the origin changed what it varies on: the old variants are unreachable
+                for old in current.meta.variants:
+                    await self.store.delete(old)
+        if variant in variants:
+            return
+        variants = (*variants, variant)
+        while len(variants) > service.max_variants:
+            await self.store.delete(variants[0])
+            variants = variants[1:]
+        await self.store.put_meta(base_key, VaryIndex(fields, now, variants))
+
+    def _meta(
+        self,
+        job: FillJob,
+        status: int,
+        pairs: tuple[tuple[str, str], ...],
+        request_time: float,
+        response_time: float,
+        stored_at: float,
+        response: UpstreamResponse,
+    ) -> ObjectMeta:
+        encoding = (header_value(pairs, "content-encoding") or "identity").lower()
+        compressible = self.options.compress and (
+            is_compressible(header_value(pairs, "content-type")) or encoding != "identity"
+        )
+        return policy.build_meta(
+            status=status,
+            upstream_pairs=pairs,
+            request_time=request_time,
+            response_time=response_time,
+            stored_at=stored_at,
+            service=job.service.name,
+            host=job.host,
+            target=job.target,
+            compressible=compressible,
+            negative_ttl=job.service.negative_ttl,
+            default_stale_if_error=job.service.default_stale_if_error,
+            force_stale=response.headers.get(STALE_MARK) == "1",
+            for_cdn=self.options.downstream_is_cdn,
+        )
+
+    async def _close_unclaimed(self, fill: Fill, response: UpstreamResponse) -> None:
+        """Close a not-storable answer nobody took (its requester went away)."""
+        if not await fill.pass_claimed(PASS_HANDOFF_SECONDS):
+            response.close()
+
+    @property
+    def background_tasks(self) -> int:
+        """How many fills, revalidations and variant builds are under way (what
+        `close` waits for)."""
+        return len(self._background)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let fills in flight finish for up to `grace` seconds, then cancel the rest
+        (a cancelled fill is discarded, never stored half)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=grace)
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _forward_progress(writer: BodyWriter, fill: Fill) -> None:
+    """Wake the fill's readers whenever the writer puts more bytes on disk."""
+    written = 0
+    while not writer.finished:
+        written = await writer.wait_written(written)
+        fill.progress(written)
+
+
+def _close_delimited(response: UpstreamResponse) -> bool:
+    """Whether the body's end cannot be told from a cut: framed by the connection's
+    close at the next tier (RFC 9112 6.3 item 8), or at a tier above, which says so
+    in its Cache-Status entry (it relays such a body chunked, unstored)."""
+    if response.close_delimited:
+        return True
+    return any(
+        CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
+    )
+
+
+async def _skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    """The chunks after their first `count` bytes."""
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
+
+
+async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in response.iter_chunks():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except UpstreamError:
+        pass
+    finally:
+        response.close()
+    return bytes(body[:limit])
+
+
+def variant_key(
+    key: str, fields: tuple[str, ...], request_headers: CIMultiDictProxy[str] | CIMultiDict[str]
+) -> str:
+    """The key of the variant of `key` that a request with `request_headers` selects."""
+    return f"{key}\x1f{secondary_key(fields, request_headers)}"
+
+
+def header_value(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The first value of the (lower-case) field `name` in `pairs`."""
+    for key, value in pairs:
+        if key.lower() == name:
+            return value
+    return None
+
+
+async def drop_undecodable(
+    store: ObjectStore, metrics: NodeMetrics, key: str, exc: DecodeLimit
+) -> None:
+    """A stored coded body decodes past the object size limit (a decompression
+    bomb): it is not kept, as a body over the limit is never stored."""
+    log.warning("dropping %s: %s", key, exc)
+    await store.delete(key)
+    metrics.decode_refused.inc()

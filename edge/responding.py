@@ -1,0 +1,436 @@
+"""Responding: the answers a node sends, from the store, from a fill, relayed, or its own.
+
+Answers are written to the front's `ResponseSink` (edge.front.types); each returns the
+request's `Outcome`, from which the Cache-Status field is written here. Once the head of an
+answer has left, a failure cuts the connection: a client sees a truncated body,
+never a short one that looks whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge.cache import policy
+from edge.cache.conditional import evaluate_preconditions, if_range_allows
+from edge.cache.encoding import choose_encoding
+from edge.cache.headers import Headers
+from edge.cache.model import ObjectMeta
+from edge.cache.policy import Decision
+from edge.cache.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    content_range,
+    parse_range,
+    unsatisfied_range,
+)
+from edge.compress import DecodeError, DecodeLimit, StreamDecoder
+from edge.fill import Fill, FillFailed, FillHead
+from edge.filling import drop_undecodable, log
+from edge.front.types import RequestHead, ResponseSink
+from edge.metrics import NodeMetrics
+from edge.options import STALE_MARK, EngineOptions
+from edge.outcome import ErrorSource, Outcome, refused
+from edge.store import (
+    BodyCorrupt,
+    BodyGone,
+    BodyRef,
+    ObjectStore,
+    StoredEntry,
+    open_body,
+    read_body,
+)
+from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
+
+#: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
+#: event loop has no sendfile, so bodies not in the memory tier are copied.)
+COPY_CHUNK = 1024 * 1024
+
+
+class EntryGone(Exception):
+    """A stored entry's body vanished before its response started."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class Responder:
+    """Writes a node's answers (Cache-Status, Via, codings, ranges, bodies)."""
+
+    def __init__(
+        self,
+        options: EngineOptions,
+        store: ObjectStore,
+        metrics: NodeMetrics,
+        clock: Callable[[], float],
+        limits: dict[str, int],
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._limits = limits
+        self._via = f"1.1 {options.node_name} (edgeshield)"
+
+    async def from_store(
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        entry: StoredEntry,
+        meta: ObjectMeta,
+        decision: Decision,
+        outcome: Outcome,
+        *,
+        stale: bool = False,
+    ) -> Outcome:
+        """Answer from a stored object: conditionals, Range, encoding, then the body."""
+        headers = self.response_headers(meta, decision.age, outcome, stale)
+        if meta.status == 200 and _has_preconditions(request.headers):
+            precondition = evaluate_preconditions(
+                request.method, request.headers, meta.etag, meta.last_modified
+            )
+            if precondition is not None:
+                self.metrics.hits.inc()
+                sink.send(precondition, headers)
+                return outcome
+        range_header = request.headers.get("range")
+        encoding = choose_encoding(
+            None if range_header else request.headers.get("accept-encoding"), entry.bodies.keys()
+        )
+        decoder: StreamDecoder | None = None
+        if encoding is None:
+            # the client takes none of the stored codings: decode the origin's on the way,
+            # no further than the object size limit (a decompression bomb stops there);
+            # an edge below gets the coding as stored (see _decoder_for)
+            encoding = meta.upstream_encoding
+            decoder = self._decoder_for(encoding, meta)
+        body = entry.bodies.get(encoding)
+        if body is None:
+            return error_response(
+                sink, 502, "stored object has no body", refused("no-body"), self.options.node_name
+            )
+        if encoding != "identity" and decoder is None:
+            headers["Content-Encoding"] = encoding
+        self.metrics.hits.inc()
+        status = meta.status
+        start, end = 0, body.size
+        if_range = request.headers.get("if-range")
+        byte_range = (
+            parse_range(range_header, body.size)
+            if range_header and status == 200 and decoder is None
+            else None
+        )
+        # RFC 9110 13.1.5: a failed If-Range means the whole representation
+        if byte_range is not None and (
+            if_range is None or if_range_allows(if_range, meta.etag, meta.last_modified)
+        ):
+            if isinstance(byte_range, Unsatisfiable):
+                headers["Content-Range"] = unsatisfied_range(body.size)
+                sink.send(416, headers)
+                return outcome
+            status = 206
+            start, end = byte_range.start, byte_range.end + 1
+            headers["Content-Range"] = content_range(byte_range, body.size)
+        if meta.status == 200:
+            headers["Accept-Ranges"] = "bytes"
+        self.metrics.bytes_sent.inc(end - start)
+        if decoder is None:
+            headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            await sink.start(status, headers)
+            await sink.end()
+            return outcome
+        if body.data is not None and decoder is None:
+            data = body.data if (start, end) == (0, body.size) else body.data[start:end]
+            sink.send(status, headers, data)
+            return outcome
+        try:
+            await self._stream_body(sink, entry.key, status, headers, body, start, end, decoder)
+            return outcome
+        except BodyGone:
+            # gone before any header left (replaced or evicted by another worker)
+            raise EntryGone(entry.key) from None
+
+    async def _stream_body(
+        self,
+        sink: ResponseSink,
+        key: str,
+        status: int,
+        headers: CIMultiDict[str],
+        body: BodyRef,
+        start: int,
+        end: int,
+        decoder: StreamDecoder | None,
+    ) -> None:
+        """Send a stored body: opened before the headers go, so a body replaced or
+        evicted meanwhile is still read whole, and one already gone raises BodyGone
+        while the request can still be answered another way.
+
+        A body read whole from disk is checked against its checksum as it goes, its
+        last chunk held back until the check passes: a mismatch cuts the connection
+        (the client sees a truncated body, never a complete-looking corrupt one) and
+        drops the object. Decoded output goes out one bounded piece at a time."""
+        opened = await open_body(body) if body.data is None else None
+        try:
+            await sink.start(status, headers)
+            chunks = (
+                opened.chunks(start, end, COPY_CHUNK)
+                if opened is not None
+                else read_body(body, start, end, chunk_size=COPY_CHUNK)
+            )
+            try:
+                async for chunk in chunks:
+                    await _write_decoded(sink, decoder, chunk)
+                if decoder is not None:
+                    await sink.write(decoder.flush())
+            except (BodyGone, DecodeError) as exc:
+                # cut, never a short body that looks whole
+                if isinstance(exc, BodyCorrupt):
+                    await self._drop_corrupt(key, body)
+                elif isinstance(exc, DecodeLimit):
+                    await drop_undecodable(self.store, self.metrics, key, exc)
+                sink.abort()
+                return
+            await sink.end()
+        finally:
+            if opened is not None:
+                await opened.close()
+
+    async def stream_fill(
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        fill: Fill,
+        head: FillHead,
+        outcome: Outcome,
+    ) -> Outcome:
+        """Answer from a fill while it is still arriving (every waiter reads the file)."""
+        assert head.meta is not None
+        meta = head.meta
+        headers = self.response_headers(meta, meta.age(self.clock()), outcome, False)
+        if meta.status == 200 and _has_preconditions(request.headers):
+            precondition = evaluate_preconditions(
+                request.method, request.headers, meta.etag, meta.last_modified
+            )
+            if precondition is not None:
+                sink.send(precondition, headers)
+                return outcome
+        decoder: StreamDecoder | None = None
+        if head.encoding != "identity":
+            if choose_encoding(request.headers.get("accept-encoding"), (head.encoding,)) is None:
+                decoder = self._decoder_for(head.encoding, meta)
+            if decoder is None:
+                headers["Content-Encoding"] = head.encoding
+        status, start, end = meta.status, 0, head.length
+        if meta.status == 200 and head.length is not None:
+            headers["Accept-Ranges"] = "bytes"
+            byte_range = _requested_range(
+                request.headers, meta, head.length, decoder, head.encoding
+            )
+            if isinstance(byte_range, Unsatisfiable):
+                headers["Content-Range"] = unsatisfied_range(head.length)
+                sink.send(416, headers)
+                return outcome
+            if byte_range is not None:
+                # the fill stores the whole object; this client gets its range of it
+                status, start, end = 206, byte_range.start, byte_range.end + 1
+                headers["Content-Range"] = content_range(byte_range, head.length)
+        if end is not None and decoder is None:
+            headers["Content-Length"] = str(end - start)
+        await sink.start(status, headers)
+        if request.method == "HEAD":
+            await sink.end()
+            return outcome
+        try:
+            async for chunk in fill.read(start, end if status == 206 else None):
+                self.metrics.bytes_sent.inc(len(chunk))
+                await _write_decoded(sink, decoder, chunk)
+            if decoder is not None:
+                await sink.write(decoder.flush())
+        except (FillFailed, BodyGone, DecodeError) as exc:
+            if isinstance(exc, DecodeLimit):
+                self.metrics.decode_refused.inc()
+            # the headers are gone already: cut the connection so the client sees a
+            # truncated body, never a short one that looks complete
+            sink.abort()
+            return outcome
+        await sink.end()
+        return outcome
+
+    def _decoder_for(self, encoding: str, meta: ObjectMeta) -> StreamDecoder | None:
+        """The decoder of a stored coding for a client that does not accept it, bounded
+        by the object size limit; None when the client is one of our edges.
+
+        An edge stores a coding as sent and decodes it itself, bounded, once (in
+        make_variants) and per client that needs it. A shield that decoded for its
+        edges would spend its CPU on every edge's copy, and a decoding stopped at the
+        size limit would reach the edge as a cut, which it takes for a dead shield.
+        """
+        if self.options.downstream_is_cdn:
+            return None
+        return StreamDecoder(encoding, self._limits.get(meta.service))
+
+    async def _drop_corrupt(self, key: str, body: BodyRef) -> None:
+        """A body streamed from disk failed its checksum: drop its object."""
+        await self.store.drop_corrupt(key, body)
+
+    def response_headers(
+        self, meta: ObjectMeta, age: float, outcome: Outcome, stale: bool
+    ) -> CIMultiDict[str]:
+        """The fields of an answer from a stored object (Age, Via, Cache-Status, Vary)."""
+        headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
+        headers["Age"] = str(int(age))
+        headers["Via"] = f"{meta.upstream_via}, {self._via}" if meta.upstream_via else self._via
+        headers["Cache-Status"] = outcome.cache_status(
+            self.options.node_name, meta.upstream_cache_status
+        )
+        if meta.compressible:
+            vary = headers.get("Vary")
+            if not vary:
+                headers["Vary"] = "Accept-Encoding"
+            elif "accept-encoding" not in vary.lower():
+                headers["Vary"] = f"{vary}, Accept-Encoding"
+        if stale and self.options.mark_stale:
+            headers[STALE_MARK] = "1"
+        return headers
+
+    def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
+        """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
+        if head.error_status:
+            relayed = outcome._replace(fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
+            headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
+            headers["Cache-Status"] = relayed.cache_status(self.options.node_name)
+            sink.send(head.error_status, headers, head.error_body)
+            return relayed
+        error = head.error or UpstreamError(502, "upstream failed")
+        self.metrics.upstream_errors.inc()
+        # the upstream's state-change log has the details: a line per request would
+        # bury them during an outage
+        log.debug("upstream error: %s", error)
+        return error_response(
+            sink,
+            error.status,
+            error.reason,
+            outcome._replace(detail=detail_token(error.reason), error=ErrorSource.UPSTREAM),
+            self.options.node_name,
+            unreachable=error.unreachable,
+            retry_after=error.retry_after,
+        )
+
+    async def relay(
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        upstream: UpstreamResponse,
+        outcome: Outcome,
+    ) -> Outcome:
+        """Pass an upstream answer on as it arrives, with our hygiene and trail."""
+        pairs = policy.upstream_header_pairs(upstream.header_pairs)
+        headers: CIMultiDict[str] = CIMultiDict(
+            policy.client_header_pairs(pairs, for_cdn=self.options.downstream_is_cdn)
+        )
+        # relayed as received, so its coding, age and date stay the upstream's
+        for name in ("Content-Encoding", "Age", "Date"):
+            value = upstream.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
+        outcome = outcome._replace(fwd_status=upstream.status)
+        headers["Cache-Status"] = outcome.cache_status(self.options.node_name, upstream_status)
+        upstream_via = ", ".join(upstream.headers.getall("via", []))
+        headers["Via"] = f"{upstream_via}, {self._via}" if upstream_via else self._via
+        length = upstream.headers.get("content-length")
+        if length is not None:
+            headers["Content-Length"] = length
+        try:
+            await sink.start(upstream.status, headers)
+            if request.method != "HEAD" and upstream.status not in (204, 304):
+                async for chunk in upstream.iter_chunks():
+                    await sink.write(chunk)
+            await sink.end()
+        except UpstreamError:
+            upstream.close()
+            sink.abort()
+        finally:
+            upstream.release()
+        return outcome
+
+
+async def _write_decoded(sink: ResponseSink, decoder: StreamDecoder | None, chunk: bytes) -> None:
+    """Write `chunk`, decoded one bounded piece at a time when `decoder` is set (each
+    piece is written, and the transport drained, before the next is made)."""
+    if decoder is None:
+        await sink.write(chunk)
+        return
+    for piece in decoder.iter_decode(chunk):
+        await sink.write(piece)
+
+
+_PRECONDITIONS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
+
+
+def _has_preconditions(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    return any(name in headers for name in _PRECONDITIONS)
+
+
+def _requested_range(
+    request_headers: Headers,
+    meta: ObjectMeta,
+    size: int,
+    decoder: StreamDecoder | None,
+    encoding: str,
+) -> ByteRange | Unsatisfiable | None:
+    """The single range a client asked for, as `_from_store` would grant it: on the
+    identity body only, not when If-Range fails (RFC 9110 13.1.5), multiple ranges
+    answered whole (None)."""
+    range_header = request_headers.get("range")
+    if not range_header or decoder is not None or encoding != "identity":
+        return None
+    if_range = request_headers.get("if-range")
+    if if_range is not None and not if_range_allows(if_range, meta.etag, meta.last_modified):
+        return None
+    return parse_range(range_header, size)
+
+
+def error_response(
+    sink: ResponseSink,
+    status: int,
+    reason: str,
+    outcome: Outcome,
+    node: str,
+    *,
+    unreachable: bool = False,
+    retry_after: int | None = None,
+) -> Outcome:
+    """An error this node answers: a short reason, never an internal address (those
+    go to the log). `unreachable`: it answers for an origin that could not be reached."""
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+    if outcome.error is ErrorSource.UPSTREAM:
+        # this node answered for a failure beyond it (origin down, origin connection
+        # cap); the tier below passes such errors on instead of failing over
+        headers[GENERATED_ERROR_HEADER] = "upstream"
+    if unreachable:
+        # the origin could not be reached at all: a tier below that holds a stale
+        # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
+        headers[GENERATED_ERROR_HEADER] = UNREACHABLE
+    headers["Cache-Status"] = outcome.cache_status(node)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    sink.send(status, headers, f"{status} {reason}\n".encode())
+    return outcome
+
+
+def refuse(sink: ResponseSink, status: int, reason: str, detail: str) -> Outcome:
+    """A 4xx for a request we will not handle; the connection is closed after it, since
+    the rest of what the client sent (an unread body) cannot be trusted as framing."""
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+    sink.send(status, headers, f"{status} {reason}\n".encode(), close=True)
+    return refused(detail)
+
+
+def detail_token(reason: str) -> str:
+    """A short reason as a Cache-Status detail token ("origin unreachable" →
+    "origin-unreachable")."""
+    return "-".join(reason.split()) or "error"
