@@ -11,6 +11,8 @@ import contextlib
 import json
 from typing import TextIO
 
+from edge.outcome import Outcome
+
 FIELDS = ("ts", "method", "host", "target", "status", "cache", "bytes", "ms", "client")
 
 
@@ -29,7 +31,10 @@ class AccessLog:
         self.dropped = 0
 
     def record(self, fields: tuple[object, ...]) -> None:
-        """Queue one request's fields (in FIELDS order); dropped beyond `limit` queued."""
+        """Queue one request's fields (in FIELDS order); dropped beyond `limit` queued.
+
+        The cache field may be the request's `Outcome` and ms the elapsed seconds: both
+        are formatted when the batch is written, off the request path."""
         if len(self._pending) < self.limit:
             self._pending.append(fields)
         else:
@@ -42,7 +47,7 @@ class AccessLog:
             return
         lines = [
             json.dumps(
-                {"node": self.node, **dict(zip(FIELDS, fields, strict=False))},
+                {"node": self.node, **dict(zip(FIELDS, _formatted(fields), strict=False))},
                 separators=(",", ":"),
             )
             for fields in pending
@@ -67,3 +72,19 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+
+
+_CACHE = FIELDS.index("cache")
+_MS = FIELDS.index("ms")
+
+
+def _formatted(fields: tuple[object, ...]) -> tuple[object, ...]:
+    """A queued record as written: an Outcome as its Cache-Status member, seconds as ms."""
+    out = list(fields)
+    cache = out[_CACHE] if len(out) > _CACHE else None
+    if isinstance(cache, Outcome):
+        out[_CACHE] = cache.member()
+    seconds = out[_MS] if len(out) > _MS else None
+    if isinstance(seconds, float):
+        out[_MS] = round(seconds * 1000, 3)
+    return tuple(out)

@@ -176,9 +176,9 @@ def traffic_handler(
                     request.headers.get("Host"),
                     request.raw_path,
                     response.status,
-                    outcome.member(),
+                    outcome,
                     response.content_length,
-                    round(elapsed * 1000, 3),
+                    elapsed,
                     request.remote,
                 )
             )
