@@ -203,6 +203,11 @@ class Filler:
                     self.metrics.not_stored_too_large.inc()
                 elif reason == "close-delimited":
                     self.metrics.not_stored_close_delimited.inc()
+                if revalidating:
+                    # RFC 9111 4.3.3: a full response to a validation request means the
+                    # stored one is no longer suitable; left in place, every stale hit
+                    # would start another revalidation that cannot replace it
+                    await self.store.delete(key)
                 fill.set_head(FillHead(HeadKind.PASS, response=response, detail=reason))
                 await self._close_unclaimed(fill, response)
                 return

@@ -120,3 +120,22 @@ async def test_must_revalidate_forbids_stale_if_error() -> None:
         cache.clock.advance(11)
         cache.origin.responds("/m", 503, body=b"down")
         (await cache.get("/m")).assert_status(503)
+
+
+async def test_a_revalidation_answered_not_storable_replaces_the_stale_copy() -> None:
+    # RFC 9111 4.3.3: a full response to a validation request supersedes the stored
+    # one, so the stale copy is not served again (before: it was, for the whole
+    # stale-while-revalidate window, each stale hit starting another revalidation)
+    async with running_cache() as cache:
+        cache.origin.responds(
+            "/g", cache_control="max-age=10, stale-while-revalidate=60", body=b"x"
+        )
+        await cache.get("/g")
+        cache.clock.advance(11)
+        cache.origin.responds("/g", 404, body=b"gone")
+        stale = await cache.get("/g")
+        assert (stale.status, stale.body) == (200, b"x")
+        await cache.background_done()
+        assert cache.origin.count("/g") == 2
+        after = await cache.get("/g")
+        assert (after.status, after.body) == (404, b"gone")
