@@ -98,14 +98,18 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
-async def br_variant_stored(client: aiohttp.ClientSession, edge: Edge, path: str) -> None:
-    """Wait until the edge answers `path` in br (its variants are made after the fill)."""
+async def variants_stored(client: aiohttp.ClientSession, edge: Edge, path: str) -> None:
+    """Wait until the edge answers `path` in br and in gzip (its variants are made
+    after the fill, one after the other)."""
 
     async def stored() -> bool:
-        _, headers, _ = await get(client, edge, path, Accept_Encoding="br")
-        return headers.get("Content-Encoding") == "br"
+        for coding in ("br", "gzip"):
+            _, headers, _ = await get(client, edge, path, Accept_Encoding=coding)
+            if headers.get("Content-Encoding") != coding:
+                return False
+        return True
 
-    await eventually(stored, f"the br variant of {path}")
+    await eventually(stored, f"the br and gzip variants of {path}")
 
 
 async def test_fifty_concurrent_cold_requests_make_one_origin_request(
@@ -192,7 +196,7 @@ async def test_br_and_gzip_decompress_to_the_identity_body(
         "/c.html", headers={"Cache-Control": "max-age=300", "Content-Type": "text/html"}, body=text
     )
     await get(client, edge, "/c.html")
-    await br_variant_stored(client, edge, "/c.html")
+    await variants_stored(client, edge, "/c.html")
     _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip;q=0.5, br;q=1")
     assert headers.get("Content-Encoding") == "br" and brotli.decompress(body) == text
     _, headers, body = await get(client, edge, "/c.html", Accept_Encoding="gzip")
@@ -218,7 +222,7 @@ async def test_origin_gzip_is_decoded_for_clients_that_do_not_accept_it(
     )
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="identity")
     assert status == 200 and body == text and "Content-Encoding" not in headers
-    await br_variant_stored(client, edge, "/api.json")
+    await variants_stored(client, edge, "/api.json")
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="identity")
     assert status == 200 and body == text
     status, headers, body = await get(client, edge, "/api.json", Accept_Encoding="br")
