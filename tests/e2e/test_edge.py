@@ -11,7 +11,7 @@ import gzip
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 from tests.support.fleetfile import FleetSpec
 from tests.support.origin import OriginServer, pattern_bytes, running_origin
 from tests.support.processes import NodeProcess
+from tests.support.waiting import eventually
 
 HOST = "www.example.com"
 
@@ -86,16 +87,6 @@ async def get(
     async with client.get(edge.base + path, headers=hdrs) as response:
         body = await response.read()
         return response.status, CIMultiDict(response.headers), body
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0
-) -> None:
-    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def variants_stored(client: aiohttp.ClientSession, edge: Edge, path: str) -> None:

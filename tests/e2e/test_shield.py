@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.support.fleetfile import FleetSpec
 from tests.support.origin import OriginServer, pattern_bytes, running_origin
 from tests.support.ports import free_port
 from tests.support.processes import NodeProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,19 +60,6 @@ def owned_paths(prefix: str, owner: str, shields: list[str], count: int) -> list
             paths.append(path)
         i += 1
     return paths
-
-
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0
-) -> None:
-    """Poll an async predicate until it holds; fail naming `what` after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 # -- collapsing across the fleet --------------------------------------------------------
@@ -209,7 +197,7 @@ async def test_killed_shield_under_load_loses_no_request_and_rejoins_after_resta
                     return False
             return True
 
-        await wait_for(doomed_serves_again, f"{doomed} to take its keys back")
+        await eventually(doomed_serves_again, f"{doomed} to take its keys back")
         # what it stored before the crash is still there (disk store survives SIGKILL)
         for path in kept_doomed:
             reply = await get(session, fleet.url("edge3"), path)
@@ -283,7 +271,7 @@ async def test_failing_origin_is_ejected_and_returns_after_recovery(
                 failed = f"origin {bad.url} failed its health check"
                 return all(failed in fleet.nodes[name].log() for name in fleet.shield_names)
 
-            await wait_for(every_shield_saw_it_fail, "every shield to find the origin unhealthy")
+            await eventually(every_shield_saw_it_fail, "every shield to find the origin unhealthy")
             seen = origin_requests(bad, "/two")
             replies = await round_of(30)
             assert [(r.status, r.body) for r in replies] == [(200, b"good")] * 30
@@ -298,7 +286,7 @@ async def test_failing_origin_is_ejected_and_returns_after_recovery(
                 assert all(r.status == 200 for r in replies)
                 return origin_requests(bad, "/two") > seen
 
-            await wait_for(bad_serves_again, "the recovered origin to get requests")
+            await eventually(bad_serves_again, "the recovered origin to get requests")
     finally:
         bad.close()
 
@@ -354,7 +342,7 @@ cache_size = "64MiB"
     async def both_logged() -> bool:
         return len(handled()) >= 2
 
-    await wait_for(both_logged, "the edge to log the looped request")
+    await eventually(both_logged, "the edge to log the looped request")
     # a later request logged means the batched log holds everything before it
     async with client_session(timeout=15) as session:
         await get(session, f"http://127.0.0.1:{port}", "/after-the-loop.txt")
@@ -362,7 +350,7 @@ cache_size = "64MiB"
     async def marker_logged() -> bool:
         return '"/after-the-loop.txt"' in edge.log()
 
-    await wait_for(marker_logged, "the edge to log the request after the loop")
+    await eventually(marker_logged, "the edge to log the request after the loop")
     assert sorted(r["status"] for r in handled()) == [508, 508]
     assert "marked down" not in edge.log()
 

@@ -25,9 +25,9 @@ from tests.support.connection_limits import (
     limits_fleet,
     metric_at_least,
     node_metric,
-    wait_until,
 )
 from tests.support.processes import NodeProcess
+from tests.support.waiting import eventually
 
 HEAD_TIMEOUT = 1.0
 KEEPALIVE = 1.0
@@ -101,7 +101,7 @@ async def served_plain(url: str, path: str = "/still-serving") -> bool:
         finally:
             client.close()
 
-    await wait_until(served, what="a plain request served")
+    await eventually(served, "a plain request served")
     return True
 
 
@@ -169,7 +169,7 @@ async def test_connections_over_the_cap_are_refused_and_counted(edges: LimitsFle
     async def drained() -> bool:
         return await node_metric(admin, "edgeshield_connections_open") == 0
 
-    await wait_until(drained, what="no client connections open")
+    await eventually(drained, "no client connections open")
     refused_before = await node_metric(admin, "edgeshield_connections_refused_total")
     held = [await RawClient.connect(url) for _ in range(HEADS_CAP)]
     for client in held:
@@ -196,7 +196,7 @@ async def test_connections_over_the_cap_are_refused_and_counted(edges: LimitsFle
         status, _, _ = await client.response()
         assert status == 200
         client.close()
-    await wait_until(drained, what="the held connections counted out")
+    await eventually(drained, "the held connections counted out")
     assert await served_plain(url)
 
 
@@ -212,7 +212,7 @@ async def test_the_cap_is_the_nodes_across_its_workers(edges: LimitsFleet) -> No
 
     # each of the 2 workers holds at most IDLE_CAP / 2 whatever the kernel's spread,
     # so at least half of these are refused at once
-    await wait_until(enough_refused, what=f"{IDLE_CAP} connections refused")
+    await eventually(enough_refused, f"{IDLE_CAP} connections refused")
     for watcher in watchers:
         watcher.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)

@@ -25,6 +25,7 @@ import pytest
 from tests.support.fleet_runner import TieredFleet, client_session
 from tests.support.hostile_origin import CLOSED_SIZE, HostileOrigin
 from tests.support.processes import NodeProcess
+from tests.support.waiting import eventually
 
 HOST = "www.example.com"
 #: a second service, on the same origin, that opts in to storing close-delimited bodies
@@ -162,14 +163,6 @@ async def fetch(
         return response.status, dict(response.headers), body
 
 
-async def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait until `check()` holds (polling), failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("path", ["/bomb.br", "/bomb.gz"])
 async def test_decompression_bomb_keeps_memory_bounded(attacked: Fleet, path: str) -> None:
     refused_before = metric(
@@ -227,7 +220,7 @@ async def test_endless_body_is_passed_not_stored_and_stops_with_the_client(
             if got >= 2 * LIMIT:
                 break
     # the client left: both tiers stop reading, so the origin stops writing
-    await wait_for(lambda: attacked.origin.active["/endless-leaving"] == 0)
+    await eventually(lambda: attacked.origin.active["/endless-leaving"] == 0)
     assert attacked.body_bytes(attacked.shield_name) <= LIMIT
     assert attacked.body_bytes(attacked.edge_name) <= LIMIT
     shield = await attacked.metrics(attacked.shield_name)
@@ -246,7 +239,7 @@ async def test_endless_body_never_passes_the_limit_on_disk_when_trusted(
         Sampler(attacked.growth(attacked.edge_name)) as edge_disk,
     ):
         status, _headers, body = await fetch(attacked.edge, path, host=TRUSTING)
-        await wait_for(lambda: attacked.origin.active[path] == 0)
+        await eventually(lambda: attacked.origin.active[path] == 0)
     # cut: a body that passes max_object_size is aborted, never committed
     assert body is None or status >= 500
     assert shield_disk.peak <= LIMIT, shield_disk.peak
@@ -255,7 +248,7 @@ async def test_endless_body_never_passes_the_limit_on_disk_when_trusted(
     assert "marked down" not in attacked.fleet.nodes[attacked.edge_name].log()[edge_log:]
     again = attacked.origin.count(path)
     await fetch(attacked.edge, path, host=TRUSTING)
-    await wait_for(lambda: attacked.origin.active[path] == 0)
+    await eventually(lambda: attacked.origin.active[path] == 0)
     assert attacked.origin.count(path) > again  # nothing was stored: upstream again
     shield = await attacked.metrics(attacked.shield_name)
     assert metric(shield, "edgeshield_bodies_not_stored_total", reason="too_large") >= 1
@@ -304,7 +297,7 @@ async def test_body_longer_than_its_length_is_cut_at_the_length(attacked: Fleet,
     status, _headers, body = await fetch(attacked.edge, path)
     assert (status, body) == (200, b"the real body\n")
     if path == "/long-late":
-        await wait_for(lambda: attacked.origin.sent(path) > len(body))
+        await eventually(lambda: attacked.origin.sent(path) > len(body))
     # the extra bytes looked like a response: they never answer another request
     for n in range(3):
         victim = f"/victim{path}{n}"

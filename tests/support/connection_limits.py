@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +20,7 @@ from aiohttp import web
 from fleet.config import Fleet, load_fleet
 from tests.support.fleetfile import TEST_NODE_SECRET, FleetSpec
 from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 HOST = "www.example.com"
 
@@ -105,17 +104,6 @@ async def node_metric(admin_url: str, name: str) -> float:
     return sum(float(value) for value in pattern.findall(text))
 
 
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
-) -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 async def metric_at_least(admin_url: str, name: str, value: float, timeout: float = 15.0) -> float:
     """Wait until metric `name` reaches `value`; returns what it reached."""
     seen = 0.0
@@ -125,7 +113,7 @@ async def metric_at_least(admin_url: str, name: str, value: float, timeout: floa
         seen = await node_metric(admin_url, name)
         return seen >= value
 
-    await wait_until(reached, timeout, f"{name} >= {value} (last {seen})")
+    await eventually(reached, f"{name} >= {value} (last {seen})", timeout)
     return seen
 
 
