@@ -29,6 +29,7 @@ from tests.support.fleet_runner import Reply, TieredFleet, client_session, get
 from tests.support.origin import OriginServer, pattern_bytes, running_origin
 from tests.support.processes import NodeProcess
 from tests.support.purge_fleet import NODE_AUTH, PurgeFleet
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -84,14 +85,15 @@ async def wait_health(
     session: aiohttp.ClientSession, fleet: PurgeFleet, name: str, status: str, timeout: float
 ) -> dict[str, object]:
     """Poll /healthz until it reports `status`; its JSON."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        code, last = await fleet.healthz(session, name)
-        if code == 200 and isinstance(last, dict) and last.get("status") == status:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{name} never reported {status!r}: {last!r}\n{fleet.logs()}")
+    last: list[object] = [None]
+
+    async def reports_it() -> bool:
+        code, last[0] = await fleet.healthz(session, name)
+        return code == 200 and isinstance(last[0], dict) and last[0].get("status") == status
+
+    await eventually(reports_it, f"{name} to report {status!r}", timeout, interval=0.02)
+    assert isinstance(last[0], dict)
+    return last[0]
 
 
 def rule_ids_on_disk(fleet: PurgeFleet, name: str) -> set[str]:
@@ -364,23 +366,28 @@ async def test_an_edge_serves_stale_when_its_shield_says_the_origin_is_unreachab
         tiers.restart("shield1")
         outage_origin.stop()
         try:
-            deadline = time.monotonic() + 15
-            while True:
+            replies: list[Reply] = []
+
+            async def shield_found_the_origin_unreachable() -> bool:
                 reply = await get(session, edge, path)
+                replies.append(reply)
                 assert (reply.status, reply.body) == (200, b"kept at the edge\n"), reply
                 # the edge asked the shield, which had nothing and could not reach
                 # the origin: the edge's stale copy answers
-                if await metric(session, shield.admin_url, "edgeshield_upstream_errors") > 0:
-                    break
-                assert time.monotonic() < deadline, tiers.logs()
-                await asyncio.sleep(0.05)
-            assert "detail=stale-when-unreachable" in reply.cache_status[-1], reply.cache_status
+                return await metric(session, shield.admin_url, "edgeshield_upstream_errors") > 0
+
+            await eventually(shield_found_the_origin_unreachable, "an upstream error at the shield")
+            cache_status = replies[-1].cache_status
+            assert "detail=stale-when-unreachable" in cache_status[-1], cache_status
         finally:
             outage_origin.restart()
         # an origin that answers 5xx is not unreachable: no stale without stale-if-error
         outage_origin.route(failing, status=503, body=b"origin says no\n")
-        deadline = time.monotonic() + 10
-        while (answer := await get(session, edge, failing)).status == 200:
-            assert time.monotonic() < deadline, answer
-            await asyncio.sleep(0.1)
-        assert (answer.status, answer.body) == (503, b"origin says no\n")
+        answers: list[Reply] = []
+
+        async def origin_refusal_reaches_the_client() -> bool:
+            answers.append(await get(session, edge, failing))
+            return answers[-1].status != 200
+
+        await eventually(origin_refusal_reaches_the_client, "the 503 to reach the client", 10)
+        assert (answers[-1].status, answers[-1].body) == (503, b"origin says no\n")

@@ -554,15 +554,17 @@ async def test_access_log_has_json_lines_with_the_cache_outcome(
     await get(client, edge, "/logged")
     assert edge.node is not None
     lines: list[dict[str, object]] = []
-    for _ in range(40):
-        lines = [
+
+    def both_logged() -> bool:
+        assert edge.node is not None
+        lines[:] = [
             json.loads(line)
             for line in edge.node.log().splitlines()
             if line.startswith("{") and '"/logged"' in line
         ]
-        if len(lines) == 2:
-            break
-        await asyncio.sleep(0.1)
+        return len(lines) >= 2
+
+    await eventually(both_logged, "two access log lines for /logged", 4)
     assert [line["status"] for line in lines] == [200, 200]
     assert "fwd=uri-miss" in str(lines[0]["cache"]) and "hit" in str(lines[1]["cache"])
     assert lines[1]["node"] == "edge1" and lines[1]["host"] == HOST

@@ -27,6 +27,7 @@ from tests.support.fleetfile import TEST_TOKEN
 from tests.support.origin import OriginServer, running_origin
 from tests.support.processes import NodeProcess
 from tests.support.purge_fleet import PurgeFleet, propagation_ms
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,15 +174,18 @@ async def fetch_until_new(session: aiohttp.ClientSession, base_url: str, path: s
     """
     old, new = body_of(path, 1), body_of(path, 2)
     replies: list[Reply] = []
-    for _ in range(50):
+
+    async def renewed() -> bool:
         reply = await get(session, base_url, path)
         replies.append(reply)
         if reply.body == new:
-            return replies
+            return True
         assert reply.body == old, reply
         assert "stale" in reply.cache_status[-1], reply.cache_status
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} still old through {base_url}: {replies[-1].cache_status}")
+        return False
+
+    await eventually(renewed, f"{path} to be renewed through {base_url}", 10, 0.1)
+    return replies
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft", "soft-swr"])
@@ -244,12 +248,9 @@ async def test_purge_reaches_every_edge(
 # -- the race: a fill in flight while the purge is applied ------------------------------
 async def wait_for_origin(origin: OriginServer, path: str, count: int) -> None:
     """Wait until the origin has seen `count` requests for `path` (15 s at most)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15.0
-    while origin.count(path) < count:
-        if loop.time() > deadline:
-            raise AssertionError(f"the origin never saw {count} requests for {path}")
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: origin.count(path) >= count, f"{count} requests for {path} at the origin", 15, 0.01
+    )
 
 
 async def test_fill_started_before_a_purge_and_landing_after_it_is_not_kept(
@@ -317,16 +318,19 @@ async def test_edge_stopped_during_a_purge_never_serves_the_purged_object(
 
         fleet.start_node("edge1")
         health: list[tuple[int, Any]] = []
-        first: Reply | None = None
-        for _ in range(400):
+        answers: list[Reply] = []
+
+        async def serving_again() -> bool:
             with contextlib.suppress(aiohttp.ClientConnectionError):
                 health.append(await fleet.healthz(session, "edge1"))
             try:
-                first = await get(session, fleet.url("edge1"), path)
-                break
+                answers.append(await get(session, fleet.url("edge1"), path))
             except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.02)
-        assert first is not None, fleet.logs()
+                return False
+            return True
+
+        await eventually(serving_again, "edge1 to serve again", 8, 0.02)
+        first = answers[0]
         # its first answer after the restart is already the new content
         assert first.body == body_of(path, 2), first.cache_status
         # while catching up, /healthz says so (and the traffic port is not open)

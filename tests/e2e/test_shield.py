@@ -155,11 +155,15 @@ async def test_killed_shield_under_load_loses_no_request_and_rejoins_after_resta
             for edge in fleet.edge_names
             for worker in range(2)
         ]
-        await asyncio.sleep(0.5)
+        # load on every edge before the kill, and as much again after it
+        await eventually(lambda: len(replies) >= 20, "20 answers under load before the kill")
         kill_window[0] = loop.time()
         await asyncio.to_thread(fleet.kill, doomed)
         kill_window[1] = loop.time()
-        await asyncio.sleep(1.5)
+        after_kill = len(replies)
+        await eventually(
+            lambda: len(replies) >= after_kill + 40, "40 answers under load after the kill"
+        )
         stop.set()
         await asyncio.gather(*load)
 
