@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench chaos fuzz clean
+.PHONY: run test lint typecheck unit system-packages bench chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# Debian packages some tests run for real (nats-server, chromium), installed if missing
+system-packages:
+	sh scripts/system-packages
+
+unit: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
