@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict
 
+from edge.cache.dates import format_http_date
 from edge.cache.directives import TARGETED_FIELDS
 from edge.cache.headers import Headers
 from edge.cache.model import HeaderPairs
@@ -43,9 +44,15 @@ PER_RESPONSE_FIELDS = frozenset(
     }
 )
 
-#: Fields only this CDN reads: targeted cache control (RFC 9213 says a CDN consumes
-#: CDN-Cache-Control) and surrogate keys. Passed between our tiers, never to clients.
-CDN_ONLY_FIELDS = frozenset({*TARGETED_FIELDS, "surrogate-key", "cache-tag"})
+#: Fields only this CDN reads: Surrogate-Control (Edge Architecture 1.0: a surrogate
+#: removes it, as Fastly does) and surrogate keys. Passed between our tiers, never to
+#: clients. CDN-Cache-Control is not among them: RFC 9213 2 targets it at every CDN
+#: cache on the path, so a CDN in front of ours (a second CDN closer to the client)
+#: must see it too; we obey it and pass it on, as Cloudflare does (its own
+#: Cloudflare-CDN-Cache-Control is the one it keeps to itself).
+CDN_ONLY_FIELDS = frozenset(
+    {*(f for f in TARGETED_FIELDS if f != "cdn-cache-control"), "surrogate-key", "cache-tag"}
+)
 
 #: Fields a client never receives from the cache.
 CLIENT_OMITTED = PER_RESPONSE_FIELDS | CDN_ONLY_FIELDS
@@ -90,3 +97,18 @@ def merge_304_headers(stored: HeaderPairs, fresh: HeaderPairs) -> HeaderPairs:
     replaced = {name.lower() for name, _ in fresh if name.lower() not in skip}
     kept = tuple((name, value) for name, value in stored if name.lower() not in replaced)
     return kept + tuple((name, value) for name, value in fresh if name.lower() not in skip)
+
+
+def stored_date(pairs: HeaderPairs, response_time: float) -> str:
+    """The Date a stored response is served with: the one it was stored with.
+
+    RFC 9110 6.6.1: Date is when the origin generated the message, so a cache serves
+    the stored Date (RFC 9111 4: a stored response is sent as stored, with Age added)
+    and replaces it only from a 304 or a new response (`merge_304_headers`). A
+    response that came without one gets the time it was received, as a recipient
+    with a clock must add it (RFC 9110 6.6.1).
+    """
+    for name, value in pairs:
+        if name.lower() == "date":
+            return value
+    return format_http_date(response_time)

@@ -50,6 +50,12 @@ class ObjectMeta:
     host: str
     target: str
     service: str
+    #: RFC 9111 5.2.2.4: fields listed by a qualified no-cache, never sent on a reuse
+    #: without validation (left out of `client_headers`; sent after one)
+    no_cache_fields: tuple[str, ...] = ()
+    #: RFC 9111 3.5: the response may be reused for requests with Authorization
+    #: (it said public, s-maxage or must-revalidate)
+    authorized_reuse: bool = False
 
     def age(self, now: float) -> float:
         """RFC 9111 4.2.3 current_age at `now`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from edge.cache.directives import CacheControl
 from edge.cache.fields import (
     CDN_ONLY_FIELDS,
     CLIENT_OMITTED,
@@ -44,6 +45,7 @@ from edge.cache.storing import (
 # the header-field and storing halves live in edge.cache.fields and edge.cache.storing;
 # their names stay importable from here
 __all__ = [
+    "CACHEABLE_METHODS",
     "CDN_ONLY_FIELDS",
     "CLIENT_OMITTED",
     "HEURISTICALLY_CACHEABLE",
@@ -59,6 +61,7 @@ __all__ = [
     "Decision",
     "RequestKind",
     "Storability",
+    "apply_request_directives",
     "build_meta",
     "classify_request",
     "client_header_pairs",
@@ -76,7 +79,12 @@ __all__ = [
     "upstream_header_pairs",
 ]
 
-SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: Methods whose answers a cache may store and reuse.
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+#: RFC 9110 9.2.1: the methods defined as safe. Every other method, whatever its name
+#: (POST, PUT, DELETE, PATCH, but also M-SEARCH or a method not yet registered), is
+#: "not known to be safe" and invalidates what it touches (RFC 9111 4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
@@ -89,17 +97,20 @@ class RequestKind(Enum):
 
 
 def classify_request(method: str, request_headers: Headers) -> RequestKind:
-    """Whether a request may be answered from or stored in the cache."""
-    if method in UNSAFE_METHODS:
-        return RequestKind.INVALIDATING
-    if method not in SAFE_METHODS:
+    """Whether a request may be answered from or stored in the cache.
+
+    A request with Authorization is cacheable too: RFC 9111 3.5 lets a shared cache
+    store and reuse the answer when the response says public, s-maxage or
+    must-revalidate (`storability`, and `decide` with `authorization`).
+    """
+    if method in CACHEABLE_METHODS:
+        return RequestKind.CACHEABLE
+    if method in SAFE_METHODS:
         return RequestKind.PASS
-    # RFC 9111 3.5: a shared cache must not use a stored response for a request with
-    # Authorization unless the response says so; we never look such requests up, and
-    # store their responses only when explicitly allowed (see storability).
-    if request_headers.get("authorization") is not None:
-        return RequestKind.PASS
-    return RequestKind.CACHEABLE
+    # RFC 9111 4.4: "A cache MUST invalidate the target URI ... when it receives a
+    # non-error status code in response to an unsafe request method (including
+    # methods whose safety is unknown)"
+    return RequestKind.INVALIDATING
 
 
 class Action(Enum):
@@ -130,14 +141,23 @@ def decide(
     now: float,
     verdict: PurgeVerdict = PurgeVerdict.NONE,
     purged_at: float | None = None,
+    *,
+    authorization: bool = False,
 ) -> Decision:
     """RFC 9111 4 and RFC 5861: what to do with what the cache holds for a request.
 
     `purged_at`: when the soft purge behind a STALE verdict was applied (node-local
-    time); the object counts as stale since then at least.
+    time); the object counts as stale since then at least. `authorization`: the
+    request carries Authorization, so only a response stored as reusable for it
+    (RFC 9111 3.5) may answer it.
     """
     if meta is None or verdict is PurgeVerdict.GONE:
         return Decision(Action.FETCH, fwd="uri-miss" if meta is None else "miss")
+    if authorization and not meta.authorized_reuse:
+        # RFC 9111 3.5: "A shared cache MUST NOT use a cached response to a request
+        # with an Authorization header field ... unless" public / s-maxage /
+        # must-revalidate; so this request goes upstream with its credentials
+        return Decision(Action.FETCH, fwd="request")
     age = meta.age(now)
     ttl = meta.freshness_lifetime - age
     if verdict is PurgeVerdict.STALE:
@@ -214,3 +234,43 @@ def _may_serve_stale(meta: ObjectMeta) -> bool:
 def _stale_may_stand_in(meta: ObjectMeta, staleness: float) -> bool:
     """RFC 5861 4: within the stale-if-error window (and nothing forbids stale)."""
     return _may_serve_stale(meta) and meta.stale_if_error > 0 and staleness <= meta.stale_if_error
+
+
+def apply_request_directives(
+    decision: Decision, meta: ObjectMeta | None, request: CacheControl
+) -> Decision:
+    """RFC 9111 5.2.1: a lookup's decision as the request's own directives change it.
+
+    Only for services that honour them (`honor_request_cache_control`; off by
+    default, as Fastly, CloudFront and nginx ignore a reloading browser's no-cache to
+    protect the origin). `no-cache` (5.2.1.4) and `max-age` (5.2.1.1) send a stored
+    response to validation when it is older than allowed; `min-fresh` (5.2.1.3)
+    when it is fresh for less than asked; `max-stale` (5.2.1.2) lets a stale one
+    be served, up to that much staleness, unless the response forbids stale
+    answers (must-revalidate, no-cache: RFC 9111 4.2.4). `no-store` and
+    `only-if-cached` are honoured always (`storability`, `transitions.only_if_cached`).
+    """
+    if meta is None or decision.action is Action.FETCH:
+        return decision
+    age, ttl = decision.age, decision.ttl
+    too_old = (
+        request.no_cache
+        or (request.max_age is not None and age > request.max_age)
+        or (request.min_fresh is not None and ttl < request.min_fresh)
+    )
+    if too_old:
+        return Decision(
+            Action.REVALIDATE,
+            age=age,
+            ttl=ttl,
+            stale_if_error=decision.stale_if_error,
+            fwd="request",
+        )
+    if (
+        decision.action is not Action.SERVE
+        and request.max_stale is not None
+        and _may_serve_stale(meta)
+        and -ttl <= request.max_stale
+    ):
+        return Decision(Action.SERVE, age=age, ttl=ttl, stale_if_error=decision.stale_if_error)
+    return decision

@@ -19,12 +19,16 @@ from edge.cache.model import HeaderPairs, ObjectMeta
 #: RFC 9110 15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
-#: Statuses whose response this cache knows how to store and replay (RFC 9111 3: "the
-#: response status code is final" and understood). 206 is not stored: we fetch whole
-#: objects and answer ranges ourselves.
+#: Statuses whose semantics this cache knows and replays faithfully (RFC 9111 5.2.2.3:
+#: what `must-understand` asks about). 206 is not stored: we fetch whole objects and
+#: answer ranges ourselves.
 UNDERSTOOD_STATUSES = frozenset(
     {200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501}
 )
+
+#: Final statuses never stored whatever they say: a partial (206, see above), a 304
+#: (it refers to a stored response, it is not one) and 101 (not final for HTTP).
+NEVER_STORED = frozenset({206, 304})
 
 #: Error statuses stored only when the service configures negative caching.
 NEGATIVE_STATUSES = frozenset({404, 405, 410, 414, 501})
@@ -64,13 +68,21 @@ def storability(
     ).no_store
     if method != "GET":
         return Storability(False, "method")
-    if status not in UNDERSTOOD_STATUSES:
+    # RFC 9111 3: "the response status code is final" (200-599 here); any final status
+    # is storable with explicit freshness, not only the heuristically cacheable ones
+    if not 200 <= status <= 599 or status in NEVER_STORED:
         return Storability(False, f"status {status}")
+    if directives.must_understand:
+        # RFC 9111 5.2.2.3: with must-understand, store only a status we understand,
+        # and then no-store (sent beside it for caches that do not know the directive)
+        # is overridden
+        if status not in UNDERSTOOD_STATUSES:
+            return Storability(False, f"status {status} (must-understand)")
+    elif directives.no_store:
+        return Storability(False, "no-store")
     if request_cc_no_store:
         # RFC 9111 5.2.1.5: request no-store: do not store any part of the request or response
         return Storability(False, "request no-store")
-    if directives.no_store:
-        return Storability(False, "no-store")
     if directives.private or directives.private_fields:
         # RFC 9111 5.2.2.7: a shared cache must not store a private response. The
         # qualified form (private="Set-Cookie") is treated like the bare one, as RFC
@@ -85,14 +97,19 @@ def storability(
         # Not an RFC rule but every CDN's: a response setting a cookie is personal
         # unless the origin explicitly says it may be shared.
         return Storability(False, "set-cookie")
-    if request_headers.get("authorization") is not None and not (
-        directives.public or directives.s_maxage is not None or directives.must_revalidate
+    if request_headers.get("authorization") is not None and not authorized_reuse_allowed(
+        directives
     ):
         return Storability(False, "authorization")
     explicit = _has_explicit_lifetime(directives, response_headers, source)
-    if status in NEGATIVE_STATUSES and not explicit and negative_ttl <= 0:
+    heuristic = status in HEURISTICALLY_CACHEABLE or directives.public
+    has_last_modified = response_headers.get("last-modified") is not None
+    if status in NEGATIVE_STATUSES and not explicit and negative_ttl <= 0 and not has_last_modified:
+        # RFC 9110 15.1: a 404 (etc.) is heuristically cacheable, but with nothing to
+        # base a heuristic on (no Last-Modified) only the service's negative_ttl
+        # gives it a lifetime
         return Storability(False, f"status {status} (negative caching off)")
-    if not (explicit or directives.public or status in HEURISTICALLY_CACHEABLE):
+    if not (explicit or heuristic):
         return Storability(False, "no explicit freshness")
     if (
         not explicit
@@ -103,6 +120,13 @@ def storability(
     ):
         return Storability(False, "credentials without explicit freshness")
     return Storability(True, "")
+
+
+def authorized_reuse_allowed(directives: CacheControl) -> bool:
+    """RFC 9111 3.5: may a shared cache store, and reuse for other requests, a
+    response to a request with Authorization? Only when it says `public`,
+    `s-maxage` or `must-revalidate`."""
+    return directives.public or directives.s_maxage is not None or directives.must_revalidate
 
 
 def credentials_need_explicit_freshness(request_headers: Headers) -> bool:
@@ -159,8 +183,6 @@ def freshness_lifetime(
         if expires is None or date is None:
             return 0.0
         return max(0.0, expires - date)
-    if status in NEGATIVE_STATUSES:
-        return float(negative_ttl)
     last_modified = parse_http_date(response_headers.get("last-modified"))
     heuristic_allowed = status in HEURISTICALLY_CACHEABLE or directives.public
     if (
@@ -169,25 +191,44 @@ def freshness_lifetime(
         and date is not None
         and date > last_modified
     ):
+        # RFC 9111 4.2.2 on RFC 9110 15.1's heuristically cacheable codes (404 too)
         return min(HEURISTIC_MAX, (date - last_modified) * HEURISTIC_FRACTION)
+    if status in NEGATIVE_STATUSES:
+        return float(negative_ttl)
     return 0.0
+
+
+#: RFC 9111 1.2.2: delta-seconds past this are sent (and taken) as this
+MAX_AGE_VALUE = 2147483648
+
+
+def age_value(response_headers: Headers) -> int | None:
+    """RFC 9111 5.1: the Age of a response in seconds, 0 when absent, None when invalid.
+
+    "a cache encountering a message with a list-based Age field value SHOULD use the
+    first member of the field value, discarding subsequent ones" (so `Age: 7200, 0`
+    is 7200, and of two Age lines the first counts); a first member that is not a
+    non-negative integer is invalid.
+    """
+    lines = response_headers.getall("age", [])
+    if not lines:
+        return 0
+    first = lines[0].split(",", 1)[0].strip(" \t")
+    if not first.isascii() or not first.isdigit():
+        return None
+    return min(int(first), MAX_AGE_VALUE)
 
 
 def corrected_initial_age(
     response_headers: Headers, request_time: float, response_time: float
 ) -> float:
-    """RFC 9111 4.2.3: the age the response had when it arrived."""
-    age_text = response_headers.get("age")
-    age_value = 0.0
-    if age_text is not None:
-        try:
-            age_value = float(max(0, int(age_text.strip())))
-        except ValueError:
-            age_value = 0.0
+    """RFC 9111 4.2.3: the age the response had when it arrived (an invalid Age
+    counts as 0 here; `build_meta` makes such a response stale, see `age_value`)."""
+    age_value_ = float(age_value(response_headers) or 0)
     date = parse_http_date(response_headers.get("date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
-    corrected_age_value = age_value + response_delay
+    corrected_age_value = age_value_ + response_delay
     return max(apparent_age, corrected_age_value)
 
 
@@ -222,6 +263,11 @@ def build_meta(
         response_time=response_time,
     )
     initial_age = corrected_initial_age(headers, request_time, response_time)
+    if age_value(headers) is None:
+        # RFC 9111 5.1: an Age we cannot read tells nothing of how old the response is;
+        # rather than take it as new (fresh for its whole lifetime), it is not fresh
+        # from it: stored, and validated before its first reuse
+        lifetime = 0.0
     if force_stale:
         # The tier above served this stale (soft purge, stale-while-revalidate): it is
         # stale here too, never stored as fresh.
@@ -231,7 +277,9 @@ def build_meta(
     return ObjectMeta(
         status=status,
         upstream_headers=upstream_pairs,
-        client_headers=client_header_pairs(upstream_pairs, for_cdn=for_cdn),
+        client_headers=client_header_pairs(
+            upstream_pairs, frozenset(directives.no_cache_fields), for_cdn=for_cdn
+        ),
         corrected_initial_age=initial_age,
         response_time=response_time,
         stored_at=stored_at,
@@ -247,9 +295,11 @@ def build_meta(
             or directives.proxy_revalidate
             or directives.s_maxage is not None
         ),
-        # the qualified form (no-cache="field") is treated like the bare one: simpler
-        # than re-validating per field, and never reuses a listed field unvalidated
-        no_cache=directives.no_cache or bool(directives.no_cache_fields),
+        # RFC 9111 5.2.2.4: the bare form validates before every reuse; the qualified
+        # form (no-cache="field") lets the rest be reused, without the listed fields
+        no_cache=directives.no_cache,
+        no_cache_fields=directives.no_cache_fields,
+        authorized_reuse=authorized_reuse_allowed(directives),
         etag=headers.get("etag"),
         last_modified=parse_http_date(headers.get("last-modified")),
         content_type=headers.get("content-type"),
