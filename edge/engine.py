@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy, transitions
+from edge.cache.directives import request_directives
+from edge.cache.hints import early_hints
 from edge.cache.keys import normalize_target, origin_form, primary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
@@ -172,7 +174,14 @@ class Engine:
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
         now = self.clock()
         verdict = purge_verdict(self.rules, meta, now) if meta is not None else PurgeVerdict.NONE
-        decision = policy.decide(meta, now, verdict, self._purged_at(meta, verdict))
+        authorization = "Authorization" in request.headers
+        decision = policy.decide(
+            meta, now, verdict, self._purged_at(meta, verdict), authorization=authorization
+        )
+        if service.honor_request_cache_control and "Cache-Control" in request.headers:
+            decision = policy.apply_request_directives(
+                decision, meta, request_directives(request.headers)
+            )
         match decision.action:
             case Action.SERVE:
                 assert entry is not None and meta is not None
@@ -206,9 +215,21 @@ class Engine:
                 self.options.node_name,
             )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
+        if service.early_hints and meta is not None:
+            self._send_early_hints(sink, meta)
+        if authorization and self.filler.joinable(key, service, host, target) is not None:
+            # RFC 9111 3.5: another request's fill may answer without these credentials
+            return await self._pass(request, sink, service, host, detail="authorization")
         return await self._through_fill(
             request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
+
+    def _send_early_hints(self, sink: ResponseSink, meta: ObjectMeta) -> None:
+        """RFC 8297: a 103 with the stored response's preload Links, before going
+        upstream for it (the client may fetch them while it waits)."""
+        links = early_hints(meta.upstream_headers)
+        if links:
+            sink.informational(103, CIMultiDict(("Link", link) for link in links))
 
     def _purged_at(self, meta: ObjectMeta | None, verdict: PurgeVerdict) -> float | None:
         """When the soft purge behind a STALE verdict was applied (None otherwise)."""
@@ -262,6 +283,7 @@ class Engine:
                     head.meta,
                     Decision(Action.SERVE, ttl=ttl),
                     outcome._replace(fwd_status=304, ttl=int(ttl)),
+                    validated=True,
                 )
             case HeadKind.ERROR:
                 stale_meta = (
@@ -329,12 +351,15 @@ class Engine:
             trusted=self._trusted(request),
         )
         if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
-            # RFC 9111 4.3.1: validate with the stored validators
-            if stale.meta.etag:
-                headers["If-None-Match"] = stale.meta.etag
-            last_modified = header_value(stale.meta.upstream_headers, "last-modified")
-            if last_modified:
-                headers["If-Modified-Since"] = last_modified
+            # RFC 9111 4.3.1: validate with the stored validators, and the client's
+            # entity-tags merged in (4.3.2), so a 304 for its copy can flow through
+            headers.update(
+                transitions.validation_request_fields(
+                    stale.meta.etag,
+                    header_value(stale.meta.upstream_headers, "last-modified"),
+                    request.headers,
+                )
+            )
         else:
             stale = None
         # the fields that went upstream, not the raw request: see end_to_end_fields

@@ -21,7 +21,7 @@ from typing import assert_never
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy, transitions
-from edge.cache.encoding import is_compressible
+from edge.cache.encoding import compression_eligible
 from edge.cache.keys import secondary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.purge import PurgeRules
@@ -168,6 +168,9 @@ class Filler:
             cache_close_delimited=service.cache_close_delimited,
             negative_ttl=service.negative_ttl,
             heuristic_with_credentials=self.options.heuristic_with_credentials,
+            stored_etag=stale.meta.etag
+            if stale is not None and isinstance(stale.meta, ObjectMeta)
+            else None,
         )
         match fetched:
             case NotModified():
@@ -358,8 +361,12 @@ class Filler:
         response: UpstreamResponse,
     ) -> ObjectMeta:
         encoding = (header_value(pairs, "content-encoding") or "identity").lower()
-        compressible = self.options.compress and (
-            is_compressible(header_value(pairs, "content-type")) or encoding != "identity"
+        length = header_value(pairs, "content-length")
+        compressible = self.options.compress and compression_eligible(
+            header_value(pairs, "content-type"),
+            encoding,
+            int(length) if length is not None and length.isdigit() else None,
+            job.service.compress_min_size,
         )
         return policy.build_meta(
             status=status,

@@ -128,7 +128,9 @@ class HotLane:
         body = entry.bodies.get(encoding)
         if body is None or body.data is None:
             return None
-        headers = self._responder.response_headers(meta, 0, Outcome(), False)
+        headers = self._responder.response_headers(
+            meta, 0, Outcome(), False, codings=entry.bodies.keys()
+        )
         del headers["Age"]
         del headers["Cache-Status"]
         if encoding != "identity":

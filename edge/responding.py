@@ -8,13 +8,14 @@ never a short one that looks whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
-from edge.cache.encoding import choose_encoding
+from edge.cache.encoding import choose_encoding, is_decodable, varies_on_coding
+from edge.cache.fields import client_header_pairs, stored_date
 from edge.cache.headers import Headers
 from edge.cache.model import ObjectMeta
 from edge.cache.policy import Decision
@@ -84,9 +85,15 @@ class Responder:
         outcome: Outcome,
         *,
         stale: bool = False,
+        validated: bool = False,
     ) -> Outcome:
-        """Answer from a stored object: conditionals, Range, encoding, then the body."""
-        headers = self.response_headers(meta, decision.age, outcome, stale)
+        """Answer from a stored object: conditionals, Range, encoding, then the body.
+
+        `validated`: the object was just validated (a 304), so the fields its
+        qualified no-cache lists may be sent (RFC 9111 5.2.2.4)."""
+        headers = self.response_headers(
+            meta, decision.age, outcome, stale, codings=entry.bodies.keys(), validated=validated
+        )
         if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
@@ -209,7 +216,9 @@ class Responder:
         """Answer from a fill while it is still arriving (every waiter reads the file)."""
         assert head.meta is not None
         meta = head.meta
-        headers = self.response_headers(meta, meta.age(self.clock()), outcome, False)
+        headers = self.response_headers(
+            meta, meta.age(self.clock()), outcome, False, validated=True
+        )
         if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
@@ -268,7 +277,8 @@ class Responder:
         edges would spend its CPU on every edge's copy, and a decoding stopped at the
         size limit would reach the edge as a cut, which it takes for a dead shield.
         """
-        if self.options.downstream_is_cdn:
+        if self.options.downstream_is_cdn or not is_decodable(encoding):
+            # a coding we do not know is passed as stored, never decoded (or coded again)
             return None
         return StreamDecoder(encoding, self._limits.get(meta.service))
 
@@ -277,16 +287,46 @@ class Responder:
         await self.store.drop_corrupt(key, body)
 
     def response_headers(
-        self, meta: ObjectMeta, age: float, outcome: Outcome, stale: bool
+        self,
+        meta: ObjectMeta,
+        age: float,
+        outcome: Outcome,
+        stale: bool,
+        *,
+        codings: Iterable[str] | None = None,
+        validated: bool = False,
     ) -> CIMultiDict[str]:
-        """The fields of an answer from a stored object (Age, Via, Cache-Status, Vary)."""
+        """The fields of an answer from a stored object (Date, Age, Via, Cache-Status,
+        Vary).
+
+        `codings`: the stored bodies' codings, which say whether the answer depends
+        on Accept-Encoding; None while the object is being filled (it will get the
+        variants it is eligible for). `validated`: see `from_store`.
+        """
         headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
+        if validated and meta.no_cache_fields:
+            listed = frozenset(meta.no_cache_fields)
+            headers.extend(
+                (name, value)
+                for name, value in client_header_pairs(
+                    meta.upstream_headers, for_cdn=self.options.downstream_is_cdn
+                )
+                if name.lower() in listed
+            )
+        # RFC 9110 6.6.1 / RFC 9111 4: the stored Date, never the time of this hit
+        headers["Date"] = stored_date(meta.upstream_headers, meta.response_time)
         headers["Age"] = str(int(age))
         headers["Via"] = f"{meta.upstream_via}, {self._via}" if meta.upstream_via else self._via
         headers["Cache-Status"] = outcome.cache_status(
             self.options.node_name, meta.upstream_cache_status
         )
-        if meta.compressible:
+        varies = (
+            meta.compressible
+            if codings is None
+            else varies_on_coding(codings, meta.upstream_encoding)
+        )
+        if varies:
+            # RFC 9110 12.5.5: only when the answer really depends on Accept-Encoding
             vary = headers.get("Vary")
             if not vary:
                 headers["Vary"] = "Accept-Encoding"

@@ -266,3 +266,9 @@ def effective_directives(headers: Headers) -> tuple[CacheControl, str]:
         if parsed is not None:
             return parsed, "surrogate-control"
     return parse_cache_control(", ".join(headers.getall("cache-control", []))), "cache-control"
+
+
+def request_directives(headers: Headers) -> CacheControl:
+    """A request's Cache-Control directives, every line of the field as one list
+    (RFC 9111 5.2.1)."""
+    return parse_cache_control(", ".join(headers.getall("cache-control", [])))
