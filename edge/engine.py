@@ -94,6 +94,7 @@ class Engine:
         self.filler = Filler(options, store, upstream, rules, metrics, clock, limits)
         self.fills = self.filler.fills
         self.respond = Responder(options, store, metrics, clock, limits)
+        self.respond.compressing = self.filler.compressing
         self.hot = HotLane(store, rules, metrics, clock, self.respond)
         store.on_corrupt = self._corrupt_found
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"

@@ -90,6 +90,9 @@ class Filler:
         self.fills = FillTable()
         self._limits = limits
         self._background: set[asyncio.Task[None]] = set()
+        #: keys whose br/gzip variants are being made: their answers meanwhile vary on
+        #: Accept-Encoding, as the ones after will if a variant is kept
+        self.compressing: set[str] = set()
 
     def start(self, job: FillJob) -> Fill:
         """Start fetching `job` in the background; waiters read the returned fill."""
@@ -258,20 +261,32 @@ class Filler:
         finally:
             notifier.cancel()
         response.release()
-        fill.finish(entry.bodies.get(meta.upstream_encoding))
-        self.fills.done(fill)
-        self.metrics.stored.inc()
-        if self.options.compress and meta.compressible:
-            source = entry.bodies.get(meta.upstream_encoding)
-            if source is not None:
-                try:
-                    await make_variants(
-                        self.store, store_key, source, meta.content_type, max_decoded=limit
-                    )
-                except DecodeLimit as exc:
-                    await drop_undecodable(self.store, self.metrics, store_key, exc)
-                except Exception:
-                    log.exception("compressing %s failed", store_key)
+        compressing = self.options.compress and meta.compressible
+        if compressing:
+            self.compressing.add(store_key)
+        try:
+            fill.finish(entry.bodies.get(meta.upstream_encoding))
+            self.fills.done(fill)
+            self.metrics.stored.inc()
+            if compressing:
+                await self._make_variants(store_key, entry, meta, limit)
+        finally:
+            self.compressing.discard(store_key)
+
+    async def _make_variants(
+        self, store_key: str, entry: StoredEntry, meta: ObjectMeta, limit: int
+    ) -> None:
+        """The br/gzip variants of a stored object (and identity of a coded one)."""
+        source = entry.bodies.get(meta.upstream_encoding)
+        if source is not None:
+            try:
+                await make_variants(
+                    self.store, store_key, source, meta.content_type, max_decoded=limit
+                )
+            except DecodeLimit as exc:
+                await drop_undecodable(self.store, self.metrics, store_key, exc)
+            except Exception:
+                log.exception("compressing %s failed", store_key)
 
     async def _copy_upstream_body(
         self,

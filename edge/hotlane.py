@@ -122,6 +122,9 @@ class HotLane:
         self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
     ) -> _Prepared | None:
         """Headers and body of a hot hit, computed once per entry and Accept-Encoding."""
+        if entry.key in self._responder.compressing:
+            # its variants are on their way: the answer's Vary is not settled yet
+            return None
         encoding = choose_encoding(accept_encoding, entry.bodies.keys())
         if encoding is None:
             return None

@@ -74,6 +74,8 @@ class Responder:
         self.clock = clock
         self._limits = limits
         self._via = f"1.1 {options.node_name} (edgeshield)"
+        #: keys whose compressed variants are being made (the Filler's set)
+        self.compressing: set[str] = set()
 
     async def from_store(
         self,
@@ -92,7 +94,12 @@ class Responder:
         `validated`: the object was just validated (a 304), so the fields its
         qualified no-cache lists may be sent (RFC 9111 5.2.2.4)."""
         headers = self.response_headers(
-            meta, decision.age, outcome, stale, codings=entry.bodies.keys(), validated=validated
+            meta,
+            decision.age,
+            outcome,
+            stale,
+            codings=None if entry.key in self.compressing else entry.bodies.keys(),
+            validated=validated,
         )
         if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
@@ -300,8 +307,9 @@ class Responder:
         Vary).
 
         `codings`: the stored bodies' codings, which say whether the answer depends
-        on Accept-Encoding; None while the object is being filled (it will get the
-        variants it is eligible for). `validated`: see `from_store`.
+        on Accept-Encoding; None while the object is being filled or compressed (it
+        will get the variants it is eligible for, `meta.compressible`). `validated`:
+        see `from_store`.
         """
         headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
         if validated and meta.no_cache_fields:
