@@ -35,6 +35,8 @@ class Route:
     cut_after: int | None = None
     #: answer 304 to a matching If-None-Match (the tag is one member of its list)
     etag: str | None = None
+    #: send the body chunked (no Content-Length)
+    chunked: bool = False
     #: Link values of a 103 Early Hints sent before the answer (RFC 8297)
     early_hints: tuple[str, ...] = ()
 
@@ -66,10 +68,11 @@ async def answer(request: web.BaseRequest, route: Route) -> web.StreamResponse:
     headers = dict(route.headers)
     if route.etag:
         headers["ETag"] = route.etag
-    if not route.size and not route.chunk_delay and route.cut_after is None:
+    if not route.size and not route.chunk_delay and route.cut_after is None and not route.chunked:
         return web.Response(status=route.status, headers=headers, body=route.body)
     size = route.size or len(route.body)
-    headers["Content-Length"] = str(size)
+    if not route.chunked:
+        headers["Content-Length"] = str(size)
     response = web.StreamResponse(status=route.status, headers=headers)
     await response.prepare(request)
     sent = 0

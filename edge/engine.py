@@ -323,6 +323,12 @@ class Engine:
             case _:
                 assert_never(head.kind)
         assert head.meta is not None
+        if head.length is None and head.meta.status == 200 and "Range" in request.headers:
+            # RFC 9110 14.4: a 206 states the complete length, which a body sent without
+            # one has only once it is whole: answer the range from the stored object
+            if await fill.settled():
+                return RESTART
+            return await self._pass(request, sink, service, host, detail="range")
         if fill.vary_fields and fill.store_key != variant_key(
             fill.key.split("\x1f", 1)[0], fill.vary_fields, end_to_end_fields(request.headers)
         ):

@@ -356,6 +356,22 @@ async def test_a_range_on_a_miss_gets_206_and_the_whole_object_is_stored(
     assert "Range" not in origin.seen_headers[-1]
 
 
+async def test_a_range_on_a_miss_of_a_chunked_body_gets_206(
+    client: aiohttp.ClientSession, edge: Edge, origin: OriginServer
+) -> None:
+    body = bytes(range(256)) * 40
+    origin.route(
+        "/c/ranged-chunked",
+        headers={"Cache-Control": "max-age=600", "Content-Type": "application/octet-stream"},
+        body=body,
+        chunked=True,
+    )
+    status, headers, part = await ask(client, edge, "/c/ranged-chunked", Range="bytes=-10")
+    assert status == 206 and part == body[-10:]
+    assert headers["Content-Range"] == f"bytes {len(body) - 10}-{len(body) - 1}/{len(body)}"
+    assert origin.count("/c/ranged-chunked") == 1
+
+
 async def test_an_origins_206_is_passed_through_unstored(
     client: aiohttp.ClientSession, edge: Edge, origin: OriginServer
 ) -> None:
@@ -397,6 +413,10 @@ async def test_entity_tags_compare_exactly(
     assert (await ask(client, edge, "/c/etag", If_None_Match='W/"abc"'))[0] == 304
     assert (await ask(client, edge, "/c/etag", If_None_Match="abc"))[0] == 200
     assert (await ask(client, edge, "/c/etag", If_None_Match='w/"abc"'))[0] == 200
+    # an unquoted ETag is not an entity-tag: it matches nothing, not even itself
+    origin.route("/c/etag-bare", headers={"Cache-Control": "max-age=600"}, body=b"e", etag="abc")
+    await ask(client, edge, "/c/etag-bare")
+    assert (await ask(client, edge, "/c/etag-bare", If_None_Match="abc"))[0] == 200
     # no Last-Modified stored: If-Modified-Since makes no 304
     ims = format_http_date(time.time() + 3600)
     assert (await ask(client, edge, "/c/etag", If_Modified_Since=ims))[0] == 200
