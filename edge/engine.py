@@ -45,6 +45,7 @@ from edge.forwarding import (
 )
 from edge.front.types import BodyStream, RequestHead, ResponseSink
 from edge.hotlane import HotLane, purge_verdict
+from edge.informational import relay_informational_to
 from edge.metrics import NodeMetrics
 from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
@@ -118,6 +119,8 @@ class Engine:
                 refused("host-not-served"),
                 self.options.node_name,
             )
+        # RFC 9110 15.2: 1xx answers of upstream fetches for this request go on to it
+        relay_informational_to(sink.informational)
         if self._loop_token in loop_tokens(request.headers):
             return error_response(
                 sink,

@@ -174,19 +174,29 @@ async def test_early_hints_are_off_by_default(
     assert raw.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_an_informational_answer_is_never_stored(
+async def test_an_origins_early_hints_are_forwarded_and_never_stored(
     client: aiohttp.ClientSession, edge: Edge, origin: OriginServer
 ) -> None:
     origin.route(
         "/c/origin-hints",
         headers={"Cache-Control": "max-age=600"},
         body=b"final",
-        early_hints=("</o.css>; rel=preload",),
+        early_hints=("</o.css>; rel=preload; as=style",),
     )
-    status, _, body = await ask(client, edge, "/c/origin-hints")
-    assert (status, body) == (200, b"final")
-    status, headers, body = await ask(client, edge, "/c/origin-hints")
-    assert (status, body) == (200, b"final") and hit(headers)
+    raw = await raw_exchange(
+        edge.listen,
+        f"GET /c/origin-hints HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    informational, _, final = raw.partition(b"\r\n\r\n")
+    assert informational.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert b"Link: </o.css>; rel=preload; as=style" in informational
+    assert final.startswith(b"HTTP/1.1 200 ") and final.endswith(b"final")
+    # the stored answer is the final one; a hit sends no 1xx
+    raw = await raw_exchange(
+        edge.listen,
+        f"GET /c/origin-hints HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"final")
     assert origin.count("/c/origin-hints") == 1
 
 
