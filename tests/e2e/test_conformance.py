@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 
 from edge.cache.dates import format_http_date
+from tests.support.fleet_runner import TieredFleet
 from tests.support.fleetfile import FleetSpec
 from tests.support.origin import OriginServer, running_origin
 from tests.support.processes import NodeProcess
@@ -503,3 +504,25 @@ async def test_request_directives_are_honoured_only_where_the_service_says(
     _, headers, _ = await ask(client, honouring, "/c/reload", Cache_Control="max-stale=60")
     assert hit(headers)
     assert origin.count("/c/reload") == 3
+
+
+async def test_early_hints_cross_a_shield(
+    tmp_path: Path, origin: OriginServer, processes: list[NodeProcess]
+) -> None:
+    origin.route(
+        "/c/tiered-hints",
+        headers={"Cache-Control": "max-age=600"},
+        body=b"tiered",
+        early_hints=("</t.js>; rel=modulepreload",),
+    )
+    fleet = TieredFleet(tmp_path, [origin.url], processes, edges=1, shields=1).start()
+    listen = fleet.config("edge1").listen
+    raw = await raw_exchange(
+        listen,
+        f"GET /c/tiered-hints HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    informational, _, final = raw.partition(b"\r\n\r\n")
+    assert informational.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert b"Link: </t.js>; rel=modulepreload" in informational
+    assert final.startswith(b"HTTP/1.1 200 ") and final.endswith(b"tiered")
+    assert origin.count("/c/tiered-hints") == 1
