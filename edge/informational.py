@@ -25,6 +25,9 @@ Relay = Callable[[int, CIMultiDict[str]], None]
 
 #: The most fields of one 1xx passed on (its size is bounded by the client's parser).
 MAX_FIELDS = 32
+#: The most 1xx passed on per upstream answer: a hostile upstream's endless stream of
+#: them is read and dropped past this, never queued for a slow client
+MAX_INFORMATIONAL = 8
 
 _relay: ContextVar[Relay | None] = ContextVar("edgeshield_informational_relay", default=None)
 
@@ -45,10 +48,13 @@ class InformationalClientResponse(aiohttp.ClientResponse):
         if relay is None or protocol is None:
             return await super().start(connection)
         read: Callable[[], Awaitable[Any]] = protocol.read
+        relayed = 0
 
         async def relaying_read() -> Any:
+            nonlocal relayed
             message, payload = await read()
-            if forwardable_informational(message.code):
+            if forwardable_informational(message.code) and relayed < MAX_INFORMATIONAL:
+                relayed += 1
                 pairs = upstream_header_pairs(tuple(message.headers.items()))[:MAX_FIELDS]
                 relay(message.code, CIMultiDict(pairs))
             return message, payload
