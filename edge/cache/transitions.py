@@ -128,19 +128,21 @@ def after_fetch(
     if status == 304:
         # the client's own validators went upstream with ours (4.3.2): its answer
         return ServeWithoutStoring("not-modified-for-client")
-    explicit = has_explicit_freshness(response_headers)
-    if status in ERROR_STATUSES and (revalidating or not explicit):
-        # RFC 5861 4: a stored copy may stand in for the error; without one, an error
-        # with explicit freshness is stored like any final status (RFC 9111 3)
-        return UpstreamFailed(status)
-    if not storability(
+    storable = storability(
         "GET",
         status,
         request_headers,
         response_headers,
         negative_ttl=negative_ttl,
         heuristic_with_credentials=heuristic_with_credentials,
-    ).storable:
+    ).storable
+    if status in ERROR_STATUSES and (
+        revalidating or not storable or not has_explicit_freshness(response_headers)
+    ):
+        # RFC 5861 4: a stored copy may stand in for the error; without one, an error
+        # with explicit freshness is stored like any final status (RFC 9111 3)
+        return UpstreamFailed(status)
+    if not storable:
         return ServeWithoutStoring("not-storable")
     length = content_length(response_headers)
     if length is not None and length > limit:

@@ -181,6 +181,9 @@ class TestStatuses:
         assert fetched(503, "Cache-Control: max-age=60") == StoreAndServe(())
         # with a stale copy, RFC 5861 stale-if-error has its say first
         assert fetched(503, "Cache-Control: max-age=60", revalidating=True) == UpstreamFailed(503)
+        # not storable, or no explicit freshness: an error, relayed as one
+        assert fetched(503, "Cache-Control: no-store, max-age=60") == UpstreamFailed(503)
+        assert fetched(500, f"Last-Modified: {http_date(NOW - 1000)}") == UpstreamFailed(500)
 
     @pytest.mark.parametrize("status", [404, 405, 410, 414, 501, 204, 300, 301, 308])
     def test_heuristically_cacheable_codes_get_a_heuristic_from_last_modified(
