@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from edge.cache import policy, transitions
 from edge.cache.directives import request_directives
-from edge.cache.hints import early_hints
 from edge.cache.keys import normalize_target, origin_form, primary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
@@ -220,20 +219,13 @@ class Engine:
             )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
         if service.early_hints and meta is not None:
-            self._send_early_hints(sink, meta)
+            self.respond.early_hints(sink, meta)
         if authorization and self.filler.joinable(key, service, host, target) is not None:
             # RFC 9111 3.5: another request's fill may answer without these credentials
             return await self._pass(request, sink, service, host, detail="authorization")
         return await self._through_fill(
             request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
-
-    def _send_early_hints(self, sink: ResponseSink, meta: ObjectMeta) -> None:
-        """RFC 8297: a 103 with the stored response's preload Links, before going
-        upstream for it (the client may fetch them while it waits)."""
-        links = early_hints(meta.upstream_headers)
-        if links:
-            sink.informational(103, CIMultiDict(("Link", link) for link in links))
 
     def _purged_at(self, meta: ObjectMeta | None, verdict: PurgeVerdict) -> float | None:
         """When the soft purge behind a STALE verdict was applied (None otherwise)."""

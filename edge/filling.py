@@ -90,8 +90,7 @@ class Filler:
         self.fills = FillTable()
         self._limits = limits
         self._background: set[asyncio.Task[None]] = set()
-        #: keys whose br/gzip variants are being made: their answers meanwhile vary on
-        #: Accept-Encoding, as the ones after will if a variant is kept
+        #: keys whose br/gzip variants are being made (see Responder.compressing)
         self.compressing: set[str] = set()
 
     def start(self, job: FillJob) -> Fill:
@@ -263,30 +262,24 @@ class Filler:
         response.release()
         compressing = self.options.compress and meta.compressible
         if compressing:
+            # until its variants are made, an answer from it varies on Accept-Encoding
             self.compressing.add(store_key)
-        try:
-            fill.finish(entry.bodies.get(meta.upstream_encoding))
-            self.fills.done(fill)
-            self.metrics.stored.inc()
-            if compressing:
-                await self._make_variants(store_key, entry, meta, limit)
-        finally:
-            self.compressing.discard(store_key)
-
-    async def _make_variants(
-        self, store_key: str, entry: StoredEntry, meta: ObjectMeta, limit: int
-    ) -> None:
-        """The br/gzip variants of a stored object (and identity of a coded one)."""
-        source = entry.bodies.get(meta.upstream_encoding)
-        if source is not None:
+        fill.finish(entry.bodies.get(meta.upstream_encoding))
+        self.fills.done(fill)
+        self.metrics.stored.inc()
+        if compressing:
+            source = entry.bodies.get(meta.upstream_encoding)
             try:
-                await make_variants(
-                    self.store, store_key, source, meta.content_type, max_decoded=limit
-                )
+                if source is not None:
+                    await make_variants(
+                        self.store, store_key, source, meta.content_type, max_decoded=limit
+                    )
             except DecodeLimit as exc:
                 await drop_undecodable(self.store, self.metrics, store_key, exc)
             except Exception:
                 log.exception("compressing %s failed", store_key)
+            finally:
+                self.compressing.discard(store_key)
 
     async def _copy_upstream_body(
         self,

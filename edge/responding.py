@@ -17,6 +17,7 @@ from edge.cache.conditional import evaluate_preconditions, if_range_allows
 from edge.cache.encoding import choose_encoding, is_decodable, varies_on_coding
 from edge.cache.fields import client_header_pairs, stored_date
 from edge.cache.headers import Headers
+from edge.cache.hints import early_hints
 from edge.cache.model import ObjectMeta
 from edge.cache.policy import Decision
 from edge.cache.ranges import (
@@ -33,6 +34,7 @@ from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions
 from edge.outcome import ErrorSource, Outcome, refused
+from edge.own_answers import detail_token, error_response, refuse
 from edge.store import (
     BodyCorrupt,
     BodyGone,
@@ -42,7 +44,10 @@ from edge.store import (
     open_body,
     read_body,
 )
-from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
+from edge.upstream import UpstreamError, UpstreamResponse
+
+# the node's own answers live in edge.own_answers; their names stay importable here
+__all__ = ["COPY_CHUNK", "EntryGone", "Responder", "detail_token", "error_response", "refuse"]
 
 #: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
 #: event loop has no sendfile, so bodies not in the memory tier are copied.)
@@ -344,6 +349,13 @@ class Responder:
             headers[STALE_MARK] = "1"
         return headers
 
+    def early_hints(self, sink: ResponseSink, meta: ObjectMeta) -> None:
+        """RFC 8297: a 103 with the stored response's preload Links, sent before going
+        upstream for it (the client may fetch them while it waits)."""
+        links = early_hints(meta.upstream_headers)
+        if links:
+            sink.informational(103, CIMultiDict(("Link", link) for link in links))
+
     def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
         """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
         if head.error_status:
@@ -440,45 +452,3 @@ def _requested_range(
     if if_range is not None and not if_range_allows(if_range, meta.etag, meta.last_modified):
         return None
     return parse_range(range_header, size)
-
-
-def error_response(
-    sink: ResponseSink,
-    status: int,
-    reason: str,
-    outcome: Outcome,
-    node: str,
-    *,
-    unreachable: bool = False,
-    retry_after: int | None = None,
-) -> Outcome:
-    """An error this node answers: a short reason, never an internal address (those
-    go to the log). `unreachable`: it answers for an origin that could not be reached."""
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    if outcome.error is ErrorSource.UPSTREAM:
-        # this node answered for a failure beyond it (origin down, origin connection
-        # cap); the tier below passes such errors on instead of failing over
-        headers[GENERATED_ERROR_HEADER] = "upstream"
-    if unreachable:
-        # the origin could not be reached at all: a tier below that holds a stale
-        # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
-        headers[GENERATED_ERROR_HEADER] = UNREACHABLE
-    headers["Cache-Status"] = outcome.cache_status(node)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    sink.send(status, headers, f"{status} {reason}\n".encode())
-    return outcome
-
-
-def refuse(sink: ResponseSink, status: int, reason: str, detail: str) -> Outcome:
-    """A 4xx for a request we will not handle; the connection is closed after it, since
-    the rest of what the client sent (an unread body) cannot be trusted as framing."""
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    sink.send(status, headers, f"{status} {reason}\n".encode(), close=True)
-    return refused(detail)
-
-
-def detail_token(reason: str) -> str:
-    """A short reason as a Cache-Status detail token ("origin unreachable" →
-    "origin-unreachable")."""
-    return "-".join(reason.split()) or "error"
