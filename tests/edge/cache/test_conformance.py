@@ -14,6 +14,7 @@ from edge.cache.directives import parse_cache_control
 from edge.cache.encoding import compression_eligible, is_decodable, varies_on_coding
 from edge.cache.fields import client_header_pairs, stored_date
 from edge.cache.hints import early_hints, forwardable_informational
+from edge.cache.model import ObjectMeta
 from edge.cache.policy import (
     Action,
     RequestKind,
@@ -340,3 +341,16 @@ def test_explicit_freshness_outranks_a_heuristic() -> None:
     explicit expiration time is present"."""
     h = headers("Cache-Control: max-age=5", f"Last-Modified: {http_date(NOW - 1000)}")
     assert freshness_lifetime(200, parse_cache_control("max-age=5"), h) == 5
+
+
+def test_a_row_stored_before_the_new_fields_unpickles_with_their_defaults() -> None:
+    """Objects stored by an earlier release lack no_cache_fields and authorized_reuse;
+    they read as the defaults (the conservative ones), not as missing attributes."""
+    import pickle
+
+    meta = stored("Cache-Control: max-age=60")
+    old_state = meta.__getstate__()[:-2]  # type: ignore[attr-defined]
+    old = ObjectMeta.__new__(ObjectMeta)
+    old.__setstate__(old_state)
+    assert old.no_cache_fields == () and old.authorized_reuse is False
+    assert pickle.loads(pickle.dumps(meta)) == meta
