@@ -218,7 +218,8 @@ class Engine:
                 self.options.node_name,
             )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
-        if service.early_hints and meta is not None:
+        if service.early_hints and meta is not None and decision.action is Action.REVALIDATE:
+            # the stored object still stands (being validated): its Links are hints
             self.respond.early_hints(sink, meta)
         if authorization and self.filler.joinable(key, service, host, target) is not None:
             # RFC 9111 3.5: another request's fill may answer without these credentials
