@@ -354,3 +354,13 @@ def test_a_row_stored_before_the_new_fields_unpickles_with_their_defaults() -> N
     old.__setstate__(old_state)
     assert old.no_cache_fields == () and old.authorized_reuse is False
     assert pickle.loads(pickle.dumps(meta)) == meta
+
+
+def test_a_head_miss_is_filled_by_a_get() -> None:
+    """RFC 9110 9.3.2: HEAD is GET without content, so a HEAD is answered from a stored
+    GET; RFC 9111 4.3.5 lets a cache send HEAD upstream and update the GET from its
+    answer (a MAY). We fill a HEAD miss with a GET instead, as Fastly, Varnish and
+    nginx (proxy_cache_convert_head) do, so only answers to GET are ever stored."""
+    assert classify_request("HEAD", headers()) is RequestKind.CACHEABLE
+    assert not may_store("Cache-Control: max-age=60", method="HEAD").storable
+    assert may_store("Cache-Control: max-age=60", method="GET").storable
