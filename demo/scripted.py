@@ -33,8 +33,18 @@ class Route:
     chunk_delay: float = 0.0
     #: stop after this many body bytes and drop the connection
     cut_after: int | None = None
-    #: answer 304 to a matching If-None-Match
+    #: answer 304 to a matching If-None-Match (the tag is one member of its list)
     etag: str | None = None
+    #: send the body chunked (no Content-Length)
+    chunked: bool = False
+    #: Link values of a 103 Early Hints sent before the answer (RFC 8297)
+    early_hints: tuple[str, ...] = ()
+
+
+def _members(value: str) -> list[str]:
+    """The members of a comma-separated list field (entity-tags here, which hold no
+    comma in these scripted routes)."""
+    return [member.strip(" \t") for member in value.split(",")]
 
 
 def pattern_bytes(size: int, offset: int = 0) -> bytes:
@@ -49,15 +59,20 @@ async def answer(request: web.BaseRequest, route: Route) -> web.StreamResponse:
     """Answer `request` as `route` says."""
     if route.delay:
         await asyncio.sleep(route.delay)
-    if route.etag and request.headers.get("If-None-Match") == route.etag:
+    if route.early_hints and request.transport is not None:
+        # aiohttp's server cannot send a 1xx: written ahead of its head
+        links = "".join(f"Link: {link}\r\n" for link in route.early_hints)
+        request.transport.write(f"HTTP/1.1 103 Early Hints\r\n{links}\r\n".encode("latin-1"))
+    if route.etag and route.etag in _members(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers={"ETag": route.etag, **route.headers})
     headers = dict(route.headers)
     if route.etag:
         headers["ETag"] = route.etag
-    if not route.size and not route.chunk_delay and route.cut_after is None:
+    if not route.size and not route.chunk_delay and route.cut_after is None and not route.chunked:
         return web.Response(status=route.status, headers=headers, body=route.body)
     size = route.size or len(route.body)
-    headers["Content-Length"] = str(size)
+    if not route.chunked:
+        headers["Content-Length"] = str(size)
     response = web.StreamResponse(status=route.status, headers=headers)
     await response.prepare(request)
     sent = 0

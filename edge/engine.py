@@ -27,6 +27,7 @@ from typing import assert_never
 from multidict import CIMultiDictProxy
 
 from edge.cache import policy, transitions
+from edge.cache.directives import request_directives
 from edge.cache.keys import normalize_target, origin_form, primary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
@@ -43,6 +44,7 @@ from edge.forwarding import (
 )
 from edge.front.types import BodyStream, RequestHead, ResponseSink
 from edge.hotlane import HotLane, purge_verdict
+from edge.informational import relay_informational_to
 from edge.metrics import NodeMetrics
 from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
@@ -92,6 +94,7 @@ class Engine:
         self.filler = Filler(options, store, upstream, rules, metrics, clock, limits)
         self.fills = self.filler.fills
         self.respond = Responder(options, store, metrics, clock, limits)
+        self.respond.compressing = self.filler.compressing
         self.hot = HotLane(store, rules, metrics, clock, self.respond)
         store.on_corrupt = self._corrupt_found
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
@@ -115,6 +118,8 @@ class Engine:
                 refused("host-not-served"),
                 self.options.node_name,
             )
+        # RFC 9110 15.2: 1xx answers of upstream fetches for this request go on to it
+        relay_informational_to(sink.informational)
         if self._loop_token in loop_tokens(request.headers):
             return error_response(
                 sink,
@@ -172,7 +177,14 @@ class Engine:
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
         now = self.clock()
         verdict = purge_verdict(self.rules, meta, now) if meta is not None else PurgeVerdict.NONE
-        decision = policy.decide(meta, now, verdict, self._purged_at(meta, verdict))
+        authorization = "Authorization" in request.headers
+        decision = policy.decide(
+            meta, now, verdict, self._purged_at(meta, verdict), authorization=authorization
+        )
+        if service.honor_request_cache_control and "Cache-Control" in request.headers:
+            decision = policy.apply_request_directives(
+                decision, meta, request_directives(request.headers)
+            )
         match decision.action:
             case Action.SERVE:
                 assert entry is not None and meta is not None
@@ -206,6 +218,12 @@ class Engine:
                 self.options.node_name,
             )
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
+        if service.early_hints and meta is not None and decision.action is Action.REVALIDATE:
+            # the stored object still stands (being validated): its Links are hints
+            self.respond.early_hints(sink, meta)
+        if authorization and self.filler.joinable(key, service, host, target) is not None:
+            # RFC 9111 3.5: another request's fill may answer without these credentials
+            return await self._pass(request, sink, service, host, detail="authorization")
         return await self._through_fill(
             request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
@@ -262,6 +280,7 @@ class Engine:
                     head.meta,
                     Decision(Action.SERVE, ttl=ttl),
                     outcome._replace(fwd_status=304, ttl=int(ttl)),
+                    validated=True,
                 )
             case HeadKind.ERROR:
                 stale_meta = (
@@ -300,6 +319,12 @@ class Engine:
             case _:
                 assert_never(head.kind)
         assert head.meta is not None
+        if head.length is None and head.meta.status == 200 and "Range" in request.headers:
+            # RFC 9110 14.4: a 206 states the complete length, which a body sent without
+            # one has only once it is whole: answer the range from the stored object
+            if await fill.settled():
+                return RESTART
+            return await self._pass(request, sink, service, host, detail="range")
         if fill.vary_fields and fill.store_key != variant_key(
             fill.key.split("\x1f", 1)[0], fill.vary_fields, end_to_end_fields(request.headers)
         ):
@@ -329,12 +354,15 @@ class Engine:
             trusted=self._trusted(request),
         )
         if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
-            # RFC 9111 4.3.1: validate with the stored validators
-            if stale.meta.etag:
-                headers["If-None-Match"] = stale.meta.etag
-            last_modified = header_value(stale.meta.upstream_headers, "last-modified")
-            if last_modified:
-                headers["If-Modified-Since"] = last_modified
+            # RFC 9111 4.3.1: validate with the stored validators, and the client's
+            # entity-tags merged in (4.3.2), so a 304 for its copy can flow through
+            headers.update(
+                transitions.validation_request_fields(
+                    stale.meta.etag,
+                    header_value(stale.meta.upstream_headers, "last-modified"),
+                    request.headers,
+                )
+            )
         else:
             stale = None
         # the fields that went upstream, not the raw request: see end_to_end_fields

@@ -127,6 +127,12 @@ class Fill:
         self._wake()
         self._maybe_close()
 
+    async def settled(self) -> bool:
+        """Wait until the fill has committed (True) or broken off (False)."""
+        while not (self._finished or self._failed):
+            await self._changed.wait()
+        return self._finished
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

@@ -21,7 +21,7 @@ from typing import assert_never
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy, transitions
-from edge.cache.encoding import is_compressible
+from edge.cache.encoding import compression_eligible
 from edge.cache.keys import secondary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.purge import PurgeRules
@@ -90,6 +90,8 @@ class Filler:
         self.fills = FillTable()
         self._limits = limits
         self._background: set[asyncio.Task[None]] = set()
+        #: keys whose br/gzip variants are being made (see Responder.compressing)
+        self.compressing: set[str] = set()
 
     def start(self, job: FillJob) -> Fill:
         """Start fetching `job` in the background; waiters read the returned fill."""
@@ -168,6 +170,9 @@ class Filler:
             cache_close_delimited=service.cache_close_delimited,
             negative_ttl=service.negative_ttl,
             heuristic_with_credentials=self.options.heuristic_with_credentials,
+            stored_etag=stale.meta.etag
+            if stale is not None and isinstance(stale.meta, ObjectMeta)
+            else None,
         )
         match fetched:
             case NotModified():
@@ -255,20 +260,26 @@ class Filler:
         finally:
             notifier.cancel()
         response.release()
+        compressing = self.options.compress and meta.compressible
+        if compressing:
+            # until its variants are made, an answer from it varies on Accept-Encoding
+            self.compressing.add(store_key)
         fill.finish(entry.bodies.get(meta.upstream_encoding))
         self.fills.done(fill)
         self.metrics.stored.inc()
-        if self.options.compress and meta.compressible:
+        if compressing:
             source = entry.bodies.get(meta.upstream_encoding)
-            if source is not None:
-                try:
+            try:
+                if source is not None:
                     await make_variants(
                         self.store, store_key, source, meta.content_type, max_decoded=limit
                     )
-                except DecodeLimit as exc:
-                    await drop_undecodable(self.store, self.metrics, store_key, exc)
-                except Exception:
-                    log.exception("compressing %s failed", store_key)
+            except DecodeLimit as exc:
+                await drop_undecodable(self.store, self.metrics, store_key, exc)
+            except Exception:
+                log.exception("compressing %s failed", store_key)
+            finally:
+                self.compressing.discard(store_key)
 
     async def _copy_upstream_body(
         self,
@@ -358,8 +369,12 @@ class Filler:
         response: UpstreamResponse,
     ) -> ObjectMeta:
         encoding = (header_value(pairs, "content-encoding") or "identity").lower()
-        compressible = self.options.compress and (
-            is_compressible(header_value(pairs, "content-type")) or encoding != "identity"
+        length = header_value(pairs, "content-length")
+        compressible = self.options.compress and compression_eligible(
+            header_value(pairs, "content-type"),
+            encoding,
+            int(length) if length is not None and length.isdigit() else None,
+            job.service.compress_min_size,
         )
         return policy.build_meta(
             status=status,

@@ -78,9 +78,11 @@ CLIENT_ONLY_FIELDS = frozenset(
         "accept-encoding",
         "cache-control",
         "pragma",
-        "authorization",
     }
 )
+# Authorization is not among them: a request that carries it never joins another's
+# fill, and its own fill is stored only when the answer may be shared (RFC 9111 3.5),
+# so the origin must see the credentials it answers for.
 
 
 #: Fields this module always sets itself (or never sends).

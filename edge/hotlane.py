@@ -122,13 +122,18 @@ class HotLane:
         self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
     ) -> _Prepared | None:
         """Headers and body of a hot hit, computed once per entry and Accept-Encoding."""
+        if entry.key in self._responder.compressing:
+            # its variants are on their way: the answer's Vary is not settled yet
+            return None
         encoding = choose_encoding(accept_encoding, entry.bodies.keys())
         if encoding is None:
             return None
         body = entry.bodies.get(encoding)
         if body is None or body.data is None:
             return None
-        headers = self._responder.response_headers(meta, 0, Outcome(), False)
+        headers = self._responder.response_headers(
+            meta, 0, Outcome(), False, codings=entry.bodies.keys()
+        )
         del headers["Age"]
         del headers["Cache-Status"]
         if encoding != "identity":

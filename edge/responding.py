@@ -8,14 +8,16 @@ never a short one that looks whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import policy
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
-from edge.cache.encoding import choose_encoding
+from edge.cache.encoding import choose_encoding, is_decodable, varies_on_coding
+from edge.cache.fields import client_header_pairs, stored_date
 from edge.cache.headers import Headers
+from edge.cache.hints import early_hints
 from edge.cache.model import ObjectMeta
 from edge.cache.policy import Decision
 from edge.cache.ranges import (
@@ -32,6 +34,7 @@ from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions
 from edge.outcome import ErrorSource, Outcome, refused
+from edge.own_answers import detail_token, error_response, refuse
 from edge.store import (
     BodyCorrupt,
     BodyGone,
@@ -41,7 +44,10 @@ from edge.store import (
     open_body,
     read_body,
 )
-from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
+from edge.upstream import UpstreamError, UpstreamResponse
+
+# the node's own answers live in edge.own_answers; their names stay importable here
+__all__ = ["COPY_CHUNK", "EntryGone", "Responder", "detail_token", "error_response", "refuse"]
 
 #: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
 #: event loop has no sendfile, so bodies not in the memory tier are copied.)
@@ -73,6 +79,8 @@ class Responder:
         self.clock = clock
         self._limits = limits
         self._via = f"1.1 {options.node_name} (edgeshield)"
+        #: keys whose compressed variants are being made (the Filler's set)
+        self.compressing: set[str] = set()
 
     async def from_store(
         self,
@@ -84,9 +92,20 @@ class Responder:
         outcome: Outcome,
         *,
         stale: bool = False,
+        validated: bool = False,
     ) -> Outcome:
-        """Answer from a stored object: conditionals, Range, encoding, then the body."""
-        headers = self.response_headers(meta, decision.age, outcome, stale)
+        """Answer from a stored object: conditionals, Range, encoding, then the body.
+
+        `validated`: the object was just validated (a 304), so the fields its
+        qualified no-cache lists may be sent (RFC 9111 5.2.2.4)."""
+        headers = self.response_headers(
+            meta,
+            decision.age,
+            outcome,
+            stale,
+            codings=None if entry.key in self.compressing else entry.bodies.keys(),
+            validated=validated,
+        )
         if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
@@ -209,7 +228,9 @@ class Responder:
         """Answer from a fill while it is still arriving (every waiter reads the file)."""
         assert head.meta is not None
         meta = head.meta
-        headers = self.response_headers(meta, meta.age(self.clock()), outcome, False)
+        headers = self.response_headers(
+            meta, meta.age(self.clock()), outcome, False, validated=True
+        )
         if meta.status == 200 and _has_preconditions(request.headers):
             precondition = evaluate_preconditions(
                 request.method, request.headers, meta.etag, meta.last_modified
@@ -268,7 +289,8 @@ class Responder:
         edges would spend its CPU on every edge's copy, and a decoding stopped at the
         size limit would reach the edge as a cut, which it takes for a dead shield.
         """
-        if self.options.downstream_is_cdn:
+        if self.options.downstream_is_cdn or not is_decodable(encoding):
+            # a coding we do not know is passed as stored, never decoded (or coded again)
             return None
         return StreamDecoder(encoding, self._limits.get(meta.service))
 
@@ -277,16 +299,47 @@ class Responder:
         await self.store.drop_corrupt(key, body)
 
     def response_headers(
-        self, meta: ObjectMeta, age: float, outcome: Outcome, stale: bool
+        self,
+        meta: ObjectMeta,
+        age: float,
+        outcome: Outcome,
+        stale: bool,
+        *,
+        codings: Iterable[str] | None = None,
+        validated: bool = False,
     ) -> CIMultiDict[str]:
-        """The fields of an answer from a stored object (Age, Via, Cache-Status, Vary)."""
+        """The fields of an answer from a stored object (Date, Age, Via, Cache-Status,
+        Vary).
+
+        `codings`: the stored bodies' codings, which say whether the answer depends
+        on Accept-Encoding; None while the object is being filled or compressed (it
+        will get the variants it is eligible for, `meta.compressible`). `validated`:
+        see `from_store`.
+        """
         headers: CIMultiDict[str] = CIMultiDict(meta.client_headers)
+        if validated and meta.no_cache_fields:
+            listed = frozenset(meta.no_cache_fields)
+            headers.extend(
+                (name, value)
+                for name, value in client_header_pairs(
+                    meta.upstream_headers, for_cdn=self.options.downstream_is_cdn
+                )
+                if name.lower() in listed
+            )
+        # RFC 9110 6.6.1 / RFC 9111 4: the stored Date, never the time of this hit
+        headers["Date"] = stored_date(meta.upstream_headers, meta.response_time)
         headers["Age"] = str(int(age))
         headers["Via"] = f"{meta.upstream_via}, {self._via}" if meta.upstream_via else self._via
         headers["Cache-Status"] = outcome.cache_status(
             self.options.node_name, meta.upstream_cache_status
         )
-        if meta.compressible:
+        varies = (
+            meta.compressible
+            if codings is None
+            else varies_on_coding(codings, meta.upstream_encoding)
+        )
+        if varies:
+            # RFC 9110 12.5.5: only when the answer really depends on Accept-Encoding
             vary = headers.get("Vary")
             if not vary:
                 headers["Vary"] = "Accept-Encoding"
@@ -295,6 +348,13 @@ class Responder:
         if stale and self.options.mark_stale:
             headers[STALE_MARK] = "1"
         return headers
+
+    def early_hints(self, sink: ResponseSink, meta: ObjectMeta) -> None:
+        """RFC 8297: a 103 with the stored response's preload Links, sent before going
+        upstream for it (the client may fetch them while it waits)."""
+        links = early_hints(meta.upstream_headers)
+        if links:
+            sink.informational(103, CIMultiDict(("Link", link) for link in links))
 
     def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
         """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
@@ -392,45 +452,3 @@ def _requested_range(
     if if_range is not None and not if_range_allows(if_range, meta.etag, meta.last_modified):
         return None
     return parse_range(range_header, size)
-
-
-def error_response(
-    sink: ResponseSink,
-    status: int,
-    reason: str,
-    outcome: Outcome,
-    node: str,
-    *,
-    unreachable: bool = False,
-    retry_after: int | None = None,
-) -> Outcome:
-    """An error this node answers: a short reason, never an internal address (those
-    go to the log). `unreachable`: it answers for an origin that could not be reached."""
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    if outcome.error is ErrorSource.UPSTREAM:
-        # this node answered for a failure beyond it (origin down, origin connection
-        # cap); the tier below passes such errors on instead of failing over
-        headers[GENERATED_ERROR_HEADER] = "upstream"
-    if unreachable:
-        # the origin could not be reached at all: a tier below that holds a stale
-        # copy may serve it (RFC 9111 4.2.4), as for its own connect failure
-        headers[GENERATED_ERROR_HEADER] = UNREACHABLE
-    headers["Cache-Status"] = outcome.cache_status(node)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    sink.send(status, headers, f"{status} {reason}\n".encode())
-    return outcome
-
-
-def refuse(sink: ResponseSink, status: int, reason: str, detail: str) -> Outcome:
-    """A 4xx for a request we will not handle; the connection is closed after it, since
-    the rest of what the client sent (an unread body) cannot be trusted as framing."""
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    sink.send(status, headers, f"{status} {reason}\n".encode(), close=True)
-    return refused(detail)
-
-
-def detail_token(reason: str) -> str:
-    """A short reason as a Cache-Status detail token ("origin unreachable" →
-    "origin-unreachable")."""
-    return "-".join(reason.split()) or "error"

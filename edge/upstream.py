@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.forwarding import NODE_TOKEN_HEADER, node_token
+from edge.informational import InformationalClientResponse
 from edge.statelog import StateLog
 from fleet.config import Service, ShieldConfig
 
@@ -209,6 +210,8 @@ def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> ai
         timeout=timeout,
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        # 1xx heads (103 Early Hints) are passed on to the client (edge.informational)
+        response_class=InformationalClientResponse,
     )
 
 

@@ -152,6 +152,15 @@ class Service:
     #: store bodies whose end is the connection's close (no Content-Length, not
     #: chunked), whose truncation cannot be told from their end (RFC 9112 6.3 item 8)
     cache_close_delimited: bool = False
+    #: RFC 9111 5.2.1: obey a request's Cache-Control (no-cache, max-age, min-fresh,
+    #: max-stale); off, as with Fastly and CloudFront, so reloads cannot drain the cache
+    honor_request_cache_control: bool = False
+    #: the least body (bytes, by Content-Length) given br/gzip variants, like nginx's
+    #: gzip_min_length
+    compress_min_size: int = 256
+    #: RFC 8297: send a 103 with the preload Links of the stored response while the
+    #: node goes upstream for it
+    early_hints: bool = False
 
 
 #: the share of a node's cache_size one object may take at most (so at least this many
@@ -602,6 +611,9 @@ def _service(t: _Table) -> Service:
         read_timeout=t.number("read_timeout", 30.0, minimum=0.01),
         max_object_size=t.size("max_object_size", 1024**3),
         cache_close_delimited=t.get("cache_close_delimited", bool, False),
+        honor_request_cache_control=t.get("honor_request_cache_control", bool, False),
+        compress_min_size=t.integer("compress_min_size", 256, minimum=0),
+        early_hints=t.get("early_hints", bool, False),
     )
     if service.max_object_size < 1:
         raise t.error("max_object_size", "must be at least 1 byte")

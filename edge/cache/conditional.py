@@ -1,7 +1,10 @@
 """Conditional requests answered from a stored 200 (RFC 9110 13).
 
 Entity-tag comparison, the precondition evaluation order of RFC 9110 13.2.2, and
-If-Range. Lenient where origins are: an unquoted ETag compares as its literal text.
+If-Range. Entity-tags are compared exactly as RFC 9110 8.8.3 spells them: only
+`W/` (upper case) marks a weak tag, the opaque-tag is the quoted string (its
+characters may be obs-text), and a tag that is not one (unquoted, `w/"x"`) matches
+nothing, not even itself.
 """
 
 from __future__ import annotations
@@ -10,24 +13,42 @@ from edge.cache.dates import parse_http_date
 from edge.cache.headers import Headers
 
 
-def _split_etag(tag: str) -> tuple[bool, str]:
-    """(is weak, opaque-tag) of an entity-tag (RFC 9110 8.8.3)."""
+def _is_etagc(char: str) -> bool:
+    """etagc = %x21 / %x23-7E / obs-text (RFC 9110 8.8.3); obs-text is %x80-FF, which a
+    field decoded as Latin-1 (as HTTP/1.1 servers do) holds as U+0080-U+00FF."""
+    code = ord(char)
+    return code == 0x21 or 0x23 <= code <= 0x7E or 0x80 <= code <= 0xFF
+
+
+def _split_etag(tag: str) -> tuple[bool, str] | None:
+    """(is weak, opaque-tag with its quotes) of an entity-tag (RFC 9110 8.8.3), or None
+    when `tag` is not one."""
     tag = tag.strip(" \t")
-    if tag.startswith("W/"):
-        return True, tag[2:]
-    return False, tag
+    weak = tag.startswith("W/")
+    opaque = tag[2:] if weak else tag
+    if len(opaque) < 2 or opaque[0] != '"' or opaque[-1] != '"':
+        return None
+    if not all(_is_etagc(char) for char in opaque[1:-1]):
+        return None
+    return weak, opaque
 
 
 def etag_matches_weak(a: str, b: str) -> bool:
     """Weak comparison: the opaque-tags are equal, weak or not (RFC 9110 8.8.3.2)."""
-    return _split_etag(a)[1] == _split_etag(b)[1]
+    split_a, split_b = _split_etag(a), _split_etag(b)
+    return split_a is not None and split_b is not None and split_a[1] == split_b[1]
 
 
 def etag_matches_strong(a: str, b: str) -> bool:
     """Strong comparison: neither tag is weak and they are equal (RFC 9110 8.8.3.2)."""
-    weak_a, opaque_a = _split_etag(a)
-    weak_b, opaque_b = _split_etag(b)
-    return not weak_a and not weak_b and opaque_a == opaque_b
+    split_a, split_b = _split_etag(a), _split_etag(b)
+    return (
+        split_a is not None
+        and split_b is not None
+        and not split_a[0]
+        and not split_b[0]
+        and split_a[1] == split_b[1]
+    )
 
 
 def parse_etag_list(value: str) -> list[str] | None:

@@ -18,7 +18,7 @@ MAX_DELTA_SECONDS = 2**31
 """RFC 9111 1.2.2: a delta-seconds too large to hold is passed on as 2147483648."""
 
 TARGETED_FIELDS = ("cdn-cache-control", "surrogate-control")
-"""Fields addressed to this CDN: obeyed here, never forwarded to clients."""
+"""Fields addressed to CDNs that this CDN obeys (RFC 9213 2, Edge Architecture 1.0)."""
 
 _DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 
@@ -51,6 +51,8 @@ class CacheControl:
     only_if_cached: bool = False
     min_fresh: int | None = None
     max_stale: int | None = None
+    #: RFC 9111 5.2.2.3: store only if the cache understands the status code
+    must_understand: bool = False
 
 
 EMPTY = CacheControl()
@@ -63,6 +65,7 @@ _FLAGS = {
     "immutable": "immutable",
     "no-transform": "no_transform",
     "only-if-cached": "only_if_cached",
+    "must-understand": "must_understand",
 }
 # Duplicates keep the most restrictive value (RFC 9111 4.2.1): the shortest
 # lifetime or staleness allowance, the longest required remaining freshness.
@@ -263,3 +266,9 @@ def effective_directives(headers: Headers) -> tuple[CacheControl, str]:
         if parsed is not None:
             return parsed, "surrogate-control"
     return parse_cache_control(", ".join(headers.getall("cache-control", []))), "cache-control"
+
+
+def request_directives(headers: Headers) -> CacheControl:
+    """A request's Cache-Control directives, every line of the field as one list
+    (RFC 9111 5.2.1)."""
+    return parse_cache_control(", ".join(headers.getall("cache-control", [])))

@@ -160,3 +160,50 @@ def is_compressible(content_type: str | None) -> bool:
     if media_type.startswith("text/") or media_type in _COMPRESSIBLE_TYPES:
         return True
     return media_type.endswith(("+json", "+xml"))
+
+
+#: The content codings this node can decode (RFC 9110 8.4.1; "x-gzip" is gzip).
+DECODABLE = frozenset({"identity", "gzip", "x-gzip", "deflate", "br"})
+
+#: The default least size worth compressing, like nginx's gzip_min_length (whose own
+#: default, 20 bytes, is below any gain): under about a TCP segment's worth of text,
+#: br or gzip save a few bytes at most and cost a second stored copy, a Vary on
+#: Accept-Encoding and the client's decoding (Akamai and Google's guidance say 860,
+#: Cloudflare compresses from about 50 bytes; 256 sits between).
+COMPRESS_MIN_SIZE = 256
+
+
+def is_decodable(content_encoding: str | None) -> bool:
+    """Whether a stored body in this coding can be decoded here for a client that does
+    not accept it: one coding we know. An unknown coding, or a list of several
+    ("gzip, br"), is stored and passed as is, never decoded or coded again."""
+    return (content_encoding or "identity").strip(" \t").lower() in DECODABLE
+
+
+def compression_eligible(
+    content_type: str | None, content_encoding: str, length: int | None, min_size: int
+) -> bool:
+    """Whether the node will store br/gzip variants of a response (so its answers
+    depend on Accept-Encoding): a compressible type in identity, of at least
+    `min_size` bytes when its length is known (like nginx's gzip_min_length, which
+    also goes by Content-Length only). A body the origin coded in a coding we know is
+    decoded to identity for clients that cannot take it, so it depends too."""
+    coding = content_encoding.strip(" \t").lower()
+    if coding != "identity":
+        return coding in DECODABLE
+    if not is_compressible(content_type):
+        return False
+    return length is None or length >= min_size
+
+
+def varies_on_coding(codings: Iterable[str], upstream_encoding: str) -> bool:
+    """Whether the answer from stored bodies in `codings` depends on the request's
+    Accept-Encoding (RFC 9110 12.5.5: Vary lists what "might influence" the
+    selection): more than one coding stored, or one we would decode for a client
+    that does not accept it. A lone identity body, or one coding we cannot decode,
+    is the same answer for everyone."""
+    stored = set(codings)
+    if len(stored) > 1:
+        return True
+    coding = upstream_encoding.strip(" \t").lower()
+    return coding != "identity" and coding in DECODABLE

@@ -7,7 +7,7 @@ age and the stale allowances are all precomputed here rather than re-parsed per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 HeaderPairs = tuple[tuple[str, str], ...]
 
@@ -50,10 +50,27 @@ class ObjectMeta:
     host: str
     target: str
     service: str
+    #: RFC 9111 5.2.2.4: fields listed by a qualified no-cache, never sent on a reuse
+    #: without validation (left out of `client_headers`; sent after one)
+    no_cache_fields: tuple[str, ...] = ()
+    #: RFC 9111 3.5: the response may be reused for requests with Authorization
+    #: (it said public, s-maxage or must-revalidate)
+    authorized_reuse: bool = False
 
     def age(self, now: float) -> float:
         """RFC 9111 4.2.3 current_age at `now`."""
         return self.corrected_initial_age + max(0.0, now - self.response_time)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        """Unpickle a stored row; one written before the last fields were added (an
+        upgrade) gives them their defaults instead of leaving them unset."""
+        values = list(state) + [_ABSENT] * (len(fields(self)) - len(state))
+        for spec, value in zip(fields(self), values, strict=False):
+            object.__setattr__(self, spec.name, spec.default if value is _ABSENT else value)
+
+
+#: a field a pickled row does not have
+_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)

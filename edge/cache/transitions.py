@@ -20,6 +20,8 @@ from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.cache.conditional import etag_matches_strong, etag_matches_weak, parse_etag_list
+from edge.cache.directives import effective_directives
 from edge.cache.headers import Headers
 from edge.cache.keys import vary_fields
 from edge.cache.model import ObjectMeta
@@ -101,26 +103,46 @@ def after_fetch(
     cache_close_delimited: bool = False,
     negative_ttl: int = 0,
     heuristic_with_credentials: bool = False,
+    stored_etag: str | None = None,
 ) -> Fetched:
     """What to do with an upstream's answer to a fill's GET.
 
     `revalidating`: the request carried the stored object's validators, so a 304
-    refers to it. `limit`: the largest body this node stores. `close_delimited`: the
-    body is framed by the connection's close (RFC 9112 6.3 item 8), here or at a
-    tier above.
+    refers to it (unless it names another entity-tag: see below). `limit`: the
+    largest body this node stores. `close_delimited`: the body is framed by the
+    connection's close (RFC 9112 6.3 item 8), here or at a tier above.
+    `stored_etag`: the ETag of the stored object being revalidated.
     """
     if status == 304 and revalidating:
+        etag = response_headers.get("etag")
+        if (
+            etag is not None
+            and stored_etag is not None
+            and not etag_matches_strong(etag, stored_etag)
+        ):
+            # RFC 9111 4.3.4: a 304 with a strong validator updates only the stored
+            # responses with that validator; this one answers an entity-tag the client
+            # sent (merged into ours, 4.3.2), so it is the client's, passed on
+            return ServeWithoutStoring("not-modified-for-client")
         return NotModified()
-    if status in ERROR_STATUSES:
-        return UpstreamFailed(status)
-    if not storability(
+    if status == 304:
+        # the client's own validators went upstream with ours (4.3.2): its answer
+        return ServeWithoutStoring("not-modified-for-client")
+    storable = storability(
         "GET",
         status,
         request_headers,
         response_headers,
         negative_ttl=negative_ttl,
         heuristic_with_credentials=heuristic_with_credentials,
-    ).storable:
+    ).storable
+    if status in ERROR_STATUSES and (
+        revalidating or not storable or not has_explicit_freshness(response_headers)
+    ):
+        # RFC 5861 4: a stored copy may stand in for the error; without one, an error
+        # with explicit freshness is stored like any final status (RFC 9111 3)
+        return UpstreamFailed(status)
+    if not storable:
         return ServeWithoutStoring("not-storable")
     length = content_length(response_headers)
     if length is not None and length > limit:
@@ -171,6 +193,50 @@ def after_error(
     ):
         return ServeStale("stale-when-unreachable")
     return Error()
+
+
+def has_explicit_freshness(response_headers: Headers) -> bool:
+    """RFC 9111 4.2.1: the response states its lifetime (s-maxage, max-age, Expires)."""
+    directives, source = effective_directives(response_headers)
+    return (
+        directives.s_maxage is not None
+        or directives.max_age is not None
+        or (source == "cache-control" and response_headers.get("expires") is not None)
+    )
+
+
+def validation_request_fields(
+    stored_etag: str | None, stored_last_modified: str | None, request_headers: Headers
+) -> dict[str, str]:
+    """The validators of a revalidation: ours, merged with the client's (RFC 9111 4.3.2).
+
+    "When a cache decides to forward a request to revalidate its own stored responses
+    for a request that contains an If-None-Match list of entity tags, the cache MAY
+    combine the received list with a list of entity tags from its own stored set of
+    responses": a 304 then says either that ours is current (it carries our tag) or
+    that the client's is (`after_fetch` passes that one on). If-Modified-Since stays
+    ours: a date says nothing of which representation matched. Tags the client sent
+    that are not entity-tags are dropped, and at most 16 of the client's are taken.
+    """
+    fields: dict[str, str] = {}
+    tags: list[str] = []
+    if stored_etag:
+        tags.append(stored_etag.strip(" \t"))
+    client = ", ".join(request_headers.getall("if-none-match", []))
+    if client:
+        parsed = parse_etag_list(client) or []
+        for tag in parsed[:MAX_CLIENT_TAGS]:
+            if tag != "*" and tag not in tags and etag_matches_weak(tag, tag):
+                tags.append(tag)
+    if tags:
+        fields["If-None-Match"] = ", ".join(tags)
+    if stored_last_modified:
+        fields["If-Modified-Since"] = stored_last_modified
+    return fields
+
+
+#: The most entity-tags of a client's If-None-Match merged into a revalidation.
+MAX_CLIENT_TAGS = 16
 
 
 def content_length(headers: Headers) -> int | None:

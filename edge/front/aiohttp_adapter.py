@@ -121,6 +121,21 @@ class AiohttpSink:
         if self._request.transport is not None:
             self._request.transport.close()
 
+    def informational(self, status: int, headers: CIMultiDict[str]) -> None:
+        """A 1xx head written to the transport ahead of aiohttp's own (which has no
+        way to send one); only while no final head has been started."""
+        transport = self._request.transport
+        if (
+            self.response is not None
+            or transport is None
+            or transport.is_closing()
+            or self._request.version < HttpVersion11
+        ):
+            return
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Informational')}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
 
 async def answer(engine: Engine, request: web.BaseRequest) -> tuple[web.StreamResponse, Outcome]:
     """Run one aiohttp request through `engine`: aiohttp's response and the Outcome."""
@@ -186,6 +201,9 @@ def traffic_handler(
 
     return handler
 
+
+#: Reason phrases of the 1xx heads `AiohttpSink.informational` writes.
+_REASONS = {102: "Processing", 103: "Early Hints"}
 
 limits_log = logging.getLogger("edgeshield.limits")
 

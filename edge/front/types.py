@@ -78,6 +78,12 @@ class ResponseSink(Protocol):
         that looks whole."""
         ...
 
+    def informational(self, status: int, headers: CIMultiDict[str]) -> None:
+        """Send a 1xx head (RFC 9110 15.2; 103 Early Hints, RFC 8297) before the final
+        answer; any number may precede it. A no-op once the final head has left, and
+        for an HTTP/1.0 client, which cannot receive one (RFC 9110 15.2)."""
+        ...
+
 
 class NoBody:
     """The body of a request that has none."""

@@ -444,3 +444,22 @@ def test_node_secret_comes_from_the_variable_the_fleet_names() -> None:
     fleet = parse_fleet(VALID, "valid.toml")
     assert node_secret(fleet, {"MY_SECRET": "abc", "EDGESHIELD_NODE_SECRET": "x"}) == "abc"
     assert node_secret(fleet, {"EDGESHIELD_NODE_SECRET": "x"}) == ""
+
+
+def test_the_conformance_keys_default_to_protecting_the_origin_and_are_checked() -> None:
+    (service,) = parse_fleet(VALID, "f.toml").services
+    assert service.honor_request_cache_control is False
+    assert service.early_hints is False
+    assert service.compress_min_size == 256
+    on = VALID.replace(
+        'hosts = ["www.example.com"]\n',
+        'hosts = ["www.example.com"]\nhonor_request_cache_control = true\n'
+        "early_hints = true\ncompress_min_size = 1000\n",
+    )
+    (service,) = parse_fleet(on, "f.toml").services
+    assert (service.honor_request_cache_control, service.early_hints) == (True, True)
+    assert service.compress_min_size == 1000
+    bad = on.replace("compress_min_size = 1000", "compress_min_size = -1")
+    assert "key 'compress_min_size'" in error_of(bad)
+    bad = on.replace("early_hints = true", 'early_hints = "yes"')
+    assert "key 'early_hints'" in error_of(bad)

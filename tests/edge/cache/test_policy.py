@@ -135,17 +135,24 @@ class TestClassifyRequest:
         non-error status code in response to an unsafe request method"."""
         assert classify_request(method, headers()) is RequestKind.INVALIDATING
 
-    @pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "CONNECT", "PROPFIND", "get"])
-    def test_other_methods_pass_untouched(self, method: str) -> None:
-        """Methods are case-sensitive (RFC 9110 9.1): "get" is not GET."""
+    @pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
+    def test_other_safe_methods_pass_untouched(self, method: str) -> None:
+        """RFC 9110 9.2.1: OPTIONS and TRACE are safe, but their answers are not stored."""
         assert classify_request(method, headers()) is RequestKind.PASS
 
-    def test_a_request_with_authorization_is_never_answered_from_the_cache(self) -> None:
+    @pytest.mark.parametrize("method", ["CONNECT", "PROPFIND", "M-SEARCH", "get"])
+    def test_methods_not_known_to_be_safe_invalidate(self, method: str) -> None:
+        """RFC 9111 4.4: unsafe "(including methods whose safety is unknown)"; methods
+        are case-sensitive (RFC 9110 9.1): "get" is not GET."""
+        assert classify_request(method, headers()) is RequestKind.INVALIDATING
+
+    def test_a_request_with_authorization_may_use_the_cache(self) -> None:
         """RFC 9111 3.5: "A shared cache MUST NOT use a cached response to a request
-        with an Authorization header field ... to satisfy any subsequent request
-        unless the response contains a Cache-Control field with a response directive
-        ... that allows it to be stored by a shared cache"."""
-        assert classify_request("GET", headers("Authorization: Basic eDp5")) is RequestKind.PASS
+        with an Authorization header field ... unless the response contains a
+        Cache-Control field with a response directive ... that allows it to be stored
+        by a shared cache": which responses those are is `decide`'s question."""
+        auth = headers("Authorization: Basic eDp5")
+        assert classify_request("GET", auth) is RequestKind.CACHEABLE
 
 
 # --------------------------------------------------------------------------------------
@@ -169,11 +176,12 @@ class TestStorability:
         verdict = may_store("Cache-Control: public, max-age=60", method=method)
         assert verdict == Storability(False, "method")
 
-    @pytest.mark.parametrize("status", [100, 206, 299, 304, 400, 500, 502, 503, 599])
-    def test_statuses_the_cache_does_not_understand_are_not_stored(self, status: int) -> None:
+    @pytest.mark.parametrize("status", [100, 103, 206, 304, 600])
+    def test_statuses_the_cache_does_not_store(self, status: int) -> None:
         """RFC 9111 3: "the response status code is final" and "if the response
         status code is 206 or 304, or the must-understand cache directive is
-        present: the cache understands the response status code"."""
+        present: the cache understands the response status code"; we store no
+        partial (206) and a 304 is not a response of its own."""
         verdict = may_store("Cache-Control: public, max-age=60", status=status)
         assert verdict == Storability(False, f"status {status}")
 
@@ -376,9 +384,10 @@ class TestTargetedCacheControl:
         meta = stored("CDN-Cache-Control: max-age=7", "Surrogate-Control: max-age=300")
         assert meta.freshness_lifetime == 7
 
-    def test_targeted_fields_and_purge_tags_never_reach_a_client(self) -> None:
-        """RFC 9213 2.1: a CDN "... consumes" its targeted field; surrogate keys are
-        for the purge API only."""
+    def test_surrogate_fields_and_purge_tags_never_reach_a_client(self) -> None:
+        """Surrogate-Control is consumed by the surrogate (Edge Architecture 1.0);
+        surrogate keys are for the purge API only; CDN-Cache-Control targets every CDN
+        on the path (RFC 9213 2) and goes on to the next (docs/caching.md)."""
         meta = stored(
             "CDN-Cache-Control: max-age=60",
             "Surrogate-Control: max-age=60",
@@ -387,7 +396,7 @@ class TestTargetedCacheControl:
             "Cache-Control: max-age=5",
             "Content-Type: text/plain",
         )
-        assert names(meta.client_headers) == {"cache-control", "content-type"}
+        assert names(meta.client_headers) == {"cache-control", "content-type", "cdn-cache-control"}
         assert meta.surrogate_keys == ("product-1", "catalog", "red", "blue")
         assert names(meta.upstream_headers) >= {"surrogate-key", "cdn-cache-control"}
 
@@ -543,7 +552,7 @@ class TestAge:
         meta = stored("Cache-Control: max-age=60", f"Date: {http_date(NOW + 500)}")
         assert meta.corrected_initial_age == 0
 
-    @pytest.mark.parametrize("age", ["soon", "1.5", "-7", "", "9" * 5000])
+    @pytest.mark.parametrize("age", ["soon", "1.5", "-7", ""])
     def test_an_invalid_age_does_not_make_the_response_younger(self, age: str) -> None:
         initial = corrected_initial_age(headers(f"Age: {age}"), NOW - 2, NOW)
         assert initial == 2

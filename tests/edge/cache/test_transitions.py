@@ -70,14 +70,19 @@ def test_a_304_to_our_conditional_request_freshens_the_stored_object() -> None:
 
 
 def test_a_304_we_did_not_ask_for_is_not_stored() -> None:
-    # no stored object was validated: a 304 is not a status this cache stores
-    assert answered(304, "Cache-Control: max-age=60") == ServeWithoutStoring("not-storable")
+    # no stored object was validated: the 304 answers the client's own validators
+    assert answered(304, "Cache-Control: max-age=60") == ServeWithoutStoring(
+        "not-modified-for-client"
+    )
 
 
 # -- RFC 5861 4: "an error is any situation that would result in a 500, 502, 503, or 504"
 def test_each_error_status_is_an_upstream_failure() -> None:
     for status in (500, 502, 503, 504):
-        assert answered(status, "Cache-Control: max-age=60") == UpstreamFailed(status)
+        assert answered(status) == UpstreamFailed(status)
+        assert answered(status, "Cache-Control: max-age=60", revalidating=True) == (
+            UpstreamFailed(status)
+        )
 
 
 def test_an_error_status_is_a_failure_even_while_revalidating() -> None:
