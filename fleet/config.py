@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet.rules import TrafficRules, parse_traffic
+
 __all__ = [
     "OBJECT_SHARE_OF_CACHE",
     "ConfigError",
@@ -152,6 +154,8 @@ class Service:
     #: store bodies whose end is the connection's close (no Content-Length, not
     #: chunked), whose truncation cannot be told from their end (RFC 9112 6.3 item 8)
     cache_close_delimited: bool = False
+    #: traffic rules, origin groups, rate limits, the PURGE method (fleet.rules)
+    traffic: TrafficRules = field(default_factory=TrafficRules)
 
 
 #: the share of a node's cache_size one object may take at most (so at least this many
@@ -559,6 +563,9 @@ def _check_network(t: _Table, key: str, network: str) -> None:
         raise t.error(key, f"{network!r} is not a CIDR network") from None
 
 
+_ORIGIN_URL = re.compile(r"^https?://[^/\s]+/?$")
+
+
 def _service(t: _Table) -> Service:
     name = t.text("name", required=True)
     hosts = t.strings("hosts", required=True)
@@ -569,7 +576,7 @@ def _service(t: _Table) -> Service:
     if not origins:
         raise t.error("origins", "must list at least one origin URL")
     for origin in origins:
-        if not re.match(r"^https?://[^/\s]+/?$", origin):
+        if not _ORIGIN_URL.match(origin):
             raise t.error("origins", f"{origin!r} is not an origin URL like http://host:port")
     key_table = t.table("cache_key", f"{t.where} cache_key")
     cache_key = CacheKeyPolicy()
@@ -602,6 +609,7 @@ def _service(t: _Table) -> Service:
         read_timeout=t.number("read_timeout", 30.0, minimum=0.01),
         max_object_size=t.size("max_object_size", 1024**3),
         cache_close_delimited=t.get("cache_close_delimited", bool, False),
+        traffic=parse_traffic(t, _ORIGIN_URL),
     )
     if service.max_object_size < 1:
         raise t.error("max_object_size", "must be at least 1 byte")
