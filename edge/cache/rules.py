@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from edge.cache.headers import Headers
-from edge.cache.keys import normalize_path, remove_dot_segments
+from edge.cache.keys import normalize_path, origin_form, remove_dot_segments
 from fleet.rules import (
     CacheKeyRule,
     OriginGroup,
@@ -295,6 +295,20 @@ def _add_stale_windows(
     return [(n, f"{v}, {', '.join(directives)}" if n.lower() == field else v) for n, v in pairs]
 
 
+def stored_fields(
+    traffic: TrafficRules, host: str, target: str, request_headers: Headers, pairs: HeaderPairs
+) -> HeaderPairs:
+    """An upstream answer's fields as stored: the response-phase rules applied (the
+    same `pairs` object back when no rule changes anything)."""
+    rules = compiled(traffic)
+    if not rules.per_response:
+        return pairs
+    path, query = rule_path(target)
+    return apply_response_plan(
+        rules.on_response(Request("GET", host, path, query, request_headers)), pairs
+    )
+
+
 def rewrite_request_headers(plan: RequestPlan, pairs: HeaderPairs) -> HeaderPairs:
     """The request's fields after the plan's removals and settings (set replaces)."""
     removed = set(plan.remove_request_headers) | {n.lower() for n, _ in plan.set_request_headers}
@@ -352,6 +366,33 @@ def choose_group(
         return None
     live = [g for g in weighted if healthy(g)] or weighted
     return weighted_pick(live, draw)
+
+
+def group_origins(
+    traffic: TrafficRules,
+    origins: tuple[str, ...],
+    method: str,
+    target: str,
+    headers: Headers,
+    available: Callable[[str], bool],
+    draw: float,
+) -> Collection[str] | None:
+    """The origins a request may go to under a service's origin groups (None: no
+    groups, all of them), health-aware through `available` (an origin URL is up);
+    `origins` is the service's own list, for requests no group takes."""
+    if not traffic.origin_groups:
+        return None
+    rules = compiled(traffic)
+    plan_group = None
+    if rules.per_request:
+        path, query = rule_path(origin_form(target))
+        host = (headers.get("Host") or "").rpartition(":")[0] or (headers.get("Host") or "")
+        plan = rules.on_request(Request(method, host.lower(), path, query, headers))
+        plan_group = plan.origin_group
+    group = choose_group(
+        rules, plan_group, headers, draw, lambda g: any(available(url) for url in g.origins)
+    )
+    return origins if group is None else group.origins
 
 
 def weighted_pick(groups: list[OriginGroup], draw: float) -> OriginGroup:
