@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from multidict import CIMultiDict
 
@@ -54,6 +55,14 @@ MAX_HOSTS = 4096
 HeaderPairs = tuple[tuple[str, str], ...]
 
 
+class _Route(NamedTuple):
+    """Where a Host leads: the host as keyed, its service, the service's rules."""
+
+    host: str
+    service: Service
+    rules: CompiledRules
+
+
 class TrafficGate:
     """The request phase of a node's traffic rules, and the PURGE method."""
 
@@ -80,19 +89,23 @@ class TrafficGate:
         self.active = any(
             compiled(s.traffic).per_request or s.traffic.purge_method for s in services
         )
-        self._by_raw_host: dict[str | None, tuple[Service, CompiledRules] | None] = {}
+        self._by_raw_host: dict[str | None, _Route | None] = {}
 
-    def _lookup(self, request: RequestHead) -> tuple[Service, CompiledRules] | None:
+    def _lookup(self, request: RequestHead) -> _Route | None:
+        """The request's host, service and rules, remembered per raw Host value (an
+        absolute-form target names its own host, so it is looked up every time)."""
+        origin_form_target = request.target.startswith("/")
         raw = request.headers.get("Host")
-        found = self._by_raw_host.get(raw, False)
-        if found is False or not request.target.startswith("/"):
-            service = self._services.get(request_host(request))
-            found = (service, compiled(service.traffic)) if service is not None else None
-            if request.target.startswith("/"):
-                if len(self._by_raw_host) >= MAX_HOSTS:
-                    self._by_raw_host.clear()
-                self._by_raw_host[raw] = found
-        return found  # type: ignore[return-value]
+        if origin_form_target and raw in self._by_raw_host:
+            return self._by_raw_host[raw]
+        host = request_host(request)
+        service = self._services.get(host)
+        found = _Route(host, service, compiled(service.traffic)) if service is not None else None
+        if origin_form_target:
+            if len(self._by_raw_host) >= MAX_HOSTS:
+                self._by_raw_host.clear()
+            self._by_raw_host[raw] = found
+        return found
 
     async def gate(
         self, request: RequestHead, sink: ResponseSink
@@ -102,14 +115,13 @@ class TrafficGate:
         found = self._lookup(request)
         if found is None:
             return request, NO_REQUEST_PLAN
-        service, rules = found
+        host, service, rules = found
         if request.method == "PURGE":
             return await self._purge(request, sink, service)
         if not rules.per_request:
             return request, NO_REQUEST_PLAN
-        target = origin_form(request.target)
-        path, query = rule_path(target)
-        host = request_host(request)
+        target = request.target
+        path, query = rule_path(target if target.startswith("/") else origin_form(target))
         plan = rules.on_request(Request(request.method, host, path, query, request.headers))
         if plan is NO_REQUEST_PLAN:
             return request, plan

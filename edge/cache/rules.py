@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from edge.cache.headers import Headers
 from edge.cache.keys import normalize_path, origin_form, remove_dot_segments
@@ -59,14 +60,16 @@ RESPONSE_ACTIONS = (
 CDN_FRESHNESS_FIELDS = frozenset({"cdn-cache-control", "surrogate-control"})
 #: distinct client keys a rate limit tracks; beyond that, the fullest buckets go first
 MAX_BUCKETS = 100_000
+#: (method, path segment) candidate tables a rule index keeps
+MAX_METHOD_TABLES = 1024
 
 Predicate = Callable[[str, str, str, str, Headers], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """The parts of a request rules look at: method, host (lowercase, no port), the
-    normalised path, the raw query, and the header map."""
+    normalised path, the raw query, and the header map (a named tuple: one is made
+    per request)."""
 
     method: str
     host: str
@@ -176,39 +179,95 @@ def _header_matches(headers: Headers, name: str, search: Callable[[str], object]
     return value is not None and search(value) is not None
 
 
+Compiled = tuple[tuple[Predicate, Rule], ...]
+
+
+class SegmentIndex:
+    """Rules indexed by the first path segment their `path_prefix` fixes.
+
+    A rule on "/static/" can only match a path whose first segment is "static", so a
+    request looks at the rules of its own first segment and those that fix none
+    ("/admin" also matches "/administrator"; no prefix at all), in rule order: with
+    many rules on distinct sections a request scans a handful, not all of them.
+    """
+
+    def __init__(self, rules: list[Rule]) -> None:
+        compiled = [(compile_match(r.match), r) for r in rules]
+        anywhere = [c for c in compiled if _segment(c[1].match) is None]
+        by_segment: dict[str, list[tuple[Predicate, Rule]]] = {}
+        for entry in compiled:
+            segment = _segment(entry[1].match)
+            if segment is not None:
+                by_segment.setdefault(segment, []).append(entry)
+        self.anywhere: Compiled = tuple(anywhere)
+        self.by_segment: dict[str, Compiled] = {
+            segment: tuple(sorted([*entries, *anywhere], key=lambda c: c[1].index))
+            for segment, entries in by_segment.items()
+        }
+        self.empty = not compiled
+        #: (method, segment or None) → the candidates less rules for other methods
+        self._by_method: dict[tuple[str, str | None], Compiled] = {}
+
+    def candidates(self, method: str, path: str) -> Compiled:
+        """The rules that may match a `method` request for `path`, in rule order."""
+        segment: str | None = path[1:].partition("/")[0]
+        if segment not in self.by_segment:
+            segment = None
+        found = self._by_method.get((method, segment))
+        if found is None:
+            base = self.anywhere if segment is None else self.by_segment[segment]
+            found = tuple(c for c in base if not c[1].match.methods or method in c[1].match.methods)
+            if len(self._by_method) >= MAX_METHOD_TABLES:
+                # methods are the client's to choose: the table stays bounded
+                self._by_method.clear()
+            self._by_method[(method, segment)] = found
+        return found
+
+
+def _segment(match: RuleMatch) -> str | None:
+    """The first path segment a match's prefix fixes ("/static/img" → "static";
+    "/admin" → None, as it also matches "/administrator")."""
+    segment, slash, _ = match.path_prefix[1:].partition("/")
+    return segment if slash else None
+
+
 class CompiledRules:
     """A service's rules, compiled once: evaluate per request and per stored answer."""
 
     def __init__(self, traffic: TrafficRules) -> None:
         self.traffic = traffic
-        self._request = tuple(
-            (compile_match(r.match), r)
-            for r in traffic.rules
-            if any(getattr(r, k) is not None for k in REQUEST_ACTIONS)
+        self._request = SegmentIndex(
+            [r for r in traffic.rules if any(getattr(r, k) is not None for k in REQUEST_ACTIONS)]
         )
-        self._response = tuple(
-            (compile_match(r.match), r)
-            for r in traffic.rules
-            if any(getattr(r, k) is not None for k in RESPONSE_ACTIONS)
+        self._response = SegmentIndex(
+            [r for r in traffic.rules if any(getattr(r, k) is not None for k in RESPONSE_ACTIONS)]
         )
         self._limits = tuple((compile_match(lim.match), lim) for lim in traffic.rate_limits)
         self.groups = {g.name: g for g in traffic.origin_groups}
         #: whether anything must be evaluated per request (if not, a hit pays nothing)
-        self.per_request = bool(self._request or self._limits)
-        self.per_response = bool(self._response)
+        self.per_request = not self._request.empty or bool(self._limits)
+        self.per_response = not self._response.empty
 
     def on_request(self, request: Request) -> RequestPlan:
         """The request-phase plan for `request` (first match wins per action kind)."""
-        m, h, p, q, hd = request.method, request.host, request.path, request.query, request.headers
-        found: dict[str, object] = {}
-        for matches, rule in self._request:
+        m, h, p, q, hd = request
+        found: dict[str, object] | None = None
+        for matches, rule in self._request.candidates(m, p):
             if matches(m, h, p, q, hd):
+                if found is None:
+                    found = {}
                 _take(found, rule, REQUEST_ACTIONS)
                 if len(found) == len(REQUEST_ACTIONS):
                     break
-        limits = tuple(lim for matches, lim in self._limits if matches(m, h, p, q, hd))
-        if not found and not limits:
-            return NO_REQUEST_PLAN
+        limits = (
+            tuple(lim for matches, lim in self._limits if matches(m, h, p, q, hd))
+            if self._limits
+            else ()
+        )
+        if found is None:
+            if not limits:
+                return NO_REQUEST_PLAN
+            found = {}
         return RequestPlan(
             respond=found.get("respond"),  # type: ignore[arg-type]
             redirect=found.get("redirect"),  # type: ignore[arg-type]
@@ -222,11 +281,11 @@ class CompiledRules:
 
     def on_response(self, request: Request) -> ResponsePlan:
         """The response-phase plan for the answer to `request`, applied before storing."""
-        if not self._response:
+        if self._response.empty:
             return NO_RESPONSE_PLAN
-        m, h, p, q, hd = request.method, request.host, request.path, request.query, request.headers
+        m, h, p, q, hd = request
         found: dict[str, object] = {}
-        for matches, rule in self._response:
+        for matches, rule in self._response.candidates(m, p):
             if matches(m, h, p, q, hd):
                 _take(found, rule, RESPONSE_ACTIONS)
         if not found:
