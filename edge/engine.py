@@ -49,7 +49,7 @@ from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
 from edge.responding import EntryGone, Responder, detail_token, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
-from edge.traffic import TrafficGate, cache_key_suffix, keyed_target
+from edge.traffic import TrafficGate, cache_key_suffix, keyed_target, relayed_fields
 from edge.upstream import UpstreamError
 from fleet.config import Service, object_limit
 
@@ -262,7 +262,11 @@ class Engine:
                 detail = head.detail or "not-storable"
                 if head.response is not None and fill.claim_pass():
                     return await self.respond.relay(
-                        request, sink, head.response, outcome._replace(detail=detail)
+                        request,
+                        sink,
+                        head.response,
+                        outcome._replace(detail=detail),
+                        relayed_fields(service, "GET", host, target, request.headers),
                     )
                 # a response not fit to share: this client goes upstream on its own
                 return await self._pass(request, sink, service, host, detail=detail)
@@ -428,7 +432,8 @@ class Engine:
         if invalidate and 200 <= upstream.status < 400:
             await self._invalidate(service, host, target, upstream.headers)
         outcome = Outcome(fwd="request", detail=detail)
-        return await self.respond.relay(request, sink, upstream, outcome)
+        rule_fields = relayed_fields(service, request.method, host, target, request.headers)
+        return await self.respond.relay(request, sink, upstream, outcome, rule_fields)
 
     def _trusted(self, request: RequestHead) -> bool:
         """Whether the peer's forwarding fields are kept (see edge.forwarding)."""

@@ -36,6 +36,7 @@ from edge.cache.rules import (
     retry_after,
     rewrite_request_headers,
     rule_path,
+    stored_fields,
 )
 from edge.forwarding import node_token, request_host
 from edge.front.types import RequestHead, ResponseSink
@@ -202,6 +203,22 @@ class TrafficGate:
         if not token or authorization is None or not authorization.startswith("Bearer "):
             return False
         return hmac.compare_digest(node_token(authorization[7:]), token)
+
+
+def relayed_fields(
+    service: Service, method: str, host: str, target: str, headers: Headers
+) -> Callable[[HeaderPairs], HeaderPairs] | None:
+    """What a relayed (not stored) answer's fields go through: the same response
+    rules as a stored answer's, so a bypassed path gets its headers too; None when
+    the service has no response rules."""
+    traffic = service.traffic
+    if not compiled(traffic).per_response:
+        return None
+
+    def fields(pairs: HeaderPairs) -> HeaderPairs:
+        return stored_fields(traffic, host, target, headers, pairs, method)
+
+    return fields
 
 
 def cache_key_suffix(plan: RequestPlan, headers: Headers) -> str:

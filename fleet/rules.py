@@ -60,6 +60,27 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 #: bounds on what a rule may make a node send, so a fleet file cannot become a vector
 MAX_RESPOND_BODY = 4096
 MAX_HEADER_VALUE = 1024
+#: fields no rule may set or remove: framing and hop-by-hop fields (RFC 9110 7.6.1,
+#: RFC 9112 6), which decide where a message ends and so are ours alone, and the
+#: fields by which tiers route and find loops (Host, Via, CDN-Loop, Cache-Status)
+PROTECTED_FIELDS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "via",
+        "cdn-loop",
+        "cache-status",
+        "age",
+    }
+)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -392,6 +413,8 @@ def _names(t: _Table, key: str) -> tuple[str, ...]:
     for name in names:
         if not _TOKEN.match(name):
             raise t.error(key, f"{name[:40]!r} is not a header name")
+        if name.lower() in PROTECTED_FIELDS:
+            raise t.error(key, f"{name!r} is not a field a rule may change")
     return names
 
 
@@ -403,6 +426,8 @@ def _header_values(t: _Table, key: str) -> tuple[tuple[str, str], ...]:
         table.used.add(name)
         if not _TOKEN.match(name):
             raise t.error(key, f"{name[:40]!r} is not a header name")
+        if name.lower() in PROTECTED_FIELDS:
+            raise t.error(key, f"{name!r} is not a field a rule may change")
         if not isinstance(value, str):
             raise table.error(name, "expected a string")
         if len(value) > MAX_HEADER_VALUE or any(

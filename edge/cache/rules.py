@@ -355,17 +355,21 @@ def _add_stale_windows(
 
 
 def stored_fields(
-    traffic: TrafficRules, host: str, target: str, request_headers: Headers, pairs: HeaderPairs
+    traffic: TrafficRules,
+    host: str,
+    target: str,
+    request_headers: Headers,
+    pairs: HeaderPairs,
+    method: str = "GET",
 ) -> HeaderPairs:
-    """An upstream answer's fields as stored: the response-phase rules applied (the
-    same `pairs` object back when no rule changes anything)."""
+    """An upstream answer's fields as stored (or relayed): the response-phase rules
+    applied (the same `pairs` object back when no rule changes anything)."""
     rules = compiled(traffic)
     if not rules.per_response:
         return pairs
     path, query = rule_path(target)
-    return apply_response_plan(
-        rules.on_response(Request("GET", host, path, query, request_headers)), pairs
-    )
+    plan = rules.on_response(Request(method, host, path, query, request_headers))
+    return apply_response_plan(plan, pairs)
 
 
 def rewrite_request_headers(plan: RequestPlan, pairs: HeaderPairs) -> HeaderPairs:

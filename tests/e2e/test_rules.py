@@ -35,6 +35,10 @@ match = { path_prefix = "/bypass/" }
 bypass_cache = true
 
 [[services.rules]]
+match = { path_prefix = "/bypass/" }
+set_response_headers = { "X-Bypassed" = "yes" }
+
+[[services.rules]]
 match = { path_prefix = "/hdr/" }
 set_response_headers = { "X-Rule" = "on" }
 remove_response_headers = ["X-Secret"]
@@ -131,7 +135,9 @@ async def test_a_bypass_path_always_goes_to_the_origin(rig: Rig) -> None:
     main.route("/cached/x", headers={"Cache-Control": "max-age=300"}, body=b"c")
     async with client_session() as session:
         for _ in range(3):
-            assert (await get(session, rig.edge, "/bypass/x")).status == 200
+            bypassed = await get(session, rig.edge, "/bypass/x")
+            assert bypassed.status == 200
+            assert bypassed.headers.get("X-Bypassed") == "yes"  # relayed answers get rules too
             assert (await get(session, rig.edge, "/cached/x")).status == 200
     assert main.count("/bypass/x") == 3
     assert main.count("/cached/x") == 1

@@ -124,6 +124,16 @@ action = "delay"
         ('[[services.rules]]\nmatch = { path_prefix = "/x" }', "match", "no action"),
         ('[[services.rules]]\nmatch = { path_prefix = "x" }\nttl = 1', "path_prefix", "start"),
         (
+            '[[services.rules]]\nset_response_headers = { "Content-Length" = "1" }',
+            "set_response_headers",
+            "not a field",
+        ),
+        (
+            '[[services.rules]]\nremove_request_headers = ["Host"]',
+            "remove_request_headers",
+            "not a field",
+        ),
+        (
             '[[services.rules]]\nset_response_headers = { "X-A" = "a\\r\\nb" }',
             "X-A",
             "control",
