@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,6 +63,8 @@ CDN_FRESHNESS_FIELDS = frozenset({"cdn-cache-control", "surrogate-control"})
 MAX_BUCKETS = 100_000
 #: (method, path segment) candidate tables a rule index keeps
 MAX_METHOD_TABLES = 1024
+
+_SLASHES = re.compile(r"/{2,}")
 
 Predicate = Callable[[str, str, str, str, Headers], bool]
 
@@ -120,9 +123,14 @@ NO_RESPONSE_PLAN = ResponsePlan()
 
 def rule_path(target: str) -> tuple[str, str]:
     """(path, query) of an origin-form target, the path normalised the way cache keys
-    are (RFC 3986 6.2.2), so "/%61dmin" and "/x/../admin" meet a rule on "/admin"."""
+    are (RFC 3986 6.2.2), so "/%61dmin" and "/x/../admin" meet a rule on "/admin";
+    runs of slashes count as one (as nginx's merge_slashes and many origins do), so
+    "//admin" cannot slip past a rule that an origin merging slashes would serve."""
     path, _, query = target.partition("?")
-    return remove_dot_segments(normalize_path(path)), query
+    path = remove_dot_segments(normalize_path(path))
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    return path, query
 
 
 def cookie_value(headers: Headers, name: str) -> str | None:

@@ -91,8 +91,16 @@ def test_paths_are_normalised_before_matching_so_escapes_do_not_dodge_a_rule() -
     compiled = rules(
         '[[services.rules]]\nmatch = { path_prefix = "/admin" }\nrespond = { status = 403 }'
     )
-    for target in ("/%61dmin", "/x/../admin", "/./admin/y"):
+    for target in ("/%61dmin", "/x/../admin", "/./admin/y", "//admin", "/.//admin"):
         assert compiled.on_request(request(target)).respond is not None, target
+
+
+def test_candidate_tables_per_method_stay_bounded() -> None:
+    compiled = rules('[[services.rules]]\nmatch = { path_prefix = "/a/" }\nbypass_cache = true')
+    for i in range(5000):
+        compiled.on_request(request("/a/x", method=f"M{i}"))
+    assert len(compiled._request._by_method) <= 1024
+    assert compiled.on_request(request("/a/x")).bypass_cache
 
 
 def test_first_match_wins_per_action_kind() -> None:
