@@ -117,7 +117,7 @@ class TrafficGate:
         if found is None:
             return request, NO_REQUEST_PLAN
         host, service, rules = found
-        if request.method == "PURGE":
+        if request.method == "PURGE" and service.traffic.purge_method:
             return await self._purge(request, sink, service)
         if not rules.per_request:
             return request, NO_REQUEST_PLAN
@@ -175,10 +175,9 @@ class TrafficGate:
 
     async def _purge(self, request: RequestHead, sink: ResponseSink, service: Service) -> Outcome:
         """PURGE of one URL on this node (Varnish's habit): off unless the service
-        turns it on, then only from `purge_method_sources` or with the node secret."""
+        turns it on (else PURGE goes on like any other method, as it always did), then
+        only from `purge_method_sources` or with the node secret."""
         node = self.options.node_name
-        if not service.traffic.purge_method:
-            return error_response(sink, 405, "PURGE is not enabled", refused("purge-off"), node)
         allowed = in_networks(request.peer, self._purge_networks[service.name]) or (
             self._holds_node_secret(request.headers.get("Authorization"))
         )

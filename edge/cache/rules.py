@@ -498,29 +498,31 @@ class RateLimiter:
     """
 
     def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
-        self._buckets: dict[tuple[int, str], tuple[float, float]] = {}
+        #: (limit index, client) → (tokens, when counted, the limit's rate and burst)
+        self._buckets: dict[tuple[int, str], tuple[float, float, float, int]] = {}
         self._max = max_buckets
 
     def take(self, limit: RateLimit, client: str, now: float) -> float:
         """Take a token: 0.0 if the request may go now, else the seconds until one is
         there (the token is then not taken; a delayed request takes it again later)."""
         bucket = (limit.index, client)
-        tokens, at = self._buckets.get(bucket, (float(limit.burst), now))
-        tokens = min(float(limit.burst), tokens + max(0.0, now - at) * limit.rate)
+        rate, burst = limit.rate, limit.burst
+        tokens, at, _, _ = self._buckets.get(bucket, (float(burst), now, rate, burst))
+        tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
+        if bucket not in self._buckets and len(self._buckets) >= self._max:
+            self._evict(now)
         if tokens >= 1.0:
-            if len(self._buckets) >= self._max and bucket not in self._buckets:
-                self._evict(now, limit)
-            self._buckets[bucket] = (tokens - 1.0, now)
+            self._buckets[bucket] = (tokens - 1.0, now, rate, burst)
             return 0.0
-        self._buckets[bucket] = (tokens, now)
-        return (1.0 - tokens) / limit.rate
+        self._buckets[bucket] = (tokens, now, rate, burst)
+        return (1.0 - tokens) / rate
 
-    def _evict(self, now: float, limit: RateLimit) -> None:
-        """Drop the buckets that have refilled (or half the table if none has)."""
+    def _evict(self, now: float) -> None:
+        """Drop the buckets that have refilled (or the older half if none has)."""
         full = [
             k
-            for k, (tokens, at) in self._buckets.items()
-            if tokens + (now - at) * limit.rate >= limit.burst
+            for k, (tokens, at, rate, burst) in self._buckets.items()
+            if tokens + (now - at) * rate >= burst
         ]
         for key in full or list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[key]
