@@ -53,6 +53,9 @@ log = logging.getLogger("edgeshield.traffic")
 MAX_DELAY = 5.0
 #: raw Host values remembered per gate (each → its service's compiled rules)
 MAX_HOSTS = 4096
+#: request plans remembered, and the longest target one is remembered for
+MAX_PLANS = 20_000
+MAX_REMEMBERED_TARGET = 1024
 HeaderPairs = tuple[tuple[str, str], ...]
 
 
@@ -62,6 +65,15 @@ class _Route(NamedTuple):
     host: str
     service: Service
     rules: CompiledRules
+
+
+class _Decided(NamedTuple):
+    """A request's plan with what its actions need (path and query for a redirect)."""
+
+    route: _Route | None
+    plan: RequestPlan
+    path: str = ""
+    query: str = ""
 
 
 class TrafficGate:
@@ -91,6 +103,12 @@ class TrafficGate:
             compiled(s.traffic).per_request or s.traffic.purge_method for s in services
         )
         self._by_raw_host: dict[str | None, _Route | None] = {}
+        #: plans remembered by (method, Host, target, the fields matches read): a hot
+        #: hit pays one lookup, not the rules (bounded; emptied when full)
+        self._plans: dict[tuple[str | None, ...], _Decided] = {}
+        self._plan_fields = tuple(
+            sorted({f for s in services for f in compiled(s.traffic).header_fields})
+        )
 
     def _lookup(self, request: RequestHead) -> _Route | None:
         """The request's host, service and rules, remembered per raw Host value (an
@@ -113,19 +131,29 @@ class TrafficGate:
     ) -> Outcome | tuple[RequestHead, RequestPlan]:
         """Answer the request if a rule does (or PURGE, or a rate limit); else the
         request as it goes on (headers rewritten) and its plan."""
-        found = self._lookup(request)
-        if found is None:
+        fields = request.headers
+        memo: tuple[str | None, ...] = (request.method, fields.get("Host"), request.target)
+        if self._plan_fields:
+            memo += tuple(fields.get(f) for f in self._plan_fields)
+        decided = self._plans.get(memo)
+        if decided is None:
+            decided = self._decide(request)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            if len(request.target) <= MAX_REMEMBERED_TARGET:
+                self._plans[memo] = decided
+        plan = decided.plan
+        if plan is NO_REQUEST_PLAN and request.method != "PURGE":
+            return request, plan
+        route = decided.route
+        if route is None:
             return request, NO_REQUEST_PLAN
-        host, service, rules = found
+        host, service, _ = route
         if request.method == "PURGE" and service.traffic.purge_method:
             return await self._purge(request, sink, service)
-        if not rules.per_request:
-            return request, NO_REQUEST_PLAN
-        target = request.target
-        path, query = rule_path(target if target.startswith("/") else origin_form(target))
-        plan = rules.on_request(Request(request.method, host, path, query, request.headers))
         if plan is NO_REQUEST_PLAN:
             return request, plan
+        path, query = decided.path, decided.query
         if plan.rate_limits and not self.options.downstream_is_cdn:
             # counted where clients connect (edges); a shield sees edges, not clients
             limited = await self._rate_limit(request, sink, plan)
@@ -146,6 +174,18 @@ class TrafficGate:
             pairs = rewrite_request_headers(plan, tuple(request.headers.items()))
             request = request._replace(headers=CIMultiDict(pairs))
         return request, plan
+
+    def _decide(self, request: RequestHead) -> _Decided:
+        """The plan of a request not seen before (see `_plans`)."""
+        route = self._lookup(request)
+        if route is None or not route.rules.per_request:
+            return _Decided(route, NO_REQUEST_PLAN)
+        target = request.target
+        path, query = rule_path(target if target.startswith("/") else origin_form(target))
+        plan = route.rules.on_request(
+            Request(request.method, route.host, path, query, request.headers)
+        )
+        return _Decided(route, plan, path, query)
 
     async def _rate_limit(
         self, request: RequestHead, sink: ResponseSink, plan: RequestPlan

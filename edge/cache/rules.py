@@ -253,6 +253,14 @@ class CompiledRules:
         self._limits = tuple((compile_match(lim.match), lim) for lim in traffic.rate_limits)
         self.groups = {g.name: g for g in traffic.origin_groups}
         #: whether anything must be evaluated per request (if not, a hit pays nothing)
+        #: the request fields any match reads (a plan is a function of the method,
+        #: host, target and these fields' values, so it may be remembered by them)
+        self.header_fields = tuple(
+            sorted(
+                {r.match.header.name for r in traffic.rules if r.match.header is not None}
+                | {x.match.header.name for x in traffic.rate_limits if x.match.header is not None}
+            )
+        )
         self.per_request = not self._request.empty or bool(self._limits)
         self.per_response = not self._response.empty
 

@@ -54,6 +54,10 @@ match = { path_prefix = "/admin/", methods = ["GET", "POST"] }
 respond = { status = 403, body = "forbidden by rule" }
 
 [[services.rules]]
+match = { path_prefix = "/ua/", header = { name = "User-Agent", value_regex = "(?i)badbot" } }
+respond = { status = 403, body = "bots not welcome" }
+
+[[services.rules]]
 match = { path_prefix = "/device/" }
 cache_key = { include_headers = ["X-Device"] }
 
@@ -215,6 +219,17 @@ async def test_a_delay_rate_limit_holds_requests_instead_of_refusing(rig: Rig) -
         elapsed = time.monotonic() - start
     assert [r.status for r in replies] == [200, 200, 200]
     assert elapsed >= 0.35, elapsed  # the 2nd and 3rd waited 0.2 s each at 5/s
+
+
+async def test_a_header_condition_is_evaluated_per_request_on_hits(rig: Rig) -> None:
+    rig.route_everywhere("/ua/page", headers={"Cache-Control": "max-age=300"})
+    async with client_session() as session:
+        statuses = []
+        for agent in ("Mozilla/5.0", "BadBot/2", "Mozilla/5.0", "xBADBOTx", "curl/8"):
+            reply = await get(session, rig.edge, "/ua/page", headers={"User-Agent": agent})
+            statuses.append(reply.status)
+    assert statuses == [200, 403, 200, 403, 200]
+    assert rig.count("/ua/page") == 1  # the allowed ones after the first were hits
 
 
 async def test_a_90_10_canary_split_over_1000_requests(rig: Rig) -> None:
