@@ -106,10 +106,12 @@ class Engine:
         plan = NO_REQUEST_PLAN
         if self.traffic.active:
             # traffic rules that depend on the request (edge.traffic), hits included
-            gated = await self.traffic.gate(request, sink)
-            if isinstance(gated, Outcome):
-                return gated
-            request, plan = gated
+            acting = self.traffic.gate(request, sink)
+            if acting is not None:
+                gated = await acting
+                if isinstance(gated, Outcome):
+                    return gated
+                request, plan = gated
         if request.method == "GET" and not body.exists and not plan.bypass_cache:
             hot = self.hot.hit(request, sink)
             if hot is not None:

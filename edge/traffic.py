@@ -14,8 +14,8 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Coroutine
+from typing import Any, NamedTuple
 
 from multidict import CIMultiDict
 
@@ -76,6 +76,25 @@ class _Decided(NamedTuple):
     query: str = ""
 
 
+PlanKey = tuple[str | None, ...]
+
+
+def _plan_key(fields: tuple[str, ...]) -> Callable[[RequestHead], PlanKey]:
+    """How a request's plan is remembered: method, Host, target and the values of
+    `fields` (the ones rule matches read), built without a loop for the usual cases."""
+    if not fields:
+        return lambda r: (r.method, r.headers.get("Host"), r.target)
+    if len(fields) == 1:
+        (field,) = fields
+        return lambda r: (r.method, r.headers.get("Host"), r.target, r.headers.get(field))
+    return lambda r: (r.method, r.headers.get("Host"), r.target, *map(r.headers.get, fields))
+
+
+#: what `TrafficGate.gate` gives when a rule applies: awaited, an answer or the
+#: request as it goes on with its plan
+Acting = Coroutine[Any, Any, "Outcome | tuple[RequestHead, RequestPlan]"]
+
+
 class TrafficGate:
     """The request phase of a node's traffic rules, and the PURGE method."""
 
@@ -105,9 +124,9 @@ class TrafficGate:
         self._by_raw_host: dict[str | None, _Route | None] = {}
         #: plans remembered by (method, Host, target, the fields matches read): a hot
         #: hit pays one lookup, not the rules (bounded; emptied when full)
-        self._plans: dict[tuple[str | None, ...], _Decided] = {}
-        self._plan_fields = tuple(
-            sorted({f for s in services for f in compiled(s.traffic).header_fields})
+        self._plans: dict[PlanKey, _Decided] = {}
+        self._plan_key = _plan_key(
+            tuple(sorted({f for s in services for f in compiled(s.traffic).header_fields}))
         )
 
     def _lookup(self, request: RequestHead) -> _Route | None:
@@ -126,15 +145,12 @@ class TrafficGate:
             self._by_raw_host[raw] = found
         return found
 
-    async def gate(
-        self, request: RequestHead, sink: ResponseSink
-    ) -> Outcome | tuple[RequestHead, RequestPlan]:
-        """Answer the request if a rule does (or PURGE, or a rate limit); else the
-        request as it goes on (headers rewritten) and its plan."""
-        fields = request.headers
-        memo: tuple[str | None, ...] = (request.method, fields.get("Host"), request.target)
-        if self._plan_fields:
-            memo += tuple(fields.get(f) for f in self._plan_fields)
+    def gate(self, request: RequestHead, sink: ResponseSink) -> Acting | None:
+        """None when no rule applies to the request (the usual case, decided from a
+        remembered plan without awaiting anything); else the work that answers it (a
+        rule's answer, PURGE, a rate limit's 429) or gives the request as it goes on
+        (headers rewritten, after a rate limit's delay) and its plan."""
+        memo = self._plan_key(request)
         decided = self._plans.get(memo)
         if decided is None:
             decided = self._decide(request)
@@ -142,9 +158,15 @@ class TrafficGate:
                 self._plans.clear()
             if len(request.target) <= MAX_REMEMBERED_TARGET:
                 self._plans[memo] = decided
+        if decided.plan is NO_REQUEST_PLAN and request.method != "PURGE":
+            return None
+        return self._act(request, sink, decided)
+
+    async def _act(
+        self, request: RequestHead, sink: ResponseSink, decided: _Decided
+    ) -> Outcome | tuple[RequestHead, RequestPlan]:
+        """Carry out a request's plan (see `gate`)."""
         plan = decided.plan
-        if plan is NO_REQUEST_PLAN and request.method != "PURGE":
-            return request, plan
         route = decided.route
         if route is None:
             return request, NO_REQUEST_PLAN
