@@ -5,6 +5,8 @@ Pure: rules come from a fleet file's text, requests are values, time is an argum
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from edge.cache.directives import effective_directives
@@ -26,7 +28,7 @@ from edge.cache.rules import (
     rule_path,
 )
 from fleet.config import parse_fleet
-from fleet.rules import OriginGroup
+from fleet.rules import OriginGroup, parse_duration, parse_rate
 
 BASE = """
 [[services]]
@@ -328,3 +330,36 @@ def test_in_networks() -> None:
     assert in_networks("10.1.2.3", nets) and in_networks("::1", nets)
     assert not in_networks("11.0.0.1", nets) and not in_networks(None, nets)
     assert not in_networks("not-an-ip", nets)
+
+
+@given(st.text(max_size=60))
+def test_durations_and_rates_parse_or_raise_value_error(text: str) -> None:
+    for parse in (parse_duration, parse_rate):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        assert value >= 0
+
+
+@given(
+    st.text(alphabet="/a.%2F6d?&=-_~", max_size=40),
+    st.sampled_from(["GET", "POST", "PURGE", "x"]),
+    st.text(max_size=20),
+)
+def test_the_matcher_answers_any_request_without_raising(
+    target: str, method: str, agent: str
+) -> None:
+    compiled = rules(
+        '[[services.rules]]\nmatch = { path_prefix = "/a/", query_param = "x" }\nttl = 5\n'
+        '[[services.rules]]\nmatch = { path_regex = "%", header = { name = "User-Agent", '
+        'value_regex = "b" } }\nrespond = { status = 403 }\n'
+        '[[services.rules]]\nmatch = { path_prefix = "/a", methods = ["POST"] }\n'
+        "bypass_cache = true\n"
+    )
+    path, query = rule_path("/" + target)
+    assert path.startswith("/") and "//" not in path
+    req = Request(method, "www.example.com", path, query, CIMultiDict({"User-Agent": agent}))
+    plan = compiled.on_request(req)
+    assert plan.bypass_cache == (method == "POST" and path.startswith("/a"))
+    compiled.on_response(req)
