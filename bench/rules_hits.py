@@ -115,7 +115,7 @@ def wrk(port: int, duration: float) -> float:
     raise RuntimeError(f"wrk failed:\n{out}")
 
 
-def engine_hit_us(rules: str, rounds: int = 7, n: int = 20_000) -> tuple[float, float]:
+def engine_hit_us(rules: str, rounds: int = 15, n: int = 10_000) -> tuple[float, float]:
     """Microseconds of `Engine.handle` per hot hit, in process, with no rules and with
     `rules`: the two engines measured in turn, each the best of `rounds` runs of `n`
     hits (so load from elsewhere on the machine counts as little as it can). This is
@@ -218,7 +218,7 @@ def main() -> int:
             f"50 rules / no rules, median of per-round ratios: {statistics.median(ratios):.3f} "
             f"(per round: {', '.join(f'{x:.3f}' for x in ratios)})",
             "",
-            f"In process (`Engine.handle` on a hot hit, best of 7 x 20,000): "
+            f"In process (`Engine.handle` on a hot hit, best of 15 x 10,000): "
             f"{plain_us:.2f} µs without rules, {ruled_us:.2f} µs with 50; the rules add "
             f"{ruled_us - plain_us:.2f} µs, {100 * (ruled_us - plain_us) / plain_us:.1f}% of "
             f"the engine's time and {100 * (ruled_us - plain_us) / per_hit:.1f}% of the "
