@@ -325,7 +325,7 @@ class OriginPool:
     def _group_origins(
         self, method: str, target: str, headers: CIMultiDict[str]
     ) -> Collection[str] | None:
-        """The origins of the request's origin group (edge.traffic); None: all."""
+        """The origins of the request's origin group (edge.cache.rules); None: all."""
         if not self.service.traffic.origin_groups:
             return None
         now = self.clock()
