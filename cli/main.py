@@ -84,6 +84,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "check":
         fleet = _load(args.config)
+        for service in fleet.services:
+            for warning in service.traffic.warnings:
+                print(f"{fleet.source}: warning: {warning}", file=sys.stderr)
         print(
             f"{fleet.source}: ok ({len(fleet.regions)} regions, {len(fleet.services)} services, "
             f"{len(fleet.shields)} shields, {len(fleet.edges)} edges)"

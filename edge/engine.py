@@ -32,6 +32,7 @@ from edge.cache.keys import normalize_target, origin_form, primary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.policy import Action, Decision, RequestKind
 from edge.cache.purge import PurgeRules, PurgeVerdict
+from edge.cache.rules import NO_REQUEST_PLAN, RequestPlan
 from edge.cache.transitions import Error, ServeStale
 from edge.fill import HeadKind
 from edge.filling import Filler, FillJob, header_value, variant_key
@@ -50,6 +51,7 @@ from edge.options import EngineOptions, Upstream
 from edge.outcome import ErrorSource, Outcome, refused
 from edge.responding import EntryGone, Responder, detail_token, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
+from edge.traffic import TrafficGate, cache_key_suffix, keyed_target, relayed_fields
 from edge.upstream import UpstreamError
 from fleet.config import Service, object_limit
 
@@ -99,11 +101,21 @@ class Engine:
         store.on_corrupt = self._corrupt_found
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
+        self.traffic = TrafficGate(services, options, store, rules, clock)
 
     # -- the request path ---------------------------------------------------------------
     async def handle(self, request: RequestHead, body: BodyStream, sink: ResponseSink) -> Outcome:
         """Answer one client request into `sink`; what became of it is the Outcome."""
-        if request.method == "GET" and not body.exists:
+        plan = NO_REQUEST_PLAN
+        if self.traffic.active:
+            # traffic rules that depend on the request (edge.traffic), hits included
+            acting = self.traffic.gate(request, sink)
+            if acting is not None:
+                gated = await acting
+                if isinstance(gated, Outcome):
+                    return gated
+                request, plan = gated
+        if request.method == "GET" and not body.exists and not plan.bypass_cache:
             hot = self.hot.hit(request, sink)
             if hot is not None:
                 return hot
@@ -140,13 +152,13 @@ class Engine:
             # which always pass, are forwarded with framing of our own.
             return refuse(sink, 400, f"a {request.method} request must not have a body", "body")
         kind = policy.classify_request(request.method, request.headers)
-        if kind is not RequestKind.CACHEABLE:
+        if kind is not RequestKind.CACHEABLE or plan.bypass_cache:
             return await self._pass(
                 request, sink, service, host, body=body, invalidate=kind is RequestKind.INVALIDATING
             )
         for _ in range(MAX_RESTARTS):
             try:
-                answer = await self._cacheable(request, sink, service, host)
+                answer = await self._cacheable(request, sink, service, host, plan)
             except EntryGone as gone:
                 # the memory tier pointed at a body file that is gone: look again
                 self.store.forget_cached(gone.key)
@@ -158,16 +170,23 @@ class Engine:
         return await self._pass(request, sink, service, host, detail="restarts")
 
     async def _cacheable(
-        self, request: RequestHead, sink: ResponseSink, service: Service, host: str
+        self,
+        request: RequestHead,
+        sink: ResponseSink,
+        service: Service,
+        host: str,
+        plan: RequestPlan = NO_REQUEST_PLAN,
     ) -> Outcome | _Restart:
         """Look the request up, decide (policy.decide), and serve, revalidate or fill."""
         target = normalize_target(
-            origin_form(request.target),
+            keyed_target(plan, origin_form(request.target)),
             service.cache_key.sort_query,
             service.cache_key.drop_params,
         )
-        key = primary_key(service.name, host, target)
-        self.hot.remember(request.headers.get("Host"), request.target, key)
+        suffix = cache_key_suffix(plan, request.headers)
+        key = primary_key(service.name, host, target) + suffix
+        if not suffix:
+            self.hot.remember(request.headers.get("Host"), request.target, key)
         entry = self.store.peek(key) or await self.store.get(key)
         fwd_missing = "uri-miss"
         if entry is not None and isinstance(entry.meta, VaryIndex):
@@ -263,7 +282,11 @@ class Engine:
                 detail = head.detail or "not-storable"
                 if head.response is not None and fill.claim_pass():
                     return await self.respond.relay(
-                        request, sink, head.response, outcome._replace(detail=detail)
+                        request,
+                        sink,
+                        head.response,
+                        outcome._replace(detail=detail),
+                        relayed_fields(service, "GET", host, target, request.headers),
                     )
                 # a response not fit to share: this client goes upstream on its own
                 return await self._pass(request, sink, service, host, detail=detail)
@@ -439,7 +462,8 @@ class Engine:
         if invalidate and 200 <= upstream.status < 400:
             await self._invalidate(service, host, target, upstream.headers)
         outcome = Outcome(fwd="request", detail=detail)
-        return await self.respond.relay(request, sink, upstream, outcome)
+        rule_fields = relayed_fields(service, request.method, host, target, request.headers)
+        return await self.respond.relay(request, sink, upstream, outcome, rule_fields)
 
     def _trusted(self, request: RequestHead) -> bool:
         """Whether the peer's forwarding fields are kept (see edge.forwarding)."""

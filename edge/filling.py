@@ -25,6 +25,7 @@ from edge.cache.encoding import compression_eligible
 from edge.cache.keys import secondary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.purge import PurgeRules
+from edge.cache.rules import stored_fields
 from edge.cache.transitions import NotModified, ServeWithoutStoring, StoreAndServe, UpstreamFailed
 from edge.compress import DecodeLimit, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
@@ -158,12 +159,16 @@ class Filler:
         self.metrics.upstream_requests.inc()
         response_time = self.clock()
         pairs = policy.upstream_header_pairs(response.header_pairs)
+        # traffic rules that change the answer (TTL, fields) apply before it is stored
+        ruled = stored_fields(service.traffic, job.host, job.target, job.request_headers, pairs)
+        fetched_headers = response.headers if ruled is pairs else CIMultiDict(ruled)
+        pairs = ruled
         limit = self._limits[service.name]
         revalidating = stale is not None and isinstance(stale.meta, ObjectMeta)
         fetched = transitions.after_fetch(
             response.status,
             job.request_headers,
-            response.headers,
+            fetched_headers,
             revalidating=revalidating,
             limit=limit,
             close_delimited=_close_delimited(response),

@@ -18,7 +18,7 @@ from edge.cache.encoding import choose_encoding, is_decodable, varies_on_coding
 from edge.cache.fields import client_header_pairs, stored_date
 from edge.cache.headers import Headers
 from edge.cache.hints import early_hints
-from edge.cache.model import ObjectMeta
+from edge.cache.model import HeaderPairs, ObjectMeta
 from edge.cache.policy import Decision
 from edge.cache.ranges import (
     ByteRange,
@@ -385,9 +385,13 @@ class Responder:
         sink: ResponseSink,
         upstream: UpstreamResponse,
         outcome: Outcome,
+        fields: Callable[[HeaderPairs], HeaderPairs] | None = None,
     ) -> Outcome:
-        """Pass an upstream answer on as it arrives, with our hygiene and trail."""
+        """Pass an upstream answer on as it arrives, with our hygiene and trail;
+        `fields`: what the traffic rules make of its fields (edge.traffic)."""
         pairs = policy.upstream_header_pairs(upstream.header_pairs)
+        if fields is not None:
+            pairs = fields(pairs)
         headers: CIMultiDict[str] = CIMultiDict(
             policy.client_header_pairs(pairs, for_cdn=self.options.downstream_is_cdn)
         )

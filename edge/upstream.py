@@ -20,14 +20,16 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.cache.rules import group_origins
 from edge.forwarding import NODE_TOKEN_HEADER, node_token
 from edge.informational import InformationalClientResponse
 from edge.statelog import StateLog
@@ -296,7 +298,10 @@ class OriginPool:
     _health_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self._origins = [_OriginState(url) for url in self.service.origins]
+        groups = [url for g in self.service.traffic.origin_groups for url in g.origins]
+        self._origins = [
+            _OriginState(url) for url in dict.fromkeys([*self.service.origins, *groups])
+        ]
         limit = self.max_connections or self.service.max_origin_connections
         self._semaphore = asyncio.Semaphore(limit)
 
@@ -305,17 +310,38 @@ class OriginPool:
         """Each origin's state (for metrics and tests)."""
         return self._origins
 
-    def _order(self) -> list[_OriginState]:
+    def _order(self, allowed: Collection[str] | None = None) -> list[_OriginState]:
         now = self.clock()
-        live = [o for o in self._origins if o.available(now)]
+        origins = (
+            self._origins if allowed is None else [o for o in self._origins if o.url in allowed]
+        )
+        live = [o for o in origins if o.available(now)]
         if not live:
             # All ejected: try them anyway, least recently failed first, rather than
             # refuse outright (a full outage answers the same; a recovery is seen).
-            live = sorted(self._origins, key=lambda o: o.ejected_until)
+            live = sorted(origins, key=lambda o: o.ejected_until)
         if self.service.load_balancing == "least_outstanding":
             return sorted(live, key=lambda o: o.outstanding)
         start = next(self._rr) % len(live)
         return live[start:] + live[:start]
+
+    def _group_origins(
+        self, method: str, target: str, headers: CIMultiDict[str]
+    ) -> Collection[str] | None:
+        """The origins of the request's origin group (edge.cache.rules); None: all."""
+        if not self.service.traffic.origin_groups:
+            return None
+        now = self.clock()
+        states = {o.url: o for o in self._origins}
+        return group_origins(
+            self.service.traffic,
+            self.service.origins,
+            method,
+            target,
+            headers,
+            lambda url: states[url].available(now),
+            random.random(),
+        )
 
     def _failed(self, origin: _OriginState) -> None:
         origin.consecutive_failures += 1
@@ -366,7 +392,7 @@ class OriginPool:
         last_error = "no origin configured"
         retryable = method in IDEMPOTENT and body is None
         try:
-            order = self._order()
+            order = self._order(self._group_origins(method, target, headers))
             for position, origin in enumerate(order):
                 origin.outstanding += 1
                 done = _once(_decrement(origin))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet.rules import TrafficRules, parse_traffic
+
 __all__ = [
     "OBJECT_SHARE_OF_CACHE",
     "ConfigError",
@@ -161,6 +163,8 @@ class Service:
     #: RFC 8297: send a 103 with the preload Links of the stored response while the
     #: node goes upstream for it
     early_hints: bool = False
+    #: traffic rules, origin groups, rate limits, the PURGE method (fleet.rules)
+    traffic: TrafficRules = field(default_factory=TrafficRules)
 
 
 #: the share of a node's cache_size one object may take at most (so at least this many
@@ -568,6 +572,9 @@ def _check_network(t: _Table, key: str, network: str) -> None:
         raise t.error(key, f"{network!r} is not a CIDR network") from None
 
 
+_ORIGIN_URL = re.compile(r"^https?://[^/\s]+/?$")
+
+
 def _service(t: _Table) -> Service:
     name = t.text("name", required=True)
     hosts = t.strings("hosts", required=True)
@@ -578,7 +585,7 @@ def _service(t: _Table) -> Service:
     if not origins:
         raise t.error("origins", "must list at least one origin URL")
     for origin in origins:
-        if not re.match(r"^https?://[^/\s]+/?$", origin):
+        if not _ORIGIN_URL.match(origin):
             raise t.error("origins", f"{origin!r} is not an origin URL like http://host:port")
     key_table = t.table("cache_key", f"{t.where} cache_key")
     cache_key = CacheKeyPolicy()
@@ -614,6 +621,7 @@ def _service(t: _Table) -> Service:
         honor_request_cache_control=t.get("honor_request_cache_control", bool, False),
         compress_min_size=t.integer("compress_min_size", 256, minimum=0),
         early_hints=t.get("early_hints", bool, False),
+        traffic=parse_traffic(t, _ORIGIN_URL),
     )
     if service.max_object_size < 1:
         raise t.error("max_object_size", "must be at least 1 byte")
