@@ -17,8 +17,14 @@ from edge.cache.structured import Member, parse_dictionary
 MAX_DELTA_SECONDS = 2**31
 """RFC 9111 1.2.2: a delta-seconds too large to hold is passed on as 2147483648."""
 
-TARGETED_FIELDS = ("cdn-cache-control", "surrogate-control")
-"""Fields addressed to CDNs that this CDN obeys (RFC 9213 2, Edge Architecture 1.0)."""
+OWN_TARGETED_FIELD = "edgeshield-cdn-cache-control"
+"""This CDN's own targeted field (RFC 9213 2: a CDN may define one, as Cloudflare has
+Cloudflare-CDN-Cache-Control): read before all others and never shown to a client;
+the traffic rules' TTL overrides are written in it."""
+
+TARGETED_FIELDS = (OWN_TARGETED_FIELD, "cdn-cache-control", "surrogate-control")
+"""Fields addressed to CDNs that this CDN obeys, in target list order (RFC 9213 2,
+Edge Architecture 1.0)."""
 
 _DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 
@@ -252,14 +258,16 @@ def effective_directives(headers: Headers) -> tuple[CacheControl, str]:
     RFC 9213 2.2: a cache "MUST select the first (in target list order) field with a
     valid, non-empty value ... and it MUST ignore the Cache-Control and Expires
     header fields in that response" — so when the answer is not "cache-control",
-    the caller must also ignore Expires. Our target list is CDN-Cache-Control, then
-    Surrogate-Control (when it carries a directive we read), then Cache-Control.
+    the caller must also ignore Expires. Our target list is Edgeshield-CDN-Cache-Control,
+    then CDN-Cache-Control, then Surrogate-Control (when it carries a directive we
+    read), then Cache-Control.
     """
-    cdn = headers.getall("cdn-cache-control", [])
-    if cdn:
-        parsed = parse_cdn_cache_control(", ".join(cdn))
-        if parsed is not None:
-            return parsed, "cdn-cache-control"
+    for name in TARGETED_FIELDS[:2]:
+        values = headers.getall(name, [])
+        if values:
+            parsed = parse_cdn_cache_control(", ".join(values))
+            if parsed is not None:
+                return parsed, name
     surrogate = headers.getall("surrogate-control", [])
     if surrogate:
         parsed = parse_surrogate_control(", ".join(surrogate))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from edge.cache.directives import TARGETED_FIELDS
 from edge.cache.headers import Headers
 from edge.cache.keys import normalize_path, origin_form, remove_dot_segments
 from fleet.rules import (
@@ -57,7 +58,7 @@ RESPONSE_ACTIONS = (
 #: response fields a TTL override replaces: the ones that say how long this CDN keeps
 #: an answer (RFC 9213 2.2: CDN-Cache-Control is read first and, when present, the
 #: others are ignored by this cache while clients still see Cache-Control)
-CDN_FRESHNESS_FIELDS = frozenset({"cdn-cache-control", "surrogate-control"})
+CDN_FRESHNESS_FIELDS = frozenset(TARGETED_FIELDS)
 #: distinct client keys a rate limit tracks; beyond that, the fullest buckets go first
 MAX_BUCKETS = 100_000
 #: (method, path segment) candidate tables a rule index keeps
@@ -345,8 +346,9 @@ def compiled(traffic: TrafficRules) -> CompiledRules:
 def apply_response_plan(plan: ResponsePlan, pairs: HeaderPairs) -> HeaderPairs:
     """The upstream answer's fields as they are stored, with the plan applied.
 
-    A TTL override becomes a CDN-Cache-Control field (RFC 9213), which this CDN reads
-    before Cache-Control and Expires and never shows a client: the origin's
+    A TTL override becomes an Edgeshield-CDN-Cache-Control field (this CDN's own
+    targeted field, RFC 9213 2), which it reads before every other freshness field and
+    never shows a client: the origin's
     Cache-Control still reaches browsers, only this cache's lifetime changes (as with
     Fastly's beresp.ttl). The stale windows ride along in the same field (RFC 5861).
     """
@@ -367,7 +369,7 @@ def apply_response_plan(plan: ResponsePlan, pairs: HeaderPairs) -> HeaderPairs:
         # this cache reads, kept in its own field when the origin sent none
         out = _add_stale_windows(out, directives)
     elif directives:
-        out.append(("CDN-Cache-Control", ", ".join(directives)))
+        out.append(("Edgeshield-CDN-Cache-Control", ", ".join(directives)))
     out.extend(plan.set_response_headers)
     return tuple(out)
 
@@ -376,7 +378,7 @@ def _add_stale_windows(
     pairs: list[tuple[str, str]], directives: list[str]
 ) -> list[tuple[str, str]]:
     names = {n.lower() for n, _ in pairs}
-    field = next((f for f in ("cdn-cache-control", "cache-control") if f in names), None)
+    field = next((f for f in (*TARGETED_FIELDS[:2], "cache-control") if f in names), None)
     if field is None:
         return pairs
     return [(n, f"{v}, {', '.join(directives)}" if n.lower() == field else v) for n, v in pairs]

@@ -151,6 +151,7 @@ async def test_a_ttl_override_makes_an_uncacheable_answer_cacheable(rig: Rig) ->
     # the override is this CDN's only: clients still see the origin's Cache-Control
     assert second.headers["Cache-Control"] == "no-store"
     assert "CDN-Cache-Control" not in second.headers
+    assert "Edgeshield-CDN-Cache-Control" not in second.headers
 
 
 async def test_a_bypass_path_always_goes_to_the_origin(rig: Rig) -> None:

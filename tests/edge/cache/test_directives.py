@@ -19,6 +19,7 @@ from edge.cache.directives import (
     parse_cdn_cache_control,
     parse_surrogate_control,
 )
+from edge.cache.fields import CLIENT_OMITTED
 from edge.cache.structured import Member, Token, parse_dictionary
 
 
@@ -295,8 +296,30 @@ class TestEffectiveDirectives:
         headers = CIMultiDict({"Cache-Control": "private", "Surrogate-Control": "max-age=60"})
         assert effective_directives(headers) == (CacheControl(max_age=60), "surrogate-control")
 
-    def test_targeted_fields_are_the_two_we_strip_from_client_responses(self) -> None:
-        assert TARGETED_FIELDS == ("cdn-cache-control", "surrogate-control")
+    def test_the_target_list_is_our_own_field_then_the_shared_ones(self) -> None:
+        assert TARGETED_FIELDS == (
+            "edgeshield-cdn-cache-control",
+            "cdn-cache-control",
+            "surrogate-control",
+        )
+
+    def test_our_own_targeted_field_is_obeyed_before_cdn_cache_control(self) -> None:
+        # RFC 9213 2: a CDN may define its own targeted field, read first
+        headers = CIMultiDict(
+            [
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=5"),
+                ("Edgeshield-CDN-Cache-Control", "max-age=600"),
+            ]
+        )
+        assert effective_directives(headers) == (
+            CacheControl(max_age=600),
+            "edgeshield-cdn-cache-control",
+        )
+
+    def test_our_own_field_is_never_sent_to_clients_and_cdn_cache_control_is(self) -> None:
+        assert "edgeshield-cdn-cache-control" in CLIENT_OMITTED
+        assert "cdn-cache-control" not in CLIENT_OMITTED
 
 
 class TestStructuredDictionary:

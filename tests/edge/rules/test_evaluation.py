@@ -134,7 +134,7 @@ def test_a_ttl_override_makes_an_uncacheable_answer_cacheable_for_this_cdn_only(
     stored = apply_response_plan(compiled.on_response(request()), pairs)
     headers = CIMultiDict(stored)
     directives, source = effective_directives(headers)
-    assert source == "cdn-cache-control"
+    assert source == "edgeshield-cdn-cache-control"
     assert directives.max_age == 3600 and not directives.no_store
     assert headers["Cache-Control"] == "no-store"  # what clients still see
     assert "Surrogate-Control" not in headers
