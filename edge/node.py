@@ -32,7 +32,8 @@ from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
 from edge.scrub import scrub_forever
-from edge.store import DiskStore
+from edge.store import DiskStore, io
+from edge.store.disk_index import BYTES_KEY
 from edge.upstream import (
     OriginPool,
     ShieldRing,
@@ -188,7 +189,9 @@ async def _serve(
     store = await DiskStore.open(
         os.path.join(node.cache_dir, "objects"), node.cache_size, memory_bytes=node.memory_size
     )
-    metrics = NodeMetrics(node.name, role.role)
+    metrics = NodeMetrics(
+        node.name, role.role, {host: s.name for s in fleet.services for host in s.hosts}
+    )
     supervisor: WorkerSupervisor | None = None
     rules = PurgeRules(fleet.services)
     if admin and node.workers > 1:
@@ -255,7 +258,7 @@ async def _serve(
         # a worker without the admin listener: rules come from worker 0, which says
         # when the node has caught up on missed purges
         ready = asyncio.Event()
-        follower = loop.create_task(RelayFollower(rules).run(relay, ready))
+        follower = loop.create_task(RelayFollower(rules, metrics.snapshot).run(relay, ready))
         await ready.wait()
     else:
         # catch up on missed purges before serving anything they might cover
@@ -377,8 +380,11 @@ def _admin_app(
         return web.json_response({"node": node.name, "status": "ok"})
 
     async def metrics_view(request: web.Request) -> web.Response:
-        metrics.store_bytes.set(store.size_bytes)
-        return web.Response(body=metrics.render(), content_type="text/plain")
+        # every worker adds to the index's shared byte count; read it, not this
+        # process's last sight of it
+        metrics.store_bytes.set(await io.run(store.index.get, BYTES_KEY, store.size_bytes))
+        others = await supervisor.relay.collect_metrics() if supervisor is not None else []
+        return web.Response(body=metrics.render(others), content_type="text/plain")
 
     app = web.Application(middlewares=[require_secret])
     app.router.add_get("/healthz", healthz)

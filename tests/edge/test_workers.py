@@ -98,7 +98,7 @@ async def test_a_dead_worker_is_dropped_and_reported_and_the_rule_still_applies(
 async def test_a_worker_that_does_not_answer_is_lost_without_holding_the_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("edge.workers.RELAY_TIMEOUT", 0.5)
+    monkeypatch.setattr("edge.relay.RELAY_TIMEOUT", 0.5)
     lost: list[int] = []
     rules = PurgeRules([SITE])
     relay = relay_of(rules, lost)
