@@ -88,7 +88,7 @@ class Engine:
         self.clock = clock
         self._hosts = {host: service for service in services for host in service.hosts}
         #: per service: the largest body stored, or decoded for a client
-        limits = {s.name: object_limit(s, store.max_bytes) for s in services}
+        limits = self._limits = {s.name: object_limit(s, store.max_bytes) for s in services}
         self.filler = Filler(options, store, upstream, rules, metrics, clock, limits)
         self.fills = self.filler.fills
         self.respond = Responder(options, store, metrics, clock, limits)
@@ -96,6 +96,15 @@ class Engine:
         store.on_corrupt = self._corrupt_found
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
+
+    def reconfigure(self, services: tuple[Service, ...]) -> None:
+        """Serve `services` from now on (a reloaded fleet file): their hosts and object
+        limits; the fast lane forgets its routes, so a host no longer served is refused."""
+        self._hosts = {host: service for service in services for host in service.hosts}
+        self._limits.clear()
+        self._limits.update({s.name: object_limit(s, self.store.max_bytes) for s in services})
+        self.hot.forget_routes()
+        self.rules.serve(services)
 
     # -- the request path ---------------------------------------------------------------
     async def handle(self, request: RequestHead, body: BodyStream, sink: ResponseSink) -> Outcome:

@@ -122,6 +122,7 @@ class NodeMetrics:
         self.workers_live = Level()
         self.workers_expected = Level()
         self.worker_restarts = Count()
+        self.reloads = Count()
         self.fill_seconds = Distribution()
         self.hit_seconds = Distribution()
         self.miss_seconds = Distribution()
@@ -250,6 +251,7 @@ class NodeMetrics:
                 "Stored bodies that failed their checksum (each object dropped)",
                 self.store_corrupt,
             ),
+            ("edgeshield_reloads", "Fleet file reloads applied (SIGHUP)", self.reloads),
             (
                 "edgeshield_decode_refused",
                 "Coded bodies not decoded past the object size limit (decompression bombs)",

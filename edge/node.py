@@ -31,6 +31,7 @@ from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
+from edge.reload import apply_reload
 from edge.scrub import scrub_forever
 from edge.store import DiskStore, io
 from edge.store.disk_index import BYTES_KEY
@@ -62,13 +63,30 @@ class TierUpstream:
         workers: int = 1,
     ) -> None:
         self.ring = ring
+        self._session = session
+        self._workers = workers
         # the cap on origin connections is the node's: each worker takes its share
+        self.pools = {service.name: self._pool(service) for service in services}
+
+    def _pool(self, service: Service) -> OriginPool:
+        share = -(-service.max_origin_connections // self._workers)
+        return OriginPool(service, self._session, max_connections=share)
+
+    async def reconfigure(self, services: tuple[Service, ...]) -> None:
+        """Take reloaded services: a changed service gets a new origin pool (requests
+        on the old one finish there), a service gone loses its pool."""
+        old = self.pools
         self.pools = {
-            service.name: OriginPool(
-                service, session, max_connections=-(-service.max_origin_connections // workers)
-            )
-            for service in services
+            s.name: old[s.name] if s.name in old and old[s.name].service == s else self._pool(s)
+            for s in services
         }
+        if not (self.ring is not None and self.ring.shields):
+            for name, pool in self.pools.items():
+                if old.get(name) is not pool:
+                    pool.start()
+        for name, pool in old.items():
+            if self.pools.get(name) is not pool:
+                await pool.stop()
 
     async def fetch(
         self,
@@ -183,6 +201,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
 
     secret = node_secret(fleet)
     state_dir = os.path.join(node.cache_dir, "purge-state")
@@ -289,6 +308,21 @@ async def _serve(
     site = web.SockSite(traffic_runner, _listen_socket(host, port))
     await site.start()
     runners.append(traffic_runner)
+    loaded = [fleet, node]
+
+    async def reload() -> None:
+        if supervisor is not None:
+            supervisor.signal_all(signal.SIGHUP)
+        applied = await apply_reload(loaded, engine, upstream, limits, worker)
+        if applied is not None and worker == 0:
+            metrics.reloads.inc()
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
         + (f", admin on {node.admin_url}" if admin else ""),

@@ -93,6 +93,13 @@ class WorkerSupervisor:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep(n)) for n in self.workers]
 
+    def signal_all(self, signum: int) -> None:
+        """Send `signum` to every running worker (SIGHUP: reload the fleet file)."""
+        for process in list(self._processes.values()):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
     def lost(self, number: int) -> None:
         """A worker failed to take a rule: it must not serve, so kill it (it is
         replaced when its exit is seen)."""
