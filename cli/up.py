@@ -43,9 +43,41 @@ def _print(line: str) -> None:
         sys.stdout.flush()
 
 
-def run_up(config: str | None, state_dir: str | None) -> int:
-    """Run a fleet (or the demo) until SIGINT/SIGTERM; 0 after a clean stop."""
-    return asyncio.run(_up(config, state_dir))
+def run_up(config: str | None, state_dir: str | None, *, keep_state: bool = False) -> int:
+    """Run a fleet (or the demo) until SIGINT/SIGTERM; 0 after a clean stop.
+
+    With a fleet file, the directories the fleet's processes create (caches, the purge
+    log, the .mmdb's directory) and that did not exist before are removed when it
+    stops, unless `keep_state`."""
+    created: list[Path] = []
+    if config is not None and not keep_state:
+        created = _missing_dirs(load_fleet(config))
+    try:
+        return asyncio.run(_up(config, state_dir))
+    finally:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _missing_dirs(fleet: Fleet) -> list[Path]:
+    """The fleet's state directories that do not exist yet, topmost first: `state/`
+    rather than `state/edge1` when `state/` is new too."""
+    wanted = [Path(node.cache_dir) for node in fleet.nodes]
+    if fleet.purge_api is not None:
+        wanted.append(Path(fleet.purge_api.data_dir))
+    if fleet.geo is not None and fleet.geo.mmdb:
+        wanted.append(Path(fleet.geo.mmdb).parent)
+    found: list[Path] = []
+    for path in wanted:
+        path = path.resolve()
+        top = None
+        for parent in [path, *path.parents]:
+            if parent.exists():
+                break
+            top = parent
+        if top is not None and top not in found:
+            found.append(top)
+    return found
 
 
 async def _up(config: str | None, state_dir: str | None) -> int:
@@ -106,8 +138,9 @@ async def _run(config: str | None, state: Path | None, stop: asyncio.Event) -> i
         if demo is not None:
             _print(f"demo purge token: {demo.token}")
             _print(f"demo host: {demo.host} (send it as the Host header to any edge)")
+            _print(f"node secret: {secret} (admin /metrics, /healthz, /v1/cache: Bearer)")
         _print("try:")
-        for line in try_commands(fleet, specs, demo):
+        for line in try_commands(fleet, specs, demo, secret if demo else None):
             _print(f"  {line}")
         _print("Ctrl-C stops the fleet.")
         await stopped

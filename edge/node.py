@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,7 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.inspection import cache_view
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
@@ -45,6 +47,7 @@ from edge.upstream import (
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
 from runtime.auth import bearer_matches
+from runtime.errors import install_repeat_filter
 
 log = logging.getLogger("edgeshield.node")
 
@@ -180,6 +183,7 @@ def _setup_process(node: NodeConfig) -> None:
         format=f"{node.name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_repeat_filter()
     try:
         import uvloop
 
@@ -202,6 +206,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
+    loaded: list[Any] = [fleet, node]  # [fleet, node] as last (re)loaded
 
     secret = node_secret(fleet)
     state_dir = os.path.join(node.cache_dir, "purge-state")
@@ -265,6 +270,7 @@ async def _serve(
     runners: list[web.BaseRunner] = []
     if admin:
         admin_app = _admin_app(node, secret, sync, metrics, store, supervisor)
+        admin_app.router.add_get("/v1/cache", cache_view(lambda: loaded[0].services, store, rules))
         admin_runner = web.AppRunner(
             admin_app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
@@ -308,7 +314,6 @@ async def _serve(
     site = web.SockSite(traffic_runner, _listen_socket(host, port))
     await site.start()
     runners.append(traffic_runner)
-    loaded = [fleet, node]
 
     async def reload() -> None:
         if supervisor is not None:
