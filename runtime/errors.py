@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from urllib.parse import urlsplit
@@ -29,7 +30,10 @@ def describe_client_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, aiohttp.InvalidURL):
         return f"{where} is not a URL this client can use (give http://HOST:PORT)"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        error = exc.os_error
+        # asyncio words its own strerror ("Connect call failed (...)"); the errno's
+        # text is what a person looks up
+        reason = os.strerror(error.errno) if error.errno else str(error) or type(error).__name__
         return f"cannot connect to {exc.host}:{exc.port} ({where}): {reason}"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return f"{where} did not answer in time"
@@ -40,7 +44,7 @@ def describe_client_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return f"{where} sent a broken answer"
     if isinstance(exc, OSError):
-        return f"{where}: {exc.strerror or exc}"
+        return f"{where}: {os.strerror(exc.errno) if exc.errno else exc}"
     text = str(exc).strip()
     return f"{where}: {text or type(exc).__name__}"
 
