@@ -25,6 +25,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+from runtime.version import version
+
 __all__ = ["Count", "Distribution", "Level", "NodeMetrics"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -283,6 +285,11 @@ class NodeMetrics:
         connections.add_metric(values, self.connections_open.value)
         yield connections
         yield from self._availability(labels, values)
+        info = GaugeMetricFamily(
+            "edgeshield_build_info", "The running version", labels=[*labels, "version"]
+        )
+        info.add_metric([*values, version()], 1.0)
+        yield info
         fills = HistogramMetricFamily(
             "edgeshield_fill_seconds", "Time from fill start to its end", labels=labels
         )
