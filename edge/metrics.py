@@ -100,6 +100,7 @@ class NodeMetrics:
         self._services = dict(hosts or {})
         #: answers by (service, status class "2xx"...), the service "-" if unknown
         self.responses: dict[tuple[str, str], float] = {}
+        self._answer_keys: dict[tuple[str | None, int], tuple[str, str]] = {}
         self.hits = Count()
         self.misses = Count()
         self.passes = Count()
@@ -133,11 +134,20 @@ class NodeMetrics:
 
     def responded(self, host: str | None, status: int) -> None:
         """Count one answer by its service (from the Host field) and status class."""
+        key = self._answer_keys.get((host, status))
+        if key is None:
+            key = self._answer_key(host, status)
+        self.responses[key] = self.responses.get(key, 0.0) + 1.0
+
+    def _answer_key(self, host: str | None, status: int) -> tuple[str, str]:
         service = self._services.get(host or "")
         if service is None and host:
             service = self._services.get(host.rpartition(":")[0].lower() or host.lower())
         key = (service or UNKNOWN_SERVICE, _STATUS_CLASSES.get(status // 100, "other"))
-        self.responses[key] = self.responses.get(key, 0.0) + 1.0
+        if host in self._services and len(self._answer_keys) < 1024:
+            # remembered for configured hosts only, so clients cannot grow it
+            self._answer_keys[(host, status)] = key
+        return key
 
     def snapshot(self) -> dict[str, Any]:
         """This process's values as plain JSON data, for worker 0 to add up."""
