@@ -331,3 +331,30 @@ def test_up_with_a_bad_fleet_file_names_the_mistake_and_starts_nothing(tmp_path:
         done.stderr
     )
     assert "started" not in done.stdout
+
+
+def test_up_with_a_fleet_file_removes_the_directories_it_created(
+    tmp_path: Path, up_processes: list[UpProcess]
+) -> None:
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        '[[regions]]\nname = "eu"\nlatitude = 50.1\nlongitude = 8.7\n\n'
+        '[[services]]\nname = "www"\nhosts = ["www.example.com"]\n'
+        'origins = ["http://127.0.0.1:9"]\n\n'
+        f'[[edges]]\nname = "edge1"\nregion = "eu"\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'admin_listen = "127.0.0.1:{free_port()}"\n'
+        f'cache_dir = "{tmp_path / "state" / "edge1"}"\ncache_size = "16MiB"\n\n'
+        f'[purge_api]\nlisten = "127.0.0.1:{free_port()}"\ndata_dir = "{kept / "purge"}"\n',
+        encoding="utf-8",
+    )
+    up = UpProcess("--config", str(config))
+    up_processes.append(up)
+    up.wait_for(lambda line: line.startswith("Ctrl-C"))
+    assert (tmp_path / "state" / "edge1").is_dir() and (kept / "purge").is_dir()
+    up.proc.send_signal(signal.SIGINT)
+    assert up.finish() == 0
+    # state/ did not exist before: gone; existing/ did: kept, without what up made
+    assert not (tmp_path / "state").exists()
+    assert kept.is_dir() and not (kept / "purge").exists()
