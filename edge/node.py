@@ -33,7 +33,7 @@ from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
-from edge.reload import apply_reload
+from edge.reload import on_hangup
 from edge.scrub import scrub_forever
 from edge.store import DiskStore, io
 from edge.store.disk_index import BYTES_KEY
@@ -205,7 +205,6 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
     loaded: list[Any] = [fleet, node]  # [fleet, node] as last (re)loaded
 
     secret = node_secret(fleet)
@@ -315,19 +314,10 @@ async def _serve(
     await site.start()
     runners.append(traffic_runner)
 
-    async def reload() -> None:
-        if supervisor is not None:
-            supervisor.signal_all(signal.SIGHUP)
-        applied = await apply_reload(loaded, engine, upstream, limits, worker)
-        if applied is not None and worker == 0:
-            metrics.reloads.inc()
-
-    def on_hangup() -> None:
-        task = loop.create_task(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads),
+    )
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
         + (f", admin on {node.admin_url}" if admin else ""),

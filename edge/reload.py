@@ -13,15 +13,20 @@ Worker 0 passes SIGHUP on to its other workers; each process reloads by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge.engine import Engine
 from edge.limits import ConnectionLimits
+from edge.metrics import Count
+from edge.workers import WorkerSupervisor
 from fleet.config import ConfigError, Fleet, NodeConfig, Service, load_fleet
 
-__all__ = ["RESTART_KEYS", "ReloadPlan", "apply_reload", "plan_reload"]
+__all__ = ["RESTART_KEYS", "ReloadPlan", "apply_reload", "on_hangup", "plan_reload"]
 
 log = logging.getLogger("edgeshield.reload")
 
@@ -112,3 +117,30 @@ async def apply_reload(
             later if plan.at_restart else "",
         )
     return plan.fleet
+
+
+def on_hangup(
+    loaded: list[Any],
+    engine: Engine,
+    upstream: _Reconfigurable,
+    limits: ConnectionLimits,
+    worker: int,
+    supervisor: WorkerSupervisor | None,
+    applied: Count,
+) -> Callable[[], None]:
+    """The SIGHUP handler of a node's process: pass the signal on to the other
+    workers (worker 0), reload in the background, count what worker 0 applied."""
+    running: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        if supervisor is not None:
+            supervisor.signal_all(signal.SIGHUP)
+        if await apply_reload(loaded, engine, upstream, limits, worker) is not None and not worker:
+            applied.inc()
+
+    def handler() -> None:
+        task = asyncio.get_running_loop().create_task(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    return handler
