@@ -113,6 +113,12 @@ async def test_status_json_shows_every_node_with_role_region_and_version(
     await eventually(counted, "edge1's hits on /status.json", timeout=30)
     nodes = {n["name"]: n for n in (await status_json(fleet))["nodes"]}
     assert nodes["shield1"]["role"] == "shield" and nodes["edge2"]["role"] == "edge"
+    # the page reads whole without its script: rendered on the server
+    async with aiohttp.ClientSession() as session, session.get(fleet.api_url + "/status") as page:
+        assert page.status == 200 and page.content_type == "text/html"
+        text = await page.text()
+    for name in fleet.node_names:
+        assert f'<tr data-node="{name}" class="ok">' in text
     assert nodes["edge2"]["region"] == "us"
     assert all(n["version"] for n in nodes.values())
 
