@@ -7,6 +7,7 @@ the key, so `ConfigError` carries all three and the CLI prints it and exits non-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -610,22 +611,46 @@ def _security(t: _Table) -> SecurityConfig:
     return security
 
 
+class _Problems:
+    """The mistakes of one table, gathered so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def read(self, value: Callable[[], T]) -> T | None:
+        """`value()`, or None with its mistake kept."""
+        try:
+            return value()
+        except ConfigError as exc:
+            self.found.extend(exc.errors)
+            return None
+
+    def add(self, error: ConfigError) -> None:
+        """Keep a mistake found by a check of values read."""
+        self.found.append(error)
+
+    def raise_any(self) -> None:
+        """Raise what was found, if anything."""
+        if self.found:
+            raise ConfigErrors(self.found) if len(self.found) > 1 else self.found[0]
+
+
 def _region(t: _Table) -> Region:
     name = t.text("name", required=True)
-    latitude = t.number("latitude", float("nan"))
-    longitude = t.number("longitude", float("nan"))
-    if "latitude" not in t.data:
-        raise t.error("latitude", "is required")
-    if "longitude" not in t.data:
-        raise t.error("longitude", "is required")
-    if not -90 <= latitude <= 90:
-        raise t.error("latitude", "must be between -90 and 90")
-    if not -180 <= longitude <= 180:
-        raise t.error("longitude", "must be between -180 and 180")
-    networks = t.strings("client_networks")
+    problems = _Problems()
+    latitude = problems.read(lambda: t.number("latitude", float("nan")))
+    longitude = problems.read(lambda: t.number("longitude", float("nan")))
+    for key, value, bound in (("latitude", latitude, 90), ("longitude", longitude, 180)):
+        if key not in t.data:
+            problems.add(t.error(key, "is required"))
+        elif value is not None and not -bound <= value <= bound:
+            problems.add(t.error(key, f"must be between -{bound} and {bound}"))
+    networks = problems.read(lambda: t.strings("client_networks")) or ()
     for network in networks:
-        _check_network(t, "client_networks", network)
-    t.reject_unknown()
+        problems.read(functools.partial(_check_network, t, "client_networks", network))
+    problems.read(t.reject_unknown)
+    problems.raise_any()
+    assert latitude is not None and longitude is not None
     return Region(name, latitude, longitude, networks)
 
 
@@ -698,41 +723,54 @@ N = TypeVar("N", ShieldConfig, EdgeConfig)
 
 def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
     name = t.text("name", required=True)
+    problems = _Problems()
+    read = problems.read
     kwargs: dict[str, Any] = dict(
         name=name,
-        region=t.text("region", required=True),
-        listen=t.address("listen", required=True),
-        admin_listen=t.address("admin_listen", required=True),
-        cache_dir=t.text("cache_dir", required=True),
-        cache_size=t.size("cache_size", 0, required=True),
-        memory_size=t.size("memory_size", 64 * 1024**2),
-        workers=t.integer("workers", 1, minimum=1),
-        max_connections=t.integer("max_connections", 4096, minimum=1),
-        head_timeout=t.number("head_timeout", 10.0, minimum=0.1),
-        keepalive_timeout=t.number("keepalive_timeout", 20.0, minimum=0.1),
-        scrub_rate=t.size("scrub_rate", 8 * 1024**2),
+        region=read(lambda: t.text("region", required=True)),
+        listen=read(lambda: t.address("listen", required=True)),
+        admin_listen=read(lambda: t.address("admin_listen", required=True)),
+        cache_dir=read(lambda: t.text("cache_dir", required=True)),
+        cache_size=read(lambda: t.size("cache_size", 0, required=True)),
+        memory_size=read(lambda: t.size("memory_size", 64 * 1024**2)),
+        workers=read(lambda: t.integer("workers", 1, minimum=1)),
+        max_connections=read(lambda: t.integer("max_connections", 4096, minimum=1)),
+        head_timeout=read(lambda: t.number("head_timeout", 10.0, minimum=0.1)),
+        keepalive_timeout=read(lambda: t.number("keepalive_timeout", 20.0, minimum=0.1)),
+        scrub_rate=read(lambda: t.size("scrub_rate", 8 * 1024**2)),
     )
-    if kwargs["cache_size"] < 1024 * 1024:
-        raise t.error("cache_size", "must be at least 1MiB")
-    if kwargs["max_connections"] < kwargs["workers"]:
-        raise t.error("max_connections", "must be at least workers (each worker takes a share)")
+    if kwargs["cache_size"] is not None and kwargs["cache_size"] < 1024 * 1024:
+        problems.add(t.error("cache_size", "must be at least 1MiB"))
+    connections, workers = kwargs["max_connections"], kwargs["workers"]
+    if connections is not None and workers is not None and connections < workers:
+        problems.add(
+            t.error("max_connections", "must be at least workers (each worker takes a share)")
+        )
     for key in ("head_timeout", "keepalive_timeout"):
-        if not math.isfinite(kwargs[key]):
-            raise t.error(key, "must be a finite number of seconds")
+        if kwargs[key] is not None and not math.isfinite(kwargs[key]):
+            problems.add(t.error(key, "must be a finite number of seconds"))
     if role == "edge":
-        default_public = split_host_port(kwargs["listen"])[0]
-        if "public_address" not in t.data and not _is_ip(default_public):
-            raise t.error(
-                "listen",
-                f"{default_public!r} is not an IP address, and GeoDNS answers with one: "
-                'listen on an address, or set public_address = "IP"',
-            )
-        public = t.text("public_address", default_public)
-        if not _is_ip(public):
-            raise t.error("public_address", f"{public!r} is not an IP address")
-        kwargs["public_address"] = public
-    t.reject_unknown()
+        t.used.add("public_address")
+        if kwargs["listen"] is not None:
+            kwargs["public_address"] = read(lambda: _public_address(t, kwargs["listen"]))
+    read(t.reject_unknown)
+    problems.raise_any()
     return cls(**kwargs)
+
+
+def _public_address(t: _Table, listen: str) -> str:
+    """What GeoDNS answers for an edge: `public_address`, else the host of `listen`."""
+    default_public = split_host_port(listen)[0]
+    if "public_address" not in t.data and not _is_ip(default_public):
+        raise t.error(
+            "listen",
+            f"{default_public!r} is not an IP address, and GeoDNS answers with one: "
+            'listen on an address, or set public_address = "IP"',
+        )
+    public = t.text("public_address", default_public)
+    if not _is_ip(public):
+        raise t.error("public_address", f"{public!r} is not an IP address")
+    return public
 
 
 def _is_ip(text: str) -> bool:

@@ -119,3 +119,20 @@ def test_check_prints_every_error_one_per_line(tmp_path: Path) -> None:
     assert lines[1].startswith(f"edgeshield: {path}: [[regions]] #1 ('eu') key 'latitude'")
     assert lines[2].startswith(f"edgeshield: {path}: [[edges]] #1 ('edge1') key 'cache_size'")
     assert "Traceback" not in done.stderr
+
+
+def test_every_mistake_of_one_table_is_reported() -> None:
+    text = VALID.replace(
+        "cache_size = 536870912",
+        'cache_size = "512M"\nworkers = 0\nhead_timeout = "soon"\ncolour = 1',
+    ).replace("latitude = 50.1\nlongitude = 8.7", "latitude = 95")
+    found = errors_of(text)
+    edge = [e for e in found if "[[edges]] #1 ('edge1')" in e]
+    assert [e.split(" key ")[1].split(":")[0] for e in edge] == [
+        "'cache_size'",
+        "'workers'",
+        "'head_timeout'",
+        "'colour'",
+    ]
+    region = [e for e in found if "[[regions]] #1 ('eu')" in e]
+    assert len(region) == 2  # latitude out of range, longitude missing
