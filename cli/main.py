@@ -122,14 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     purge.add_argument(
-        "--api", required=True, help="the purge API's base URL, e.g. http://127.0.0.1:9300"
+        "--api",
+        required=True,
+        metavar="URL",
+        help="the purge API's base URL, e.g. http://127.0.0.1:9300",
     )
-    purge.add_argument("--service", required=True, help="the service's name in fleet.toml")
+    purge.add_argument(
+        "--service", required=True, metavar="NAME", help="the service's name in fleet.toml"
+    )
     purge.add_argument(
         "--url",
         action="append",
         default=[],
         dest="urls",
+        metavar="URL",
         help="a URL to purge: absolute (https://host/path) or a path on every host of the "
         "service; repeatable",
     )
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         dest="prefixes",
+        metavar="PREFIX",
         help="purge every URL under this prefix (absolute or a path); repeatable",
     )
     purge.add_argument(
@@ -145,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         dest="tags",
+        metavar="TAG",
         help="purge every object the origin tagged so (its Surrogate-Key); repeatable",
     )
     purge.add_argument(
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument(
         "--idempotency-key",
+        metavar="KEY",
         help="the same key again returns the first purge, never a second (default: a new one)",
     )
 
