@@ -3,17 +3,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# the demo's state (fleet file, caches, logs, env.sh), kept between runs
+DEMO_STATE ?= demo-state
 
-.PHONY: run test lint typecheck unit system-packages bench chaos fuzz clean
+.PHONY: run test lint typecheck unit system-packages bench chaos fuzz dist clean
 
-$(STAMP): pyproject.toml
+# the package alone: enough to run the demo
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+# the package and the dev tools (tests, linters, the browser driver)
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/edgeshield up
+run: $(RUN_STAMP)
+	$(BIN)/edgeshield up --state-dir $(DEMO_STATE)
+
+# a wheel in dist/ to install anywhere: pip install dist/edgeshield-*.whl
+dist: $(RUN_STAMP)
+	rm -rf dist build
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	@ls dist/*.whl
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,4 +58,4 @@ fuzz: $(STAMP)
 	EDGESHIELD_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),5000) $(BIN)/pytest -q tests/security/test_fuzz.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist build $(DEMO_STATE)

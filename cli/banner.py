@@ -42,8 +42,11 @@ def format_table(specs: Sequence[NodeSpec], pids: Mapping[str, int]) -> list[str
     ]
 
 
-def try_commands(fleet: Fleet, specs: Sequence[NodeSpec], demo: DemoInfo | None) -> list[str]:
-    """A few commands to try against the running fleet."""
+def try_commands(
+    fleet: Fleet, specs: Sequence[NodeSpec], demo: DemoInfo | None, secret: str | None = None
+) -> list[str]:
+    """A few commands to try against the running fleet (`secret`: the node secret,
+    shown for the demo only, whose secret is made up for the run)."""
     lines: list[str] = []
     host = demo.host if demo else (fleet.services[0].hosts[0] if fleet.services else "")
     path = "/pages/home" if demo else "/"
@@ -64,6 +67,19 @@ def try_commands(fleet: Fleet, specs: Sequence[NodeSpec], demo: DemoInfo | None)
             f"EDGESHIELD_TOKEN={token} {_edgeshield_command()} purge "
             f"--api {fleet.purge_api.url} --service {service} {target} --wait 5"
         )
+    if fleet.edges:
+        auth = (
+            shlex.quote(f"Authorization: Bearer {secret}")
+            if secret
+            else (f'"Authorization: Bearer ${fleet.security.node_secret_env}"')
+        )
+        admin = fleet.edges[0].admin_url
+        lines.append(f"curl -s -H {auth} {admin}/metrics | grep edgeshield_requests")
+        if host:
+            lines.append(f"curl -s -H {auth} '{admin}/v1/cache?url=http://{host}{path}'")
+    if fleet.purge_api is not None:
+        status = f"{fleet.purge_api.url}/status"
+        lines.append(f"curl -s {status}.json    # the data of the status page, {status}")
     if fleet.geo is not None:
         dns_host, dns_port = split_host_port(fleet.geo.dns_listen)
         name = f"{fleet.services[0].name}.{fleet.geo.zone}" if fleet.services else fleet.geo.zone

@@ -20,12 +20,15 @@ from typing import Any, BinaryIO
 import aiohttp
 
 from cli.plan import HealthCheck, NodeSpec
+from runtime.errors import exit_status
 from runtime.process import die_with_parent_hook
 
 __all__ = ["STARTUP_TIMEOUT", "STOP_GRACE", "Supervisor", "Write"]
 
 STARTUP_TIMEOUT = 60.0  # seconds for one node to become healthy
 STARTUP_ATTEMPTS = 3  # exits before first health after which `up` gives up
+#: a child's exit status for "cannot start as configured" (cli.main's), never retried
+EXIT_CANNOT_START = 2
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -134,10 +137,17 @@ class Supervisor:
                 return
             if time.monotonic() - began > STABLE_AFTER:
                 backoff = BACKOFF_FIRST
-            if not node.ever_healthy and node.starts >= STARTUP_ATTEMPTS:
-                node.gave_up = f"exited with status {code} {node.starts} times while starting"
+            if code == EXIT_CANNOT_START:
+                # a bad file or a taken port does not mend itself: no restarts
+                node.gave_up = "cannot start as configured (its message is above)"
                 return
-            self.say(f"{node.spec.name} exited with status {code}; restarting in {backoff:g}s")
+            if not node.ever_healthy and node.starts >= STARTUP_ATTEMPTS:
+                node.gave_up = (
+                    f"{exit_status(code)} on the last of {node.starts} starts "
+                    "(its messages are above)"
+                )
+                return
+            self.say(f"{node.spec.name} {exit_status(code)}; restarting in {backoff:g}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)

@@ -12,6 +12,7 @@ Lines that scripts may rely on (everything `up` itself says starts "edgeshield: 
   edgeshield: fleet file PATH
   edgeshield: started NODE pid PID        (every start, restarts included)
   edgeshield: ready                       (then the table of nodes and commands)
+  edgeshield: shell variables in PATH     (with a state directory: `. PATH` to use them)
   edgeshield: stopped                     (the last line, after every child is gone)
 """
 
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -43,9 +45,41 @@ def _print(line: str) -> None:
         sys.stdout.flush()
 
 
-def run_up(config: str | None, state_dir: str | None) -> int:
-    """Run a fleet (or the demo) until SIGINT/SIGTERM; 0 after a clean stop."""
-    return asyncio.run(_up(config, state_dir))
+def run_up(config: str | None, state_dir: str | None, *, keep_state: bool = False) -> int:
+    """Run a fleet (or the demo) until SIGINT/SIGTERM; 0 after a clean stop.
+
+    With a fleet file, the directories the fleet's processes create (caches, the purge
+    log, the .mmdb's directory) and that did not exist before are removed when it
+    stops, unless `keep_state`."""
+    created: list[Path] = []
+    if config is not None and not keep_state:
+        created = _missing_dirs(load_fleet(config))
+    try:
+        return asyncio.run(_up(config, state_dir))
+    finally:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _missing_dirs(fleet: Fleet) -> list[Path]:
+    """The fleet's state directories that do not exist yet, topmost first: `state/`
+    rather than `state/edge1` when `state/` is new too."""
+    wanted = [Path(node.cache_dir) for node in fleet.nodes]
+    if fleet.purge_api is not None:
+        wanted.append(Path(fleet.purge_api.data_dir))
+    if fleet.geo is not None and fleet.geo.mmdb:
+        wanted.append(Path(fleet.geo.mmdb).parent)
+    found: list[Path] = []
+    for path in wanted:
+        path = path.resolve()
+        top = None
+        for parent in [path, *path.parents]:
+            if parent.exists():
+                break
+            top = parent
+        if top is not None and top not in found:
+            found.append(top)
+    return found
 
 
 async def _up(config: str | None, state_dir: str | None) -> int:
@@ -106,8 +140,12 @@ async def _run(config: str | None, state: Path | None, stop: asyncio.Event) -> i
         if demo is not None:
             _print(f"demo purge token: {demo.token}")
             _print(f"demo host: {demo.host} (send it as the Host header to any edge)")
+            _print(f"node secret: {secret} (admin /metrics, /healthz, /v1/cache: Bearer)")
+        if state is not None:
+            env_file = _write_env(state, fleet, config_path, secret, demo)
+            _print(f"edgeshield: shell variables in {env_file}")
         _print("try:")
-        for line in try_commands(fleet, specs, demo):
+        for line in try_commands(fleet, specs, demo, secret if demo else None):
             _print(f"  {line}")
         _print("Ctrl-C stops the fleet.")
         await stopped
@@ -116,6 +154,38 @@ async def _run(config: str | None, state: Path | None, stop: asyncio.Event) -> i
     await supervisor.stop()
     _print("edgeshield: stopped")
     return 0
+
+
+def _write_env(
+    state: Path, fleet: Fleet, config_path: Path, secret: str, demo: DemoInfo | None
+) -> Path:
+    """`STATE/env.sh`: the fleet's addresses (and the demo's token and the node
+    secret) as shell variables, so documented commands run as written after
+    `. STATE/env.sh`. Readable by its owner only: it holds secrets."""
+    values = {"FLEET": str(config_path), fleet.security.node_secret_env: secret}
+    if fleet.edges:
+        values |= {"EDGE": fleet.edges[0].url, "EDGE_ADMIN": fleet.edges[0].admin_url}
+    if fleet.shields:
+        values["SHIELD_ADMIN"] = fleet.shields[0].admin_url
+    if fleet.services:
+        values |= {"SERVICE": fleet.services[0].name, "CDN_HOST": fleet.services[0].hosts[0]}
+    if fleet.purge_api is not None:
+        values["API"] = fleet.purge_api.url
+    if fleet.geo is not None:
+        values["GEO_DNS_PORT"] = fleet.geo.dns_listen.rpartition(":")[2]
+        values["GEO_HTTP"] = f"http://{fleet.geo.http_listen}"
+        values["ZONE"] = fleet.geo.zone
+    if demo is not None:
+        values |= {"EDGESHIELD_TOKEN": demo.token, "ORIGIN": demo.origin_url}
+    path = state / "env.sh"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(
+        "# written by `edgeshield up`: the running fleet's addresses; `. THIS_FILE`\n"
+        + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items()),
+        encoding="utf-8",
+    )
+    return path
 
 
 async def _build_mmdb(fleet: Fleet, config_path: str, env: Mapping[str, str]) -> bool:

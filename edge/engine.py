@@ -92,7 +92,7 @@ class Engine:
         self.clock = clock
         self._hosts = {host: service for service in services for host in service.hosts}
         #: per service: the largest body stored, or decoded for a client
-        limits = {s.name: object_limit(s, store.max_bytes) for s in services}
+        limits = self._limits = {s.name: object_limit(s, store.max_bytes) for s in services}
         self.filler = Filler(options, store, upstream, rules, metrics, clock, limits)
         self.fills = self.filler.fills
         self.respond = Responder(options, store, metrics, clock, limits)
@@ -102,6 +102,19 @@ class Engine:
         self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
         self.traffic = TrafficGate(services, options, store, rules, clock)
+
+    def reconfigure(self, services: tuple[Service, ...]) -> None:
+        """Serve `services` from now on (a reloaded fleet file): their hosts and object
+        limits and traffic rules (the rate limits keep their buckets); the fast lane
+        forgets its routes, so a host no longer served is refused."""
+        self._hosts = {host: service for service in services for host in service.hosts}
+        limiter = self.traffic.limiter
+        self.traffic = TrafficGate(services, self.options, self.store, self.rules, self.clock)
+        self.traffic.limiter = limiter
+        self._limits.clear()
+        self._limits.update({s.name: object_limit(s, self.store.max_bytes) for s in services})
+        self.hot.forget_routes()
+        self.rules.serve(services)
 
     # -- the request path ---------------------------------------------------------------
     async def handle(self, request: RequestHead, body: BodyStream, sink: ResponseSink) -> Outcome:

@@ -75,6 +75,10 @@ class HotLane:
             self._routes.clear()
         self._routes[(host, raw_target)] = _Route(key)
 
+    def forget_routes(self) -> None:
+        """Drop every (Host, target) route (the services changed)."""
+        self._routes.clear()
+
     def forget(self, key: str) -> None:
         """Drop the prepared answers of `key` (its stored body was found corrupt)."""
         self._prepared = {k: v for k, v in self._prepared.items() if k[0] != key}

@@ -4,12 +4,18 @@ The request path only adds to a Python float (no lock, no label lookup): a node
 process is single-threaded on its event loop, so prometheus_client's locked values
 would cost a hit about a microsecond each for nothing. A collector turns the numbers
 into Prometheus metric families when `/metrics` is scraped.
+
+A node with several worker processes is one node to Prometheus: on a scrape, worker
+0 asks every other worker for its `snapshot()` (over the relay, see edge.relay) and
+renders the sum (`render(others)`). The request path pays nothing for it (no shared
+memory, no file per counter as prometheus_client's multiprocess mode keeps).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,7 +25,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-__all__ = ["Count", "Distribution", "NodeMetrics"]
+from runtime.version import version
+
+__all__ = ["Count", "Distribution", "Level", "NodeMetrics"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -75,12 +83,24 @@ class Distribution:
         return buckets
 
 
-class NodeMetrics:
-    """Counters of one node: requests by outcome, bytes, fills, upstream traffic."""
+#: The label of answers to a Host that no service serves.
+UNKNOWN_SERVICE = "-"
 
-    def __init__(self, node: str, role: str) -> None:
+
+class NodeMetrics:
+    """Counters of one node: requests by outcome, bytes, fills, upstream traffic.
+
+    `hosts` maps each Host the fleet serves to its service, so that answers are
+    counted by service and status class with bounded labels whatever a client sends.
+    """
+
+    def __init__(self, node: str, role: str, hosts: Mapping[str, str] | None = None) -> None:
         self.node = node
         self.role = role
+        self._services = dict(hosts or {})
+        #: answers by (service, status class "2xx"...), the service "-" if unknown
+        self.responses: dict[tuple[str, str], float] = {}
+        self._answer_keys: dict[tuple[str | None, int], tuple[str, str]] = {}
         self.hits = Count()
         self.misses = Count()
         self.passes = Count()
@@ -105,11 +125,71 @@ class NodeMetrics:
         self.workers_live = Level()
         self.workers_expected = Level()
         self.worker_restarts = Count()
+        self.reloads = Count()
         self.fill_seconds = Distribution()
         self.hit_seconds = Distribution()
         self.miss_seconds = Distribution()
         self.registry = CollectorRegistry()
         self.registry.register(self)  # type: ignore[arg-type]
+
+    def responded(self, host: str | None, status: int) -> None:
+        """Count one answer by its service (from the Host field) and status class."""
+        key = self._answer_keys.get((host, status))
+        if key is None:
+            key = self._answer_key(host, status)
+        self.responses[key] = self.responses.get(key, 0.0) + 1.0
+
+    def _answer_key(self, host: str | None, status: int) -> tuple[str, str]:
+        service = self._services.get(host or "")
+        if service is None and host:
+            service = self._services.get(host.rpartition(":")[0].lower() or host.lower())
+        key = (service or UNKNOWN_SERVICE, _STATUS_CLASSES.get(status // 100, "other"))
+        if host in self._services and len(self._answer_keys) < 1024:
+            # remembered for configured hosts only, so clients cannot grow it
+            self._answer_keys[(host, status)] = key
+        return key
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's values as plain JSON data, for worker 0 to add up."""
+        values: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Count | Level):
+                values[name] = value.value
+            elif isinstance(value, Distribution):
+                values[name] = {"counts": list(value.counts), "total": value.total}
+        values["responses"] = [[s, c, n] for (s, c), n in self.responses.items()]
+        return values
+
+    def add(self, snapshot: Mapping[str, Any]) -> None:
+        """Add another process's `snapshot()` to these values (unknown names are
+        ignored, so workers of a different version cannot break a scrape)."""
+        for name, value in snapshot.items():
+            mine = getattr(self, name, None)
+            if isinstance(mine, Count | Level) and isinstance(value, int | float):
+                mine.value += value
+            elif isinstance(mine, Distribution) and isinstance(value, dict):
+                counts = value.get("counts")
+                if isinstance(counts, list) and len(counts) == len(mine.counts):
+                    mine.counts = [a + int(b) for a, b in zip(mine.counts, counts, strict=True)]
+                    mine.total += float(value.get("total", 0.0))
+        for row in snapshot.get("responses") or ():
+            if isinstance(row, list) and len(row) == 3:
+                key = (str(row[0]), str(row[1]))
+                self.responses[key] = self.responses.get(key, 0.0) + float(row[2])
+
+    def summed(self, others: Iterable[Mapping[str, Any]]) -> NodeMetrics:
+        """A copy of these values with the other processes' snapshots added."""
+        total = NodeMetrics(self.node, self.role, self._services)
+        total.add(self.snapshot())
+        for snapshot in others:
+            total.add(snapshot)
+        return total
+
+    @property
+    def hit_ratio(self) -> float:
+        """Hits over hits and misses (0 before any request)."""
+        looked_up = self.hits.value + self.misses.value
+        return self.hits.value / looked_up if looked_up else 0.0
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, for prometheus_client's registry."""
@@ -127,6 +207,19 @@ class NodeMetrics:
         ):
             outcomes.add_metric([*values, outcome], count.value)
         yield outcomes
+        ratio = GaugeMetricFamily(
+            "edgeshield_hit_ratio", "Hits over hits and misses since start", labels=labels
+        )
+        ratio.add_metric(values, self.hit_ratio)
+        yield ratio
+        answers = CounterMetricFamily(
+            "edgeshield_responses",
+            "Client answers by service and status class",
+            labels=[*labels, "service", "status_class"],
+        )
+        for (service, status_class), answered in sorted(self.responses.items()):
+            answers.add_metric([*values, service, status_class], answered)
+        yield answers
         for name, help_text, count in (
             ("edgeshield_body_bytes_sent", "Body bytes sent to clients", self.bytes_sent),
             (
@@ -170,6 +263,7 @@ class NodeMetrics:
                 "Stored bodies that failed their checksum (each object dropped)",
                 self.store_corrupt,
             ),
+            ("edgeshield_reloads", "Fleet file reloads applied (SIGHUP)", self.reloads),
             (
                 "edgeshield_decode_refused",
                 "Coded bodies not decoded past the object size limit (decompression bombs)",
@@ -201,6 +295,11 @@ class NodeMetrics:
         connections.add_metric(values, self.connections_open.value)
         yield connections
         yield from self._availability(labels, values)
+        info = GaugeMetricFamily(
+            "edgeshield_build_info", "The running version", labels=[*labels, "version"]
+        )
+        info.add_metric([*values, version()], 1.0)
+        yield info
         fills = HistogramMetricFamily(
             "edgeshield_fill_seconds", "Time from fill start to its end", labels=labels
         )
@@ -237,6 +336,13 @@ class NodeMetrics:
             family.add_metric(values, level.value)
             yield family
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of this node's metrics."""
-        return bytes(generate_latest(self.registry))
+    def render(self, others: Iterable[Mapping[str, Any]] = ()) -> bytes:
+        """The Prometheus text exposition of this node's metrics, summed with the
+        `snapshot()`s of the node's other worker processes."""
+        others = list(others)
+        if not others:
+            return bytes(generate_latest(self.registry))
+        return bytes(generate_latest(self.summed(others).registry))
+
+
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}

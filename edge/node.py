@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,12 +28,15 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.inspection import cache_view
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
+from edge.reload import on_hangup
 from edge.scrub import scrub_forever
-from edge.store import DiskStore
+from edge.store import DiskStore, io
+from edge.store.disk_index import BYTES_KEY
 from edge.upstream import (
     OriginPool,
     ShieldRing,
@@ -43,6 +47,7 @@ from edge.upstream import (
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
 from runtime.auth import bearer_matches
+from runtime.errors import install_repeat_filter
 
 log = logging.getLogger("edgeshield.node")
 
@@ -61,13 +66,30 @@ class TierUpstream:
         workers: int = 1,
     ) -> None:
         self.ring = ring
+        self._session = session
+        self._workers = workers
         # the cap on origin connections is the node's: each worker takes its share
+        self.pools = {service.name: self._pool(service) for service in services}
+
+    def _pool(self, service: Service) -> OriginPool:
+        share = -(-service.max_origin_connections // self._workers)
+        return OriginPool(service, self._session, max_connections=share)
+
+    async def reconfigure(self, services: tuple[Service, ...]) -> None:
+        """Take reloaded services: a changed service gets a new origin pool (requests
+        on the old one finish there), a service gone loses its pool."""
+        old = self.pools
         self.pools = {
-            service.name: OriginPool(
-                service, session, max_connections=-(-service.max_origin_connections // workers)
-            )
-            for service in services
+            s.name: old[s.name] if s.name in old and old[s.name].service == s else self._pool(s)
+            for s in services
         }
+        if not (self.ring is not None and self.ring.shields):
+            for name, pool in self.pools.items():
+                if old.get(name) is not pool:
+                    pool.start()
+        for name, pool in old.items():
+            if self.pools.get(name) is not pool:
+                await pool.stop()
 
     async def fetch(
         self,
@@ -161,6 +183,7 @@ def _setup_process(node: NodeConfig) -> None:
         format=f"{node.name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_repeat_filter()
     try:
         import uvloop
 
@@ -182,13 +205,16 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loaded: list[Any] = [fleet, node]  # [fleet, node] as last (re)loaded
 
     secret = node_secret(fleet)
     state_dir = os.path.join(node.cache_dir, "purge-state")
     store = await DiskStore.open(
         os.path.join(node.cache_dir, "objects"), node.cache_size, memory_bytes=node.memory_size
     )
-    metrics = NodeMetrics(node.name, role.role)
+    metrics = NodeMetrics(
+        node.name, role.role, {host: s.name for s in fleet.services for host in s.hosts}
+    )
     supervisor: WorkerSupervisor | None = None
     rules = PurgeRules(fleet.services)
     if admin and node.workers > 1:
@@ -243,6 +269,7 @@ async def _serve(
     runners: list[web.BaseRunner] = []
     if admin:
         admin_app = _admin_app(node, secret, sync, metrics, store, supervisor)
+        admin_app.router.add_get("/v1/cache", cache_view(lambda: loaded[0].services, store, rules))
         admin_runner = web.AppRunner(
             admin_app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
@@ -255,7 +282,7 @@ async def _serve(
         # a worker without the admin listener: rules come from worker 0, which says
         # when the node has caught up on missed purges
         ready = asyncio.Event()
-        follower = loop.create_task(RelayFollower(rules).run(relay, ready))
+        follower = loop.create_task(RelayFollower(rules, metrics.snapshot).run(relay, ready))
         await ready.wait()
     else:
         # catch up on missed purges before serving anything they might cover
@@ -286,6 +313,11 @@ async def _serve(
     site = web.SockSite(traffic_runner, _listen_socket(host, port))
     await site.start()
     runners.append(traffic_runner)
+
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads),
+    )
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
         + (f", admin on {node.admin_url}" if admin else ""),
@@ -377,8 +409,11 @@ def _admin_app(
         return web.json_response({"node": node.name, "status": "ok"})
 
     async def metrics_view(request: web.Request) -> web.Response:
-        metrics.store_bytes.set(store.size_bytes)
-        return web.Response(body=metrics.render(), content_type="text/plain")
+        # every worker adds to the index's shared byte count; read it, not this
+        # process's last sight of it
+        metrics.store_bytes.set(await io.run(store.index.get, BYTES_KEY, store.size_bytes))
+        others = await supervisor.relay.collect_metrics() if supervisor is not None else []
+        return web.Response(body=metrics.render(others), content_type="text/plain")
 
     app = web.Application(middlewares=[require_secret])
     app.router.add_get("/healthz", healthz)

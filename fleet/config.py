@@ -7,6 +7,7 @@ the key, so `ConfigError` carries all three and the CLI prints it and exits non-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -22,6 +23,7 @@ from fleet.rules import TrafficRules, parse_traffic
 __all__ = [
     "OBJECT_SHARE_OF_CACHE",
     "ConfigError",
+    "ConfigErrors",
     "EdgeConfig",
     "Fleet",
     "GeoConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "Service",
     "ShieldConfig",
     "TokenConfig",
+    "check_whole_fleet",
     "load_fleet",
     "node_secret",
     "object_limit",
@@ -49,23 +52,42 @@ class ConfigError(Exception):
         self.message = message
         super().__init__(f"{source}: {where}: {message}" if where else f"{source}: {message}")
 
+    @property
+    def errors(self) -> list[ConfigError]:
+        """Every mistake found (this one alone; `ConfigErrors` holds several)."""
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several mistakes in one fleet file, all reported at once (one per line)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self._errors = [one for error in errors for one in error.errors]
+        first = self._errors[0]
+        super().__init__(first.source, first.where, first.message)
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        """Every mistake found, in file order."""
+        return list(self._errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self._errors)
+
 
 _SIZE_UNITS = {
     "": 1,
     "B": 1,
-    "K": 1000,
     "KB": 1000,
-    "M": 1000**2,
     "MB": 1000**2,
-    "G": 1000**3,
     "GB": 1000**3,
-    "T": 1000**4,
     "TB": 1000**4,
     "KIB": 1024,
     "MIB": 1024**2,
     "GIB": 1024**3,
     "TIB": 1024**4,
 }
+_POWERS = {"K": "1 power", "M": "2 powers", "G": "3 powers", "T": "4 powers"}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -83,6 +105,13 @@ def parse_size(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError('expected a size such as 536870912 or "512MiB"')
     match = _SIZE_RE.match(value)
+    if match and match.group(2).upper() in ("K", "M", "G", "T"):
+        # nginx reads "512m" as MiB, other tools as MB: refuse to guess
+        number, unit = match.group(1), match.group(2).upper()
+        raise ValueError(
+            f"{value!r} is ambiguous: write {number + unit + 'iB'!r} ({_POWERS[unit]} of 1024, "
+            f"as nginx reads {number + unit.lower()!r}) or {number + unit + 'B'!r} (of 1000)"
+        )
     if not match or match.group(2).upper() not in _SIZE_UNITS:
         raise ValueError(
             f"{value!r} is not a size (use bytes or units B, KiB, MiB, GiB, KB, MB, GB)"
@@ -473,7 +502,7 @@ class _Table:
     def reject_unknown(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise self.error(unknown[0], "is not a known key")
+            raise ConfigErrors([self.error(key, "is not a known key") for key in unknown])
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
@@ -505,32 +534,42 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> Fleet:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from None
     root = _Table(source, "", data)
+    problems: list[ConfigError] = []
 
-    regions = [_region(t.named()) for t in root.tables("regions", "[[regions]]")]
-    services = [_service(t.named()) for t in root.tables("services", "[[services]]")]
-    shields = [
-        _node(t.named(), ShieldConfig, "shield") for t in root.tables("shields", "[[shields]]")
-    ]
-    edges = [_node(t.named(), EdgeConfig, "edge") for t in root.tables("edges", "[[edges]]")]
-    purge_table = root.table("purge_api", "[purge_api]")
-    purge_api = _purge_api(purge_table) if purge_table else None
-    geo_table = root.table("geo", "[geo]")
-    geo = _geo(geo_table) if geo_table else None
-    security_table = root.table("security", "[security]")
-    security = SecurityConfig()
-    if security_table:
-        proxies = security_table.strings("trusted_proxies")
-        for network in proxies:
-            _check_network(security_table, "trusted_proxies", network)
-        security = SecurityConfig(
-            node_secret_env=security_table.text("node_secret_env", "EDGESHIELD_NODE_SECRET"),
-            trusted_proxies=proxies,
-            heuristic_freshness_with_credentials=security_table.get(
-                "heuristic_freshness_with_credentials", bool, False
-            ),
-        )
-        security_table.reject_unknown()
-    root.reject_unknown()
+    def each(key: str, label: str, parse: Callable[[_Table], T]) -> list[T]:
+        """Every entry of an array of tables that parses; the others' errors kept."""
+        parsed = []
+        try:
+            tables = root.tables(key, label)
+        except ConfigError as exc:
+            problems.append(exc)
+            return []
+        for table in tables:
+            try:
+                parsed.append(parse(table.named()))
+            except ConfigError as exc:
+                problems.append(exc)
+        return parsed
+
+    def one(key: str, label: str, parse: Callable[[_Table], T]) -> T | None:
+        try:
+            table = root.table(key, label)
+            return parse(table) if table else None
+        except ConfigError as exc:
+            problems.append(exc)
+            return None
+
+    regions = each("regions", "[[regions]]", _region)
+    services = each("services", "[[services]]", _service)
+    shields = each("shields", "[[shields]]", lambda t: _node(t, ShieldConfig, "shield"))
+    edges = each("edges", "[[edges]]", lambda t: _node(t, EdgeConfig, "edge"))
+    purge_api = one("purge_api", "[purge_api]", _purge_api)
+    geo = one("geo", "[geo]", _geo)
+    security = one("security", "[security]", _security) or SecurityConfig()
+    try:
+        root.reject_unknown()
+    except ConfigError as exc:
+        problems.append(exc)
 
     fleet = Fleet(
         source=source,
@@ -542,34 +581,102 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> Fleet:
         geo=geo,
         security=security,
     )
-    _check_references(fleet)
+    # a reference to an entry that failed would only repeat its error
+    complete = {
+        key: len(found) == len(value) if isinstance(value := data.get(key), list) else True
+        for key, found in (("regions", regions), ("services", services))
+    }
+    problems.extend(_check_references(fleet, complete["regions"], complete["services"]))
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return fleet
+
+
+def check_whole_fleet(fleet: Fleet) -> None:
+    """What a fleet run as a whole (`check`, `up`) needs beyond a valid file: at
+    least one edge and one service. (One process of a fleet, or a test, may load a
+    partial file.)"""
+    problems = []
+    if not fleet.edges:
+        problems.append(
+            ConfigError(fleet.source, "[[edges]]", "the fleet has no edge: nothing would serve")
+        )
+    if not fleet.services:
+        problems.append(
+            ConfigError(fleet.source, "[[services]]", "the fleet has no service: nothing to serve")
+        )
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
+
+
+def _security(t: _Table) -> SecurityConfig:
+    proxies = t.strings("trusted_proxies")
+    for network in proxies:
+        _check_network(t, "trusted_proxies", network)
+    security = SecurityConfig(
+        node_secret_env=t.text("node_secret_env", "EDGESHIELD_NODE_SECRET"),
+        trusted_proxies=proxies,
+        heuristic_freshness_with_credentials=t.get(
+            "heuristic_freshness_with_credentials", bool, False
+        ),
+    )
+    t.reject_unknown()
+    return security
+
+
+class _Problems:
+    """The mistakes of one table, gathered so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def read(self, value: Callable[[], T]) -> T | None:
+        """`value()`, or None with its mistake kept."""
+        try:
+            return value()
+        except ConfigError as exc:
+            self.found.extend(exc.errors)
+            return None
+
+    def add(self, error: ConfigError) -> None:
+        """Keep a mistake found by a check of values read."""
+        self.found.append(error)
+
+    def raise_any(self) -> None:
+        """Raise what was found, if anything."""
+        if self.found:
+            raise ConfigErrors(self.found) if len(self.found) > 1 else self.found[0]
 
 
 def _region(t: _Table) -> Region:
     name = t.text("name", required=True)
-    latitude = t.number("latitude", float("nan"))
-    longitude = t.number("longitude", float("nan"))
-    if "latitude" not in t.data:
-        raise t.error("latitude", "is required")
-    if "longitude" not in t.data:
-        raise t.error("longitude", "is required")
-    if not -90 <= latitude <= 90:
-        raise t.error("latitude", "must be between -90 and 90")
-    if not -180 <= longitude <= 180:
-        raise t.error("longitude", "must be between -180 and 180")
-    networks = t.strings("client_networks")
+    problems = _Problems()
+    latitude = problems.read(lambda: t.number("latitude", float("nan")))
+    longitude = problems.read(lambda: t.number("longitude", float("nan")))
+    for key, value, bound in (("latitude", latitude, 90), ("longitude", longitude, 180)):
+        if key not in t.data:
+            problems.add(t.error(key, "is required"))
+        elif value is not None and not -bound <= value <= bound:
+            problems.add(t.error(key, f"must be between -{bound} and {bound}"))
+    networks = problems.read(lambda: t.strings("client_networks")) or ()
     for network in networks:
-        _check_network(t, "client_networks", network)
-    t.reject_unknown()
+        problems.read(functools.partial(_check_network, t, "client_networks", network))
+    problems.read(t.reject_unknown)
+    problems.raise_any()
+    assert latitude is not None and longitude is not None
     return Region(name, latitude, longitude, networks)
 
 
 def _check_network(t: _Table, key: str, network: str) -> None:
     try:
-        ipaddress.ip_network(network, strict=False)
+        parsed = ipaddress.ip_network(network, strict=False)
     except ValueError:
         raise t.error(key, f"{network!r} is not a CIDR network") from None
+    if str(parsed) != network and parsed.network_address != ipaddress.ip_address(
+        network.split("/")[0]
+    ):
+        # 198.51.100.7/24 is either a typo for the network or for one address
+        raise t.error(key, f"{network!r} has host bits set: did you mean {str(parsed)!r}?")
 
 
 _ORIGIN_URL = re.compile(r"^https?://[^/\s]+/?$")
@@ -636,37 +743,62 @@ N = TypeVar("N", ShieldConfig, EdgeConfig)
 
 def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
     name = t.text("name", required=True)
+    problems = _Problems()
+    read = problems.read
     kwargs: dict[str, Any] = dict(
         name=name,
-        region=t.text("region", required=True),
-        listen=t.address("listen", required=True),
-        admin_listen=t.address("admin_listen", required=True),
-        cache_dir=t.text("cache_dir", required=True),
-        cache_size=t.size("cache_size", 0, required=True),
-        memory_size=t.size("memory_size", 64 * 1024**2),
-        workers=t.integer("workers", 1, minimum=1),
-        max_connections=t.integer("max_connections", 4096, minimum=1),
-        head_timeout=t.number("head_timeout", 10.0, minimum=0.1),
-        keepalive_timeout=t.number("keepalive_timeout", 20.0, minimum=0.1),
-        scrub_rate=t.size("scrub_rate", 8 * 1024**2),
+        region=read(lambda: t.text("region", required=True)),
+        listen=read(lambda: t.address("listen", required=True)),
+        admin_listen=read(lambda: t.address("admin_listen", required=True)),
+        cache_dir=read(lambda: t.text("cache_dir", required=True)),
+        cache_size=read(lambda: t.size("cache_size", 0, required=True)),
+        memory_size=read(lambda: t.size("memory_size", 64 * 1024**2)),
+        workers=read(lambda: t.integer("workers", 1, minimum=1)),
+        max_connections=read(lambda: t.integer("max_connections", 4096, minimum=1)),
+        head_timeout=read(lambda: t.number("head_timeout", 10.0, minimum=0.1)),
+        keepalive_timeout=read(lambda: t.number("keepalive_timeout", 20.0, minimum=0.1)),
+        scrub_rate=read(lambda: t.size("scrub_rate", 8 * 1024**2)),
     )
-    if kwargs["cache_size"] < 1024 * 1024:
-        raise t.error("cache_size", "must be at least 1MiB")
-    if kwargs["max_connections"] < kwargs["workers"]:
-        raise t.error("max_connections", "must be at least workers (each worker takes a share)")
+    if kwargs["cache_size"] is not None and kwargs["cache_size"] < 1024 * 1024:
+        problems.add(t.error("cache_size", "must be at least 1MiB"))
+    connections, workers = kwargs["max_connections"], kwargs["workers"]
+    if connections is not None and workers is not None and connections < workers:
+        problems.add(
+            t.error("max_connections", "must be at least workers (each worker takes a share)")
+        )
     for key in ("head_timeout", "keepalive_timeout"):
-        if not math.isfinite(kwargs[key]):
-            raise t.error(key, "must be a finite number of seconds")
+        if kwargs[key] is not None and not math.isfinite(kwargs[key]):
+            problems.add(t.error(key, "must be a finite number of seconds"))
     if role == "edge":
-        default_public = split_host_port(kwargs["listen"])[0]
-        public = t.text("public_address", default_public)
-        try:
-            ipaddress.ip_address(public)
-        except ValueError:
-            raise t.error("public_address", f"{public!r} is not an IP address") from None
-        kwargs["public_address"] = public
-    t.reject_unknown()
+        t.used.add("public_address")
+        if kwargs["listen"] is not None:
+            kwargs["public_address"] = read(lambda: _public_address(t, kwargs["listen"]))
+    read(t.reject_unknown)
+    problems.raise_any()
     return cls(**kwargs)
+
+
+def _public_address(t: _Table, listen: str) -> str:
+    """What GeoDNS answers for an edge: `public_address`, else the host of `listen`."""
+    default_public = split_host_port(listen)[0]
+    if "public_address" not in t.data and not _is_ip(default_public):
+        raise t.error(
+            "listen",
+            f"{default_public!r} is not an IP address, and GeoDNS answers with one: "
+            'listen on an address, or set public_address = "IP"',
+        )
+    public = t.text("public_address", default_public)
+    if not _is_ip(public):
+        raise t.error("public_address", f"{public!r} is not an IP address")
+    return public
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _purge_api(t: _Table) -> PurgeApiConfig:
@@ -741,71 +873,150 @@ def _geo(t: _Table) -> GeoConfig:
     return config
 
 
-def _check_references(fleet: Fleet) -> None:
-    """Names unique, and every reference to a region or service resolves."""
+def _check_references(
+    fleet: Fleet, regions_complete: bool = True, services_complete: bool = True
+) -> list[ConfigError]:
+    """Names unique, no two listeners on one address, and every reference to a region
+    or service resolves (unless that table had an entry in error); every mistake."""
     src = fleet.source
-    _unique(src, "[[regions]]", [r.name for r in fleet.regions])
-    _unique(src, "[[services]]", [s.name for s in fleet.services])
-    _unique(src, "[[shields]]", [n.name for n in fleet.shields])
-    _unique(src, "[[edges]]", [n.name for n in fleet.edges])
-    _unique(src, "[[shields]] and [[edges]]", [n.name for n in fleet.nodes])
+    problems = [
+        *_unique(src, "[[regions]]", [r.name for r in fleet.regions]),
+        *_unique(src, "[[services]]", [s.name for s in fleet.services]),
+        *_unique(src, "[[shields]]", [n.name for n in fleet.shields]),
+        *_unique(src, "[[edges]]", [n.name for n in fleet.edges]),
+    ]
+    if not problems:
+        problems += _unique(src, "[[shields]] and [[edges]]", [n.name for n in fleet.nodes])
     region_names = {r.name for r in fleet.regions}
     service_names = {s.name for s in fleet.services}
     seen_hosts: dict[str, str] = {}
     for service in fleet.services:
         for host in service.hosts:
             if host in seen_hosts:
-                raise ConfigError(
-                    src,
-                    f"[[services]] ({service.name!r}) key 'hosts'",
-                    f"{host!r} is already a host of service {seen_hosts[host]!r}",
+                problems.append(
+                    ConfigError(
+                        src,
+                        f"[[services]] ({service.name!r}) key 'hosts'",
+                        f"{host!r} is already a host of service {seen_hosts[host]!r}",
+                    )
                 )
             seen_hosts[host] = service.name
-    listens: dict[str, str] = {}
     for table, nodes in (("[[shields]]", fleet.shields), ("[[edges]]", fleet.edges)):
         for node in nodes:
-            if node.region not in region_names:
-                raise ConfigError(
-                    src, f"{table} ({node.name!r}) key 'region'", f"no region named {node.region!r}"
-                )
-            for key in ("listen", "admin_listen"):
-                address = getattr(node, key)
-                if not address.endswith(":0") and address in listens:
-                    raise ConfigError(
+            if regions_complete and node.region not in region_names:
+                problems.append(
+                    ConfigError(
                         src,
-                        f"{table} ({node.name!r}) key {key!r}",
-                        f"{address} is already used by {listens[address]}",
+                        f"{table} ({node.name!r}) key 'region'",
+                        f"no region named {node.region!r}",
                     )
-                listens[address] = f"{node.name}.{key}"
-    if fleet.purge_api:
+                )
+    problems += _check_listens(fleet)
+    if fleet.purge_api and services_complete:
         for token in fleet.purge_api.tokens:
             for service_name in token.services:
                 if service_name != "*" and service_name not in service_names:
-                    raise ConfigError(
-                        src,
-                        f"[purge_api] tokens ({token.name!r}) key 'services'",
-                        f"no service named {service_name!r}",
+                    problems.append(
+                        ConfigError(
+                            src,
+                            f"[purge_api] tokens ({token.name!r}) key 'services'",
+                            f"no service named {service_name!r}",
+                        )
                     )
-    if fleet.geo:
+    if fleet.geo and regions_complete:
         for zone in fleet.geo.coverage_zones:
             if zone.region not in region_names:
-                raise ConfigError(
-                    src, "[geo] coverage_zones key 'region'", f"no region named {zone.region!r}"
+                problems.append(
+                    ConfigError(
+                        src, "[geo] coverage_zones key 'region'", f"no region named {zone.region!r}"
+                    )
                 )
         if fleet.geo.default_region and fleet.geo.default_region not in region_names:
-            raise ConfigError(
-                src, "[geo] key 'default_region'", f"no region named {fleet.geo.default_region!r}"
+            problems.append(
+                ConfigError(
+                    src,
+                    "[geo] key 'default_region'",
+                    f"no region named {fleet.geo.default_region!r}",
+                )
             )
+    return problems
 
 
-def _unique(source: str, table: str, names: list[str]) -> None:
+#: Hosts that listen on every address of their family.
+_WILDCARDS = {"0.0.0.0": "ipv4", "::": "ipv6", "": "any"}
+
+
+def _check_listens(fleet: Fleet) -> list[ConfigError]:
+    """Every listener of the fleet on a fixed port, and on an address no other
+    listener of this machine's fleet takes (0.0.0.0:P takes every host's port P)."""
+    listeners: list[tuple[str, str, str]] = []  # (where, key, address)
+    for table, nodes in (("[[shields]]", fleet.shields), ("[[edges]]", fleet.edges)):
+        for node in nodes:
+            where = f"{table} ({node.name!r})"
+            listeners += [
+                (where, "listen", node.listen),
+                (where, "admin_listen", node.admin_listen),
+            ]
+    if fleet.purge_api:
+        listeners.append(("[purge_api]", "listen", fleet.purge_api.listen))
+    if fleet.geo:
+        listeners += [
+            ("[geo]", "dns_listen", fleet.geo.dns_listen),
+            ("[geo]", "http_listen", fleet.geo.http_listen),
+        ]
+    problems = []
+    taken: list[tuple[str, int, str]] = []  # (host, port, who)
+    for where, key, address in listeners:
+        host, port = split_host_port(address)
+        if port == 0:
+            problems.append(
+                ConfigError(
+                    fleet.source,
+                    f"{where} key {key!r}",
+                    f"{address}: port 0 means any free port, but the fleet must know it",
+                )
+            )
+            continue
+        for other_host, other_port, who in taken:
+            if port == other_port and _overlap(host, other_host):
+                problems.append(
+                    ConfigError(
+                        fleet.source,
+                        f"{where} key {key!r}",
+                        f"{address} is already used by {who}",
+                    )
+                )
+                break
+        name = where.split("'")[1] if "'" in where else where.strip("[]")
+        taken.append((host, port, f"{name}.{key}"))
+    return problems
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two listen hosts take the same address (a wildcard takes its family)."""
+    if a == b:
+        return True
+    for wild, other in ((a, b), (b, a)):
+        family = _WILDCARDS.get(wild)
+        if family == "any" or (family == "ipv4" and ":" not in other and other != "::"):
+            return True
+        if family == "ipv6":
+            return True  # a dual-stack socket on :: takes IPv4 too (Linux default)
+    return False
+
+
+def _unique(source: str, table: str, names: list[str]) -> list[ConfigError]:
     seen: set[str] = set()
+    problems = []
     for index, name in enumerate(names):
         if name in seen:
-            raise ConfigError(
-                source, f"{table} #{index + 1} key 'name'", f"the name {name!r} is used twice"
+            problems.append(
+                ConfigError(
+                    source, f"{table} #{index + 1} key 'name'", f"the name {name!r} is used twice"
+                )
             )
         seen.add(name)
+    return problems
 
 
 def node_secret(fleet: Fleet, environ: Mapping[str, str] | None = None) -> str:

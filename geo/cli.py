@@ -19,6 +19,7 @@ from geo.mmdb_build import build_fleet_mmdb
 from geo.routing import Router, chooser_from_fleet
 from geo.server import GeoService
 from geo.source import GeoDatabaseError, MmdbSource
+from runtime.errors import install_repeat_filter
 
 __all__ = ["build_mmdb", "lookup", "serve"]
 
@@ -51,6 +52,7 @@ def serve(fleet: Fleet) -> int:
         print(f"edgeshield geo: {fleet.source} has no [geo] table", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    install_repeat_filter()
     if not node_secret(fleet):
         print(
             f"edgeshield geo: warning: ${fleet.security.node_secret_env} is not set;"

@@ -189,7 +189,8 @@ class DnsResponder:
         self.router = router
         self.origin = DNSLabel(zone.origin)
         self.serial = zone.serial or int(time.time())
-        self._cache: dict[tuple[bytes, str, bool], bytes] = {}
+        #: query bytes after the id -> the response after the id, and its labels
+        self._cache: dict[tuple[bytes, str, bool], tuple[bytes, AnswerLabels]] = {}
         self._cache_version = router.version
         # Built once: the zone does not change while we serve it.
         self._soa_record = self._soa()
@@ -209,6 +210,9 @@ class DnsResponder:
         self.queries = 0
         self.cache_hits = 0
         self.malformed = 0
+        #: answers by (query type, rcode, region of the first edge answered) for metrics
+        self.answers: dict[AnswerLabels, int] = {}
+        self._answered_region = ""
 
     def respond(self, data: bytes, client: str, *, tcp: bool = False) -> bytes | None:
         """The response to the query `data` from `client` (an IP address), or None to
@@ -221,17 +225,22 @@ class DnsResponder:
         cached = self._cache.get(key)
         if cached is not None:
             self.cache_hits += 1
-            return data[:2] + cached
+            tail, labels = cached
+            self.answers[labels] = self.answers.get(labels, 0) + 1
+            return data[:2] + tail
+        self._answered_region = ""
         try:
             response = self._respond(data, client, tcp)
         except Exception:
             # A bug of ours must cost one answer, never the server.
             log.exception("internal error answering a query from %s", client)
             response = _header_only(data, RCODE.SERVFAIL)
+        labels = _labels(data, response, self._answered_region)
+        self.answers[labels] = self.answers.get(labels, 0) + 1
         if response is not None and len(data) >= 12:
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[key] = response[2:]
+            self._cache[key] = (response[2:], labels)
         return response
 
     def _respond(self, data: bytes, client: str, tcp: bool) -> bytes | None:
@@ -396,6 +405,8 @@ class DnsResponder:
         for family in families:
             answer = self.router.answer(version, value, prefixlen, family)
             reply.rr.extend(self._edge_records(qname, family, answer.addresses))
+            if answer.region and not self._answered_region:
+                self._answered_region = answer.region
         if subnet is None or subnet.source_prefix == 0 or answer is None:
             return 0
         # RFC 7871 section 7.2.1: SCOPE is the prefix length the answer holds for. It
@@ -520,3 +531,28 @@ def _header_only(data: bytes, rcode: int) -> bytes | None:
     rd = (flags >> 8) & 0x1
     header = DNSHeader(id=ident, qr=1, opcode=opcode, rd=rd, rcode=rcode)
     return bytes(DNSRecord(header).pack())
+
+
+#: (query type, rcode, region answered) of one answer, for the metrics
+AnswerLabels = tuple[str, str, str]
+
+
+def _labels(query: bytes, response: bytes | None, region: str) -> AnswerLabels:
+    """The metric labels of an answer, read from the wire: the question's type (a
+    name without compression, as queries carry it), the response's rcode."""
+    if response is None or len(response) < 4:
+        return ("-", "none", "")
+    rcode = response[3] & 0x0F
+    rcode_name = _RCODE_NAMES.get(rcode, str(rcode))
+    offset = 12
+    while offset < len(query) and query[offset] and query[offset] < 0xC0:
+        offset += query[offset] + 1
+    qtype = "-"
+    if offset + 3 <= len(query) and query[offset] == 0:
+        code = int.from_bytes(query[offset + 1 : offset + 3], "big")
+        qtype = _QTYPE_NAMES.get(code, "other")
+    return (qtype, rcode_name, region)
+
+
+_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+_QTYPE_NAMES = {1: "A", 2: "NS", 6: "SOA", 28: "AAAA", 255: "ANY"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet.config import Fleet, GeoConfig
 from geo.choice import (
@@ -69,6 +69,8 @@ class Answer:
 
     addresses: tuple[str, ...]
     deciding_prefix: int | None
+    #: the region of the first edge answered (for the metrics; not part of the answer)
+    region: str = field(default="", compare=False)
 
 
 class Router:
@@ -146,7 +148,9 @@ class Router:
             span = -1  # a failed lookup says nothing about the network's other clients
         choice = self._choose(client, located, family)
         answer = Answer(
-            tuple(ranked.site.address for ranked in choice.edges), choice.deciding_prefix
+            tuple(ranked.site.address for ranked in choice.edges),
+            choice.deciding_prefix,
+            choice.edges[0].site.region if choice.edges else "",
         )
         if span >= 0 and self._holds_for_key(client, span):
             if len(self._answers) >= ANSWER_CACHE_ENTRIES:

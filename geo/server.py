@@ -24,6 +24,7 @@ from fleet.config import Fleet, node_secret, split_host_port
 from geo.dns import DnsResponder, ZoneInfo
 from geo.health import HealthMonitor
 from geo.http_api import make_app
+from geo.metrics import GeoMetrics, metrics_view
 from geo.routing import Router, chooser_from_fleet
 from geo.source import GeoDatabaseError, MmdbSource
 from runtime.http_errors import TerseAppRunner
@@ -90,6 +91,7 @@ class GeoService:
         self.responder = DnsResponder(zone_from_fleet(fleet), self.router)
         if secret is None:
             secret = node_secret(fleet)
+        self._secret = secret
         self.health = HealthMonitor(
             fleet.edges,
             secret,
@@ -128,9 +130,12 @@ class GeoService:
         )
         http_socket.setblocking(False)
         self.http_address = (http_host, int(http_socket.getsockname()[1]))
-        self._http = TerseAppRunner(
-            make_app(self.router, self.health), access_log=None, shutdown_timeout=2.0
+        app = make_app(self.router, self.health)
+        app.router.add_get(
+            "/metrics",
+            metrics_view(GeoMetrics(self.responder, self.health), lambda: self._secret),
         )
+        self._http = TerseAppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._http.setup()
         await web.SockSite(self._http, http_socket).start()
 

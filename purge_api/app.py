@@ -7,6 +7,9 @@ Node protocol (node secret):
     GET  /v1/nodes/{node}/purges?since=SEQ&limit=N      what a node missed
     POST /v1/nodes/{node}/matched                       counts that follow a node's acks
     GET  /healthz
+Operations (docs/operations.md):
+    GET  /metrics                                        node secret
+    GET  /status, /status.json                           the fleet's status page
 
 Checks run in this order, so each error names the first thing wrong: 401 token,
 404 service, 403 scope, 429 rate, 400 wait or Idempotency-Key, 415 Content-Type,
@@ -27,8 +30,11 @@ from fleet.config import Fleet, PurgeApiConfig, TokenConfig
 from purge_api.body import BodyError, BodyTooLarge, parse_purge_body, shorten
 from purge_api.fanout import FanOut
 from purge_api.log import IdempotencyConflict, LoggedPurge, PurgeLog
+from purge_api.metrics import render_purge_metrics
 from purge_api.ratelimit import RateLimiter
+from purge_api.status_page import status_routes
 from purge_api.tokens import TokenStore
+from purge_api.watch import FleetWatch
 from runtime.auth import bearer_matches
 
 __all__ = ["MAX_BODY_BYTES", "MAX_WAIT", "PurgeApi"]
@@ -69,6 +75,7 @@ class PurgeApi:
         self._secret = secret
         self.log = PurgeLog(self.config.data_dir)
         self.fanout = FanOut(fleet, self.log, secret, clock)
+        self.watch = FleetWatch(fleet, secret, self.log, self.fanout, clock)
 
     def app(self) -> web.Application:
         """The aiohttp application; the log and the senders live as long as it runs."""
@@ -80,6 +87,8 @@ class PurgeApi:
                 web.get("/v1/nodes/{node}/purges", self.pull),
                 web.post("/v1/nodes/{node}/matched", self.post_matched),
                 web.get("/healthz", self.healthz),
+                web.get("/metrics", self.metrics),
+                *status_routes(self.watch),
             ]
         )
         app.cleanup_ctx.append(self._lifetime)
@@ -87,7 +96,9 @@ class PurgeApi:
 
     async def _lifetime(self, _app: web.Application) -> AsyncIterator[None]:
         await self.fanout.start()
+        await self.watch.start()
         yield
+        await self.watch.stop()
         await self.fanout.stop()
         self.log.close()
 
@@ -285,6 +296,13 @@ class PurgeApi:
         return web.json_response(
             {"status": "ok", "head": self.fanout.head, "released": self.fanout.released()}
         )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics (node secret): purges by state, lag and acks per node, log size."""
+        if not bearer_matches(request.headers.get("Authorization"), self._secret):
+            return _error(401, "missing or wrong node secret")
+        text = await render_purge_metrics(self.log, self.fanout, self.clock())
+        return web.Response(body=text, content_type="text/plain")
 
 
 def _wait_param(request: web.Request) -> float | web.Response:

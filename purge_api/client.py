@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from runtime.errors import describe_client_error
+
 __all__ = [
     "EXIT_AUTH",
     "EXIT_BAD_INPUT",
@@ -73,6 +75,12 @@ async def _run(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise _Failure(EXIT_BAD_INPUT, "--wait must not be negative")
     api = args.api.rstrip("/")
+    if not api.startswith(("http://", "https://")) or len(api) < 10:
+        raise _Failure(
+            EXIT_BAD_INPUT,
+            f"--api {api[:60]!r} is not an http:// or https:// URL "
+            "(e.g. --api http://127.0.0.1:9300)",
+        )
     headers = {
         "Authorization": f"Bearer {token}",
         "Idempotency-Key": args.idempotency_key or uuid.uuid4().hex,
@@ -100,7 +108,10 @@ async def _run(args: argparse.Namespace) -> int:
             try:
                 status = await _get(session, status_url, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                print(f"  status check failed ({exc!r}); retrying", file=sys.stderr)
+                print(
+                    f"  status check failed ({describe_client_error(exc, status_url)}); retrying",
+                    file=sys.stderr,
+                )
                 continue
             if status["acked"] != acked:
                 acked = status["acked"]
@@ -139,7 +150,11 @@ async def _post(
                     raise _refused(response.status, data)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if attempt == POST_ATTEMPTS:
-                raise _Failure(EXIT_FAILED, f"cannot reach {url}: {exc!r}") from None
+                raise _Failure(
+                    EXIT_FAILED,
+                    f"{describe_client_error(exc, url)} (tried {POST_ATTEMPTS} times; "
+                    "is the purge API running there?)",
+                ) from None
         await asyncio.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from fleet.config import Fleet, node_secret, split_host_port
 from purge_api.app import PurgeApi
+from runtime.errors import install_repeat_filter
 from runtime.http_errors import TerseAppRunner
 
 __all__ = ["serve_purge_api"]
@@ -27,6 +28,7 @@ def serve_purge_api(fleet: Fleet) -> int:
         print(f"edgeshield purge-api: the node secret is not set: export {env}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_repeat_filter()
     try:
         import uvloop
 

@@ -228,6 +228,17 @@ class PurgeRules:
         self._applied_above: set[int] = set()  # applied seqs beyond a gap
         self.observer: RulesObserver | None = None
 
+    def serve(self, services: Sequence[Service]) -> None:
+        """Take the services of a reloaded fleet file: new ones get (empty) rules,
+        changed ones their new settings; rules of services gone are kept until they
+        expire, so a service put back is still purged."""
+        for service in services:
+            rules = self._services.get(service.name)
+            if rules is None:
+                self._services[service.name] = _ServiceRules(service)
+            else:
+                rules.service = service
+
     def apply(self, record: PurgeRecord, applied_at: float) -> None:
         """Apply one purge as of node-local time `applied_at`; a seq seen before is a no-op."""
         if record.seq <= self.applied_seq or record.seq in self._applied_above:

@@ -179,6 +179,7 @@ def traffic_handler(
             )
             outcome = refused("internal-error")
         elapsed = clock() - started
+        metrics.responded(request.headers.get("Host"), response.status)
         if outcome.hit:
             metrics.hit_seconds.observe(elapsed)
         else:

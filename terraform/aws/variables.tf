@@ -115,13 +115,17 @@ variable "node_secret" {
 }
 
 variable "edgeshield_package" {
-  description = "What pip installs on every machine: a version spec, a wheel URL or a git URL."
+  description = "What pip installs on every machine: the URL of the wheel `make dist` builds (hosted where the instances can fetch it), or a git+https URL of the repository. edgeshield is not on PyPI."
   type        = string
-  default     = "edgeshield"
 
   validation {
     condition     = length(trimspace(var.edgeshield_package)) > 0 && !can(regex("[\"\\n]", var.edgeshield_package))
     error_message = "edgeshield_package must be a non-empty pip requirement without quotes or newlines."
+  }
+
+  validation {
+    condition     = !can(regex("^edgeshield([=<>~ ].*)?$", trimspace(var.edgeshield_package)))
+    error_message = "edgeshield is not on PyPI: give the URL of the wheel `make dist` builds, or a git+https URL."
   }
 }
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -98,7 +100,7 @@ async def test_a_dead_worker_is_dropped_and_reported_and_the_rule_still_applies(
 async def test_a_worker_that_does_not_answer_is_lost_without_holding_the_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("edge.workers.RELAY_TIMEOUT", 0.5)
+    monkeypatch.setattr("edge.relay.RELAY_TIMEOUT", 0.5)
     lost: list[int] = []
     rules = PurgeRules([SITE])
     relay = relay_of(rules, lost)
@@ -178,3 +180,46 @@ async def test_an_unusable_line_from_a_worker_drops_it() -> None:
     await rules.settled()
     theirs.close()
     assert lost == [1]
+
+
+async def test_worker_0_gathers_every_workers_metric_values_on_a_scrape() -> None:
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    for number, hits in ((1, 3.0), (2, 4.0)):
+        ours, theirs = socket.socketpair()
+        worker_rules, ready = PurgeRules([SITE]), asyncio.Event()
+        values: dict[str, Any] = {"hits": hits}
+        follower = RelayFollower(worker_rules, functools.partial(dict, values))
+        FOLLOWERS.append(asyncio.create_task(follower.run(theirs, ready)))
+        assert await relay.join(number, *await hello(ours))
+    gathered = await relay.collect_metrics(timeout=5)
+    assert sorted(v["hits"] for v in gathered) == [3.0, 4.0]
+
+
+async def test_a_worker_that_does_not_answer_is_left_out_of_a_scrape() -> None:
+    rules = PurgeRules([SITE])
+    relay = relay_of(rules)
+    ours, theirs = socket.socketpair()
+    # a worker that said hello and took its rules, then stopped reading
+    reader, writer = await hello_only(ours, theirs)
+    assert await relay.join(1, reader, writer)
+    started = time.monotonic()
+    assert await relay.collect_metrics(timeout=0.3) == []
+    assert time.monotonic() - started < 3
+
+
+async def hello_only(
+    ours: socket.socket, theirs: socket.socket
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Worker 0's end of a worker that acknowledges its first lines and then hangs."""
+    theirs.setblocking(False)
+    their_reader, their_writer = await asyncio.open_connection(sock=theirs)
+    their_writer.write(b"h\n")
+
+    async def take_join() -> None:
+        for _ in range(2):  # the batch and "ready"
+            await their_reader.readline()
+            their_writer.write(b"k\n")
+
+    FOLLOWERS.append(asyncio.create_task(take_join()))
+    return await hello(ours)

@@ -62,6 +62,7 @@ GOOD: dict[str, Any] = {
         {"name": "ci", "sha256": hashlib.sha256(b"t").hexdigest(), "services": ["www"]}
     ],
     "node_secret": "x" * 32,
+    "edgeshield_package": "https://downloads.example.com/edgeshield-0.1.0-py3-none-any.whl",
 }
 
 
@@ -111,6 +112,7 @@ def test_good_variables_pass_validation(tmp_path: Path) -> None:
         ({"ssh_cidrs": ["0.0.0.0/0"]}, "not 0.0.0.0/0"),
         ({"services": [{"name": "Www!", "hosts": ["a"], "origins": ["http://o"]}]}, "DNS labels"),
         ({"mmdb_url": "http://example.com/db.mmdb"}, "https://"),
+        ({"edgeshield_package": "edgeshield==0.1.0"}, "edgeshield is not on PyPI"),
     ],
 )
 def test_bad_variables_are_refused_with_a_message(

@@ -86,7 +86,7 @@ variable "shields" {
     error_message = "Shield listen and admin_listen must be host:port (IPv6 as [addr]:port)."
   }
   validation {
-    condition     = alltrue([for n in var.shields : can(regex("^[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B|[KMGT]|B)?$", n.cache_size))])
+    condition     = alltrue([for n in var.shields : can(regex("^[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B|B)?$", n.cache_size))])
     error_message = "cache_size must be a size such as \"256MiB\", \"10GiB\" or \"500MB\"."
   }
 }
@@ -111,7 +111,7 @@ variable "edges" {
     error_message = "Edge listen and admin_listen must be host:port (IPv6 as [addr]:port)."
   }
   validation {
-    condition     = alltrue([for n in var.edges : can(regex("^[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B|[KMGT]|B)?$", n.cache_size))])
+    condition     = alltrue([for n in var.edges : can(regex("^[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B|B)?$", n.cache_size))])
     error_message = "cache_size must be a size such as \"256MiB\", \"10GiB\" or \"500MB\"."
   }
 }
