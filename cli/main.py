@@ -84,6 +84,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "check":
         fleet = _load(args.config)
+        if _tls_findings(fleet):
+            return 2
         print(
             f"{fleet.source}: ok ({len(fleet.regions)} regions, {len(fleet.services)} services, "
             f"{len(fleet.shields)} shields, {len(fleet.edges)} edges)"
@@ -129,6 +131,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_up(args.config, args.state_dir)
     raise AssertionError(f"unhandled command {command!r}")
+
+
+def _tls_findings(fleet: Fleet) -> bool:
+    """Print the TLS files' errors and warnings (fleet.tls); True when there are errors."""
+    from fleet.tls import check_tls
+
+    report = check_tls(fleet)
+    for warning in report.warnings:
+        print(f"edgeshield: warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"edgeshield: {error}", file=sys.stderr)
+    return bool(report.errors)
 
 
 if __name__ == "__main__":
