@@ -27,6 +27,7 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.front.tls_listener import start_tls_listener
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
@@ -40,6 +41,7 @@ from edge.upstream import (
     UpstreamResponse,
     make_session,
 )
+from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
 from runtime.auth import bearer_matches
@@ -208,6 +210,14 @@ async def _serve(
         ShieldRing(fleet.shields, session, secret) if role.uses_shields and fleet.shields else None
     )
     upstream = TierUpstream(fleet.services, ring, session, node.workers)
+    tls_sessions = use_tls_upstreams(
+        fleet,
+        ring,
+        upstream.pools,
+        lambda tls: make_session(
+            session.timeout.sock_connect or 2.0, session.timeout.sock_read or 30.0, tls
+        ),
+    )
     access_log = (
         AccessLog(sys.stdout, node.name)
         if os.environ.get("EDGESHIELD_ACCESS_LOG", "1") != "0"
@@ -286,14 +296,31 @@ async def _serve(
     site = web.SockSite(traffic_runner, _listen_socket(host, port))
     await site.start()
     runners.append(traffic_runner)
+    tls_listener = (
+        await start_tls_listener(
+            fleet,
+            node,
+            _listen_socket(*split_host_port(node.tls_listen)),
+            engine,
+            server,
+            metrics,
+            access_log,
+            limits,
+        )
+        if node.tls_listen
+        else None
+    )
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
+        + (f" and {node.tls_url}" if tls_listener is not None else "")
         + (f", admin on {node.admin_url}" if admin else ""),
         flush=True,
     )
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()
+    if tls_listener is not None:
+        await tls_listener.close()
     for runner in reversed(runners):
         await runner.cleanup()
     await limits.stop()
@@ -310,6 +337,8 @@ async def _serve(
     if access_log:
         await access_log.stop()
     await session.close()
+    for tls_session in tls_sessions:
+        await tls_session.close()
     await store.close()
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from fleet.config import ConfigError, Fleet, NodeConfig, Service
+from fleet.config import ConfigError, Fleet, NodeConfig, Service, split_host_port
 
 __all__ = [
     "EXPIRY_WARNING_DAYS",
@@ -175,7 +175,8 @@ def _check_pair(
         report.errors.append(ConfigError(fleet.source, f"{where} key 'tls_cert'", str(exc)))
         return
     names = certificate_names(pair.leaf)
-    hosts = owner.hosts if isinstance(owner, Service) else (owner.name,)
+    # edges reach a shield by the address of its tls_listen and verify that
+    hosts = owner.hosts if isinstance(owner, Service) else (split_host_port(owner.tls_listen)[0],)
     for host in hosts:
         if not host_is_covered(host, names):
             report.errors.append(
@@ -189,7 +190,9 @@ def _check_pair(
     if ends <= now:
         report.errors.append(
             ConfigError(
-                fleet.source, f"{where} key 'tls_cert'", f"the certificate expired on {ends:%Y-%m-%d}"
+                fleet.source,
+                f"{where} key 'tls_cert'",
+                f"the certificate expired on {ends:%Y-%m-%d}",
             )
         )
     elif ends - now < datetime.timedelta(days=EXPIRY_WARNING_DAYS):

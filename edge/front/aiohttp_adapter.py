@@ -180,6 +180,7 @@ def traffic_handler(
                     response.content_length,
                     elapsed,
                     request.remote,
+                    "https/1.1" if request.secure else "http/1.1",
                 )
             )
         return response
