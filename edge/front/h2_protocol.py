@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import h2.config
 import h2.connection
@@ -101,7 +101,8 @@ class _Stream:
         self.body: collections.deque[tuple[bytes, int]] = collections.deque()
         self.body_ended = False
         self.body_unread = 0
-        self.pending: collections.deque[bytes] = collections.deque()
+        # views: a whole answer is sent from its one bytes object, never copied whole
+        self.pending: collections.deque[memoryview] = collections.deque()
         self.pending_bytes = 0
         self.ending = False
         self.reset = False
@@ -233,7 +234,8 @@ class H2Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit (or refuse over the cap), send our SETTINGS."""
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but is one
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         if self.limits is not None and not self.limits.admit(self):
@@ -529,7 +531,7 @@ class H2Protocol(asyncio.Protocol):
         if stream.reset or self._closed:
             return
         if data:
-            stream.pending.append(data)
+            stream.pending.append(memoryview(data))
             stream.pending_bytes += len(data)
         if end:
             stream.ending = True
@@ -565,7 +567,7 @@ class H2Protocol(asyncio.Protocol):
                     stream.pending.popleft()
                 stream.pending_bytes -= len(chunk)
                 stream.sent_bytes += len(chunk)
-                conn.send_data(stream.id, chunk)
+                conn.send_data(stream.id, chunk.tobytes())
             if stream.ending and not stream.pending:
                 conn.end_stream(stream.id)
         except h2.exceptions.ProtocolError:
