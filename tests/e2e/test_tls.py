@@ -91,12 +91,12 @@ async def https_get(
     edge: TlsEdge, host: str, path: str, context: ssl.SSLContext
 ) -> tuple[int, dict[str, str], bytes]:
     connector = aiohttp.TCPConnector(ssl=context, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        # the TCP connection goes to the edge's TLS address; SNI and Host are `host`
-        async with session.get(
-            edge.url(path), headers={"Host": host}, server_hostname=host
-        ) as response:
-            return response.status, dict(response.headers), await response.read()
+    # the TCP connection goes to the edge's TLS address; SNI and Host are `host`
+    async with (
+        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+        session.get(edge.url(path), headers={"Host": host}, server_hostname=host) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
 
 
 async def test_sni_picks_each_services_certificate(edge: TlsEdge) -> None:

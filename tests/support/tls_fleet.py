@@ -129,7 +129,7 @@ async def tls_handshake(
     """Handshake with `server_name` as SNI: the served certificate's subject and serial."""
     host, port = split(address)
     context = _copy_without_hostname_check(context) if server_name is None else context
-    reader, writer = await asyncio.open_connection(
+    _reader, writer = await asyncio.open_connection(
         host, port, ssl=context, server_hostname=server_name or ""
     )
     try:
