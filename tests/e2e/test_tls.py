@@ -276,3 +276,36 @@ async def test_sighup_serves_a_new_certificate_without_failing_a_request(
     assert failures == []
     assert edge.pid == pid and edge.process.proc is not None
     assert edge.process.proc.poll() is None
+
+
+async def test_edge_reaches_its_shield_over_tls_verified_by_node_ca(
+    tmp_path: Path, origin: OriginServer, processes: list[NodeProcess]
+) -> None:
+    files = TlsFiles(tmp_path / "tls")
+    text, addresses = tls_fleet_toml(tmp_path, files, origin.url, shield=True, node_ca=True)
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    shield = NodeProcess(
+        ["shield", "--config", str(path), "--node", "shield1"], tmp_path / "shield1.log"
+    ).start()
+    processes.append(shield)
+    for key in ("shield", "shield_tls", "shield_admin"):
+        shield.wait_listening(addresses[key])
+    edge = NodeProcess(["edge", "--config", str(path), "--node", "edge1"], tmp_path / "edge1.log")
+    processes.append(edge.start())
+    edge.wait_listening(addresses["edge"])
+    origin.route("/tiered", headers={"Cache-Control": "max-age=300"}, body=b"via shield")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://{addresses['edge']}/tiered", headers={"Host": "www.beta.test"}
+        ) as response,
+    ):
+        assert response.status == 200
+        assert await response.read() == b"via shield"
+        assert response.headers["Cache-Status"].startswith("shield1; fwd=uri-miss")
+    # the shield's access log names how the edge reached it
+    await eventually(
+        lambda: '"target":"/tiered"' in shield.log() and '"proto":"https/1.1"' in shield.log(),
+        "the shield logged the edge's request over TLS",
+    )
