@@ -27,6 +27,7 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.front.https_policy import HttpsPolicy
 from edge.front.tls_listener import start_tls_listener
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -285,7 +286,7 @@ async def _serve(
     )
     limits.start()
     server = LimitedServer(
-        traffic_handler(engine, access_log, metrics),
+        traffic_handler(engine, access_log, metrics, HttpsPolicy(fleet.services)),
         limits,
         access_log=None,
         keepalive_timeout=node.keepalive_timeout,

@@ -38,6 +38,7 @@ import h2.settings
 from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
+from edge.front.https_policy import HttpsPolicy
 from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -86,6 +87,7 @@ class _Stream:
         "body_ended",
         "body_unread",
         "ending",
+        "hsts",
         "id",
         "pending",
         "pending_bytes",
@@ -110,6 +112,7 @@ class _Stream:
         self.status = 0
         self.task: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.hsts: str | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -209,8 +212,10 @@ class H2Protocol(asyncio.Protocol):
         limits: ConnectionLimits | None = None,
         h2_limits: H2Limits = H2Limits(),
         scheme: str = "https",
+        https: HttpsPolicy | None = None,
     ) -> None:
         self.engine = engine
+        self.https = https if https is not None and https.active else None
         self.metrics = metrics
         self.access_log = access_log
         self.limits = limits
@@ -390,6 +395,8 @@ class H2Protocol(asyncio.Protocol):
         length = int(length_text) if length_text is not None and length_text.isdigit() else None
         exists = not ended or bool(length)
         head = RequestHead(method, target, headers, self._peer, self.scheme, (2, 0))
+        if self.https is not None:
+            stream.hsts = self.https.hsts(head)
         body = H2Body(self, stream, exists, length)
         stream.task = self._loop.create_task(self._serve(stream, head, body))
 
@@ -514,6 +521,8 @@ class H2Protocol(asyncio.Protocol):
                 # this node's member is the last: say which protocol served it
                 value = f"{value}; proto=h2"
             fields.append((lower, value))
+        if stream.hsts is not None:
+            fields.append(("strict-transport-security", stream.hsts))
         stream.status = status
         try:
             self._conn.send_headers(stream.id, fields, end_stream=end)
@@ -609,12 +618,18 @@ def h2_factory(
     access_log: AccessLog | None = None,
     limits: ConnectionLimits | None = None,
     h2_limits: H2Limits = H2Limits(),
+    https: HttpsPolicy | None = None,
 ) -> Callable[[], H2Protocol]:
     """A protocol factory for HTTP/2 connections (what the ALPN dispatch calls)."""
 
     def make() -> H2Protocol:
         return H2Protocol(
-            engine, metrics=metrics, access_log=access_log, limits=limits, h2_limits=h2_limits
+            engine,
+            metrics=metrics,
+            access_log=access_log,
+            limits=limits,
+            h2_limits=h2_limits,
+            https=https,
         )
 
     return make

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from edge.accesslog import AccessLog
 from edge.front.alpn import AlpnDispatch, ProtocolFactory
 from edge.front.h2_protocol import h2_factory
+from edge.front.https_policy import HttpsPolicy
 from edge.front.tls import TlsCertificates
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -63,7 +64,10 @@ async def start_tls_listener(
     certificates = TlsCertificates.for_node(fleet, node, metrics)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        AlpnDispatch.factory(h2_factory(engine, metrics, access_log, limits), http1),
+        AlpnDispatch.factory(
+            h2_factory(engine, metrics, access_log, limits, https=HttpsPolicy(fleet.services)),
+            http1,
+        ),
         sock=sock,
         ssl=certificates.listener_context(),
         ssl_handshake_timeout=HANDSHAKE_TIMEOUT,

@@ -309,3 +309,36 @@ async def test_edge_reaches_its_shield_over_tls_verified_by_node_ca(
         lambda: '"target":"/tiered"' in shield.log() and '"proto":"https/1.1"' in shield.log(),
         "the shield logged the edge's request over TLS",
     )
+
+
+async def test_plain_http_is_redirected_and_tls_answers_carry_hsts(
+    edge: TlsEdge, origin: OriginServer
+) -> None:
+    origin.route("/secure", headers={"Cache-Control": "max-age=300"}, body=b"s")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://{edge.addresses['edge']}/secure?a=1",
+            headers={"Host": "www.alpha.test"},
+            allow_redirects=False,
+        ) as response,
+    ):
+        assert response.status == 308
+        assert response.headers["Location"] == "https://www.alpha.test/secure?a=1"
+        assert "Strict-Transport-Security" not in response.headers
+    status, headers, _ = await https_get(
+        edge, "www.alpha.test", "/secure", edge.files.client_context()
+    )
+    assert status == 200 and headers["Strict-Transport-Security"] == "max-age=600"
+    client = await H2Client.connect(edge.tls, "www.alpha.test", edge.files.client_context(("h2",)))
+    try:
+        answer = await client.get("www.alpha.test", "/secure")
+    finally:
+        client.close()
+    assert answer.headers["strict-transport-security"] == "max-age=600"
+    # a service without the keys: neither
+    status, headers, _ = await https_get(
+        edge, "www.beta.test", "/secure", edge.files.client_context()
+    )
+    assert "Strict-Transport-Security" not in headers
+    assert origin.count("/secure") == 2

@@ -88,11 +88,14 @@ def tls_fleet_toml(
     for service, hosts in SERVICE_HOSTS.items():
         pair = files.issue(service, *hosts)
         host_list = ", ".join(f'"{h}"' for h in hosts if not h.startswith("*"))
+        extra = ""
         if service == "alpha":
             host_list += ', "a.img.alpha.test"'
+            # alpha is https only: plain HTTP is redirected, TLS answers carry HSTS
+            extra = "https_redirect = true\nhsts_max_age = 600\n"
         lines.append(
             f'[[services]]\nname = "{service}"\nhosts = [{host_list}]\n'
-            f'origins = ["{origin}"]\ntls_cert = "{pair.cert}"\ntls_key = "{pair.key}"\n'
+            f'origins = ["{origin}"]\ntls_cert = "{pair.cert}"\ntls_key = "{pair.key}"\n{extra}'
         )
     if shield:
         addresses["shield"] = f"127.0.0.1:{free_port()}"
