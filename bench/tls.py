@@ -123,7 +123,10 @@ def main() -> int:
     (root / "nginx.conf").write_text(
         f"worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/nginx.err;\n"
         "events { worker_connections 4096; }\n"
-        f"http {{ access_log off; client_body_temp_path {root}/nb; proxy_temp_path {root}/np;\n"
+        # keepalive_requests: nginx ends a connection after 1000 requests by default,
+        # which h2load does not reconnect after
+        f"http {{ access_log off; keepalive_requests 100000000;\n"
+        f" client_body_temp_path {root}/nb; proxy_temp_path {root}/np;\n"
         f" fastcgi_temp_path {root}/nf; uwsgi_temp_path {root}/nu; scgi_temp_path {root}/ns;\n"
         f" server {{ listen 127.0.0.1:{nginx_port} ssl http2; server_name {HOST};\n"
         f"  ssl_certificate {cert_path}; ssl_certificate_key {key_path};\n"

@@ -86,6 +86,7 @@ class _Stream:
         "body",
         "body_ended",
         "body_unread",
+        "ended",
         "ending",
         "hsts",
         "id",
@@ -107,6 +108,8 @@ class _Stream:
         self.pending: collections.deque[memoryview] = collections.deque()
         self.pending_bytes = 0
         self.ending = False
+        #: END_STREAM sent
+        self.ended = False
         self.reset = False
         self.sent_bytes = 0
         self.status = 0
@@ -223,7 +226,14 @@ class H2Protocol(asyncio.Protocol):
         self.scheme = scheme
         self.head_since = NO_HEAD
         self._conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                # our answers' fields are lowercased and stripped of connection
+                # fields in send_head; h2 checking them again costs every answer
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
@@ -233,6 +243,7 @@ class H2Protocol(asyncio.Protocol):
         self._peer: str | None = None
         self._resets: collections.deque[float] = collections.deque()
         self._idle: asyncio.TimerHandle | None = None
+        self._send_scheduled = False
         self._loop = asyncio.get_event_loop()
 
     # -- connection --------------------------------------------------------------
@@ -265,6 +276,10 @@ class H2Protocol(asyncio.Protocol):
         # before the peer has acknowledged our SETTINGS
         conn.decoder.max_header_list_size = limits.max_header_list_size
         conn.decoder.max_allowed_table_size = conn.local_settings.header_table_size
+        # answers are encoded without a dynamic table (RFC 7541 4.2 lets the encoder
+        # use less than the peer allows): the library searches that table linearly for
+        # every field of every answer, which costs more than the bytes it saves here
+        conn.encoder.header_table_size = 0
         self._send()
         self._arm_idle()
 
@@ -325,16 +340,24 @@ class H2Protocol(asyncio.Protocol):
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._close()
                 return
-        self._send()
+        self._send_now()
 
     def _send(self) -> None:
+        """Write what h2 has for the peer, soon: answers finished in the same turn of
+        the event loop leave in one write (one TLS record where they fit)."""
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self._loop.call_soon(self._send_now)
+
+    def _send_now(self) -> None:
+        self._send_scheduled = False
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._closed:
             self._transport.write(data)
 
     def _close(self) -> None:
         if self._transport is not None and not self._closed:
-            self._send()
+            self._send_now()
             self._transport.close()
         self._closed = True
 
@@ -530,7 +553,7 @@ class H2Protocol(asyncio.Protocol):
             stream.reset = True
             raise ConnectionResetError("the stream is gone") from None
         if end:
-            stream.ending = True
+            stream.ending = stream.ended = True
         self._send()
         if end:
             self._forget_if_done(stream)
@@ -576,8 +599,12 @@ class H2Protocol(asyncio.Protocol):
                     stream.pending.popleft()
                 stream.pending_bytes -= len(chunk)
                 stream.sent_bytes += len(chunk)
-                conn.send_data(stream.id, chunk.tobytes())
-            if stream.ending and not stream.pending:
+                last = stream.ending and not stream.pending
+                conn.send_data(stream.id, chunk.tobytes(), end_stream=last)
+                if last:
+                    stream.ended = True
+            if stream.ending and not stream.pending and not stream.ended:
+                stream.ended = True
                 conn.end_stream(stream.id)
         except h2.exceptions.ProtocolError:
             # the stream was closed under us (a reset): nothing more to send there
