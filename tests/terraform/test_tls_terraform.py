@@ -3,14 +3,16 @@ certificate script writes files that `edgeshield check` accepts for that fleet."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from cli.main import main
 from fleet.config import parse_fleet
+from tests.terraform.test_aws import GOOD, plan_variables, written_file
 from tests.terraform.test_fleet_module import render
-from tests.terraform.tfrun import TERRAFORM_DIR, outputs, require_ok
+from tests.terraform.tfrun import TERRAFORM_DIR, diagnostics, outputs, require_ok, tf
 
 CERTS_SCRIPT = TERRAFORM_DIR / "local" / "scripts" / "certs.py"
 
@@ -86,3 +88,59 @@ def test_fleet_module_renders_tls_keys_that_check_accepts(tmp_path: Path) -> Non
     path = tmp_path / "fleet.toml"
     path.write_text(text)
     assert main(["check", "--config", str(path)]) == 0
+
+
+def cloud_init(tmp_path: Path, cert: str, key: str) -> str:
+    root = tmp_path / "cloud-init"
+    root.mkdir()
+    config = {
+        "module": {
+            "node": {
+                "source": str(TERRAFORM_DIR / "modules" / "cloud-init"),
+                "fleet_toml": "# fleet\n",
+                "role": "edge",
+                "node_name": "edge-eu-1",
+                "node_secret": "s" * 32,
+                "package": "edgeshield==0.1.0",
+                "tls_cert_pem": cert,
+                "tls_key_pem": key,
+            }
+        },
+        "output": {"user_data": {"value": "${nonsensitive(module.node.user_data)}"}},
+    }
+    (root / "main.tf.json").write_text(json.dumps(config), encoding="utf-8")
+    require_ok(tf(root).init(), "init")
+    require_ok(tf(root).apply(), "apply")
+    user_data: str = outputs(root)["user_data"]
+    return user_data
+
+
+def test_cloud_init_writes_the_certificate_and_an_owner_only_key(tmp_path: Path) -> None:
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+    user_data = cloud_init(tmp_path, cert, key)
+    assert written_file(user_data, "/etc/edgeshield/tls/site.crt").decode() == cert
+    assert written_file(user_data, "/etc/edgeshield/tls/site.key").decode() == key
+    key_entry = user_data.split("- path: /etc/edgeshield/tls/site.key", 1)[1].split("- path:")[0]
+    assert 'permissions: "0600"' in key_entry
+    assert '[chown, "edgeshield:edgeshield", /etc/edgeshield/tls/site.key]' in user_data
+
+
+def test_cloud_init_without_a_certificate_writes_none(tmp_path: Path) -> None:
+    assert "/etc/edgeshield/tls/" not in cloud_init(tmp_path, "", "")
+
+
+def test_aws_takes_the_certificate_and_key_together(tmp_path: Path) -> None:
+    good = {**GOOD, "tls_cert_pem": "cert", "tls_key_pem": "key"}
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    require_ok(plan_variables(tmp_path / "good", good), "plan")
+    result = plan_variables(tmp_path / "bad", {**GOOD, "tls_cert_pem": "cert"})
+    assert result.retcode != 0
+    assert "set both or neither" in " ".join(diagnostics(result).split())
+
+
+def test_aws_opens_https_to_edges() -> None:
+    rules = (TERRAFORM_DIR / "aws" / "modules" / "site" / "main.tf").read_text()
+    assert 'port = var.ports.edge_tls, protocol = "tcp", cidr = cidr, what = "HTTPS' in rules
+    assert "edge_tls  = 443" in (TERRAFORM_DIR / "aws" / "main.tf").read_text()
