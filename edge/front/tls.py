@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from edge.metrics import NodeMetrics
 from edge.store import io
-from fleet.config import Fleet, NodeConfig
+from fleet.config import ConfigError, Fleet, NodeConfig
 from fleet.tls import TlsFileError, certificate_names, read_pair
 
 __all__ = ["CertificateSource", "TlsCertificates", "sources_of"]
@@ -119,7 +119,7 @@ class TlsCertificates:
     def for_node(
         cls, fleet: Fleet, node: NodeConfig, metrics: NodeMetrics | None = None
     ) -> TlsCertificates:
-        """The certificates of `node`'s TLS listener, loaded (TlsFileError if one
+        """The certificates of `node`'s TLS listener, loaded (ConfigError naming what
         cannot be: a node does not start with a bad certificate)."""
         certificates = cls(
             sources_of(fleet, node),
@@ -130,7 +130,7 @@ class TlsCertificates:
         )
         failures = certificates.reload()
         if failures:
-            raise TlsFileError("; ".join(failures))
+            raise ConfigError(fleet.source, "tls_cert", "; ".join(failures))
         return certificates
 
     def _context(self, source: CertificateSource) -> ssl.SSLContext:

@@ -342,3 +342,15 @@ async def test_plain_http_is_redirected_and_tls_answers_carry_hsts(
     )
     assert "Strict-Transport-Security" not in headers
     assert origin.count("/secure") == 2
+
+
+def test_a_node_with_an_unreadable_certificate_does_not_start(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    node = TlsEdge(tmp_path, origin)
+    (node.files.root / "beta.key").unlink()
+    node.process.start()
+    assert node.process.proc is not None
+    assert node.process.proc.wait(30) == 2
+    assert "service beta" in node.process.log()
+    assert "cannot read the key" in node.process.log()
