@@ -15,8 +15,8 @@ Certificates are read again on `reload()` (SIGHUP) and when their files change
 is logged. Connections already open keep the context they were made with.
 
 Session resumption: OpenSSL's stateless tickets (TLS 1.2) and TLS 1.3 tickets are on,
-encrypted with a key the listener context draws at random when the process starts
-(so a restart rotates it, and no key is ever on disk).
+encrypted with a key each listener context draws at random (never on disk); the
+listener takes a fresh context, so a new key, every few hours (edge/front/tls_listener.py).
 """
 
 from __future__ import annotations
@@ -223,9 +223,10 @@ class TlsCertificates:
         connection.context = context
         return None
 
-    def listener_context(self) -> ssl.SSLContext:
-        """The context a TLS listener is created with (the same one every time)."""
-        if self._listener is None:
+    def listener_context(self, *, fresh: bool = False) -> ssl.SSLContext:
+        """The context a TLS listener is created with (the same one, unless `fresh`:
+        a new one, whose session tickets are under a new random key)."""
+        if self._listener is None or fresh:
             # no certificate of its own: every handshake is moved onto one by SNI
             context = self._context(CertificateSource("listener", "", "", ()))
             context.sni_callback = self._sni
