@@ -3,16 +3,38 @@ certificate script writes files that `edgeshield check` accepts for that fleet."
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from cli.main import main
 from fleet.config import parse_fleet
 from tests.terraform.test_aws import GOOD, plan_variables, written_file
 from tests.terraform.test_fleet_module import render
-from tests.terraform.tfrun import TERRAFORM_DIR, diagnostics, outputs, require_ok, tf
+from tests.support.fleetfile import TEST_NODE_SECRET, TEST_TOKEN
+from tests.support.ports import free_port
+from tests.terraform.test_local import (
+    EDGE_ADDRESSES,
+    free_port_everywhere,
+    kill_leftovers,
+    port_is_free,
+    recorded_pids,
+)
+from tests.terraform.tfrun import (
+    TERRAFORM_DIR,
+    copy_terraform,
+    diagnostics,
+    hcl_vars,
+    outputs,
+    require_ok,
+    tf,
+)
 
 CERTS_SCRIPT = TERRAFORM_DIR / "local" / "scripts" / "certs.py"
 
@@ -144,3 +166,64 @@ def test_aws_opens_https_to_edges() -> None:
     rules = (TERRAFORM_DIR / "aws" / "modules" / "site" / "main.tf").read_text()
     assert 'port = var.ports.edge_tls, protocol = "tcp", cidr = cidr, what = "HTTPS' in rules
     assert "edge_tls  = 443" in (TERRAFORM_DIR / "aws" / "main.tf").read_text()
+
+
+@pytest.mark.timeout(240)
+def test_local_fleet_with_tls_serves_https_through_every_edge(tmp_path: Path) -> None:
+    workdir = copy_terraform(tmp_path) / "local"
+    edge_hosts = list(EDGE_ADDRESSES.values())
+    ports = {
+        key: free_port_everywhere(edge_hosts) for key in ("edge", "edge_admin", "edge_tls")
+    }
+    ports |= {key: free_port() for key in ("purge_api", "dns", "geo_http", "origin")}
+    # shields use shield + 2i, shield + 2i + 1, and shield_tls + i
+    for key, span in (("shield", 4), ("shield_tls", 2)):
+        base = free_port()
+        while not all(port_is_free("127.0.0.1", base + i) for i in range(1, span)):
+            base = free_port()
+        ports[key] = base
+    state_dir = tmp_path / "state"
+    variables = hcl_vars(
+        {
+            "python": sys.executable,
+            "state_dir": str(state_dir),
+            "node_secret": TEST_NODE_SECRET + "-terraform",
+            "purge_token_sha256": hashlib.sha256(TEST_TOKEN.encode()).hexdigest(),
+            "ports": ports,
+            "tls": True,
+        }
+    )
+    command = tf(workdir)
+    require_ok(command.init(), "init")
+    pids: dict[str, int] = {}
+    try:
+        applied = command.apply(vars=variables)
+        pids = recorded_pids(state_dir)
+        require_ok(applied, "apply")
+        out = outputs(workdir)
+        context = ssl.create_default_context(cafile=out["ca_file"])
+        assert set(out["edge_https_urls"]) == set(out["edge_urls"])
+        for name, url in out["edge_https_urls"].items():
+            host, _, port = url.removeprefix("https://").rpartition(":")
+            with (
+                socket.create_connection((host, int(port)), timeout=15) as raw,
+                context.wrap_socket(raw, server_hostname=out["demo_host"]) as sock,
+            ):
+                request = f"GET / HTTP/1.1\r\nHost: {out['demo_host']}\r\nConnection: close\r\n\r\n"
+                sock.sendall(request.encode())
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), f"{name}: {answer[:200]!r}"
+            # the edge's miss went to a shield over TLS (node_ca): its Cache-Status has
+            # a shield member before the edge's
+            status_line = next(
+                line for line in answer.split(b"\r\n") if line.lower().startswith(b"cache-status")
+            )
+            assert b"shield-" in status_line, status_line
+    finally:
+        pids = {**pids, **recorded_pids(state_dir)}
+        destroyed = command.destroy(var=variables)
+        leftovers = kill_leftovers(pids)
+    assert destroyed.retcode == 0, diagnostics(destroyed)
+    assert leftovers == []
