@@ -61,7 +61,7 @@ def tls_arguments(tls_dir: Path) -> dict[str, object]:
                 "region": "eu",
                 "listen": "127.0.0.1:47100",
                 "admin_listen": "127.0.0.1:47101",
-                "cache_dir": "/tmp/x",
+                "cache_dir": str(tls_dir.parent / "shield-1"),
                 "tls_listen": "127.0.0.1:47150",
                 "tls_cert": cert,
                 "tls_key": key,
@@ -73,7 +73,7 @@ def tls_arguments(tls_dir: Path) -> dict[str, object]:
                 "region": "eu",
                 "listen": "127.0.1.1:47080",
                 "admin_listen": "127.0.1.1:47081",
-                "cache_dir": "/tmp/y",
+                "cache_dir": str(tls_dir.parent / "edge-eu"),
                 "tls_listen": "127.0.1.1:47443",
             }
         ],
