@@ -291,12 +291,7 @@ async def _serve(
         access_log=None,
         keepalive_timeout=node.keepalive_timeout,
     )
-    traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
-    await traffic_runner.setup()
-    host, port = split_host_port(node.listen)
-    site = web.SockSite(traffic_runner, _listen_socket(host, port))
-    await site.start()
-    runners.append(traffic_runner)
+    # TLS first: once the plain port answers (what supervisors wait for), so does TLS
     tls_listener = (
         await start_tls_listener(
             fleet,
@@ -311,6 +306,12 @@ async def _serve(
         if node.tls_listen
         else None
     )
+    traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
+    await traffic_runner.setup()
+    host, port = split_host_port(node.listen)
+    site = web.SockSite(traffic_runner, _listen_socket(host, port))
+    await site.start()
+    runners.append(traffic_runner)
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
         + (f" and {node.tls_url}" if tls_listener is not None else "")

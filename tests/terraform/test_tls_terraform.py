@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,22 @@ from tests.terraform.tfrun import (
 )
 
 CERTS_SCRIPT = TERRAFORM_DIR / "local" / "scripts" / "certs.py"
+
+
+def https_get(url: str, host_name: str, path: str, context: ssl.SSLContext) -> bytes:
+    """One HTTP/1.1 request over TLS to `url` (https://addr:port) with SNI and Host
+    `host_name`; the whole answer."""
+    host, _, port = url.removeprefix("https://").rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname=host_name) as sock,
+    ):
+        request = f"GET {path} HTTP/1.1\r\nHost: {host_name}\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 def tls_arguments(tls_dir: Path) -> dict[str, object]:
@@ -204,22 +221,24 @@ def test_local_fleet_with_tls_serves_https_through_every_edge(tmp_path: Path) ->
         context = ssl.create_default_context(cafile=out["ca_file"])
         assert set(out["edge_https_urls"]) == set(out["edge_urls"])
         for name, url in out["edge_https_urls"].items():
-            host, _, port = url.removeprefix("https://").rpartition(":")
-            with (
-                socket.create_connection((host, int(port)), timeout=15) as raw,
-                context.wrap_socket(raw, server_hostname=out["demo_host"]) as sock,
-            ):
-                request = f"GET / HTTP/1.1\r\nHost: {out['demo_host']}\r\nConnection: close\r\n\r\n"
-                sock.sendall(request.encode())
-                answer = b""
-                while chunk := sock.recv(65536):
-                    answer += chunk
-            assert answer.startswith(b"HTTP/1.1 200"), f"{name}: {answer[:200]!r}"
-            # the edge's miss went to a shield over TLS (node_ca): its Cache-Status has
-            # a shield member before the edge's
-            status_line = next(
-                line for line in answer.split(b"\r\n") if line.lower().startswith(b"cache-status")
-            )
+            # the edge may not have seen its shields healthy yet (they catch up on
+            # purges first) and then fetches from the origin itself: a readiness wait
+            # for a miss that went through a shield, each try a new key
+            deadline = time.monotonic() + 20
+            attempt = 0
+            while True:
+                attempt += 1
+                answer = https_get(url, out["demo_host"], f"/?try={attempt}", context)
+                assert answer.startswith(b"HTTP/1.1 200"), f"{name}: {answer[:200]!r}"
+                status_line = next(
+                    line
+                    for line in answer.split(b"\r\n")
+                    if line.lower().startswith(b"cache-status")
+                )
+                if b"shield-" in status_line or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            # the miss went to a shield over TLS (node_ca): a shield member comes first
             assert b"shield-" in status_line, status_line
     finally:
         pids = {**pids, **recorded_pids(state_dir)}
