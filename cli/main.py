@@ -237,6 +237,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         for service in fleet.services:
             for warning in service.traffic.warnings:
                 print(f"{fleet.source}: warning: {warning}", file=sys.stderr)
+        if _tls_findings(fleet):
+            return 2
         print(
             f"{fleet.source}: ok ({len(fleet.regions)} regions, {len(fleet.services)} services, "
             f"{len(fleet.shields)} shields, {len(fleet.edges)} edges)"
@@ -292,6 +294,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_inspect(_load(args.config), args.url, args.node, as_json=args.json)
     raise AssertionError(f"unhandled command {command!r}")
+
+
+def _tls_findings(fleet: Fleet) -> bool:
+    """Print the TLS files' errors and warnings (fleet.tls); True when there are errors."""
+    from fleet.tls import check_tls
+
+    report = check_tls(fleet)
+    for warning in report.warnings:
+        print(f"edgeshield: warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"edgeshield: {error}", file=sys.stderr)
+    return bool(report.errors)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,18 @@ from typing import TextIO
 
 from edge.outcome import Outcome
 
-FIELDS = ("ts", "method", "host", "target", "status", "cache", "bytes", "ms", "client")
+FIELDS = (
+    "ts",
+    "method",
+    "host",
+    "target",
+    "status",
+    "cache",
+    "bytes",
+    "ms",
+    "client",
+    "proto",
+)
 
 
 class AccessLog:

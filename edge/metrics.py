@@ -126,6 +126,10 @@ class NodeMetrics:
         self.workers_expected = Level()
         self.worker_restarts = Count()
         self.reloads = Count()
+        self.tls_unrecognized_name = Count()
+        self.tls_reloads = Count()
+        self.tls_reload_failures = Count()
+        self.h2_goaways = Count()
         self.fill_seconds = Distribution()
         self.hit_seconds = Distribution()
         self.miss_seconds = Distribution()
@@ -268,6 +272,26 @@ class NodeMetrics:
                 "edgeshield_decode_refused",
                 "Coded bodies not decoded past the object size limit (decompression bombs)",
                 self.decode_refused,
+            ),
+            (
+                "edgeshield_tls_unrecognized_name",
+                "TLS handshakes refused with unrecognized_name (unknown or missing SNI)",
+                self.tls_unrecognized_name,
+            ),
+            (
+                "edgeshield_tls_reloads",
+                "Certificate reloads that served new files",
+                self.tls_reloads,
+            ),
+            (
+                "edgeshield_tls_reload_failures",
+                "Certificate reloads refused (a bad file: the old certificate kept)",
+                self.tls_reload_failures,
+            ),
+            (
+                "edgeshield_h2_goaways",
+                "HTTP/2 connections sent GOAWAY for abuse (rapid resets, protocol errors)",
+                self.h2_goaways,
             ),
         ):
             family = CounterMetricFamily(name, help_text, labels=labels)

@@ -28,6 +28,8 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.front.https_policy import HttpsPolicy
+from edge.front.tls_listener import start_tls_listener
 from edge.inspection import cache_view
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -44,6 +46,7 @@ from edge.upstream import (
     UpstreamResponse,
     make_session,
 )
+from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
 from runtime.auth import bearer_matches
@@ -234,6 +237,14 @@ async def _serve(
         ShieldRing(fleet.shields, session, secret) if role.uses_shields and fleet.shields else None
     )
     upstream = TierUpstream(fleet.services, ring, session, node.workers)
+    tls_sessions = use_tls_upstreams(
+        fleet,
+        ring,
+        upstream.pools,
+        lambda tls: make_session(
+            session.timeout.sock_connect or 2.0, session.timeout.sock_read or 30.0, tls
+        ),
+    )
     access_log = (
         AccessLog(sys.stdout, node.name)
         if os.environ.get("EDGESHIELD_ACCESS_LOG", "1") != "0"
@@ -302,10 +313,25 @@ async def _serve(
     )
     limits.start()
     server = LimitedServer(
-        traffic_handler(engine, access_log, metrics),
+        traffic_handler(engine, access_log, metrics, HttpsPolicy(fleet.services)),
         limits,
         access_log=None,
         keepalive_timeout=node.keepalive_timeout,
+    )
+    # TLS first: once the plain port answers (what supervisors wait for), so does TLS
+    tls_listener = (
+        await start_tls_listener(
+            fleet,
+            node,
+            _listen_socket(*split_host_port(node.tls_listen)),
+            engine,
+            server,
+            metrics,
+            access_log,
+            limits,
+        )
+        if node.tls_listen
+        else None
     )
     traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
     await traffic_runner.setup()
@@ -314,18 +340,27 @@ async def _serve(
     await site.start()
     runners.append(traffic_runner)
 
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads),
-    )
+    reload_fleet = on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads)
+    reload_certificates = tls_listener.certificates.on_reload_signal() if tls_listener else None
+
+    def on_sighup() -> None:
+        """SIGHUP: the fleet file (passed on to the other workers), then certificates."""
+        reload_fleet()
+        if reload_certificates is not None:
+            reload_certificates()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
+        + (f" and {node.tls_url}" if tls_listener is not None else "")
         + (f", admin on {node.admin_url}" if admin else ""),
         flush=True,
     )
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()
+    if tls_listener is not None:
+        await tls_listener.close()
     for runner in reversed(runners):
         await runner.cleanup()
     await limits.stop()
@@ -342,6 +377,8 @@ async def _serve(
     if access_log:
         await access_log.stop()
     await session.close()
+    for tls_session in tls_sessions:
+        await tls_session.close()
     await store.close()
 
 

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -195,9 +196,13 @@ class _ReuseCheckingConnector(aiohttp.TCPConnector):
             connection.close()
 
 
-def make_session(connect_timeout: float = 2.0, read_timeout: float = 30.0) -> aiohttp.ClientSession:
-    """A keep-alive client session for talking to the next tier."""
+def make_session(
+    connect_timeout: float = 2.0, read_timeout: float = 30.0, tls: ssl.SSLContext | bool = True
+) -> aiohttp.ClientSession:
+    """A keep-alive client session for talking to the next tier (`tls`: how https
+    peers are verified; see edge/upstream_tls.py)."""
     connector = _ReuseCheckingConnector(
+        ssl=tls,
         limit=0,
         limit_per_host=0,
         keepalive_timeout=30,
@@ -505,6 +510,8 @@ class ShieldRing:
     #: how long a passively failed shield is skipped before it is tried again
     down_seconds: float = 3.0
     probe_interval: float = 1.0
+    #: reach shields on their TLS listeners (`[security] node_ca` is set)
+    tls: bool = False
     _states: dict[str, _ShieldState] = field(default_factory=dict)
     _names: list[str] = field(default_factory=list)
     _probe_task: asyncio.Task[None] | None = None
@@ -552,7 +559,8 @@ class ShieldRing:
         retryable = method in IDEMPOTENT and body is None
         for shield in self.order(key):
             try:
-                response = await _send(self.session, shield.url, request, shield.name, lambda: None)
+                url = shield.tls_url if self.tls else shield.url
+                response = await _send(self.session, url, request, shield.name, lambda: None)
             except _ConnectFailure:
                 self.mark_down(shield.name)
                 if not retryable:

@@ -194,6 +194,23 @@ class Service:
     early_hints: bool = False
     #: traffic rules, origin groups, rate limits, the PURGE method (fleet.rules)
     traffic: TrafficRules = field(default_factory=TrafficRules)
+    #: PEM certificate (chain) and key served for this service's hosts over TLS; the
+    #: certificate may cover several hosts by SAN or wildcard
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: answer plain-HTTP requests with 308 to https (RFC 9110 15.4.9)
+    https_redirect: bool = False
+    #: Strict-Transport-Security max-age on TLS answers (RFC 6797); None: no header
+    hsts_max_age: int | None = None
+    #: PEM CA bundle that https origins are verified against (empty: the system store)
+    origin_ca: str = ""
+    #: verify https origins' certificates (turning it off is warned about by `check`)
+    origin_tls_verify: bool = True
+
+    @property
+    def has_tls(self) -> bool:
+        """Whether the service has a certificate to serve over TLS."""
+        return bool(self.tls_cert)
 
 
 #: the share of a node's cache_size one object may take at most (so at least this many
@@ -226,6 +243,20 @@ class NodeConfig:
     keepalive_timeout: float = 20.0
     #: bytes per second the background scrubber re-reads to verify body checksums (0: off)
     scrub_rate: int = 8 * 1024**2
+    #: "addr:port" of the node's TLS listener (optional; empty: none)
+    tls_listen: str = ""
+    #: the node's own certificate and key (PEM), served on `tls_listen` when the SNI is
+    #: the node's name: what edges verify a shield by, against `[security] node_ca`
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @property
+    def tls_url(self) -> str:
+        """Base URL of the node's TLS listener ("" when it has none)."""
+        if not self.tls_listen:
+            return ""
+        host, port = split_host_port(self.tls_listen)
+        return f"https://{_url_host(host)}:{port}"
 
     @property
     def listen_host(self) -> str:
@@ -335,6 +366,19 @@ class SecurityConfig:
     #: store answers to requests that carried Cookie or Authorization on a heuristic
     #: lifetime (Last-Modified only); off: such answers need explicit freshness
     heuristic_freshness_with_credentials: bool = False
+    #: PEM CA that node certificates are signed by; when set, edges reach shields over
+    #: TLS (their `tls_listen`) and verify them against it
+    node_ca: str = ""
+    #: the oldest TLS version a TLS listener accepts: "1.2" or "1.3"
+    tls_min_version: str = "1.2"
+    #: the ALPN protocols TLS listeners offer, preferred first
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+
+#: the values `[security] alpn` may list
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+#: the values `[security] tls_min_version` may take
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True)
@@ -619,6 +663,7 @@ def _security(t: _Table) -> SecurityConfig:
         heuristic_freshness_with_credentials=t.get(
             "heuristic_freshness_with_credentials", bool, False
         ),
+        **_security_tls(t),
     )
     t.reject_unknown()
     return security
@@ -729,6 +774,7 @@ def _service(t: _Table) -> Service:
         compress_min_size=t.integer("compress_min_size", 256, minimum=0),
         early_hints=t.get("early_hints", bool, False),
         traffic=parse_traffic(t, _ORIGIN_URL),
+        **_service_tls(t),
     )
     if service.max_object_size < 1:
         raise t.error("max_object_size", "must be at least 1 byte")
@@ -758,6 +804,7 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         head_timeout=read(lambda: t.number("head_timeout", 10.0, minimum=0.1)),
         keepalive_timeout=read(lambda: t.number("keepalive_timeout", 20.0, minimum=0.1)),
         scrub_rate=read(lambda: t.size("scrub_rate", 8 * 1024**2)),
+        **(read(lambda: _node_tls(t)) or {}),
     )
     if kwargs["cache_size"] is not None and kwargs["cache_size"] < 1024 * 1024:
         problems.add(t.error("cache_size", "must be at least 1MiB"))
@@ -799,6 +846,61 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _pem_pair(t: _Table) -> dict[str, Any]:
+    """`tls_cert` and `tls_key`: both or neither (their files are checked by
+    fleet.tls, which `edgeshield check` and every node run)."""
+    cert = t.text("tls_cert", "")
+    key = t.text("tls_key", "")
+    if cert and not key:
+        raise t.error("tls_key", "is required with tls_cert")
+    if key and not cert:
+        raise t.error("tls_cert", "is required with tls_key")
+    return {"tls_cert": cert, "tls_key": key}
+
+
+def _service_tls(t: _Table) -> dict[str, Any]:
+    """A service's TLS keys (see `Service`)."""
+    kwargs = _pem_pair(t)
+    kwargs["https_redirect"] = t.get("https_redirect", bool, False)
+    if kwargs["https_redirect"] and not kwargs["tls_cert"]:
+        raise t.error("https_redirect", "needs tls_cert and tls_key (nothing serves https)")
+    hsts = t.get("hsts_max_age", int, None)
+    if hsts is not None:
+        if hsts < 0:
+            raise t.error("hsts_max_age", "must be at least 0")
+        if not kwargs["tls_cert"]:
+            raise t.error("hsts_max_age", "needs tls_cert and tls_key (HSTS is sent over TLS)")
+    kwargs["hsts_max_age"] = hsts
+    kwargs["origin_ca"] = t.text("origin_ca", "")
+    kwargs["origin_tls_verify"] = t.get("origin_tls_verify", bool, True)
+    return kwargs
+
+
+def _node_tls(t: _Table) -> dict[str, Any]:
+    """A node's TLS keys (see `NodeConfig`)."""
+    kwargs = _pem_pair(t)
+    kwargs["tls_listen"] = t.address("tls_listen")
+    if kwargs["tls_cert"] and not kwargs["tls_listen"]:
+        raise t.error("tls_cert", "needs tls_listen (the listener it is served on)")
+    return kwargs
+
+
+def _security_tls(t: _Table) -> dict[str, Any]:
+    """`[security]`'s TLS keys (see `SecurityConfig`)."""
+    version = t.text("tls_min_version", "1.2")
+    if version not in TLS_VERSIONS:
+        raise t.error("tls_min_version", 'must be "1.2" or "1.3"')
+    alpn = t.strings("alpn", ALPN_PROTOCOLS)
+    if not alpn:
+        raise t.error("alpn", "must list at least one protocol")
+    for name in alpn:
+        if name not in ALPN_PROTOCOLS:
+            raise t.error("alpn", f"{name[:20]!r} is not one of h2, http/1.1")
+    if len(set(alpn)) != len(alpn):
+        raise t.error("alpn", "lists a protocol twice")
+    return {"node_ca": t.text("node_ca", ""), "tls_min_version": version, "alpn": alpn}
 
 
 def _purge_api(t: _Table) -> PurgeApiConfig:
@@ -912,6 +1014,7 @@ def _check_references(
                     )
                 )
     problems += _check_listens(fleet)
+    problems += _check_tls_references(fleet)
     if fleet.purge_api and services_complete:
         for token in fleet.purge_api.tokens:
             for service_name in token.services:
@@ -946,6 +1049,35 @@ def _check_references(
 _WILDCARDS = {"0.0.0.0": "ipv4", "::": "ipv6", "": "any"}
 
 
+def _check_tls_references(fleet: Fleet) -> list[ConfigError]:
+    """A TLS listener has a certificate to serve, and with `[security] node_ca` every
+    shield serves one of its own (the files themselves are checked by fleet.tls)."""
+    problems = []
+    for table, nodes in (("[[shields]]", fleet.shields), ("[[edges]]", fleet.edges)):
+        for node in nodes:
+            if node.tls_listen and not node.tls_cert and not any(s.has_tls for s in fleet.services):
+                problems.append(
+                    ConfigError(
+                        fleet.source,
+                        f"{table} ({node.name!r}) key 'tls_listen'",
+                        "no certificate to serve: give a service (or this node) tls_cert and "
+                        "tls_key",
+                    )
+                )
+    if fleet.security.node_ca:
+        for shield in fleet.shields:
+            if not shield.tls_listen or not shield.tls_cert:
+                problems.append(
+                    ConfigError(
+                        fleet.source,
+                        f"[[shields]] ({shield.name!r}) key 'tls_listen'",
+                        "[security] node_ca is set: every shield needs tls_listen, tls_cert, "
+                        "tls_key",
+                    )
+                )
+    return problems
+
+
 def _check_listens(fleet: Fleet) -> list[ConfigError]:
     """Every listener of the fleet on a fixed port, and on an address no other
     listener of this machine's fleet takes (0.0.0.0:P takes every host's port P)."""
@@ -957,6 +1089,8 @@ def _check_listens(fleet: Fleet) -> list[ConfigError]:
                 (where, "listen", node.listen),
                 (where, "admin_listen", node.admin_listen),
             ]
+            if node.tls_listen:
+                listeners.append((where, "tls_listen", node.tls_listen))
     if fleet.purge_api:
         listeners.append(("[purge_api]", "listen", fleet.purge_api.listen))
     if fleet.geo:

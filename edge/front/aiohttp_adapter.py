@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
+from edge.front.https_policy import HTTPS_REDIRECT, HttpsPolicy
 from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, REFUSED_RESPONSE, ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -80,11 +81,13 @@ class AiohttpBody:
 class AiohttpSink:
     """A `ResponseSink` onto aiohttp's responses; `response` is what the handler returns."""
 
-    __slots__ = ("_request", "response")
+    __slots__ = ("_request", "hsts", "response")
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    def __init__(self, request: web.BaseRequest, hsts: str | None = None) -> None:
         self._request = request
         self.response: web.StreamResponse | None = None
+        #: Strict-Transport-Security for every answer (edge/front/https_policy.py)
+        self.hsts = hsts
 
     def send(
         self,
@@ -96,6 +99,8 @@ class AiohttpSink:
     ) -> None:
         """A whole answer: aiohttp frames and sends it once the handler returns."""
         response = web.Response(status=status, headers=headers, body=body)
+        if self.hsts is not None:
+            response.headers["Strict-Transport-Security"] = self.hsts
         if close:
             response.force_close()
         self.response = response
@@ -103,6 +108,8 @@ class AiohttpSink:
     async def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Send the head of a streamed answer."""
         response = web.StreamResponse(status=status, headers=headers)
+        if self.hsts is not None:
+            response.headers["Strict-Transport-Security"] = self.hsts
         self.response = response
         await response.prepare(self._request)
 
@@ -137,10 +144,20 @@ class AiohttpSink:
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
 
-async def answer(engine: Engine, request: web.BaseRequest) -> tuple[web.StreamResponse, Outcome]:
-    """Run one aiohttp request through `engine`: aiohttp's response and the Outcome."""
+async def answer(
+    engine: Engine, request: web.BaseRequest, https: HttpsPolicy | None = None
+) -> tuple[web.StreamResponse, Outcome]:
+    """Run one aiohttp request through `engine`: aiohttp's response and the Outcome
+    (`https`: the services' https_redirect and HSTS, when any service has them)."""
+    head = request_head(request)
     sink = AiohttpSink(request)
-    outcome = await engine.handle(request_head(request), AiohttpBody(request), sink)
+    if https is not None:
+        redirect = https.redirect(head)
+        if redirect is not None:
+            status, headers, body = redirect
+            return web.Response(status=status, headers=headers, body=body), HTTPS_REDIRECT
+        sink.hsts = https.hsts(head)
+    outcome = await engine.handle(head, AiohttpBody(request), sink)
     if sink.response is None:
         raise RuntimeError("the engine returned without answering")
     return sink.response, outcome
@@ -158,17 +175,21 @@ def aiohttp_handler(engine: Engine) -> Callable[[web.BaseRequest], Awaitable[web
 
 
 def traffic_handler(
-    engine: Engine, access_log: AccessLog | None, metrics: NodeMetrics
+    engine: Engine,
+    access_log: AccessLog | None,
+    metrics: NodeMetrics,
+    https: HttpsPolicy | None = None,
 ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     """The node's handler of client traffic: the engine's answer, its latency counted
     in the histogram of its Outcome, and an access-log line."""
     record = access_log.record if access_log is not None else None
+    https = https if https is not None and https.active else None
     clock = time.time
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         started = clock()
         try:
-            response, outcome = await answer(engine, request)
+            response, outcome = await answer(engine, request, https)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
@@ -196,6 +217,7 @@ def traffic_handler(
                     response.content_length,
                     elapsed,
                     request.remote,
+                    "https/1.1" if request.secure else "http/1.1",
                 )
             )
         return response

@@ -7,6 +7,7 @@
 locals {
   ports = {
     edge      = 80
+    edge_tls  = 443
     admin     = 9090
     shield    = 8080
     purge_api = 8000
@@ -16,6 +17,10 @@ locals {
   mmdb_path      = "/var/lib/edgeshield/geo.mmdb"
   purge_api_site = var.purge_api_site != "" ? var.purge_api_site : var.sites[0].name
   fleet_cidrs    = [for s in var.sites : s.vpc_cidr]
+  # with a certificate, every service serves it on the edges' port 443 (by SNI)
+  tls      = var.tls_cert_pem != ""
+  tls_cert = "/etc/edgeshield/tls/site.crt"
+  tls_key  = "/etc/edgeshield/tls/site.key"
 
   # Every machine of the fleet: one node each, at a fixed host number of its subnet
   # (edges .10+, shields .20+, purge API .30, GeoDNS .40).
@@ -77,7 +82,10 @@ module "fleet" {
     longitude       = s.longitude
     client_networks = s.client_networks
   }]
-  services = var.services
+  services = [for s in var.services : merge(s, {
+    tls_cert = local.tls ? local.tls_cert : null
+    tls_key  = local.tls ? local.tls_key : null
+  })]
   shields = [for name, n in local.nodes : {
     name         = name
     region       = n.site
@@ -94,6 +102,7 @@ module "fleet" {
     cache_dir      = "/var/cache/edgeshield/${name}"
     cache_size     = var.cache_sizes.edge
     public_address = local.public_ip[name]
+    tls_listen     = local.tls ? "${local.private_ip[name]}:${local.ports.edge_tls}" : null
   } if n.role == "edge"]
   purge_api = {
     listen   = "${local.private_ip["purge-api"]}:${local.ports.purge_api}"
@@ -120,6 +129,9 @@ module "user_data" {
   node_secret = var.node_secret
   mmdb_url    = var.mmdb_url
   mmdb_path   = local.mmdb_path
+  # every machine runs `edgeshield check` on the same fleet.toml, which reads the files
+  tls_cert_pem = var.tls_cert_pem
+  tls_key_pem  = var.tls_key_pem
 }
 
 module "site1" {

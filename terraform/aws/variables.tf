@@ -215,3 +215,22 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "tls_cert_pem" {
+  description = "PEM certificate chain served over HTTPS (port 443) by every edge for the services' hosts; it must cover them all (by SAN or wildcard). Empty: HTTP only."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "tls_key_pem" {
+  description = "PEM private key of tls_cert_pem (written owner-only on the edges by cloud-init)."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = (var.tls_key_pem == "") == (var.tls_cert_pem == "")
+    error_message = "tls_cert_pem and tls_key_pem go together: set both or neither."
+  }
+}

@@ -9,6 +9,9 @@ locals {
   secret_file = "${local.state_dir}/node-secret.env"
   mmdb_file   = "${local.state_dir}/geo/fleet.mmdb"
   node_script = abspath("${path.module}/scripts/node.py")
+  tls_dir     = "${local.state_dir}/tls"
+  tls_cert    = var.tls ? "${local.tls_dir}/site.crt" : null
+  tls_key     = var.tls ? "${local.tls_dir}/site.key" : null
   service     = var.service
   origin      = "127.0.0.1:${var.ports.origin}"
 
@@ -20,6 +23,7 @@ locals {
     cache_dir      = "${local.state_dir}/cache/edge-${r.name}-${i + 1}"
     cache_size     = var.cache_size
     public_address = r.edge_address
+    tls_listen     = var.tls ? "${r.edge_address}:${var.ports.edge_tls + 2 * i}" : null
   }]])
 
   shields = [for i in range(var.shield_count) : {
@@ -29,6 +33,9 @@ locals {
     admin_listen = "127.0.0.1:${var.ports.shield + 2 * i + 1}"
     cache_dir    = "${local.state_dir}/cache/shield-${i + 1}"
     cache_size   = var.cache_size
+    tls_listen   = var.tls ? "127.0.0.1:${var.ports.shield_tls + i}" : null
+    tls_cert     = local.tls_cert
+    tls_key      = local.tls_key
   }]
 
   # Everything a destroy-time provisioner needs, since it may only refer to self.
@@ -52,6 +59,8 @@ module "fleet" {
     hosts             = [var.demo_host]
     origins           = ["http://${local.origin}"]
     health_check_path = "/"
+    tls_cert          = local.tls_cert
+    tls_key           = local.tls_key
   }]
   shields = local.shields
   edges   = local.edges
@@ -68,12 +77,26 @@ module "fleet" {
     ttl         = 10
   }
   node_secret_env = var.node_secret_env
+  tls             = var.tls ? { node_ca = "${local.tls_dir}/ca.pem" } : null
+}
+
+# With var.tls: a throwaway CA and one certificate (the demo host, and every address
+# edges and shields listen on) written before the fleet file that names them.
+resource "terraform_data" "certs" {
+  count            = var.tls ? 1 : 0
+  triggers_replace = [var.demo_host, join(",", [for r in var.regions : r.edge_address])]
+
+  provisioner "local-exec" {
+    command     = join(",", concat(["127.0.0.1"], [for r in var.regions : r.edge_address]))
+    interpreter = [var.python, abspath("${path.module}/scripts/certs.py"), local.tls_dir, var.demo_host]
+  }
 }
 
 # The fleet file every node reads; rewritten (and every node restarted) when it changes.
 resource "terraform_data" "fleet_file" {
   triggers_replace = sha256(module.fleet.fleet_toml)
   input            = { path = local.fleet_file }
+  depends_on       = [terraform_data.certs]
 
   provisioner "local-exec" {
     command     = local.fleet_file

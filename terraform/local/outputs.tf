@@ -51,3 +51,13 @@ output "pid_files" {
     { for k, v in terraform_data.edge : k => v.input.pid_file },
   )
 }
+
+output "edge_https_urls" {
+  description = "Edge name => HTTPS base URL (with var.tls; send SNI and Host demo_host, e.g. curl --cacert ca_file --resolve)."
+  value       = { for e in local.edges : e.name => "https://${e.tls_listen}" if e.tls_listen != null }
+}
+
+output "ca_file" {
+  description = "The throwaway CA that signed the local fleet's certificate (with var.tls), for curl --cacert."
+  value       = var.tls ? "${local.tls_dir}/ca.pem" : null
+}

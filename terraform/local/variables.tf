@@ -94,6 +94,8 @@ variable "ports" {
     dns        = optional(number, 47053)
     geo_http   = optional(number, 47054)
     origin     = optional(number, 47300)
+    edge_tls   = optional(number, 47443)
+    shield_tls = optional(number, 47150)
   })
   default = {}
 
@@ -125,4 +127,10 @@ variable "cache_size" {
   description = "Disk cache size of each edge and shield, as a size string."
   type        = string
   default     = "256MiB"
+}
+
+variable "tls" {
+  description = "Serve HTTPS too: a throwaway CA and certificate are generated (scripts/certs.py, run by local-exec) for demo_host and the fleet's addresses; edges get a TLS listener (ports.edge_tls on their region's address) and edges reach shields over TLS verified against that CA."
+  type        = bool
+  default     = false
 }

@@ -21,5 +21,7 @@ locals {
     secret_env_b64 = base64encode("${var.node_secret_env}=${var.node_secret}\n")
     mmdb_url       = var.mmdb_url
     mmdb_path      = var.mmdb_path
+    tls_cert_b64   = base64encode(var.tls_cert_pem)
+    tls_key_b64    = base64encode(var.tls_key_pem)
   })
 }

@@ -53,3 +53,17 @@ variable "mmdb_path" {
   type        = string
   default     = "/var/lib/edgeshield/geo.mmdb"
 }
+
+variable "tls_cert_pem" {
+  description = "PEM certificate chain written to /etc/edgeshield/tls/site.crt (empty: none)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "tls_key_pem" {
+  description = "PEM private key written to /etc/edgeshield/tls/site.key, readable by the node only (empty: none)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}

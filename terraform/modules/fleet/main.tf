@@ -31,6 +31,12 @@ locals {
     ["health_check_interval", s.health_check_interval],
     ["connect_timeout", s.connect_timeout],
     ["read_timeout", s.read_timeout],
+    ["tls_cert", s.tls_cert],
+    ["tls_key", s.tls_key],
+    ["https_redirect", s.https_redirect],
+    ["hsts_max_age", s.hsts_max_age],
+    ["origin_ca", s.origin_ca],
+    ["origin_tls_verify", s.origin_tls_verify],
   ]]
 
   service_cache_keys = [for s in var.services : s.cache_key == null ? null : [
@@ -47,6 +53,9 @@ locals {
     ["cache_size", n.cache_size],
     ["memory_size", n.memory_size],
     ["workers", n.workers],
+    ["tls_listen", n.tls_listen],
+    ["tls_cert", n.tls_cert],
+    ["tls_key", n.tls_key],
   ]]
 
   edge_tables = [for n in var.edges : [
@@ -59,7 +68,18 @@ locals {
     ["memory_size", n.memory_size],
     ["workers", n.workers],
     ["public_address", n.public_address],
+    ["tls_listen", n.tls_listen],
+    ["tls_cert", n.tls_cert],
+    ["tls_key", n.tls_key],
   ]]
+
+  security_tls = var.tls == null ? [] : [
+    for kv in [
+      ["node_ca", var.tls.node_ca],
+      ["tls_min_version", var.tls.tls_min_version],
+      ["alpn", var.tls.alpn],
+    ] : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null
+  ]
 
   purge_api_table = var.purge_api == null ? null : [
     ["listen", var.purge_api.listen],
@@ -115,7 +135,7 @@ locals {
       [for t in local.coverage_zone_tables : join("\n", concat(["[[geo.coverage_zones]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
       [for t in local.nameserver_tables : join("\n", concat(["[[geo.nameservers]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
     ),
-    [join("\n", ["[security]", "node_secret_env = ${jsonencode(var.node_secret_env)}"])],
+    [join("\n", concat(["[security]", "node_secret_env = ${jsonencode(var.node_secret_env)}"], local.security_tls))],
   )
 
   fleet_toml = "${join("\n\n", local.blocks)}\n"

@@ -43,6 +43,12 @@ variable "services" {
     health_check_interval  = optional(number)
     connect_timeout        = optional(number)
     read_timeout           = optional(number)
+    tls_cert               = optional(string)
+    tls_key                = optional(string)
+    https_redirect         = optional(bool)
+    hsts_max_age           = optional(number)
+    origin_ca              = optional(string)
+    origin_tls_verify      = optional(bool)
     cache_key = optional(object({
       sort_query  = optional(bool)
       drop_params = optional(list(string))
@@ -78,6 +84,9 @@ variable "shields" {
     cache_size   = optional(string, "256MiB")
     memory_size  = optional(string)
     workers      = optional(number)
+    tls_listen   = optional(string)
+    tls_cert     = optional(string)
+    tls_key      = optional(string)
   }))
   default = []
 
@@ -103,6 +112,9 @@ variable "edges" {
     memory_size    = optional(string)
     workers        = optional(number)
     public_address = optional(string)
+    tls_listen     = optional(string)
+    tls_cert       = optional(string)
+    tls_key        = optional(string)
   }))
   default = []
 
@@ -174,5 +186,20 @@ variable "node_secret_env" {
   validation {
     condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]*$", var.node_secret_env))
     error_message = "node_secret_env must be a valid environment variable name."
+  }
+}
+
+variable "tls" {
+  description = "The [security] TLS keys: node_ca (PEM path; set, edges reach shields over TLS verified against it), tls_min_version (\"1.2\" or \"1.3\") and alpn (protocols offered, preferred first). Null leaves the loader's defaults."
+  type = object({
+    node_ca         = optional(string)
+    tls_min_version = optional(string)
+    alpn            = optional(list(string))
+  })
+  default = null
+
+  validation {
+    condition     = var.tls == null ? true : contains(["1.2", "1.3"], coalesce(var.tls.tls_min_version, "1.2"))
+    error_message = "tls_min_version must be \"1.2\" or \"1.3\"."
   }
 }

@@ -9,6 +9,7 @@ locals {
   # everything else (admin endpoints, shields, GeoDNS health API) is fleet-only.
   rules = concat(
     [for cidr in ["0.0.0.0/0"] : { role = "edge", port = var.ports.edge, protocol = "tcp", cidr = cidr, what = "HTTP from users" }],
+    [for cidr in ["0.0.0.0/0"] : { role = "edge", port = var.ports.edge_tls, protocol = "tcp", cidr = cidr, what = "HTTPS from users" }],
     [for cidr in var.fleet_cidrs : { role = "edge", port = var.ports.admin, protocol = "tcp", cidr = cidr, what = "admin from the fleet" }],
     [for cidr in var.fleet_cidrs : { role = "shield", port = var.ports.shield, protocol = "tcp", cidr = cidr, what = "fills from edges" }],
     [for cidr in var.fleet_cidrs : { role = "shield", port = var.ports.admin, protocol = "tcp", cidr = cidr, what = "admin from the fleet" }],

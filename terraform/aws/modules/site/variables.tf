@@ -40,9 +40,10 @@ variable "user_data" {
 }
 
 variable "ports" {
-  description = "The fleet's ports: edge, admin, shield, purge_api, dns, geo_http."
+  description = "The fleet's ports: edge, edge_tls, admin, shield, purge_api, dns, geo_http."
   type = object({
     edge      = number
+    edge_tls  = number
     admin     = number
     shield    = number
     purge_api = number
