@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge_api = sub.add_parser("purge-api", help="run the purge API, or make a token")
     purge_api.add_argument("--config", help="fleet.toml")
+    purge_api.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="host:port of this replica (default: the first of [purge_api] listen)",
+    )
     purge_api_sub = purge_api.add_subparsers(dest="purge_api_command", metavar="ACTION")
     purge_api_sub.add_parser("hash-token", help="print a new purge token and its SHA-256")
 
@@ -111,7 +116,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         from purge_api.server import serve_purge_api
 
-        return serve_purge_api(_load(args.config))
+        return serve_purge_api(_load(args.config), args.listen)
     if command == "geo":
         from geo import cli as geo_cli
 

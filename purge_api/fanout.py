@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from fleet.config import Fleet, NodeConfig, ShieldConfig
-from purge_api.log import PurgeLog
+from purge_api.logs import LogUnavailable, PurgeLogStore
 
 __all__ = ["FanOut", "NodeLink"]
 
@@ -62,7 +62,7 @@ class FanOut:
     def __init__(
         self,
         fleet: Fleet,
-        purge_log: PurgeLog,
+        purge_log: PurgeLogStore,
         secret: str,
         clock: Callable[[], float] = time.time,
         push_timeout: float = 2.0,
@@ -79,9 +79,10 @@ class FanOut:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Read where every node was, and start one sender per node."""
-        self.head = await self.log.call(self.log.head)
-        seqs = await self.log.call(self.log.node_seqs)
+        """Open the log, read where every node was, and start one sender per node."""
+        await self.log.open(self)
+        self.head = await self.log.head()
+        seqs = await self.log.node_seqs()
         for node in self.fleet.nodes:
             self.links[node.name] = NodeLink(node, min(seqs.get(node.name, 0), self.head))
         self._session = aiohttp.ClientSession(
@@ -137,6 +138,20 @@ class FanOut:
                 )
             return self.is_complete(seq)
 
+    def node_acked(self, node: str, acked_seq: int) -> None:
+        """Another replica recorded `node`'s acks (a shared log): take its progress."""
+        link = self.links.get(node)
+        if link is None or acked_seq <= link.acked_seq:
+            return
+        link.acked_seq = acked_seq
+        if link.is_shield:
+            self._wake_all()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
     def node_pulled(self, node: str) -> None:
         """A node pulled from the log: it is up, so retry its pushes now."""
         link = self.links.get(node)
@@ -157,7 +172,11 @@ class FanOut:
             if link.acked_seq >= target:
                 await link.wake.wait()
                 continue
-            purges = await self.log.call(self.log.since, link.acked_seq, PUSH_BATCH, target)
+            try:
+                purges = await self.log.since(link.acked_seq, PUSH_BATCH, target)
+            except LogUnavailable as exc:
+                await self._failed(link, f"reading the log failed: {exc}")
+                continue
             if not purges:
                 # the node's acked_seq is ahead of anything to send (should not happen)
                 await link.wake.wait()
@@ -196,7 +215,11 @@ class FanOut:
         for seq in range(start + 1, applied_seq + 1):
             count = counts.get(str(seq))
             acks.append((seq, now, count if isinstance(count, int) else None))
-        await self.log.call(self.log.record_acks, link.name, applied_seq, acks)
+        try:
+            await self.log.record_acks(link.name, applied_seq, acks)
+        except LogUnavailable as exc:
+            # the node has them applied; its next push or pull acknowledges again
+            log.warning("purge: recording acks of %s failed: %s", link.name, exc)
         was_live = link.is_live
         link.acked_seq = applied_seq
         link.failures = 0

@@ -1,0 +1,559 @@
+"""The purge log on NATS JetStream: one replicated stream, two key-value buckets.
+
+Any number of API replicas share it (`[purge_api] log = "jetstream"`, `[nats]`).
+
+- The stream (`[nats] stream`, `num_replicas` copies kept by Raft) holds one message
+  per purge on the subject `<stream>.purge.<id>`; its stream sequence number is the
+  purge's `seq`, so the order nodes apply purges in is the stream's. A publish is
+  answered once a majority of the servers have stored it, so a purge the API has
+  answered survives the loss of any minority of the cluster (and of the replica
+  that answered). `Nats-Msg-Id` is the purge id: a publish retried after a timeout
+  is stored once (the stream's duplicate window).
+- `<stream>-keys` maps sha256(token, Idempotency-Key) to the purge; the entry is
+  created before the publish (create-if-absent, so two replicas racing on one key
+  agree on one purge), and completed with its seq after. A replay that finds an
+  entry without its seq (the first replica died in between) publishes that same
+  purge, same id, itself.
+- `<stream>-acks` holds one entry per node: its acknowledged seq and the recent steps
+  by which it got there (each step: the seqs it covered and when), and the recent
+  matched counts. Replicas update an entry by compare-and-set, and every replica
+  watches the bucket, so acks recorded by one replica are seen by all (`?wait=` and
+  status answered by any of them).
+
+A replica follows the stream with an ordered consumer: it learns of purges other
+replicas appended (to push them to nodes) and keeps the recent ones in memory, so
+pushes and pulls rarely ask the servers for a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from fleet.config import Fleet, nats_creds_file
+from purge_api.log import Ack, IdempotencyConflict, LoggedPurge
+from purge_api.logs import LogListener, LogUnavailable
+from runtime.purge_wire import PurgeRequest
+
+__all__ = ["JetStreamLog"]
+
+log = logging.getLogger("edgeshield.purge_api.jetstream")
+
+R = TypeVar("R")
+
+#: how long one log operation keeps retrying while the cluster elects a leader or a
+#: client reconnects (a Raft election takes a few seconds)
+RETRY_FOR = 15.0
+#: recent purges a replica keeps in memory for pushes and pulls
+RECENT_PURGES = 20_000
+#: ack steps and matched counts kept per node in its acks entry (older purges report
+#: the oldest step's time)
+ACK_HISTORY = 2000
+#: the stream's duplicate window, seconds: retried publishes within it are stored once
+DUPLICATE_WINDOW = 600.0
+_KEY_SAFE = re.compile(r"[-_=A-Za-z0-9]{1,200}")
+
+
+@dataclass
+class _NodeAcks:
+    """One node's acks entry: acked seq, ack steps (from, to, at), matched counts."""
+
+    acked_seq: int = 0
+    steps: list[tuple[int, int, float]] = field(default_factory=list)
+    matched: dict[int, int] = field(default_factory=dict)
+    revision: int | None = None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "acked_seq": self.acked_seq,
+                "steps": self.steps[-ACK_HISTORY:],
+                "matched": {str(s): n for s, n in sorted(self.matched.items())[-ACK_HISTORY:]},
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, revision: int | None) -> _NodeAcks:
+        item = json.loads(data)
+        return cls(
+            acked_seq=int(item["acked_seq"]),
+            steps=[(int(a), int(b), float(t)) for a, b, t in item["steps"]],
+            matched={int(s): int(n) for s, n in item["matched"].items()},
+            revision=revision,
+        )
+
+    def ack_of(self, node: str, seq: int) -> Ack | None:
+        if seq > self.acked_seq or not self.steps:
+            return None
+        for first, last, at in self.steps:
+            if first < seq <= last:
+                return Ack(node, at, self.matched.get(seq))
+        # older than the history kept: acknowledged no later than the oldest step
+        return Ack(node, self.steps[0][2], self.matched.get(seq))
+
+
+class JetStreamLog:
+    """The purge log on a JetStream cluster; see the module docstring."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        if fleet.nats is None:
+            raise ValueError(f"{fleet.source}: [purge_api] log = 'jetstream' needs [nats]")
+        self.config = fleet.nats
+        self.creds = nats_creds_file(fleet)
+        self.stream = self.config.stream
+        self.subject_prefix = f"{self.stream}.purge"
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._keys: KeyValue | None = None
+        self._acks: KeyValue | None = None
+        self._nodes: dict[str, _NodeAcks] = {}
+        self._recent: OrderedDict[int, LoggedPurge] = OrderedDict()
+        self._head = 0
+        self._listener: LogListener | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @property
+    def description(self) -> str:
+        """The stream and the servers, for the start-up line."""
+        return f"jetstream {self.stream} on {', '.join(self.config.servers)}"
+
+    # -- connecting -----------------------------------------------------------
+
+    async def open(self, listener: LogListener) -> None:
+        """Connect, create the stream and buckets if missing, and start following them."""
+        self._listener = listener
+        options: dict[str, Any] = {
+            "servers": list(self.config.servers),
+            "name": "edgeshield-purge-api",
+            "connect_timeout": 2,
+            "reconnect_time_wait": 0.25,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+            "error_cb": self._nats_error,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+        }
+        if self.creds:
+            options["user_credentials"] = self.creds
+        try:
+            self._nc = await nats.connect(**options)
+        except (OSError, nats.errors.Error) as exc:
+            raise LogUnavailable(f"NATS at {', '.join(self.config.servers)}: {exc!r}") from None
+        self._js = self._nc.jetstream(timeout=5.0)
+        replicas = self.config.stream_replicas
+        await self._retry(
+            lambda: self._ensure_stream(replicas),
+            "creating the stream",
+        )
+        self._keys = await self._retry(
+            lambda: self._ensure_bucket(f"{self.stream}-keys", replicas), "creating the keys bucket"
+        )
+        self._acks = await self._retry(
+            lambda: self._ensure_bucket(f"{self.stream}-acks", replicas), "creating the acks bucket"
+        )
+        self._head = await self._retry(self._stream_head, "reading the stream's head")
+        watched = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._follow_acks(watched), name="purge-log-acks"),
+            asyncio.create_task(self._follow_stream(self._head), name="purge-log-stream"),
+        ]
+        async with asyncio.timeout(RETRY_FOR):
+            await watched.wait()
+
+    async def close(self) -> None:
+        """Stop following and close the connection."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+    async def _ensure_stream(self, replicas: int) -> None:
+        js = self._jetstream()
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.subject_prefix}.*"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,
+        )
+        try:
+            await js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+
+    async def _ensure_bucket(self, bucket: str, replicas: int) -> KeyValue:
+        js = self._jetstream()
+        try:
+            return await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket, history=1, replicas=replicas, storage=StorageType.FILE
+                )
+            )
+
+    async def _stream_head(self) -> int:
+        info = await self._jetstream().stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise LogUnavailable("the purge log is not open")
+        return self._js
+
+    async def _retry(self, operation: Callable[[], Awaitable[R]], what: str) -> R:
+        """Run `operation`, retrying the errors of a cluster in transition, for RETRY_FOR s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+                nats.js.errors.ServiceUnavailableError,
+                nats.js.errors.ServerError,
+                TimeoutError,
+            ) as exc:
+                if self._closing or loop.time() + delay > deadline:
+                    raise LogUnavailable(f"{what}: {exc!r}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("purge log: NATS: %r", exc)
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("purge log: disconnected from NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        assert self._nc is not None
+        log.info("purge log: reconnected to NATS at %s", self._nc.connected_url)
+
+    # -- purges ---------------------------------------------------------------
+
+    async def append(
+        self,
+        service: str,
+        request: PurgeRequest,
+        token: str,
+        idempotency_key: str | None,
+        accepted_at: float,
+    ) -> tuple[LoggedPurge, bool]:
+        """See `PurgeLogStore.append`; the order of writes is in the module docstring."""
+        purge = LoggedPurge(0, uuid.uuid4().hex, service, request, accepted_at, token)
+        if idempotency_key is None:
+            return await self._publish(purge), True
+        key = "k." + hashlib.sha256(f"{token}\0{idempotency_key}".encode()).hexdigest()
+        keys = self._keys_bucket()
+        try:
+            await self._retry(lambda: keys.create(key, _purge_bytes(purge)), "an idempotency key")
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self._retry(lambda: keys.get(key), "an idempotency key")
+            assert entry.value is not None
+            earlier, seq = _purge_from_bytes(entry.value)
+            if earlier.service != service or earlier.request != request:
+                raise IdempotencyConflict(earlier) from None
+            if seq is not None:
+                return _with_seq(earlier, seq), False
+            # the first replica died between the key and the publish: finish its work
+            logged = await self._publish(earlier)
+            await self._retry(lambda: keys.put(key, _purge_bytes(logged)), "an idempotency key")
+            return logged, False
+        logged = await self._publish(purge)
+        await self._retry(lambda: keys.put(key, _purge_bytes(logged)), "an idempotency key")
+        return logged, True
+
+    async def _publish(self, purge: LoggedPurge) -> LoggedPurge:
+        js = self._jetstream()
+        subject = f"{self.subject_prefix}.{purge.id}"
+        data = _purge_bytes(purge)
+        ack = await self._retry(
+            lambda: js.publish(subject, data, headers={"Nats-Msg-Id": purge.id}),
+            "publishing a purge",
+        )
+        logged = _with_seq(purge, int(ack.seq))
+        self._remember(logged)
+        return logged
+
+    async def get(self, purge_id: str) -> LoggedPurge | None:
+        """See `PurgeLogStore.get`: the last message on the purge's own subject."""
+        js = self._jetstream()
+        subject = f"{self.subject_prefix}.{purge_id}"
+        try:
+            msg = await self._retry(
+                lambda: js.get_msg(self.stream, subject=subject, direct=True), "reading a purge"
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        assert msg.data is not None and msg.seq is not None
+        purge, _ = _purge_from_bytes(msg.data)
+        return _with_seq(purge, int(msg.seq))
+
+    async def since(self, seq: int, limit: int, up_to: int) -> list[LoggedPurge]:
+        """See `PurgeLogStore.since`: from memory, else one message at a time."""
+        js = self._jetstream()
+        out: list[LoggedPurge] = []
+        for number in range(seq + 1, min(up_to, self._head) + 1):
+            if len(out) >= limit:
+                break
+            purge = self._recent.get(number)
+            if purge is None:
+                try:
+                    msg = await self._retry(
+                        functools.partial(js.get_msg, self.stream, seq=number, direct=True),
+                        "reading purges",
+                    )
+                except nats.js.errors.NotFoundError:
+                    continue
+                assert msg.data is not None
+                purge = _with_seq(_purge_from_bytes(msg.data)[0], number)
+            out.append(purge)
+        return out
+
+    async def head(self) -> int:
+        """See `PurgeLogStore.head`."""
+        self._head = max(self._head, await self._retry(self._stream_head, "reading the head"))
+        return self._head
+
+    def _remember(self, purge: LoggedPurge) -> None:
+        self._recent[purge.seq] = purge
+        while len(self._recent) > RECENT_PURGES:
+            self._recent.popitem(last=False)
+        if purge.seq > self._head:
+            self._head = purge.seq
+            if self._listener is not None:
+                self._listener.appended(purge.seq)
+
+    async def _follow_stream(self, head: int) -> None:
+        """Background: every purge appended after `head`, by any replica, in order."""
+        js = self._jetstream()
+        while not self._closing:
+            try:
+                config = ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._head + 1
+                )
+                sub = await js.subscribe(
+                    f"{self.subject_prefix}.*", ordered_consumer=True, config=config
+                )
+                async for msg in sub.messages:
+                    seq = int(msg.metadata.sequence.stream)
+                    try:
+                        purge, _ = _purge_from_bytes(msg.data)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("purge log: message %d is not a purge: %r", seq, exc)
+                        continue
+                    self._remember(_with_seq(purge, seq))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the subscription is re-made from the head we have
+                if not self._closing:
+                    log.warning("purge log: following the stream: %r; again", exc)
+                    await asyncio.sleep(0.5)
+
+    # -- acknowledgements -----------------------------------------------------
+
+    async def record_acks(
+        self, node: str, acked_seq: int, acks: list[tuple[int, float, int | None]]
+    ) -> None:
+        """See `PurgeLogStore.record_acks`: one compare-and-set of the node's entry."""
+        if not acks:
+            return
+        at = min(a for _, a, _ in acks)
+        counts = {seq: n for seq, _, n in acks if n is not None}
+
+        def change(entry: _NodeAcks) -> bool:
+            if acked_seq <= entry.acked_seq and not counts:
+                return False
+            if acked_seq > entry.acked_seq:
+                entry.steps.append((entry.acked_seq, acked_seq, at))
+                entry.acked_seq = acked_seq
+            entry.matched.update(counts)
+            return True
+
+        await self._update_node(node, change)
+
+    async def record_matched(self, node: str, counts: list[tuple[int, int]]) -> None:
+        """See `PurgeLogStore.record_matched`."""
+        if not counts:
+            return
+
+        def change(entry: _NodeAcks) -> bool:
+            entry.matched.update(dict(counts))
+            return True
+
+        await self._update_node(node, change)
+
+    async def acks(self, seq: int) -> dict[str, Ack]:
+        """See `PurgeLogStore.acks`: from the entries this replica watches."""
+        out = {}
+        for node, entry in self._nodes.items():
+            ack = entry.ack_of(node, seq)
+            if ack is not None:
+                out[node] = ack
+        return out
+
+    async def node_seqs(self) -> dict[str, int]:
+        """See `PurgeLogStore.node_seqs`."""
+        return {node: entry.acked_seq for node, entry in self._nodes.items()}
+
+    async def _update_node(self, node: str, change: Callable[[_NodeAcks], bool]) -> None:
+        """Apply `change` to the node's entry by compare-and-set, rereading on a conflict."""
+        bucket = self._acks_bucket()
+        key = _node_key(node)
+        for _ in range(20):
+            current = self._nodes.get(node, _NodeAcks())
+            entry = _NodeAcks(
+                current.acked_seq, list(current.steps), dict(current.matched), current.revision
+            )
+            if not change(entry):
+                return
+            data = entry.to_bytes()
+            write: Callable[[], Awaitable[int]] = (
+                functools.partial(bucket.create, key, data)
+                if entry.revision is None
+                else functools.partial(bucket.update, key, data, last=entry.revision)
+            )
+            try:
+                revision = await self._retry(write, "an ack")
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await self._reread(node)
+                continue
+            entry.revision = revision
+            self._take(node, entry)
+            return
+        raise LogUnavailable(f"acks of {node}: too many concurrent updates")
+
+    async def _reread(self, node: str) -> None:
+        bucket = self._acks_bucket()
+        try:
+            found = await self._retry(lambda: bucket.get(_node_key(node)), "an ack")
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if found.value is not None:
+            self._take(node, _NodeAcks.from_bytes(found.value, found.revision))
+
+    def _take(self, node: str, entry: _NodeAcks) -> None:
+        """Keep the newer of the entry we have and `entry`; tell the listener of progress."""
+        current = self._nodes.get(node)
+        if current is not None and (current.revision or 0) >= (entry.revision or 0):
+            return
+        self._nodes[node] = entry
+        if self._listener is not None and (current is None or entry.acked_seq > current.acked_seq):
+            self._listener.node_acked(node, entry.acked_seq)
+
+    async def _follow_acks(self, watched: asyncio.Event) -> None:
+        """Background: every node's acks entry as any replica changes it."""
+        bucket = self._acks_bucket()
+        while not self._closing:
+            try:
+                watcher = await bucket.watchall()
+                async for update in watcher:
+                    if update is None:  # the current values have all been delivered
+                        watched.set()
+                        continue
+                    node = _node_name(update.key)
+                    if node is not None and update.value:
+                        self._take(node, _NodeAcks.from_bytes(update.value, update.revision))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning("purge log: watching acks: %r; again", exc)
+                    await asyncio.sleep(0.5)
+
+    def _keys_bucket(self) -> KeyValue:
+        if self._keys is None:
+            raise LogUnavailable("the purge log is not open")
+        return self._keys
+
+    def _acks_bucket(self) -> KeyValue:
+        if self._acks is None:
+            raise LogUnavailable("the purge log is not open")
+        return self._acks
+
+
+def _node_key(node: str) -> str:
+    """A node name as a bucket key (keys allow few characters; others go as hex)."""
+    return f"n.{node}" if _KEY_SAFE.fullmatch(node) else f"x.{node.encode().hex()}"
+
+
+def _node_name(key: str) -> str | None:
+    if key.startswith("n."):
+        return key[2:]
+    if key.startswith("x."):
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(key[2:]).decode()
+    return None
+
+
+def _purge_bytes(purge: LoggedPurge) -> bytes:
+    return json.dumps(
+        {
+            "id": purge.id,
+            "seq": purge.seq or None,
+            "service": purge.service,
+            "request": purge.request.to_json(),
+            "accepted_at": purge.accepted_at,
+            "token": purge.token,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _purge_from_bytes(data: bytes) -> tuple[LoggedPurge, int | None]:
+    item = json.loads(data)
+    request = PurgeRequest.from_json(item["request"], "logged purge")
+    seq = item.get("seq")
+    purge = LoggedPurge(
+        int(seq or 0),
+        str(item["id"]),
+        str(item["service"]),
+        request,
+        float(item["accepted_at"]),
+        str(item["token"]),
+    )
+    return purge, (int(seq) if seq else None)
+
+
+def _with_seq(purge: LoggedPurge, seq: int) -> LoggedPurge:
+    return LoggedPurge(seq, purge.id, purge.service, purge.request, purge.accepted_at, purge.token)
