@@ -75,6 +75,8 @@ RECENT_PURGES = 20_000
 ACK_HISTORY = 2000
 #: the stream's duplicate window, seconds: retried publishes within it are stored once
 DUPLICATE_WINDOW = 600.0
+#: seconds between the watchdog's looks at the followers
+WATCHDOG_INTERVAL = 1.0
 _KEY_SAFE = re.compile(r"[-_=A-Za-z0-9]{1,200}")
 
 
@@ -136,6 +138,8 @@ class JetStreamLog:
         self._head = 0
         self._listener: LogListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._acks_seen = 0  # the acks bucket's last revision the watcher delivered
         self._closing = False
 
     @property
@@ -165,7 +169,7 @@ class JetStreamLog:
             self._nc = await nats.connect(**options)
         except (OSError, nats.errors.Error) as exc:
             raise LogUnavailable(f"NATS at {', '.join(self.config.servers)}: {exc!r}") from None
-        self._js = self._nc.jetstream(timeout=5.0)
+        self._js = self._nc.jetstream(timeout=2.0)
         replicas = self.config.stream_replicas
         await self._retry(
             lambda: self._ensure_stream(replicas),
@@ -179,22 +183,25 @@ class JetStreamLog:
         )
         self._head = await self._retry(self._stream_head, "reading the stream's head")
         watched = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._follow_acks(watched), name="purge-log-acks"),
-            asyncio.create_task(self._follow_stream(self._head), name="purge-log-stream"),
-        ]
+        self._followers = {
+            "acks": asyncio.create_task(self._follow_acks(watched), name="purge-log-acks"),
+            "stream": asyncio.create_task(self._follow_stream(), name="purge-log-stream"),
+        }
+        self._tasks = [asyncio.create_task(self._watchdog(), name="purge-log-watchdog")]
         async with asyncio.timeout(RETRY_FOR):
             await watched.wait()
 
     async def close(self) -> None:
         """Stop following and close the connection."""
         self._closing = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._followers.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self._followers = {}
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -243,16 +250,11 @@ class JetStreamLog:
         while True:
             try:
                 return await operation()
-            except (
-                nats.errors.TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError,
-                nats.js.errors.ServiceUnavailableError,
-                nats.js.errors.ServerError,
-                TimeoutError,
-            ) as exc:
+            except (nats.js.errors.NotFoundError, nats.js.errors.BadRequestError):
+                raise  # answers about the data (no such key, a lost compare-and-set)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # no responders, no stream response, timeouts, reconnecting: a cluster
+                # electing a leader or a client moving to another server
                 if self._closing or loop.time() + delay > deadline:
                     raise LogUnavailable(f"{what}: {exc!r}") from None
                 await asyncio.sleep(delay)
@@ -364,8 +366,8 @@ class JetStreamLog:
             if self._listener is not None:
                 self._listener.appended(purge.seq)
 
-    async def _follow_stream(self, head: int) -> None:
-        """Background: every purge appended after `head`, by any replica, in order."""
+    async def _follow_stream(self) -> None:
+        """Background: every purge appended after our head, by any replica, in order."""
         js = self._jetstream()
         while not self._closing:
             try:
@@ -491,6 +493,7 @@ class JetStreamLog:
                     if update is None:  # the current values have all been delivered
                         watched.set()
                         continue
+                    self._acks_seen = max(self._acks_seen, int(update.revision or 0))
                     node = _node_name(update.key)
                     if node is not None and update.value:
                         self._take(node, _NodeAcks.from_bytes(update.value, update.revision))
@@ -500,6 +503,40 @@ class JetStreamLog:
                 if not self._closing:
                     log.warning("purge log: watching acks: %r; again", exc)
                     await asyncio.sleep(0.5)
+
+    async def _watchdog(self) -> None:
+        """Background: restart a follower that fell silent while its stream moved on.
+
+        A follower's consumer lives on one server; when that server is lost the
+        client library does not always notice, so once a second the log compares
+        each stream's last sequence with what its follower delivered, and a follower
+        behind twice in a row is started again (the stream's from our head, the
+        acks' from the bucket's current values).
+        """
+        js = self._jetstream()
+        behind = {"stream": 0, "acks": 0}
+        while not self._closing:
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+            try:
+                stream_head = await self._stream_head()
+                acks_info = await js.stream_info(f"KV_{self.stream}-acks")
+            except (nats.errors.Error, TimeoutError):
+                continue  # the cluster is electing: the next round sees it
+            lag = {
+                "stream": stream_head > self._head,
+                "acks": int(acks_info.state.last_seq) > self._acks_seen,
+            }
+            for name, is_behind in lag.items():
+                behind[name] = behind[name] + 1 if is_behind else 0
+                if behind[name] >= 2:
+                    behind[name] = 0
+                    log.warning("purge log: the %s follower fell behind; starting it again", name)
+                    self._restart(name)
+
+    def _restart(self, name: str) -> None:
+        self._followers[name].cancel()
+        task = self._follow_stream() if name == "stream" else self._follow_acks(asyncio.Event())
+        self._followers[name] = asyncio.create_task(task, name=f"purge-log-{name}")
 
     def _keys_bucket(self) -> KeyValue:
         if self._keys is None:

@@ -157,6 +157,18 @@ class NatsCluster:
                 raise TimeoutError(f"the NATS cluster was not ready after {timeout}s")
             time.sleep(0.1)
 
+    def stream_leader(self, stream: str) -> NatsServer | None:
+        """The server that leads `stream`'s Raft group now, as the cluster reports it."""
+        for server in self.running():
+            jsz = server.monitor("/jsz?accounts=true&streams=true")
+            accounts = jsz.get("account_details") if jsz else None
+            for account in accounts if isinstance(accounts, list) else []:
+                for detail in account.get("stream_detail") or []:
+                    leader = (detail.get("cluster") or {}).get("leader")
+                    if detail.get("name") == stream and leader:
+                        return next((s for s in self.servers if s.name == leader), None)
+        return None
+
     def stop(self) -> None:
         """Stop every server by its PID."""
         for server in self.servers:
