@@ -14,11 +14,12 @@ Any number of API replicas share it (`[purge_api] log = "jetstream"`, `[nats]`).
   agree on one purge), and completed with its seq after. A replay that finds an
   entry without its seq (the first replica died in between) publishes that same
   purge, same id, itself.
-- `<stream>-acks` holds one entry per node: its acknowledged seq and the recent steps
-  by which it got there (each step: the seqs it covered and when), and the recent
-  matched counts. Replicas update an entry by compare-and-set, and every replica
-  watches the bucket, so acks recorded by one replica are seen by all (`?wait=` and
-  status answered by any of them).
+- `<stream>-acks` holds two entries per node: its acknowledged seq with the recent
+  steps by which it got there (each step: the seqs it covered and when), and its
+  recent matched counts (apart, so a node's count reports never contend with its
+  acks). Replicas update an entry by compare-and-set, and every replica watches the
+  bucket, so acks recorded by one replica are seen by all (`?wait=` and status
+  answered by any of them).
 
 A replica follows the stream with an ordered consumer: it learns of purges other
 replicas appended (to push them to nodes) and keeps the recent ones in memory, so
@@ -109,14 +110,18 @@ class _NodeAcks:
             revision=revision,
         )
 
-    def ack_of(self, node: str, seq: int) -> Ack | None:
+    def acked_at(self, seq: int) -> float | None:
+        """When the node acknowledged `seq` (None: not yet).
+
+        The step that covers it; older than the steps kept: the oldest step's time;
+        a step lost to a race of replicas: the next step's time (no later than that).
+        """
         if seq > self.acked_seq or not self.steps:
             return None
-        for first, last, at in self.steps:
-            if first < seq <= last:
-                return Ack(node, at, self.matched.get(seq))
-        # older than the history kept: acknowledged no later than the oldest step
-        return Ack(node, self.steps[0][2], self.matched.get(seq))
+        for _first, last, at in self.steps:
+            if seq <= last:
+                return at
+        return self.steps[-1][2]
 
 
 class JetStreamLog:
@@ -133,7 +138,9 @@ class JetStreamLog:
         self._js: JetStreamContext | None = None
         self._keys: KeyValue | None = None
         self._acks: KeyValue | None = None
-        self._nodes: dict[str, _NodeAcks] = {}
+        # ("n", node): its acked seq and steps; ("m", node): its matched counts
+        self._entries: dict[tuple[str, str], _NodeAcks] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._recent: OrderedDict[int, LoggedPurge] = OrderedDict()
         self._head = 0
         self._listener: LogListener | None = None
@@ -397,25 +404,25 @@ class JetStreamLog:
     async def record_acks(
         self, node: str, acked_seq: int, acks: list[tuple[int, float, int | None]]
     ) -> None:
-        """See `PurgeLogStore.record_acks`: one compare-and-set of the node's entry."""
+        """See `PurgeLogStore.record_acks`: a compare-and-set of the node's acks entry."""
         if not acks:
             return
         at = min(a for _, a, _ in acks)
-        counts = {seq: n for seq, _, n in acks if n is not None}
 
         def change(entry: _NodeAcks) -> bool:
-            if acked_seq <= entry.acked_seq and not counts:
-                return False
-            if acked_seq > entry.acked_seq:
-                entry.steps.append((entry.acked_seq, acked_seq, at))
-                entry.acked_seq = acked_seq
-            entry.matched.update(counts)
+            if acked_seq <= entry.acked_seq:
+                return False  # another replica recorded it first: its time is kept
+            entry.steps.append((entry.acked_seq, acked_seq, at))
+            entry.acked_seq = acked_seq
             return True
 
-        await self._update_node(node, change)
+        await self._update(("n", node), change)
+        counts = [(seq, n) for seq, _, n in acks if n is not None]
+        if counts:
+            await self.record_matched(node, counts)
 
     async def record_matched(self, node: str, counts: list[tuple[int, int]]) -> None:
-        """See `PurgeLogStore.record_matched`."""
+        """See `PurgeLogStore.record_matched`: the node's matched entry, apart from its acks."""
         if not counts:
             return
 
@@ -423,64 +430,75 @@ class JetStreamLog:
             entry.matched.update(dict(counts))
             return True
 
-        await self._update_node(node, change)
+        await self._update(("m", node), change)
 
     async def acks(self, seq: int) -> dict[str, Ack]:
         """See `PurgeLogStore.acks`: from the entries this replica watches."""
         out = {}
-        for node, entry in self._nodes.items():
-            ack = entry.ack_of(node, seq)
-            if ack is not None:
-                out[node] = ack
+        for (kind, node), entry in list(self._entries.items()):
+            if kind != "n":
+                continue
+            at = entry.acked_at(seq)
+            if at is not None:
+                counts = self._entries.get(("m", node))
+                out[node] = Ack(node, at, counts.matched.get(seq) if counts else None)
         return out
 
     async def node_seqs(self) -> dict[str, int]:
         """See `PurgeLogStore.node_seqs`."""
-        return {node: entry.acked_seq for node, entry in self._nodes.items()}
+        return {node: e.acked_seq for (kind, node), e in self._entries.items() if kind == "n"}
 
-    async def _update_node(self, node: str, change: Callable[[_NodeAcks], bool]) -> None:
-        """Apply `change` to the node's entry by compare-and-set, rereading on a conflict."""
+    async def _update(self, ident: tuple[str, str], change: Callable[[_NodeAcks], bool]) -> None:
+        """Apply `change` to an entry by compare-and-set, rereading it on a conflict.
+
+        One update of an entry at a time in this replica: the servers check the
+        expected revision, and writes of one process need not race each other there.
+        """
         bucket = self._acks_bucket()
-        key = _node_key(node)
-        for _ in range(20):
-            current = self._nodes.get(node, _NodeAcks())
-            entry = _NodeAcks(
-                current.acked_seq, list(current.steps), dict(current.matched), current.revision
-            )
-            if not change(entry):
+        key = _entry_key(*ident)
+        async with self._locks.setdefault(ident, asyncio.Lock()):
+            for _ in range(20):
+                current = self._entries.get(ident, _NodeAcks())
+                entry = _NodeAcks(
+                    current.acked_seq, list(current.steps), dict(current.matched), current.revision
+                )
+                if not change(entry):
+                    return
+                data = entry.to_bytes()
+                write: Callable[[], Awaitable[int]] = (
+                    functools.partial(bucket.create, key, data)
+                    if entry.revision is None
+                    else functools.partial(bucket.update, key, data, last=entry.revision)
+                )
+                try:
+                    revision = await self._retry(write, "an ack")
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    await self._reread(ident)
+                    continue
+                entry.revision = revision
+                self._take(ident, entry)
                 return
-            data = entry.to_bytes()
-            write: Callable[[], Awaitable[int]] = (
-                functools.partial(bucket.create, key, data)
-                if entry.revision is None
-                else functools.partial(bucket.update, key, data, last=entry.revision)
-            )
-            try:
-                revision = await self._retry(write, "an ack")
-            except nats.js.errors.KeyWrongLastSequenceError:
-                await self._reread(node)
-                continue
-            entry.revision = revision
-            self._take(node, entry)
-            return
-        raise LogUnavailable(f"acks of {node}: too many concurrent updates")
+        raise LogUnavailable(f"acks of {ident[1]}: too many concurrent updates")
 
-    async def _reread(self, node: str) -> None:
+    async def _reread(self, ident: tuple[str, str]) -> None:
         bucket = self._acks_bucket()
         try:
-            found = await self._retry(lambda: bucket.get(_node_key(node)), "an ack")
+            found = await self._retry(lambda: bucket.get(_entry_key(*ident)), "an ack")
         except nats.js.errors.KeyNotFoundError:
             return
         if found.value is not None:
-            self._take(node, _NodeAcks.from_bytes(found.value, found.revision))
+            self._take(ident, _NodeAcks.from_bytes(found.value, found.revision))
 
-    def _take(self, node: str, entry: _NodeAcks) -> None:
+    def _take(self, ident: tuple[str, str], entry: _NodeAcks) -> None:
         """Keep the newer of the entry we have and `entry`; tell the listener of progress."""
-        current = self._nodes.get(node)
+        current = self._entries.get(ident)
         if current is not None and (current.revision or 0) >= (entry.revision or 0):
             return
-        self._nodes[node] = entry
-        if self._listener is not None and (current is None or entry.acked_seq > current.acked_seq):
+        self._entries[ident] = entry
+        kind, node = ident
+        if kind != "n" or self._listener is None:
+            return
+        if current is None or entry.acked_seq > current.acked_seq:
             self._listener.node_acked(node, entry.acked_seq)
 
     async def _follow_acks(self, watched: asyncio.Event) -> None:
@@ -494,9 +512,9 @@ class JetStreamLog:
                         watched.set()
                         continue
                     self._acks_seen = max(self._acks_seen, int(update.revision or 0))
-                    node = _node_name(update.key)
-                    if node is not None and update.value:
-                        self._take(node, _NodeAcks.from_bytes(update.value, update.revision))
+                    ident = _entry_ident(update.key)
+                    if ident is not None and update.value:
+                        self._take(ident, _NodeAcks.from_bytes(update.value, update.revision))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -549,17 +567,18 @@ class JetStreamLog:
         return self._acks
 
 
-def _node_key(node: str) -> str:
-    """A node name as a bucket key (keys allow few characters; others go as hex)."""
-    return f"n.{node}" if _KEY_SAFE.fullmatch(node) else f"x.{node.encode().hex()}"
+def _entry_key(kind: str, node: str) -> str:
+    """An entry's bucket key: kind, then the node name (as hex if it has other characters)."""
+    return f"{kind}.{node}" if _KEY_SAFE.fullmatch(node) else f"{kind}x.{node.encode().hex()}"
 
 
-def _node_name(key: str) -> str | None:
-    if key.startswith("n."):
-        return key[2:]
-    if key.startswith("x."):
+def _entry_ident(key: str) -> tuple[str, str] | None:
+    kind, _, name = key.partition(".")
+    if kind in ("n", "m"):
+        return kind, name
+    if kind in ("nx", "mx"):
         with contextlib.suppress(ValueError):
-            return bytes.fromhex(key[2:]).decode()
+            return kind[0], bytes.fromhex(name).decode()
     return None
 
 

@@ -7,6 +7,7 @@ Idempotency-Key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -62,9 +63,7 @@ def _fleet(tmp_path: Path, cluster: NatsCluster, stream: str) -> Fleet:
 
 
 @pytest.fixture(params=["sqlite", "jetstream"])
-async def purge_log(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[PurgeLogStore]:
+async def purge_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[PurgeLogStore]:
     """A fresh, open log of each kind."""
     log: PurgeLogStore
     if request.param == "sqlite":
@@ -159,3 +158,23 @@ async def test_two_replicas_on_one_stream_see_each_others_purges_and_acks(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_acks_and_counts_recorded_at_once_are_all_kept(purge_log: PurgeLogStore) -> None:
+    # a node's matched reports arrive while its acks are being recorded
+    for n in range(1, 21):
+        await purge_log.append("site", _request(f"/{n}"), "ci", None, 10.0)
+    await asyncio.gather(
+        *(
+            call
+            for seq in range(1, 21)
+            for call in (
+                purge_log.record_acks("edge1", seq, [(seq, 100.0 + seq, None)]),
+                purge_log.record_matched("edge1", [(seq, seq * 10)]),
+            )
+        )
+    )
+    assert await purge_log.node_seqs() == {"edge1": 20}
+    for seq in range(1, 21):
+        ack = (await purge_log.acks(seq))["edge1"]
+        assert (ack.acked_at, ack.matched) == (100.0 + seq, seq * 10)
