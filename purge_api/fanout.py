@@ -45,6 +45,8 @@ class NodeLink:
         self.push_url = node.admin_url + "/admin/purge"
         self.is_shield = isinstance(node, ShieldConfig)
         self.acked_seq = acked_seq
+        #: the highest seq whose acks of this node are in the log (what status shows)
+        self.recorded_seq = acked_seq
         self.failures = 0
         self.last_error = ""
         self.wake = asyncio.Event()  # something to send may have appeared
@@ -75,6 +77,7 @@ class FanOut:
         self.head = 0
         self.links: dict[str, NodeLink] = {}
         self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,8 +129,8 @@ class FanOut:
         return self.released()
 
     def is_complete(self, seq: int) -> bool:
-        """Whether every node of the fleet has acknowledged purge `seq`."""
-        return all(link.acked_seq >= seq for link in self.links.values())
+        """Whether every node of the fleet has acknowledged purge `seq`, as the log records."""
+        return all(link.recorded_seq >= seq for link in self.links.values())
 
     async def wait_complete(self, seq: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds for purge `seq` to be complete; whether it is."""
@@ -141,12 +144,16 @@ class FanOut:
     def node_acked(self, node: str, acked_seq: int) -> None:
         """Another replica recorded `node`'s acks (a shared log): take its progress."""
         link = self.links.get(node)
-        if link is None or acked_seq <= link.acked_seq:
+        if link is None:
             return
-        link.acked_seq = acked_seq
-        if link.is_shield:
-            self._wake_all()
-        asyncio.get_running_loop().create_task(self._notify())
+        link.recorded_seq = max(link.recorded_seq, acked_seq)
+        if acked_seq > link.acked_seq:
+            link.acked_seq = acked_seq
+            if link.is_shield:
+                self._wake_all()
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -215,17 +222,21 @@ class FanOut:
         for seq in range(start + 1, applied_seq + 1):
             count = counts.get(str(seq))
             acks.append((seq, now, count if isinstance(count, int) else None))
-        try:
-            await self.log.record_acks(link.name, applied_seq, acks)
-        except LogUnavailable as exc:
-            # the node has them applied; its next push or pull acknowledges again
-            log.warning("purge: recording acks of %s failed: %s", link.name, exc)
         was_live = link.is_live
         link.acked_seq = applied_seq
         link.failures = 0
         link.last_error = ""
         if link.is_shield or not was_live:
+            # edges are released as soon as the shield has applied, before the log
+            # has recorded it (a replica lost in between pushes again, acked again)
             self._wake_all()
+        try:
+            await self.log.record_acks(link.name, applied_seq, acks)
+        except LogUnavailable as exc:
+            # the node has them applied; its next push or pull acknowledges again
+            log.warning("purge: recording acks of %s failed: %s", link.name, exc)
+        else:
+            link.recorded_seq = max(link.recorded_seq, applied_seq)
         async with self._changed:
             self._changed.notify_all()
 
