@@ -85,7 +85,7 @@ variable "shield_count" {
 }
 
 variable "ports" {
-  description = "Ports of the local fleet. Edges use edge and edge_admin on their region's address (+2 per extra edge); shield i uses shield + 2i and shield + 2i + 1; the rest listen on 127.0.0.1."
+  description = "Ports of the local fleet. Edges use edge and edge_admin on their region's address (+2 per extra edge); shield i uses shield + 2i and shield + 2i + 1; purge API replica i (jetstream) uses purge_api + i; NATS server i uses nats + 2i (clients) and nats + 2i + 1 (cluster routes); the rest listen on 127.0.0.1."
   type = object({
     edge       = optional(number, 47080)
     edge_admin = optional(number, 47081)
@@ -94,6 +94,7 @@ variable "ports" {
     dns        = optional(number, 47053)
     geo_http   = optional(number, 47054)
     origin     = optional(number, 47300)
+    nats       = optional(number, 47400)
   })
   default = {}
 
@@ -125,4 +126,37 @@ variable "cache_size" {
   description = "Disk cache size of each edge and shield, as a size string."
   type        = string
   default     = "256MiB"
+}
+
+variable "purge_log" {
+  description = "The purge log: \"sqlite\" (one purge API process) or \"jetstream\" (purge_api_replicas processes sharing a local NATS JetStream cluster of nats_servers servers)."
+  type        = string
+  default     = "sqlite"
+
+  validation {
+    condition     = contains(["sqlite", "jetstream"], var.purge_log)
+    error_message = "purge_log must be \"sqlite\" or \"jetstream\"."
+  }
+}
+
+variable "purge_api_replicas" {
+  description = "Purge API processes when purge_log is \"jetstream\"."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.purge_api_replicas >= 1 && var.purge_api_replicas <= 5
+    error_message = "purge_api_replicas must be 1 to 5."
+  }
+}
+
+variable "nats_servers" {
+  description = "NATS servers (Debian's nats-server on PATH) in the local cluster when purge_log is \"jetstream\"; 3 keep the purge log through the loss of one."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.nats_servers >= 1 && var.nats_servers <= 5
+    error_message = "nats_servers must be 1 to 5."
+  }
 }
