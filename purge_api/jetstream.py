@@ -35,10 +35,12 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -78,6 +80,7 @@ ACK_HISTORY = 2000
 DUPLICATE_WINDOW = 600.0
 #: seconds between the watchdog's looks at the followers
 WATCHDOG_INTERVAL = 1.0
+_OFFSET_KEY = "meta.offset"
 _KEY_SAFE = re.compile(r"[-_=A-Za-z0-9]{1,200}")
 
 
@@ -133,6 +136,10 @@ class JetStreamLog:
         self.config = fleet.nats
         self.creds = nats_creds_file(fleet)
         self.stream = self.config.stream
+        assert fleet.purge_api is not None
+        self.data_dir = fleet.purge_api.data_dir
+        self.offset = 0
+        """The purge seq of stream message 0 (see `_ensure_offset`)."""
         self.subject_prefix = f"{self.stream}.purge"
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -188,6 +195,7 @@ class JetStreamLog:
         self._acks = await self._retry(
             lambda: self._ensure_bucket(f"{self.stream}-acks", replicas), "creating the acks bucket"
         )
+        self.offset = await self._retry(self._ensure_offset, "reading the log's offset")
         self._head = await self._retry(self._stream_head, "reading the stream's head")
         watched = asyncio.Event()
         self._followers = {
@@ -242,7 +250,35 @@ class JetStreamLog:
 
     async def _stream_head(self) -> int:
         info = await self._jetstream().stream_info(self.stream)
-        return int(info.state.last_seq)
+        return int(info.state.last_seq) + self.offset
+
+    async def _ensure_offset(self) -> int:
+        """The purge seq of stream message 0: the SQLite log's head when this log replaced it.
+
+        Nodes ignore purges at or below the seq they have applied, so a log that takes
+        over from the SQLite one in `data_dir` numbers on from where that one stopped.
+        Decided once, when the stream is new (create-if-absent: replicas agree).
+        """
+        keys = self._keys_bucket()
+        try:
+            entry = await keys.get(_OFFSET_KEY)
+            assert entry.value is not None
+            return int(entry.value)
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        info = await self._jetstream().stream_info(self.stream)
+        offset = 0
+        if int(info.state.last_seq) == 0:
+            offset = await asyncio.to_thread(_sqlite_head, self.data_dir)
+        try:
+            await keys.create(_OFFSET_KEY, str(offset).encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await keys.get(_OFFSET_KEY)
+            assert entry.value is not None
+            return int(entry.value)
+        if offset:
+            log.info("purge log: continuing the SQLite log's numbering after seq %d", offset)
+        return offset
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:
@@ -320,7 +356,7 @@ class JetStreamLog:
             lambda: js.publish(subject, data, headers={"Nats-Msg-Id": purge.id}),
             "publishing a purge",
         )
-        logged = _with_seq(purge, int(ack.seq))
+        logged = _with_seq(purge, int(ack.seq) + self.offset)
         self._remember(logged)
         return logged
 
@@ -336,20 +372,23 @@ class JetStreamLog:
             return None
         assert msg.data is not None and msg.seq is not None
         purge, _ = _purge_from_bytes(msg.data)
-        return _with_seq(purge, int(msg.seq))
+        return _with_seq(purge, int(msg.seq) + self.offset)
 
     async def since(self, seq: int, limit: int, up_to: int) -> list[LoggedPurge]:
         """See `PurgeLogStore.since`: from memory, else one message at a time."""
         js = self._jetstream()
         out: list[LoggedPurge] = []
-        for number in range(seq + 1, min(up_to, self._head) + 1):
+        # seqs up to the offset were in the SQLite log this one took over from
+        for number in range(max(seq, self.offset) + 1, min(up_to, self._head) + 1):
             if len(out) >= limit:
                 break
             purge = self._recent.get(number)
             if purge is None:
                 try:
                     msg = await self._retry(
-                        functools.partial(js.get_msg, self.stream, seq=number, direct=True),
+                        functools.partial(
+                            js.get_msg, self.stream, seq=number - self.offset, direct=True
+                        ),
                         "reading purges",
                     )
                 except nats.js.errors.NotFoundError:
@@ -379,13 +418,14 @@ class JetStreamLog:
         while not self._closing:
             try:
                 config = ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._head + 1
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=self._head - self.offset + 1,
                 )
                 sub = await js.subscribe(
                     f"{self.subject_prefix}.*", ordered_consumer=True, config=config
                 )
                 async for msg in sub.messages:
-                    seq = int(msg.metadata.sequence.stream)
+                    seq = int(msg.metadata.sequence.stream) + self.offset
                     try:
                         purge, _ = _purge_from_bytes(msg.data)
                     except (ValueError, KeyError, TypeError) as exc:
@@ -580,6 +620,16 @@ def _entry_ident(key: str) -> tuple[str, str] | None:
         with contextlib.suppress(ValueError):
             return kind[0], bytes.fromhex(name).decode()
     return None
+
+
+def _sqlite_head(data_dir: str) -> int:
+    """The head of the SQLite purge log in `data_dir`, or 0 if there is none."""
+    path = Path(data_dir) / "purges.sqlite3"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM purges").fetchone()
+    return int(row[0])
 
 
 def _purge_bytes(purge: LoggedPurge) -> bytes:

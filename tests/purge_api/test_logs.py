@@ -178,3 +178,31 @@ async def test_acks_and_counts_recorded_at_once_are_all_kept(purge_log: PurgeLog
     for seq in range(1, 21):
         ack = (await purge_log.acks(seq))["edge1"]
         assert (ack.acked_at, ack.matched) == (100.0 + seq, seq * 10)
+
+
+async def test_a_jetstream_log_taking_over_from_sqlite_numbers_on_after_its_head(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    # nodes ignore seqs at or below what they applied: the new log must continue
+    old = SqliteLog(str(tmp_path / "api"))
+    for path in ("/a", "/b", "/c"):
+        await old.append("site", _request(path), "ci", None, 10.0)
+    await old.close()
+    fleet = _fleet(tmp_path, cluster, f"migrated-{next(_streams)}")
+    log = JetStreamLog(fleet)
+    await log.open(Heard())
+    try:
+        assert await log.head() == 3
+        purge, _ = await log.append("site", _request("/d"), "ci", None, 11.0)
+        assert purge.seq == 4
+        assert await log.since(3, 10, 4) == [purge]
+        assert await log.get(purge.id) == purge
+    finally:
+        await log.close()
+    again = JetStreamLog(fleet)  # a replica started later reads the same numbering
+    await again.open(Heard())
+    try:
+        assert await again.head() == 4
+        assert [p.seq for p in await again.since(0, 10, 4)] == [4]
+    finally:
+        await again.close()
