@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from cli.nats import nats_specs
 from fleet.config import load_fleet
 from tests.cli.test_up import UpProcess, alive
@@ -102,3 +103,11 @@ def test_a_fleet_on_sqlite_or_remote_nats_starts_no_nats_server(tmp_path: Path) 
     remote = config.read_text(encoding="utf-8").replace("127.0.0.1:4222", "10.0.0.5:4222")
     config.write_text(remote, encoding="utf-8")
     assert nats_specs(load_fleet(config)) == []
+
+
+def test_purge_api_refuses_a_listen_address_that_is_not_host_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _ = _fleet_file(tmp_path, [4222])
+    assert main(["purge-api", "--config", str(config), "--listen", "nowhere"]) == 2
+    assert "--listen" in capsys.readouterr().err
