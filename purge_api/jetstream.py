@@ -392,7 +392,9 @@ class JetStreamLog:
                         "reading purges",
                     )
                 except nats.js.errors.NotFoundError:
-                    continue
+                    # a server behind the leader (direct gets go to any replica):
+                    # stop here; nodes apply in order and ask again from the gap
+                    break
                 assert msg.data is not None
                 purge = _with_seq(_purge_from_bytes(msg.data)[0], number)
             out.append(purge)
