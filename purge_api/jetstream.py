@@ -97,8 +97,8 @@ class _NodeAcks:
         return json.dumps(
             {
                 "acked_seq": self.acked_seq,
-                "steps": self.steps[-ACK_HISTORY:],
-                "matched": {str(s): n for s, n in sorted(self.matched.items())[-ACK_HISTORY:]},
+                "steps": self.steps,
+                "matched": {str(s): n for s, n in self.matched.items()},
             },
             separators=(",", ":"),
         ).encode()
@@ -112,6 +112,12 @@ class _NodeAcks:
             matched={int(s): int(n) for s, n in item["matched"].items()},
             revision=revision,
         )
+
+    def trim(self) -> None:
+        """Keep the latest ACK_HISTORY steps and counts (what is written, too)."""
+        del self.steps[:-ACK_HISTORY]
+        if len(self.matched) > ACK_HISTORY:
+            self.matched = dict(sorted(self.matched.items())[-ACK_HISTORY:])
 
     def acked_at(self, seq: int) -> float | None:
         """When the node acknowledged `seq` (None: not yet).
@@ -506,6 +512,7 @@ class JetStreamLog:
                 )
                 if not change(entry):
                     return
+                entry.trim()
                 data = entry.to_bytes()
                 write: Callable[[], Awaitable[int]] = (
                     functools.partial(bucket.create, key, data)
@@ -528,8 +535,13 @@ class JetStreamLog:
             found = await self._retry(lambda: bucket.get(_entry_key(*ident)), "an ack")
         except nats.js.errors.KeyNotFoundError:
             return
-        if found.value is not None:
-            self._take(ident, _NodeAcks.from_bytes(found.value, found.revision))
+        if found.value is None:
+            return
+        try:
+            entry = _NodeAcks.from_bytes(found.value, found.revision)
+        except (ValueError, KeyError, TypeError):
+            entry = _NodeAcks(revision=found.revision)  # unreadable: written anew
+        self._take(ident, entry)
 
     def _take(self, ident: tuple[str, str], entry: _NodeAcks) -> None:
         """Keep the newer of the entry we have and `entry`; tell the listener of progress."""
@@ -555,8 +567,14 @@ class JetStreamLog:
                         continue
                     self._acks_seen = max(self._acks_seen, int(update.revision or 0))
                     ident = _entry_ident(update.key)
-                    if ident is not None and update.value:
-                        self._take(ident, _NodeAcks.from_bytes(update.value, update.revision))
+                    if ident is None or not update.value:
+                        continue
+                    try:
+                        entry = _NodeAcks.from_bytes(update.value, update.revision)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("purge log: acks entry %s unreadable: %r", update.key, exc)
+                        continue
+                    self._take(ident, entry)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -206,3 +206,23 @@ async def test_a_jetstream_log_taking_over_from_sqlite_numbers_on_after_its_head
         assert [p.seq for p in await again.since(0, 10, 4)] == [4]
     finally:
         await again.close()
+
+
+async def test_a_nodes_acks_entry_keeps_its_latest_history_only(
+    cluster: NatsCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("purge_api.jetstream.ACK_HISTORY", 5)
+    log = JetStreamLog(_fleet(tmp_path, cluster, f"history-{next(_streams)}"))
+    await log.open(Heard())
+    try:
+        for seq in range(1, 13):
+            await log.append("site", _request(f"/{seq}"), "ci", None, 10.0)
+            await log.record_acks("edge1", seq, [(seq, 100.0 + seq, seq)])
+        assert await log.node_seqs() == {"edge1": 12}
+        assert (await log.acks(12))["edge1"].acked_at == 112.0
+        assert (await log.acks(8))["edge1"].acked_at == 108.0
+        # older than the history kept: acknowledged, no later than the oldest step
+        old = (await log.acks(2))["edge1"]
+        assert (old.acked_at, old.matched) == (108.0, None)
+    finally:
+        await log.close()
