@@ -94,6 +94,7 @@ class _NodeAcks:
     revision: int | None = None
 
     def to_bytes(self) -> bytes:
+        """The entry as stored in the bucket (JSON)."""
         return json.dumps(
             {
                 "acked_seq": self.acked_seq,
@@ -105,6 +106,7 @@ class _NodeAcks:
 
     @classmethod
     def from_bytes(cls, data: bytes, revision: int | None) -> _NodeAcks:
+        """An entry read from the bucket at `revision`; ValueError and kin if malformed."""
         item = json.loads(data)
         return cls(
             acked_seq=int(item["acked_seq"]),
