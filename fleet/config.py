@@ -727,6 +727,10 @@ def _purge_api(t: _Table) -> PurgeApiConfig:
     log_kind = t.text("log", "sqlite")
     if log_kind not in ("sqlite", "jetstream"):
         raise t.error("log", f'must be "sqlite" or "jetstream", not {log_kind[:40]!r}')
+    if len(replicas) > 1 and log_kind != "jetstream":
+        # each SQLite log has one writer that knows its own purges: replicas would
+        # each push only what they appended
+        raise t.error("listen", 'several replicas need log = "jetstream"')
     config = PurgeApiConfig(
         listen=listen,
         data_dir=t.text("data_dir", required=True),

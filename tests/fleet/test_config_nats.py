@@ -47,6 +47,7 @@ def test_sqlite_is_the_default_and_one_address_is_one_url() -> None:
         ('listen = "127.0.0.1:1"\nlog = "jetstream"', "", "[purge_api] key 'log'", "[nats]"),
         ("listen = []", "", "[purge_api] key 'listen'", "at least one"),
         ('listen = ["127.0.0.1:1", "127.0.0.1:1"]', "", "[purge_api] key 'listen'", "twice"),
+        ('listen = ["127.0.0.1:1", "127.0.0.1:2"]', "", "[purge_api] key 'listen'", "jetstream"),
         ('listen = ["nowhere"]', "", "[purge_api] key 'listen'", ""),
         ('listen = "127.0.0.1:1"', '[nats]\nservers = ["http://x:1"]', "[nats] key 'servers'", ""),
         ('listen = "127.0.0.1:1"', "[nats]\nservers = []", "[nats] key 'servers'", ""),
