@@ -73,9 +73,9 @@ R = TypeVar("R")
 RETRY_FOR = 15.0
 #: recent purges a replica keeps in memory for pushes and pulls
 RECENT_PURGES = 20_000
-#: ack steps and matched counts kept per node in its acks entry (older purges report
-#: the oldest step's time)
-ACK_HISTORY = 2000
+#: ack steps and matched counts kept per node in its acks entry: every ack rewrites
+#: the entry, so it stays small (older purges report the oldest step's time)
+ACK_HISTORY = 500
 #: the stream's duplicate window, seconds: retried publishes within it are stored once
 DUPLICATE_WINDOW = 600.0
 #: seconds between the watchdog's looks at the followers
@@ -571,6 +571,9 @@ class JetStreamLog:
                     ident = _entry_ident(update.key)
                     if ident is None or not update.value:
                         continue
+                    known = self._entries.get(ident)
+                    if known is not None and (known.revision or 0) >= (update.revision or 0):
+                        continue  # our own write, taken already: no need to decode it
                     try:
                         entry = _NodeAcks.from_bytes(update.value, update.revision)
                     except (ValueError, KeyError, TypeError) as exc:
