@@ -74,8 +74,10 @@ RETRY_FOR = 15.0
 #: recent purges a replica keeps in memory for pushes and pulls
 RECENT_PURGES = 20_000
 #: ack steps and matched counts kept per node in its acks entry: every ack rewrites
-#: the entry, so it stays small (older purges report the oldest step's time)
-ACK_HISTORY = 500
+#: (and every replica decodes) the entry on the API's event loop, between the acks of
+#: other nodes, so it stays small; the status of an older purge reports the oldest
+#: step's time, when the node had acknowledged it already
+ACK_HISTORY = 100
 #: the stream's duplicate window, seconds: retried publishes within it are stored once
 DUPLICATE_WINDOW = 600.0
 #: seconds between the watchdog's looks at the followers
