@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge_api = sub.add_parser("purge-api", help="run the purge API, or make a token")
     purge_api.add_argument("--config", help="fleet.toml")
+    purge_api.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="host:port of this replica (default: the first of [purge_api] listen)",
+    )
     purge_api_sub = purge_api.add_subparsers(dest="purge_api_command", metavar="ACTION")
     purge_api_sub.add_parser("hash-token", help="print a new purge token and its SHA-256")
 
@@ -219,11 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _preflight(fleet: Fleet, command: str, who: str, node: str | None = None) -> None:
+def _preflight(
+    fleet: Fleet, command: str, who: str, node: str | None = None, listen: str | None = None
+) -> None:
     """Exit with one line if an address this command listens on is taken."""
     from cli.preflight import busy_address, listeners_of
 
-    message = busy_address(listeners_of(fleet, command, node), who)
+    message = busy_address(listeners_of(fleet, command, node, listen), who)
     if message is not None:
         print(f"edgeshield {message}", file=sys.stderr)
         raise SystemExit(EXIT_CANNOT_START)
@@ -269,8 +276,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from purge_api.server import serve_purge_api
 
         fleet = _load(args.config)
-        _preflight(fleet, "purge-api", "purge-api")
-        return serve_purge_api(fleet)
+        _preflight(fleet, "purge-api", "purge-api", listen=args.listen)
+        return serve_purge_api(fleet, args.listen)
     if command == "geo":
         from geo import cli as geo_cli
 

@@ -66,17 +66,22 @@ def plan_fleet(
         )
     if fleet.purge_api is not None:
         api = fleet.purge_api
-        specs.append(
-            NodeSpec(
-                name="purge-api",
-                role="purge-api",
-                region="-",
-                argv=cli_argv("purge-api", "--config", config_path),
-                health=HealthCheck(split_host_port(api.listen), f"{api.url}/healthz"),
-                stage=1,
-                addresses=(api.url,),
+        # one process per replica address ([purge_api] listen as a list, a JetStream log)
+        for index, (address, url) in enumerate(
+            zip(api.replicas or (api.listen,), api.urls, strict=True)
+        ):
+            listen = ("--listen", address) if api.replicas else ()
+            specs.append(
+                NodeSpec(
+                    name="purge-api" if index == 0 else f"purge-api-{index + 1}",
+                    role="purge-api",
+                    region="-",
+                    argv=cli_argv("purge-api", "--config", config_path, *listen),
+                    health=HealthCheck(split_host_port(address), f"{url}/healthz"),
+                    stage=1,
+                    addresses=(url,),
+                )
             )
-        )
     for stage, role, nodes in ((2, "shield", fleet.shields), (3, "edge", fleet.edges)):
         for node in nodes:
             specs.append(

@@ -16,12 +16,23 @@ from fleet.config import Fleet, split_host_port
 __all__ = ["busy_address", "listeners_of"]
 
 
-def listeners_of(fleet: Fleet, command: str, node: str | None = None) -> list[tuple[str, str]]:
-    """(where in fleet.toml, address) of every socket `command` will listen on."""
+def listeners_of(
+    fleet: Fleet, command: str, node: str | None = None, listen: str | None = None
+) -> list[tuple[str, str]]:
+    """(where in fleet.toml, address) of every socket `command` will listen on
+    (`listen`: the address a purge API replica was given with --listen)."""
     if command in ("edge", "shield") and node is not None:
         config = fleet.edge(node) if command == "edge" else fleet.shield(node)
         table = f"[[{command}s]] {node}"
-        return [(f"{table} listen", config.listen), (f"{table} admin_listen", config.admin_listen)]
+        found = [
+            (f"{table} listen", config.listen),
+            (f"{table} admin_listen", config.admin_listen),
+        ]
+        if config.tls_listen:
+            found.append((f"{table} tls_listen", config.tls_listen))
+        return found
+    if command == "purge-api" and listen:
+        return [("--listen", listen)]
     if command == "purge-api" and fleet.purge_api is not None:
         return [("[purge_api] listen", fleet.purge_api.listen)]
     if command == "geo" and fleet.geo is not None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cli.banner import format_table, try_commands
 from cli.demo import DemoInfo, demo_fleet_toml
+from cli.nats import NatsServerMissing, nats_specs
 from cli.plan import cli_argv, plan_fleet
 from cli.supervisor import Supervisor
 from fleet.config import Fleet, load_fleet, node_secret
@@ -121,7 +122,12 @@ async def _run(config: str | None, state: Path | None, stop: asyncio.Event) -> i
 
     if not await _build_mmdb(fleet, str(config_path), env):
         return 1
-    specs = plan_fleet(fleet, str(config_path), secret, demo)
+    try:
+        # local nats-servers first (stage 0) when the purge log is JetStream here
+        specs = [*nats_specs(fleet), *plan_fleet(fleet, str(config_path), secret, demo)]
+    except NatsServerMissing as exc:
+        _print(f"edgeshield: {exc}")
+        return 1
     supervisor = Supervisor(specs, env, state / "logs" if state else None, _print)
     starting = asyncio.create_task(supervisor.start())
     stopped = asyncio.create_task(stop.wait())

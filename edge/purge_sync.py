@@ -5,7 +5,9 @@ node's admin listener (`POST /admin/purge`); the node applies them to its
 `PurgeRules` in sequence order and answers with the highest sequence number it has
 applied, which is its acknowledgement. A node that was away pulls what it missed
 (`GET /v1/nodes/{node}/purges?since=N` on the API) at start-up, whenever a push
-shows a gap, and every `poll_interval` as a safety net.
+shows a gap, and every `poll_interval` as a safety net; with API replicas
+(`[purge_api] listen` a list, a JetStream log) it pulls from each in turn until one
+answers. Every replica pushes, so a node hears of a purge while any replica lives.
 
 How many stored objects a purge covers (`matched`, a report for the purge's status)
 is counted off the acknowledgement path: counting scans the store's index, and an
@@ -27,19 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from edge.cache.purge import PurgeRecord, PurgeRules
+from edge.purge_counts import MatchCounter
+from edge.purge_state import PurgeStateFile
 from edge.statelog import StateLog
 from edge.store import io
 from fleet.config import Fleet, node_secret
@@ -51,97 +51,10 @@ log = logging.getLogger("edgeshield.purge_sync")
 
 PUSH_PATH = "/admin/purge"
 PULL_PAGE = 500
-_MATCHED_MEMORY = 10_000  # how many recent matched counts a node remembers for acks
-#: purges waiting to be counted, at most: a node catching up on thousands of purges
-#: counts the latest ones (each count is a scan of the index) and reports no count
-#: for the older ones
-_COUNT_BACKLOG = 100
-#: counts one report to the API carries, at most (the API's MAX_MATCHED)
-_REPORT_BATCH = 1000
-#: seconds between tries of a report the API did not take
-_REPORT_RETRY = 5.0
 
 
 class PurgeSyncError(Exception):
     """The purge API could not be reached or answered something unusable."""
-
-
-class PurgeStateFile:
-    """The node's purge state on disk: applied rules (JSON lines) and applied_seq.
-
-    `purge-rules.jsonl` gets one line per applied purge, `{"record", "applied_at"}`,
-    appended and fsynced before the node acknowledges; `purge-applied.json` holds
-    `{"applied_seq": N}` and is replaced atomically after the rules are on disk, so
-    a crash between the two leaves rules that are replayed, never a seq without its
-    rules. Blocking: the caller runs these methods on the I/O gateway (`edge.store.io`).
-    """
-
-    def __init__(self, state_dir: str) -> None:
-        self.dir = Path(state_dir)
-        self.rules_path = self.dir / "purge-rules.jsonl"
-        self.seq_path = self.dir / "purge-applied.json"
-
-    def load(self) -> tuple[int, list[tuple[PurgeRecord, float]]]:
-        """(applied_seq, [(record, applied_at), ...]) as saved; (0, []) on a fresh node."""
-        applied_seq = 0
-        with contextlib.suppress(FileNotFoundError):
-            data = json.loads(self.seq_path.read_text(encoding="utf-8"))
-            applied_seq = int(data["applied_seq"])
-        entries: list[tuple[PurgeRecord, float]] = []
-        try:
-            raw = self.rules_path.read_bytes()
-        except FileNotFoundError:
-            raw = b""
-        if raw and not raw.endswith(b"\n"):
-            # a crash in the middle of an append left a line cut short: cut it off, or
-            # the next append would run on from it and that line would be lost too
-            raw = raw[: raw.rfind(b"\n") + 1]
-            with open(self.rules_path, "r+b") as handle:
-                handle.truncate(len(raw))
-                handle.flush()
-                os.fsync(handle.fileno())
-        lines = raw.decode("utf-8", errors="replace").splitlines()
-        for line in lines:
-            try:
-                item = json.loads(line)
-                entries.append((PurgeRecord.from_json(item["record"]), float(item["applied_at"])))
-            except (ValueError, KeyError, TypeError):
-                # a line cut short by a crash: its purge was never acknowledged, and
-                # the catch-up pull brings it back
-                continue
-        return applied_seq, entries
-
-    def append(self, entries: list[tuple[PurgeRecord, float]], applied_seq: int) -> None:
-        """Add applied rules, durably, then record the new applied_seq."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if entries:
-            text = "".join(
-                json.dumps({"record": r.to_json(), "applied_at": at}, separators=(",", ":")) + "\n"
-                for r, at in entries
-            )
-            with open(self.rules_path, "a", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-        self._replace(self.seq_path, json.dumps({"applied_seq": applied_seq}))
-
-    def rewrite(self, entries: list[tuple[PurgeRecord, float]]) -> None:
-        """Replace the rules file with `entries` (after old rules expired)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        text = "".join(
-            json.dumps({"record": r.to_json(), "applied_at": at}, separators=(",", ":")) + "\n"
-            for r, at in entries
-        )
-        self._replace(self.rules_path, text)
-
-    @staticmethod
-    def _replace(path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
 
 class PurgeSync:
@@ -175,7 +88,9 @@ class PurgeSync:
         self.max_rule_age = max_rule_age
         self.count_timeout = count_timeout
         self._state = PurgeStateFile(state_dir)
-        self._api_url = fleet.purge_api.url if fleet.purge_api else None
+        # every replica of the API, used in turn: the one that answered last first
+        self._api_urls = fleet.purge_api.urls if fleet.purge_api else ()
+        self._api_url = self._api_urls[0] if self._api_urls else None
         secret = node_secret(fleet)
         if self._api_url and not secret:
             raise PurgeSyncError(
@@ -186,13 +101,7 @@ class PurgeSync:
         self._lock = asyncio.Lock()
         self._pull_log = StateLog(log, "purge: catch-up from the API", every=60.0)
         self._applied: list[tuple[PurgeRecord, float]] = []
-        self._matched: OrderedDict[int, int | None] = OrderedDict()
-        self._to_count: deque[PurgeRecord] = deque()
-        self._count_wake = asyncio.Event()
-        self._unreported: OrderedDict[int, int] = OrderedDict()
-        self._counter: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._report_log = StateLog(log, "purge: reporting matched counts to the API", every=60.0)
+        self._counts = MatchCounter(count_matches, count_timeout, self._send_matched)
         self._session: aiohttp.ClientSession | None = None
         self._background: asyncio.Task[None] | None = None
         self._ready = self._api_url is None
@@ -247,14 +156,12 @@ class PurgeSync:
 
     async def stop(self) -> None:
         """Stop the background pulls and counts, and close the HTTP session."""
-        self._stopping = True  # the counter ends even if a library swallows its cancel
-        self._count_wake.set()
-        for task in (self._background, self._counter):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._background = self._counter = None
+        await self._counts.stop()
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        self._background = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -332,76 +239,25 @@ class PurgeSync:
         self._applied.extend(new)
         # every process of the node has them before the caller acknowledges
         await self.rules.settled()
-        self._count_later([record for record, _ in new])
+        self._counts.count_later([record for record, _ in new])
 
-    # -- counting matches, off the ack path -------------------------------------
-
-    def _count_later(self, records: list[PurgeRecord]) -> None:
-        """Queue applied purges for counting; the ack does not wait for it."""
-        if self.count_matches is None or not records:
-            return
-        self._to_count.extend(records)
-        while len(self._to_count) > _COUNT_BACKLOG:
-            self._to_count.popleft()
-        self._count_wake.set()
-        if self._counter is None or self._counter.done():
-            self._counter = asyncio.get_running_loop().create_task(self._count_forever())
-
-    async def _count_forever(self) -> None:
-        """Background: count queued purges one at a time, then report the counts."""
-        while not self._stopping:
-            if self._unreported:  # a report failed: try again after a while
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_REPORT_RETRY):
-                        await self._count_wake.wait()
-            else:
-                await self._count_wake.wait()
-            self._count_wake.clear()
-            while self._to_count:
-                record = self._to_count.popleft()
-                matched = await self._count(record)
-                self._remember_matched(record.seq, matched)
-                if matched is not None:
-                    self._unreported[record.seq] = matched
-                    while len(self._unreported) > _MATCHED_MEMORY:
-                        self._unreported.popitem(last=False)
-            await self._report()
-
-    async def _count(self, record: PurgeRecord) -> int | None:
-        assert self.count_matches is not None
-        try:
-            async with asyncio.timeout(self.count_timeout):
-                return await self.count_matches(record)
-        except Exception:  # a count is a report: log it and go on
-            log.exception("purge: counting matches of seq %d failed", record.seq)
-            return None
-
-    async def _report(self) -> None:
-        """Send counts not reported yet to the API; kept for the next try if it fails."""
-        if self._api_url is None or self._session is None:
-            return
+    async def _send_matched(self, counts: dict[int, int]) -> None:
+        """Send matched counts to the API (the replica that answered last)."""
+        if self._api_url is None:
+            return  # no API to tell
+        if self._session is None:
+            raise PurgeSyncError("not started")
         url = f"{self._api_url}/v1/nodes/{self.node_name}/matched"
-        while self._unreported:
-            batch = dict(list(self._unreported.items())[:_REPORT_BATCH])
-            try:
-                async with self._session.post(
-                    url,
-                    json={"matched": {str(seq): n for seq, n in batch.items()}},
-                    headers={"Authorization": self._auth_header},
-                ) as response:
-                    if response.status != 200:
-                        raise PurgeSyncError(f"answered {response.status}")
-            except (TimeoutError, aiohttp.ClientError, PurgeSyncError) as exc:
-                self._report_log.failed(f"failed: {exc!r}")
-                return
-            self._report_log.recovered()
-            for seq in batch:
-                self._unreported.pop(seq, None)
-
-    def _remember_matched(self, seq: int, matched: int | None) -> None:
-        self._matched[seq] = matched
-        while len(self._matched) > _MATCHED_MEMORY:
-            self._matched.popitem(last=False)
+        try:
+            async with self._session.post(
+                url,
+                json={"matched": {str(seq): n for seq, n in counts.items()}},
+                headers={"Authorization": self._auth_header},
+            ) as response:
+                if response.status != 200:
+                    raise PurgeSyncError(f"answered {response.status}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise PurgeSyncError(repr(exc)) from None
 
     async def expire_rules(self) -> int:
         """Drop rules older than `max_rule_age` here and on disk; how many went."""
@@ -421,14 +277,33 @@ class PurgeSync:
     # -- talking to the API ---------------------------------------------------
 
     async def _pull_locked(self) -> None:
-        """Pull pages since applied_seq until the API has nothing more."""
+        """Pull pages since applied_seq until the API has nothing more, from any replica.
+
+        A replica that fails is left for the next one (`[purge_api] listen` lists them);
+        the error is raised only when none answered.
+        """
         if self._api_url is None:
             return
         if self._session is None:
             raise PurgeSyncError("not started")
+        first = self._api_urls.index(self._api_url)
+        failures = []
+        for turn in range(len(self._api_urls)):
+            url = self._api_urls[(first + turn) % len(self._api_urls)]
+            try:
+                await self._pull_from(url)
+            except PurgeSyncError as exc:
+                failures.append(str(exc))
+                continue
+            self._api_url = url
+            return
+        raise PurgeSyncError("; ".join(failures))
+
+    async def _pull_from(self, api_url: str) -> None:
+        assert self._session is not None
         while True:
             since = self.rules.applied_seq
-            url = f"{self._api_url}/v1/nodes/{self.node_name}/purges"
+            url = f"{api_url}/v1/nodes/{self.node_name}/purges"
             params = {"since": str(since), "limit": str(PULL_PAGE)}
             try:
                 async with self._session.get(
@@ -439,7 +314,7 @@ class PurgeSync:
                         raise PurgeSyncError(f"pull answered {response.status}: {text[:200]}")
                     body = await response.json()
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                raise PurgeSyncError(f"pull from {self._api_url} failed: {exc!r}") from None
+                raise PurgeSyncError(f"pull from {api_url} failed: {exc!r}") from None
             try:
                 records = [PurgeRecord.from_json(item) for item in body["records"]]
                 more = bool(body.get("more", False))
@@ -509,7 +384,7 @@ class PurgeSync:
                 },
                 status=409,
             )
-        matched = {str(r.seq): self._matched.get(r.seq) for r in records}
+        matched = {str(r.seq): self._counts.matched.get(r.seq) for r in records}
         return web.json_response(
             {"node": self.node_name, "applied_seq": applied_seq, "matched": matched}
         )

@@ -27,6 +27,7 @@ __all__ = [
     "EdgeConfig",
     "Fleet",
     "GeoConfig",
+    "NatsConfig",
     "PurgeApiConfig",
     "Region",
     "SecurityConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "TokenConfig",
     "check_whole_fleet",
     "load_fleet",
+    "nats_creds_file",
     "node_secret",
     "object_limit",
     "parse_fleet",
@@ -311,12 +313,47 @@ class PurgeApiConfig:
     tokens: tuple[TokenConfig, ...] = ()
     rate_limit_per_minute: int = 600
     max_items: int = 1000
+    #: the purge log: "sqlite" (one process, in data_dir) or "jetstream" (replicas
+    #: on the NATS JetStream cluster of [nats])
+    log: str = "sqlite"
+    #: every replica's address when `listen` is a list (the first is `listen`);
+    #: nodes and the CLI use them in turn
+    replicas: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        """Base URL of the API."""
+        """Base URL of the API (the first replica)."""
         host, port = split_host_port(self.listen)
         return f"http://{_url_host(host)}:{port}"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Base URLs of every replica, the first one first."""
+        urls = []
+        for address in self.replicas or (self.listen,):
+            host, port = split_host_port(address)
+            urls.append(f"http://{_url_host(host)}:{port}")
+        return tuple(urls)
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    """The NATS JetStream cluster that holds the purge log when `[purge_api] log = "jetstream"`."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    #: the stream of purges; the acknowledgements and idempotency keys live in
+    #: key-value buckets named after it
+    stream: str = "edgeshield-purges"
+    #: copies of the stream and buckets (Raft); 0: 3, or the number of servers if fewer
+    replicas: int = 0
+    #: the environment variable holding a NATS credentials file's path (never the
+    #: credentials themselves in fleet.toml); empty: connect without credentials
+    creds_env: str = ""
+
+    @property
+    def stream_replicas(self) -> int:
+        """The replicas the stream is created with: as configured, or min(3, servers)."""
+        return self.replicas or min(3, len(self.servers))
 
 
 @dataclass(frozen=True)
@@ -393,6 +430,7 @@ class Fleet:
     purge_api: PurgeApiConfig | None = None
     geo: GeoConfig | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    nats: NatsConfig | None = None
 
     def edge(self, name: str) -> EdgeConfig:
         """The edge called `name`; ConfigError if there is none."""
@@ -610,10 +648,19 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> Fleet:
     purge_api = one("purge_api", "[purge_api]", _purge_api)
     geo = one("geo", "[geo]", _geo)
     security = one("security", "[security]", _security) or SecurityConfig()
+    nats = one("nats", "[nats]", _nats)
     try:
         root.reject_unknown()
     except ConfigError as exc:
         problems.append(exc)
+    if purge_api is not None and purge_api.log == "jetstream" and nats is None:
+        problems.append(
+            ConfigError(
+                source,
+                "[purge_api] key 'log'",
+                'log = "jetstream" needs a [nats] table with servers',
+            )
+        )
 
     fleet = Fleet(
         source=source,
@@ -624,6 +671,7 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> Fleet:
         purge_api=purge_api,
         geo=geo,
         security=security,
+        nats=nats,
     )
     # a reference to an entry that failed would only repeat its error
     complete = {
@@ -918,13 +966,62 @@ def _purge_api(t: _Table) -> PurgeApiConfig:
             )
         )
         token_table.reject_unknown()
+    replicas: tuple[str, ...] = ()
+    if isinstance(t.data.get("listen"), list):
+        replicas = t.strings("listen", required=True)
+        if not replicas:
+            raise t.error("listen", "must name at least one address")
+        for address in replicas:
+            try:
+                split_host_port(address)
+            except ValueError as exc:
+                raise t.error("listen", str(exc)) from None
+        if len(set(replicas)) != len(replicas):
+            raise t.error("listen", "names an address twice")
+        listen = replicas[0]
+    else:
+        listen = t.address("listen", required=True)
+    log_kind = t.text("log", "sqlite")
+    if log_kind not in ("sqlite", "jetstream"):
+        raise t.error("log", f'must be "sqlite" or "jetstream", not {log_kind[:40]!r}')
+    if len(replicas) > 1 and log_kind != "jetstream":
+        # each SQLite log has one writer that knows its own purges: replicas would
+        # each push only what they appended
+        raise t.error("listen", 'several replicas need log = "jetstream"')
     config = PurgeApiConfig(
-        listen=t.address("listen", required=True),
+        listen=listen,
         data_dir=t.text("data_dir", required=True),
         tokens=tuple(tokens),
         rate_limit_per_minute=t.integer("rate_limit_per_minute", 600, minimum=1),
         max_items=t.integer("max_items", 1000, minimum=1),
+        log=log_kind,
+        replicas=replicas,
     )
+    t.reject_unknown()
+    return config
+
+
+def _nats(t: _Table) -> NatsConfig:
+    servers = t.strings("servers", NatsConfig.servers)
+    if not servers:
+        raise t.error("servers", "must name at least one server")
+    for server in servers:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+:[0-9]{1,5}", server):
+            raise t.error("servers", f"{server[:60]!r} is not nats://host:port or tls://host:port")
+    stream = t.text("stream", NatsConfig.stream)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", stream):
+        raise t.error("stream", "must be 1 to 64 letters, digits, '-' or '_'")
+    creds_env = t.text("creds_env", "")
+    if creds_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", creds_env):
+        raise t.error("creds_env", "must be the name of an environment variable")
+    config = NatsConfig(
+        servers=servers,
+        stream=stream,
+        replicas=t.integer("replicas", 0, minimum=0),
+        creds_env=creds_env,
+    )
+    if config.replicas > 5:
+        raise t.error("replicas", "JetStream allows at most 5 replicas")
     t.reject_unknown()
     return config
 
@@ -1092,7 +1189,8 @@ def _check_listens(fleet: Fleet) -> list[ConfigError]:
             if node.tls_listen:
                 listeners.append((where, "tls_listen", node.tls_listen))
     if fleet.purge_api:
-        listeners.append(("[purge_api]", "listen", fleet.purge_api.listen))
+        for address in fleet.purge_api.replicas or (fleet.purge_api.listen,):
+            listeners.append(("[purge_api]", "listen", address))
     if fleet.geo:
         listeners += [
             ("[geo]", "dns_listen", fleet.geo.dns_listen),
@@ -1162,3 +1260,15 @@ def node_secret(fleet: Fleet, environ: Mapping[str, str] | None = None) -> str:
     """
     env = os.environ if environ is None else environ
     return env.get(fleet.security.node_secret_env, "")
+
+
+def nats_creds_file(fleet: Fleet, environ: Mapping[str, str] | None = None) -> str | None:
+    """The NATS credentials file's path from the variable `[nats] creds_env` names, or None.
+
+    Like the node secret, credentials never sit in the fleet file; only the name of
+    the variable that points at them does.
+    """
+    if fleet.nats is None or not fleet.nats.creds_env:
+        return None
+    env = os.environ if environ is None else environ
+    return env.get(fleet.nats.creds_env) or None

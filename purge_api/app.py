@@ -29,7 +29,8 @@ from aiohttp import web
 from fleet.config import Fleet, PurgeApiConfig, TokenConfig
 from purge_api.body import BodyError, BodyTooLarge, parse_purge_body, shorten
 from purge_api.fanout import FanOut
-from purge_api.log import IdempotencyConflict, LoggedPurge, PurgeLog
+from purge_api.log import IdempotencyConflict, LoggedPurge
+from purge_api.logs import LogUnavailable, open_log
 from purge_api.metrics import render_purge_metrics
 from purge_api.ratelimit import RateLimiter
 from purge_api.status_page import status_routes
@@ -73,7 +74,7 @@ class PurgeApi:
         self.tokens = TokenStore(self.config.tokens)
         self.limiter = RateLimiter(self.config.rate_limit_per_minute)
         self._secret = secret
-        self.log = PurgeLog(self.config.data_dir)
+        self.log = open_log(fleet)
         self.fanout = FanOut(fleet, self.log, secret, clock)
         self.watch = FleetWatch(fleet, secret, self.log, self.fanout, clock)
 
@@ -100,7 +101,7 @@ class PurgeApi:
         yield
         await self.watch.stop()
         await self.fanout.stop()
-        self.log.close()
+        await self.log.close()
 
     # -- REST -----------------------------------------------------------------
 
@@ -161,9 +162,11 @@ class PurgeApi:
         except BodyError as exc:
             return _error(400, f"{exc.field}: {exc.message}", field=exc.field)
         try:
-            purge, created = await self.log.call(
-                self.log.append, name, purge_request, token.name, key, self.clock()
+            purge, created = await self.log.append(
+                name, purge_request, token.name, key, self.clock()
             )
+        except LogUnavailable:
+            return _unavailable()
         except IdempotencyConflict as exc:
             return _error(
                 422,
@@ -175,7 +178,11 @@ class PurgeApi:
             self.fanout.appended(purge.seq)
         if wait > 0:
             await self.fanout.wait_complete(purge.seq, wait)
-        status = await self._status(purge)
+        try:
+            status = await self._status(purge)
+        except LogUnavailable:
+            # logged, so the purge goes on: answer what the client needs to follow it
+            status = {"id": purge.id, "seq": purge.seq, "status": "pending"}
         response = web.json_response(status, status=200 if status["status"] == "complete" else 202)
         response.headers["Location"] = f"/v1/purges/{purge.id}"
         if not created:
@@ -188,9 +195,10 @@ class PurgeApi:
         if token is None:
             return _error(401, "missing or unknown token: send Authorization: Bearer TOKEN")
         purge_id = request.match_info["id"]
-        purge = (
-            await self.log.call(self.log.get, purge_id) if _PURGE_ID.fullmatch(purge_id) else None
-        )
+        try:
+            purge = await self.log.get(purge_id) if _PURGE_ID.fullmatch(purge_id) else None
+        except LogUnavailable:
+            return _unavailable()
         if purge is None:
             return _error(404, f"no purge with id {shorten(purge_id)}")
         if not self.tokens.allows(token, purge.service):
@@ -200,10 +208,13 @@ class PurgeApi:
             return wait
         if wait > 0:
             await self.fanout.wait_complete(purge.seq, wait)
-        return web.json_response(await self._status(purge))
+        try:
+            return web.json_response(await self._status(purge))
+        except LogUnavailable:
+            return _unavailable()
 
     async def _status(self, purge: LoggedPurge) -> dict[str, object]:
-        acks = await self.log.call(self.log.acks, purge.seq)
+        acks = await self.log.acks(purge.seq)
         nodes: dict[str, float | None] = {}
         details: dict[str, dict[str, object]] = {}
         pending = []
@@ -250,7 +261,10 @@ class PurgeApi:
         if not 0 <= since <= MAX_SEQ or limit < 1:
             return _error(400, "since must be 0 to 2**63-1 and limit >= 1", field="since")
         up_to = self.fanout.limit_for(node)
-        purges = await self.log.call(self.log.since, since, limit, up_to)
+        try:
+            purges = await self.log.since(since, limit, up_to)
+        except LogUnavailable:
+            return _unavailable()
         self.fanout.node_pulled(node)
         last = purges[-1].seq if purges else since
         return web.json_response(
@@ -288,7 +302,10 @@ class PurgeApi:
             for seq, n in counts
         ):
             return _error(400, "sequence numbers and counts must be non-negative integers")
-        await self.log.call(self.log.record_matched, node, counts)
+        try:
+            await self.log.record_matched(node, counts)
+        except LogUnavailable:
+            return _unavailable()
         return web.json_response({"node": node, "recorded": len(counts)})
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -314,6 +331,12 @@ def _wait_param(request: web.Request) -> float | web.Response:
     if not 0 <= wait <= MAX_WAIT or math.isnan(wait):
         return _error(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", field="wait")
     return wait
+
+
+def _unavailable() -> web.Response:
+    response = _error(503, "the purge log is unavailable; try again")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _error(status: int, message: str, *, field: str | None = None) -> web.Response:

@@ -5,7 +5,9 @@ every node has acknowledged, printing progress. Exit status: 0 complete (or acce
 without --wait); 2 bad input; 3 refused token; 4 the wait ran out (the nodes that
 have not acknowledged are named); 1 anything else (API unreachable, rate limited).
 An Idempotency-Key (one is made up when not given) makes the client's own retries,
-and a re-run with the same --idempotency-key, return the first purge.
+and a re-run with the same --idempotency-key, return the first purge. `--api` may
+name several replicas, comma-separated: each try goes to the next one (the key holds
+across replicas of a JetStream log), and so does following the purge.
 """
 
 from __future__ import annotations
@@ -74,13 +76,16 @@ async def _run(args: argparse.Namespace) -> int:
         raise _Failure(EXIT_BAD_INPUT, "nothing to purge: give --url, --prefix, --tag or --all")
     if args.wait < 0:
         raise _Failure(EXIT_BAD_INPUT, "--wait must not be negative")
-    api = args.api.rstrip("/")
-    if not api.startswith(("http://", "https://")) or len(api) < 10:
-        raise _Failure(
-            EXIT_BAD_INPUT,
-            f"--api {api[:60]!r} is not an http:// or https:// URL "
-            "(e.g. --api http://127.0.0.1:9300)",
-        )
+    apis = [api.strip().rstrip("/") for api in args.api.split(",") if api.strip()]
+    if not apis:
+        raise _Failure(EXIT_BAD_INPUT, "--api: give the purge API's base URL")
+    for api in apis:
+        if not api.startswith(("http://", "https://")) or len(api) < 10:
+            raise _Failure(
+                EXIT_BAD_INPUT,
+                f"--api {api[:60]!r} is not an http:// or https:// URL "
+                "(e.g. --api http://127.0.0.1:9300)",
+            )
     headers = {
         "Authorization": f"Bearer {token}",
         "Idempotency-Key": args.idempotency_key or uuid.uuid4().hex,
@@ -88,7 +93,9 @@ async def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        status = await _post(session, f"{api}/v1/services/{args.service}/purge", body, headers)
+        urls = [f"{api}/v1/services/{args.service}/purge" for api in apis]
+        status, turn = await _post(session, urls, body, headers)
+        api = apis[turn]
         kind = "soft purge" if args.soft else "purge"
         print(
             f"{kind} {status['id']} (seq {status['seq']}) accepted: "
@@ -102,9 +109,10 @@ async def _run(args: argparse.Namespace) -> int:
             return EXIT_OK
         deadline = started + args.wait
         acked = status["acked"]
-        status_url = f"{api}/v1/purges/{status['id']}"
+        purge_id = status["id"]
         while time.monotonic() < deadline:
             await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+            status_url = f"{apis[turn]}/v1/purges/{purge_id}"
             try:
                 status = await _get(session, status_url, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -112,6 +120,7 @@ async def _run(args: argparse.Namespace) -> int:
                     f"  status check failed ({describe_client_error(exc, status_url)}); retrying",
                     file=sys.stderr,
                 )
+                turn = (turn + 1) % len(apis)  # the next replica, if there are several
                 continue
             if status["acked"] != acked:
                 acked = status["acked"]
@@ -136,27 +145,38 @@ def _complete(status: dict[str, Any]) -> int:
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: dict[str, object], headers: dict[str, str]
-) -> dict[str, Any]:
-    """POST the purge, retrying connection failures and 5xx (safe: Idempotency-Key)."""
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    body: dict[str, object],
+    headers: dict[str, str],
+) -> tuple[dict[str, Any], int]:
+    """POST the purge, retrying connection failures and 5xx (safe: Idempotency-Key).
+
+    Each try goes to the next of `urls` (the replicas); (answer, index of the one
+    that answered).
+    """
     delay = 0.5
-    for attempt in range(1, POST_ATTEMPTS + 1):
+    attempts = max(POST_ATTEMPTS, len(urls))
+    for attempt in range(1, attempts + 1):
+        turn = (attempt - 1) % len(urls)
+        url = urls[turn]
         try:
             async with session.post(url, json=body, headers=headers) as response:
                 data = await _json(response)
                 if response.status in (200, 202):
-                    return data
-                if response.status < 500 or attempt == POST_ATTEMPTS:
+                    return data, turn
+                if response.status < 500 or attempt == attempts:
                     raise _refused(response.status, data)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if attempt == POST_ATTEMPTS:
+            if attempt == attempts:
                 raise _Failure(
                     EXIT_FAILED,
-                    f"{describe_client_error(exc, url)} (tried {POST_ATTEMPTS} times; "
+                    f"{describe_client_error(exc, url)} (tried {attempts} times; "
                     "is the purge API running there?)",
                 ) from None
-        await asyncio.sleep(delay)
-        delay *= 2
+        if turn == len(urls) - 1:  # every replica tried once more: back off
+            await asyncio.sleep(delay)
+            delay *= 2
     raise AssertionError("unreachable")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from fleet.config import Fleet, NodeConfig, ShieldConfig
-from purge_api.log import PurgeLog
+from purge_api.logs import LogUnavailable, PurgeLogStore
 
 __all__ = ["FanOut", "NodeLink"]
 
@@ -45,6 +45,8 @@ class NodeLink:
         self.push_url = node.admin_url + "/admin/purge"
         self.is_shield = isinstance(node, ShieldConfig)
         self.acked_seq = acked_seq
+        #: the highest seq whose acks of this node are in the log (what status shows)
+        self.recorded_seq = acked_seq
         self.failures = 0
         self.last_error = ""
         self.wake = asyncio.Event()  # something to send may have appeared
@@ -62,7 +64,7 @@ class FanOut:
     def __init__(
         self,
         fleet: Fleet,
-        purge_log: PurgeLog,
+        purge_log: PurgeLogStore,
         secret: str,
         clock: Callable[[], float] = time.time,
         push_timeout: float = 2.0,
@@ -75,13 +77,15 @@ class FanOut:
         self.head = 0
         self.links: dict[str, NodeLink] = {}
         self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Read where every node was, and start one sender per node."""
-        self.head = await self.log.call(self.log.head)
-        seqs = await self.log.call(self.log.node_seqs)
+        """Open the log, read where every node was, and start one sender per node."""
+        await self.log.open(self)
+        self.head = await self.log.head()
+        seqs = await self.log.node_seqs()
         for node in self.fleet.nodes:
             self.links[node.name] = NodeLink(node, min(seqs.get(node.name, 0), self.head))
         self._session = aiohttp.ClientSession(
@@ -125,8 +129,8 @@ class FanOut:
         return self.released()
 
     def is_complete(self, seq: int) -> bool:
-        """Whether every node of the fleet has acknowledged purge `seq`."""
-        return all(link.acked_seq >= seq for link in self.links.values())
+        """Whether every node of the fleet has acknowledged purge `seq`, as the log records."""
+        return all(link.recorded_seq >= seq for link in self.links.values())
 
     async def wait_complete(self, seq: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds for purge `seq` to be complete; whether it is."""
@@ -136,6 +140,24 @@ class FanOut:
                     self._changed.wait_for(lambda: self.is_complete(seq)), timeout
                 )
             return self.is_complete(seq)
+
+    def node_acked(self, node: str, acked_seq: int) -> None:
+        """Another replica recorded `node`'s acks (a shared log): take its progress."""
+        link = self.links.get(node)
+        if link is None:
+            return
+        link.recorded_seq = max(link.recorded_seq, acked_seq)
+        if acked_seq > link.acked_seq:
+            link.acked_seq = acked_seq
+            if link.is_shield:
+                self._wake_all()
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     def node_pulled(self, node: str) -> None:
         """A node pulled from the log: it is up, so retry its pushes now."""
@@ -157,7 +179,11 @@ class FanOut:
             if link.acked_seq >= target:
                 await link.wake.wait()
                 continue
-            purges = await self.log.call(self.log.since, link.acked_seq, PUSH_BATCH, target)
+            try:
+                purges = await self.log.since(link.acked_seq, PUSH_BATCH, target)
+            except LogUnavailable as exc:
+                await self._failed(link, f"reading the log failed: {exc}")
+                continue
             if not purges:
                 # the node's acked_seq is ahead of anything to send (should not happen)
                 await link.wake.wait()
@@ -196,13 +222,21 @@ class FanOut:
         for seq in range(start + 1, applied_seq + 1):
             count = counts.get(str(seq))
             acks.append((seq, now, count if isinstance(count, int) else None))
-        await self.log.call(self.log.record_acks, link.name, applied_seq, acks)
         was_live = link.is_live
         link.acked_seq = applied_seq
         link.failures = 0
         link.last_error = ""
         if link.is_shield or not was_live:
+            # edges are released as soon as the shield has applied, before the log
+            # has recorded it (a replica lost in between pushes again, acked again)
             self._wake_all()
+        try:
+            await self.log.record_acks(link.name, applied_seq, acks)
+        except LogUnavailable as exc:
+            # the node has them applied; its next push or pull acknowledges again
+            log.warning("purge: recording acks of %s failed: %s", link.name, exc)
+        else:
+            link.recorded_seq = max(link.recorded_seq, applied_seq)
         async with self._changed:
             self._changed.notify_all()
 

@@ -4,6 +4,7 @@ node, push failures and the log's size, computed from the log and the fan-out wh
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from purge_api.fanout import FanOut
-from purge_api.log import PurgeLog
+from purge_api.logs import PurgeLogStore, SqliteLog
 from runtime.version import version
 
 __all__ = ["render_purge_metrics"]
@@ -29,7 +30,7 @@ class _Families:
         yield from self.families
 
 
-async def render_purge_metrics(purge_log: PurgeLog, fanout: FanOut, now: float) -> bytes:
+async def render_purge_metrics(purge_log: PurgeLogStore, fanout: FanOut, now: float) -> bytes:
     """The Prometheus text exposition of the purge API's state at `now`."""
     head = fanout.head
     links = list(fanout.links.values())
@@ -68,14 +69,16 @@ async def render_purge_metrics(purge_log: PurgeLog, fanout: FanOut, now: float) 
         seconds = 0.0
         if link.acked_seq < head:
             if link.acked_seq not in oldest:
-                first = await purge_log.call(purge_log.since, link.acked_seq, 1, head)
+                first = await purge_log.since(link.acked_seq, 1, head)
                 oldest[link.acked_seq] = first[0].accepted_at if first else now
             seconds = max(0.0, now - oldest[link.acked_seq])
         lag_seconds.add_metric([link.name], seconds)
     families += [acked, lag, lag_seconds, failures]
-    size = GaugeMetricFamily("edgeshield_purge_log_bytes", "Size of the purge log's files")
-    size.add_metric([], await purge_log.call(_log_bytes, str(purge_log.path)))
-    families.append(size)
+    if isinstance(purge_log, SqliteLog):
+        # a JetStream log's size is the stream's, reported by the NATS servers
+        size = GaugeMetricFamily("edgeshield_purge_log_bytes", "Size of the purge log's files")
+        size.add_metric([], await asyncio.to_thread(_log_bytes, str(purge_log.path)))
+        families.append(size)
     info = GaugeMetricFamily(
         "edgeshield_build_info", "The running version", labels=["version", "role"]
     )

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.config import Fleet, NodeConfig, ShieldConfig
 from purge_api.fanout import FanOut
-from purge_api.log import PurgeLog
+from purge_api.logs import PurgeLogStore
 from runtime.errors import describe_client_error
 
 __all__ = ["FleetWatch", "Sample"]
@@ -80,7 +80,7 @@ class FleetWatch:
         self,
         fleet: Fleet,
         secret: str,
-        purge_log: PurgeLog,
+        purge_log: PurgeLogStore,
         fanout: FanOut,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -213,12 +213,10 @@ class FleetWatch:
 
     async def _purges(self) -> list[dict[str, Any]]:
         head = self.fanout.head
-        recent = await self.log.call(
-            self.log.since, max(0, head - RECENT_PURGES), RECENT_PURGES, head
-        )
+        recent = await self.log.since(max(0, head - RECENT_PURGES), RECENT_PURGES, head)
         shown = []
         for purge in reversed(recent):
-            acks = await self.log.call(self.log.acks, purge.seq)
+            acks = await self.log.acks(purge.seq)
             nodes: dict[str, float | None] = {}
             for node in self.fleet.nodes:
                 ack = acks.get(node.name)

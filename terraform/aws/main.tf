@@ -14,6 +14,7 @@ locals {
     dns       = 53
     geo_http  = 8053
   }
+  nats_ports     = { client = 4222, cluster = 6222 }
   mmdb_path      = "/var/lib/edgeshield/geo.mmdb"
   purge_api_site = var.purge_api_site != "" ? var.purge_api_site : var.sites[0].name
   fleet_cidrs    = [for s in var.sites : s.vpc_cidr]
@@ -28,8 +29,15 @@ locals {
     { for i in range(s.edges) : "edge-${s.name}-${i + 1}" => { site = s.name, role = "edge", host = 10 + i, public = true } },
     { for i in range(s.shields) : "shield-${s.name}-${i + 1}" => { site = s.name, role = "shield", host = 20 + i, public = false } },
     { for _ in s.name == local.purge_api_site ? [1] : [] : "purge-api" => { site = s.name, role = "purge-api", host = 30, public = true } },
+    # a JetStream purge log: a replica in every other site too
+    { for _ in local.jetstream && s.name != local.purge_api_site ? [1] : [] : "purge-api-${s.name}" => { site = s.name, role = "purge-api", host = 30, public = true } },
     { for _ in s.geo ? [1] : [] : "geo-${s.name}" => { site = s.name, role = "geo", host = 40, public = true } },
   ]])...)
+
+  jetstream          = var.purge_log == "jetstream"
+  purge_api_replicas = [for name, n in local.nodes : "${local.private_ip[name]}:${local.ports.purge_api}" if n.role == "purge-api"]
+  nats_hosts         = local.jetstream && length(var.nats_servers) == 0 ? { for s in var.sites : "shield-${s.name}-1" => s.name } : {}
+  nats_servers       = length(var.nats_servers) > 0 ? var.nats_servers : [for name in keys(local.nats_hosts) : "nats://${local.private_ip[name]}:${local.nats_ports.client}"]
 
   subnet_cidr = { for s in var.sites : s.name => cidrsubnet(s.vpc_cidr, 24 - tonumber(split("/", s.vpc_cidr)[1]), 0) }
   private_ip  = { for name, n in local.nodes : name => cidrhost(local.subnet_cidr[n.site], n.host) }
@@ -108,7 +116,10 @@ module "fleet" {
     listen   = "${local.private_ip["purge-api"]}:${local.ports.purge_api}"
     data_dir = "/var/lib/edgeshield/purge-api"
     tokens   = var.purge_tokens
+    log      = var.purge_log
+    replicas = local.jetstream ? local.purge_api_replicas : null
   }
+  nats = local.jetstream ? { servers = local.nats_servers } : null
   geo = {
     # Every GeoDNS node reads the same file, so they bind the wildcard address.
     dns_listen  = "0.0.0.0:${local.ports.dns}"
@@ -132,6 +143,12 @@ module "user_data" {
   # every machine runs `edgeshield check` on the same fleet.toml, which reads the files
   tls_cert_pem = var.tls_cert_pem
   tls_key_pem  = var.tls_key_pem
+  listen       = local.jetstream && each.value.role == "purge-api" ? "${local.private_ip[each.key]}:${local.ports.purge_api}" : ""
+  nats = contains(keys(local.nats_hosts), each.key) ? {
+    name    = "nats-${each.value.site}"
+    address = local.private_ip[each.key]
+    routes  = [for name in keys(local.nats_hosts) : "nats-route://${local.private_ip[name]}:${local.nats_ports.cluster}" if name != each.key]
+  } : null
 }
 
 module "site1" {
@@ -151,6 +168,7 @@ module "site1" {
   ssh_key_name    = var.ssh_key_name
   ssh_cidrs       = var.ssh_cidrs
   purge_api_cidrs = var.purge_api_cidrs
+  nats_ports      = length(local.nats_hosts) > 0 ? values(local.nats_ports) : []
 }
 
 module "site2" {
@@ -170,6 +188,7 @@ module "site2" {
   ssh_key_name    = var.ssh_key_name
   ssh_cidrs       = var.ssh_cidrs
   purge_api_cidrs = var.purge_api_cidrs
+  nats_ports      = length(local.nats_hosts) > 0 ? values(local.nats_ports) : []
 }
 
 module "site3" {
@@ -189,6 +208,7 @@ module "site3" {
   ssh_key_name    = var.ssh_key_name
   ssh_cidrs       = var.ssh_cidrs
   purge_api_cidrs = var.purge_api_cidrs
+  nats_ports      = length(local.nats_hosts) > 0 ? values(local.nats_ports) : []
 }
 
 # Inter-region VPC peering, a full mesh: the requester side in one region, the

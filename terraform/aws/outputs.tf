@@ -61,3 +61,13 @@ output "fleet_toml" {
   description = "The fleet.toml every machine runs with (it holds token hashes, never tokens or the node secret)."
   value       = module.fleet.fleet_toml
 }
+
+output "purge_api_urls" {
+  description = "Public URLs of every purge API replica (one with the sqlite log): put a load balancer or a DNS name in front of them for CI."
+  value       = [for name, n in local.nodes : "http://${local.public_ip[name]}:${local.ports.purge_api}" if n.role == "purge-api"]
+}
+
+output "nats_servers" {
+  description = "The NATS servers of the purge log ([] with the sqlite log)."
+  value       = local.jetstream ? local.nats_servers : []
+}

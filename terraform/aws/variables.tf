@@ -234,3 +234,25 @@ variable "tls_key_pem" {
     error_message = "tls_cert_pem and tls_key_pem go together: set both or neither."
   }
 }
+
+variable "purge_log" {
+  description = "The purge log: \"sqlite\" (one purge API at purge_api_site) or \"jetstream\" (a purge API replica in every site, on a NATS JetStream cluster: nats-server on the first shield of each site, or the cluster of nats_servers)."
+  type        = string
+  default     = "sqlite"
+
+  validation {
+    condition     = contains(["sqlite", "jetstream"], var.purge_log)
+    error_message = "purge_log must be \"sqlite\" or \"jetstream\"."
+  }
+}
+
+variable "nats_servers" {
+  description = "With purge_log = \"jetstream\": nats://host:port URLs of a NATS cluster you run; empty: the module runs one on the first shield of each site."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.nats_servers : can(regex("^(nats|tls)://[^\\s/]+:[0-9]{1,5}$", s))])
+    error_message = "nats_servers must be nats://host:port (or tls://) URLs."
+  }
+}

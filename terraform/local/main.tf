@@ -38,6 +38,16 @@ locals {
     tls_key      = local.tls_key
   }]
 
+  # A JetStream purge log: a local NATS cluster and purge API replicas sharing it.
+  jetstream = var.purge_log == "jetstream"
+  nats = local.jetstream ? [for i in range(var.nats_servers) : {
+    name    = "nats-${i + 1}"
+    port    = var.ports.nats + 2 * i
+    cluster = var.ports.nats + 2 * i + 1
+    store   = "${local.state_dir}/nats/nats-${i + 1}"
+  }] : []
+  purge_api_addresses = local.jetstream ? [for i in range(var.purge_api_replicas) : "127.0.0.1:${var.ports.purge_api + i}"] : ["127.0.0.1:${var.ports.purge_api}"]
+
   # Everything a destroy-time provisioner needs, since it may only refer to self.
   helper = {
     python = var.python
@@ -68,7 +78,10 @@ module "fleet" {
     listen   = "127.0.0.1:${var.ports.purge_api}"
     data_dir = "${local.state_dir}/purge-api"
     tokens   = [{ name = "local", sha256 = lower(var.purge_token_sha256), services = [local.service] }]
+    log      = var.purge_log
+    replicas = local.jetstream ? local.purge_api_addresses : null
   }
+  nats = local.jetstream ? { servers = [for n in local.nats : "nats://127.0.0.1:${n.port}"] } : null
   geo = {
     dns_listen  = "127.0.0.1:${var.ports.dns}"
     http_listen = "127.0.0.1:${var.ports.geo_http}"
@@ -144,8 +157,9 @@ resource "terraform_data" "purge_api" {
     pid_file = "${local.state_dir}/pids/purge-api.pid"
     log_file = "${local.state_dir}/logs/purge-api.log"
     wait     = "127.0.0.1:${var.ports.purge_api}"
-    argv     = [var.python, "-m", "cli.main", "purge-api", "--config", local.fleet_file]
+    argv     = concat([var.python, "-m", "cli.main", "purge-api", "--config", local.fleet_file], local.jetstream ? ["--listen", local.purge_api_addresses[0]] : [])
   })
+  depends_on = [terraform_data.nats]
 
   provisioner "local-exec" {
     command     = jsonencode(self.input.argv)
@@ -227,6 +241,62 @@ resource "terraform_data" "geo" {
     argv     = [var.python, "-m", "cli.main", "geo", "serve", "--config", local.fleet_file]
   })
   depends_on = [terraform_data.edge]
+
+  provisioner "local-exec" {
+    command     = jsonencode(self.input.argv)
+    interpreter = [self.input.python, self.input.script, "start", "--pid-file", self.input.pid_file, "--log-file", self.input.log_file, "--wait", self.input.wait, "--env-file", local.secret_file, "--argv"]
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = self.input.pid_file
+    interpreter = [self.input.python, self.input.script, "stop"]
+  }
+}
+
+# The NATS JetStream cluster of a "jetstream" purge log: one nats-server per entry of
+# local.nats, each with its own store, routed to the others.
+resource "terraform_data" "nats" {
+  for_each = { for n in local.nats : n.name => n }
+
+  triggers_replace = terraform_data.fleet_file.id
+  input = merge(local.helper, {
+    pid_file = "${local.state_dir}/pids/${each.key}.pid"
+    log_file = "${local.state_dir}/logs/${each.key}.log"
+    wait     = "127.0.0.1:${each.value.port}"
+    argv = concat(
+      ["nats-server", "-js", "-a", "127.0.0.1", "-p", tostring(each.value.port), "-sd", each.value.store, "-n", each.key],
+      length(local.nats) > 1 ? [
+        "--cluster_name", "edgeshield-local", "--cluster", "nats://127.0.0.1:${each.value.cluster}",
+        "--routes", join(",", [for n in local.nats : "nats-route://127.0.0.1:${n.cluster}" if n.name != each.key]),
+      ] : [],
+    )
+  })
+
+  provisioner "local-exec" {
+    command     = jsonencode(self.input.argv)
+    interpreter = [self.input.python, self.input.script, "start", "--pid-file", self.input.pid_file, "--log-file", self.input.log_file, "--wait", self.input.wait, "--argv"]
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = self.input.pid_file
+    interpreter = [self.input.python, self.input.script, "stop"]
+  }
+}
+
+# Purge API replicas beyond the first (a "jetstream" purge log), each on its own port.
+resource "terraform_data" "purge_api_replica" {
+  for_each = { for i, a in local.purge_api_addresses : "purge-api-${i + 1}" => a if i > 0 }
+
+  triggers_replace = [terraform_data.fleet_file.id, terraform_data.secret_file.id]
+  input = merge(local.helper, {
+    pid_file = "${local.state_dir}/pids/${each.key}.pid"
+    log_file = "${local.state_dir}/logs/${each.key}.log"
+    wait     = each.value
+    argv     = [var.python, "-m", "cli.main", "purge-api", "--config", local.fleet_file, "--listen", each.value]
+  })
+  depends_on = [terraform_data.nats]
 
   provisioner "local-exec" {
     command     = jsonencode(self.input.argv)

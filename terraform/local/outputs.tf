@@ -49,6 +49,8 @@ output "pid_files" {
     { origin = terraform_data.origin.input.pid_file, purge-api = terraform_data.purge_api.input.pid_file, geo = terraform_data.geo.input.pid_file },
     { for k, v in terraform_data.shield : k => v.input.pid_file },
     { for k, v in terraform_data.edge : k => v.input.pid_file },
+    { for k, v in terraform_data.nats : k => v.input.pid_file },
+    { for k, v in terraform_data.purge_api_replica : k => v.input.pid_file },
   )
 }
 
@@ -60,4 +62,14 @@ output "edge_https_urls" {
 output "ca_file" {
   description = "The throwaway CA that signed the local fleet's certificate (with var.tls), for curl --cacert."
   value       = var.tls ? "${local.tls_dir}/ca.pem" : null
+}
+
+output "purge_api_urls" {
+  description = "Base URLs of every purge API replica (one with the sqlite log)."
+  value       = module.fleet.purge_api_urls
+}
+
+output "nats_servers" {
+  description = "nats:// URLs of the local NATS cluster ([] with the sqlite log)."
+  value       = [for n in local.nats : "nats://127.0.0.1:${n.port}"]
 }

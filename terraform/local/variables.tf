@@ -85,7 +85,7 @@ variable "shield_count" {
 }
 
 variable "ports" {
-  description = "Ports of the local fleet. Edges use edge and edge_admin on their region's address (+2 per extra edge); shield i uses shield + 2i and shield + 2i + 1; the rest listen on 127.0.0.1."
+  description = "Ports of the local fleet. Edges use edge and edge_admin on their region's address (+2 per extra edge); shield i uses shield + 2i and shield + 2i + 1; purge API replica i (jetstream) uses purge_api + i; NATS server i uses nats + 2i (clients) and nats + 2i + 1 (cluster routes); the rest listen on 127.0.0.1."
   type = object({
     edge       = optional(number, 47080)
     edge_admin = optional(number, 47081)
@@ -96,6 +96,7 @@ variable "ports" {
     origin     = optional(number, 47300)
     edge_tls   = optional(number, 47443)
     shield_tls = optional(number, 47150)
+    nats       = optional(number, 47400)
   })
   default = {}
 
@@ -133,4 +134,37 @@ variable "tls" {
   description = "Serve HTTPS too: a throwaway CA and certificate are generated (scripts/certs.py, run by local-exec) for demo_host and the fleet's addresses; edges get a TLS listener (ports.edge_tls on their region's address) and edges reach shields over TLS verified against that CA."
   type        = bool
   default     = false
+}
+
+variable "purge_log" {
+  description = "The purge log: \"sqlite\" (one purge API process) or \"jetstream\" (purge_api_replicas processes sharing a local NATS JetStream cluster of nats_servers servers)."
+  type        = string
+  default     = "sqlite"
+
+  validation {
+    condition     = contains(["sqlite", "jetstream"], var.purge_log)
+    error_message = "purge_log must be \"sqlite\" or \"jetstream\"."
+  }
+}
+
+variable "purge_api_replicas" {
+  description = "Purge API processes when purge_log is \"jetstream\"."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.purge_api_replicas >= 1 && var.purge_api_replicas <= 5
+    error_message = "purge_api_replicas must be 1 to 5."
+  }
+}
+
+variable "nats_servers" {
+  description = "NATS servers (Debian's nats-server on PATH) in the local cluster when purge_log is \"jetstream\"; 3 keep the purge log through the loss of one."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.nats_servers >= 1 && var.nats_servers <= 5
+    error_message = "nats_servers must be 1 to 5."
+  }
 }

@@ -8,7 +8,7 @@ locals {
   arguments = {
     edge      = "edge --config /etc/edgeshield/fleet.toml --node ${var.node_name}"
     shield    = "shield --config /etc/edgeshield/fleet.toml --node ${var.node_name}"
-    purge-api = "purge-api --config /etc/edgeshield/fleet.toml"
+    purge-api = "purge-api --config /etc/edgeshield/fleet.toml${var.listen != "" ? " --listen ${var.listen}" : ""}"
     geo       = "geo serve --config /etc/edgeshield/fleet.toml"
   }
 
@@ -23,5 +23,10 @@ locals {
     mmdb_path      = var.mmdb_path
     tls_cert_b64   = base64encode(var.tls_cert_pem)
     tls_key_b64    = base64encode(var.tls_key_pem)
+    nats           = var.nats
+    nats_exec = var.nats == null ? "" : join(" ", concat(
+      ["/usr/bin/nats-server", "-js", "-a", var.nats.address, "-p", "4222", "-sd", "/var/lib/nats", "-n", var.nats.name],
+      length(var.nats.routes) == 0 ? [] : ["--cluster_name", "edgeshield", "--cluster", "nats://${var.nats.address}:6222", "--routes", join(",", var.nats.routes)],
+    ))
   })
 }

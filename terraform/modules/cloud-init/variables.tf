@@ -67,3 +67,19 @@ variable "tls_key_pem" {
   default     = ""
   sensitive   = true
 }
+
+variable "listen" {
+  description = "For a purge API replica (a JetStream purge log): the address it listens on (`--listen`). Empty: the first of [purge_api] listen."
+  type        = string
+  default     = ""
+}
+
+variable "nats" {
+  description = "A NATS JetStream server to run on this machine beside its role (Debian's nats-server package): its name, the private address it binds (clients on 4222, cluster routes on 6222), and the route URLs of the other servers. Null: none."
+  type = object({
+    name    = string
+    address = string
+    routes  = list(string)
+  })
+  default = null
+}

@@ -82,10 +82,19 @@ locals {
   ]
 
   purge_api_table = var.purge_api == null ? null : [
-    ["listen", var.purge_api.listen],
+    # one address, or every replica's when there are several (a JetStream log)
+    ["listen", jsondecode(length(coalesce(var.purge_api.replicas, [])) > 0 ? jsonencode(var.purge_api.replicas) : jsonencode(var.purge_api.listen))],
     ["data_dir", var.purge_api.data_dir],
     ["rate_limit_per_minute", var.purge_api.rate_limit_per_minute],
     ["max_items", var.purge_api.max_items],
+    ["log", var.purge_api.log],
+  ]
+
+  nats_table = var.nats == null ? null : [
+    ["servers", var.nats.servers],
+    ["stream", var.nats.stream],
+    ["replicas", var.nats.replicas],
+    ["creds_env", var.nats.creds_env],
   ]
 
   purge_token_tables = var.purge_api == null ? [] : [for t in var.purge_api.tokens : [
@@ -135,6 +144,7 @@ locals {
       [for t in local.coverage_zone_tables : join("\n", concat(["[[geo.coverage_zones]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
       [for t in local.nameserver_tables : join("\n", concat(["[[geo.nameservers]]"], [for kv in t : "${kv[0]} = ${jsonencode(kv[1])}"]))],
     ),
+    local.nats_table == null ? [] : [join("\n", concat(["[nats]"], [for kv in local.nats_table : "${kv[0]} = ${jsonencode(kv[1])}" if kv[1] != null]))],
     [join("\n", concat(["[security]", "node_secret_env = ${jsonencode(var.node_secret_env)}"], local.security_tls))],
   )
 

@@ -83,3 +83,8 @@ output "zone" {
   description = "The DNS zone GeoDNS is authoritative for, or null."
   value       = var.geo == null ? null : lower(trimsuffix(var.geo.zone, "."))
 }
+
+output "purge_api_urls" {
+  description = "Base URLs of every purge API replica (one when it has no replicas), or [] when there is none."
+  value       = var.purge_api == null ? [] : [for a in(length(coalesce(var.purge_api.replicas, [])) > 0 ? var.purge_api.replicas : [var.purge_api.listen]) : "http://${a}"]
+}

@@ -135,6 +135,8 @@ variable "purge_api" {
     data_dir              = string
     rate_limit_per_minute = optional(number)
     max_items             = optional(number)
+    log                   = optional(string)
+    replicas              = optional(list(string))
     tokens = optional(list(object({
       name     = string
       sha256   = string
@@ -146,6 +148,26 @@ variable "purge_api" {
   validation {
     condition     = var.purge_api == null ? true : alltrue([for t in var.purge_api.tokens : can(regex("^[0-9a-fA-F]{64}$", t.sha256))])
     error_message = "Every purge token sha256 must be 64 hex digits (the SHA-256 of the token)."
+  }
+  validation {
+    condition     = var.purge_api == null ? true : contains(["sqlite", "jetstream"], coalesce(var.purge_api.log, "sqlite"))
+    error_message = "purge_api.log must be \"sqlite\" or \"jetstream\"."
+  }
+}
+
+variable "nats" {
+  description = "The NATS JetStream cluster of a purge log with replicas (purge_api.log = \"jetstream\"): every server's nats:// URL, and optionally the stream, its replicas and the env var naming a credentials file. Null: no [nats] table."
+  type = object({
+    servers   = list(string)
+    stream    = optional(string)
+    replicas  = optional(number)
+    creds_env = optional(string)
+  })
+  default = null
+
+  validation {
+    condition     = var.nats == null ? true : length(var.nats.servers) > 0 && alltrue([for s in var.nats.servers : can(regex("^(nats|tls)://[^\\s/]+:[0-9]{1,5}$", s))])
+    error_message = "nats.servers must be one or more nats://host:port (or tls://) URLs."
   }
 }
 

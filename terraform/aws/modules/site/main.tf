@@ -17,6 +17,7 @@ locals {
     [for cidr in ["0.0.0.0/0"] : { role = "geo", port = var.ports.dns, protocol = "udp", cidr = cidr, what = "DNS over UDP" }],
     [for cidr in ["0.0.0.0/0"] : { role = "geo", port = var.ports.dns, protocol = "tcp", cidr = cidr, what = "DNS over TCP" }],
     [for cidr in var.fleet_cidrs : { role = "geo", port = var.ports.geo_http, protocol = "tcp", cidr = cidr, what = "GeoDNS HTTP API from the fleet" }],
+    flatten([for port in var.nats_ports : [for cidr in var.fleet_cidrs : { role = "shield", port = port, protocol = "tcp", cidr = cidr, what = "NATS JetStream of the purge log" }]]),
     flatten([for role in local.roles : [for cidr in var.ssh_cidrs : { role = role, port = 22, protocol = "tcp", cidr = cidr, what = "SSH" }]]),
   )
   rules_by_key = { for r in local.rules : "${r.role}-${r.protocol}-${r.port}-${r.cidr}" => r if contains(local.roles, r.role) }

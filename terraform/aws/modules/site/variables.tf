@@ -79,3 +79,9 @@ variable "purge_api_cidrs" {
   type        = list(string)
   default     = []
 }
+
+variable "nats_ports" {
+  description = "Ports of the NATS JetStream servers on this site's shields (clients, cluster routes), opened to the fleet's VPC CIDRs; [] when the site runs none."
+  type        = list(number)
+  default     = []
+}
