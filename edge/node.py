@@ -27,6 +27,7 @@ from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
+from edge.front.protocol import Front, FrontLimits
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
@@ -41,7 +42,15 @@ from edge.upstream import (
     make_session,
 )
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
-from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
+from fleet.config import (
+    FRONTS,
+    Fleet,
+    NodeConfig,
+    Service,
+    load_fleet,
+    node_secret,
+    split_host_port,
+)
 from runtime.auth import bearer_matches
 
 log = logging.getLogger("edgeshield.node")
@@ -268,24 +277,45 @@ async def _serve(
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
     scrubber = loop.create_task(scrub_forever(store, node.scrub_rate)) if admin else None
 
+    front_name = front_of(node)
     limits = ConnectionLimits(
         ConnectionLimits.worker_share(node.max_connections, node.workers),
         node.head_timeout,
         metrics,
+        # aiohttp's server keeps its own keep-alive timer; ours is the limits' sweep
+        keepalive_timeout=node.keepalive_timeout if front_name == "httptools" else float("inf"),
     )
     limits.start()
-    server = LimitedServer(
-        traffic_handler(engine, access_log, metrics),
-        limits,
-        access_log=None,
-        keepalive_timeout=node.keepalive_timeout,
-    )
-    traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
-    await traffic_runner.setup()
     host, port = split_host_port(node.listen)
-    site = web.SockSite(traffic_runner, _listen_socket(host, port))
-    await site.start()
-    runners.append(traffic_runner)
+    traffic_server: asyncio.Server | None = None
+    if front_name == "httptools":
+        front = Front(
+            engine,
+            limits,
+            metrics,
+            access_log,
+            FrontLimits(
+                max_head_size=node.max_head_size,
+                max_fields=node.max_header_fields,
+                body_timeout=node.body_timeout,
+                send_timeout=node.send_timeout,
+            ),
+        )
+        traffic_server = await loop.create_server(
+            front, sock=_listen_socket(host, port), backlog=1024
+        )
+    else:
+        server = LimitedServer(
+            traffic_handler(engine, access_log, metrics),
+            limits,
+            access_log=None,
+            keepalive_timeout=node.keepalive_timeout,
+        )
+        traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
+        await traffic_runner.setup()
+        site = web.SockSite(traffic_runner, _listen_socket(host, port))
+        await site.start()
+        runners.append(traffic_runner)
     print(
         f"edgeshield {role.role} {node.name} worker {worker}: serving on {node.url}"
         + (f", admin on {node.admin_url}" if admin else ""),
@@ -294,6 +324,10 @@ async def _serve(
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()
+    if traffic_server is not None:
+        traffic_server.close()
+        for connection in list(limits.connections):
+            connection.close_for_idle()
     for runner in reversed(runners):
         await runner.cleanup()
     await limits.stop()
@@ -311,6 +345,13 @@ async def _serve(
         await access_log.stop()
     await session.close()
     await store.close()
+
+
+def front_of(node: NodeConfig) -> str:
+    """The client-facing server a node runs: its `front` key, unless the environment
+    variable EDGESHIELD_FRONT names one (so a whole test suite can run on either)."""
+    chosen = os.environ.get("EDGESHIELD_FRONT", node.front)
+    return chosen if chosen in FRONTS else node.front
 
 
 def _lost(supervisor: WorkerSupervisor | None, number: int) -> None:
