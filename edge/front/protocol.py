@@ -626,6 +626,14 @@ class FrontProtocol(asyncio.Protocol):
             # RFC 9112 6.1: a message with both is a smuggling attempt, refused
             self._refusal = FrameError(400, "both Content-Length and Transfer-Encoding")
             raise self._refusal
+        if chunked and (
+            len(headers.getall("Transfer-Encoding")) > 1
+            or headers.getone("Transfer-Encoding").strip().lower() != "chunked"
+        ):
+            # RFC 9112 6.1: chunked must be the last coding, and no other is offered;
+            # anything else is framing we cannot agree on with the next hop
+            self._refusal = FrameError(400, "unsupported Transfer-Encoding")
+            raise self._refusal
         length: int | None = None
         if length_field is not None:
             length = int(length_field)  # llhttp has checked it is one decimal number
@@ -634,6 +642,10 @@ class FrontProtocol(asyncio.Protocol):
         elif not chunked:
             return None
         expect = headers.get("Expect", "").lower() == "100-continue"
+        if expect:
+            # RFC 9110 10.1.1: this front answers the expectation itself (a 100 when
+            # the body is first read), so the next hop is not asked to
+            del headers["Expect"]
         return RequestBody(self, length, expect)
 
     def _queue_exchange(self, exchange: _Exchange) -> None:
