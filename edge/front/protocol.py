@@ -292,10 +292,26 @@ class RequestBody:
 class FrontSink:
     """The `ResponseSink` of one exchange: frames the engine's answer on the wire."""
 
-    __slots__ = ("_chunked", "_connection", "_head_only", "_version", "close", "length", "status")
+    __slots__ = (
+        "_body",
+        "_chunked",
+        "_connection",
+        "_head_only",
+        "_version",
+        "close",
+        "length",
+        "status",
+    )
 
-    def __init__(self, connection: FrontProtocol, head: RequestHead, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        connection: FrontProtocol,
+        head: RequestHead,
+        keep_alive: bool,
+        body: RequestBody | NoBody | None = None,
+    ) -> None:
         self._connection = connection
+        self._body = body
         self._version = "1.1" if head.version == (1, 1) else "1.0"
         self._head_only = head.method == "HEAD"
         self._chunked = False
@@ -329,6 +345,8 @@ class FrontSink:
         close: bool = False,
     ) -> None:
         """A whole answer held in memory."""
+        if self._refused_body():
+            return
         if close:
             self.close = True
         data = body or b""
@@ -347,6 +365,8 @@ class FrontSink:
     async def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Send the head of a streamed answer: Content-Length framing when the engine
         gave a length, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0)."""
+        if self._refused_body():
+            return
         self.status = status
         length = headers.get("Content-Length")
         if status in _NO_BODY_STATUS or (status < 200):
@@ -366,6 +386,20 @@ class FrontSink:
         self._connection.write(self._head(status, headers, framing))
         await self._connection.drain()
 
+    def _refused_body(self) -> bool:
+        """The request's body broke its own framing (a bad chunk) before any answer
+        left: the client gets the short 400 of that, whatever the engine made of the
+        cut body (an upstream error, say), and the connection closes."""
+        body = self._body
+        if not isinstance(body, RequestBody) or not isinstance(body.error, FrameError):
+            return False
+        if self.status == 0:
+            self.status = body.error.status
+            self.close = True
+            self._head_only = True  # nothing of the engine's answer follows
+            self._connection._write_refusal(body.error)
+        return True
+
     async def write(self, chunk: bytes) -> None:
         """Send body bytes of a started answer; waits while the client is slow."""
         if not chunk or self._head_only:
@@ -381,7 +415,7 @@ class FrontSink:
 
     async def end(self) -> None:
         """The started answer is complete."""
-        if self._chunked:
+        if self._chunked and not self._head_only:
             self._connection.write(b"0\r\n\r\n")
 
     def abort(self) -> None:
@@ -698,7 +732,7 @@ class FrontProtocol(asyncio.Protocol):
             self._write_refusal(exchange.refusal)
             return False
         front = self.front
-        sink = FrontSink(self, head, exchange.keep_alive)
+        sink = FrontSink(self, head, exchange.keep_alive, exchange.body)
         started = time.time()
         body = exchange.body
         try:
