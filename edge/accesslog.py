@@ -1,7 +1,12 @@
 """JSON access log lines, formatted off the request path.
 
 The request path only appends a tuple; a background task turns the batch into JSON
-lines once in a while, so formatting and writing never delay an answer.
+lines a few times a second, so formatting and writing never delay an answer. Lines
+are put together from the fields directly (a field that is plain printable ASCII is
+quoted as it is, anything else goes through `json.dumps`), several times cheaper than
+`json.dumps` of a dict per line, since at 1 KiB hits the log would otherwise cost a
+tenth or more of a worker's time; the batches are small, so no flush stalls the loop
+for long.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import re
 from typing import TextIO
 
 from edge.outcome import Outcome
@@ -20,7 +27,7 @@ class AccessLog:
     """A batched JSON-lines access log for one node."""
 
     def __init__(
-        self, stream: TextIO, node: str, interval: float = 0.5, limit: int = 100_000
+        self, stream: TextIO, node: str, interval: float = 0.1, limit: int = 100_000
     ) -> None:
         self.stream = stream
         self.node = node
@@ -45,8 +52,11 @@ class AccessLog:
         pending, self._pending = self._pending, []
         if not pending:
             return
+        prefix = '{"node":' + _json_text(self.node)
         lines = [
-            json.dumps(
+            _line(prefix, fields)
+            if len(fields) == len(FIELDS)
+            else json.dumps(
                 {"node": self.node, **dict(zip(FIELDS, _formatted(fields), strict=False))},
                 separators=(",", ":"),
             )
@@ -88,3 +98,41 @@ def _formatted(fields: tuple[object, ...]) -> tuple[object, ...]:
     if isinstance(seconds, float):
         out[_MS] = round(seconds * 1000, 3)
     return tuple(out)
+
+
+#: characters a JSON string may hold unescaped, among printable ASCII: all but " and \\
+_NOT_PLAIN = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _json_text(text: str) -> str:
+    """`text` as a JSON string."""
+    if _NOT_PLAIN.search(text) is None:
+        return '"' + text + '"'
+    return json.dumps(text)
+
+
+def _json_value(value: object) -> str:
+    """One field's value as JSON (what `json.dumps` would write for it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _json_text(value)
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)  # what json.dumps writes for them
+    if isinstance(value, Outcome):
+        return _json_text(value.member())
+    return json.dumps(value)
+
+
+def _line(prefix: str, fields: tuple[object, ...]) -> str:
+    """One whole record (in FIELDS order) as a JSON object, keys as `flush` writes them."""
+    ts, method, host, target, status, cache, size, seconds, client = fields
+    ms = round(seconds * 1000, 3) if isinstance(seconds, float) else seconds
+    return (
+        f'{prefix},"ts":{_json_value(ts)},"method":{_json_value(method)},'
+        f'"host":{_json_value(host)},"target":{_json_value(target)},'
+        f'"status":{_json_value(status)},"cache":{_json_value(cache)},'
+        f'"bytes":{_json_value(size)},"ms":{_json_value(ms)},"client":{_json_value(client)}}}'
+    )
