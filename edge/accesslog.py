@@ -129,6 +129,27 @@ def _json_value(value: object) -> str:
 def _line(prefix: str, fields: tuple[object, ...]) -> str:
     """One whole record (in FIELDS order) as a JSON object, keys as `flush` writes them."""
     ts, method, host, target, status, cache, size, seconds, client = fields
+    if type(cache) is Outcome:
+        cache = cache.member()
+    if (
+        type(ts) is float
+        and type(status) is int
+        and type(seconds) is float
+        and (size is None or type(size) is int)
+        and type(method) is str
+        and type(host) is str
+        and type(target) is str
+        and type(client) is str
+        and type(cache) is str
+        and _NOT_PLAIN.search(method + host + target + client + cache) is None
+    ):
+        # the common line: every text plain, so quoted as it is, numbers as repr
+        return (
+            f'{prefix},"ts":{ts!r},"method":"{method}","host":"{host}",'
+            f'"target":"{target}","status":{status},"cache":"{cache}",'
+            f'"bytes":{"null" if size is None else size},"ms":{round(seconds * 1000, 3)!r},'
+            f'"client":"{client}"}}'
+        )
     ms = round(seconds * 1000, 3) if isinstance(seconds, float) else seconds
     return (
         f'{prefix},"ts":{_json_value(ts)},"method":{_json_value(method)},'
