@@ -314,6 +314,8 @@ class Servers:
                     f'admin_listen = "127.0.0.1:{self.edge_admin_port}"',
                     f'cache_dir = "{cache_dir}"',
                     'cache_size = "4GiB"',
+                    # room for the 5,000 idle connections of the rss mode
+                    "max_connections = 10000",
                     f"workers = {workers}" if workers else "",
                     f'front = "{self.front}"',
                     "",
