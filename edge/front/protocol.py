@@ -25,6 +25,7 @@ plain protocol answers twice as fast), so the client side is this module: bytes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -753,14 +754,16 @@ class FrontProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request %s %s failed", head.method, head.target[:200])
             outcome = refused("internal-error")
-            if sink.status == 0:
+            if sink.status == 0 and not self._lost:
                 # "node": this node itself failed, so an edge may try another shield
-                sink.send(
-                    500,
-                    CIMultiDict({"Content-Type": "text/plain", GENERATED_ERROR_HEADER: "node"}),
-                    b"500 internal error\n",
-                    close=True,
-                )
+                with contextlib.suppress(ConnectionError):
+                    sink.send(
+                        500,
+                        CIMultiDict({"Content-Type": "text/plain", GENERATED_ERROR_HEADER: "node"}),
+                        b"500 internal error\n",
+                        close=True,
+                    )
+                sink.close = True
             else:
                 sink.abort()
         elapsed = time.time() - started
@@ -794,7 +797,9 @@ class FrontProtocol(asyncio.Protocol):
         """A short answer and a close: status and reason, never the client's bytes."""
         body = f"{status} {reason}\n".encode()
         version = "1.0" if status == 505 else "1.1"
-        self.write(
+        if self._lost or self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(
             _status_line(version, status)
             + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n" % len(body) + body
