@@ -230,3 +230,16 @@ async def test_http_1_0_is_answered_in_kind_and_closed_unless_kept_alive(edge: E
     status, headers, _ = await read_response(reader)
     assert status.startswith("HTTP/1.1 200") and headers["connection"] == "close"
     assert await closed(reader)
+
+
+async def test_a_pipelined_upload_between_gets_keeps_every_answer_in_step(edge: Edge) -> None:
+    reader, writer = await open_raw(edge.url)
+    upload = (
+        b"POST /upload/between HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    writer.write(get("/step/1") + upload + get("/step/2") + get("/step/1"))
+    answers = [(await read_response(reader))[2] for _ in range(4)]
+    assert answers == [b"ok /step/1\n", b"received 11\n", b"ok /step/2\n", b"ok /step/1\n"]
+    assert edge.origin.uploads["/upload/between"] == 11
+    writer.close()
