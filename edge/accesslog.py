@@ -36,6 +36,8 @@ class AccessLog:
         self._pending: list[tuple[object, ...]] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        #: the rendered fields (all but ts and ms) of recent lines, by their values
+        self._middles: dict[tuple[object, ...], tuple[str, str]] = {}
 
     def record(self, fields: tuple[object, ...]) -> None:
         """Queue one request's fields (in FIELDS order); dropped beyond `limit` queued.
@@ -53,15 +55,36 @@ class AccessLog:
         if not pending:
             return
         prefix = '{"node":' + _json_text(self.node)
-        lines = [
-            _line(prefix, fields)
-            if len(fields) == len(FIELDS)
-            else json.dumps(
-                {"node": self.node, **dict(zip(FIELDS, _formatted(fields), strict=False))},
-                separators=(",", ":"),
+        middles = self._middles
+        if len(middles) > MIDDLES:
+            middles.clear()
+        lines = []
+        for fields in pending:
+            if len(fields) != len(FIELDS):
+                lines.append(
+                    json.dumps(
+                        {"node": self.node, **dict(zip(FIELDS, _formatted(fields), strict=False))},
+                        separators=(",", ":"),
+                    )
+                )
+                continue
+            ts, method, host, target, status, cache, size, seconds, client = fields
+            # the fields a hot object's lines share, rendered once per batch of them
+            key = (method, host, target, status, cache, size, client)
+            try:
+                middle = middles.get(key)
+            except TypeError:  # an unhashable value: render it the long way
+                lines.append(_line(prefix, fields))
+                continue
+            if middle is None or type(ts) is not float or type(seconds) is not float:
+                if middle is None:
+                    middle = middles[key] = _middle(fields)
+                if type(ts) is not float or type(seconds) is not float:
+                    lines.append(_line(prefix, fields))
+                    continue
+            lines.append(
+                f'{prefix},"ts":{ts!r},{middle[0]}"ms":{round(seconds * 1000, 3)!r},{middle[1]}'
             )
-            for fields in pending
-        ]
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
 
@@ -83,6 +106,9 @@ class AccessLog:
                 await self._task
         self.flush()
 
+
+#: distinct lines' shared fields kept rendered, at most
+MIDDLES = 10_000
 
 _CACHE = FIELDS.index("cache")
 _MS = FIELDS.index("ms")
@@ -156,4 +182,18 @@ def _line(prefix: str, fields: tuple[object, ...]) -> str:
         f'"host":{_json_value(host)},"target":{_json_value(target)},'
         f'"status":{_json_value(status)},"cache":{_json_value(cache)},'
         f'"bytes":{_json_value(size)},"ms":{_json_value(ms)},"client":{_json_value(client)}}}'
+    )
+
+
+def _middle(fields: tuple[object, ...]) -> tuple[str, str]:
+    """The JSON of a record's fields between ts and ms, and after ms (with the closing
+    brace), for `flush` to put around the two numbers that change on every line."""
+    _, method, host, target, status, cache, size, _, client = fields
+    if isinstance(cache, Outcome):
+        cache = cache.member()
+    return (
+        f'"method":{_json_value(method)},"host":{_json_value(host)},'
+        f'"target":{_json_value(target)},"status":{_json_value(status)},'
+        f'"cache":{_json_value(cache)},"bytes":{_json_value(size)},',
+        f'"client":{_json_value(client)}}}',
     )

@@ -8,6 +8,7 @@ listener (apart, node secret required) has `/healthz`, `/metrics` and the purge 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -321,6 +322,10 @@ async def _serve(
         + (f", admin on {node.admin_url}" if admin else ""),
         flush=True,
     )
+    # what start-up made lives as long as the process: out of the collector's way, so
+    # the objects of requests in flight (the access log's batch among them) do not
+    # make each full collection walk it all again
+    gc.freeze()
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()

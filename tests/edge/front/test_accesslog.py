@@ -52,3 +52,21 @@ def test_a_line_is_what_json_dumps_writes(target: str) -> None:
     ]
     assert lines == expected
     assert json.loads(lines[0])["target"] == target
+
+
+def test_lines_that_share_their_fields_keep_their_own_time_and_duration() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream, "edge1")
+    for n in range(3):
+        outcome = Outcome(hit=True, ttl=60)
+        log.record((1700000000.0 + n, "GET", "h", "/t", 200, outcome, 5, 0.001 * (n + 1), "c"))
+        log.flush()  # the shared fields are reused across batches too
+    log.record((1700000009.5, "GET", "h", "/t", 200, Outcome(hit=True, ttl=59), 5, 0.25, "c"))
+    log.flush()
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["ts"], r["ms"], r["cache"]) for r in records] == [
+        (1700000000.0, 1.0, "hit; ttl=60"),
+        (1700000001.0, 2.0, "hit; ttl=60"),
+        (1700000002.0, 3.0, "hit; ttl=60"),
+        (1700000009.5, 250.0, "hit; ttl=59"),
+    ]
