@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # the demo's state (fleet file, caches, logs, env.sh), kept between runs
 DEMO_STATE ?= demo-state
 
-.PHONY: run test lint typecheck unit system-packages bench chaos fuzz dist clean
+.PHONY: run test lint typecheck unit system-packages bench chaos fuzz dist clean test-aiohttp-front
 
 # the package alone: enough to run the demo
 $(RUN_STAMP): pyproject.toml
@@ -45,6 +45,11 @@ unit: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# the end-to-end and adversarial suites with every node on aiohttp's server (the
+# front kept for one release; `make test` covers both fronts in tests/edge/front/)
+test-aiohttp-front: $(STAMP)
+	EDGESHIELD_FRONT=aiohttp $(BIN)/pytest -q tests/e2e tests/security
 
 bench: $(STAMP)
 	$(BIN)/python bench/hits.py

@@ -5,6 +5,7 @@ the command, the date and notes). Run from the repository root:
 
     .venv/bin/python bench/hits.py [--rounds 3] [--duration 10] [--write FILE]
                                    [--mode all|hits|rss] [--workers 2]
+                                   [--front httptools|aiohttp] [--access-log on|off]
 
 What it does, all on 127.0.0.1:
 - installs Debian's `nginx-light` and `wrk` with apt-get when missing, and tries the
@@ -17,7 +18,12 @@ What it does, all on 127.0.0.1:
 - runs `wrk -t2 -c64 -dNs --latency` against each in turn, interleaved, N rounds,
   and prints medians and the edge/nginx ratio;
 - rss mode: streams a 1 GiB object through the edge (a miss, then a hit), the client
-  reading and discarding, sampling VmRSS of every edge process every 100 ms.
+  reading and discarding, sampling VmRSS of every edge process every 100 ms; then
+  holds 5,000 idle keep-alive connections open on the edge and samples it again.
+
+The edge runs its default configuration unless told otherwise: the httptools front
+(`--front aiohttp` for aiohttp's server), the access log on (`--access-log off`), and
+with `--workers 0` no `workers` key (one per core).
 
 Every process it starts it stops (process groups, try/finally and atexit).
 """
@@ -257,6 +263,8 @@ class Servers:
     edge_workers: int = 0
     nginx_br: bool = False
     edge_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    front: str = "httptools"
+    access_log: bool = True
 
     def start_origin(self) -> None:
         """The demo origin, whose sized objects (`demo/sized.py`) the cases fetch."""
@@ -274,7 +282,7 @@ class Servers:
                 self.edge_workers = attempt
                 return
             except RuntimeError as exc:
-                if attempt == 1:
+                if attempt <= 1:
                     raise
                 self.notes.append(
                     f"The edge did not start with `workers = {attempt}`; measured with "
@@ -306,14 +314,20 @@ class Servers:
                     f'admin_listen = "127.0.0.1:{self.edge_admin_port}"',
                     f'cache_dir = "{cache_dir}"',
                     'cache_size = "4GiB"',
-                    f"workers = {workers}",
+                    # room for the 5,000 idle connections of the rss mode
+                    "max_connections = 10000",
+                    f"workers = {workers}" if workers else "",
+                    f'front = "{self.front}"',
                     "",
                 ]
             ),
             encoding="utf-8",
         )
         log = self.tmp / f"edge-{workers}.log"
-        env = {"EDGESHIELD_NODE_SECRET": self.edge_secret, "EDGESHIELD_ACCESS_LOG": "0"}
+        env = {
+            "EDGESHIELD_NODE_SECRET": self.edge_secret,
+            "EDGESHIELD_ACCESS_LOG": "1" if self.access_log else "0",
+        }
         argv = [sys.executable, "-m", "cli.main", "edge", "--config", str(fleet)]
         child = self.procs.start([*argv, "--node", "edge1"], log, env)
         try:
@@ -649,7 +663,41 @@ def bench_rss(servers: Servers) -> str:
         )
         print(rows[-1], file=sys.stderr)
         time.sleep(1.0)  # let the fill commit before the hit
+    rows.append(idle_connections_row(servers, IDLE_CONNECTIONS))
+    print(rows[-1], file=sys.stderr)
     return "\n".join(rows)
+
+
+IDLE_CONNECTIONS = 5000
+
+
+def idle_connections_row(servers: Servers, count: int) -> str:
+    """Open `count` keep-alive connections, each after one hit, and leave them idle; the
+    edge's RSS with all of them open."""
+    before = RssSampler(servers.edge_pids).sample()
+    sockets: list[socket.socket] = []
+    request = f"GET /bin/1k HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", servers.edge_port), timeout=10)
+            sockets.append(sock)
+            sock.sendall(request)
+        answered = 0
+        for sock in sockets:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            answered += data.startswith(b"HTTP/1.1 200")
+        with RssSampler(servers.edge_pids) as sampler:
+            time.sleep(2.0)
+        return (
+            f"| {count:,} idle keep-alive connections ({answered:,} answered 200) | - | - "
+            f"| {before / 1024:.0f} | **{sampler.max_total_kib / 1024:.0f}** "
+            f"| {sampler.max_single_kib / 1024:.0f} |"
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 # --------------------------------------------------------------------------- main
@@ -672,7 +720,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--mode", choices=("all", "hits", "rss"), default="all")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="edge workers (0: the default, one per core)"
+    )
+    parser.add_argument("--front", choices=("httptools", "aiohttp"), default="httptools")
+    parser.add_argument("--access-log", choices=("on", "off"), default="on")
     parser.add_argument(
         "--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {sorted(CASES)}"
     )
@@ -688,11 +740,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgeshield-bench-") as tmp:
         servers = Servers(Path(tmp), procs, notes)
+        servers.front = args.front
+        servers.access_log = args.access_log == "on"
+        nginx_workers = args.workers or os.cpu_count() or 1
         try:
             servers.start_origin()
             servers.start_edge(args.workers)
             if args.mode in ("all", "hits"):
-                servers.start_nginx(args.workers, brotli)
+                servers.start_nginx(nginx_workers, brotli)
                 warm(servers, cases)
                 results = bench_hits(servers, cases, args.rounds, args.duration)
                 sections.append(hits_table(servers, cases, results))
@@ -704,7 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/hits.py", *sys.argv[1:]])
     notes.insert(
         0,
-        f"Edge: `workers = {servers.edge_workers}`; nginx: `worker_processes {args.workers}`, "
+        f"Edge: `workers = {servers.edge_workers or 'auto'}`, `front = {args.front}`, access "
+        f"log {args.access_log}; nginx: `worker_processes {nginx_workers}`, "
         f"proxy_cache, gzip level 6 and "
         + ("br level 4 on the fly." if brotli else "no br module (gzip only) on the fly."),
     )
@@ -753,8 +809,8 @@ Notes:
   identity rows use a server block with no compression filter, the compressed rows a
   second server block on the same cache with gzip (level 6) and br (level 4). No
   `tcp_nopush`: with it, 100 KiB hits over loopback stall on 40 ms timers (measured
-  here: about 1,800 req/s against 48,000 without). The edge runs with
-  `EDGESHIELD_ACCESS_LOG=0`.
+  here: about 1,800 req/s against 48,000 without). The edge's access log is on
+  unless the command says `--access-log off` (written to a file).
 - The RSS rows sample `VmRSS` of every edge process (parent and workers) every
   100 ms while one client reads the 1 GiB object and discards it.
 - The machine is shared and noisy: compare only ratios taken in the same run.

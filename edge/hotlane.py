@@ -36,8 +36,8 @@ class _Route:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedHit:
     """A hot hit's answer, less Age and Cache-Status (set per response)."""
 
     entry: StoredEntry
@@ -45,6 +45,7 @@ class _Prepared:
     body: bytes
     size: int
     status_prefix: str
+    status: int = 200
 
 
 class HotLane:
@@ -67,7 +68,7 @@ class HotLane:
         #: (Host, raw target) → cache key; (key, Accept-Encoding) → the prepared
         #: answer. Both bounded; entries are checked against the store.
         self._routes: dict[tuple[str | None, str], _Route] = {}
-        self._prepared: dict[tuple[str, str | None], _Prepared] = {}
+        self._prepared: dict[tuple[str, str | None], PreparedHit] = {}
 
     def remember(self, host: str | None, raw_target: str, key: str) -> None:
         """Where a (Host, raw target) pair leads, for the next request for it."""
@@ -90,6 +91,21 @@ class HotLane:
         coding); anything unusual (preconditions, Range, loops, Vary, purges that
         cover the object, staleness) returns None and takes the full path.
         """
+        found = self.prepared_hit(request)
+        if found is None:
+            return None
+        prepared, age, outcome, member = found
+        response_headers = prepared.headers.copy()
+        response_headers["Age"] = str(int(age))
+        response_headers["Cache-Status"] = member
+        sink.send(prepared.status, response_headers, prepared.body)
+        return outcome
+
+    def prepared_hit(self, request: RequestHead) -> tuple[PreparedHit, float, Outcome, str] | None:
+        """The hot lane's answer to `request` without writing it: the prepared answer,
+        the current age, the Outcome and the Cache-Status value (counted as a hit);
+        None when the full path must answer. A front of our own writes the prepared
+        head itself (edge.front.protocol)."""
         headers = request.headers
         route = self._routes.get((headers.get("Host"), request.target))
         if route is None:
@@ -113,18 +129,14 @@ class HotLane:
             prepared = self._prepare(route.key, entry, meta, headers.get("Accept-Encoding"))
             if prepared is None:
                 return None
-        response_headers = prepared.headers.copy()
-        response_headers["Age"] = str(int(age))
         outcome = Outcome(hit=True, ttl=int(ttl))
-        response_headers["Cache-Status"] = prepared.status_prefix + outcome.member()
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)
-        sink.send(meta.status, response_headers, prepared.body)
-        return outcome
+        return prepared, age, outcome, prepared.status_prefix + outcome.member()
 
     def _prepare(
         self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
-    ) -> _Prepared | None:
+    ) -> PreparedHit | None:
         """Headers and body of a hot hit, computed once per entry and Accept-Encoding."""
         if entry.key in self._responder.compressing:
             # its variants are on their way: the answer's Vary is not settled yet
@@ -146,7 +158,7 @@ class HotLane:
             headers["Accept-Ranges"] = "bytes"
         own = f"{self._node_name}; "
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
-        prepared = _Prepared(entry, headers, body.data, body.size, prefix)
+        prepared = PreparedHit(entry, headers, body.data, body.size, prefix, meta.status)
         if len(self._prepared) >= HOT_PATH_ENTRIES:
             self._prepared.clear()
         self._prepared[(key, accept_encoding)] = prepared

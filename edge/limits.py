@@ -12,8 +12,8 @@ costs one clock read and finishing it one store; a task wakes a few times per
 `head_timeout` and closes the connections whose head started too long ago
 (a slowloris sending a header line a second is cut after `head_timeout`, give or take
 a quarter of it). Idle keep-alive connections (no request under way) are closed by
-the server's keep-alive timer, which aiohttp starts when a connection opens and
-after each response.
+the same sweep when the front stamps `idle_since` (our own front does; aiohttp's
+keeps its own keep-alive timer and leaves the stamp at NO_HEAD).
 """
 
 from __future__ import annotations
@@ -47,9 +47,14 @@ class Tracked(Protocol):
 
     #: loop time of the first byte of the request head being read, or NO_HEAD
     head_since: float
+    #: loop time since which no request has been under way, or NO_HEAD
+    idle_since: float
 
     def close_for_head_timeout(self) -> None:
         """Close the connection at once: its head took too long."""
+
+    def close_for_idle(self) -> None:
+        """Close the connection: it stayed idle longer than the keep-alive timeout."""
 
 
 class ConnectionLimits:
@@ -59,13 +64,20 @@ class ConnectionLimits:
     its worker processes, as the origin connection cap is).
     """
 
-    def __init__(self, max_connections: int, head_timeout: float, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        head_timeout: float,
+        metrics: NodeMetrics,
+        keepalive_timeout: float = float("inf"),
+    ) -> None:
         self.max_connections = max_connections
         self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.metrics = metrics
         self.connections: set[Tracked] = set()
         # a quarter of the limit: a head is cut between 1x and 1.25x head_timeout
-        self.sweep_interval = min(1.0, max(0.05, head_timeout / 4))
+        self.sweep_interval = min(1.0, max(0.05, min(head_timeout, keepalive_timeout) / 4))
         self._sweeper: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -92,14 +104,24 @@ class ConnectionLimits:
         oldest = now - self.head_timeout
         return [c for c in self.connections if c.head_since != NO_HEAD and c.head_since < oldest]
 
+    def idle(self, now: float) -> list[Tracked]:
+        """Connections idle for more than `keepalive_timeout` before `now`."""
+        oldest = now - self.keepalive_timeout
+        return [c for c in self.connections if c.idle_since != NO_HEAD and c.idle_since < oldest]
+
     def sweep(self, now: float) -> int:
-        """Close the connections past their head deadline; how many were closed."""
+        """Close the connections past their head deadline or idle too long; how many
+        were closed."""
         expired = self.expired(now)
         for connection in expired:
             self.metrics.head_timeouts.inc()
             self.closed(connection)
             connection.close_for_head_timeout()
-        return len(expired)
+        idle = self.idle(now) if self.keepalive_timeout != float("inf") else []
+        for connection in idle:
+            self.closed(connection)
+            connection.close_for_idle()
+        return len(expired) + len(idle)
 
     def start(self) -> None:
         """Start the sweep on the running loop."""

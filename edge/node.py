@@ -8,6 +8,7 @@ listener (apart, node secret required) has `/healthz`, `/metrics` and the purge 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -29,6 +30,7 @@ from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
 from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
 from edge.front.https_policy import HttpsPolicy
+from edge.front.protocol import Front, FrontLimits
 from edge.front.tls_listener import start_tls_listener
 from edge.inspection import cache_view
 from edge.limits import ConnectionLimits
@@ -48,7 +50,15 @@ from edge.upstream import (
 )
 from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
-from fleet.config import Fleet, NodeConfig, Service, load_fleet, node_secret, split_host_port
+from fleet.config import (
+    FRONTS,
+    Fleet,
+    NodeConfig,
+    Service,
+    load_fleet,
+    node_secret,
+    split_host_port,
+)
 from runtime.auth import bearer_matches
 from runtime.errors import install_repeat_filter
 
@@ -306,18 +316,35 @@ async def _serve(
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
     scrubber = loop.create_task(scrub_forever(store, node.scrub_rate)) if admin else None
 
+    front_name = front_of(node)
     limits = ConnectionLimits(
         ConnectionLimits.worker_share(node.max_connections, node.workers),
         node.head_timeout,
         metrics,
+        # aiohttp's server keeps its own keep-alive timer; ours is the limits' sweep
+        keepalive_timeout=node.keepalive_timeout if front_name == "httptools" else float("inf"),
     )
     limits.start()
-    server = LimitedServer(
-        traffic_handler(engine, access_log, metrics, HttpsPolicy(fleet.services)),
-        limits,
-        access_log=None,
-        keepalive_timeout=node.keepalive_timeout,
-    )
+    https = HttpsPolicy(fleet.services)
+    host, port = split_host_port(node.listen)
+    traffic_server: asyncio.Server | None = None
+    http1: Any
+    if front_name == "httptools":
+        front_limits = FrontLimits(
+            max_head_size=node.max_head_size,
+            max_fields=node.max_header_fields,
+            body_timeout=node.body_timeout,
+            send_timeout=node.send_timeout,
+        )
+        front = Front(engine, limits, metrics, access_log, front_limits, https=https)
+        http1 = Front(engine, limits, metrics, access_log, front_limits, "https", https=https)
+    else:
+        http1 = server = LimitedServer(
+            traffic_handler(engine, access_log, metrics, https),
+            limits,
+            access_log=None,
+            keepalive_timeout=node.keepalive_timeout,
+        )
     # TLS first: once the plain port answers (what supervisors wait for), so does TLS
     tls_listener = (
         await start_tls_listener(
@@ -325,7 +352,7 @@ async def _serve(
             node,
             _listen_socket(*split_host_port(node.tls_listen)),
             engine,
-            server,
+            http1,
             metrics,
             access_log,
             limits,
@@ -333,12 +360,16 @@ async def _serve(
         if node.tls_listen
         else None
     )
-    traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
-    await traffic_runner.setup()
-    host, port = split_host_port(node.listen)
-    site = web.SockSite(traffic_runner, _listen_socket(host, port))
-    await site.start()
-    runners.append(traffic_runner)
+    if front_name == "httptools":
+        traffic_server = await loop.create_server(
+            front, sock=_listen_socket(host, port), backlog=1024
+        )
+    else:
+        traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
+        await traffic_runner.setup()
+        site = web.SockSite(traffic_runner, _listen_socket(host, port))
+        await site.start()
+        runners.append(traffic_runner)
 
     reload_fleet = on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads)
     reload_certificates = tls_listener.certificates.on_reload_signal() if tls_listener else None
@@ -356,11 +387,19 @@ async def _serve(
         + (f", admin on {node.admin_url}" if admin else ""),
         flush=True,
     )
+    # what start-up made lives as long as the process: out of the collector's way, so
+    # the objects of requests in flight (the access log's batch among them) do not
+    # make each full collection walk it all again
+    gc.freeze()
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()
     if tls_listener is not None:
         await tls_listener.close()
+    if traffic_server is not None:
+        traffic_server.close()
+        for connection in list(limits.connections):
+            connection.close_for_idle()
     for runner in reversed(runners):
         await runner.cleanup()
     await limits.stop()
@@ -380,6 +419,13 @@ async def _serve(
     for tls_session in tls_sessions:
         await tls_session.close()
     await store.close()
+
+
+def front_of(node: NodeConfig) -> str:
+    """The client-facing server a node runs: its `front` key, unless the environment
+    variable EDGESHIELD_FRONT names one (so a whole test suite can run on either)."""
+    chosen = os.environ.get("EDGESHIELD_FRONT", node.front)
+    return chosen if chosen in FRONTS else node.front
 
 
 def _lost(supervisor: WorkerSupervisor | None, number: int) -> None:

@@ -260,6 +260,18 @@ class NodeConfig:
         host, port = split_host_port(self.tls_listen)
         return f"https://{_url_host(host)}:{port}"
 
+    #: the client-facing HTTP/1.1 server: "httptools" (our own) or "aiohttp" (kept for
+    #: one release, to work around a fault of the new one)
+    front: str = "httptools"
+    #: bytes of a request head (request line and fields), at most; more: 400 and close
+    max_head_size: int = 32 * 1024
+    #: header fields of a request, at most; more: 400 and close
+    max_header_fields: int = 100
+    #: seconds an upload may pause between body bytes; then 408 (or a cut) and close
+    body_timeout: float = 60.0
+    #: seconds a client may leave its answer unread; then the connection is cut
+    send_timeout: float = 60.0
+
     @property
     def listen_host(self) -> str:
         """The host part of `listen`."""
@@ -834,6 +846,22 @@ def _service(t: _Table) -> Service:
 
 N = TypeVar("N", ShieldConfig, EdgeConfig)
 
+#: the client-facing servers a node can run (`front` in a node's table)
+FRONTS = ("httptools", "aiohttp")
+
+
+def _workers(t: _Table) -> int:
+    """`workers`: a number, or "auto" (the default): one process per core, as nginx's
+    `worker_processes auto`."""
+    value = t.get("workers", (int, str), "auto")
+    if isinstance(value, str):
+        if value != "auto":
+            raise t.error("workers", 'must be a number or "auto"')
+        return os.cpu_count() or 1
+    if value < 1:
+        raise t.error("workers", "must be at least 1")
+    return value
+
 
 def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
     name = t.text("name", required=True)
@@ -847,13 +875,22 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         cache_dir=read(lambda: t.text("cache_dir", required=True)),
         cache_size=read(lambda: t.size("cache_size", 0, required=True)),
         memory_size=read(lambda: t.size("memory_size", 64 * 1024**2)),
-        workers=read(lambda: t.integer("workers", 1, minimum=1)),
+        workers=read(lambda: _workers(t)),
         max_connections=read(lambda: t.integer("max_connections", 4096, minimum=1)),
         head_timeout=read(lambda: t.number("head_timeout", 10.0, minimum=0.1)),
         keepalive_timeout=read(lambda: t.number("keepalive_timeout", 20.0, minimum=0.1)),
         scrub_rate=read(lambda: t.size("scrub_rate", 8 * 1024**2)),
+        front=read(lambda: t.text("front", "httptools")),
+        max_head_size=read(lambda: t.size("max_head_size", 32 * 1024)),
+        max_header_fields=read(lambda: t.integer("max_header_fields", 100, minimum=1)),
+        body_timeout=read(lambda: t.number("body_timeout", 60.0, minimum=0.1)),
+        send_timeout=read(lambda: t.number("send_timeout", 60.0, minimum=0.1)),
         **(read(lambda: _node_tls(t)) or {}),
     )
+    if kwargs["front"] is not None and kwargs["front"] not in FRONTS:
+        problems.add(t.error("front", f"must be one of {', '.join(FRONTS)}"))
+    if kwargs["max_head_size"] is not None and kwargs["max_head_size"] < 1024:
+        problems.add(t.error("max_head_size", "must be at least 1KiB"))
     if kwargs["cache_size"] is not None and kwargs["cache_size"] < 1024 * 1024:
         problems.add(t.error("cache_size", "must be at least 1MiB"))
     connections, workers = kwargs["max_connections"], kwargs["workers"]
@@ -861,7 +898,7 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         problems.add(
             t.error("max_connections", "must be at least workers (each worker takes a share)")
         )
-    for key in ("head_timeout", "keepalive_timeout"):
+    for key in ("head_timeout", "keepalive_timeout", "body_timeout", "send_timeout"):
         if kwargs[key] is not None and not math.isfinite(kwargs[key]):
             problems.add(t.error(key, "must be a finite number of seconds"))
     if role == "edge":

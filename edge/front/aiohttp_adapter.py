@@ -236,7 +236,7 @@ _HTTP_1 = (HttpVersion11, HttpVersion10)
 class _LimitedHandler(TerseRequestHandler):
     """aiohttp's connection protocol with the cap, the head stamp and short 4xx bodies."""
 
-    __slots__ = ("_last_payload", "_limits", "_refused", "head_since")
+    __slots__ = ("_last_payload", "_limits", "_refused", "head_since", "idle_since")
 
     def __init__(self, manager: web.Server, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -244,6 +244,8 @@ class _LimitedHandler(TerseRequestHandler):
         self._refused = False
         self._last_payload: Any = None
         self.head_since = NO_HEAD
+        # aiohttp runs its own keep-alive timer
+        self.idle_since = NO_HEAD
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Over the cap: a 503 and a close, before aiohttp sees the connection."""
@@ -282,6 +284,9 @@ class _LimitedHandler(TerseRequestHandler):
                     messages[index] = (_version_answer(message), messages[index][1])
             if messages:
                 self._last_payload = messages[-1][1]
+
+    def close_for_idle(self) -> None:
+        """Not called: aiohttp closes idle connections itself (idle_since stays unset)."""
 
     def close_for_head_timeout(self) -> None:
         """Close at once, answering nothing (a request never arrived)."""

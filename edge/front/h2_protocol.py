@@ -231,6 +231,8 @@ class H2Protocol(asyncio.Protocol):
         self.settings = h2_limits
         self.scheme = scheme
         self.head_since = NO_HEAD
+        #: never idle to the limits' sweep: an h2 connection keeps its own idle timer
+        self.idle_since = NO_HEAD
         self._conn = h2.connection.H2Connection(
             h2.config.H2Configuration(
                 client_side=False,
@@ -308,6 +310,10 @@ class H2Protocol(asyncio.Protocol):
     def close_for_head_timeout(self) -> None:
         """Close at once (the limits' sweep; an h2 connection never stamps a head)."""
         self._close()
+
+    def close_for_idle(self) -> None:
+        """Say GOAWAY and close (the limits' sweep never calls it: see idle_since)."""
+        self.goaway(h2.errors.ErrorCodes.NO_ERROR)
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: writers wait."""

@@ -85,7 +85,10 @@ def limits_fleet(root: Path, origin: str, edge_keys: list[str]) -> Fleet:
     text = spec.render()
     parts = text.split("[[edges]]\n")
     for index, keys in enumerate(edge_keys):
-        parts[index + 1] = keys.rstrip("\n") + "\n" + parts[index + 1]
+        part = parts[index + 1]
+        if "workers" in keys:
+            part = part.replace("workers = 1\n", "", 1)
+        parts[index + 1] = keys.rstrip("\n") + "\n" + part
     path = root / "fleet.toml"
     path.write_text("[[edges]]\n".join(parts), encoding="utf-8")
     return load_fleet(path)

@@ -60,6 +60,8 @@ class FleetSpec:
             lines += [
                 "[[shields]]",
                 f'name = "{name}"',
+                # one process per node unless a test asks for more ("auto" is the default)
+                "workers = 1",
                 f'region = "{regions[i % 3][0]}"',
                 f'listen = "127.0.0.1:{free_port()}"',
                 f'admin_listen = "127.0.0.1:{free_port()}"',
@@ -74,6 +76,7 @@ class FleetSpec:
             lines += [
                 "[[edges]]",
                 f'name = "{name}"',
+                "workers = 1",
                 f'region = "{regions[i % 3][0]}"',
                 f'listen = "127.0.0.1:{free_port()}"',
                 f'admin_listen = "127.0.0.1:{free_port()}"',

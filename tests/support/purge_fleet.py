@@ -37,7 +37,9 @@ def with_workers(toml_text: str, workers: Mapping[str, int]) -> str:
         line = f'name = "{name}"\n'
         if line not in toml_text:
             raise ValueError(f"no node named {name!r} in the fleet file")
-        toml_text = toml_text.replace(line, f"{line}workers = {count}\n", 1)
+        if f"{line}workers = 1\n" in toml_text:
+            line += "workers = 1\n"
+        toml_text = toml_text.replace(line, f'name = "{name}"\nworkers = {count}\n', 1)
     return toml_text
 
 
