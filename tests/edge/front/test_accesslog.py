@@ -36,9 +36,10 @@ def test_a_line_is_what_json_dumps_writes(target: str) -> None:
         1024,
         0.0012345,
         "127.0.0.1",
+        "https/1.1",
     )
     log.record(record)
-    log.record((1700000000.5, "HEAD", None, target, 404, "stale", None, 0.5, None))
+    log.record((1700000000.5, "HEAD", None, target, 404, "stale", None, 0.5, None, target))
     log.flush()
     lines = stream.getvalue().splitlines()
     expected = [
@@ -46,8 +47,19 @@ def test_a_line_is_what_json_dumps_writes(target: str) -> None:
             {"node": 'node "1"', **dict(zip(FIELDS, values, strict=True))}, separators=(",", ":")
         )
         for values in (
-            (1700000000.123456, "GET", target, target, 200, "hit; ttl=5", 1024, 1.234, "127.0.0.1"),
-            (1700000000.5, "HEAD", None, target, 404, "stale", None, 500.0, None),
+            (
+                1700000000.123456,
+                "GET",
+                target,
+                target,
+                200,
+                "hit; ttl=5",
+                1024,
+                1.234,
+                "127.0.0.1",
+                "https/1.1",
+            ),
+            (1700000000.5, "HEAD", None, target, 404, "stale", None, 500.0, None, target),
         )
     ]
     assert lines == expected

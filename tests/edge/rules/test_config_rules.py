@@ -212,8 +212,15 @@ set_response_headers = { "X-A" = "1" }
 
 def test_check_prints_the_warning_and_still_succeeds(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
+    # `check` wants a whole fleet: a region and an edge besides the service
+    whole = (
+        '[[regions]]\nname = "r"\nlatitude = 0.0\nlongitude = 0.0\n'
+        'client_networks = ["10.0.0.0/8"]\n\n'
+        '[[edges]]\nname = "e"\nregion = "r"\nlisten = "127.0.0.1:18000"\n'
+        'admin_listen = "127.0.0.1:18001"\ncache_dir = "state/e"\ncache_size = "8MiB"\n'
+    )
     path.write_text(
-        BASE + '[[services.rules]]\nttl = "1h"\n[[services.rules]]\nmatch = '
+        whole + BASE + '[[services.rules]]\nttl = "1h"\n[[services.rules]]\nmatch = '
         '{ path_prefix = "/a" }\nttl = 5\n'
     )
     done = subprocess.run(
