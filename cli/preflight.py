@@ -32,6 +32,10 @@ def listeners_of(
             found.append((f"{table} tls_listen", config.tls_listen))
         return found
     if command == "purge-api" and listen:
+        try:
+            split_host_port(listen)
+        except ValueError:
+            return []  # the command itself refuses it, naming the flag
         return [("--listen", listen)]
     if command == "purge-api" and fleet.purge_api is not None:
         return [("[purge_api] listen", fleet.purge_api.listen)]

@@ -150,6 +150,18 @@ class TrafficGate:
         remembered plan without awaiting anything); else the work that answers it (a
         rule's answer, PURGE, a rate limit's 429) or gives the request as it goes on
         (headers rewritten, after a rate limit's delay) and its plan."""
+        decided = self._decided(request)
+        if decided.plan is NO_REQUEST_PLAN and request.method != "PURGE":
+            return None
+        return self._act(request, sink, decided)
+
+    def passes(self, request: RequestHead) -> bool:
+        """Whether no rule acts on `request` (`gate` would return None): what lets a
+        front answer it from its own hot lane without the engine."""
+        return self._decided(request).plan is NO_REQUEST_PLAN and request.method != "PURGE"
+
+    def _decided(self, request: RequestHead) -> _Decided:
+        """The request's plan, remembered per (method, Host, target, fields read)."""
         memo = self._plan_key(request)
         decided = self._plans.get(memo)
         if decided is None:
@@ -158,9 +170,7 @@ class TrafficGate:
                 self._plans.clear()
             if len(request.target) <= MAX_REMEMBERED_TARGET:
                 self._plans[memo] = decided
-        if decided.plan is NO_REQUEST_PLAN and request.method != "PURGE":
-            return None
-        return self._act(request, sink, decided)
+        return decided
 
     async def _act(
         self, request: RequestHead, sink: ResponseSink, decided: _Decided

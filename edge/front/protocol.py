@@ -600,6 +600,7 @@ class FrontProtocol(asyncio.Protocol):
                 method == "GET"
                 and self.front.https is None
                 and not self._queue
+                and (not self.front.engine.traffic.active or self.front.engine.traffic.passes(head))
                 and self._writable is None
                 and self._hot(head, keep_alive)
             ):
