@@ -25,7 +25,7 @@ import diskcache
 import xxhash
 
 from edge.store.base import StoreBase
-from edge.store.disk_index import DiskIndex, _Record
+from edge.store.disk_index import DiskIndex, Install, _Record
 from edge.store.interface import (
     BodyCorrupt,
     BodyRef,
@@ -68,6 +68,9 @@ class DiskStore(StoreBase):
         self.memory = MemoryTier(memory_bytes, memory_ttl)
         self.memory_object_max = memory_object_max
         self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max)
+        #: commits waiting for the committer task, which indexes them in one batch
+        self._pending: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -180,14 +183,10 @@ class DiskStore(StoreBase):
         self, writer: BodyWriter, meta: object, data: bytes | None
     ) -> StoredEntry:
         async with self._key_lock(writer.key):
-            record, _old = await self._run(
-                self._disk.install,
-                writer.key,
-                writer.path,
-                writer.encoding,
-                meta,
-                writer.written,
-                writer.checksum,
+            record, _old = await self._install(
+                Install(
+                    writer.key, writer.path, writer.encoding, meta, writer.written, writer.checksum
+                )
             )
             self._version += 1
             entry = self._entry(
@@ -197,6 +196,50 @@ class DiskStore(StoreBase):
             self._account(writer.key, record.size)
         await self._evict(keep=writer.key)
         return entry
+
+    async def _install(self, item: Install) -> tuple[_Record, _Record | None]:
+        """Index a finished body, batched with every other commit ready meanwhile.
+
+        The first commit starts the committer task; commits arriving while it waits
+        for the gateway join the next batch, so under load one index transaction
+        carries many commits (`DiskIndex.install_many`) and a lone commit waits for
+        nothing but its own.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[_Record, _Record | None]] = loop.create_future()
+        self._pending.append((item, done))
+        if self._committer is None:
+            self._committer = loop.create_task(self._commit_batches())
+        return await done
+
+    async def _commit_batches(self) -> None:
+        """The committer: index what is pending, one transaction per batch."""
+        batch: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._disk.install_many, [i for i, _ in batch])
+                except Exception as exc:
+                    for _item, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for (item, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue  # its waiter was cancelled; the row is in place
+                    if isinstance(result, OSError):
+                        done.set_exception(StoreError(f"install {item.key!r}: {result}"))
+                    else:
+                        done.set_result(result)
+        finally:
+            self._committer = None
+            for _item, done in batch + self._pending:
+                if not done.done():
+                    done.set_exception(StoreError("store is closing"))
+            self._pending = []
 
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Move `src_path` in as another encoding of `key`; None (and the file removed) if gone."""
@@ -304,4 +347,6 @@ class DiskStore(StoreBase):
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
         await self._run(self._disk.close)
