@@ -40,6 +40,9 @@ class StoreBase:
         #: key -> bytes of its bodies, least recently used first
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
+        #: bytes of victims chosen but not yet deleted from the index (a disk store
+        #: deletes on the gateway; commits choosing meanwhile must not choose again)
+        self._evicting = 0
         #: bumped by every change to the index, so a read that raced a change does
         #: not put what it read into the memory tier
         self._version = 0
@@ -106,14 +109,23 @@ class StoreBase:
         if key in self._lru:
             self._lru.move_to_end(key)
 
+    def _evicting_bytes(self) -> int:
+        """Bytes of victims chosen whose removal the byte total does not show yet."""
+        return self._evicting
+
     def _pick_victims(self, keep: str) -> list[str]:
-        """Least recently used keys to drop until the bytes fit `max_bytes`.
+        """Least recently used keys to drop until the bytes fit `max_bytes`."""
+        return [key for key, _size in self._choose_victims(keep)]
+
+    def _choose_victims(self, keep: str) -> list[tuple[str, int]]:
+        """(key, bytes) of the least recently used keys to drop until the bytes fit
+        `max_bytes`, less what is already being evicted; forgotten here.
 
         O(victims + keys skipped), never O(keys stored): the walk starts at the least
         recently used end and stops as soon as enough is freed, and nothing is copied
         when nothing needs to go (the common case of a commit).
         """
-        excess = self.size_bytes - self.max_bytes
+        excess = self.size_bytes - self._evicting_bytes() - self.max_bytes
         if excess <= 0:
             return []
         victims: list[tuple[str, int]] = []
@@ -127,7 +139,7 @@ class StoreBase:
             freed += size
         for key, _size in victims:
             self._account(key, None)
-        return [key for key, _size in victims]
+        return victims
 
     async def _commit_body(
         self, writer: BodyWriter, meta: object, data: bytes | None

@@ -71,6 +71,9 @@ class DiskStore(StoreBase):
         #: commits waiting for the committer task, which indexes them in one batch
         self._pending: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
         self._committer: asyncio.Task[None] | None = None
+        #: index transactions that carried commits, and the commits they carried
+        self.commit_batches = 0
+        self.commits = 0
 
     @classmethod
     async def open(
@@ -220,6 +223,8 @@ class DiskStore(StoreBase):
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                self.commit_batches += 1
+                self.commits += len(batch)
                 try:
                     results = await self._run(self._disk.install_many, [i for i, _ in batch])
                 except Exception as exc:
@@ -333,14 +338,24 @@ class DiskStore(StoreBase):
         """The metadata of `keys` that exist, without promoting them into memory."""
         return await self._run(self._disk.metas, keys)
 
+    def _evicting_bytes(self) -> int:
+        return self._disk.evicting
+
     async def _evict(self, keep: str) -> None:
-        victims = self._pick_victims(keep)
+        victims = self._choose_victims(keep)
         if not victims:
             return
+        freed = sum(size for _key, size in victims)
+        # until the delete changes the byte total, it still counts these: commits
+        # choosing meanwhile subtract them, or a burst of commits would each evict
+        # the same excess again (the delete takes them off as it lowers the total)
+        self._disk.evicting += freed
         self._version += 1
-        for key in victims:
+        for key, _size in victims:
             self.memory.discard(key)
-        await self._run(self._disk.delete, victims)
+        # shielded: a cancelled caller must not cancel the delete before it runs,
+        # or the bytes it was to take off `evicting` would stay there
+        await asyncio.shield(self._run(self._disk.delete, [key for key, _size in victims], freed))
 
     async def close(self) -> None:
         """Close the index and release the temp directory."""

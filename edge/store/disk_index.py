@@ -103,6 +103,9 @@ class DiskIndex:
         #: bodies up to this size are read whole by `load` (for the memory tier)
         self.memory_object_max = memory_object_max
         self.bytes = 0
+        #: bytes of victims `DiskStore` has chosen whose delete has not yet changed
+        #: `bytes` (lowered by `delete` just before it lowers `bytes`)
+        self.evicting = 0
         self._index: diskcache.Cache | None = None
         self._lock_fd: int | None = None
         #: the writer lock: a thread lock within this process, then an flock on
@@ -331,20 +334,30 @@ class DiskIndex:
             self.index.set(key, record)
         return record
 
-    def delete(self, keys: list[str]) -> None:
-        """Remove the rows of `keys` (one transaction), then their body files."""
+    def delete(self, keys: list[str], evicting: int = 0) -> None:
+        """Remove the rows of `keys` (one transaction), then their body files.
+
+        `evicting`: the bytes of these keys counted in `evicting`, taken off it in
+        the same step as the delete's change reaches `bytes` (`evicting` first, so a
+        reader on the event loop never sees the freed bytes subtracted twice).
+        """
         gone: list[_Record] = []
-        with self._writing():
-            delta = 0
-            for key in keys:
-                old = self.row(key)
-                if old is None:
-                    continue
-                self.index.delete(key)
-                delta -= old.size
-                gone.append(old)
-            if gone:
-                self._count(delta)
+        try:
+            with self._writing():
+                delta = 0
+                for key in keys:
+                    old = self.row(key)
+                    if old is None:
+                        continue
+                    self.index.delete(key)
+                    delta -= old.size
+                    gone.append(old)
+                total = int(self.index.incr(BYTES_KEY, delta, default=0))
+                self.evicting -= evicting
+                evicting = 0
+                self.bytes = total
+        finally:
+            self.evicting -= evicting
         for old in gone:
             self._remove_files(old)
 
