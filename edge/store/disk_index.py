@@ -117,11 +117,18 @@ class DiskIndex:
 
     def start(self) -> list[tuple[str, int]]:
         """Open the directory: remove temp directories of dead stores, take this
-        store's own, open the index, sweep orphan bodies; (key, bytes) of every row."""
+        store's own, open the index, sweep orphan bodies if a store died; (key,
+        bytes) of every row, oldest first.
+
+        Cost: one SQL scan of (key, size) per row, not an unpickled row each, so a
+        store of a million objects opens in a few seconds (docs/benchmarks.md,
+        "Store scale"). Each row's byte size is kept in diskcache's `tag` column for
+        this; rows written before that are read whole once.
+        """
         tmp_root = os.path.dirname(self.tmp_dir)
         os.makedirs(os.path.join(self.directory, "bodies"), exist_ok=True)
         os.makedirs(tmp_root, exist_ok=True)
-        _remove_dead_tmp_dirs(tmp_root)
+        crashed = _remove_dead_tmp_dirs(tmp_root)
         os.makedirs(self.tmp_dir)
         self._lock_fd = os.open(
             os.path.join(self.tmp_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
@@ -141,16 +148,24 @@ class DiskIndex:
             tag_index=0,
         )
         sizes: list[tuple[str, int]] = []
-        referenced: set[str] = set()
-        for key in self._index.iterkeys():
-            if not isinstance(key, str):
+        untagged: list[str] = []
+        # diskcache keeps a str key raw (as text); the byte total's key is pickled
+        rows = self._index._sql("SELECT key, raw, tag FROM Cache ORDER BY store_time, rowid")
+        for key, raw, tag in rows:
+            if not raw or not isinstance(key, str):
                 continue
+            if isinstance(tag, int):
+                sizes.append((key, tag))
+            else:
+                untagged.append(key)
+        for key in untagged:  # rows of an earlier release
             record = self.row(key)
-            if record is None:
-                continue
-            sizes.append((key, record.size))
-            referenced.update(body[1] for body in record.bodies)
-        self._sweep_orphans(referenced)
+            if record is not None:
+                sizes.append((key, record.size))
+        if crashed:
+            # a store that died may have renamed a body in without writing its row;
+            # one that closed cleanly left none (every rename has a row or was undone)
+            self._sweep_orphans(self._referenced())
         with self._writing():
             if self._index.get(BYTES_KEY) is None:  # a new directory
                 self._index.set(BYTES_KEY, sum(size for _, size in sizes))
@@ -198,6 +213,15 @@ class DiskIndex:
     def _count(self, delta: int) -> None:
         """Change the shared byte total (inside the caller's transaction) and note it."""
         self.bytes = int(self.index.incr(BYTES_KEY, delta, default=0))
+
+    def _referenced(self) -> set[str]:
+        """The body files every row names (relative paths); reads every row."""
+        referenced: set[str] = set()
+        for key in self.keys():
+            record = self.row(key)
+            if record is not None:
+                referenced.update(body[1] for body in record.bodies)
+        return referenced
 
     def _sweep_orphans(self, referenced: set[str]) -> None:
         """Remove body files no index row names (left by a crash between rename and row)."""
@@ -282,7 +306,7 @@ class DiskIndex:
                 for n, _full, record in placed:
                     key = items[n].key
                     old = self.row(key)
-                    self.index.set(key, record)
+                    self.index.set(key, record, tag=record.size)
                     delta += record.size - (old.size if old is not None else 0)
                     olds.append((n, old))
                 self._count(delta)
@@ -318,7 +342,7 @@ class DiskIndex:
             rel, full = self._new_body_path(encoding)
             os.rename(src, full)
             record = old.with_body(encoding, rel, size, hasher.intdigest())
-            self.index.set(key, record)
+            self.index.set(key, record, tag=record.size)
             self._count(record.size - old.size)
         for body in old.bodies:
             if body[0] == encoding:
@@ -331,7 +355,7 @@ class DiskIndex:
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
-            self.index.set(key, record)
+            self.index.set(key, record, tag=record.size)
         return record
 
     def delete(self, keys: list[str], evicting: int = 0) -> None:
@@ -433,8 +457,10 @@ class DiskIndex:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def _remove_dead_tmp_dirs(tmp_root: str) -> None:
-    """Remove temp directories whose owning store is gone (its flock is free)."""
+def _remove_dead_tmp_dirs(tmp_root: str) -> int:
+    """Remove temp directories whose owning store is gone (its flock is free); how
+    many there were (a store that closes removes its own: these died)."""
+    dead = 0
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
         if not os.path.isdir(path):
@@ -444,6 +470,7 @@ def _remove_dead_tmp_dirs(tmp_root: str) -> None:
             fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             shutil.rmtree(path, ignore_errors=True)  # its owner died before locking
+            dead += 1
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -452,3 +479,5 @@ def _remove_dead_tmp_dirs(tmp_root: str) -> None:
         finally:
             os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
+        dead += 1
+    return dead
