@@ -39,6 +39,9 @@ from edge.store.writer import BodyWriter
 
 __all__ = ["SCRUB_CHUNK", "DiskStore"]
 
+#: distinct body sizes whose int objects the recency list shares (a bound, so a
+#: store of objects all of different sizes does not grow a second table)
+SIZE_OBJECTS = 65536
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
 
@@ -66,6 +69,7 @@ class DiskStore(StoreBase):
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         super().__init__(max_bytes, os.path.join(self.directory, "tmp", owner))
         self.memory = MemoryTier(memory_bytes, memory_ttl)
+        self._sizes: dict[int, int] = {}
         self.memory_object_max = memory_object_max
         self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max)
         #: commits waiting for the committer task, which indexes them in one batch
@@ -113,6 +117,10 @@ class DiskStore(StoreBase):
         """Recency only: the byte total is the shared counter in the index."""
         self._lru.pop(key, None)
         if size is not None:
+            # one int object per distinct size, not one per key: 28 bytes of the
+            # ~240 each stored object costs in memory (docs/benchmarks.md)
+            if len(self._sizes) < SIZE_OBJECTS:
+                size = self._sizes.setdefault(size, size)
             self._lru[key] = size
 
     # -- the interface
