@@ -369,8 +369,8 @@ def table(results: Sequence[Result], args: argparse.Namespace) -> str:
     """The Markdown table, one row per store size, and the flatness of each figure."""
     lines = [
         "| objects stored | fill (objects/s) | on disk | restart to serving | RssAnon at "
-        "start | RssFile at start | RssAnon after load | hot hits/s | uniform hits/s | misses/s | purge applied (ms, "
-        "median / p90) |",
+        "start | RssFile at start | RssAnon after load | hot hits/s | uniform hits/s "
+        "| misses/s | purge applied (ms, median / p90) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
