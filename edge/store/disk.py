@@ -95,9 +95,10 @@ class DiskStore(StoreBase):
         and replacements within that time (one disk read per hot key per period).
         """
         store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl)
-        sizes = await store._run(store._disk.start)
-        for key, size in sizes:
+        keys, sizes = await store._run(store._disk.start)
+        for key, size in zip(keys, sizes, strict=True):
             store._account(key, size)
+        del keys, sizes
         victims = store._pick_victims(keep="")
         if victims:
             await store._run(store._disk.delete, victims)

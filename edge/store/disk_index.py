@@ -115,15 +115,17 @@ class DiskIndex:
         #: body directories known to exist (bodies/ab/cd), so a commit need not mkdir
         self._dirs: set[str] = set()
 
-    def start(self) -> list[tuple[str, int]]:
+    def start(self) -> tuple[list[str], list[int]]:
         """Open the directory: remove temp directories of dead stores, take this
-        store's own, open the index, sweep orphan bodies if a store died; (key,
-        bytes) of every row, oldest first.
+        store's own, open the index, sweep orphan bodies if a store died; the keys
+        of every row, oldest first, and their bytes.
 
         Cost: one SQL scan of (key, size) per row, not an unpickled row each, so a
         store of a million objects opens in a few seconds (docs/benchmarks.md,
         "Store scale"). Each row's byte size is kept in diskcache's `tag` column for
-        this; rows written before that are read whole once.
+        this; rows written before that are read whole once. Two flat lists, not a
+        tuple per row: a million small tuples freed after the recency list is built
+        would leave the allocator's arenas holey, and the process bigger for good.
         """
         tmp_root = os.path.dirname(self.tmp_dir)
         os.makedirs(os.path.join(self.directory, "bodies"), exist_ok=True)
@@ -147,7 +149,9 @@ class DiskIndex:
             statistics=0,
             tag_index=0,
         )
-        sizes: list[tuple[str, int]] = []
+        keys: list[str] = []
+        sizes: list[int] = []
+        shared: dict[int, int] = {}  # one int object per distinct size
         untagged: list[str] = []
         # diskcache keeps a str key raw (as text); the byte total's key is pickled
         rows = self._index._sql("SELECT key, raw, tag FROM Cache ORDER BY store_time, rowid")
@@ -155,22 +159,24 @@ class DiskIndex:
             if not raw or not isinstance(key, str):
                 continue
             if isinstance(tag, int):
-                sizes.append((key, tag))
+                keys.append(key)
+                sizes.append(shared.setdefault(tag, tag))
             else:
                 untagged.append(key)
         for key in untagged:  # rows of an earlier release
             record = self.row(key)
             if record is not None:
-                sizes.append((key, record.size))
+                keys.append(key)
+                sizes.append(record.size)
         if crashed:
             # a store that died may have renamed a body in without writing its row;
             # one that closed cleanly left none (every rename has a row or was undone)
             self._sweep_orphans(self._referenced())
         with self._writing():
             if self._index.get(BYTES_KEY) is None:  # a new directory
-                self._index.set(BYTES_KEY, sum(size for _, size in sizes))
+                self._index.set(BYTES_KEY, sum(sizes))
             self._count(0)
-        return sizes
+        return keys, sizes
 
     def row(self, key: str) -> _Record | None:
         """The index row of `key`; a row that no longer unpickles (its metadata class
