@@ -258,4 +258,38 @@ class FillTable:
             del self._fills[fill.key]
 
 
-__all__ = ["READ_CHUNK", "Fill", "FillFailed", "FillHead", "FillTable", "HeadKind"]
+__all__ = [
+    "READ_CHUNK",
+    "Fill",
+    "FillFailed",
+    "FillHead",
+    "FillTable",
+    "HeadKind",
+    "read_limited",
+    "skip_bytes",
+]
+
+
+async def skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    """The chunks after their first `count` bytes."""
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
+
+
+async def read_limited(response: UpstreamResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of the body (an error page), the response then closed."""
+    body = bytearray()
+    try:
+        async for chunk in response.iter_chunks():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except UpstreamError:
+        pass
+    finally:
+        response.close()
+    return bytes(body[:limit])

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -28,7 +28,7 @@ from edge.cache.purge import PurgeRules
 from edge.cache.rules import stored_fields
 from edge.cache.transitions import NotModified, ServeWithoutStoring, StoreAndServe, UpstreamFailed
 from edge.compress import DecodeLimit, make_variants
-from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind
+from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind, read_limited, skip_bytes
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions, Upstream
 from edge.store import BodyWriter, ObjectStore, StoredEntry, StoreError
@@ -197,7 +197,7 @@ class Filler:
                 fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
                 return
             case UpstreamFailed(status=status):
-                body = await _read_limited(response, ERROR_BODY_LIMIT)
+                body = await read_limited(response, ERROR_BODY_LIMIT)
                 fill.set_head(
                     FillHead(
                         HeadKind.ERROR,
@@ -303,7 +303,7 @@ class Filler:
         """
         for attempt in range(MID_BODY_RETRIES + 1):
             try:
-                async for chunk in _skip_bytes(response.iter_chunks(), writer.received):
+                async for chunk in skip_bytes(response.iter_chunks(), writer.received):
                     if writer.received + len(chunk) > limit:
                         await writer.write(chunk[: limit - writer.received])
                         raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
@@ -437,30 +437,6 @@ def _close_delimited(response: UpstreamResponse) -> bool:
     return any(
         CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
     )
-
-
-async def _skip_bytes(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
-    """The chunks after their first `count` bytes."""
-    async for chunk in chunks:
-        if count >= len(chunk):
-            count -= len(chunk)
-            continue
-        yield chunk[count:] if count else chunk
-        count = 0
-
-
-async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:
-    body = bytearray()
-    try:
-        async for chunk in response.iter_chunks():
-            body += chunk
-            if len(body) >= limit:
-                break
-    except UpstreamError:
-        pass
-    finally:
-        response.close()
-    return bytes(body[:limit])
 
 
 def variant_key(

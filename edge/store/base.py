@@ -9,8 +9,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import sqlite3
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +40,9 @@ class StoreBase:
         #: key -> bytes of its bodies, least recently used first
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
+        #: bytes of victims chosen but not yet deleted from the index (a disk store
+        #: deletes on the gateway; commits choosing meanwhile must not choose again)
+        self._evicting = 0
         #: bumped by every change to the index, so a read that raced a change does
         #: not put what it read into the memory tier
         self._version = 0
@@ -91,7 +94,7 @@ class StoreBase:
 
     def tmp_path(self, suffix: str = "") -> str:
         """A fresh path in the store's temp directory (same filesystem as the bodies)."""
-        return os.path.join(self._tmp_dir, uuid.uuid4().hex + suffix)
+        return os.path.join(self._tmp_dir, f"{random.getrandbits(128):032x}{suffix}")
 
     def _account(self, key: str, size: int | None) -> None:
         """Record the body bytes of a key (None: the key is gone), most recent last."""
@@ -106,18 +109,35 @@ class StoreBase:
         if key in self._lru:
             self._lru.move_to_end(key)
 
+    def _evicting_bytes(self) -> int:
+        """Bytes of victims chosen whose removal the byte total does not show yet."""
+        return self._evicting
+
     def _pick_victims(self, keep: str) -> list[str]:
         """Least recently used keys to drop until the bytes fit `max_bytes`."""
-        victims: list[str] = []
-        excess = self.size_bytes - self.max_bytes
+        return [key for key, _size in self._choose_victims(keep)]
+
+    def _choose_victims(self, keep: str) -> list[tuple[str, int]]:
+        """(key, bytes) of the least recently used keys to drop until the bytes fit
+        `max_bytes`, less what is already being evicted; forgotten here.
+
+        O(victims + keys skipped), never O(keys stored): the walk starts at the least
+        recently used end and stops as soon as enough is freed, and nothing is copied
+        when nothing needs to go (the common case of a commit).
+        """
+        excess = self.size_bytes - self._evicting_bytes() - self.max_bytes
+        if excess <= 0:
+            return []
+        victims: list[tuple[str, int]] = []
         freed = 0
-        for key, size in list(self._lru.items()):
+        for key, size in self._lru.items():
             if freed >= excess:
                 break
             if key == keep or key in self._locks:
                 continue  # just stored, or being changed right now
-            victims.append(key)
+            victims.append((key, size))
             freed += size
+        for key, _size in victims:
             self._account(key, None)
         return victims
 

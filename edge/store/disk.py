@@ -25,7 +25,7 @@ import diskcache
 import xxhash
 
 from edge.store.base import StoreBase
-from edge.store.disk_index import DiskIndex, _Record
+from edge.store.disk_index import DiskIndex, Install, _Record
 from edge.store.interface import (
     BodyCorrupt,
     BodyRef,
@@ -39,6 +39,9 @@ from edge.store.writer import BodyWriter
 
 __all__ = ["SCRUB_CHUNK", "DiskStore"]
 
+#: distinct body sizes whose int objects the recency list shares (a bound, so a
+#: store of objects all of different sizes does not grow a second table)
+SIZE_OBJECTS = 65536
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
 
@@ -66,8 +69,15 @@ class DiskStore(StoreBase):
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         super().__init__(max_bytes, os.path.join(self.directory, "tmp", owner))
         self.memory = MemoryTier(memory_bytes, memory_ttl)
+        self._sizes: dict[int, int] = {}
         self.memory_object_max = memory_object_max
         self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max)
+        #: commits waiting for the committer task, which indexes them in one batch
+        self._pending: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        #: index transactions that carried commits, and the commits they carried
+        self.commit_batches = 0
+        self.commits = 0
 
     @classmethod
     async def open(
@@ -85,9 +95,10 @@ class DiskStore(StoreBase):
         and replacements within that time (one disk read per hot key per period).
         """
         store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl)
-        sizes = await store._run(store._disk.start)
-        for key, size in sizes:
+        keys, sizes = await store._run(store._disk.start)
+        for key, size in zip(keys, sizes, strict=True):
             store._account(key, size)
+        del keys, sizes
         victims = store._pick_victims(keep="")
         if victims:
             await store._run(store._disk.delete, victims)
@@ -107,6 +118,10 @@ class DiskStore(StoreBase):
         """Recency only: the byte total is the shared counter in the index."""
         self._lru.pop(key, None)
         if size is not None:
+            # one int object per distinct size, not one per key: 28 bytes of the
+            # ~240 each stored object costs in memory (docs/benchmarks.md)
+            if len(self._sizes) < SIZE_OBJECTS:
+                size = self._sizes.setdefault(size, size)
             self._lru[key] = size
 
     # -- the interface
@@ -180,14 +195,10 @@ class DiskStore(StoreBase):
         self, writer: BodyWriter, meta: object, data: bytes | None
     ) -> StoredEntry:
         async with self._key_lock(writer.key):
-            record, _old = await self._run(
-                self._disk.install,
-                writer.key,
-                writer.path,
-                writer.encoding,
-                meta,
-                writer.written,
-                writer.checksum,
+            record, _old = await self._install(
+                Install(
+                    writer.key, writer.path, writer.encoding, meta, writer.written, writer.checksum
+                )
             )
             self._version += 1
             entry = self._entry(
@@ -197,6 +208,52 @@ class DiskStore(StoreBase):
             self._account(writer.key, record.size)
         await self._evict(keep=writer.key)
         return entry
+
+    async def _install(self, item: Install) -> tuple[_Record, _Record | None]:
+        """Index a finished body, batched with every other commit ready meanwhile.
+
+        The first commit starts the committer task; commits arriving while it waits
+        for the gateway join the next batch, so under load one index transaction
+        carries many commits (`DiskIndex.install_many`) and a lone commit waits for
+        nothing but its own.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[_Record, _Record | None]] = loop.create_future()
+        self._pending.append((item, done))
+        if self._committer is None:
+            self._committer = loop.create_task(self._commit_batches())
+        return await done
+
+    async def _commit_batches(self) -> None:
+        """The committer: index what is pending, one transaction per batch."""
+        batch: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.commit_batches += 1
+                self.commits += len(batch)
+                try:
+                    results = await self._run(self._disk.install_many, [i for i, _ in batch])
+                except Exception as exc:
+                    for _item, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for (item, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue  # its waiter was cancelled; the row is in place
+                    if isinstance(result, OSError):
+                        done.set_exception(StoreError(f"install {item.key!r}: {result}"))
+                    else:
+                        done.set_result(result)
+        finally:
+            self._committer = None
+            for _item, done in batch + self._pending:
+                if not done.done():
+                    done.set_exception(StoreError("store is closing"))
+            self._pending = []
 
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Move `src_path` in as another encoding of `key`; None (and the file removed) if gone."""
@@ -290,18 +347,30 @@ class DiskStore(StoreBase):
         """The metadata of `keys` that exist, without promoting them into memory."""
         return await self._run(self._disk.metas, keys)
 
+    def _evicting_bytes(self) -> int:
+        return self._disk.evicting
+
     async def _evict(self, keep: str) -> None:
-        victims = self._pick_victims(keep)
+        victims = self._choose_victims(keep)
         if not victims:
             return
+        freed = sum(size for _key, size in victims)
+        # until the delete changes the byte total, it still counts these: commits
+        # choosing meanwhile subtract them, or a burst of commits would each evict
+        # the same excess again (the delete takes them off as it lowers the total)
+        self._disk.evicting += freed
         self._version += 1
-        for key in victims:
+        for key, _size in victims:
             self.memory.discard(key)
-        await self._run(self._disk.delete, victims)
+        # shielded: a cancelled caller must not cancel the delete before it runs,
+        # or the bytes it was to take off `evicting` would stay there
+        await asyncio.shield(self._run(self._disk.delete, [key for key, _size in victims], freed))
 
     async def close(self) -> None:
         """Close the index and release the temp directory."""
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
         await self._run(self._disk.close)

@@ -28,9 +28,11 @@ import fcntl
 import logging
 import os
 import pickle
+import random
 import shutil
+import threading
 import time
-import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import diskcache
@@ -39,7 +41,7 @@ import xxhash
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
 from edge.store.writer import unlink_quietly
 
-__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex"]
+__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install"]
 
 log = logging.getLogger("edge.store")
 
@@ -70,6 +72,18 @@ class _Record:
         return sum(b[2] for b in self.bodies)
 
 
+@dataclass(frozen=True, slots=True)
+class Install:
+    """One finished body to rename into place and index (see `DiskIndex.install_many`)."""
+
+    key: str
+    src: str
+    encoding: str
+    meta: object
+    size: int
+    checksum: int
+
+
 # rows are pickled under the name older releases wrote them with (`edge.store` before
 # it became a package, which still exports it), so either release reads the other's rows
 _Record.__module__ = "edge.store"
@@ -89,21 +103,44 @@ class DiskIndex:
         #: bodies up to this size are read whole by `load` (for the memory tier)
         self.memory_object_max = memory_object_max
         self.bytes = 0
+        #: bytes of victims `DiskStore` has chosen whose delete has not yet changed
+        #: `bytes` (lowered by `delete` just before it lowers `bytes`)
+        self.evicting = 0
         self._index: diskcache.Cache | None = None
         self._lock_fd: int | None = None
+        #: the writer lock: a thread lock within this process, then an flock on
+        #: `writer.lock` across the processes sharing the directory (see `_writing`)
+        self._write_lock = threading.Lock()
+        self._writer_fd: int | None = None
+        #: body directories known to exist (bodies/ab/cd), so a commit need not mkdir
+        self._dirs: set[str] = set()
 
-    def start(self) -> list[tuple[str, int]]:
+    def start(self) -> tuple[list[str], list[int]]:
         """Open the directory: remove temp directories of dead stores, take this
-        store's own, open the index, sweep orphan bodies; (key, bytes) of every row."""
+        store's own, open the index, sweep orphan bodies if a store died; the keys
+        of every row, oldest first, and their bytes.
+
+        Cost: one SQL scan of (key, size) per row, not an unpickled row each, so a
+        store of a million objects opens in a few seconds (docs/benchmarks.md,
+        "Store scale"). Each row's byte size is kept in diskcache's `tag` column for
+        this; rows written before that are read whole once. Two flat lists, not a
+        tuple per row: a million small tuples freed after the recency list is built
+        would leave the allocator's arenas holey, and the process bigger for good.
+        """
         tmp_root = os.path.dirname(self.tmp_dir)
         os.makedirs(os.path.join(self.directory, "bodies"), exist_ok=True)
         os.makedirs(tmp_root, exist_ok=True)
-        _remove_dead_tmp_dirs(tmp_root)
+        crashed = _remove_dead_tmp_dirs(tmp_root)
         os.makedirs(self.tmp_dir)
         self._lock_fd = os.open(
             os.path.join(self.tmp_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._writer_fd = os.open(
+            os.path.join(self.directory, "writer.lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o644,
+        )
         self._index = diskcache.Cache(
             os.path.join(self.directory, "index"),
             eviction_policy="none",
@@ -112,22 +149,34 @@ class DiskIndex:
             statistics=0,
             tag_index=0,
         )
-        sizes: list[tuple[str, int]] = []
-        referenced: set[str] = set()
-        for key in self._index.iterkeys():
-            if not isinstance(key, str):
+        keys: list[str] = []
+        sizes: list[int] = []
+        shared: dict[int, int] = {}  # one int object per distinct size
+        untagged: list[str] = []
+        # diskcache keeps a str key raw (as text); the byte total's key is pickled
+        rows = self._index._sql("SELECT key, raw, tag FROM Cache ORDER BY store_time, rowid")
+        for key, raw, tag in rows:
+            if not raw or not isinstance(key, str):
                 continue
+            if isinstance(tag, int):
+                keys.append(key)
+                sizes.append(shared.setdefault(tag, tag))
+            else:
+                untagged.append(key)
+        for key in untagged:  # rows of an earlier release
             record = self.row(key)
-            if record is None:
-                continue
-            sizes.append((key, record.size))
-            referenced.update(body[1] for body in record.bodies)
-        self._sweep_orphans(referenced)
-        with self._index.transact():
+            if record is not None:
+                keys.append(key)
+                sizes.append(record.size)
+        if crashed:
+            # a store that died may have renamed a body in without writing its row;
+            # one that closed cleanly left none (every rename has a row or was undone)
+            self._sweep_orphans(self._referenced())
+        with self._writing():
             if self._index.get(BYTES_KEY) is None:  # a new directory
-                self._index.set(BYTES_KEY, sum(size for _, size in sizes))
+                self._index.set(BYTES_KEY, sum(sizes))
             self._count(0)
-        return sizes
+        return keys, sizes
 
     def row(self, key: str) -> _Record | None:
         """The index row of `key`; a row that no longer unpickles (its metadata class
@@ -146,9 +195,39 @@ class DiskIndex:
             return _Record(value.meta, bodies)  # type: ignore[arg-type]
         return value
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction on the index, holding the writer lock.
+
+        SQLite lets one writer in at a time and makes the others poll: its busy
+        handler sleeps 1, 2, 5 ... up to 100 ms between tries. With several threads
+        and processes committing at once that polling, not the writes, set the miss
+        rate (docs/benchmarks.md, "Cold misses"). Taking a thread lock and then an
+        flock first queues writers in the kernel, which wakes the next one as soon
+        as the lock is free, so SQLite never finds the database busy.
+        """
+        if self._writer_fd is None:
+            raise StoreError("store is not open")
+        with self._write_lock:
+            fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+            try:
+                with self.index.transact():
+                    yield
+            finally:
+                fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+
     def _count(self, delta: int) -> None:
         """Change the shared byte total (inside the caller's transaction) and note it."""
         self.bytes = int(self.index.incr(BYTES_KEY, delta, default=0))
+
+    def _referenced(self) -> set[str]:
+        """The body files every row names (relative paths); reads every row."""
+        referenced: set[str] = set()
+        for key in self.keys():
+            record = self.row(key)
+            if record is not None:
+                referenced.update(body[1] for body in record.bodies)
+        return referenced
 
     def _sweep_orphans(self, referenced: set[str]) -> None:
         """Remove body files no index row names (left by a crash between rename and row)."""
@@ -172,10 +251,15 @@ class DiskIndex:
 
     def _new_body_path(self, encoding: str) -> tuple[str, str]:
         """A fresh (relative, absolute) body path in a sharded directory."""
-        name = uuid.uuid4().hex
+        # 128 random bits, from the generator Python reseeds in every forked child
+        # (uuid4 costs a getrandom syscall per name, seen in the miss profile)
+        name = f"{random.getrandbits(128):032x}"
         rel = os.path.join("bodies", name[:2], name[2:4], f"{name}.{encoding}")
         full = os.path.join(self.directory, rel)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+        parent = os.path.dirname(full)
+        if parent not in self._dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._dirs.add(parent)
         return rel, full
 
     def abs_path(self, rel: str) -> str:
@@ -194,19 +278,52 @@ class DiskIndex:
         self, key: str, src: str, encoding: str, meta: object, size: int, checksum: int
     ) -> tuple[_Record, _Record | None]:
         """Rename a finished body into place, then write its row (the commit point)."""
-        rel, full = self._new_body_path(encoding)
-        os.rename(src, full)
-        record = _Record(meta, ((encoding, rel, size, checksum),))
+        result = self.install_many([Install(key, src, encoding, meta, size, checksum)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def install_many(
+        self, items: Sequence[Install]
+    ) -> list[tuple[_Record, _Record | None] | OSError]:
+        """Rename finished bodies into place, then write all their rows in one
+        transaction (the commit point of each); per item its (row, old row) or the
+        error that stopped it. The keys are distinct (the caller holds their locks).
+
+        One transaction for a batch, not one per body: a transaction costs a WAL
+        append and the writer lock, whatever it holds.
+        """
+        results: list[tuple[_Record, _Record | None] | OSError] = []
+        placed: list[tuple[int, str, _Record]] = []
+        for n, item in enumerate(items):
+            try:
+                rel, full = self._new_body_path(item.encoding)
+                os.rename(item.src, full)
+            except OSError as exc:
+                results.append(exc)
+                continue
+            record = _Record(item.meta, ((item.encoding, rel, item.size, item.checksum),))
+            results.append((record, None))
+            placed.append((n, full, record))
+        olds: list[tuple[int, _Record | None]] = []
         try:
-            with self.index.transact():
-                old = self.row(key)
-                self.index.set(key, record)
-                self._count(size - (old.size if old is not None else 0))
+            with self._writing():
+                delta = 0
+                for n, _full, record in placed:
+                    key = items[n].key
+                    old = self.row(key)
+                    self.index.set(key, record, tag=record.size)
+                    delta += record.size - (old.size if old is not None else 0)
+                    olds.append((n, old))
+                self._count(delta)
         except BaseException:
-            unlink_quietly(full)
+            for _n, full, _record in placed:
+                unlink_quietly(full)
             raise
-        self._remove_files(old)
-        return record, old
+        for (n, old), (_n, _full, record) in zip(olds, placed, strict=True):
+            self._remove_files(old)
+            results[n] = (record, old)
+        return results
 
     def add_encoding(
         self, key: str, encoding: str, src: str
@@ -223,7 +340,7 @@ class DiskIndex:
             else:
                 while chunk := f.read(MiB):
                     hasher.update(chunk)
-        with self.index.transact():
+        with self._writing():
             old = self.row(key)
             if old is None:
                 unlink_quietly(src)
@@ -231,7 +348,7 @@ class DiskIndex:
             rel, full = self._new_body_path(encoding)
             os.rename(src, full)
             record = old.with_body(encoding, rel, size, hasher.intdigest())
-            self.index.set(key, record)
+            self.index.set(key, record, tag=record.size)
             self._count(record.size - old.size)
         for body in old.bodies:
             if body[0] == encoding:
@@ -240,22 +357,38 @@ class DiskIndex:
 
     def put_meta(self, key: str, meta: object) -> _Record:
         """Write `meta` as the row of `key`, keeping the bodies it has."""
-        with self.index.transact():
+        with self._writing():
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
-            self.index.set(key, record)
+            self.index.set(key, record, tag=record.size)
         return record
 
-    def delete(self, keys: list[str]) -> None:
-        """Remove the rows of `keys`, then their body files."""
-        for key in keys:
-            with self.index.transact():
-                old = self.row(key)
-                if old is None:
-                    continue
-                self.index.delete(key)
-                self._count(-old.size)
+    def delete(self, keys: list[str], evicting: int = 0) -> None:
+        """Remove the rows of `keys` (one transaction), then their body files.
+
+        `evicting`: the bytes of these keys counted in `evicting`, taken off it in
+        the same step as the delete's change reaches `bytes` (`evicting` first, so a
+        reader on the event loop never sees the freed bytes subtracted twice).
+        """
+        gone: list[_Record] = []
+        try:
+            with self._writing():
+                delta = 0
+                for key in keys:
+                    old = self.row(key)
+                    if old is None:
+                        continue
+                    self.index.delete(key)
+                    delta -= old.size
+                    gone.append(old)
+                total = int(self.index.incr(BYTES_KEY, delta, default=0))
+                self.evicting -= evicting
+                evicting = 0
+                self.bytes = total
+        finally:
+            self.evicting -= evicting
+        for old in gone:
             self._remove_files(old)
 
     def load(self, key: str) -> tuple[_Record, dict[str, bytes]] | None:
@@ -288,7 +421,7 @@ class DiskIndex:
 
     def drop_if_same(self, key: str, record: _Record) -> bool:
         """Delete `key` if its row still names the bodies of `record`; whether it did."""
-        with self.index.transact():
+        with self._writing():
             current = self.row(key)
             if current is None or current.bodies != record.bodies:
                 return False  # changed meanwhile: not ours to drop
@@ -324,11 +457,16 @@ class DiskIndex:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)
+            self._writer_fd = None
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def _remove_dead_tmp_dirs(tmp_root: str) -> None:
-    """Remove temp directories whose owning store is gone (its flock is free)."""
+def _remove_dead_tmp_dirs(tmp_root: str) -> int:
+    """Remove temp directories whose owning store is gone (its flock is free); how
+    many there were (a store that closes removes its own: these died)."""
+    dead = 0
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
         if not os.path.isdir(path):
@@ -338,6 +476,7 @@ def _remove_dead_tmp_dirs(tmp_root: str) -> None:
             fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             shutil.rmtree(path, ignore_errors=True)  # its owner died before locking
+            dead += 1
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -346,3 +485,5 @@ def _remove_dead_tmp_dirs(tmp_root: str) -> None:
         finally:
             os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
+        dead += 1
+    return dead

@@ -114,7 +114,7 @@ class BodyWriter:
     async def commit(self, meta: object) -> StoredEntry:
         """Complete the body and index it under the key, replacing any older entry."""
         self._check_open()
-        await self._drain()
+        await self._drain(close=True)
         await self._close_file()
         self.finished = True
         self._notify()
@@ -169,17 +169,25 @@ class BodyWriter:
         finally:
             self._background = None
 
-    async def _drain(self) -> None:
+    async def _drain(self, close: bool = False) -> None:
+        """Write what is buffered; with `close`, also close the file in the same call
+        (a small body is then opened, written and closed in one gateway hop)."""
         self._cancel_timer()
         async with self._io_lock:
             if self._error is not None:
                 raise StoreError(f"writing {self.key!r} failed: {self._error}") from self._error
-            if not self._buf and self._fd is not None:
+            if not self._buf and self._fd is not None and not close:
                 return
             data = bytes(self._buf)
             self._buf.clear()
             try:
-                self._fd = await self._store._run(_append, self._fd, self.path, data, self._hasher)
+                if close:
+                    await self._store._run(_append_close, self._fd, self.path, data, self._hasher)
+                    self._fd = None
+                else:
+                    self._fd = await self._store._run(
+                        _append, self._fd, self.path, data, self._hasher
+                    )
             except BaseException as exc:
                 self._error = exc
                 self._notify()
@@ -205,6 +213,12 @@ def _append(fd: int | None, path: str, data: bytes, hasher: xxhash.xxh3_64) -> i
         n = os.write(fd, view)
         view = view[n:]
     return fd
+
+
+def _append_close(fd: int | None, path: str, data: bytes, hasher: xxhash.xxh3_64) -> None:
+    """`_append`, then close the file (also on failure)."""
+    fd = _append(fd, path, data, hasher)
+    os.close(fd)
 
 
 def unlink_quietly(path: str) -> None:

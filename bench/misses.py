@@ -1,0 +1,236 @@
+"""Cold-miss throughput of the edge against nginx proxy_cache: every request a new URL.
+
+Not a test: it prints a Markdown table (and with `--write FILE` also records it with
+the command and the date). Run from the repository root:
+
+    .venv/bin/python bench/misses.py [--rounds 3] [--duration 10] [--workers 2]
+                                     [--cases id-1k,id-100k] [--write FILE]
+
+It reuses `bench/hits.py`'s processes (demo origin, the edge as a real process, nginx
+proxy_cache with `proxy_cache_lock on`) and drives each with `wrk -t2 -c32` and a Lua
+script that asks for `PATH?u=<run>-<thread>-<n>`: a URL no server has seen, so every
+request is a miss that fetches from the origin, stores the body and answers. The demo
+origin ignores the query; both caches key on it. Rounds interleave edge and nginx,
+and the table gives medians and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import secrets
+import shlex
+import signal
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hits  # a sibling script, not a package
+
+#: wrk's Lua: every thread numbers its own requests, under a per-run prefix
+LUA = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, path .. "?u=" .. prefix .. "-" .. tid .. "-" .. counter)
+end
+"""
+
+
+def start_static_origin(servers: hits.Servers) -> None:
+    """A fast origin: nginx serving `/bin/1k`, `/bin/100k`, `/bin/1m` as static files
+    with `Cache-Control: public, max-age=3600`, so the origin is not what limits."""
+    servers.origin_port = hits.free_port()
+    prefix = servers.tmp / "origin-nginx"
+    for sub in ("root/bin", "temp", "logs"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    for name, size in (("1k", 1024), ("100k", 100 * 1024), ("1m", 1024 * 1024)):
+        (prefix / "root" / "bin" / name).write_bytes(os.urandom(size))
+    user = "user root root;" if os.geteuid() == 0 else ""
+    temp = prefix / "temp"
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+{user}
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path {temp}/client;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{servers.origin_port};
+        root {prefix}/root;
+        add_header Cache-Control "public, max-age=3600";
+    }}
+}}
+""",
+        encoding="utf-8",
+    )
+    nginx = hits._which("nginx") or "nginx"
+    argv = [nginx, "-p", str(prefix), "-e", str(prefix / "logs" / "error.log")]
+    log = servers.tmp / "origin-nginx.log"
+    child = servers.procs.start([*argv, "-c", str(conf), "-g", "daemon off;"], log)
+    hits.wait_listening(servers.origin_port, child, log, 20)
+
+
+def run_wrk_misses(port: int, path: str, duration: float, script: Path) -> hits.WrkResult:
+    """`wrk -t2 -c32` with every request a new URL under `path`."""
+    prefix = secrets.token_hex(4)
+    env_script = script.with_name(f"misses-{prefix}.lua")
+    env_script.write_text(f'path = "{path}"\nprefix = "{prefix}"\n{LUA}', encoding="utf-8")
+    argv = ["wrk", "-t2", "-c32", f"-d{duration:g}s", "--latency", "-H", f"Host: {hits.HOST}"]
+    result = hits.run_quiet([*argv, "-s", str(env_script), f"http://127.0.0.1:{port}/"])
+    out = result.stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if result.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed:\n{out}\n{result.stderr}")
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+
+    def percentile(p: str) -> float:
+        found = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        return float(found.group(1)) * hits._UNIT_MS[found.group(2)] if found else float("nan")
+
+    return hits.WrkResult(float(match.group(1)), percentile("50"), percentile("99"), errors)
+
+
+def bench_misses(
+    servers: hits.Servers, cases: Sequence[hits.Case], rounds: int, duration: float
+) -> dict[tuple[str, str], list[hits.WrkResult]]:
+    """Interleaved rounds of misses against the edge and nginx, per case."""
+    results: dict[tuple[str, str], list[hits.WrkResult]] = {}
+    script = servers.tmp / "misses.lua"
+    for n in range(rounds):
+        for case in cases:
+            for server, port in (("edge", servers.edge_port), ("nginx", servers.nginx_port)):
+                result = run_wrk_misses(port, case.path, duration, script)
+                results.setdefault((case.name, server), []).append(result)
+                print(
+                    f"round {n + 1} {case.name} {server}: {result.rps:,.0f} misses/s "
+                    f"(errors {result.errors})",
+                    file=sys.stderr,
+                )
+    return results
+
+
+def misses_table(
+    servers: hits.Servers,
+    cases: Sequence[hits.Case],
+    results: dict[tuple[str, str], list[hits.WrkResult]],
+) -> str:
+    """The Markdown table: medians, ratio, per-round ratio range, errors."""
+    lines = [
+        "| case | edge misses/s | nginx misses/s | edge/nginx | per-round ratios | "
+        "edge p99 ms | nginx p99 ms | errors (edge/nginx) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        edge, nginx = results[(case.name, "edge")], results[(case.name, "nginx")]
+        e_rps = statistics.median(r.rps for r in edge)
+        n_rps = statistics.median(r.rps for r in nginx)
+        ratios = [a.rps / b.rps for a, b in zip(edge, nginx, strict=True) if b.rps]
+        lines.append(
+            f"| {case.label} | {e_rps:,.0f} | {n_rps:,.0f} | {e_rps / n_rps:.2f}x | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} | "
+            f"{statistics.median(r.p99_ms for r in edge):.1f} | "
+            f"{statistics.median(r.p99_ms for r in nginx):.1f} | "
+            f"{sum(r.errors for r in edge)}/{sum(r.errors for r in nginx)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the table, and write it with `--write`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--nginx-workers", type=int, default=2)
+    parser.add_argument("--cases", default="id-1k,id-100k", help=f"of {sorted(hits.CASES)}")
+    parser.add_argument(
+        "--origin",
+        choices=("static", "demo"),
+        default="static",
+        help="static: nginx serving files (fast); demo: the Python demo origin",
+    )
+    parser.add_argument(
+        "--hold", action="store_true", help="start the servers, print their ports, wait"
+    )
+    parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
+    args = parser.parse_args(argv)
+    cases = [hits.CASES[name] for name in args.cases.split(",")]
+
+    signal.signal(signal.SIGTERM, hits._exit_on_signal)
+    notes: list[str] = []
+    brotli = hits.ensure_tools(notes)
+    procs = hits.Processes()
+    started = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory(prefix="edgeshield-bench-") as tmp:
+        servers = hits.Servers(Path(tmp), procs, notes)
+        try:
+            if args.origin == "static":
+                start_static_origin(servers)
+            else:
+                servers.start_origin()
+            servers.start_edge(args.workers)
+            servers.start_nginx(args.nginx_workers, brotli)
+            if args.hold:
+                print(
+                    f"origin {servers.origin_port} edge {servers.edge_port} "
+                    f"nginx {servers.nginx_port} edge pids {servers.edge_pids()}",
+                    flush=True,
+                )
+                signal.pause()
+            results = bench_misses(servers, cases, args.rounds, args.duration)
+            body = misses_table(servers, cases, results)
+        finally:
+            procs.stop_all()
+    command = " ".join(
+        shlex.quote(a) for a in [".venv/bin/python", "bench/misses.py", *sys.argv[1:]]
+    )
+    notes.insert(
+        0,
+        f"Edge: `workers = {servers.edge_workers}`; nginx: `worker_processes "
+        f"{args.nginx_workers}`, proxy_cache, `proxy_cache_lock on`; origin: {args.origin}.",
+    )
+    print(body)
+    for note in notes:
+        print(f"- {note}")
+    if args.write:
+        Path(args.write).write_text(
+            f"# Cold misses: edge against nginx proxy_cache\n\nMeasured {started:%Y-%m-%d %H:%M}"
+            f" UTC on {hits.versions()}.\n\n```\n{command}\n```\n\n{body}\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+            + "\n",
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Does an edge cost the same with 10^3 objects stored as with 10^6? Hits, misses,
+purge application, restart time to serving and RSS per stored object, by store size.
+
+Not a test: it prints a Markdown table (and with `--write FILE` also records it with
+the command and the date). Run from the repository root:
+
+    .venv/bin/python bench/store_scale.py [--counts 1000,1000000] [--size 1k]
+                                          [--duration 5] [--rounds 2] [--write FILE]
+    .venv/bin/python bench/store_scale.py --counts 100,10000 --size 1m
+
+For each count, all on 127.0.0.1, in a fresh directory:
+- starts a fast static origin (nginx, `bench/misses.py`) and the edge as a real
+  process (`python -m cli.main edge`, `--workers` workers, no shields), asks it for
+  one object so that it stores it, and stops it;
+- fills the store directly (a `DiskStore` in this process, the same code the edge
+  runs, 64 commits at a time) with `count` copies of that object under new URLs
+  (`?u=0` ... `?u=count-1`), and reports the fill rate;
+- starts the edge again and times how long until it answers a stored URL with a hit
+  (restart to serving), then reads the RSS of its processes (nothing in the memory
+  tier yet);
+- runs `wrk -t2 -c32` with a Lua script: hits on a hot set (1,000 URLs), hits
+  uniform over every stored URL, and misses (new URLs, fetched from the origin);
+- pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
+  API does) one at a time and times each until the node answers that it applied it;
+  then checks a purged URL is no longer a hit.
+
+Check `df` first: 10^6 objects of 1 KiB take about 4.5 GiB (a 4 KiB block each plus
+the index), 10^4 of 1 MiB about 10 GiB. Every process it starts it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import http.client
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hits  # a sibling script, not a package
+import misses
+
+from edge.store import DiskStore
+
+SIZES = {"1k": "/bin/1k", "100k": "/bin/100k", "1m": "/bin/1m"}
+HOT = 1000
+FILL_CONCURRENCY = 64
+
+#: wrk's Lua: `mode` is "hot", "uniform" or "miss"; `count` the URLs stored
+LUA = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + tid)
+end
+function request()
+  local u
+  if mode == "miss" then
+    counter = counter + 1
+    u = "m-" .. prefix .. "-" .. tid .. "-" .. counter
+  elseif mode == "hot" then
+    u = tostring(math.random(0, hot - 1))
+  else
+    u = tostring(math.random(0, count - 1))
+  end
+  return wrk.format(nil, path .. "?u=" .. u)
+end
+"""
+
+
+@dataclasses.dataclass
+class Result:
+    """What one store size measured."""
+
+    count: int
+    fill_s: float = 0.0
+    disk_bytes: int = 0
+    restart_s: float = 0.0
+    rss_kib: int = 0
+    rss_file_kib: int = 0
+    rss_after_kib: int = 0
+    hot: list[float] = dataclasses.field(default_factory=list)
+    uniform: list[float] = dataclasses.field(default_factory=list)
+    miss: list[float] = dataclasses.field(default_factory=list)
+    purge_ms: list[float] = dataclasses.field(default_factory=list)
+    errors: int = 0
+
+
+class Edge:
+    """The edge process of one store size: its fleet file, start and stop."""
+
+    def __init__(
+        self, servers: hits.Servers, cache_dir: Path, cache_size: str, workers: int
+    ) -> None:
+        self.servers = servers
+        self.cache_dir = cache_dir
+        self.port, self.admin_port = hits.free_port(), hits.free_port()
+        self.fleet = servers.tmp / "fleet.toml"
+        self.fleet.write_text(
+            "\n".join(
+                [
+                    "[[regions]]",
+                    'name = "local"',
+                    "latitude = 0.0",
+                    "longitude = 0.0",
+                    "",
+                    "[[services]]",
+                    'name = "bench"',
+                    f'hosts = ["{hits.HOST}"]',
+                    f'origins = ["http://127.0.0.1:{servers.origin_port}"]',
+                    "",
+                    "[[edges]]",
+                    'name = "edge1"',
+                    'region = "local"',
+                    f'listen = "127.0.0.1:{self.port}"',
+                    f'admin_listen = "127.0.0.1:{self.admin_port}"',
+                    f'cache_dir = "{cache_dir}"',
+                    f'cache_size = "{cache_size}"',
+                    f"workers = {workers}",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        self.child: hits.subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start the edge; seconds until its listening port accepts."""
+        env = {"EDGESHIELD_NODE_SECRET": self.servers.edge_secret, "EDGESHIELD_ACCESS_LOG": "0"}
+        argv = [sys.executable, "-m", "cli.main", "edge", "--config", str(self.fleet)]
+        started = time.perf_counter()
+        log = self.servers.tmp / "edge.log"
+        self.child = self.servers.procs.start([*argv, "--node", "edge1"], log, env)
+        hits.wait_listening(self.port, self.child, log, 120)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        """SIGTERM the edge and wait (it closes its store)."""
+        if self.child is not None:
+            self.servers.procs.stop(self.child)
+            self.child = None
+
+    def pids(self) -> list[int]:
+        """The edge's processes."""
+        self.servers.edge = self.child
+        return self.servers.edge_pids()
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """(status, Cache-Status) of a GET."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": hits.HOST})
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status, reply.getheader("Cache-Status") or ""
+    finally:
+        conn.close()
+
+
+def is_hit(cache_status: str) -> bool:
+    """Whether the edge's (last) Cache-Status entry says hit."""
+    return bool(cache_status) and "hit" in cache_status.split(",")[-1]
+
+
+async def fill(directory: Path, count: int, seed_marker: str) -> None:
+    """Store `count` copies of the seed object under `?u=0` ... in `directory`."""
+    store = await DiskStore.open(str(directory), max_bytes=1 << 50, memory_bytes=1 << 20)
+    try:
+        keys = [k for k in await store.keys() if seed_marker in k]
+        if len(keys) != 1:
+            raise RuntimeError(f"expected one seeded object, found {keys}")
+        seed = await store.get(keys[0])
+        assert seed is not None
+        ref = seed.bodies["identity"]
+        body = ref.data
+        if body is None:
+            assert ref.path is not None
+            body = Path(ref.path).read_bytes()
+        meta = seed.meta
+
+        async def one(n: int) -> None:
+            key = keys[0].replace(seed_marker, str(n))
+            new_meta = dataclasses.replace(
+                meta,  # type: ignore[type-var]
+                target=meta.target.replace(seed_marker, str(n)),  # type: ignore[attr-defined]
+            )
+            writer = store.begin(key)
+            for pos in range(0, len(body), 256 * 1024):
+                await writer.write(body[pos : pos + 256 * 1024])
+            await writer.commit(new_meta)
+
+        done = 0
+        last = time.perf_counter()
+        for start in range(0, count, FILL_CONCURRENCY):
+            await asyncio.gather(
+                *(one(n) for n in range(start, min(count, start + FILL_CONCURRENCY)))
+            )
+            done = min(count, start + FILL_CONCURRENCY)
+            if time.perf_counter() - last > 10:
+                last = time.perf_counter()
+                print(f"  filled {done:,} of {count:,}", file=sys.stderr, flush=True)
+    finally:
+        await store.close()
+
+
+def run_wrk(port: int, path: str, mode: str, count: int, duration: float, tmp: Path) -> float:
+    """req/s of one wrk run in `mode`; raises if wrk fails or answers were errors."""
+    prefix = secrets.token_hex(4)
+    script = tmp / f"scale-{prefix}.lua"
+    script.write_text(
+        f'path = "{path}"\nprefix = "{prefix}"\nmode = "{mode}"\n'
+        f"count = {count}\nhot = {min(HOT, count)}\n{LUA}",
+        encoding="utf-8",
+    )
+    argv = ["wrk", "-t2", "-c32", f"-d{duration:g}s", "-H", f"Host: {hits.HOST}"]
+    result = hits.run_quiet([*argv, "-s", str(script), f"http://127.0.0.1:{port}/"])
+    match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    if result.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
+    if "Non-2xx" in result.stdout or "Socket errors" in result.stdout:
+        print(f"wrk reported errors in {mode}:\n{result.stdout}", file=sys.stderr)
+    return float(match.group(1))
+
+
+def push_purge(edge: Edge, seq: int, url: str) -> float:
+    """POST one purge record to the node's intake; ms until it answers applied."""
+    record = {"seq": seq, "id": f"bench-{seq}", "service": "bench", "urls": [url]}
+    body = json.dumps({"records": [record]}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", edge.admin_port, timeout=60)
+    started = time.perf_counter()
+    try:
+        conn.request(
+            "POST",
+            "/admin/purge",
+            body=body,
+            headers={
+                "Authorization": f"Bearer {edge.servers.edge_secret}",
+                "Content-Type": "application/json",
+            },
+        )
+        reply = conn.getresponse()
+        answer = reply.read()
+    finally:
+        conn.close()
+    elapsed = (time.perf_counter() - started) * 1000
+    if reply.status != 200 or json.loads(answer).get("applied_seq") != seq:
+        raise RuntimeError(f"purge push answered {reply.status}: {answer[:200]!r}")
+    return elapsed
+
+
+def rss_kib(pids: Sequence[int], field: str = "RssAnon") -> int:
+    """Total `field` of /proc/PID/status over `pids` (KiB).
+
+    RssAnon is the process's own memory; RssFile counts pages of files it maps,
+    here the SQLite index (diskcache maps it): the kernel's page cache, shared and
+    dropped under memory pressure, reported apart.
+    """
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+    return total
+
+
+def du_bytes(path: Path) -> int:
+    """Bytes the files under `path` occupy on disk (blocks)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def measure(args: argparse.Namespace, count: int, tmp: Path, procs: hits.Processes) -> Result:
+    """Everything for one store size, in `tmp`."""
+    notes: list[str] = []
+    servers = hits.Servers(tmp, procs, notes)
+    misses.start_static_origin(servers)
+    path = SIZES[args.size]
+    cache_dir = tmp / "edge-cache"
+    edge = Edge(servers, cache_dir, args.cache_size, args.workers)
+    result = Result(count)
+    try:
+        edge.start()
+        marker = f"seed{secrets.token_hex(3)}"
+        for _ in range(50):
+            status, cache_status = get(edge.port, f"{path}?u={marker}")
+            if status == 200 and is_hit(cache_status):
+                break
+            time.sleep(0.1)  # the seed's commit lands after its answer: poll for it
+        else:
+            raise RuntimeError("the seed object never became a hit")
+        edge.stop()
+
+        started = time.perf_counter()
+        asyncio.run(fill(cache_dir / "objects", count, marker))
+        result.fill_s = time.perf_counter() - started
+        result.disk_bytes = du_bytes(cache_dir / "objects")
+        print(f"{count:,}: filled in {result.fill_s:.1f} s", file=sys.stderr, flush=True)
+
+        started = time.perf_counter()
+        edge.start()
+        probe = f"{path}?u={count // 2}"
+        while True:
+            status, cache_status = get(edge.port, probe)
+            if status == 200 and is_hit(cache_status):
+                break
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"no hit after restart: {status} {cache_status}")
+            time.sleep(0.02)
+        result.restart_s = time.perf_counter() - started
+        result.rss_kib = rss_kib(edge.pids())
+        result.rss_file_kib = rss_kib(edge.pids(), "RssFile")
+        print(
+            f"{count:,}: serving {result.restart_s:.2f} s after start, RssAnon "
+            f"{result.rss_kib / 1024:.1f} MiB, RssFile {result.rss_file_kib / 1024:.1f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        for _ in range(args.rounds):
+            for mode, into in (("hot", result.hot), ("uniform", result.uniform)):
+                into.append(run_wrk(edge.port, path, mode, count, args.duration, tmp))
+            result.miss.append(run_wrk(edge.port, path, "miss", count, args.duration, tmp))
+            print(
+                f"{count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
+                f"miss {result.miss[-1]:,.0f} req/s",
+                file=sys.stderr,
+                flush=True,
+            )
+        result.rss_after_kib = rss_kib(edge.pids())
+
+        for seq in range(1, args.purges + 1):
+            target = f"http://{hits.HOST}{path}?u={seq}"
+            result.purge_ms.append(push_purge(edge, seq, target))
+        status, cache_status = get(edge.port, f"{path}?u=1")
+        if is_hit(cache_status):
+            raise RuntimeError(f"a purged URL is still a hit: {cache_status}")
+    finally:
+        edge.stop()
+        procs.stop_all()
+    return result
+
+
+def table(results: Sequence[Result], args: argparse.Namespace) -> str:
+    """The Markdown table, one row per store size, and the flatness of each figure."""
+    lines = [
+        "| objects stored | fill (objects/s) | on disk | restart to serving | RssAnon at "
+        "start | RssFile at start | RssAnon after load | hot hits/s | uniform hits/s "
+        "| misses/s | purge applied (ms, median / p90) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        purge = sorted(r.purge_ms)
+        lines.append(
+            f"| {r.count:,} | {r.count / r.fill_s:,.0f} | {r.disk_bytes / 2**30:.2f} GiB "
+            f"| {r.restart_s:.2f} s | {r.rss_kib / 1024:.1f} MiB | "
+            f"{r.rss_file_kib / 1024:.1f} MiB | "
+            f"{r.rss_after_kib / 1024:.1f} MiB | {statistics.median(r.hot):,.0f} | "
+            f"{statistics.median(r.uniform):,.0f} | {statistics.median(r.miss):,.0f} | "
+            f"{statistics.median(purge):.1f} / {purge[int(len(purge) * 0.9)]:.1f} |"
+        )
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        per_object = (large.rss_kib - small.rss_kib) * 1024 / (large.count - small.count)
+        per_file = (large.rss_file_kib - small.rss_file_kib) * 1024 / (large.count - small.count)
+        lines.append("")
+        lines.append(
+            f"Largest against smallest store: hot hits {_ratio(large.hot, small.hot)}, uniform "
+            f"hits {_ratio(large.uniform, small.uniform)}, misses "
+            f"{_ratio(large.miss, small.miss)}, purge "
+            f"{statistics.median(large.purge_ms) / statistics.median(small.purge_ms):.2f}x "
+            f"the time; at start RssAnon grows by {per_object:.0f} bytes per stored object "
+            f"(RssFile, the mapped index, by {per_file:.0f})."
+        )
+    return "\n".join(lines)
+
+
+def _ratio(large: list[float], small: list[float]) -> str:
+    return f"{statistics.median(large) / statistics.median(small):.2f}x"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the table, and write it with `--write`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="1000,1000000", help="store sizes, comma-separated")
+    parser.add_argument("--size", choices=sorted(SIZES), default="1k")
+    parser.add_argument("--cache-size", default="64GiB", help="the edge's cache_size")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--purges", type=int, default=30)
+    parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+
+    signal.signal(signal.SIGTERM, hits._exit_on_signal)
+    hits.ensure_tools([])
+    procs = hits.Processes()
+    started = datetime.datetime.now(datetime.UTC)
+    results = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="edgeshield-scale-") as tmp:
+            results.append(measure(args, count, Path(tmp), procs))
+    body = table(results, args)
+    command = " ".join(
+        shlex.quote(a) for a in [".venv/bin/python", "bench/store_scale.py", *sys.argv[1:]]
+    )
+    print(body)
+    if args.write:
+        Path(args.write).write_text(
+            f"# Store scale\n\nMeasured {started:%Y-%m-%d %H:%M} UTC on {hits.versions()}.\n\n"
+            f"```\n{command}\n```\n\n{body}\n",
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
