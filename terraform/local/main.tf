@@ -93,11 +93,29 @@ module "fleet" {
   tls             = var.tls ? { node_ca = "${local.tls_dir}/ca.pem" } : null
 }
 
+# The state directory: made first and removed last on destroy (with the fleet file,
+# the node secret, caches and logs), unless it existed before this module ran.
+resource "terraform_data" "state_dir" {
+  input = merge(local.helper, { path = local.state_dir })
+
+  provisioner "local-exec" {
+    command     = self.input.path
+    interpreter = [self.input.python, self.input.script, "claim-dir"]
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = self.input.path
+    interpreter = [self.input.python, self.input.script, "release-dir"]
+  }
+}
+
 # With var.tls: a throwaway CA and one certificate (the demo host, and every address
 # edges and shields listen on) written before the fleet file that names them.
 resource "terraform_data" "certs" {
   count            = var.tls ? 1 : 0
   triggers_replace = [var.demo_host, join(",", [for r in var.regions : r.edge_address])]
+  depends_on       = [terraform_data.state_dir]
 
   provisioner "local-exec" {
     command     = join(",", concat(["127.0.0.1"], [for r in var.regions : r.edge_address]))
@@ -109,7 +127,7 @@ resource "terraform_data" "certs" {
 resource "terraform_data" "fleet_file" {
   triggers_replace = sha256(module.fleet.fleet_toml)
   input            = { path = local.fleet_file }
-  depends_on       = [terraform_data.certs]
+  depends_on       = [terraform_data.certs, terraform_data.state_dir]
 
   provisioner "local-exec" {
     command     = local.fleet_file
@@ -122,6 +140,7 @@ resource "terraform_data" "fleet_file" {
 # secret never appears in a command line or in provisioner output.
 resource "terraform_data" "secret_file" {
   triggers_replace = sha256("${var.node_secret_env}=${var.node_secret}")
+  depends_on       = [terraform_data.state_dir]
 
   provisioner "local-exec" {
     command     = local.secret_file

@@ -192,6 +192,8 @@ def test_local_fleet_serves_purges_answers_dns_and_goes_away(tmp_path: Path) -> 
     assert deployment.leftovers == []
     assert [p for p in deployment.pids.values() if pid_alive(p)] == []
     assert list((deployment.state_dir / "pids").glob("*.pid")) == []
+    # nothing is left behind: fleet file, node secret, caches and logs go with the fleet
+    assert not deployment.state_dir.exists()
     assert [f"{h}:{p}" for h, p in deployment.listeners if not port_is_free(h, p)] == []
 
 

@@ -11,6 +11,8 @@ Usage:
   node.py write-file PATH               (content: base64 in $NODE_FILE_B64, mode 0600)
   node.py start --pid-file F --log-file L [--wait HOST:PORT] [--env-file E] --argv JSON
   node.py stop PID_FILE
+  node.py claim-dir DIR                 (create DIR and mark it as this module's)
+  node.py release-dir DIR               (on destroy: remove DIR if this module made it)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +44,28 @@ def write_file(path: Path) -> int:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     os.replace(tmp, path)
+    return 0
+
+
+#: the file that marks a state directory as made by this module (and so its to remove)
+CLAIM_MARK = ".made-by-terraform-local"
+
+
+def claim_dir(path: Path) -> int:
+    """Create the state directory and mark it as ours, unless it already existed (a
+    directory the operator made is never removed on destroy)."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        (path / CLAIM_MARK).write_text("removed by terraform destroy\n", encoding="ascii")
+    return 0
+
+
+def release_dir(path: Path) -> int:
+    """Remove the state directory (caches, logs, the fleet file and the node secret)
+    if `claim_dir` made it; otherwise leave it as it was found."""
+    if (path / CLAIM_MARK).is_file():
+        shutil.rmtree(path)
+        print(f"removed {path}")
     return 0
 
 
@@ -188,9 +213,15 @@ def main() -> int:
     begin.add_argument("--argv", required=True, help="the command, as a JSON list")
     end = sub.add_parser("stop")
     end.add_argument("pid_file", type=Path)
+    for action in ("claim-dir", "release-dir"):
+        sub.add_parser(action).add_argument("path", type=Path)
     args = parser.parse_args()
     if args.action == "write-file":
         return write_file(args.path)
+    if args.action == "claim-dir":
+        return claim_dir(args.path)
+    if args.action == "release-dir":
+        return release_dir(args.path)
     if args.action == "start":
         return start(args.pid_file, args.log_file, args.wait, args.env_file, json.loads(args.argv))
     return stop(args.pid_file)
