@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
@@ -28,28 +29,24 @@ from fleet.config import Service
 log = logging.getLogger("edgeshield.engine")
 
 
+@dataclass
 class UpstreamRequests:
     """How a node's requests go to the next tier: a fill's request (`fill_job`) and a
     pass-through (`pass_through`), with the Via and CDN-Loop this node adds."""
 
-    def __init__(
-        self,
-        options: EngineOptions,
-        store: ObjectStore,
-        upstream: Upstream,
-        rules: PurgeRules,
-        metrics: NodeMetrics,
-        clock: Callable[[], float],
-        respond: Responder,
-    ) -> None:
-        self.options = options
-        self.store = store
-        self.upstream = upstream
-        self.rules = rules
-        self.metrics = metrics
-        self.clock = clock
-        self.respond = respond
-        #: this node's CDN-Loop member (RFC 8586), which also detects a loop
+    options: EngineOptions
+    store: ObjectStore
+    upstream: Upstream
+    rules: PurgeRules
+    metrics: NodeMetrics
+    clock: Callable[[], float]
+    respond: Responder
+    #: this node's CDN-Loop member (RFC 8586), which also detects a loop
+    loop_token: str = field(init=False)
+    _via: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        options = self.options
         self.loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
         self._via = f"1.1 {options.node_name} (edgeshield)"
 
