@@ -276,6 +276,8 @@ class FrontProtocol(asyncio.Protocol):
             if (
                 method == "GET"
                 and self.front.https is None
+                # traffic rules are the engine's to evaluate first, hits included
+                and not self.front.engine.traffic.active
                 and not self._queue
                 and self._writable is None
                 and self._hot(head, keep_alive)
