@@ -40,7 +40,15 @@ from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
 from edge.front.h2_exchange import request_head, serve_stream
-from edge.front.h2_stream import CONNECTION_FIELDS, HIGH_WATER, H2Body, H2Limits, H2Stream
+from edge.front.h2_stream import (
+    CONNECTION_FIELDS,
+    HIGH_WATER,
+    H2Body,
+    H2Limits,
+    H2Stream,
+    server_connection,
+    start_connection,
+)
 from edge.front.https_policy import HttpsPolicy
 from edge.limits import NO_HEAD, ConnectionLimits
 from edge.metrics import NodeMetrics
@@ -80,16 +88,7 @@ class H2Protocol(asyncio.Protocol):
         self.head_since = NO_HEAD
         #: never idle to the limits' sweep: an h2 connection keeps its own idle timer
         self.idle_since = NO_HEAD
-        self._conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                # our answers' fields are lowercased and stripped of connection
-                # fields in send_head; h2 checking them again costs every answer
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
+        self._conn = server_connection()
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, H2Stream] = {}
         self._paused = False
@@ -115,26 +114,7 @@ class H2Protocol(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else None
-        conn = self._conn
-        limits = self.settings
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        conn.initiate_connection()
-        # the decoder refuses a header block that decodes larger than we announced,
-        # before the peer has acknowledged our SETTINGS
-        conn.decoder.max_header_list_size = limits.max_header_list_size
-        conn.decoder.max_allowed_table_size = conn.local_settings.header_table_size
-        # answers are encoded without a dynamic table (RFC 7541 4.2 lets the encoder
-        # use less than the peer allows): the library searches that table linearly for
-        # every field of every answer, which costs more than the bytes it saves here
-        conn.encoder.header_table_size = 0
+        start_connection(self._conn, self.settings)
         self._send()
         self._arm_idle()
 

@@ -1,6 +1,7 @@
 """An HTTP/2 request stream's state and its two faces to the engine: the request body as
 a `BodyStream` (windows given back as it is read) and a `ResponseSink` onto the stream;
-both leave the framing and flow control to the connection (`h2_protocol.py`)."""
+both leave the framing and flow control to the connection (`h2_protocol.py`). Also
+the connection's limits (`H2Limits`) and the h2 connection configured to them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import h2.config
+import h2.connection
 import h2.errors
+import h2.settings
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
@@ -172,3 +176,39 @@ class H2Sink:
         once the final head has been sent."""
         if not self.started:
             self._protocol.send_informational(self._stream, status, headers)
+
+
+def server_connection() -> h2.connection.H2Connection:
+    """A server-side h2 connection as our protocol drives it."""
+    return h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # our answers' fields are lowercased and stripped of connection
+            # fields in send_head; h2 checking them again costs every answer
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+    )
+
+
+def start_connection(conn: h2.connection.H2Connection, limits: H2Limits) -> None:
+    """Announce our SETTINGS (RFC 9113 6.5.2) and bound the header decoder to them."""
+    conn.local_settings = h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        },
+    )
+    conn.initiate_connection()
+    # the decoder refuses a header block that decodes larger than we announced,
+    # before the peer has acknowledged our SETTINGS
+    conn.decoder.max_header_list_size = limits.max_header_list_size
+    conn.decoder.max_allowed_table_size = conn.local_settings.header_table_size
+    # answers are encoded without a dynamic table (RFC 7541 4.2 lets the encoder
+    # use less than the peer allows): the library searches that table linearly for
+    # every field of every answer, which costs more than the bytes it saves here
+    conn.encoder.header_table_size = 0
