@@ -13,6 +13,7 @@ The request path, top to bottom (`handle`; docs/architecture.md draws it):
   fill     → join or start the key's fill (filling); its head is what
              transitions.after_fetch / after_error decided: stream, pass, 304, error
   respond  → from the store, from the fill, relayed, or an error (responding)
+  pass     → anything else goes upstream on its own and is relayed (passing)
 A lookup that finds the store changed underneath starts over, at most MAX_RESTARTS
 times. Each answer carries one `Outcome` (edge.outcome).
 """
@@ -24,8 +25,6 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from multidict import CIMultiDictProxy
-
 from edge.cache import policy, transitions
 from edge.cache.directives import request_directives
 from edge.cache.keys import normalize_target, origin_form, primary_key
@@ -35,24 +34,22 @@ from edge.cache.purge import PurgeRules, PurgeVerdict
 from edge.cache.rules import NO_REQUEST_PLAN, RequestPlan
 from edge.cache.transitions import Error, ServeStale
 from edge.fill import HeadKind
-from edge.filling import Filler, FillJob, header_value, variant_key
+from edge.filling import Filler, variant_key
 from edge.forwarding import (
     end_to_end_fields,
-    is_trusted_peer,
     loop_tokens,
     request_host,
-    upstream_request_headers,
 )
 from edge.front.types import BodyStream, RequestHead, ResponseSink
 from edge.hotlane import HotLane, purge_verdict
 from edge.informational import relay_informational_to
 from edge.metrics import NodeMetrics
 from edge.options import EngineOptions, Upstream
-from edge.outcome import ErrorSource, Outcome, refused
-from edge.responding import EntryGone, Responder, detail_token, error_response, refuse
+from edge.outcome import Outcome, refused
+from edge.passing import UpstreamRequests
+from edge.responding import EntryGone, Responder, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
 from edge.traffic import TrafficGate, cache_key_suffix, keyed_target, relayed_fields
-from edge.upstream import UpstreamError
 from fleet.config import Service, object_limit
 
 __all__ = ["Engine", "EngineOptions", "Upstream"]
@@ -99,8 +96,9 @@ class Engine:
         self.respond.compressing = self.filler.compressing
         self.hot = HotLane(store, rules, metrics, clock, self.respond)
         store.on_corrupt = self._corrupt_found
-        self._loop_token = options.cdn_loop_token or f"edgeshield-{options.node_name}"
-        self._via = f"1.1 {options.node_name} (edgeshield)"
+        self.onward = UpstreamRequests(
+            options, store, upstream, rules, metrics, clock, self.respond
+        )
         self.traffic = TrafficGate(services, options, store, rules, clock)
 
     def reconfigure(self, services: tuple[Service, ...]) -> None:
@@ -145,7 +143,7 @@ class Engine:
             )
         # RFC 9110 15.2: 1xx answers of upstream fetches for this request go on to it
         relay_informational_to(sink.informational)
-        if self._loop_token in loop_tokens(request.headers):
+        if self.onward.loop_token in loop_tokens(request.headers):
             return error_response(
                 sink,
                 508,
@@ -166,7 +164,7 @@ class Engine:
             return refuse(sink, 400, f"a {request.method} request must not have a body", "body")
         kind = policy.classify_request(request.method, request.headers)
         if kind is not RequestKind.CACHEABLE or plan.bypass_cache:
-            return await self._pass(
+            return await self.onward.pass_through(
                 request, sink, service, host, body=body, invalidate=kind is RequestKind.INVALIDATING
             )
         for _ in range(MAX_RESTARTS):
@@ -180,7 +178,7 @@ class Engine:
                 return answer
         # the store kept changing under this request (variants replaced, bodies
         # evicted): answer it straight from upstream rather than loop
-        return await self._pass(request, sink, service, host, detail="restarts")
+        return await self.onward.pass_through(request, sink, service, host, detail="restarts")
 
     async def _cacheable(
         self,
@@ -255,7 +253,9 @@ class Engine:
             self.respond.early_hints(sink, meta)
         if authorization and self.filler.joinable(key, service, host, target) is not None:
             # RFC 9111 3.5: another request's fill may answer without these credentials
-            return await self._pass(request, sink, service, host, detail="authorization")
+            return await self.onward.pass_through(
+                request, sink, service, host, detail="authorization"
+            )
         return await self._through_fill(
             request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
@@ -286,7 +286,9 @@ class Engine:
         fill = self.filler.joinable(key, service, host, target)
         collapsed = fill is not None
         if fill is None:
-            fill = self.filler.start(self._fill_job(request, service, host, target, key, stale))
+            fill = self.filler.start(
+                self.onward.fill_job(request, service, host, target, key, stale)
+            )
         fill.waiters += 1
         head = await fill.head()
         outcome = Outcome(fwd=fwd, collapsed=collapsed)
@@ -302,12 +304,14 @@ class Engine:
                         relayed_fields(service, "GET", host, target, request.headers),
                     )
                 # a response not fit to share: this client goes upstream on its own
-                return await self._pass(request, sink, service, host, detail=detail)
+                return await self.onward.pass_through(request, sink, service, host, detail=detail)
             case HeadKind.NOT_MODIFIED:
                 assert head.meta is not None
                 entry = self.store.peek(key) or await self.store.get(key)
                 if entry is None or not entry.bodies:
-                    return await self._pass(request, sink, service, host, detail="revalidated-gone")
+                    return await self.onward.pass_through(
+                        request, sink, service, host, detail="revalidated-gone"
+                    )
                 ttl = head.meta.freshness_lifetime - head.meta.age(self.clock())
                 return await self.respond.from_store(
                     request,
@@ -360,7 +364,7 @@ class Engine:
             # one has only once it is whole: answer the range from the stored object
             if await fill.settled():
                 return RESTART
-            return await self._pass(request, sink, service, host, detail="range")
+            return await self.onward.pass_through(request, sink, service, host, detail="range")
         if fill.vary_fields and fill.store_key != variant_key(
             fill.key.split("\x1f", 1)[0], fill.vary_fields, end_to_end_fields(request.headers)
         ):
@@ -369,41 +373,6 @@ class Engine:
             return RESTART
         return await self.respond.stream_fill(
             request, sink, fill, head, outcome._replace(stored=True)
-        )
-
-    def _fill_job(
-        self,
-        request: RequestHead,
-        service: Service,
-        host: str,
-        target: str,
-        key: str,
-        stale: StoredEntry | None,
-    ) -> FillJob:
-        """What a fill for this request fetches: validators added when revalidating."""
-        headers = upstream_request_headers(
-            request,
-            host,
-            cacheable=True,
-            via=self._via,
-            loop_token=self._loop_token,
-            trusted=self._trusted(request),
-        )
-        if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
-            # RFC 9111 4.3.1: validate with the stored validators, and the client's
-            # entity-tags merged in (4.3.2), so a 304 for its copy can flow through
-            headers.update(
-                transitions.validation_request_fields(
-                    stale.meta.etag,
-                    header_value(stale.meta.upstream_headers, "last-modified"),
-                    request.headers,
-                )
-            )
-        else:
-            stale = None
-        # the fields that went upstream, not the raw request: see end_to_end_fields
-        return FillJob(
-            service, host, target, key, headers, stale, end_to_end_fields(request.headers)
         )
 
     def _revalidate_in_background(
@@ -417,90 +386,7 @@ class Engine:
     ) -> None:
         """RFC 5861 3: one background revalidation, however many stale hits ask for it."""
         if self.filler.joinable(key, service, host, target) is None:
-            self.filler.revalidate(self._fill_job(request, service, host, target, key, entry))
-
-    # -- pass-through -------------------------------------------------------------------
-    async def _pass(
-        self,
-        request: RequestHead,
-        sink: ResponseSink,
-        service: Service,
-        host: str,
-        detail: str = "",
-        *,
-        body: BodyStream | None = None,
-        invalidate: bool = False,
-    ) -> Outcome:
-        """Send the request on unchanged (but for hygiene) and relay the answer.
-
-        `invalidate`: an unsafe method (RFC 9111 4.4); once the upstream's status says
-        it succeeded, and before any of the answer leaves, the target URI is invalidated.
-        """
-        self.metrics.passes.inc()
-        # the body goes on with framing of our own: its length if the client gave one,
-        # else (chunked) the client library sends it chunked; nothing announced that is
-        # not sent
-        sent = body if body is not None and body.exists else None
-        headers = upstream_request_headers(
-            request,
-            host,
-            cacheable=False,
-            via=self._via,
-            loop_token=self._loop_token,
-            trusted=self._trusted(request),
-            body_length=sent.length if sent is not None else None,
-        )
-        target = normalize_target(origin_form(request.target), False, service.cache_key.drop_params)
-        key = primary_key(service.name, host, target)
-        try:
-            upstream = await self.upstream.fetch(
-                service,
-                key,
-                request.method,
-                target,
-                headers,
-                sent.chunks() if sent is not None else None,
-            )
-        except UpstreamError as exc:
-            self.metrics.upstream_errors.inc()
-            log.debug("%s %s: upstream error: %s", request.method, target, exc)
-            return error_response(
-                sink,
-                exc.status,
-                exc.reason,
-                Outcome(fwd="request", detail=detail_token(exc.reason), error=ErrorSource.UPSTREAM),
-                self.options.node_name,
-                retry_after=exc.retry_after,
-            )
-        if invalidate and 200 <= upstream.status < 400:
-            await self._invalidate(service, host, target, upstream.headers)
-        outcome = Outcome(fwd="request", detail=detail)
-        rule_fields = relayed_fields(service, request.method, host, target, request.headers)
-        return await self.respond.relay(request, sink, upstream, outcome, rule_fields)
-
-    def _trusted(self, request: RequestHead) -> bool:
-        """Whether the peer's forwarding fields are kept (see edge.forwarding)."""
-        return is_trusted_peer(request, self.options.trusted_proxies, self.options.node_token)
-
-    async def _invalidate(
-        self, service: Service, host: str, target: str, response_headers: CIMultiDictProxy[str]
-    ) -> None:
-        """RFC 9111 4.4: an unsafe request that succeeded invalidates the target URI,
-        and the URIs in Location and Content-Location when their host is the same.
-
-        Done as a rule at lookup (`PurgeRules.invalidate`), so it covers every variant,
-        the memory tier, and fills in flight that started before it; the primary entry
-        is deleted too, to give its space back. The rule is this process's own: other
-        worker processes of the node see the deletion from the shared index, and drop
-        their memory-tier copy when its memory lifetime ends.
-        """
-        now = self.clock()
-        policy_ = service.cache_key
-        for raw in transitions.invalidated_targets(host, target, response_headers):
-            keyed = normalize_target(raw, policy_.sort_query, policy_.drop_params)
-            await self.rules.invalidate_everywhere(service.name, host, keyed, now)
-            await self.store.delete(primary_key(service.name, host, keyed))
-            self.metrics.invalidations.inc()
+            self.filler.revalidate(self.onward.fill_job(request, service, host, target, key, entry))
 
     def _corrupt_found(self, key: str) -> None:
         """The store found a body whose checksum fails (it has dropped the object)."""

@@ -3,6 +3,10 @@
 Edge and shield both run `run_node`; they pass different `EngineOptions` and a
 different upstream. The traffic listener serves only the fleet's hosts; the admin
 listener (apart, node secret required) has `/healthz`, `/metrics` and the purge intake.
+
+This module is the process's start and stop sequence; the next tier is
+`tier_upstream.py`, the admin listener `node_admin.py`, the client-facing listeners
+`node_listeners.py`.
 """
 
 from __future__ import annotations
@@ -15,135 +19,44 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
-from edge.cache.model import ObjectMeta
-from edge.cache.purge import MAX_RULE_AGE, PurgeRecord, PurgeRules, PurgeVerdict
+from edge.cache.purge import MAX_RULE_AGE, PurgeRules
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
-from edge.front.aiohttp_adapter import LimitedServer, traffic_handler
-from edge.front.https_policy import HttpsPolicy
-from edge.front.protocol import Front, FrontLimits
-from edge.front.tls_listener import start_tls_listener
 from edge.inspection import cache_view
-from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
+from edge.node_admin import MATCH_SCAN_LIMIT, admin_app, match_counter, start_admin_listener
+from edge.node_listeners import TrafficListeners, front_of
 from edge.purge_sync import PurgeSync
 from edge.reclaim import reclaim_purged_forever
 from edge.reload import on_hangup
 from edge.scrub import scrub_forever
-from edge.store import DiskStore, io
-from edge.store.disk_index import BYTES_KEY
-from edge.upstream import (
-    OriginPool,
-    ShieldRing,
-    UpstreamError,
-    UpstreamResponse,
-    make_session,
-)
+from edge.store import DiskStore
+from edge.tier_upstream import TierUpstream
+from edge.upstream import ShieldRing, make_session
 from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
-from fleet.config import (
-    FRONTS,
-    Fleet,
-    NodeConfig,
-    Service,
-    load_fleet,
-    node_secret,
-    split_host_port,
-)
-from runtime.auth import bearer_matches
+from fleet.config import Fleet, NodeConfig, load_fleet, node_secret
 from runtime.errors import install_repeat_filter
 
+__all__ = [
+    "EDGE",
+    "MATCH_SCAN_LIMIT",
+    "SHIELD",
+    "NodeRole",
+    "TierUpstream",
+    "front_of",
+    "match_counter",
+    "run_node",
+    "run_worker",
+]
+
 log = logging.getLogger("edgeshield.node")
-
-#: Objects a purge's match count looks at, at most (the count is for reporting).
-MATCH_SCAN_LIMIT = 20000
-
-
-class TierUpstream:
-    """The next tier of a node: the shield ring (edges), then the origin pool."""
-
-    def __init__(
-        self,
-        services: tuple[Service, ...],
-        ring: ShieldRing | None,
-        session: aiohttp.ClientSession,
-        workers: int = 1,
-    ) -> None:
-        self.ring = ring
-        self._session = session
-        self._workers = workers
-        # the cap on origin connections is the node's: each worker takes its share
-        self.pools = {service.name: self._pool(service) for service in services}
-
-    def _pool(self, service: Service) -> OriginPool:
-        share = -(-service.max_origin_connections // self._workers)
-        return OriginPool(service, self._session, max_connections=share)
-
-    async def reconfigure(self, services: tuple[Service, ...]) -> None:
-        """Take reloaded services: a changed service gets a new origin pool (requests
-        on the old one finish there), a service gone loses its pool."""
-        old = self.pools
-        self.pools = {
-            s.name: old[s.name] if s.name in old and old[s.name].service == s else self._pool(s)
-            for s in services
-        }
-        if not (self.ring is not None and self.ring.shields):
-            for name, pool in self.pools.items():
-                if old.get(name) is not pool:
-                    pool.start()
-        for name, pool in old.items():
-            if self.pools.get(name) is not pool:
-                await pool.stop()
-
-    async def fetch(
-        self,
-        service: Service,
-        key: str,
-        method: str,
-        target: str,
-        headers: CIMultiDict[str],
-        body: AsyncIterable[bytes] | None,
-    ) -> UpstreamResponse:
-        """Ask the key's shield (failing over along the ring), else the origins."""
-        if self.ring is not None and self.ring.shields:
-            response = await self.ring.request(key, method, target, headers, body)
-            if response is not None:
-                return response
-            if not service.origin_fallback:
-                raise UpstreamError(
-                    502, "no shield is reachable and origin fallback is off", unreachable=True
-                )
-        return await self.pools[service.name].request(method, target, headers, body)
-
-    def failed(self, response: UpstreamResponse) -> None:
-        """A peer broke off a body: a shield is skipped for a while (origins have their
-        own ejection on connect failures)."""
-        if self.ring is not None and response.peer in self.ring.names:
-            self.ring.mark_down(response.peer)
-
-    def start(self) -> None:
-        """Start health checks (origins only where this node talks to them)."""
-        if self.ring is not None and self.ring.shields:
-            self.ring.start()
-        else:
-            for pool in self.pools.values():
-                pool.start()
-
-    async def stop(self) -> None:
-        """Stop health checks."""
-        if self.ring is not None:
-            await self.ring.stop()
-        for pool in self.pools.values():
-            await pool.stop()
 
 
 @dataclass(frozen=True)
@@ -287,17 +200,11 @@ async def _serve(
         max_rule_age=MAX_RULE_AGE,
     )
 
-    runners: list[web.BaseRunner] = []
+    admin_runner: web.BaseRunner | None = None
     if admin:
-        admin_app = _admin_app(node, secret, sync, metrics, store, supervisor)
-        admin_app.router.add_get("/v1/cache", cache_view(lambda: loaded[0].services, store, rules))
-        admin_runner = web.AppRunner(
-            admin_app, access_log=None, handle_signals=False, shutdown_timeout=2.0
-        )
-        await admin_runner.setup()
-        host, port = split_host_port(node.admin_listen)
-        await web.TCPSite(admin_runner, host, port, reuse_address=True).start()
-        runners.append(admin_runner)
+        app = admin_app(node, secret, sync, metrics, store, supervisor)
+        app.router.add_get("/v1/cache", cache_view(lambda: loaded[0].services, store, rules))
+        admin_runner = await start_admin_listener(app, node)
     follower: asyncio.Task[None] | None = None
     if relay is not None:
         # a worker without the admin listener: rules come from worker 0, which says
@@ -316,60 +223,9 @@ async def _serve(
     reclaimer = loop.create_task(reclaim_purged_forever(store, rules)) if admin else None
     scrubber = loop.create_task(scrub_forever(store, node.scrub_rate)) if admin else None
 
-    front_name = front_of(node)
-    limits = ConnectionLimits(
-        ConnectionLimits.worker_share(node.max_connections, node.workers),
-        node.head_timeout,
-        metrics,
-        # aiohttp's server keeps its own keep-alive timer; ours is the limits' sweep
-        keepalive_timeout=node.keepalive_timeout if front_name == "httptools" else float("inf"),
-    )
-    limits.start()
-    https = HttpsPolicy(fleet.services)
-    host, port = split_host_port(node.listen)
-    traffic_server: asyncio.Server | None = None
-    http1: Any
-    if front_name == "httptools":
-        front_limits = FrontLimits(
-            max_head_size=node.max_head_size,
-            max_fields=node.max_header_fields,
-            body_timeout=node.body_timeout,
-            send_timeout=node.send_timeout,
-        )
-        front = Front(engine, limits, metrics, access_log, front_limits, https=https)
-        http1 = Front(engine, limits, metrics, access_log, front_limits, "https", https=https)
-    else:
-        http1 = server = LimitedServer(
-            traffic_handler(engine, access_log, metrics, https),
-            limits,
-            access_log=None,
-            keepalive_timeout=node.keepalive_timeout,
-        )
-    # TLS first: once the plain port answers (what supervisors wait for), so does TLS
-    tls_listener = (
-        await start_tls_listener(
-            fleet,
-            node,
-            _listen_socket(*split_host_port(node.tls_listen)),
-            engine,
-            http1,
-            metrics,
-            access_log,
-            limits,
-        )
-        if node.tls_listen
-        else None
-    )
-    if front_name == "httptools":
-        traffic_server = await loop.create_server(
-            front, sock=_listen_socket(host, port), backlog=1024
-        )
-    else:
-        traffic_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
-        await traffic_runner.setup()
-        site = web.SockSite(traffic_runner, _listen_socket(host, port))
-        await site.start()
-        runners.append(traffic_runner)
+    listeners = await TrafficListeners.start(fleet, node, engine, metrics, access_log)
+    tls_listener = listeners.tls
+    limits = listeners.limits
 
     reload_fleet = on_hangup(loaded, engine, upstream, limits, worker, supervisor, metrics.reloads)
     reload_certificates = tls_listener.certificates.on_reload_signal() if tls_listener else None
@@ -394,14 +250,9 @@ async def _serve(
     await stop.wait()
     if supervisor is not None:
         await supervisor.stop()
-    if tls_listener is not None:
-        await tls_listener.close()
-    if traffic_server is not None:
-        traffic_server.close()
-        for connection in list(limits.connections):
-            connection.close_for_idle()
-    for runner in reversed(runners):
-        await runner.cleanup()
+    await listeners.close()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
     await limits.stop()
     await engine.close()
     if reclaimer is not None:
@@ -421,13 +272,6 @@ async def _serve(
     await store.close()
 
 
-def front_of(node: NodeConfig) -> str:
-    """The client-facing server a node runs: its `front` key, unless the environment
-    variable EDGESHIELD_FRONT names one (so a whole test suite can run on either)."""
-    chosen = os.environ.get("EDGESHIELD_FRONT", node.front)
-    return chosen if chosen in FRONTS else node.front
-
-
 def _lost(supervisor: WorkerSupervisor | None, number: int) -> None:
     if supervisor is not None:
         supervisor.lost(number)
@@ -438,91 +282,3 @@ def _count_workers(supervisor: WorkerSupervisor | None, metrics: NodeMetrics) ->
         metrics.workers_live.set(supervisor.live)
         metrics.workers_expected.set(supervisor.expected)
         metrics.worker_restarts.value = supervisor.restarts
-
-
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """A listening socket shared by every worker of the node (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _admin_app(
-    node: NodeConfig,
-    secret: str,
-    sync: PurgeSync,
-    metrics: NodeMetrics,
-    store: DiskStore,
-    supervisor: WorkerSupervisor | None = None,
-) -> web.Application:
-    @web.middleware
-    async def require_secret(
-        request: web.Request, handler: Callable[[web.Request], object]
-    ) -> web.StreamResponse:
-        if not bearer_matches(request.headers.get("Authorization"), secret):
-            return web.json_response(
-                {"error": "the node secret is required (Authorization: Bearer ...)"}, status=401
-            )
-        result = await handler(request)  # type: ignore[misc]
-        assert isinstance(result, web.StreamResponse)
-        return result
-
-    async def healthz(request: web.Request) -> web.Response:
-        if not sync.ready:
-            return web.json_response(
-                {"node": node.name, "status": "not ready", "reason": "catching up on purges"},
-                status=503,
-            )
-        if supervisor is not None and supervisor.live < supervisor.expected:
-            # still serving (200), on fewer processes than configured until the
-            # missing workers are replaced
-            return web.json_response(
-                {
-                    "node": node.name,
-                    "status": "degraded",
-                    "workers": {"live": supervisor.live, "expected": supervisor.expected},
-                }
-            )
-        return web.json_response({"node": node.name, "status": "ok"})
-
-    async def metrics_view(request: web.Request) -> web.Response:
-        # every worker adds to the index's shared byte count; read it, not this
-        # process's last sight of it
-        metrics.store_bytes.set(await io.run(store.index.get, BYTES_KEY, store.size_bytes))
-        others = await supervisor.relay.collect_metrics() if supervisor is not None else []
-        return web.Response(body=metrics.render(others), content_type="text/plain")
-
-    app = web.Application(middlewares=[require_secret])
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_routes(sync.routes())
-    return app
-
-
-def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awaitable[int]]:
-    """How many stored objects a purge covers (for the purge's status), read from the
-    index without promoting anything into the memory tier."""
-
-    async def count(record: PurgeRecord) -> int:
-        probe = PurgeRules(fleet.services)
-        probe.apply_local(record, applied_at=float("inf"))
-        keys = (await store.keys())[:MATCH_SCAN_LIMIT]
-        matched = 0
-        for _key, meta in await store.metas(keys):
-            if (
-                isinstance(meta, ObjectMeta)
-                and probe.verdict(
-                    meta.service, meta.host, meta.target, meta.surrogate_keys, meta.stored_at
-                )
-                is not PurgeVerdict.NONE
-            ):
-                matched += 1
-        return matched
-
-    return count

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.cache import policy
 from edge.cache.conditional import evaluate_preconditions, if_range_allows
 from edge.cache.encoding import choose_encoding, is_decodable, varies_on_coding
 from edge.cache.fields import client_header_pairs, stored_date
@@ -29,12 +28,13 @@ from edge.cache.ranges import (
 )
 from edge.compress import DecodeError, DecodeLimit, StreamDecoder
 from edge.fill import Fill, FillFailed, FillHead
-from edge.filling import drop_undecodable, log
+from edge.filling import drop_undecodable
 from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions
-from edge.outcome import ErrorSource, Outcome, refused
+from edge.outcome import Outcome, refused
 from edge.own_answers import detail_token, error_response, refuse
+from edge.relaying import fill_error_answer, relay_answer
 from edge.store import (
     BodyCorrupt,
     BodyGone,
@@ -44,7 +44,7 @@ from edge.store import (
     open_body,
     read_body,
 )
-from edge.upstream import UpstreamError, UpstreamResponse
+from edge.upstream import UpstreamResponse
 
 # the node's own answers live in edge.own_answers; their names stay importable here
 __all__ = ["COPY_CHUNK", "EntryGone", "Responder", "detail_token", "error_response", "refuse"]
@@ -357,27 +357,9 @@ class Responder:
             sink.informational(103, CIMultiDict(("Link", link) for link in links))
 
     def error_answer(self, sink: ResponseSink, head: FillHead, outcome: Outcome) -> Outcome:
-        """A fill's upstream failure, relayed (an error answer) or our own (no answer)."""
-        if head.error_status:
-            relayed = outcome._replace(fwd_status=head.error_status, error=ErrorSource.UPSTREAM)
-            headers: CIMultiDict[str] = CIMultiDict(policy.client_header_pairs(head.error_pairs))
-            headers["Cache-Status"] = relayed.cache_status(self.options.node_name)
-            sink.send(head.error_status, headers, head.error_body)
-            return relayed
-        error = head.error or UpstreamError(502, "upstream failed")
-        self.metrics.upstream_errors.inc()
-        # the upstream's state-change log has the details: a line per request would
-        # bury them during an outage
-        log.debug("upstream error: %s", error)
-        return error_response(
-            sink,
-            error.status,
-            error.reason,
-            outcome._replace(detail=detail_token(error.reason), error=ErrorSource.UPSTREAM),
-            self.options.node_name,
-            unreachable=error.unreachable,
-            retry_after=error.retry_after,
-        )
+        """A fill's upstream failure, relayed (an error answer) or our own (no answer);
+        see edge.relaying."""
+        return fill_error_answer(sink, head, outcome, self.options, self.metrics)
 
     async def relay(
         self,
@@ -387,39 +369,9 @@ class Responder:
         outcome: Outcome,
         fields: Callable[[HeaderPairs], HeaderPairs] | None = None,
     ) -> Outcome:
-        """Pass an upstream answer on as it arrives, with our hygiene and trail;
-        `fields`: what the traffic rules make of its fields (edge.traffic)."""
-        pairs = policy.upstream_header_pairs(upstream.header_pairs)
-        if fields is not None:
-            pairs = fields(pairs)
-        headers: CIMultiDict[str] = CIMultiDict(
-            policy.client_header_pairs(pairs, for_cdn=self.options.downstream_is_cdn)
-        )
-        # relayed as received, so its coding, age and date stay the upstream's
-        for name in ("Content-Encoding", "Age", "Date"):
-            value = upstream.headers.get(name)
-            if value is not None:
-                headers[name] = value
-        upstream_status = ", ".join(upstream.headers.getall("cache-status", []))
-        outcome = outcome._replace(fwd_status=upstream.status)
-        headers["Cache-Status"] = outcome.cache_status(self.options.node_name, upstream_status)
-        upstream_via = ", ".join(upstream.headers.getall("via", []))
-        headers["Via"] = f"{upstream_via}, {self._via}" if upstream_via else self._via
-        length = upstream.headers.get("content-length")
-        if length is not None:
-            headers["Content-Length"] = length
-        try:
-            await sink.start(upstream.status, headers)
-            if request.method != "HEAD" and upstream.status not in (204, 304):
-                async for chunk in upstream.iter_chunks():
-                    await sink.write(chunk)
-            await sink.end()
-        except UpstreamError:
-            upstream.close()
-            sink.abort()
-        finally:
-            upstream.release()
-        return outcome
+        """Pass an upstream answer on as it arrives (edge.relaying); `fields`: what
+        the traffic rules make of its fields (edge.traffic)."""
+        return await relay_answer(request, sink, upstream, outcome, self.options, self._via, fields)
 
 
 async def _write_decoded(sink: ResponseSink, decoder: StreamDecoder | None, chunk: bytes) -> None:

@@ -11,32 +11,84 @@ action kind: the first matching rule that sets an action decides it.
 
 Everything here is pure: no I/O, no clock (`now` is an argument), no randomness (the
 caller draws a number for the weighted choice).
+
+The matcher's compilation is `rule_match.py`, the plans and the field edits they make
+`rule_actions.py`, rate limiting `rate_limits.py`; this module evaluates (a compiled
+rule set, its plans per request and per answer, the origin-group choice) and exports
+all of them.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import NamedTuple
 
-from edge.cache.directives import TARGETED_FIELDS
 from edge.cache.headers import Headers
-from edge.cache.keys import normalize_path, origin_form, remove_dot_segments
-from fleet.rules import (
-    CacheKeyRule,
-    OriginGroup,
-    RateLimit,
-    Redirect,
-    Respond,
-    Rule,
-    RuleMatch,
-    TrafficRules,
+from edge.cache.keys import origin_form
+from edge.cache.rate_limits import (
+    MAX_BUCKETS,
+    RateLimiter,
+    in_networks,
+    limit_key,
+    retry_after,
 )
+from edge.cache.rule_actions import (
+    CDN_FRESHNESS_FIELDS,
+    NO_REQUEST_PLAN,
+    NO_RESPONSE_PLAN,
+    HeaderPairs,
+    Request,
+    RequestPlan,
+    ResponsePlan,
+    apply_response_plan,
+    key_suffix,
+    redirect_location,
+    rewrite_request_headers,
+)
+from edge.cache.rule_match import (
+    MAX_METHOD_TABLES,
+    Compiled,
+    Predicate,
+    SegmentIndex,
+    compile_match,
+    cookie_value,
+    rule_path,
+)
+from fleet.rules import OriginGroup, Rule, TrafficRules
 
-HeaderPairs = tuple[tuple[str, str], ...]
+__all__ = [
+    "CDN_FRESHNESS_FIELDS",
+    "MAX_BUCKETS",
+    "MAX_COMPILED",
+    "MAX_METHOD_TABLES",
+    "NO_REQUEST_PLAN",
+    "NO_RESPONSE_PLAN",
+    "REQUEST_ACTIONS",
+    "RESPONSE_ACTIONS",
+    "Compiled",
+    "CompiledRules",
+    "HeaderPairs",
+    "Predicate",
+    "RateLimiter",
+    "Request",
+    "RequestPlan",
+    "ResponsePlan",
+    "SegmentIndex",
+    "apply_response_plan",
+    "choose_group",
+    "compile_match",
+    "compiled",
+    "cookie_value",
+    "group_origins",
+    "in_networks",
+    "key_suffix",
+    "limit_key",
+    "redirect_location",
+    "retry_after",
+    "rewrite_request_headers",
+    "rule_path",
+    "stored_fields",
+    "weighted_pick",
+]
 
 #: actions decided per request (evaluated on hits too) and at storing time
 REQUEST_ACTIONS = (
@@ -55,188 +107,6 @@ RESPONSE_ACTIONS = (
     "set_response_headers",
     "remove_response_headers",
 )
-#: response fields a TTL override replaces: the ones that say how long this CDN keeps
-#: an answer (RFC 9213 2.2: CDN-Cache-Control is read first and, when present, the
-#: others are ignored by this cache while clients still see Cache-Control)
-CDN_FRESHNESS_FIELDS = frozenset(TARGETED_FIELDS)
-#: distinct client keys a rate limit tracks; beyond that, the fullest buckets go first
-MAX_BUCKETS = 100_000
-#: (method, path segment) candidate tables a rule index keeps
-MAX_METHOD_TABLES = 1024
-
-_SLASHES = re.compile(r"/{2,}")
-
-Predicate = Callable[[str, str, str, str, Headers], bool]
-
-
-class Request(NamedTuple):
-    """The parts of a request rules look at: method, host (lowercase, no port), the
-    normalised path, the raw query, and the header map (a named tuple: one is made
-    per request)."""
-
-    method: str
-    host: str
-    path: str
-    query: str
-    headers: Headers
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPlan:
-    """What the request-phase rules decided for one request."""
-
-    respond: Respond | None = None
-    redirect: Redirect | None = None
-    bypass_cache: bool = False
-    cache_key: CacheKeyRule | None = None
-    set_request_headers: HeaderPairs = ()
-    remove_request_headers: tuple[str, ...] = ()
-    origin_group: str | None = None
-    #: the rate limits whose match the request met
-    rate_limits: tuple[RateLimit, ...] = ()
-
-    @property
-    def rewrites_request(self) -> bool:
-        """Whether the request's headers change before they go upstream."""
-        return bool(self.set_request_headers or self.remove_request_headers)
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsePlan:
-    """What the response-phase rules decided for an answer about to be stored."""
-
-    ttl: float | None = None
-    stale_while_revalidate: float | None = None
-    stale_if_error: float | None = None
-    set_response_headers: HeaderPairs = ()
-    remove_response_headers: tuple[str, ...] = ()
-
-    @property
-    def changes_anything(self) -> bool:
-        """Whether applying the plan changes an answer's fields."""
-        return self != NO_RESPONSE_PLAN
-
-
-NO_REQUEST_PLAN = RequestPlan()
-NO_RESPONSE_PLAN = ResponsePlan()
-
-
-def rule_path(target: str) -> tuple[str, str]:
-    """(path, query) of an origin-form target, the path normalised the way cache keys
-    are (RFC 3986 6.2.2), so "/%61dmin" and "/x/../admin" meet a rule on "/admin";
-    runs of slashes count as one (as nginx's merge_slashes and many origins do), so
-    "//admin" cannot slip past a rule that an origin merging slashes would serve."""
-    path, _, query = target.partition("?")
-    path = remove_dot_segments(normalize_path(path))
-    if "//" in path:
-        path = _SLASHES.sub("/", path)
-    return path, query
-
-
-def cookie_value(headers: Headers, name: str) -> str | None:
-    """The value of cookie `name` in the request's Cookie fields (RFC 6265 5.4), or
-    None; the first occurrence wins."""
-    for line in headers.getall("cookie", []):
-        for part in line.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key.strip() == name:
-                return value.strip()
-    return None
-
-
-def compile_match(match: RuleMatch) -> Predicate:
-    """A predicate for `match`, cheapest conditions first; the all-matching match
-    compiles to a function that returns True at once."""
-    checks: list[Predicate] = []
-    if match.methods:
-        methods = frozenset(match.methods)
-        checks.append(lambda m, h, p, q, hd: m in methods)
-    if match.path_prefix:
-        prefix = match.path_prefix
-        checks.append(lambda m, h, p, q, hd: p.startswith(prefix))
-    if match.hosts:
-        hosts = frozenset(match.hosts)
-        checks.append(lambda m, h, p, q, hd: h in hosts)
-    if match.query_param:
-        param = match.query_param
-        checks.append(lambda m, h, p, q, hd: _has_param(q, param))
-    if match.path_regex is not None:
-        search = match.path_regex.search
-        checks.append(lambda m, h, p, q, hd: search(p) is not None)
-    if match.header is not None:
-        name, value_search = match.header.name, match.header.value_regex.search
-        checks.append(lambda m, h, p, q, hd: _header_matches(hd, name, value_search))
-    if not checks:
-        return lambda m, h, p, q, hd: True
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        first, second = checks
-        return lambda m, h, p, q, hd: first(m, h, p, q, hd) and second(m, h, p, q, hd)
-    return lambda m, h, p, q, hd: all(c(m, h, p, q, hd) for c in checks)
-
-
-def _has_param(query: str, name: str) -> bool:
-    if not query:
-        return False
-    return any(part.partition("=")[0] == name for part in query.split("&"))
-
-
-def _header_matches(headers: Headers, name: str, search: Callable[[str], object]) -> bool:
-    value = headers.get(name)
-    return value is not None and search(value) is not None
-
-
-Compiled = tuple[tuple[Predicate, Rule], ...]
-
-
-class SegmentIndex:
-    """Rules indexed by the first path segment their `path_prefix` fixes.
-
-    A rule on "/static/" can only match a path whose first segment is "static", so a
-    request looks at the rules of its own first segment and those that fix none
-    ("/admin" also matches "/administrator"; no prefix at all), in rule order: with
-    many rules on distinct sections a request scans a handful, not all of them.
-    """
-
-    def __init__(self, rules: list[Rule]) -> None:
-        compiled = [(compile_match(r.match), r) for r in rules]
-        anywhere = [c for c in compiled if _segment(c[1].match) is None]
-        by_segment: dict[str, list[tuple[Predicate, Rule]]] = {}
-        for entry in compiled:
-            segment = _segment(entry[1].match)
-            if segment is not None:
-                by_segment.setdefault(segment, []).append(entry)
-        self.anywhere: Compiled = tuple(anywhere)
-        self.by_segment: dict[str, Compiled] = {
-            segment: tuple(sorted([*entries, *anywhere], key=lambda c: c[1].index))
-            for segment, entries in by_segment.items()
-        }
-        self.empty = not compiled
-        #: (method, segment or None) → the candidates less rules for other methods
-        self._by_method: dict[tuple[str, str | None], Compiled] = {}
-
-    def candidates(self, method: str, path: str) -> Compiled:
-        """The rules that may match a `method` request for `path`, in rule order."""
-        segment: str | None = path[1:].partition("/")[0]
-        if segment not in self.by_segment:
-            segment = None
-        found = self._by_method.get((method, segment))
-        if found is None:
-            base = self.anywhere if segment is None else self.by_segment[segment]
-            found = tuple(c for c in base if not c[1].match.methods or method in c[1].match.methods)
-            if len(self._by_method) >= MAX_METHOD_TABLES:
-                # methods are the client's to choose: the table stays bounded
-                self._by_method.clear()
-            self._by_method[(method, segment)] = found
-        return found
-
-
-def _segment(match: RuleMatch) -> str | None:
-    """The first path segment a match's prefix fixes ("/static/img" → "static";
-    "/admin" → None, as it also matches "/administrator")."""
-    segment, slash, _ = match.path_prefix[1:].partition("/")
-    return segment if slash else None
 
 
 class CompiledRules:
@@ -342,48 +212,6 @@ def compiled(traffic: TrafficRules) -> CompiledRules:
     return rules
 
 
-# -- actions --------------------------------------------------------------------------
-def apply_response_plan(plan: ResponsePlan, pairs: HeaderPairs) -> HeaderPairs:
-    """The upstream answer's fields as they are stored, with the plan applied.
-
-    A TTL override becomes an Edgeshield-CDN-Cache-Control field (this CDN's own
-    targeted field, RFC 9213 2), which it reads before every other freshness field and
-    never shows a client: the origin's
-    Cache-Control still reaches browsers, only this cache's lifetime changes (as with
-    Fastly's beresp.ttl). The stale windows ride along in the same field (RFC 5861).
-    """
-    if not plan.changes_anything:
-        return pairs
-    removed = set(plan.remove_response_headers) | {n.lower() for n, _ in plan.set_response_headers}
-    directives = []
-    if plan.ttl is not None:
-        removed |= CDN_FRESHNESS_FIELDS
-        directives.append(f"max-age={int(plan.ttl)}")
-    if plan.stale_while_revalidate is not None:
-        directives.append(f"stale-while-revalidate={int(plan.stale_while_revalidate)}")
-    if plan.stale_if_error is not None:
-        directives.append(f"stale-if-error={int(plan.stale_if_error)}")
-    out = [(n, v) for n, v in pairs if n.lower() not in removed]
-    if directives and plan.ttl is None:
-        # stale windows alone: added to the lifetime the origin gave, in the field
-        # this cache reads, kept in its own field when the origin sent none
-        out = _add_stale_windows(out, directives)
-    elif directives:
-        out.append(("Edgeshield-CDN-Cache-Control", ", ".join(directives)))
-    out.extend(plan.set_response_headers)
-    return tuple(out)
-
-
-def _add_stale_windows(
-    pairs: list[tuple[str, str]], directives: list[str]
-) -> list[tuple[str, str]]:
-    names = {n.lower() for n, _ in pairs}
-    field = next((f for f in (*TARGETED_FIELDS[:2], "cache-control") if f in names), None)
-    if field is None:
-        return pairs
-    return [(n, f"{v}, {', '.join(directives)}" if n.lower() == field else v) for n, v in pairs]
-
-
 def stored_fields(
     traffic: TrafficRules,
     host: str,
@@ -400,30 +228,6 @@ def stored_fields(
     path, query = rule_path(target)
     plan = rules.on_response(Request(method, host, path, query, request_headers))
     return apply_response_plan(plan, pairs)
-
-
-def rewrite_request_headers(plan: RequestPlan, pairs: HeaderPairs) -> HeaderPairs:
-    """The request's fields after the plan's removals and settings (set replaces)."""
-    removed = set(plan.remove_request_headers) | {n.lower() for n, _ in plan.set_request_headers}
-    kept = tuple((n, v) for n, v in pairs if n.lower() not in removed)
-    return kept + plan.set_request_headers
-
-
-def redirect_location(redirect: Redirect, host: str, path: str, query: str) -> str:
-    """The Location of a redirect rule for this request: `$host`, `$path` and
-    `$query` (with its "?" when there is one) replaced."""
-    return (
-        redirect.to.replace("$host", host)
-        .replace("$path", path)
-        .replace("$query", f"?{query}" if query else "")
-    )
-
-
-def key_suffix(rule: CacheKeyRule, headers: Headers) -> str:
-    """What a cache_key rule adds to the key: the named headers' and cookies' values."""
-    parts = [f"h:{name}={','.join(headers.getall(name, []))}" for name in rule.include_headers]
-    parts += [f"c:{name}={cookie_value(headers, name) or ''}" for name in rule.include_cookies]
-    return "\x1e".join(parts)
 
 
 # -- origin groups ----------------------------------------------------------------------
@@ -497,75 +301,3 @@ def weighted_pick(groups: list[OriginGroup], draw: float) -> OriginGroup:
         if point < 0:
             return group
     return groups[-1]
-
-
-# -- rate limits ------------------------------------------------------------------------
-def limit_key(limit: RateLimit, peer: str | None, headers: Headers) -> str:
-    """The client a rate limit counts this request against (empty header or cookie:
-    counted together, as one client)."""
-    if limit.key == "client_ip":
-        return peer or ""
-    if limit.key == "header":
-        return headers.get(limit.key_name) or ""
-    return cookie_value(headers, limit.key_name) or ""
-
-
-class RateLimiter:
-    """Token buckets (one per rate limit and client key), counted on this node only.
-
-    Each bucket holds up to `burst` tokens and refills at `rate` per second; a request
-    takes one. State is two floats per bucket, refilled lazily at `take`, so an idle
-    client costs nothing; at most `max_buckets` are kept (full buckets go first, which
-    forgets nothing: a full bucket is what a new one is).
-    """
-
-    def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
-        #: (limit index, client) → (tokens, when counted, the limit's rate and burst)
-        self._buckets: dict[tuple[int, str], tuple[float, float, float, int]] = {}
-        self._max = max_buckets
-
-    def take(self, limit: RateLimit, client: str, now: float) -> float:
-        """Take a token: 0.0 if the request may go now, else the seconds until one is
-        there (the token is then not taken; a delayed request takes it again later)."""
-        bucket = (limit.index, client)
-        rate, burst = limit.rate, limit.burst
-        tokens, at, _, _ = self._buckets.get(bucket, (float(burst), now, rate, burst))
-        tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
-        if bucket not in self._buckets and len(self._buckets) >= self._max:
-            self._evict(now)
-        if tokens >= 1.0:
-            self._buckets[bucket] = (tokens - 1.0, now, rate, burst)
-            return 0.0
-        self._buckets[bucket] = (tokens, now, rate, burst)
-        return (1.0 - tokens) / rate
-
-    def _evict(self, now: float) -> None:
-        """Drop the buckets that have refilled (or the older half if none has)."""
-        full = [
-            k
-            for k, (tokens, at, rate, burst) in self._buckets.items()
-            if tokens + (now - at) * rate >= burst
-        ]
-        for key in full or list(self._buckets)[: len(self._buckets) // 2]:
-            del self._buckets[key]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
-def retry_after(wait: float) -> int:
-    """Retry-After seconds (RFC 9110 10.2.3) for a wait: whole seconds, at least 1."""
-    return max(1, math.ceil(wait))
-
-
-def in_networks(
-    peer: str | None, networks: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    """Whether `peer` is an address inside one of `networks`."""
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)

@@ -16,6 +16,9 @@ it as a task; the engine never sees h2's types. What it bounds, and why:
   window; a client over `reset_limit` per `reset_window` seconds is sent GOAWAY
   (ENHANCE_YOUR_CALM) and the connection closed. Its streams' work is cancelled.
 - A connection with no open stream for `idle_timeout` is sent GOAWAY and closed.
+
+A stream's state, body and sink are `h2_stream.py`; a request's head and its run
+through the engine are `h2_exchange.py`; this module is the connection.
 """
 
 from __future__ import annotations
@@ -24,9 +27,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import h2.config
@@ -38,12 +39,19 @@ import h2.settings
 from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
+from edge.front.h2_exchange import request_head, serve_stream
+from edge.front.h2_stream import (
+    CONNECTION_FIELDS,
+    HIGH_WATER,
+    H2Body,
+    H2Limits,
+    H2Stream,
+    server_connection,
+    start_connection,
+)
 from edge.front.https_policy import HttpsPolicy
-from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, ConnectionLimits
 from edge.metrics import NodeMetrics
-from edge.outcome import refused
-from edge.upstream import GENERATED_ERROR_HEADER
 
 if TYPE_CHECKING:
     from edge.engine import Engine
@@ -52,161 +60,8 @@ __all__ = ["H2Limits", "H2Protocol", "h2_factory"]
 
 log = logging.getLogger("edgeshield.h2")
 
-#: unsent response bytes a stream may hold before its writer waits
-HIGH_WATER = 256 * 1024
-
-#: RFC 9113 8.2.2: fields that are connection-specific in HTTP/1.1 and malformed in h2
-_CONNECTION_FIELDS = frozenset(
-    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
-)
-
-
-@dataclass(frozen=True)
-class H2Limits:
-    """The bounds of one HTTP/2 connection."""
-
-    #: nginx's http2_max_concurrent_streams default is 128; 100 is RFC 9113 6.5.2's
-    #: recommended minimum, enough for a page's assets
-    max_concurrent_streams: int = 100
-    #: nginx's large_client_header_buffers total is 32 KiB; twice that here
-    max_header_list_size: int = 64 * 1024
-    #: the per-stream receive window (also the connection's)
-    initial_window_size: int = 65535
-    #: client resets tolerated per `reset_window` seconds before GOAWAY
-    reset_limit: int = 200
-    reset_window: float = 10.0
-    #: seconds a connection with no open stream is kept
-    idle_timeout: float = 20.0
-
-
-class _Stream:
-    """One request stream: its body queue and the response bytes not yet sent."""
-
-    __slots__ = (
-        "body",
-        "body_ended",
-        "body_unread",
-        "ended",
-        "ending",
-        "hsts",
-        "id",
-        "pending",
-        "pending_bytes",
-        "reset",
-        "sent_bytes",
-        "status",
-        "task",
-        "waiter",
-    )
-
-    def __init__(self, stream_id: int) -> None:
-        self.id = stream_id
-        self.body: collections.deque[tuple[bytes, int]] = collections.deque()
-        self.body_ended = False
-        self.body_unread = 0
-        # views: a whole answer is sent from its one bytes object, never copied whole
-        self.pending: collections.deque[memoryview] = collections.deque()
-        self.pending_bytes = 0
-        self.ending = False
-        #: END_STREAM sent
-        self.ended = False
-        self.reset = False
-        self.sent_bytes = 0
-        self.status = 0
-        self.task: asyncio.Task[None] | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.hsts: str | None = None
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-class H2Body:
-    """A stream's request body as a `BodyStream`: windows given back as it is read."""
-
-    __slots__ = ("_length", "_protocol", "_stream", "exists")
-
-    def __init__(
-        self, protocol: H2Protocol, stream: _Stream, exists: bool, length: int | None
-    ) -> None:
-        self._protocol = protocol
-        self._stream = stream
-        self.exists = exists
-        self._length = length
-
-    @property
-    def length(self) -> int | None:
-        """The declared content-length, if any."""
-        return self._length
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
-        stream = self._stream
-        while True:
-            while stream.body:
-                data, flow = stream.body.popleft()
-                stream.body_unread -= flow
-                self._protocol.acknowledge(stream, flow)
-                yield data
-            if stream.body_ended:
-                return
-            if stream.reset:
-                raise ConnectionResetError("the client reset the stream")
-            await self._protocol.wait(stream)
-
-
-class H2Sink:
-    """A `ResponseSink` onto one stream."""
-
-    __slots__ = ("_protocol", "_stream", "started")
-
-    def __init__(self, protocol: H2Protocol, stream: _Stream) -> None:
-        self._protocol = protocol
-        self._stream = stream
-        self.started = False
-
-    def send(
-        self,
-        status: int,
-        headers: CIMultiDict[str],
-        body: bytes | None = None,
-        *,
-        close: bool = False,
-    ) -> None:
-        """A whole answer: the head now, the body as the windows allow."""
-        self.started = True
-        protocol = self._protocol
-        protocol.send_head(self._stream, status, headers, end=not body)
-        if body:
-            protocol.queue(self._stream, body, end=True)
-        if close:
-            protocol.goaway(h2.errors.ErrorCodes.NO_ERROR)
-
-    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
-        """Send the head of a streamed answer."""
-        self.started = True
-        self._protocol.send_head(self._stream, status, headers, end=False)
-
-    async def write(self, chunk: bytes) -> None:
-        """Queue body bytes; wait while the stream holds too many unsent."""
-        if chunk:
-            await self._protocol.write(self._stream, chunk)
-
-    async def end(self) -> None:
-        """The answer is complete (END_STREAM after the last byte)."""
-        self._protocol.queue(self._stream, b"", end=True)
-
-    def abort(self) -> None:
-        """Reset the stream: the client sees the answer cut, never short and whole."""
-        self._protocol.reset(self._stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
-
-    def informational(self, status: int, headers: CIMultiDict[str]) -> None:
-        """A 1xx head (103 Early Hints) ahead of the final one (RFC 9113 8.1); none
-        once the final head has been sent."""
-        if not self.started:
-            self._protocol.send_informational(self._stream, status, headers)
+#: the limits of a connection when the node's fleet.toml sets none
+DEFAULT_LIMITS = H2Limits()
 
 
 class H2Protocol(asyncio.Protocol):
@@ -219,7 +74,7 @@ class H2Protocol(asyncio.Protocol):
         metrics: NodeMetrics,
         access_log: AccessLog | None = None,
         limits: ConnectionLimits | None = None,
-        h2_limits: H2Limits = H2Limits(),
+        h2_limits: H2Limits = DEFAULT_LIMITS,
         scheme: str = "https",
         https: HttpsPolicy | None = None,
     ) -> None:
@@ -233,18 +88,9 @@ class H2Protocol(asyncio.Protocol):
         self.head_since = NO_HEAD
         #: never idle to the limits' sweep: an h2 connection keeps its own idle timer
         self.idle_since = NO_HEAD
-        self._conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                # our answers' fields are lowercased and stripped of connection
-                # fields in send_head; h2 checking them again costs every answer
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
+        self._conn = server_connection()
         self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, H2Stream] = {}
         self._paused = False
         self._closed = False
         self._refused = False
@@ -268,26 +114,7 @@ class H2Protocol(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else None
-        conn = self._conn
-        limits = self.settings
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        conn.initiate_connection()
-        # the decoder refuses a header block that decodes larger than we announced,
-        # before the peer has acknowledged our SETTINGS
-        conn.decoder.max_header_list_size = limits.max_header_list_size
-        conn.decoder.max_allowed_table_size = conn.local_settings.header_table_size
-        # answers are encoded without a dynamic table (RFC 7541 4.2 lets the encoder
-        # use less than the peer allows): the library searches that table linearly for
-        # every field of every answer, which costs more than the bytes it saves here
-        conn.encoder.header_table_size = 0
+        start_connection(self._conn, self.settings)
         self._send()
         self._arm_idle()
 
@@ -393,87 +220,25 @@ class H2Protocol(asyncio.Protocol):
             )
 
     # -- requests ----------------------------------------------------------------
-
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
-        method = target = authority = ""
-        headers: CIMultiDict[str] = CIMultiDict()
-        cookies: list[str] = []
-        for raw_name, raw_value in event.headers or ():
-            name = raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name
-            value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
-            if name.startswith(":"):
-                if name == ":method":
-                    method = value
-                elif name == ":path":
-                    target = value
-                elif name == ":authority":
-                    authority = value
-            elif name == "cookie":
-                cookies.append(value)
-            else:
-                headers.add(name, value)
-        if cookies:
-            # RFC 9113 8.2.3: split cookie fields are joined with "; " for HTTP/1.1
-            headers["Cookie"] = "; ".join(cookies)
-        if authority and "host" not in headers:
-            # RFC 9113 8.3.1: :authority stands for Host
-            headers["Host"] = authority
-        stream = _Stream(stream_id)
+        stream = H2Stream(stream_id)
         self._streams[stream_id] = stream
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         ended = event.stream_ended is not None
         stream.body_ended = ended
-        length_text = headers.get("content-length")
+        head = request_head(event.headers or (), self._peer, self.scheme)
+        length_text = head.headers.get("content-length")
         length = int(length_text) if length_text is not None and length_text.isdigit() else None
         exists = not ended or bool(length)
-        head = RequestHead(method, target, headers, self._peer, self.scheme, (2, 0))
         if self.https is not None:
             stream.hsts = self.https.hsts(head)
         body = H2Body(self, stream, exists, length)
-        stream.task = self._loop.create_task(self._serve(stream, head, body))
+        stream.task = self._loop.create_task(serve_stream(self, stream, head, body))
 
-    async def _serve(self, stream: _Stream, head: RequestHead, body: H2Body) -> None:
-        sink = H2Sink(self, stream)
-        started = time.time()
-        try:
-            outcome = await self.engine.handle(head, body, sink)
-        except (ConnectionResetError, asyncio.CancelledError):
-            self._finished(stream)
-            return
-        except Exception:
-            log.exception("request %s %s failed", head.method, head.target[:200])
-            if sink.started:
-                sink.abort()
-            else:
-                headers = CIMultiDict({GENERATED_ERROR_HEADER: "node"})
-                sink.send(500, headers, b"500 internal error\n")
-            outcome = refused("internal-error")
-        elapsed = time.time() - started
-        if outcome.hit:
-            self.metrics.hit_seconds.observe(elapsed)
-        else:
-            self.metrics.miss_seconds.observe(elapsed)
-        if self.access_log is not None:
-            self.access_log.record(
-                (
-                    started,
-                    head.method,
-                    head.headers.get("Host"),
-                    head.target,
-                    stream.status,
-                    outcome,
-                    stream.sent_bytes,
-                    elapsed,
-                    head.peer,
-                    "h2",
-                )
-            )
-        self._finished(stream)
-
-    def _finished(self, stream: _Stream) -> None:
+    def finished(self, stream: H2Stream) -> None:
         """The engine is done with a stream: give back the window of what it left
         unread; forget the stream once its answer is all sent."""
         if stream.body_unread:
@@ -483,7 +248,7 @@ class H2Protocol(asyncio.Protocol):
         stream.task = None
         self._forget_if_done(stream)
 
-    def _forget_if_done(self, stream: _Stream) -> None:
+    def _forget_if_done(self, stream: H2Stream) -> None:
         if stream.task is None and (stream.reset or (stream.ending and not stream.pending)):
             self._streams.pop(stream.id, None)
             self._arm_idle()
@@ -523,14 +288,14 @@ class H2Protocol(asyncio.Protocol):
             return
         self._arm_idle()
 
-    def acknowledge(self, stream: _Stream, flow: int) -> None:
+    def acknowledge(self, stream: H2Stream, flow: int) -> None:
         """Give back `flow` bytes of window (the engine read them)."""
         if flow and not self._closed:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._conn.acknowledge_received_data(flow, stream.id)
             self._send()
 
-    async def wait(self, stream: _Stream) -> None:
+    async def wait(self, stream: H2Stream) -> None:
         """Wait until something happens to `stream` (data, window, reset, drain)."""
         waiter = self._loop.create_future()
         stream.waiter = waiter
@@ -541,15 +306,13 @@ class H2Protocol(asyncio.Protocol):
 
     # -- responses ---------------------------------------------------------------
 
-    def send_informational(self, stream: _Stream, status: int, headers: CIMultiDict[str]) -> None:
+    def send_informational(self, stream: H2Stream, status: int, headers: CIMultiDict[str]) -> None:
         """Send a 1xx head on a stream whose final head is still to come (a gone
         stream gets nothing: the final answer will find it gone)."""
         if stream.reset or self._closed:
             return
         fields = [(":status", str(status))]
-        fields += [
-            (n.lower(), v) for n, v in headers.items() if n.lower() not in _CONNECTION_FIELDS
-        ]
+        fields += [(n.lower(), v) for n, v in headers.items() if n.lower() not in CONNECTION_FIELDS]
         try:
             self._conn.send_headers(stream.id, fields, end_stream=False)
         except h2.exceptions.ProtocolError:
@@ -557,7 +320,7 @@ class H2Protocol(asyncio.Protocol):
         self._send()
 
     def send_head(
-        self, stream: _Stream, status: int, headers: CIMultiDict[str], *, end: bool
+        self, stream: H2Stream, status: int, headers: CIMultiDict[str], *, end: bool
     ) -> None:
         """Send a response head (connection-specific fields dropped, RFC 9113 8.2.2)."""
         if stream.reset or self._closed:
@@ -565,7 +328,7 @@ class H2Protocol(asyncio.Protocol):
         fields: list[tuple[str, str]] = [(":status", str(status))]
         for name, value in headers.items():
             lower = name.lower()
-            if lower in _CONNECTION_FIELDS:
+            if lower in CONNECTION_FIELDS:
                 continue
             if lower == "cache-status":
                 # this node's member is the last: say which protocol served it
@@ -585,7 +348,7 @@ class H2Protocol(asyncio.Protocol):
         if end:
             self._forget_if_done(stream)
 
-    def queue(self, stream: _Stream, data: bytes, *, end: bool) -> None:
+    def queue(self, stream: H2Stream, data: bytes, *, end: bool) -> None:
         """Queue body bytes (and the end) to be sent as the windows allow."""
         if stream.reset or self._closed:
             return
@@ -598,7 +361,7 @@ class H2Protocol(asyncio.Protocol):
         self._send()
         self._forget_if_done(stream)
 
-    async def write(self, stream: _Stream, data: bytes) -> None:
+    async def write(self, stream: H2Stream, data: bytes) -> None:
         """Queue body bytes; wait while too many are unsent or the transport is full."""
         if stream.reset or self._closed:
             raise ConnectionResetError("the stream is gone")
@@ -608,7 +371,7 @@ class H2Protocol(asyncio.Protocol):
             if stream.reset or self._closed:
                 raise ConnectionResetError("the stream is gone")
 
-    def _flush(self, stream: _Stream) -> None:
+    def _flush(self, stream: H2Stream) -> None:
         """Send what the stream's and the connection's windows allow."""
         conn = self._conn
         try:
@@ -653,7 +416,7 @@ class H2Protocol(asyncio.Protocol):
             self._flush(stream)
             self._forget_if_done(stream)
 
-    def reset(self, stream: _Stream, code: h2.errors.ErrorCodes) -> None:
+    def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
         """Reset one stream (the answer was cut)."""
         if stream.reset or self._closed:
             return
@@ -671,7 +434,7 @@ def h2_factory(
     metrics: NodeMetrics,
     access_log: AccessLog | None = None,
     limits: ConnectionLimits | None = None,
-    h2_limits: H2Limits = H2Limits(),
+    h2_limits: H2Limits = DEFAULT_LIMITS,
     https: HttpsPolicy | None = None,
 ) -> Callable[[], H2Protocol]:
     """A protocol factory for HTTP/2 connections (what the ALPN dispatch calls)."""
