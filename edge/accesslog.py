@@ -116,14 +116,18 @@ def has_safe_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
 
 def request_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
     """The id of a request that goes through the engine, set in its `headers` so the
-    next tier gets it: the client's X-Request-ID when it is safe, else a new one in
-    place of whatever the client sent (docs/security.md says why). Headers that
-    cannot change (aiohttp's) must carry a safe id already (see `has_safe_id`)."""
+    next tier gets it: the client's X-Request-ID (the first, if it sent several) when it
+    is safe, else a new one in place of whatever the client sent (docs/security.md says
+    why). Headers that cannot change (aiohttp's) must carry one safe id already (see
+    `has_safe_id`)."""
     if has_safe_id(headers):
         return headers[REQUEST_ID]
     if not isinstance(headers, CIMultiDict):
         raise TypeError("read-only request headers without a safe X-Request-ID")
-    made = _ids.new()
+    # the first field when there are several, as the hot lane logs a hit's id; the
+    # next tier gets that one alone
+    first = headers.get(REQUEST_ID)
+    made = first if first is not None and _SAFE_ID.fullmatch(first) else _ids.new()
     headers[REQUEST_ID] = made
     return made
 
