@@ -48,13 +48,13 @@ FIELDS = (
     "proto",
     "ua",
     "referer",
-    "id",
     "upstream_ms",
+    "id",
 )
 
 #: what a front records per request (`AccessLog.record`): FIELDS but upstream_ms, which
 #: is read from the Outcome in the cache slot; ms is elapsed seconds there
-RECORD = FIELDS[:-1]
+RECORD = (*FIELDS[:-2], "id")
 
 #: longest User-Agent and Referer written (characters; the rest is cut): the log's
 #: size per line stays bounded whatever a client sends
@@ -238,7 +238,7 @@ class AccessLog:
         middles = self._middles
         if len(middles) > MIDDLES:
             middles.clear()
-        new_id = _ids.new
+        id_prefix, id_serial = _ids.prefix, _ids.serial
         safe_id = _SAFE_ID.fullmatch
         lines = []
         for fields in pending:
@@ -253,7 +253,8 @@ class AccessLog:
             ts, method, host, target, status, cache, size, seconds, client, proto, ua, ref, rid = (
                 fields
             )
-            rid = rid if type(rid) is str and safe_id(rid) is not None else new_id()
+            if type(rid) is not str or safe_id(rid) is None:
+                rid = f"{id_prefix}{id_serial():x}"  # what _Ids.new makes, inlined
             # the fields a hot object's lines share, rendered once per batch of them
             key = (method, host, target, status, cache, size, client, proto, ua, ref)
             try:
@@ -266,11 +267,10 @@ class AccessLog:
             if type(ts) is not float or type(seconds) is not float:
                 lines.append(_line(prefix, fields, rid))
                 continue
-            upstream = cache.upstream_seconds if type(cache) is Outcome else None
+            # a safe id is plain text: quoted as it is
             lines.append(
-                f'{prefix},"ts":{ts!r},{middle[0]}"ms":{round(seconds * 1000, 3)!r},{middle[1]}'
-                f'"id":"{rid}","upstream_ms":'
-                f"{'null' if upstream is None else repr(round(upstream * 1000, 3))}}}"
+                f'{prefix},"ts":{ts!r},{middle[0]}"ms":{round(seconds * 1000, 3)!r},'
+                f'{middle[1]}{rid}"}}'
             )
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
@@ -368,14 +368,9 @@ def _line(prefix: str, fields: tuple[object, ...], rid: str) -> str:
     keys as `flush` writes them: for the rare record whose values are not the usual
     types."""
     middle = _middle(fields)
-    ts, seconds, cache = fields[0], fields[7], fields[5]
+    ts, seconds = fields[0], fields[7]
     ms = round(seconds * 1000, 3) if type(seconds) is float else seconds
-    upstream = cache.upstream_seconds if isinstance(cache, Outcome) else None
-    return (
-        f'{prefix},"ts":{_json_value(ts)},{middle[0]}"ms":{_json_value(ms)},{middle[1]}'
-        f'"id":{_json_text(rid)},"upstream_ms":'
-        f"{_json_value(None if upstream is None else round(upstream * 1000, 3))}}}"
-    )
+    return f'{prefix},"ts":{_json_value(ts)},{middle[0]}"ms":{_json_value(ms)},{middle[1]}{rid}"}}'
 
 
 def _bounded(value: object, limit: int) -> object:
@@ -384,10 +379,14 @@ def _bounded(value: object, limit: int) -> object:
 
 
 def _middle(fields: tuple[object, ...]) -> tuple[str, str]:
-    """The JSON of a record's fields between ts and ms, and after ms up to the id, for
-    `flush` to put around the values that change on every line."""
+    """The JSON of a record's fields between ts and ms, and after ms up to the id's
+    opening quote, for `flush` to put around the values that change on every line
+    (upstream_ms is the Outcome's, which is part of the key these are kept under)."""
     _, method, host, target, status, cache, size, _, client, proto, ua, referer, _ = fields
+    upstream = None
     if isinstance(cache, Outcome):
+        if cache.upstream_seconds is not None:
+            upstream = round(cache.upstream_seconds * 1000, 3)
         cache = cache.member()
     return (
         f'"method":{_json_value(method)},"host":{_json_value(host)},'
@@ -395,5 +394,6 @@ def _middle(fields: tuple[object, ...]) -> tuple[str, str]:
         f'"cache":{_json_value(cache)},"bytes":{_json_value(size)},',
         f'"client":{_json_value(client)},"proto":{_json_value(proto)},'
         f'"ua":{_json_value(_bounded(ua, MAX_UA))},'
-        f'"referer":{_json_value(_bounded(referer, MAX_REFERER))},',
+        f'"referer":{_json_value(_bounded(referer, MAX_REFERER))},'
+        f'"upstream_ms":{_json_value(upstream)},"id":"',
     )

@@ -84,8 +84,8 @@ def test_a_line_is_what_json_dumps_writes(text: str) -> None:
                 "proto": "https/1.1",
                 "ua": text,
                 "referer": text,
-                "id": "req-1",
                 "upstream_ms": 12.346,
+                "id": "req-1",
             }
         ),
         dumps(
@@ -107,8 +107,8 @@ def test_a_line_is_what_json_dumps_writes(text: str) -> None:
                             text,
                             None,
                             None,
-                            "id2",
                             None,
+                            "id2",
                         ),
                         strict=True,
                     )
