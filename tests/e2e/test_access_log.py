@@ -26,11 +26,11 @@ MADE_ID = re.compile(r"[0-9a-f]{10}-[0-9a-f]+")
 
 
 class Edges:
-    """Four edges of one fleet: access log to stdout, to a file, off, and to a file
-    but turned off by EDGESHIELD_ACCESS_LOG=0."""
+    """Five edges of one fleet: access log to stdout, to a file, off, to a file but
+    turned off by EDGESHIELD_ACCESS_LOG=0, and to stdout from aiohttp's front."""
 
     def __init__(self, root: Path, origin: OriginServer) -> None:
-        spec = FleetSpec(root, origins=[origin.url], edges=4)
+        spec = FleetSpec(root, origins=[origin.url], edges=5)
         self.file = root / "logs" / "access.log"
         self.overridden = root / "logs" / "overridden.log"
         self.file.parent.mkdir(parents=True)
@@ -43,11 +43,13 @@ class Edges:
             text = text.replace(
                 f'name = "{name}"\n', f'name = "{name}"\naccess_log = "{setting}"\n'
             )
+        # edge5: the other HTTP/1.1 front, aiohttp's server
+        text = text.replace('name = "edge5"\n', 'name = "edge5"\nfront = "aiohttp"\n')
         config = root / "fleet.toml"
         config.write_text(text, encoding="utf-8")
         self.listen = dict(
             zip(
-                ("edge1", "edge2", "edge3", "edge4"),
+                ("edge1", "edge2", "edge3", "edge4", "edge5"),
                 re.findall(r'^listen = "([^"]+)"', text, re.M),
                 strict=True,
             )
@@ -125,20 +127,21 @@ def origin_saw(origin: OriginServer, request_id: str) -> bool:
     )
 
 
+@pytest.mark.parametrize("node", ["edge1", "edge5"])
 async def test_a_miss_and_a_hit_are_logged_with_their_fields(
-    edges: Edges, origin: OriginServer, client: aiohttp.ClientSession
+    edges: Edges, origin: OriginServer, client: aiohttp.ClientSession, node: str
 ) -> None:
-    path = "/logged/miss-then-hit"
+    path = f"/logged/miss-then-hit-{node}"
     origin.route(path, headers={"Cache-Control": "max-age=300"}, body=b"x" * 100)
     browser = {"User-Agent": "Mozilla/5.0 (test) Gecko", "Referer": "https://ref.example/page"}
-    assert await get(client, edges, "edge1", path, **browser) == 200
-    uuid = "0b6f2a1e-3c1d-4d8e-9a7b-5f2c8e1d0a93"
-    assert await get(client, edges, "edge1", path, **browser, **{"X-Request-ID": uuid}) == 200
-    miss, hit = await wait_lines(edges.nodes["edge1"].log, path, 2)
+    assert await get(client, edges, node, path, **browser) == 200
+    uuid = f"0b6f2a1e-3c1d-4d8e-9a7b-{node}"
+    assert await get(client, edges, node, path, **browser, **{"X-Request-ID": uuid}) == 200
+    miss, hit = await wait_lines(edges.nodes[node].log, path, 2)
     for line in (miss, hit):
         assert line["ua"] == "Mozilla/5.0 (test) Gecko"
         assert line["referer"] == "https://ref.example/page"
-        assert line["proto"] == "http/1.1" and line["node"] == "edge1"
+        assert line["proto"] == "http/1.1" and line["node"] == node
     assert "fwd=uri-miss" in str(miss["cache"])
     upstream_ms, ms = miss["upstream_ms"], miss["ms"]
     assert isinstance(upstream_ms, float) and isinstance(ms, float) and 0 < upstream_ms <= ms
