@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from tests.support.fleet_runner import TieredFleet
 from tests.support.fleetfile import FleetSpec
 from tests.support.origin import OriginServer, running_origin
 from tests.support.processes import NodeProcess
@@ -216,3 +217,26 @@ async def test_off_and_the_environment_switch_write_nothing(
         assert not lines_for(edges.nodes[name].log(), "/logged/off")
         assert '"target"' not in edges.nodes[name].log()
     assert not edges.overridden.exists()
+
+
+async def test_an_edge_and_its_shield_log_the_id_the_origin_got(
+    tmp_path: Path,
+    origin: OriginServer,
+    processes: list[NodeProcess],
+    client: aiohttp.ClientSession,
+) -> None:
+    fleet = TieredFleet(
+        tmp_path, [origin.url], processes, edges=1, shields=1, env={"EDGESHIELD_ACCESS_LOG": "1"}
+    ).start()
+    path = "/logged/through-the-shield"
+    origin.route(path, headers={"Cache-Control": "max-age=300"}, body=b"x")
+    async with client.get(fleet.url("edge1") + path, headers={"Host": HOST}) as response:
+        assert (response.status, await response.read()) == (200, b"x")
+    (at_edge,) = await wait_lines(fleet.nodes["edge1"].log, path, 1)
+    (at_shield,) = await wait_lines(fleet.nodes["shield1"].log, path, 1)
+    assert MADE_ID.fullmatch(str(at_edge["id"]))
+    assert at_shield["id"] == at_edge["id"] and origin_saw(origin, str(at_edge["id"]))
+    upstream_at_edge, upstream_at_shield = at_edge["upstream_ms"], at_shield["upstream_ms"]
+    assert isinstance(upstream_at_edge, float) and isinstance(upstream_at_shield, float)
+    # the edge waited for the shield, which waited for the origin
+    assert upstream_at_edge >= upstream_at_shield
