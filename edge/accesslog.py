@@ -157,7 +157,7 @@ class AppendFile:
         self._fd = self._open()
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def write(self, text: str, /) -> int:
         """Append `text` (one write for all of it, but on a short write)."""

@@ -266,3 +266,5 @@ def test_a_log_file_is_appended_to_and_reopened_after_a_move(tmp_path: Path) -> 
     assert rotated[0] == "an earlier line"
     assert [json.loads(line)["id"] for line in rotated[1:]] == ["one", "two"]
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["three"]
+    # the file it made is not for everyone: a referer may carry a token
+    assert path.stat().st_mode & 0o007 == 0
