@@ -206,8 +206,7 @@ class AccessLog:
         self._pending: list[tuple[object, ...]] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
-        #: the rendered fields (all but ts, ms, id and upstream_ms) of recent lines,
-        #: by their values
+        #: the rendered fields (all but ts, ms and id) of recent lines, by their values
         self._middles: dict[tuple[object, ...], tuple[str, str]] = {}
 
     def record(self, fields: tuple[object, ...]) -> None:
