@@ -7,19 +7,34 @@ quoted as it is, anything else goes through `json.dumps`), several times cheaper
 `json.dumps` of a dict per line, since at 1 KiB hits the log would otherwise cost a
 tenth or more of a worker's time; the batches are small, so no flush stalls the loop
 for long.
+
+Each request has an id (`id`): the client's `X-Request-ID` when it is a short token
+of safe characters, else one this process makes from a random prefix and a counter.
+A request that goes upstream carries it there (`request_id`, called by the fronts
+before the engine runs), so an origin can find the line; a hit's id is only logged,
+so the hot lane records the client's field as it came and the id is settled here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import logging
 import math
+import os
 import re
-from typing import TextIO
+import sys
+from typing import Protocol, TextIO
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.outcome import Outcome
 
+log = logging.getLogger("edgeshield.node")
+
+#: the keys of a line after "node", in order
 FIELDS = (
     "ts",
     "method",
@@ -31,14 +46,158 @@ FIELDS = (
     "ms",
     "client",
     "proto",
+    "ua",
+    "referer",
+    "upstream_ms",
+    "id",
 )
+
+#: what a front records per request (`AccessLog.record`): FIELDS but upstream_ms, which
+#: is read from the Outcome in the cache slot; ms is elapsed seconds there
+RECORD = (*FIELDS[:-2], "id")
+
+#: longest User-Agent and Referer written (characters; the rest is cut): the log's
+#: size per line stays bounded whatever a client sends
+MAX_UA = 256
+MAX_REFERER = 512
+
+#: the request id header, sent upstream on misses and passes
+REQUEST_ID = "X-Request-ID"
+#: a client's X-Request-ID is kept only when it is 1-64 of these characters: enough
+#: for UUIDs, ULIDs, W3C trace ids and base64 tokens; nothing that needs escaping in a
+#: log line or a header, nothing long
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,64}")
+
+
+class _Ids:
+    """Request ids of this process: a random prefix and a counter (no uuid per
+    request); a forked child draws a prefix of its own."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        """A new prefix and counter (at start, and in a forked child)."""
+        self.prefix = os.urandom(5).hex() + "-"
+        self.serial = itertools.count(1).__next__
+
+    def new(self) -> str:
+        """A fresh id, unique in this process."""
+        return f"{self.prefix}{self.serial():x}"
+
+
+_ids = _Ids()
+os.register_at_fork(after_in_child=_ids.renew)
+
+
+def is_safe_id(value: str) -> bool:
+    """Whether a client's X-Request-ID may be used as the request's id."""
+    return _SAFE_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    """A request id made by this process."""
+    return _ids.new()
+
+
+def logged_id(value: object) -> str:
+    """The id a line carries for a recorded value: the client's when safe, else a new
+    one (a hot-lane hit records the client's field as it came)."""
+    if type(value) is str and _SAFE_ID.fullmatch(value) is not None:
+        return value
+    return _ids.new()
+
+
+def has_safe_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
+    """Whether a request carries one X-Request-ID, and a safe one."""
+    values = headers.getall(REQUEST_ID, ())
+    return len(values) == 1 and _SAFE_ID.fullmatch(values[0]) is not None
+
+
+def request_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
+    """The id of a request that goes through the engine, set in its `headers` so the
+    next tier gets it: the client's X-Request-ID (the first, if it sent several) when it
+    is safe, else a new one in place of whatever the client sent (docs/security.md says
+    why). Headers that cannot change (aiohttp's) must carry one safe id already (see
+    `has_safe_id`)."""
+    if has_safe_id(headers):
+        return headers[REQUEST_ID]
+    if not isinstance(headers, CIMultiDict):
+        raise TypeError("read-only request headers without a safe X-Request-ID")
+    # the first field when there are several, as the hot lane logs a hit's id; the
+    # next tier gets that one alone
+    first = headers.get(REQUEST_ID)
+    made = first if first is not None and _SAFE_ID.fullmatch(first) else _ids.new()
+    headers[REQUEST_ID] = made
+    return made
+
+
+class LineSink(Protocol):
+    """Where the lines go: a text stream (stdout) or an `AppendFile`."""
+
+    def write(self, text: str, /) -> object:
+        """Write `text`."""
+        ...
+
+    def flush(self) -> None:
+        """Push what was written on."""
+        ...
+
+
+class AppendFile:
+    """A log file opened for append and written one batch per write(2): with O_APPEND
+    each batch lands whole at the end, so the workers of a node share one file without
+    mixing their lines; `reopen` (SIGHUP) follows a file that logrotate moved away.
+
+    The write is a page-cache append of a few KiB, made on the event loop as the
+    stdout stream's is."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def write(self, text: str, /) -> int:
+        """Append `text` (one write for all of it, but on a short write)."""
+        data = text.encode("utf-8", "surrogateescape")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing: every write has gone to the file."""
+
+    def reopen(self) -> None:
+        """Open the path again (a new file if it was moved), then close the old one;
+        if it cannot be opened, keep writing to the old one and say why."""
+        try:
+            fd = self._open()
+        except OSError as exc:
+            log.error("access log %s: cannot reopen: %s", self.path, exc.strerror or exc)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class AccessLog:
     """A batched JSON-lines access log for one node."""
 
     def __init__(
-        self, stream: TextIO, node: str, interval: float = 0.1, limit: int = 100_000
+        self,
+        stream: TextIO | LineSink,
+        node: str,
+        interval: float = 0.1,
+        limit: int = 100_000,
     ) -> None:
         self.stream = stream
         self.node = node
@@ -47,18 +206,27 @@ class AccessLog:
         self._pending: list[tuple[object, ...]] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
-        #: the rendered fields (all but ts and ms) of recent lines, by their values
+        #: the rendered fields (all but ts, ms and id) of recent lines, by their values
         self._middles: dict[tuple[object, ...], tuple[str, str]] = {}
 
     def record(self, fields: tuple[object, ...]) -> None:
-        """Queue one request's fields (in FIELDS order); dropped beyond `limit` queued.
+        """Queue one request's fields (in RECORD order); dropped beyond `limit` queued.
 
-        The cache field may be the request's `Outcome` and ms the elapsed seconds: both
-        are formatted when the batch is written, off the request path."""
+        The cache field may be the request's `Outcome` and ms the elapsed seconds, ua
+        and referer the client's fields as sent, id the id or the client's field as
+        sent: all are formatted (bounded, checked) when the batch is written, off the
+        request path."""
         if len(self._pending) < self.limit:
             self._pending.append(fields)
         else:
             self.dropped += 1
+
+    def reopen(self) -> None:
+        """SIGHUP: write what is queued, then reopen a log file (for logrotate)."""
+        self.flush()
+        reopen = getattr(self.stream, "reopen", None)
+        if reopen is not None:
+            reopen()
 
     def flush(self) -> None:
         """Write what is queued."""
@@ -69,9 +237,11 @@ class AccessLog:
         middles = self._middles
         if len(middles) > MIDDLES:
             middles.clear()
+        id_prefix, id_serial = _ids.prefix, _ids.serial
+        safe_id = _SAFE_ID.fullmatch
         lines = []
         for fields in pending:
-            if len(fields) != len(FIELDS):
+            if len(fields) != len(RECORD):
                 lines.append(
                     json.dumps(
                         {"node": self.node, **dict(zip(FIELDS, _formatted(fields), strict=False))},
@@ -79,22 +249,27 @@ class AccessLog:
                     )
                 )
                 continue
-            ts, method, host, target, status, cache, size, seconds, client, proto = fields
+            ts, method, host, target, status, cache, size, seconds, client, proto, ua, ref, rid = (
+                fields
+            )
+            if type(rid) is not str or safe_id(rid) is None:
+                rid = f"{id_prefix}{id_serial():x}"  # what _Ids.new makes, inlined
             # the fields a hot object's lines share, rendered once per batch of them
-            key = (method, host, target, status, cache, size, client, proto)
+            key = (method, host, target, status, cache, size, client, proto, ua, ref)
             try:
                 middle = middles.get(key)
             except TypeError:  # an unhashable value: render it the long way
-                lines.append(_line(prefix, fields))
+                lines.append(_line(prefix, fields, rid))
                 continue
-            if middle is None or type(ts) is not float or type(seconds) is not float:
-                if middle is None:
-                    middle = middles[key] = _middle(fields)
-                if type(ts) is not float or type(seconds) is not float:
-                    lines.append(_line(prefix, fields))
-                    continue
+            if middle is None:
+                middle = middles[key] = _middle(fields)
+            if type(ts) is not float or type(seconds) is not float:
+                lines.append(_line(prefix, fields, rid))
+                continue
+            # a safe id is plain text: quoted as it is
             lines.append(
-                f'{prefix},"ts":{ts!r},{middle[0]}"ms":{round(seconds * 1000, 3)!r},{middle[1]}'
+                f'{prefix},"ts":{ts!r},{middle[0]}"ms":{round(seconds * 1000, 3)!r},'
+                f'{middle[1]}{rid}"}}'
             )
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
@@ -116,6 +291,30 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+        if isinstance(self.stream, AppendFile):
+            self.stream.close()
+
+
+#: the variable that turns the access log off whatever fleet.toml says ("0")
+SWITCH = "EDGESHIELD_ACCESS_LOG"
+
+
+def open_access_log(setting: str, node: str) -> AccessLog | None:
+    """A node's access log as its `access_log` setting says ("stdout", "off" or a file
+    path), or None when it is off (`EDGESHIELD_ACCESS_LOG=0` turns it off too).
+
+    A file that cannot be opened stops the node with one line naming it."""
+    if os.environ.get(SWITCH, "1") == "0" or setting == "off":
+        return None
+    if setting == "stdout":
+        return AccessLog(sys.stdout, node)
+    try:
+        return AccessLog(AppendFile(setting), node)
+    except OSError as exc:
+        raise SystemExit(
+            f"edgeshield: node {node}: access_log {setting!r} cannot be opened: "
+            f"{exc.strerror or exc}"
+        ) from None
 
 
 #: distinct lines' shared fields kept rendered, at most
@@ -163,50 +362,37 @@ def _json_value(value: object) -> str:
     return json.dumps(value)
 
 
-def _line(prefix: str, fields: tuple[object, ...]) -> str:
-    """One whole record (in FIELDS order) as a JSON object, keys as `flush` writes them."""
-    ts, method, host, target, status, cache, size, seconds, client, proto = fields
-    if type(cache) is Outcome:
-        cache = cache.member()
-    if (
-        type(ts) is float
-        and type(status) is int
-        and type(seconds) is float
-        and (size is None or type(size) is int)
-        and type(method) is str
-        and type(host) is str
-        and type(target) is str
-        and type(client) is str
-        and type(cache) is str
-        and type(proto) is str
-        and _NOT_PLAIN.search(method + host + target + client + cache + proto) is None
-    ):
-        # the common line: every text plain, so quoted as it is, numbers as repr
-        return (
-            f'{prefix},"ts":{ts!r},"method":"{method}","host":"{host}",'
-            f'"target":"{target}","status":{status},"cache":"{cache}",'
-            f'"bytes":{"null" if size is None else size},"ms":{round(seconds * 1000, 3)!r},'
-            f'"client":"{client}","proto":"{proto}"}}'
-        )
-    ms = round(seconds * 1000, 3) if isinstance(seconds, float) else seconds
-    return (
-        f'{prefix},"ts":{_json_value(ts)},"method":{_json_value(method)},'
-        f'"host":{_json_value(host)},"target":{_json_value(target)},'
-        f'"status":{_json_value(status)},"cache":{_json_value(cache)},'
-        f'"bytes":{_json_value(size)},"ms":{_json_value(ms)},"client":{_json_value(client)},'
-        f'"proto":{_json_value(proto)}}}'
-    )
+def _line(prefix: str, fields: tuple[object, ...], rid: str) -> str:
+    """One whole record (in RECORD order, its id settled as `rid`) as a JSON object,
+    keys as `flush` writes them: for the rare record whose values are not the usual
+    types."""
+    middle = _middle(fields)
+    ts, seconds = fields[0], fields[7]
+    ms = round(seconds * 1000, 3) if type(seconds) is float else seconds
+    return f'{prefix},"ts":{_json_value(ts)},{middle[0]}"ms":{_json_value(ms)},{middle[1]}{rid}"}}'
+
+
+def _bounded(value: object, limit: int) -> object:
+    """A client's field cut to `limit` characters."""
+    return value[:limit] if isinstance(value, str) and len(value) > limit else value
 
 
 def _middle(fields: tuple[object, ...]) -> tuple[str, str]:
-    """The JSON of a record's fields between ts and ms, and after ms (with the closing
-    brace), for `flush` to put around the two numbers that change on every line."""
-    _, method, host, target, status, cache, size, _, client, proto = fields
+    """The JSON of a record's fields between ts and ms, and after ms up to the id's
+    opening quote, for `flush` to put around the values that change on every line
+    (upstream_ms is the Outcome's, which is part of the key these are kept under)."""
+    _, method, host, target, status, cache, size, _, client, proto, ua, referer, _ = fields
+    upstream = None
     if isinstance(cache, Outcome):
+        if cache.upstream_seconds is not None:
+            upstream = round(cache.upstream_seconds * 1000, 3)
         cache = cache.member()
     return (
         f'"method":{_json_value(method)},"host":{_json_value(host)},'
         f'"target":{_json_value(target)},"status":{_json_value(status)},'
         f'"cache":{_json_value(cache)},"bytes":{_json_value(size)},',
-        f'"client":{_json_value(client)},"proto":{_json_value(proto)}}}',
+        f'"client":{_json_value(client)},"proto":{_json_value(proto)},'
+        f'"ua":{_json_value(_bounded(ua, MAX_UA))},'
+        f'"referer":{_json_value(_bounded(referer, MAX_REFERER))},'
+        f'"upstream_ms":{_json_value(upstream)},"id":"',
     )

@@ -290,8 +290,11 @@ class Engine:
                 self.onward.fill_job(request, service, host, target, key, stale)
             )
         fill.waiters += 1
+        waited = time.perf_counter()
         head = await fill.head()
-        outcome = Outcome(fwd=fwd, collapsed=collapsed)
+        outcome = Outcome(
+            fwd=fwd, collapsed=collapsed, upstream_seconds=time.perf_counter() - waited
+        )
         match head.kind:
             case HeadKind.PASS:
                 detail = head.detail or "not-storable"

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.accesslog import AccessLog
+from edge.accesslog import open_access_log
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules
 from edge.engine import Engine, EngineOptions
 from edge.forwarding import node_token
@@ -168,11 +168,7 @@ async def _serve(
             session.timeout.sock_connect or 2.0, session.timeout.sock_read or 30.0, tls
         ),
     )
-    access_log = (
-        AccessLog(sys.stdout, node.name)
-        if os.environ.get("EDGESHIELD_ACCESS_LOG", "1") != "0"
-        else None
-    )
+    access_log = open_access_log(node.access_log, node.name)
     engine = Engine(
         fleet.services,
         EngineOptions(
@@ -231,10 +227,13 @@ async def _serve(
     reload_certificates = tls_listener.certificates.on_reload_signal() if tls_listener else None
 
     def on_sighup() -> None:
-        """SIGHUP: the fleet file (passed on to the other workers), then certificates."""
+        """SIGHUP: the fleet file (passed on to the other workers), then certificates,
+        then the access log's file."""
         reload_fleet()
         if reload_certificates is not None:
             reload_certificates()
+        if access_log is not None:
+            access_log.reopen()  # a log file moved by logrotate
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     print(

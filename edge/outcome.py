@@ -2,7 +2,7 @@
 
 The engine decides a request's `Outcome` once; from it come this node's member of
 the Cache-Status field (RFC 9211), the latency histogram it is counted in, and the
-access log's `cache` field. Nothing parses the Cache-Status string back.
+access log's `cache` and `upstream_ms` fields. Nothing parses the Cache-Status string back.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ class Outcome(NamedTuple):
     stored: bool = False
     #: the answer is an error, and whose
     error: ErrorSource | None = None
+    #: seconds this request waited for the upstream's response head (a miss or a
+    #: pass; a collapsed request, the part of the fill it waited for); None when it
+    #: did not go upstream. The access log's `upstream_ms`; not part of Cache-Status
+    upstream_seconds: float | None = None
 
     def member(self) -> str:
         """The parameters of this node's Cache-Status member (after its name)."""

@@ -5,6 +5,7 @@ and the answer relayed, and the invalidation an unsafe method's success makes
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,6 +122,7 @@ class UpstreamRequests:
         )
         target = normalize_target(origin_form(request.target), False, service.cache_key.drop_params)
         key = primary_key(service.name, host, target)
+        waited = time.perf_counter()
         try:
             upstream = await self.upstream.fetch(
                 service,
@@ -141,9 +143,10 @@ class UpstreamRequests:
                 self.options.node_name,
                 retry_after=exc.retry_after,
             )
+        upstream_seconds = time.perf_counter() - waited
         if invalidate and 200 <= upstream.status < 400:
             await self._invalidate(service, host, target, upstream.headers)
-        outcome = Outcome(fwd="request", detail=detail)
+        outcome = Outcome(fwd="request", detail=detail, upstream_seconds=upstream_seconds)
         rule_fields = relayed_fields(service, request.method, host, target, request.headers)
         return await self.respond.relay(request, sink, upstream, outcome, rule_fields)
 

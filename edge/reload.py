@@ -2,10 +2,10 @@
 
 What a node can take live: the services (hosts, origins, cache rules, limits of
 objects and origin connections) and its own connection limits. What it cannot: its
-listen and admin addresses, its cache directory and sizes and its worker count
-(sockets and the store are open); a new file that changes one of those is refused
-whole, with a message naming the table and key, and the node keeps running on the
-file it had. A file that does not load is refused the same way. Changes to other
+listen and admin addresses, its cache directory and sizes, its worker count and its
+access log (sockets, the store and the log are open); a new file that changes one of
+those is refused whole, with a message naming the table and key, and the node keeps
+running on the file it had. A file that does not load is refused the same way. Changes to other
 nodes, the purge API, GeoDNS or the security table are applied at the next start.
 
 Worker 0 passes SIGHUP on to its other workers; each process reloads by itself.
@@ -31,7 +31,15 @@ __all__ = ["RESTART_KEYS", "ReloadPlan", "apply_reload", "on_hangup", "plan_relo
 log = logging.getLogger("edgeshield.reload")
 
 #: A node's keys that only a restart changes (sockets, the store, the processes).
-RESTART_KEYS = ("listen", "admin_listen", "cache_dir", "cache_size", "memory_size", "workers")
+RESTART_KEYS = (
+    "listen",
+    "admin_listen",
+    "cache_dir",
+    "cache_size",
+    "memory_size",
+    "workers",
+    "access_log",
+)
 
 
 @dataclass(frozen=True)

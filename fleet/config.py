@@ -271,6 +271,9 @@ class NodeConfig:
     body_timeout: float = 60.0
     #: seconds a client may leave its answer unread; then the connection is cut
     send_timeout: float = 60.0
+    #: where the JSON access log goes: "stdout", "off", or a file path (opened for
+    #: append, reopened on SIGHUP); EDGESHIELD_ACCESS_LOG=0 turns it off whatever this says
+    access_log: str = "stdout"
 
     @property
     def listen_host(self) -> str:
@@ -863,6 +866,16 @@ def _workers(t: _Table) -> int:
     return value
 
 
+def _access_log(t: _Table) -> str:
+    """`access_log`: "stdout" (the default), "off", or the path of a file."""
+    value = t.text("access_log", "stdout")
+    if not value.strip() or value != value.strip() or "\x00" in value:
+        raise t.error("access_log", 'must be "stdout", "off" or a file path')
+    if value.endswith(("/", os.sep)):
+        raise t.error("access_log", "must name a file, not a directory")
+    return value
+
+
 def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
     name = t.text("name", required=True)
     problems = _Problems()
@@ -885,6 +898,7 @@ def _node(t: _Table, cls: Callable[..., N], role: str) -> N:
         max_header_fields=read(lambda: t.integer("max_header_fields", 100, minimum=1)),
         body_timeout=read(lambda: t.number("body_timeout", 60.0, minimum=0.1)),
         send_timeout=read(lambda: t.number("send_timeout", 60.0, minimum=0.1)),
+        access_log=read(lambda: _access_log(t)),
         **(read(lambda: _node_tls(t)) or {}),
     )
     if kwargs["front"] is not None and kwargs["front"] not in FRONTS:

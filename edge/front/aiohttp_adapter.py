@@ -24,9 +24,9 @@ from aiohttp.http import HttpProcessingError, HttpVersion10, HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.accesslog import AccessLog
+from edge.accesslog import AccessLog, has_safe_id, request_id
 from edge.front.https_policy import HTTPS_REDIRECT, HttpsPolicy
 from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, REFUSED_RESPONSE, ConnectionLimits
@@ -43,11 +43,16 @@ log = logging.getLogger("edgeshield.node")
 
 def request_head(request: web.BaseRequest) -> RequestHead:
     """Our request head of an aiohttp request."""
+    headers: CIMultiDictProxy[str] | CIMultiDict[str] = request.headers
+    if not has_safe_id(headers):
+        # aiohttp's fields are read-only: a copy carries the id this node makes
+        headers = CIMultiDict(headers)
+        request_id(headers)
     # positional: this runs on every request
     return RequestHead(
         request.method,
         request.raw_path,
-        request.headers,
+        headers,
         request.remote,
         request.scheme,
         request.version,
@@ -146,21 +151,23 @@ class AiohttpSink:
 
 async def answer(
     engine: Engine, request: web.BaseRequest, https: HttpsPolicy | None = None
-) -> tuple[web.StreamResponse, Outcome]:
-    """Run one aiohttp request through `engine`: aiohttp's response and the Outcome
-    (`https`: the services' https_redirect and HSTS, when any service has them)."""
+) -> tuple[web.StreamResponse, Outcome, str]:
+    """Run one aiohttp request through `engine`: aiohttp's response, the Outcome and
+    the request's id (`https`: the services' https_redirect and HSTS, when any service
+    has them)."""
     head = request_head(request)
+    rid = request_id(head.headers)
     sink = AiohttpSink(request)
     if https is not None:
         redirect = https.redirect(head)
         if redirect is not None:
             status, headers, body = redirect
-            return web.Response(status=status, headers=headers, body=body), HTTPS_REDIRECT
+            return web.Response(status=status, headers=headers, body=body), HTTPS_REDIRECT, rid
         sink.hsts = https.hsts(head)
     outcome = await engine.handle(head, AiohttpBody(request), sink)
     if sink.response is None:
         raise RuntimeError("the engine returned without answering")
-    return sink.response, outcome
+    return sink.response, outcome, rid
 
 
 def aiohttp_handler(engine: Engine) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
@@ -168,7 +175,7 @@ def aiohttp_handler(engine: Engine) -> Callable[[web.BaseRequest], Awaitable[web
     `web.Server(aiohttp_handler(engine))`."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        response, _ = await answer(engine, request)
+        response, _, _ = await answer(engine, request)
         return response
 
     return handler
@@ -188,8 +195,9 @@ def traffic_handler(
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         started = clock()
+        rid: str | None = None
         try:
-            response, outcome = await answer(engine, request, https)
+            response, outcome, rid = await answer(engine, request, https)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
@@ -218,6 +226,9 @@ def traffic_handler(
                     elapsed,
                     request.remote,
                     "https/1.1" if request.secure else "http/1.1",
+                    request.headers.get("User-Agent"),
+                    request.headers.get("Referer"),
+                    rid if rid is not None else request.headers.get("X-Request-ID"),
                 )
             )
         return response

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
+from edge.accesslog import request_id
 from edge.front.h1_sink import FrontSink
 from edge.front.h1_wire import BodyTimeout, FrameError
 from edge.front.https_policy import HTTPS_REDIRECT
@@ -54,6 +55,7 @@ async def answer(connection: FrontProtocol, exchange: Exchange) -> bool:
     front = connection.front
     sink = FrontSink(connection, head, exchange.keep_alive, exchange.body)
     started = time.time()
+    rid = request_id(head.headers)
     body = exchange.body
     try:
         redirect = front.https.redirect(head) if front.https is not None else None
@@ -111,6 +113,9 @@ async def answer(connection: FrontProtocol, exchange: Exchange) -> bool:
                 elapsed,
                 connection.peer,
                 front.proto,
+                head.headers.get("User-Agent"),
+                head.headers.get("Referer"),
+                rid,
             )
         )
     if isinstance(body, RequestBody) and not body.complete:

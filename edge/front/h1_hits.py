@@ -82,11 +82,13 @@ class HitWriter:
         front.metrics.responded(head.headers.get("Host"), prepared.status)
         log_ = front.access_log
         if log_ is not None:
+            headers = head.headers
+            # the client's fields as sent: bounded, and the id settled, off this path
             log_.record(
                 (
                     started,
                     "GET",
-                    head.headers.get("Host"),
+                    headers.get("Host"),
                     head.target,
                     prepared.status,
                     outcome,
@@ -94,6 +96,9 @@ class HitWriter:
                     elapsed,
                     peer,
                     front.proto,
+                    headers.get("User-Agent"),
+                    headers.get("Referer"),
+                    headers.get("X-Request-ID"),
                 )
             )
         return True

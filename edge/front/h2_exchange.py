@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
+from edge.accesslog import request_id
 from edge.front.h2_stream import H2Body, H2Sink, H2Stream
 from edge.front.types import RequestHead
 from edge.outcome import refused
@@ -59,6 +60,7 @@ async def serve_stream(
     """Run the engine on one stream (the stream's task)."""
     sink = H2Sink(protocol, stream)
     started = time.time()
+    rid = request_id(head.headers)
     try:
         outcome = await protocol.engine.handle(head, body, sink)
     except (ConnectionResetError, asyncio.CancelledError):
@@ -90,6 +92,9 @@ async def serve_stream(
                 elapsed,
                 head.peer,
                 "h2",
+                head.headers.get("User-Agent"),
+                head.headers.get("Referer"),
+                rid,
             )
         )
     protocol.finished(stream)
