@@ -244,7 +244,12 @@ class Filler:
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
             body_path=writer.path,
         )
-        notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        # readers of a small body wait for the commit, not for bytes on disk
+        notifier = (
+            None
+            if fill.whole_at_commit
+            else asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        )
         try:
             response = await self._copy_upstream_body(job, response, writer, meta, length, limit)
             entry = await writer.commit(meta)
@@ -266,7 +271,8 @@ class Filler:
                 return
             raise
         finally:
-            notifier.cancel()
+            if notifier is not None:
+                notifier.cancel()
         response.release()
         compressing = self.options.compress and meta.compressible
         if compressing:
@@ -305,7 +311,10 @@ class Filler:
         """
         for attempt in range(MID_BODY_RETRIES + 1):
             try:
-                async for chunk in skip_bytes(response.iter_chunks(), writer.received):
+                chunks = response.iter_chunks()
+                if writer.received:  # a retry: the bytes already written are skipped
+                    chunks = skip_bytes(chunks, writer.received)
+                async for chunk in chunks:
                     if writer.received + len(chunk) > limit:
                         await writer.write(chunk[: limit - writer.received])
                         raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")

@@ -43,6 +43,7 @@ from edge.store.disk_layout import (
     _Record,
     remove_dead_tmp_dirs,
     sweep_orphans,
+    write_new,
 )
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
 from edge.store.writer import unlink_quietly
@@ -252,7 +253,10 @@ class DiskIndex:
         for n, item in enumerate(items):
             try:
                 rel, full = self._new_body_path(item.encoding)
-                os.rename(item.src, full)
+                if item.data is not None:
+                    write_new(full, item.data)
+                else:
+                    os.rename(item.src, full)
             except OSError as exc:
                 results.append(exc)
                 continue

@@ -24,6 +24,7 @@ __all__ = [
     "_Record",
     "remove_dead_tmp_dirs",
     "sweep_orphans",
+    "write_new",
 ]
 
 #: an unreferenced body file younger than this may belong to another process that
@@ -55,7 +56,8 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class Install:
-    """One finished body to rename into place and index (see `DiskIndex.install_many`)."""
+    """One finished body to rename (or, given `data`, write) into place and index
+    (see `DiskIndex.install_many`)."""
 
     key: str
     src: str
@@ -63,6 +65,8 @@ class Install:
     meta: object
     size: int
     checksum: int
+    #: the whole body when it was never written to `src`: written in place instead
+    data: bytes | None = None
 
 
 # rows are pickled under the name older releases wrote them with (`edge.store` before
@@ -84,6 +88,21 @@ def sweep_orphans(directory: str, referenced: set[str]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(full).st_mtime < cutoff:
                     os.unlink(full)
+
+
+def write_new(path: str, data: bytes) -> None:
+    """Write `data` as the new file `path` (never an existing one); on failure no
+    file is left there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    os.close(fd)
 
 
 def remove_dead_tmp_dirs(tmp_root: str) -> int:
