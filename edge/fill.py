@@ -22,6 +22,11 @@ from edge.store import BodyRef, io, read_body
 from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
 
 READ_CHUNK = 256 * 1024
+#: A body declared at most this long is answered whole once committed, from the
+#: copy the commit keeps: tailing its file would cost an open, a read and a close on
+#: the I/O gateway to hand out bytes that are held back until the commit anyway
+#: (the last chunk always is, and a body this small is one chunk).
+WHOLE_AT_COMMIT = 64 * 1024
 
 
 class HeadKind(Enum):
@@ -98,11 +103,18 @@ class Fill:
         self.store_key = key
         #: the request fields the response varies on (Accept-Encoding aside)
         self.vary_fields: tuple[str, ...] = ()
+        #: readers wait for the commit and read the committed body (WHOLE_AT_COMMIT)
+        self.whole_at_commit = False
 
     # -- the owner's side ---------------------------------------------------------
     def set_head(self, head: FillHead, body_path: str | None = None) -> None:
         """Tell waiters what came back; for STREAM, `body_path` is the file being written."""
         self._path = body_path
+        self.whole_at_commit = (
+            head.kind is HeadKind.STREAM
+            and head.length is not None
+            and head.length <= WHOLE_AT_COMMIT
+        )
         if not self._head.done():
             self._head.set_result(head)
 
@@ -192,6 +204,12 @@ class Fill:
     async def _read_growing(self, start: int, end: int | None) -> AsyncIterator[bytes]:
         if self._path is None:
             raise FillFailed("this fill has no body")
+        if self.whole_at_commit:
+            if not await self.settled() or self._committed is None:
+                raise FillFailed(f"the fill of {self.key} broke off")
+            async for chunk in read_body(self._committed, start, end):
+                yield chunk
+            return
         self._readers += 1
         position = start
         try:
@@ -260,6 +278,7 @@ class FillTable:
 
 __all__ = [
     "READ_CHUNK",
+    "WHOLE_AT_COMMIT",
     "Fill",
     "FillFailed",
     "FillHead",

@@ -18,17 +18,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import assert_never
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from edge.cache import policy, transitions
 from edge.cache.encoding import compression_eligible
-from edge.cache.keys import secondary_key
-from edge.cache.model import ObjectMeta, VaryIndex
+from edge.cache.model import ObjectMeta
 from edge.cache.purge import PurgeRules
 from edge.cache.rules import stored_fields
 from edge.cache.transitions import NotModified, ServeWithoutStoring, StoreAndServe, UpstreamFailed
-from edge.compress import DecodeLimit, make_variants
 from edge.fill import Fill, FillFailed, FillHead, FillTable, HeadKind, read_limited, skip_bytes
+from edge.fill_variants import drop_undecodable, index_variant, make_coded_variants, variant_key
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions, Upstream
 from edge.store import BodyWriter, ObjectStore, StoredEntry, StoreError
@@ -36,6 +35,8 @@ from edge.upstream import UpstreamError, UpstreamResponse
 from fleet.config import Service
 
 log = logging.getLogger("edgeshield.engine")
+
+__all__ = ["FillJob", "Filler", "ObjectTooLarge", "drop_undecodable", "header_value", "variant_key"]
 
 ERROR_BODY_LIMIT = 64 * 1024
 #: How often a fill takes the rest of a body from another upstream after a cut.
@@ -230,7 +231,9 @@ class Filler:
         if key_fields:
             base_key = key.split("\x1f", 1)[0]
             store_key = variant_key(base_key, key_fields, job.request_headers)
-            await self._index_variant(base_key, key_fields, store_key, fill.started_at, service)
+            await index_variant(
+                self.store, base_key, key_fields, store_key, fill.started_at, service.max_variants
+            )
         fill.store_key = store_key
         fill.vary_fields = key_fields
         meta = self._meta(
@@ -241,7 +244,12 @@ class Filler:
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
             body_path=writer.path,
         )
-        notifier = asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        # readers of a small body wait for the commit, not for bytes on disk
+        notifier = (
+            None
+            if fill.whole_at_commit
+            else asyncio.get_running_loop().create_task(_forward_progress(writer, fill))
+        )
         try:
             response = await self._copy_upstream_body(job, response, writer, meta, length, limit)
             entry = await writer.commit(meta)
@@ -263,7 +271,8 @@ class Filler:
                 return
             raise
         finally:
-            notifier.cancel()
+            if notifier is not None:
+                notifier.cancel()
         response.release()
         compressing = self.options.compress and meta.compressible
         if compressing:
@@ -273,16 +282,15 @@ class Filler:
         self.fills.done(fill)
         self.metrics.stored.inc()
         if compressing:
-            source = entry.bodies.get(meta.upstream_encoding)
             try:
-                if source is not None:
-                    await make_variants(
-                        self.store, store_key, source, meta.content_type, max_decoded=limit
-                    )
-            except DecodeLimit as exc:
-                await drop_undecodable(self.store, self.metrics, store_key, exc)
-            except Exception:
-                log.exception("compressing %s failed", store_key)
+                await make_coded_variants(
+                    self.store,
+                    self.metrics,
+                    store_key,
+                    entry.bodies.get(meta.upstream_encoding),
+                    meta.content_type,
+                    limit,
+                )
             finally:
                 self.compressing.discard(store_key)
 
@@ -303,7 +311,10 @@ class Filler:
         """
         for attempt in range(MID_BODY_RETRIES + 1):
             try:
-                async for chunk in skip_bytes(response.iter_chunks(), writer.received):
+                chunks = response.iter_chunks()
+                if writer.received:  # a retry: the bytes already written are skipped
+                    chunks = skip_bytes(chunks, writer.received)
+                async for chunk in chunks:
                     if writer.received + len(chunk) > limit:
                         await writer.write(chunk[: limit - writer.received])
                         raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
@@ -341,27 +352,6 @@ class Filler:
         if length is not None and writer.received != length:
             raise UpstreamError(502, f"body ended at {writer.received} of {length} bytes")
         return response
-
-    async def _index_variant(
-        self, base_key: str, fields: tuple[str, ...], variant: str, now: float, service: Service
-    ) -> None:
-        """Record a URL's variant in its Vary index, evicting the oldest beyond the cap."""
-        current = self.store.peek(base_key) or await self.store.get(base_key)
-        variants: tuple[str, ...] = ()
-        if current is not None and isinstance(current.meta, VaryIndex):
-            if current.meta.fields == fields:
-                variants = current.meta.variants
-            else:
-                # the origin changed what it varies on: the old variants are unreachable
-                for old in current.meta.variants:
-                    await self.store.delete(old)
-        if variant in variants:
-            return
-        variants = (*variants, variant)
-        while len(variants) > service.max_variants:
-            await self.store.delete(variants[0])
-            variants = variants[1:]
-        await self.store.put_meta(base_key, VaryIndex(fields, now, variants))
 
     def _meta(
         self,
@@ -439,26 +429,9 @@ def _close_delimited(response: UpstreamResponse) -> bool:
     )
 
 
-def variant_key(
-    key: str, fields: tuple[str, ...], request_headers: CIMultiDictProxy[str] | CIMultiDict[str]
-) -> str:
-    """The key of the variant of `key` that a request with `request_headers` selects."""
-    return f"{key}\x1f{secondary_key(fields, request_headers)}"
-
-
 def header_value(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
     """The first value of the (lower-case) field `name` in `pairs`."""
     for key, value in pairs:
         if key.lower() == name:
             return value
     return None
-
-
-async def drop_undecodable(
-    store: ObjectStore, metrics: NodeMetrics, key: str, exc: DecodeLimit
-) -> None:
-    """A stored coded body decodes past the object size limit (a decompression
-    bomb): it is not kept, as a body over the limit is never stored."""
-    log.warning("dropping %s: %s", key, exc)
-    await store.delete(key)
-    metrics.decode_refused.inc()

@@ -122,6 +122,10 @@ class UpstreamResponse:
         tell the body's reader, which would then wait forever: a gone connection with
         the body unfinished is a broken body.
         """
+        # bytes already buffered (all of a small body, usually) need no timer
+        chunk = content.read_nowait(size)
+        if chunk or content.at_eof():
+            return chunk
         while True:
             waiting = asyncio.timeout(BODY_POLL)
             try:

@@ -142,6 +142,8 @@ class StoreBase:
         return victims
 
     async def _commit_body(
-        self, writer: BodyWriter, meta: object, data: bytes | None
+        self, writer: BodyWriter, meta: object, data: bytes | None, whole: bytes | None
     ) -> StoredEntry:
+        """Index `writer`'s body under its key (`data`: a copy for the memory tier;
+        `whole`: the body when none of it is in the file yet, to be written in place)."""
         raise NotImplementedError

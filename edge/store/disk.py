@@ -78,6 +78,8 @@ class DiskStore(StoreBase):
         #: index transactions that carried commits, and the commits they carried
         self.commit_batches = 0
         self.commits = 0
+        #: commits whose body was written in place by the index's own call (no temp file)
+        self.commits_in_place = 0
 
     @classmethod
     async def open(
@@ -192,15 +194,23 @@ class DiskStore(StoreBase):
         )
 
     async def _commit_body(
-        self, writer: BodyWriter, meta: object, data: bytes | None
+        self, writer: BodyWriter, meta: object, data: bytes | None, whole: bytes | None
     ) -> StoredEntry:
         async with self._key_lock(writer.key):
             record, _old = await self._install(
                 Install(
-                    writer.key, writer.path, writer.encoding, meta, writer.written, writer.checksum
+                    writer.key,
+                    writer.path,
+                    writer.encoding,
+                    meta,
+                    writer.written,
+                    writer.checksum,
+                    whole,
                 )
             )
             self._version += 1
+            if whole is not None:
+                self.commits_in_place += 1
             entry = self._entry(
                 writer.key, record, {writer.encoding: data} if data is not None else {}
             )

@@ -31,62 +31,26 @@ import pickle
 import random
 import shutil
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import diskcache
 import xxhash
 
+from edge.store.disk_layout import (
+    BYTES_KEY,
+    ORPHAN_GRACE,
+    Install,
+    _Record,
+    remove_dead_tmp_dirs,
+    sweep_orphans,
+    write_new,
+)
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
 from edge.store.writer import unlink_quietly
 
-__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install"]
+__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install", "_Record"]
 
 log = logging.getLogger("edge.store")
-
-#: an unreferenced body file younger than this may belong to another process that
-#: renamed it and is about to write its index row; the orphan sweep leaves it alone
-ORPHAN_GRACE = 600.0
-#: the index key of the byte total of all bodies (not a str, so never an object's key)
-BYTES_KEY = ("edgeshield", "body-bytes")
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    """An index row as stored by diskcache (pickled)."""
-
-    meta: object
-    # (encoding, path relative to the store directory, size, checksum or None); rows
-    # written before checksums have 3-tuples, read as "not known" (see `_row`)
-    bodies: tuple[tuple[str, str, int, int | None], ...] = field(default=())
-
-    def with_body(self, encoding: str, rel: str, size: int, checksum: int | None) -> _Record:
-        """This row with `encoding`'s body replaced by the one given."""
-        others = tuple(b for b in self.bodies if b[0] != encoding)
-        return _Record(self.meta, (*others, (encoding, rel, size, checksum)))
-
-    @property
-    def size(self) -> int:
-        """Bytes of all its bodies."""
-        return sum(b[2] for b in self.bodies)
-
-
-@dataclass(frozen=True, slots=True)
-class Install:
-    """One finished body to rename into place and index (see `DiskIndex.install_many`)."""
-
-    key: str
-    src: str
-    encoding: str
-    meta: object
-    size: int
-    checksum: int
-
-
-# rows are pickled under the name older releases wrote them with (`edge.store` before
-# it became a package, which still exports it), so either release reads the other's rows
-_Record.__module__ = "edge.store"
 
 
 class DiskIndex:
@@ -130,7 +94,7 @@ class DiskIndex:
         tmp_root = os.path.dirname(self.tmp_dir)
         os.makedirs(os.path.join(self.directory, "bodies"), exist_ok=True)
         os.makedirs(tmp_root, exist_ok=True)
-        crashed = _remove_dead_tmp_dirs(tmp_root)
+        crashed = remove_dead_tmp_dirs(tmp_root)
         os.makedirs(self.tmp_dir)
         self._lock_fd = os.open(
             os.path.join(self.tmp_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
@@ -231,16 +195,7 @@ class DiskIndex:
 
     def _sweep_orphans(self, referenced: set[str]) -> None:
         """Remove body files no index row names (left by a crash between rename and row)."""
-        bodies = os.path.join(self.directory, "bodies")
-        cutoff = time.time() - ORPHAN_GRACE
-        for dirpath, _dirs, files in os.walk(bodies):
-            for name in files:
-                full = os.path.join(dirpath, name)
-                if os.path.relpath(full, self.directory) in referenced:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(full).st_mtime < cutoff:
-                        os.unlink(full)
+        sweep_orphans(self.directory, referenced)
 
     @property
     def index(self) -> diskcache.Cache:
@@ -298,7 +253,10 @@ class DiskIndex:
         for n, item in enumerate(items):
             try:
                 rel, full = self._new_body_path(item.encoding)
-                os.rename(item.src, full)
+                if item.data is not None:
+                    write_new(full, item.data)
+                else:
+                    os.rename(item.src, full)
             except OSError as exc:
                 results.append(exc)
                 continue
@@ -401,8 +359,7 @@ class DiskIndex:
             full = self.abs_path(rel)
             try:
                 if size <= self.memory_object_max:
-                    with open(full, "rb") as f:
-                        body = f.read(size + 1)
+                    body = _read_small(full, size)
                     if len(body) != size:
                         raise FileNotFoundError(full)
                     if checksum is not None and body_checksum(body) != checksum:
@@ -463,27 +420,18 @@ class DiskIndex:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def _remove_dead_tmp_dirs(tmp_root: str) -> int:
-    """Remove temp directories whose owning store is gone (its flock is free); how
-    many there were (a store that closes removes its own: these died)."""
-    dead = 0
-    for name in os.listdir(tmp_root):
-        path = os.path.join(tmp_root, name)
-        if not os.path.isdir(path):
-            unlink_quietly(path)
-            continue
-        try:
-            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            shutil.rmtree(path, ignore_errors=True)  # its owner died before locking
-            dead += 1
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live store owns it
-        finally:
-            os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
-        dead += 1
-    return dead
+def _read_small(path: str, size: int) -> bytes:
+    """Up to `size + 1` bytes of the file `path` (one byte more shows a file longer
+    than its row says): an open, a read and a close, without a Python file object
+    and the fstat and buffer it makes (a hit on a small body read from disk)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        body = os.read(fd, size + 1)
+        while len(body) <= size:
+            more = os.read(fd, size + 1 - len(body))
+            if not more:
+                break
+            body += more
+        return body
+    finally:
+        os.close(fd)

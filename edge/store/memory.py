@@ -60,10 +60,11 @@ class MemoryStore(StoreBase):
         return BodyWriter(self, key, encoding, self.tmp_path("." + encoding), keep_limit=2**62)
 
     async def _commit_body(
-        self, writer: BodyWriter, meta: object, data: bytes | None
+        self, writer: BodyWriter, meta: object, data: bytes | None, whole: bytes | None
     ) -> StoredEntry:
-        await self._run(unlink_quietly, writer.path)
-        body = data or b""
+        if whole is None:
+            await self._run(unlink_quietly, writer.path)
+        body = data or whole or b""
         entry = StoredEntry(
             writer.key, meta, {writer.encoding: BodyRef(writer.encoding, len(body), body, None)}
         )

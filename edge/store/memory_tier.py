@@ -14,10 +14,32 @@ from collections import OrderedDict
 
 from edge.store.interface import StoredEntry
 
-__all__ = ["ENTRY_OVERHEAD", "MemoryTier"]
+__all__ = ["ENTRY_OVERHEAD", "PAIR_OVERHEAD", "MemoryTier", "entry_cost"]
 
-#: accounting overhead of one entry in the memory tier besides its body bytes
-ENTRY_OVERHEAD = 512
+#: what one entry costs in memory besides its bodies and header fields: the
+#: `StoredEntry`, its `BodyRef`s, the metadata object with its other fields, the
+#: tier's own node (measured with tracemalloc: docs/benchmarks.md, "Store scale")
+ENTRY_OVERHEAD = 768
+#: what one header field of the metadata costs besides its characters: a 2-tuple
+#: and two str objects (56 + 2 x 49 bytes, rounded up to the allocator's sizes)
+PAIR_OVERHEAD = 160
+
+
+def entry_cost(entry: StoredEntry) -> int:
+    """The bytes `entry` takes in memory, as the tier charges them: its bodies held
+    in memory, and its metadata's header fields (an `ObjectMeta` keeps the upstream's
+    fields and the client's, several KiB for a small object: counted at 512 bytes an
+    entry, a tier of small objects held several times its bound)."""
+    cost = ENTRY_OVERHEAD
+    for ref in entry.bodies.values():
+        if ref.data is not None:
+            cost += len(ref.data)
+    meta = entry.meta
+    # the store holds any meta; an ObjectMeta's header tables are what make it large
+    for table in (getattr(meta, "upstream_headers", ()), getattr(meta, "client_headers", ())):
+        for name, value in table:
+            cost += PAIR_OVERHEAD + len(name) + len(value)
+    return cost
 
 
 class MemoryTier:
@@ -43,9 +65,7 @@ class MemoryTier:
 
     def put(self, entry: StoredEntry) -> None:
         """Hold an entry, evicting the least recently used ones beyond the bound."""
-        cost = ENTRY_OVERHEAD + sum(
-            len(ref.data) for ref in entry.bodies.values() if ref.data is not None
-        )
+        cost = entry_cost(entry)
         self.discard(entry.key)
         if cost > self.max_bytes:
             return

@@ -114,13 +114,15 @@ class BodyWriter:
     async def commit(self, meta: object) -> StoredEntry:
         """Complete the body and index it under the key, replacing any older entry."""
         self._check_open()
-        await self._drain(close=True)
-        await self._close_file()
+        whole = await self._take_unwritten()
+        if whole is None:
+            await self._drain(close=True)
+            await self._close_file()
         self.finished = True
         self._notify()
         data = bytes(self._kept) if self._kept is not None else None
         try:
-            return await self._store._commit_body(self, meta, data)
+            return await self._store._commit_body(self, meta, data, whole)
         except BaseException:
             await self._store._run(unlink_quietly, self.path)
             raise
@@ -141,6 +143,22 @@ class BodyWriter:
         self._notify()
 
     # internals
+
+    async def _take_unwritten(self) -> bytes | None:
+        """The whole body, if none of it has reached the file yet (a small body that
+        arrived within `WRITE_DELAY`): the store then writes it in place as part of the
+        commit's own gateway call, with no temp file, rename or extra hop. Marks the
+        writer finished, so a drain the timer started meanwhile writes nothing."""
+        self._cancel_timer()
+        async with self._io_lock:
+            if self._fd is not None or self.written or self._error is not None:
+                return None
+            whole = bytes(self._buf)
+            self._buf.clear()
+            self._hasher.update(whole)
+            self.written = len(whole)
+            self.finished = True
+            return whole
 
     def _check_open(self) -> None:
         if self.finished:
@@ -174,6 +192,8 @@ class BodyWriter:
         (a small body is then opened, written and closed in one gateway hop)."""
         self._cancel_timer()
         async with self._io_lock:
+            if self.finished and not close:
+                return  # committed whole, or aborted: nothing more goes to the file
             if self._error is not None:
                 raise StoreError(f"writing {self.key!r} failed: {self._error}") from self._error
             if not self._buf and self._fd is not None and not close:

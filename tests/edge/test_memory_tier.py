@@ -1,7 +1,12 @@
-"""The memory tier on its own: a bounded LRU of entries, counted by their body bytes."""
+"""The memory tier on its own: a bounded LRU of entries, counted by what they take in
+memory (their body bytes and their metadata's header fields)."""
 
 from __future__ import annotations
 
+import pickle
+import tracemalloc
+
+from edge.cache.storing import build_meta
 from edge.store import BodyRef, MemoryTier, StoredEntry
 from edge.store.memory_tier import ENTRY_OVERHEAD
 
@@ -55,3 +60,50 @@ def test_an_entry_past_its_ttl_is_gone() -> None:
     tier.put(entry("k", 100))
     assert tier.get("k") is None
     assert tier.used == 0
+
+
+def test_the_bound_holds_for_small_objects_with_real_metadata() -> None:
+    # entries as the disk store makes them: an ObjectMeta unpickled from its index
+    # row (several KiB of header fields) beside a 1 KiB body
+    pairs = (
+        ("Server", "nginx/1.22.1"),
+        ("Date", "Tue, 01 Dec 2026 00:20:00 GMT"),
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", "1024"),
+        ("Last-Modified", "Tue, 01 Dec 2026 00:10:00 GMT"),
+        ("ETag", '"692c5e38-400"'),
+        ("Cache-Control", "public, max-age=3600"),
+        ("Accept-Ranges", "bytes"),
+    )
+    rows = [
+        pickle.dumps(
+            build_meta(
+                status=200,
+                upstream_pairs=pairs,
+                request_time=1.0,
+                response_time=1.0,
+                stored_at=1.0,
+                service="s",
+                host="www.example.com",
+                target=f"/bin/1k?u={n}",
+                compressible=False,
+            )
+        )
+        for n in range(3000)
+    ]
+    bound = 1024 * 1024
+    tracemalloc.start()
+    try:
+        tier = MemoryTier(max_bytes=bound)
+        before = tracemalloc.get_traced_memory()[0]
+        for n, row in enumerate(rows):
+            key = f"s\x1fwww.example.com\x1f/bin/1k?u={n}"
+            body = {"identity": BodyRef("identity", 1024, bytes(1024), None)}
+            tier.put(StoredEntry(key, pickle.loads(row), body))
+            del key, body
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert tier.used <= bound
+    assert len(tier) < 3000  # the bound was reached: what follows is what it holds
+    assert held <= bound * 1.1, f"{held} bytes held by a tier bounded to {bound}"

@@ -1,0 +1,131 @@
+"""What a store directory holds, apart from the index's workings: the row format
+(`_Record`), a commit's description (`Install`), and the clean-up of what crashed
+processes leave behind (dead temp directories, orphan body files).
+
+Split from `edge.store.disk_index` (which re-exports these names); the directory's
+layout is described there. Every function here blocks: run it on the I/O gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from edge.store.writer import unlink_quietly
+
+__all__ = [
+    "BYTES_KEY",
+    "ORPHAN_GRACE",
+    "Install",
+    "_Record",
+    "remove_dead_tmp_dirs",
+    "sweep_orphans",
+    "write_new",
+]
+
+#: an unreferenced body file younger than this may belong to another process that
+#: renamed it and is about to write its index row; the orphan sweep leaves it alone
+ORPHAN_GRACE = 600.0
+#: the index key of the byte total of all bodies (not a str, so never an object's key)
+BYTES_KEY = ("edgeshield", "body-bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """An index row as stored by diskcache (pickled)."""
+
+    meta: object
+    # (encoding, path relative to the store directory, size, checksum or None); rows
+    # written before checksums have 3-tuples, read as "not known" (see `_row`)
+    bodies: tuple[tuple[str, str, int, int | None], ...] = field(default=())
+
+    def with_body(self, encoding: str, rel: str, size: int, checksum: int | None) -> _Record:
+        """This row with `encoding`'s body replaced by the one given."""
+        others = tuple(b for b in self.bodies if b[0] != encoding)
+        return _Record(self.meta, (*others, (encoding, rel, size, checksum)))
+
+    @property
+    def size(self) -> int:
+        """Bytes of all its bodies."""
+        return sum(b[2] for b in self.bodies)
+
+
+@dataclass(frozen=True, slots=True)
+class Install:
+    """One finished body to rename (or, given `data`, write) into place and index
+    (see `DiskIndex.install_many`)."""
+
+    key: str
+    src: str
+    encoding: str
+    meta: object
+    size: int
+    checksum: int
+    #: the whole body when it was never written to `src`: written in place instead
+    data: bytes | None = None
+
+
+# rows are pickled under the name older releases wrote them with (`edge.store` before
+# it became a package, which still exports it), so either release reads the other's rows
+_Record.__module__ = "edge.store"
+
+
+def sweep_orphans(directory: str, referenced: set[str]) -> None:
+    """Remove body files under `directory` that no index row names (`referenced`:
+    paths relative to it), left by a crash between rename and row; files younger
+    than `ORPHAN_GRACE` may be another process's commit in flight and stay."""
+    bodies = os.path.join(directory, "bodies")
+    cutoff = time.time() - ORPHAN_GRACE
+    for dirpath, _dirs, files in os.walk(bodies):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if os.path.relpath(full, directory) in referenced:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(full).st_mtime < cutoff:
+                    os.unlink(full)
+
+
+def write_new(path: str, data: bytes) -> None:
+    """Write `data` as the new file `path` (never an existing one); on failure no
+    file is left there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def remove_dead_tmp_dirs(tmp_root: str) -> int:
+    """Remove temp directories whose owning store is gone (its flock is free); how
+    many there were (a store that closes removes its own: these died)."""
+    dead = 0
+    for name in os.listdir(tmp_root):
+        path = os.path.join(tmp_root, name)
+        if not os.path.isdir(path):
+            unlink_quietly(path)
+            continue
+        try:
+            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            shutil.rmtree(path, ignore_errors=True)  # its owner died before locking
+            dead += 1
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live store owns it
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        dead += 1
+    return dead
