@@ -2,9 +2,9 @@
 against a real edge process.
 
 The edge keeps no body in memory here (`memory_size` is tiny), so every hit above the
-size the store loads whole (256 KiB) is read from its file. A body goes out by sendfile once this process has read it whole and
-found it matching its checksum (`edgeshield_sendfile_answers_total` counts those
-answers), and ranges of it at once; what arrives is byte-exact, whole or ranged,
+size the store loads whole (256 KiB) is read from its file. A body goes out by
+sendfile once this process has read it whole and found it matching its checksum
+(`edgeshield_sendfile_answers_total` counts those answers), and ranges of it at once; what arrives is byte-exact, whole or ranged,
 on HTTP/1.1 and 1.0, and HEAD gets no body. A body damaged on disk is never sent
 whole: the first whole send is the checked read, which cuts the connection. A client
 that stops reading mid-sendfile holds no memory of the edge's and is cut after
@@ -146,7 +146,7 @@ async def test_a_checked_body_is_sent_whole_by_sendfile_byte_exact(edge: Edge) -
 async def test_ranges_are_sent_by_sendfile_byte_exact(edge: Edge) -> None:
     size = 3 * MiB
     path = f"/big/{size}/ranges"
-    status, _, body = await fetch(edge, path)  # the miss; no whole read from the file yet
+    *_, body = await fetch(edge, path)  # the miss; no whole read from the file yet
     assert body == pattern(size)
     whole = pattern(size)
     before = await edge.metric(SENT)
@@ -169,7 +169,7 @@ async def test_ranges_are_sent_by_sendfile_byte_exact(edge: Edge) -> None:
 async def test_a_body_damaged_on_disk_is_never_sent_whole(edge: Edge) -> None:
     size = 2 * MiB
     path = f"/big/{size}/damaged"
-    status, _, body = await fetch(edge, path)  # stored, never read whole from its file
+    *_, body = await fetch(edge, path)  # stored, never read whole from its file
     assert body == pattern(size)
     with open(edge.body_file(size), "r+b") as stored:
         stored.seek(size // 2)
@@ -185,7 +185,7 @@ async def test_a_body_damaged_on_disk_is_never_sent_whole(edge: Edge) -> None:
     assert await edge.metric(CORRUPT) == corrupt + 1
     assert await edge.metric(SENT) == sent
     # dropped: the next request fetches it again, whole
-    status, headers, body = await fetch(edge, path)
+    _, headers, body = await fetch(edge, path)
     assert body == pattern(size) and "hit" not in headers["cache-status"].rsplit(",", 1)[-1]
 
 
@@ -194,7 +194,7 @@ async def test_a_body_changed_after_its_check_is_checked_again(edge: Edge) -> No
     path = f"/big/{size}/changed"
     await checked(edge, path, size)
     sent = await edge.metric(SENT)
-    status, _, body = await fetch(edge, path)
+    *_, body = await fetch(edge, path)
     assert body == pattern(size) and await edge.metric(SENT) == sent + 1
     # written to after it was checked (a new mtime): no longer the file that was checked
     with open(edge.body_file(size), "r+b") as stored:
@@ -252,7 +252,7 @@ async def test_a_client_that_stops_reading_mid_sendfile_holds_no_memory_and_is_c
     assert head.startswith(b"HTTP/1.1 200")
     # the stalled client reads nothing more; others get the whole body meanwhile
     for _ in range(3):
-        status, _, body = await fetch(edge, path)
+        *_, body = await fetch(edge, path)
         assert body == pattern(size)
     assert await edge.metric(SENT) == sent + 4
     assert edge.rss - before < FLAT, (before, edge.rss)
