@@ -4,8 +4,9 @@ against a real edge process.
 The edge keeps no body in memory here (`memory_size` is tiny), so every hit above the
 size the store loads whole (256 KiB) is read from its file. A body goes out by
 sendfile once this process has read it whole and found it matching its checksum
-(`edgeshield_sendfile_answers_total` counts those answers), and ranges of it at once; what arrives is byte-exact, whole or ranged,
-on HTTP/1.1 and 1.0, and HEAD gets no body. A body damaged on disk is never sent
+(`edgeshield_sendfile_answers_total` counts those answers), and ranges of it at
+once; what arrives is byte-exact, whole or ranged, on HTTP/1.1 and 1.0, and HEAD gets
+no body. A body damaged on disk is never sent
 whole: the first whole send is the checked read, which cuts the connection. A client
 that stops reading mid-sendfile holds no memory of the edge's and is cut after
 `send_timeout`.
