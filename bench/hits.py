@@ -267,7 +267,7 @@ class Servers:
     edge_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     front: str = "httptools"
     access_log: bool = True
-    #: how the edge sends bodies from their files: sendfile (the default), mmap, chunks
+    #: how the edge sends bodies from their files: sendfile (the default) or chunks
     file_bodies: str = "sendfile"
     #: the most VmRSS (KiB, all edge processes summed) seen during each case's runs
     hit_rss: dict[str, int] = field(default_factory=dict)
@@ -751,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--access-log", choices=("on", "off"), default="on")
     parser.add_argument(
         "--file-bodies",
-        choices=("sendfile", "mmap", "chunks"),
+        choices=("sendfile", "chunks"),
         default="sendfile",
         help="how the edge sends bodies from their files (EDGESHIELD_FILE_BODIES)",
     )

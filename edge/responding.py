@@ -8,10 +8,8 @@ never a short one that looks whole.
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Callable, Iterable
-from typing import cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -88,7 +86,9 @@ class Responder:
         self.compressing: set[str] = set()
         #: body files this process has read whole and checked (then sent by sendfile)
         self.verified = VerifiedBodies()
-        self._file_bodies = os.environ.get("EDGESHIELD_FILE_BODIES", "sendfile")
+        #: EDGESHIELD_FILE_BODIES=chunks: copy every body through Python as before
+        #: (to measure against, or to work around a kernel's sendfile)
+        self._sendfile = os.environ.get("EDGESHIELD_FILE_BODIES", "sendfile") != "chunks"
 
     async def from_store(
         self,
@@ -245,11 +245,7 @@ class Responder:
         """Send [start, end) of an open body file without reading it into Python, when
         the front can (`FileSink`: plain TCP); False when it cannot (the caller copies).
         A file that ends early cuts the answer, as a short read does."""
-        if self._file_bodies == "mmap":
-            return await _send_mapped(sink, opened, start, end)
-        if self._file_bodies != "sendfile":
-            return False
-        if not isinstance(sink, FileSink) or not sink.sends_files():
+        if not self._sendfile or not isinstance(sink, FileSink) or not sink.sends_files():
             return False
         self.metrics.sendfile_answers.inc()
         sent = await sink.send_file(opened.fd, start, end - start)
@@ -414,19 +410,6 @@ class Responder:
         """Pass an upstream answer on as it arrives (edge.relaying); `fields`: what
         the traffic rules make of its fields (edge.traffic)."""
         return await relay_answer(request, sink, upstream, outcome, self.options, self._via, fields)
-
-
-async def _send_mapped(sink: ResponseSink, opened: OpenBody, start: int, end: int) -> bool:
-    """Write [start, end) of a body file from a read-only mapping of it (measured
-    against sendfile, see docs/benchmarks.md)."""
-    if opened.identity is None:
-        return False  # not the size its entry says: a mapping could fault
-    mapped = mmap.mmap(opened.fd, 0, access=mmap.ACCESS_READ)
-    view = memoryview(mapped)
-    for pos in range(start, end, COPY_CHUNK):
-        await sink.write(cast(bytes, view[pos : min(pos + COPY_CHUNK, end)]))
-    await sink.end()
-    return True
 
 
 async def _write_decoded(sink: ResponseSink, decoder: StreamDecoder | None, chunk: bytes) -> None:
