@@ -179,6 +179,33 @@ class Reply:
     length: int
 
 
+def listeners_on(port: int) -> int:
+    """Listening TCP sockets on `port` (one per edge worker, SO_REUSEPORT), from /proc."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address "ADDR:PORT" in hex; state 0A is LISTEN
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def wait_all_listening(
+    port: int, count: int, child: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Wait until `count` sockets listen on `port` (every worker of the edge)."""
+    deadline = time.monotonic() + timeout
+    while listeners_on(port) < count:
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{listeners_on(port)} of {count} workers listening on {port}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
+        time.sleep(0.1)
+
+
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
     """One GET on a new connection; the body is read and counted, not kept."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -340,6 +367,10 @@ class Servers:
         try:
             wait_listening(self.edge_port, child, log, 30)
             wait_listening(self.edge_admin_port, child, log, 30)
+            # worker 0 listens first; the others start after it (a fresh interpreter
+            # each, slow under load): a run begun before they listen puts every
+            # keep-alive connection on worker 0 for its whole length
+            wait_all_listening(self.edge_port, workers or os.cpu_count() or 1, child, log, 60)
             reply = http_get(self.edge_port, "/bin/1k")
             if reply.status != 200:
                 raise RuntimeError(f"edge answered {reply.status} to a first request")

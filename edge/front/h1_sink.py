@@ -200,6 +200,8 @@ class FrontSink:
         transport = connection.transport
         assert transport is not None
         sock = transport.get_extra_info("socket")
+        if connection.lost or sock is None or transport.is_closing():
+            raise ConnectionResetError("the client connection was lost")
         copy = os.dup(sock.fileno())
         sent = 0
         try:
