@@ -9,7 +9,8 @@ once; what arrives is byte-exact, whole or ranged, on HTTP/1.1 and 1.0, and HEAD
 no body. A body damaged on disk is never sent
 whole: the first whole send is the checked read, which cuts the connection. A client
 that stops reading mid-sendfile holds no memory of the edge's and is cut after
-`send_timeout`.
+`send_timeout`. Over TLS, which must encrypt every byte, the same body is copied
+through the checked reader instead, never sent by sendfile.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from tests.support.front import (
     running_edge,
 )
 from tests.support.processes import NodeProcess
+from tests.support.tls_fleet import TlsFiles, split, tls_fleet_toml
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -264,3 +267,64 @@ async def test_a_client_that_stops_reading_mid_sendfile_holds_no_memory_and_is_c
     await eventually(none_open, "the stalled connection cut", timeout=SEND_TIMEOUT + 20)
     assert await cut_short(stalled_reader, size) < size
     stalled.close()
+
+
+class TlsEdge:
+    """An edge with a TLS listener beside its plain one (service beta: no redirect)."""
+
+    def __init__(self, root: Path, origin: str) -> None:
+        self.files = TlsFiles(root / "tls")
+        text, self.addresses = tls_fleet_toml(root, self.files, origin)
+        # one worker: the files a worker has checked are its own
+        text = text.replace('name = "edge1"\n', 'name = "edge1"\nworkers = 1\n')
+        assert "workers = 1" in text
+        (root / "fleet.toml").write_text(text)
+        self.process = NodeProcess(
+            ["edge", "--config", str(root / "fleet.toml"), "--node", "edge1"],
+            root / "edge.log",
+            env={"EDGESHIELD_ACCESS_LOG": "0", "EDGESHIELD_FRONT": "httptools"},
+        )
+
+    async def metric(self, name: str) -> float:
+        return await node_metric(f"http://{self.addresses['edge_admin']}", name)
+
+
+@pytest.fixture(scope="module")
+def tls_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEdge]:
+    origin = BulkOrigin().start()
+    node = TlsEdge(tmp_path_factory.mktemp("sendfile-tls"), origin.url)
+    try:
+        node.process.start()
+        for key in ("edge", "edge_tls", "edge_admin"):
+            node.process.wait_listening(node.addresses[key])
+        yield node
+    finally:
+        node.process.stop()
+        origin.close()
+
+
+async def test_tls_answers_copy_the_body_never_sendfile(tls_edge: TlsEdge) -> None:
+    size = MiB
+    path = f"/big/{size}/tls"
+    host, port = split(tls_edge.addresses["edge_tls"])
+    context = tls_edge.files.client_context()
+    request = f"GET {path} HTTP/1.1\r\nHost: www.beta.test\r\n\r\n".encode()
+    for _ in range(4):  # the miss, the checked read, then two that plain TCP would sendfile
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname="www.beta.test", limit=MiB
+        )
+        writer.write(request)
+        status, _, body = await read_response(reader, timeout=30)
+        assert status.startswith("HTTP/1.1 200") and body == pattern(size)
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    assert await tls_edge.metric(SENT) == 0
+    # the same object on the plain listener goes by sendfile (it was checked above)
+    host, port = split(tls_edge.addresses["edge"])
+    reader, writer = await asyncio.open_connection(host, port, limit=MiB)
+    writer.write(request)
+    status, _, body = await read_response(reader, timeout=30)
+    assert status.startswith("HTTP/1.1 200") and body == pattern(size)
+    writer.close()
+    assert await tls_edge.metric(SENT) == 1
