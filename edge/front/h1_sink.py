@@ -192,6 +192,8 @@ class FrontSink:
         for the socket to be writable in between (at most `send_timeout` per wait,
         then the connection is cut, as `drain` does). The wait watches a duplicate of
         the socket's descriptor: the event loop keeps the transport's own to itself.
+        The call runs on the loop, as nginx's does without aio: its source is usually the
+        page cache (a body sent whole was read whole when it was checked).
         """
         if self._head_only or count <= 0:
             return count if self._head_only else 0
@@ -233,7 +235,7 @@ class FrontSink:
         try:
             await connection.drain()
         finally:
-            if not connection.lost:
+            if not connection.lost and not transport.is_closing():
                 transport.set_write_buffer_limits(high=high, low=low)
 
     async def _socket_writable(self, fd: int) -> None:
