@@ -82,6 +82,8 @@ CASES = {
         Case("id-1k", "1 KiB, identity", "/bin/1k"),
         Case("id-100k", "100 KiB, identity", "/bin/100k"),
         Case("id-1m", "1 MiB, identity", "/bin/1m"),
+        # the smallest size the store does not read whole into memory (above 256 KiB)
+        Case("id-300k", "300 KiB, identity", "/bin/300k"),
         Case("br-100k", "100 KiB JSON, br", "/json/100k", "br"),
         Case("gzip-100k", "100 KiB JSON, gzip", "/json/100k", "gzip"),
         Case("br-1k", "1 KiB JSON, br", "/json/1k", "br"),
@@ -177,6 +179,33 @@ class Reply:
     length: int
 
 
+def listeners_on(port: int) -> int:
+    """Listening TCP sockets on `port` (one per edge worker, SO_REUSEPORT), from /proc."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address "ADDR:PORT" in hex; state 0A is LISTEN
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def wait_all_listening(
+    port: int, count: int, child: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Wait until `count` sockets listen on `port` (every worker of the edge)."""
+    deadline = time.monotonic() + timeout
+    while listeners_on(port) < count:
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{listeners_on(port)} of {count} workers listening on {port}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
+        time.sleep(0.1)
+
+
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
     """One GET on a new connection; the body is read and counted, not kept."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -265,6 +294,10 @@ class Servers:
     edge_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     front: str = "httptools"
     access_log: bool = True
+    #: how the edge sends bodies from their files: sendfile (the default) or chunks
+    file_bodies: str = "sendfile"
+    #: the most VmRSS (KiB, all edge processes summed) seen during each case's runs
+    hit_rss: dict[str, int] = field(default_factory=dict)
 
     def start_origin(self) -> None:
         """The demo origin, whose sized objects (`demo/sized.py`) the cases fetch."""
@@ -327,12 +360,17 @@ class Servers:
         env = {
             "EDGESHIELD_NODE_SECRET": self.edge_secret,
             "EDGESHIELD_ACCESS_LOG": "1" if self.access_log else "0",
+            "EDGESHIELD_FILE_BODIES": self.file_bodies,
         }
         argv = [sys.executable, "-m", "cli.main", "edge", "--config", str(fleet)]
         child = self.procs.start([*argv, "--node", "edge1"], log, env)
         try:
             wait_listening(self.edge_port, child, log, 30)
             wait_listening(self.edge_admin_port, child, log, 30)
+            # worker 0 listens first; the others start after it (a fresh interpreter
+            # each, slow under load): a run begun before they listen puts every
+            # keep-alive connection on worker 0 for its whole length
+            wait_all_listening(self.edge_port, workers or os.cpu_count() or 1, child, log, 60)
             reply = http_get(self.edge_port, "/bin/1k")
             if reply.status != 200:
                 raise RuntimeError(f"edge answered {reply.status} to a first request")
@@ -544,7 +582,14 @@ def bench_hits(
             order = pairs if number % 2 == 0 else pairs[::-1]
             for server, port in order:
                 encoding = accept_encoding(case, server, servers.nginx_br)
-                result = run_wrk(port, case, encoding, duration)
+                if server == "edge":
+                    with RssSampler(servers.edge_pids) as sampler:
+                        result = run_wrk(port, case, encoding, duration)
+                    servers.hit_rss[case.name] = max(
+                        servers.hit_rss.get(case.name, 0), sampler.max_total_kib
+                    )
+                else:
+                    result = run_wrk(port, case, encoding, duration)
                 results.setdefault((case.name, server), []).append(result)
                 print(
                     f"round {number + 1} {case.label:22} {server:5} {result.rps:10,.0f} req/s "
@@ -585,6 +630,16 @@ def hits_table(
                 f"{case.label}: wrk counted {errors} error(s) (non-2xx/3xx or socket errors, "
                 "timeouts included) over all rounds of both servers."
             )
+    return "\n".join(lines)
+
+
+def hit_rss_table(servers: Servers, cases: Sequence[Case]) -> str:
+    """The edge's resident memory during the hit runs (all its processes summed, sampled
+    every 100 ms): whether many clients of large bodies make it grow."""
+    lines = ["| hit | edge max RSS during its runs, sum of processes (MiB) |", "|---|---|"]
+    for case in cases:
+        if case.name in servers.hit_rss:
+            lines.append(f"| {case.label} | **{servers.hit_rss[case.name] / 1024:.0f}** |")
     return "\n".join(lines)
 
 
@@ -726,6 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--front", choices=("httptools", "aiohttp"), default="httptools")
     parser.add_argument("--access-log", choices=("on", "off"), default="on")
     parser.add_argument(
+        "--file-bodies",
+        choices=("sendfile", "chunks"),
+        default="sendfile",
+        help="how the edge sends bodies from their files (EDGESHIELD_FILE_BODIES)",
+    )
+    parser.add_argument(
         "--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {sorted(CASES)}"
     )
     parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
@@ -742,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = Servers(Path(tmp), procs, notes)
         servers.front = args.front
         servers.access_log = args.access_log == "on"
+        servers.file_bodies = args.file_bodies
         nginx_workers = args.workers or os.cpu_count() or 1
         try:
             servers.start_origin()
@@ -751,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warm(servers, cases)
                 results = bench_hits(servers, cases, args.rounds, args.duration)
                 sections.append(hits_table(servers, cases, results))
+                sections.append(hit_rss_table(servers, cases))
             if args.mode in ("all", "rss"):
                 sections.append(bench_rss(servers))
         finally:
@@ -760,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes.insert(
         0,
         f"Edge: `workers = {servers.edge_workers or 'auto'}`, `front = {args.front}`, access "
-        f"log {args.access_log}; nginx: `worker_processes {nginx_workers}`, "
+        f"log {args.access_log}, file bodies by {args.file_bodies}; nginx: "
+        f"`worker_processes {nginx_workers}`, "
         f"proxy_cache, gzip level 6 and "
         + ("br level 4 on the fly." if brotli else "no br module (gzip only) on the fly."),
     )

@@ -107,6 +107,7 @@ class NodeMetrics:
         self.refused = Count()
         self.stale_if_error = Count()
         self.bytes_sent = Count()
+        self.sendfile_answers = Count()
         self.upstream_requests = Count()
         self.upstream_errors = Count()
         self.stored = Count()
@@ -226,6 +227,11 @@ class NodeMetrics:
         yield answers
         for name, help_text, count in (
             ("edgeshield_body_bytes_sent", "Body bytes sent to clients", self.bytes_sent),
+            (
+                "edgeshield_sendfile_answers",
+                "Answers whose body left its stored file by os.sendfile",
+                self.sendfile_answers,
+            ),
             (
                 "edgeshield_upstream_requests",
                 "Requests sent to the next tier for fills",

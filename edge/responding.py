@@ -8,6 +8,7 @@ never a short one that looks whole.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -29,7 +30,7 @@ from edge.cache.ranges import (
 from edge.compress import DecodeError, DecodeLimit, StreamDecoder
 from edge.fill import Fill, FillFailed, FillHead
 from edge.filling import drop_undecodable
-from edge.front.types import RequestHead, ResponseSink
+from edge.front.types import FileSink, RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.options import STALE_MARK, EngineOptions
 from edge.outcome import Outcome, refused
@@ -44,13 +45,15 @@ from edge.store import (
     open_body,
     read_body,
 )
+from edge.store.bodies import OpenBody, VerifiedBodies
 from edge.upstream import UpstreamResponse
 
 # the node's own answers live in edge.own_answers; their names stay importable here
 __all__ = ["COPY_CHUNK", "EntryGone", "Responder", "detail_token", "error_response", "refuse"]
 
-#: Chunk size when a body is read from disk: few executor trips per object. (uvloop's
-#: event loop has no sendfile, so bodies not in the memory tier are copied.)
+#: Chunk size when a body is read from disk: few executor trips per object. (Bodies a
+#: front can send with `os.sendfile` are read this way only the first time, to check
+#: them; see `Responder._stream_body`.)
 COPY_CHUNK = 1024 * 1024
 
 
@@ -81,6 +84,11 @@ class Responder:
         self._via = f"1.1 {options.node_name} (edgeshield)"
         #: keys whose compressed variants are being made (the Filler's set)
         self.compressing: set[str] = set()
+        #: body files this process has read whole and checked (then sent by sendfile)
+        self.verified = VerifiedBodies()
+        #: EDGESHIELD_FILE_BODIES=chunks: copy every body through Python as before
+        #: (to measure against, or to work around a kernel's sendfile)
+        self._sendfile = os.environ.get("EDGESHIELD_FILE_BODIES", "sendfile") != "chunks"
 
     async def from_store(
         self,
@@ -194,6 +202,17 @@ class Responder:
         opened = await open_body(body) if body.data is None else None
         try:
             await sink.start(status, headers)
+            if (
+                opened is not None
+                and decoder is None
+                and (
+                    (start, end) != (0, body.size)
+                    or body.checksum is None
+                    or opened.identity in self.verified
+                )
+                and await self._send_file(sink, opened, start, end)
+            ):
+                return
             chunks = (
                 opened.chunks(start, end, COPY_CHUNK)
                 if opened is not None
@@ -207,15 +226,34 @@ class Responder:
             except (BodyGone, DecodeError) as exc:
                 # cut, never a short body that looks whole
                 if isinstance(exc, BodyCorrupt):
+                    if opened is not None:
+                        self.verified.discard(opened.identity)
                     await self._drop_corrupt(key, body)
                 elif isinstance(exc, DecodeLimit):
                     await drop_undecodable(self.store, self.metrics, key, exc)
                 sink.abort()
                 return
+            if opened is not None and (start, end) == (0, body.size):
+                # read whole and checked: from now on this file may go by sendfile
+                self.verified.add(opened.identity)
             await sink.end()
         finally:
             if opened is not None:
                 await opened.close()
+
+    async def _send_file(self, sink: ResponseSink, opened: OpenBody, start: int, end: int) -> bool:
+        """Send [start, end) of an open body file without reading it into Python, when
+        the front can (`FileSink`: plain TCP); False when it cannot (the caller copies).
+        A file that ends early cuts the answer, as a short read does."""
+        if not self._sendfile or not isinstance(sink, FileSink) or not sink.sends_files():
+            return False
+        self.metrics.sendfile_answers.inc()
+        sent = await sink.send_file(opened.fd, start, end - start)
+        if sent < end - start:
+            sink.abort()
+            return True
+        await sink.end()
+        return True
 
     async def stream_fill(
         self,

@@ -8,7 +8,7 @@ caching and these three types; a front knows framing and its own types.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -82,6 +82,24 @@ class ResponseSink(Protocol):
         """Send a 1xx head (RFC 9110 15.2; 103 Early Hints, RFC 8297) before the final
         answer; any number may precede it. A no-op once the final head has left, and
         for an HTTP/1.0 client, which cannot receive one (RFC 9110 15.2)."""
+        ...
+
+
+@runtime_checkable
+class FileSink(Protocol):
+    """A `ResponseSink` that can also send body bytes straight from a file, with
+    `os.sendfile` on its socket: the kernel copies them from the page cache, and
+    nothing of them passes through Python (a front on plain TCP has it; one on TLS or
+    HTTP/2, which must frame or encrypt every byte, does not)."""
+
+    def sends_files(self) -> bool:
+        """Whether `send_file` can be used for the started answer now."""
+        ...
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Send `count` bytes of the open file `fd` from `offset` as body bytes of the
+        started answer (waits while the client is slow); the bytes sent, fewer than
+        `count` only when the file ends first (the caller then cuts the answer)."""
         ...
 
 

@@ -21,7 +21,11 @@ import xxhash
 from edge.store import io
 from edge.store.interface import BodyCorrupt, BodyGone, BodyRef, KiB, StoreError
 
-__all__ = ["OpenBody", "open_body", "read_body"]
+__all__ = ["FileIdentity", "OpenBody", "VerifiedBodies", "open_body", "read_body"]
+
+#: What names one body file's bytes as checked: device, inode, size, mtime (ns) and
+#: the checksum the store took when writing it.
+FileIdentity = tuple[int, int, int, int, int]
 
 
 def _open_at(path: str, start: int, n: int) -> tuple[int, bytes]:
@@ -123,9 +127,25 @@ class OpenBody:
     known before any header has left.
     """
 
-    def __init__(self, fd: int, ref: BodyRef) -> None:
+    def __init__(self, fd: int, ref: BodyRef, stat: os.stat_result | None = None) -> None:
         self._fd = fd
         self.ref = ref
+        #: the file's identity when it is the size `ref` says and has a checksum (None:
+        #: it cannot be remembered as checked)
+        self.identity: FileIdentity | None = None
+        if stat is not None and stat.st_size == ref.size and ref.checksum is not None:
+            self.identity = (
+                stat.st_dev,
+                stat.st_ino,
+                stat.st_size,
+                stat.st_mtime_ns,
+                ref.checksum,
+            )
+
+    @property
+    def fd(self) -> int:
+        """The open file's descriptor (for `os.sendfile`; closed by `close`)."""
+        return self._fd
 
     async def chunks(self, start: int, end: int, chunk_size: int) -> AsyncIterator[bytes]:
         """The bytes [start, end), in chunks; BodyGone if the file is shorter.
@@ -153,12 +173,54 @@ class OpenBody:
         await asyncio.shield(io.run(os.close, self._fd))
 
 
+def _open_stat(path: str) -> tuple[int, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 async def open_body(ref: BodyRef) -> OpenBody:
-    """Open a stored body file; BodyGone if it is not there any more."""
+    """Open a stored body file (and stat it, in the same trip to the gateway); BodyGone
+    if it is not there any more."""
     if ref.path is None:
         raise BodyGone("body has no file")
     try:
-        fd = await io.run(os.open, ref.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd, stat = await io.run(_open_stat, ref.path)
     except FileNotFoundError as exc:
         raise BodyGone(f"body file {ref.path} is gone") from exc
-    return OpenBody(fd, ref)
+    return OpenBody(fd, ref, stat)
+
+
+class VerifiedBodies:
+    """The body files this process has read whole and found matching their checksum,
+    by `FileIdentity`, so later answers may send them with `os.sendfile` unread.
+
+    A file changed since (written to: a new mtime; replaced: a new inode) is not in
+    the set and is checked again the next time it is sent whole; damage that leaves
+    the mtime alone (the disk's own) is the background scrubber's to find
+    (edge/scrub.py). Bounded: when full, the set starts over, so the cost of a full
+    set is one more checked read per body.
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._limit = limit
+        self._seen: set[FileIdentity] = set()
+
+    def __contains__(self, identity: FileIdentity | None) -> bool:
+        return identity is not None and identity in self._seen
+
+    def add(self, identity: FileIdentity | None) -> None:
+        """Remember a file just read whole and found matching its checksum."""
+        if identity is None:
+            return
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(identity)
+
+    def discard(self, identity: FileIdentity | None) -> None:
+        """Forget a file (it failed a check)."""
+        if identity is not None:
+            self._seen.discard(identity)
