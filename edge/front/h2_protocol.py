@@ -210,10 +210,10 @@ class H2Protocol(asyncio.Protocol):
             return
         self._out = []
         if self._transport is not None and not self._closed:
-            if len(out) == 1:
-                self._transport.write(out[0])
-            else:
-                self._transport.writelines(out)
+            # one write of the joined frames: the TLS transport makes a record of
+            # each buffer it is given, so a head, a frame header and a small body
+            # written apart would cost three records and three encryptions
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _emit(self, *frames: bytes | memoryview) -> None:
         """Queue frames framed here, in order after what h2 has queued so far."""
