@@ -164,6 +164,7 @@ class H2Protocol(asyncio.Protocol):
         for stream in list(self._streams.values()):
             self._flush(stream)
             stream.wake()
+            self._forget_if_done(stream)
         self._send()
 
     def data_received(self, data: bytes) -> None:
@@ -396,11 +397,14 @@ class H2Protocol(asyncio.Protocol):
 
     def send_prepared(self, stream: H2Stream, status: int, block: bytes, body: bytes) -> None:
         """A whole answer whose head is already encoded (the hit lane): the body in
-        the same write when the windows take all of it, else queued as they allow."""
+        the same write when the windows take all of it, else queued as they allow.
+        While the transport is paused the body is queued too: a queued answer keeps
+        its stream open, so a client that does not read is held to
+        `max_concurrent_streams` unsent answers."""
         stream.status = status
         if not body:
             self._head(stream, block, end=True)
-        elif len(body) <= send_window(self._conn, stream.id):
+        elif not self._paused and len(body) <= send_window(self._conn, stream.id):
             if self._head(stream, block, end=False):
                 sent_data(self._conn, stream.id, len(body), end_stream=True)
                 self._emit(data_frame(stream.id, len(body), end_stream=True), body)

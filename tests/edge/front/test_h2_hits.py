@@ -31,6 +31,7 @@ from edge.front.h2_stream import H2Limits, server_connection, start_connection
 from edge.metrics import NodeMetrics
 from tests.support.engine_harness import HOST, CacheUnderTest, running_cache
 from tests.support.tls_fleet import H2Client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,3 +164,36 @@ async def test_a_hot_hit_larger_than_the_clients_window_waits_for_it(
         assert hit.body == body
         assert "hit" in hit.headers["cache-status"]
         assert hit.headers["content-length"] == str(len(body))
+
+
+async def test_a_hot_hit_waits_while_the_transport_is_paused() -> None:
+    async with running_cache() as cache:
+        made: list[H2Protocol] = []
+
+        def make() -> H2Protocol:
+            made.append(H2Protocol(cache.engine, metrics=NodeMetrics("e", "edge"), scheme="http"))
+            return made[-1]
+
+        server = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cache.origin.responds("/held", cache_control="max-age=60", body=b"held body")
+        client = await _client(f"127.0.0.1:{port}")
+        try:
+            await client.get(HOST, "/held")
+            hits = cache.engine.metrics.hits.value
+            # the transport says its buffer is full (what it calls past its high-water
+            # mark): a hit answered now is queued on its open stream, not written
+            made[0].pause_writing()
+            stream_id = client.request(HOST, "/held")
+            await eventually(lambda: cache.engine.metrics.hits.value > hits, "the hit")
+            assert stream_id in made[0]._streams
+            made[0].resume_writing()
+            events: list[h2.events.Event] = []
+            while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+                events += await client.events()
+            data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+            assert data == b"held body"
+            assert stream_id not in made[0]._streams
+        finally:
+            client.close()
+            server.close()
