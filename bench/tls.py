@@ -115,6 +115,8 @@ def main() -> int:
         f'[[edges]]\nname = "edge1"\nregion = "eu"\nlisten = "127.0.0.1:{edge_port}"\n'
         f'admin_listen = "127.0.0.1:{admin_port}"\ncache_dir = "{root / "cache"}"\n'
         f'cache_size = "1GiB"\ntls_listen = "127.0.0.1:{tls_port}"\n'
+        # one process, as nginx's one worker (the default, "auto", is one per core)
+        "workers = 1\n"
     )
     static = root / "static"
     for size, name in ((1024, "1k"), (100 * 1024, "100k")):

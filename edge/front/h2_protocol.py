@@ -40,6 +40,14 @@ from multidict import CIMultiDict
 
 from edge.accesslog import AccessLog
 from edge.front.h2_exchange import request_head, serve_stream
+from edge.front.h2_hits import (
+    H2Hits,
+    data_frame,
+    headers_frame,
+    send_window,
+    sent_data,
+    sent_headers,
+)
 from edge.front.h2_stream import (
     CONNECTION_FIELDS,
     HIGH_WATER,
@@ -77,8 +85,10 @@ class H2Protocol(asyncio.Protocol):
         h2_limits: H2Limits = DEFAULT_LIMITS,
         scheme: str = "https",
         https: HttpsPolicy | None = None,
+        hits: H2Hits | None = None,
     ) -> None:
         self.engine = engine
+        self.hits = hits if hits is not None else H2Hits()
         self.https = https if https is not None and https.active else None
         self.metrics = metrics
         self.access_log = access_log
@@ -98,6 +108,8 @@ class H2Protocol(asyncio.Protocol):
         self._resets: collections.deque[float] = collections.deque()
         self._idle: asyncio.TimerHandle | None = None
         self._send_scheduled = False
+        #: frames we framed ourselves, after whatever h2 had to send before them
+        self._out: list[bytes | memoryview] = []
         self._loop = asyncio.get_event_loop()
 
     # -- connection --------------------------------------------------------------
@@ -152,6 +164,7 @@ class H2Protocol(asyncio.Protocol):
         for stream in list(self._streams.values()):
             self._flush(stream)
             stream.wake()
+            self._forget_if_done(stream)
         self._send()
 
     def data_received(self, data: bytes) -> None:
@@ -190,9 +203,25 @@ class H2Protocol(asyncio.Protocol):
 
     def _send_now(self) -> None:
         self._send_scheduled = False
+        out = self._out
         data = self._conn.data_to_send()
-        if data and self._transport is not None and not self._closed:
-            self._transport.write(data)
+        if data:
+            out.append(data)
+        if not out:
+            return
+        self._out = []
+        if self._transport is not None and not self._closed:
+            # one write of the joined frames: the TLS transport makes a record of
+            # each buffer it is given, so a head, a frame header and a small body
+            # written apart would cost three records and three encryptions
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _emit(self, *frames: bytes | memoryview) -> None:
+        """Queue frames framed here, in order after what h2 has queued so far."""
+        data = self._conn.data_to_send()
+        if data:
+            self._out.append(data)
+        self._out.extend(frames)
 
     def _close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -235,6 +264,16 @@ class H2Protocol(asyncio.Protocol):
         exists = not ended or bool(length)
         if self.https is not None:
             stream.hsts = self.https.hsts(head)
+        if (
+            ended
+            and head.method == "GET"
+            # traffic rules are the engine's to carry out, hits included: only a
+            # request no rule acts on is answered here
+            and (not self.engine.traffic.active or self.engine.traffic.passes(head))
+            and self.hits.answer(self, stream, head)
+        ):
+            self._forget_if_done(stream)
+            return
         body = H2Body(self, stream, exists, length)
         stream.task = self._loop.create_task(serve_stream(self, stream, head, body))
 
@@ -337,16 +376,44 @@ class H2Protocol(asyncio.Protocol):
         if stream.hsts is not None:
             fields.append(("strict-transport-security", stream.hsts))
         stream.status = status
-        try:
-            self._conn.send_headers(stream.id, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:
-            stream.reset = True
-            raise ConnectionResetError("the stream is gone") from None
-        if end:
-            stream.ending = stream.ended = True
+        if not self._head(stream, self.hits.encoder.block(fields), end=end):
+            raise ConnectionResetError("the stream is gone")
         self._send()
         if end:
             self._forget_if_done(stream)
+
+    def _head(self, stream: H2Stream, block: bytes, *, end: bool) -> bool:
+        """Frame and queue a final head's encoded block; False if the stream is gone."""
+        conn = self._conn
+        try:
+            sent_headers(conn, stream.id, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            stream.reset = True
+            return False
+        self._emit(headers_frame(stream.id, block, conn.max_outbound_frame_size, end_stream=end))
+        if end:
+            stream.ending = stream.ended = True
+        return True
+
+    def send_prepared(self, stream: H2Stream, status: int, block: bytes, body: bytes) -> None:
+        """A whole answer whose head is already encoded (the hit lane): the body in
+        the same write when the windows take all of it, else queued as they allow.
+        While the transport is paused the body is queued too: a queued answer keeps
+        its stream open, so a client that does not read is held to
+        `max_concurrent_streams` unsent answers."""
+        stream.status = status
+        if not body:
+            self._head(stream, block, end=True)
+        elif not self._paused and len(body) <= send_window(self._conn, stream.id):
+            if self._head(stream, block, end=False):
+                sent_data(self._conn, stream.id, len(body), end_stream=True)
+                self._emit(data_frame(stream.id, len(body), end_stream=True), body)
+                stream.sent_bytes = len(body)
+                stream.ending = stream.ended = True
+        elif self._head(stream, block, end=False):
+            self.queue(stream, body, end=True)
+            return
+        self._send()
 
     def queue(self, stream: H2Stream, data: bytes, *, end: bool) -> None:
         """Queue body bytes (and the end) to be sent as the windows allow."""
@@ -376,9 +443,7 @@ class H2Protocol(asyncio.Protocol):
         conn = self._conn
         try:
             while stream.pending and not self._paused:
-                window = min(
-                    conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size
-                )
+                window = send_window(conn, stream.id)
                 if window <= 0:
                     return
                 chunk = stream.pending[0]
@@ -387,10 +452,14 @@ class H2Protocol(asyncio.Protocol):
                     chunk = chunk[:window]
                 else:
                     stream.pending.popleft()
-                stream.pending_bytes -= len(chunk)
-                stream.sent_bytes += len(chunk)
+                size = len(chunk)
+                stream.pending_bytes -= size
+                stream.sent_bytes += size
                 last = stream.ending and not stream.pending
-                conn.send_data(stream.id, chunk.tobytes(), end_stream=last)
+                # framed here, not by h2's send_data: no copy of the chunk, no frame
+                # object; h2's windows and states move as its send_data moves them
+                sent_data(conn, stream.id, size, end_stream=last)
+                self._emit(data_frame(stream.id, size, end_stream=last), chunk)
                 if last:
                     stream.ended = True
             if stream.ending and not stream.pending and not stream.ended:
@@ -438,6 +507,7 @@ def h2_factory(
     https: HttpsPolicy | None = None,
 ) -> Callable[[], H2Protocol]:
     """A protocol factory for HTTP/2 connections (what the ALPN dispatch calls)."""
+    hits = H2Hits()
 
     def make() -> H2Protocol:
         return H2Protocol(
@@ -447,6 +517,7 @@ def h2_factory(
             limits=limits,
             h2_limits=h2_limits,
             https=https,
+            hits=hits,
         )
 
     return make
