@@ -79,6 +79,7 @@ async def serve_stream(
         protocol.metrics.hit_seconds.observe(elapsed)
     else:
         protocol.metrics.miss_seconds.observe(elapsed)
+    protocol.metrics.responded(head.headers.get("Host"), stream.status)
     if protocol.access_log is not None:
         protocol.access_log.record(
             (

@@ -251,13 +251,17 @@ class H2Hits:
         protocol.send_prepared(stream, prepared.status, block + tail, prepared.body)
         elapsed = time.time() - started
         protocol.metrics.hit_seconds.observe(elapsed)
+        headers = head.headers
+        protocol.metrics.responded(headers.get("Host"), prepared.status)
         log_ = protocol.access_log
         if log_ is not None:
+            # the same fields as every front's (edge.accesslog.RECORD); the client's
+            # X-Request-ID as sent, checked (or replaced) when the line is written
             log_.record(
                 (
                     started,
                     "GET",
-                    head.headers.get("Host"),
+                    headers.get("Host"),
                     head.target,
                     prepared.status,
                     outcome,
@@ -265,6 +269,9 @@ class H2Hits:
                     elapsed,
                     head.peer,
                     "h2",
+                    headers.get("User-Agent"),
+                    headers.get("Referer"),
+                    headers.get("X-Request-ID"),
                 )
             )
         return True
