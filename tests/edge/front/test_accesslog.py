@@ -4,6 +4,7 @@ and X-Request-ID; the client's fields bounded, a hostile id replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -268,3 +269,35 @@ def test_a_log_file_is_appended_to_and_reopened_after_a_move(tmp_path: Path) -> 
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["three"]
     # the file it made is not for everyone: a referer may carry a token
     assert path.stat().st_mode & 0o007 == 0
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> None:
+    # a whole interval's lines written at once would pause every answer in flight
+    stream = io.StringIO()
+    log = AccessLog(stream, "edge1", interval=3600.0, batch=8)
+    log.start()
+    try:
+        record = (
+            1.0,
+            "GET",
+            "h",
+            "/",
+            200,
+            "hit",
+            1,
+            0.001,
+            "127.0.0.1",
+            "http/1.1",
+            None,
+            None,
+            None,
+        )
+        for _ in range(7):
+            log.record(record)
+        await asyncio.sleep(0)
+        assert stream.getvalue() == ""  # under a batch: left for the interval
+        log.record(record)
+        await asyncio.sleep(0)
+        assert len(stream.getvalue().splitlines()) == 8
+    finally:
+        await log.stop()
