@@ -18,7 +18,6 @@ so the hot lane records the client's field as it came and the id is settled here
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -31,6 +30,7 @@ from typing import Protocol, TextIO
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.outcome import Outcome
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("edgeshield.node")
 
@@ -301,9 +301,7 @@ class AccessLog:
     async def stop(self) -> None:
         """Flush and stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self.flush()
         if isinstance(self.stream, AppendFile):
             self.stream.close()

@@ -19,10 +19,10 @@ keeps its own keep-alive timer and leaves the stamp at NO_HEAD).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Protocol
 
 from edge.metrics import NodeMetrics
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["NO_HEAD", "REFUSED_RESPONSE", "ConnectionLimits", "Tracked"]
 
@@ -130,9 +130,7 @@ class ConnectionLimits:
     async def stop(self) -> None:
         """Stop the sweep."""
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)
             self._sweeper = None
 
     async def _sweep_forever(self) -> None:

@@ -10,7 +10,6 @@ origin requests with a bounded queue (503 + Retry-After beyond it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
@@ -32,6 +31,7 @@ from edge.upstream_wire import (
     _send,
 )
 from fleet.config import Service
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["OriginPool"]
 
@@ -224,9 +224,7 @@ class OriginPool:
     async def stop(self) -> None:
         """Stop the health checks."""
         if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+            await cancel_and_wait(self._health_task)
             self._health_task = None
 
 

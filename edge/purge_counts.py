@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from edge.cache.purge import PurgeRecord
 from edge.statelog import StateLog
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["MatchCounter"]
 
@@ -74,9 +75,7 @@ class MatchCounter:
         self._stopping = True  # the counter ends even if a library swallows its cancel
         self._count_wake.set()
         if self._counter is not None:
-            self._counter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._counter
+            await cancel_and_wait(self._counter)
         self._counter = None
 
     async def _count_forever(self) -> None:

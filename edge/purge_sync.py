@@ -44,6 +44,7 @@ from edge.statelog import StateLog
 from edge.store import io
 from fleet.config import Fleet, node_secret
 from runtime.auth import bearer_matches
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["PurgeStateFile", "PurgeSync", "PurgeSyncError"]
 
@@ -158,9 +159,7 @@ class PurgeSync:
         """Stop the background pulls and counts, and close the HTTP session."""
         await self._counts.stop()
         if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+            await cancel_and_wait(self._background)
         self._background = None
         if self._session is not None:
             await self._session.close()

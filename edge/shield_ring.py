@@ -9,7 +9,6 @@ marked down (passive) and probed on its admin `/healthz` (active).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -31,6 +30,7 @@ from edge.upstream_wire import (
     _send,
 )
 from fleet.config import ShieldConfig
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["ShieldRing", "rendezvous_order"]
 
@@ -174,7 +174,5 @@ class ShieldRing:
     async def stop(self) -> None:
         """Stop the probes."""
         if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
+            await cancel_and_wait(self._probe_task)
             self._probe_task = None

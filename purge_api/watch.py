@@ -11,7 +11,6 @@ log and the fan-out as they are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from fleet.config import Fleet, NodeConfig, ShieldConfig
 from purge_api.fanout import FanOut
 from purge_api.logs import PurgeLogStore
 from runtime.errors import describe_client_error
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["FleetWatch", "Sample"]
 
@@ -101,9 +101,7 @@ class FleetWatch:
     async def stop(self) -> None:
         """Stop polling."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _poll_forever(self) -> None:

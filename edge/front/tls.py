@@ -22,7 +22,6 @@ listener takes a fresh context, so a new key, every few hours (edge/front/tls_li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
@@ -33,6 +32,7 @@ from edge.metrics import NodeMetrics
 from edge.store import io
 from fleet.config import ConfigError, Fleet, NodeConfig
 from fleet.tls import TlsFileError, certificate_names, read_pair
+from runtime.tasks import cancel_and_wait
 
 __all__ = ["CertificateSource", "TlsCertificates", "sources_of"]
 
@@ -253,9 +253,7 @@ class TlsCertificates:
     async def stop(self) -> None:
         """Stop watching."""
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
             self._watch = None
 
     def on_reload_signal(self) -> Callable[[], None]:

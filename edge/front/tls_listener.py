@@ -11,7 +11,6 @@ to the HTTP/1.1 front whose factory the node passes (`http1`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from edge.front.tls import TlsCertificates
 from edge.limits import ConnectionLimits
 from edge.metrics import NodeMetrics
 from fleet.config import Fleet, NodeConfig
+from runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edge.engine import Engine
@@ -96,9 +96,7 @@ class TlsListener:
         """Stop accepting and stop watching the files (open connections are the
         HTTP fronts' to close)."""
         if self._rotation is not None:
-            self._rotation.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rotation
+            await cancel_and_wait(self._rotation)
         self.server.close()
         self.sock.close()
         await self.certificates.stop()
