@@ -28,7 +28,7 @@ import pytest
 from tests.support.fleet_runner import Reply, TieredFleet, client_session, get
 from tests.support.origin import OriginServer, pattern_bytes, running_origin
 from tests.support.processes import NodeProcess
-from tests.support.purge_fleet import NODE_AUTH, PurgeFleet
+from tests.support.purge_fleet import NODE_AUTH, PurgeFleet, running_purge_fleet
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
@@ -45,20 +45,9 @@ def origin() -> Iterator[OriginServer]:
 @pytest.fixture(scope="module")
 def fleet(origin: OriginServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PurgeFleet]:
     """The purge API, one shield, one edge with two worker processes."""
-    started: list[NodeProcess] = []
-    fleet = PurgeFleet(
-        tmp_path_factory.mktemp("availability"),
-        [origin.url],
-        started,
-        edges=1,
-        shields=1,
-        workers={EDGE: 2},
+    yield from running_purge_fleet(
+        tmp_path_factory.mktemp("availability"), [origin.url], edges=1, shields=1, workers={EDGE: 2}
     )
-    try:
-        fleet.start()
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ keeps its quorum with two servers.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.support.fleet_runner import Reply, client_session, get
 from tests.support.origin import OriginServer, running_origin
 from tests.support.processes import NodeProcess
 from tests.support.purge_ha import HaPurgeFleet
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -149,14 +149,17 @@ async def test_an_edge_stopped_during_a_purge_catches_up_and_never_serves_the_pu
         code, status, _ = await fleet.purge_at(B, session, {"urls": [path]}, wait=0)
         assert code == 202, status
         fleet.start_node("edge1")
-        first: Reply | None = None
-        for _ in range(1500):
+        answers: list[Reply] = []
+
+        async def serving_again() -> bool:
             try:
-                first = await get(session, fleet.url("edge1"), path)
-                break
+                answers.append(await get(session, fleet.url("edge1"), path))
             except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.02)  # the port opens only once caught up
-        assert first is not None, fleet.logs()
+                return False  # the port opens only once caught up
+            return True
+
+        await eventually(serving_again, "edge1 to serve again after catching up", 30, 0.02)
+        first = answers[0]
         assert first.body == body_of(path, 2), first.cache_status
         assert_complete(await fleet.status_at(A, session, status["id"], wait=20), fleet)
 

@@ -20,8 +20,7 @@ from tests.support.fleet_runner import get
 from tests.support.metrics_text import metric_value
 from tests.support.origin import OriginServer, running_origin
 from tests.support.ports import free_port
-from tests.support.processes import NodeProcess
-from tests.support.purge_fleet import NODE_AUTH, PurgeFleet
+from tests.support.purge_fleet import NODE_AUTH, PurgeFleet, running_purge_fleet
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,20 +39,9 @@ def origin() -> Iterator[OriginServer]:
 def fleet(origin: OriginServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PurgeFleet]:
     """The purge API and one edge with two worker processes (no shield: the edge
     talks to the origin itself)."""
-    started: list[NodeProcess] = []
-    fleet = PurgeFleet(
-        tmp_path_factory.mktemp("reload"),
-        [origin.url],
-        started,
-        edges=1,
-        shields=0,
-        workers={EDGE: 2},
+    yield from running_purge_fleet(
+        tmp_path_factory.mktemp("reload"), [origin.url], edges=1, shields=0, workers={EDGE: 2}
     )
-    try:
-        fleet.start()
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 async def reloads(admin_url: str) -> float:

@@ -40,6 +40,7 @@ from edge.node import TierUpstream
 from edge.store import MemoryStore, StoredEntry
 from edge.upstream import ShieldRing, make_session
 from fleet.config import Service, ShieldConfig
+from tests.support.waiting import eventually
 
 __all__ = [
     "HOST",
@@ -345,11 +346,9 @@ class CacheUnderTest:
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = BACKGROUND_TIMEOUT) -> None:
-    """Wait for `check` to hold, yielding to the loop; fail naming `what` after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting: {what}"
-        await asyncio.sleep(0.005)
+    """Wait for `check` to hold (the shared poll loop, polled often: the work waited
+    for runs in this process); fail naming `what` after `timeout`."""
+    await eventually(check, what, timeout, interval=0.005)
 
 
 @asynccontextmanager

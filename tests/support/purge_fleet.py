@@ -15,7 +15,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +244,14 @@ def propagation_ms(cli_output: str) -> float | None:
     """The propagation time `edgeshield purge --wait` printed, in milliseconds."""
     found = re.search(r"propagation ([\d.]+) ms", cli_output)
     return float(found.group(1)) if found else None
+
+
+def running_purge_fleet(root: Path, origins: list[str], **shape: Any) -> Iterator[PurgeFleet]:
+    """A started `PurgeFleet` (`shape`: its edges, shields, workers, service_extra),
+    stopped when the generator closes: the body of a module fixture, `yield from` it."""
+    fleet = PurgeFleet(root, origins, [], **shape)
+    try:
+        fleet.start()
+        yield fleet
+    finally:
+        fleet.stop()
