@@ -32,6 +32,12 @@ MAX_INFORMATIONAL = 8
 _relay: ContextVar[Relay | None] = ContextVar("edgeshield_informational_relay", default=None)
 
 
+def current_relay() -> Relay | None:
+    """Where 1xx responses of a fetch made now go (None: nowhere); a client other
+    than aiohttp's (edge.upstream_client) reads it when it sends."""
+    return _relay.get()
+
+
 def relay_informational_to(relay: Relay | None) -> Token[Relay | None]:
     """Forward the 1xx responses of upstream fetches made from this context (and the
     tasks it starts) to `relay`; None stops forwarding."""

@@ -22,13 +22,13 @@ from multidict import CIMultiDict
 
 from edge.cache.rules import group_origins
 from edge.statelog import StateLog
+from edge.upstream_client import send
 from edge.upstream_wire import (
     IDEMPOTENT,
     UpstreamError,
     UpstreamResponse,
     _ConnectFailure,
     _Request,
-    _send,
 )
 from fleet.config import Service
 from runtime.tasks import cancel_and_wait
@@ -172,7 +172,7 @@ class OriginPool:
                 origin.outstanding += 1
                 done = _once(_decrement(origin))
                 try:
-                    response = await _send(self.session, origin.url, request, origin.url, done)
+                    response = await send(self.session, origin.url, request, origin.url, done)
                 except _ConnectFailure as exc:
                     self._failed(origin)
                     last_error = str(exc)

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from edge.forwarding import NODE_TOKEN_HEADER, node_token
 from edge.statelog import StateLog
+from edge.upstream_client import send
 from edge.upstream_wire import (
     GENERATED_ERROR_HEADER,
     IDEMPOTENT,
@@ -27,7 +28,6 @@ from edge.upstream_wire import (
     UpstreamResponse,
     _ConnectFailure,
     _Request,
-    _send,
 )
 from fleet.config import ShieldConfig
 from runtime.tasks import cancel_and_wait
@@ -118,7 +118,7 @@ class ShieldRing:
         for shield in self.order(key):
             try:
                 url = shield.tls_url if self.tls else shield.url
-                response = await _send(self.session, url, request, shield.name, lambda: None)
+                response = await send(self.session, url, request, shield.name, lambda: None)
             except _ConnectFailure:
                 self.mark_down(shield.name)
                 if not retryable:

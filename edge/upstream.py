@@ -13,14 +13,16 @@ and raise `UpstreamError` (ours) for failures; aiohttp's exceptions stop here.
   caps concurrent origin requests with a bounded queue (503 + Retry-After beyond it).
 
 This module is the one name callers import; the code lives in `edge.shield_ring`,
-`edge.origin_pool` and `edge.upstream_wire` (the response and error types, the
-session and the send they share).
+`edge.origin_pool`, `edge.upstream_wire` (the response and error types, aiohttp's
+send) and `edge.upstream_client` (the session, and the lean client that sends the
+bodiless requests to plain-http peers).
 """
 
 from __future__ import annotations
 
 from edge.origin_pool import OriginPool
 from edge.shield_ring import ShieldRing, rendezvous_order
+from edge.upstream_client import make_session
 from edge.upstream_wire import (
     BODY_POLL,
     GENERATED_ERROR_HEADER,
@@ -28,7 +30,6 @@ from edge.upstream_wire import (
     UNREACHABLE,
     UpstreamError,
     UpstreamResponse,
-    make_session,
 )
 
 __all__ = [

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from edge.informational import InformationalClientResponse
 
 log = logging.getLogger("edgeshield.upstream")
 
@@ -62,19 +59,21 @@ class UpstreamError(Exception):
 
 
 class UpstreamResponse:
-    """A response from the next tier whose body may still be arriving."""
+    """A response from the next tier whose body may still be arriving.
+
+    What every client of the next tier hands the engine: `AiohttpResponse` (below)
+    and the lean client's (`edge.upstream_client`) implement the body and the
+    connection's end; the framing questions and `on_done` are common.
+    """
 
     def __init__(
-        self, response: aiohttp.ClientResponse, peer: str, on_done: Callable[[], None]
+        self, peer: str, status: int, headers: CIMultiDictProxy[str], on_done: Callable[[], None]
     ) -> None:
-        self._response = response
         self.peer = peer
-        self.status = response.status
-        self.headers: CIMultiDictProxy[str] = response.headers
+        self.status = status
+        self.headers = headers
         self._on_done = on_done
         self._done = False
-        connection = response.connection
-        self._protocol = connection.protocol if connection is not None else None
 
     @property
     def close_delimited(self) -> bool:
@@ -91,6 +90,58 @@ class UpstreamResponse:
             return False
         codings = ",".join(self.headers.getall("transfer-encoding", [])).lower()
         return not codings.rstrip(" ,").endswith("chunked")
+
+    @property
+    def header_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Headers as received, decoded, in order."""
+        raise NotImplementedError
+
+    def iter_chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The body as it arrives; UpstreamError if the upstream stops short."""
+        raise NotImplementedError
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Also run `callback` once the response is released or closed."""
+        previous = self._on_done
+
+        def both() -> None:
+            previous()
+            callback()
+
+        self._on_done = both
+
+    def release(self) -> None:
+        """Give the connection back (or close it if the body was not read)."""
+        if not self._done:
+            self._done = True
+            self._release()
+            self._on_done()
+
+    def close(self) -> None:
+        """Drop the connection, e.g. after the body was cut short."""
+        if not self._done:
+            self._done = True
+            self._close()
+            self._on_done()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class AiohttpResponse(UpstreamResponse):
+    """An `UpstreamResponse` read through aiohttp's client (requests with a body, and
+    https peers)."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, peer: str, on_done: Callable[[], None]
+    ) -> None:
+        super().__init__(peer, response.status, response.headers, on_done)
+        self._response = response
+        connection = response.connection
+        self._protocol = connection.protocol if connection is not None else None
 
     @property
     def header_pairs(self) -> tuple[tuple[str, str], ...]:
@@ -137,29 +188,15 @@ class UpstreamResponse:
             if self._protocol is not None and not self._protocol.is_connected():
                 raise UpstreamError(502, "upstream broke the body's framing", detail=self.peer)
 
-    def on_done(self, callback: Callable[[], None]) -> None:
-        """Also run `callback` once the response is released or closed."""
-        previous = self._on_done
+    def _release(self) -> None:
+        self._response.release()
 
-        def both() -> None:
-            previous()
-            callback()
+    def _close(self) -> None:
+        self._response.close()
 
-        self._on_done = both
 
-    def release(self) -> None:
-        """Give the connection back (or close it if the body was not read)."""
-        if not self._done:
-            self._done = True
-            self._response.release()
-            self._on_done()
-
-    def close(self) -> None:
-        """Drop the connection, e.g. after the body was cut short."""
-        if not self._done:
-            self._done = True
-            self._response.close()
-            self._on_done()
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class _ReuseCheckingConnector(aiohttp.TCPConnector):
@@ -174,6 +211,9 @@ class _ReuseCheckingConnector(aiohttp.TCPConnector):
     closed instead of used.
     """
 
+    #: the session's lean client (edge.upstream_client), closed with the connector
+    lean: _Closable | None = None
+
     async def _get(self, *args: Any, **kwargs: Any) -> Any:
         while True:
             connection = await super()._get(*args, **kwargs)
@@ -184,31 +224,11 @@ class _ReuseCheckingConnector(aiohttp.TCPConnector):
             log.warning("upstream sent bytes nobody asked for: connection closed")
             connection.close()
 
-
-def make_session(
-    connect_timeout: float = 2.0, read_timeout: float = 30.0, tls: ssl.SSLContext | bool = True
-) -> aiohttp.ClientSession:
-    """A keep-alive client session for talking to the next tier (`tls`: how https
-    peers are verified; see edge/upstream_tls.py)."""
-    connector = _ReuseCheckingConnector(
-        ssl=tls,
-        limit=0,
-        limit_per_host=0,
-        keepalive_timeout=30,
-        enable_cleanup_closed=True,
-        ttl_dns_cache=300,
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, sock_read=read_timeout
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        # 1xx heads (103 Early Hints) are passed on to the client (edge.informational)
-        response_class=InformationalClientResponse,
-    )
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        """Close every connection, the lean client's too."""
+        if self.lean is not None:
+            self.lean.close()
+        await super().close(abort_ssl=abort_ssl)
 
 
 @dataclass
@@ -250,7 +270,7 @@ async def _send(
     except aiohttp.ClientError as exc:
         on_done()
         raise UpstreamError(502, "upstream request failed", detail=f"{peer}: {exc}") from None
-    return UpstreamResponse(response, peer, on_done)
+    return AiohttpResponse(response, peer, on_done)
 
 
 class _ConnectFailure(Exception):
