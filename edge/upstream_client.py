@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +64,8 @@ BUFFER_HIGH = 512 * 1024
 MAX_IDLE = 64
 IDLE_SECONDS = 30.0
 LEAN_METHODS = frozenset({"GET", "HEAD"})
+#: what may not appear in a field line (aiohttp's client refuses the same)
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Unasked(Exception):
@@ -441,8 +444,10 @@ class UpstreamClient:
 
 
 def _request_head(request: _Request, prefix: str, netloc: str) -> bytes:
-    """The request line and fields as bytes (RFC 9112 3); a line break inside a field
-    would start a field (or a request) of the caller's choosing, so it is refused."""
+    """The request line and fields as bytes (RFC 9112 3). A control character in a
+    field (RFC 9110 5.5) is refused: a line break would start a field, or a request,
+    of the sender's choosing. Values go out as they came in (the front decodes them
+    as UTF-8 with surrogate escapes, which encoding undoes)."""
     lines = [f"{request.method} {prefix}{request.target} HTTP/1.1"]
     headers = request.headers
     if "host" not in headers:
@@ -450,14 +455,9 @@ def _request_head(request: _Request, prefix: str, netloc: str) -> bytes:
     if "accept" not in headers:
         lines.append("Accept: */*")  # as aiohttp's client sent it
     lines.extend(f"{name}: {value}" for name, value in headers.items())
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    breaks = len(lines) + 1
-    if text.count("\n") != breaks or text.count("\r") != breaks:
-        raise UpstreamError(502, "upstream request failed", detail="a line break in a field")
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
+    if _FORBIDDEN.search("\t".join(lines)) is not None:
+        raise UpstreamError(502, "upstream request failed", detail="a control character in a field")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 def _leanable(request: _Request) -> bool:
