@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from edge.cache.rules import group_origins
 from edge.statelog import StateLog
-from edge.upstream_client import send
+from edge.upstream_session import send
 from edge.upstream_wire import (
     IDEMPOTENT,
     UpstreamError,

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from edge.forwarding import NODE_TOKEN_HEADER, node_token
 from edge.statelog import StateLog
-from edge.upstream_client import send
+from edge.upstream_session import send
 from edge.upstream_wire import (
     GENERATED_ERROR_HEADER,
     IDEMPOTENT,

@@ -14,15 +14,15 @@ and raise `UpstreamError` (ours) for failures; aiohttp's exceptions stop here.
 
 This module is the one name callers import; the code lives in `edge.shield_ring`,
 `edge.origin_pool`, `edge.upstream_wire` (the response and error types, aiohttp's
-send) and `edge.upstream_client` (the session, and the lean client that sends the
-bodiless requests to plain-http peers).
+send), `edge.upstream_client` (the lean client of bodiless requests to plain-http
+peers) and `edge.upstream_session` (the session and the send that picks a client).
 """
 
 from __future__ import annotations
 
 from edge.origin_pool import OriginPool
 from edge.shield_ring import ShieldRing, rendezvous_order
-from edge.upstream_client import make_session
+from edge.upstream_session import make_session
 from edge.upstream_wire import (
     BODY_POLL,
     GENERATED_ERROR_HEADER,

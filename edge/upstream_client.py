@@ -6,13 +6,13 @@ its connector, its response parser and stream reader) for what is, on the miss p
 one short request head written and one response read. Here a connection is an
 `asyncio.Protocol`; `httptools` (llhttp, as our front uses) parses the answer into a
 `LeanResponse`, which is the `UpstreamResponse` the engine already knows. Requests
-with a body and https peers still go through aiohttp (`edge.upstream_wire`); `send`
-picks one. Everything the peer sends is bounded: the head (line, field and count
-limits as aiohttp's), the framing (llhttp refuses what RFC 9112 does), the bytes
-buffered before the reader takes them, and each wait (the read timeout). A
-connection goes back to its pool only after a response that ended cleanly, with
-nothing after it (RFC 9112 6.3: bytes past a body are not part of it, and read as
-the next response they would answer a request never sent).
+with a body and https peers still go through aiohttp (`edge.upstream_wire`);
+`edge.upstream_session.send` picks one. Everything the peer sends is bounded: the
+head (line, field and count limits as aiohttp's), the framing (llhttp refuses what
+RFC 9112 does), the bytes buffered before the reader takes them, and each wait (the
+read timeout). A connection goes back to its pool only after a response that ended
+cleanly, with nothing after it (RFC 9112 6.3: bytes past a body are not part of it,
+and read as the next response they would answer a request never sent).
 """
 
 from __future__ import annotations
@@ -21,35 +21,20 @@ import asyncio
 import collections
 import logging
 import re
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import cast
 from urllib.parse import urlsplit
 
-import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache.fields import upstream_header_pairs
 from edge.cache.hints import forwardable_informational
-from edge.informational import (
-    MAX_FIELDS,
-    MAX_INFORMATIONAL,
-    InformationalClientResponse,
-    Relay,
-    current_relay,
-)
-from edge.upstream_wire import (
-    UpstreamError,
-    UpstreamResponse,
-    _ConnectFailure,
-    _Request,
-    _ReuseCheckingConnector,
-    _send,
-)
+from edge.informational import MAX_FIELDS, MAX_INFORMATIONAL, Relay, current_relay
+from edge.upstream_wire import UpstreamError, UpstreamResponse, _ConnectFailure, _Request
 
-__all__ = ["LeanResponse", "UpstreamClient", "make_session", "send"]
+__all__ = ["LEAN_METHODS", "LeanResponse", "UpstreamClient"]
 
 log = logging.getLogger("edgeshield.upstream")
 
@@ -458,62 +443,3 @@ def _request_head(request: _Request, prefix: str, netloc: str) -> bytes:
     if _FORBIDDEN.search("\t".join(lines)) is not None:
         raise UpstreamError(502, "upstream request failed", detail="a control character in a field")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
-
-
-def _leanable(request: _Request) -> bool:
-    """Whether the lean client sends this request: bodiless GET or HEAD with a target
-    it can put on the wire as it is (anything else goes through aiohttp)."""
-    target = request.target
-    return (
-        request.body is None
-        and request.method in LEAN_METHODS
-        and target.startswith("/")
-        and target.isascii()
-        and target.isprintable()
-        and " " not in target
-    )
-
-
-async def send(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    request: _Request,
-    peer: str,
-    on_done: Callable[[], None],
-) -> UpstreamResponse:
-    """One attempt at `request` on `base_url`: the lean client where it can, else
-    aiohttp; raises _ConnectFailure (safe to retry elsewhere) or UpstreamError."""
-    connector = session.connector
-    client = connector.lean if isinstance(connector, _ReuseCheckingConnector) else None
-    if isinstance(client, UpstreamClient) and not client.closed and _leanable(request):
-        address = client.peer(base_url)
-        if address is not None:
-            return await client.request(base_url, address, request, peer, on_done)
-    return await _send(session, base_url, request, peer, on_done)
-
-
-def make_session(
-    connect_timeout: float = 2.0, read_timeout: float = 30.0, tls: ssl.SSLContext | bool = True
-) -> aiohttp.ClientSession:
-    """A keep-alive client session for talking to the next tier (`tls`: how https
-    peers are verified; see edge/upstream_tls.py), with its lean client."""
-    connector = _ReuseCheckingConnector(
-        ssl=tls,
-        limit=0,
-        limit_per_host=0,
-        keepalive_timeout=30,
-        enable_cleanup_closed=True,
-        ttl_dns_cache=300,
-    )
-    connector.lean = UpstreamClient(connect_timeout, read_timeout)
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, sock_read=read_timeout
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        # 1xx heads (103 Early Hints) are passed on to the client (edge.informational)
-        response_class=InformationalClientResponse,
-    )

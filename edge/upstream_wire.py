@@ -1,10 +1,12 @@
 """The wire to the next tier, shared by the shield ring and the origin pool.
 
-`UpstreamResponse` (a response whose body is still streaming), `UpstreamError` (ours:
-aiohttp's exceptions stop here), the client session with its connection reuse, and
-`send`, which makes one request to one peer and tells a failure to connect (safe to
-retry elsewhere) from one after the request went out. `edge.upstream` re-exports all
-of it with `ShieldRing` (`edge.shield_ring`) and `OriginPool` (`edge.origin_pool`).
+`UpstreamResponse` (a response whose body is still streaming; `AiohttpResponse` is
+aiohttp's, `edge.upstream_client.LeanResponse` the lean client's), `UpstreamError`
+(ours: aiohttp's exceptions stop here), the connector that never reuses a connection
+holding unasked-for bytes, and `_send`, aiohttp's one request to one peer, which
+tells a failure to connect (safe to retry elsewhere) from one after the request went
+out. `edge.upstream_session` makes the session and picks the client for a request;
+`edge.upstream` re-exports what callers need with `ShieldRing` and `OriginPool`.
 """
 
 from __future__ import annotations

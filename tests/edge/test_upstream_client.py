@@ -14,7 +14,8 @@ import pytest
 from multidict import CIMultiDict
 
 from edge.informational import relay_informational_to
-from edge.upstream_client import BUFFER_HIGH, MAX_HEADERS, LeanResponse, make_session, send
+from edge.upstream_client import BUFFER_HIGH, MAX_HEADERS, LeanResponse
+from edge.upstream_session import make_session, send
 from edge.upstream_wire import UpstreamError, UpstreamResponse, _ConnectFailure, _Request
 
 pytestmark = pytest.mark.timeout(30)
