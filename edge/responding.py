@@ -298,6 +298,8 @@ class Responder:
                 headers["Content-Range"] = content_range(byte_range, head.length)
         if end is not None and decoder is None:
             headers["Content-Length"] = str(end - start)
+        if fill.whole_at_commit and decoder is None and request.method != "HEAD":
+            return await self._whole_fill(sink, fill, status, headers, start, end, outcome)
         await sink.start(status, headers)
         if request.method == "HEAD":
             await sink.end()
@@ -316,6 +318,30 @@ class Responder:
             sink.abort()
             return outcome
         await sink.end()
+        return outcome
+
+    async def _whole_fill(
+        self,
+        sink: ResponseSink,
+        fill: Fill,
+        status: int,
+        headers: CIMultiDict[str],
+        start: int,
+        end: int | None,
+        outcome: Outcome,
+    ) -> Outcome:
+        """A small fill's answer (`WHOLE_AT_COMMIT`: its readers wait for the commit
+        anyway) written whole, head and body in one write, not a head and then a body.
+        A fill that breaks off gets the head and a cut, as a streamed one does."""
+        try:
+            body = b"".join([c async for c in fill.read(start, end if status == 206 else None)])
+        except FillFailed:
+            await sink.start(status, headers)
+            sink.abort()
+            return outcome
+        headers.popall("Content-Length", None)  # the sink frames a whole answer itself
+        self.metrics.bytes_sent.inc(len(body))
+        sink.send(status, headers, body)
         return outcome
 
     def _decoder_for(self, encoding: str, meta: ObjectMeta) -> StreamDecoder | None:
