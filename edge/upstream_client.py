@@ -234,7 +234,8 @@ class LeanResponse(UpstreamResponse):
             self.complete = True
             self._wake()
             return
-        self._error = UpstreamError(502, "upstream broke off the body", detail=self.peer)
+        reason = "upstream broke off the body" if self.head_done else "upstream request failed"
+        self._error = UpstreamError(502, reason, detail=f"{self.peer}: connection closed")
         self._wake()
 
     def _broken(self, reason: str, detail: str = "") -> None:

@@ -302,6 +302,20 @@ async def test_a_connection_refused_or_closed_unanswered_is_a_connect_failure() 
         await get(url, "/gone")
 
 
+async def test_a_cut_inside_the_head_is_an_error_not_a_connect_failure() -> None:
+    """The request reached the peer, which began an answer: not safe to resend."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: RawServer) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Len")
+        await w.drain()
+
+    async with raw_server(handler) as server:
+        with pytest.raises(UpstreamError) as caught:
+            await get(server.url, "/half-head")
+        assert caught.value.status == 502 and not caught.value.unreachable
+
+
 async def test_a_pooled_connection_the_peer_closed_is_replaced_quietly() -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: RawServer) -> None:
         target = await read_head(r)
