@@ -93,6 +93,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--cases", default="", help="only cases whose name holds one of these (comma-separated)"
+    )
     args = parser.parse_args()
     for exe in ("nginx", "wrk", "h2load"):
         if not shutil.which(exe):
@@ -186,6 +189,9 @@ def main() -> int:
                 lambda p: wrk(p, "/bin/1k", args.duration, close=True),
             ),
         ]
+        wanted = [word.strip() for word in args.cases.split(",") if word.strip()]
+        if wanted:
+            cases = [case for case in cases if any(word in case[0] for word in wanted)]
         for _ in range(args.rounds):
             for name, run in cases:
                 results.setdefault(name, []).append((run(tls_port), run(nginx_port)))
