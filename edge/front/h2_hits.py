@@ -60,6 +60,9 @@ FIELD_CACHE_ENTRIES = 20_000
 #: encoded heads of prepared hits kept (as the HTTP/1.1 hit lane's serialised heads)
 HEAD_CACHE_ENTRIES = 50_000
 
+#: encoded (Age, Cache-Status) pairs kept: those of the hits of the last few seconds
+TAIL_CACHE_ENTRIES = 4096
+
 _STATUS_NAME_INDEX = 8
 
 
@@ -230,6 +233,8 @@ class H2Hits:
         #: id(prepared hit) → (the prepared hit, its encoded head less the fields
         #: encoded per answer, whether it carries its own Date)
         self._heads: dict[int, tuple[PreparedHit, bytes, bool]] = {}
+        #: (age, Cache-Status member) → their fields encoded
+        self._tails: dict[tuple[int, str], bytes] = {}
 
     def head(self, prepared: PreparedHit) -> tuple[bytes, bool]:
         """A prepared hit's header block (`:status` to content-length), and whether it
@@ -278,10 +283,16 @@ class H2Hits:
         that change with every answer."""
         prepared, age, _, member = found
         block, has_date = self.head(prepared)
-        # Age and Cache-Status change with every answer: encoded, never kept
-        tail = encode_field("age", str(int(age))) + encode_field(
-            "cache-status", f"{member}; proto=h2"
-        )
+        # Age and Cache-Status change by the second: kept apart, in a small table
+        key = (int(age), member)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = encode_field("age", str(key[0])) + encode_field(
+                "cache-status", f"{member}; proto=h2"
+            )
+            if len(self._tails) >= TAIL_CACHE_ENTRIES:
+                self._tails.clear()
+            self._tails[key] = tail
         if not has_date:
             tail += self.encoder.field("date", self.clock.date().decode("ascii"))
         if hsts is not None:

@@ -28,16 +28,18 @@ frames what the client sends itself (RFC 9113 4.1: a 9-byte head, the payload) a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import h2.connection
 import h2.exceptions
 import h2.stream
 from h2.events import Event
 
+from edge.front.types import RequestHead
+
 __all__ = [
     "PREFACE_LENGTH",
-    "decode_block",
+    "LaneHeads",
     "frame_length",
     "header_block",
     "is_lane_headers",
@@ -130,12 +132,58 @@ def header_block(data: bytes, pos: int, end: int, flags: int, stream_id: int) ->
     return data[start:end]
 
 
-def decode_block(conn: h2.connection.H2Connection, block: bytes) -> list[tuple[bytes, bytes]]:
-    """A header block decoded by the connection's HPACK decoder (its dynamic table
-    moved, RFC 7541 2.3.2), with h2's errors: a block that decodes larger than our
-    SETTINGS_MAX_HEADER_LIST_SIZE is its DenialOfServiceError (an HPACK bomb), a
-    malformed one its ProtocolError (COMPRESSION_ERROR class, RFC 9113 4.3)."""
-    return list(h2.connection._decode_headers(conn.decoder, block))
+class LaneHeads:
+    """One connection's decoded header blocks that left its HPACK table unchanged,
+    with the request each is (None: not a plain request), so a block seen again is
+    neither decoded nor checked again.
+
+    A block's meaning depends on the dynamic table (RFC 7541 2.3.2), so an entry is
+    used only while the table is as it was when the block was decoded: the same
+    newest entry (by identity: every insertion makes a new one, and the cache keeps
+    this one alive), the same number of entries and the same size limit. A block
+    that inserted or resized is never kept, since replaying it must move the table.
+    Load generators and browsers repeat whole blocks (all fields indexed, :path a
+    literal without indexing, RFC 7541 6.2.2), so most requests are one lookup."""
+
+    __slots__ = ("_blocks", "_decoder", "_make")
+
+    #: blocks kept per connection (a page's assets are a few dozen)
+    ENTRIES = 64
+
+    def __init__(
+        self,
+        conn: h2.connection.H2Connection,
+        make: Callable[[list[tuple[bytes, bytes]]], RequestHead],
+    ) -> None:
+        self._decoder = conn.decoder
+        self._make = make
+        self._blocks: dict[
+            bytes,
+            tuple[object, int, int, list[tuple[bytes, bytes]], RequestHead | None],
+        ] = {}
+
+    def request(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], RequestHead | None]:
+        """The decoded fields of `block` and the plain request they are, if they are."""
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        newest = entries[0] if entries else None
+        count = len(entries)
+        limit = table.maxsize
+        known = self._blocks.get(block)
+        if known is not None and known[0] is newest and known[1] == count and known[2] == limit:
+            return known[3], known[4]
+        fields = list(h2.connection._decode_headers(self._decoder, block))
+        head = self._make(fields) if is_plain_request(fields) else None
+        entries = table.dynamic_entries
+        if (
+            (entries[0] if entries else None) is newest
+            and len(entries) == count
+            and table.maxsize == limit
+        ):
+            if len(self._blocks) >= self.ENTRIES:
+                self._blocks.clear()
+            self._blocks[block] = (newest, count, limit, fields, head)
+        return fields, head
 
 
 def is_plain_request(fields: Sequence[tuple[bytes, bytes]]) -> bool:

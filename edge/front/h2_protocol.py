@@ -54,11 +54,10 @@ from edge.front.h2_inbound import (
     HEADERS,
     PREFACE_LENGTH,
     RST_STREAM,
-    decode_block,
+    LaneHeads,
     frame_length,
     header_block,
     is_lane_headers,
-    is_plain_request,
     open_stream,
     opened_here,
 )
@@ -72,6 +71,7 @@ from edge.front.h2_stream import (
     start_connection,
 )
 from edge.front.https_policy import HttpsPolicy
+from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, ConnectionLimits
 from edge.metrics import NodeMetrics
 
@@ -134,6 +134,7 @@ class H2Protocol(asyncio.Protocol):
         self._settled = False
         #: every later byte straight to h2 (after a frame h2 must refuse)
         self._raw = False
+        self._lane_heads = LaneHeads(self._conn, self._lane_head)
 
     # -- connection --------------------------------------------------------------
 
@@ -300,35 +301,40 @@ class H2Protocol(asyncio.Protocol):
         here and the stream closed; anything else becomes an h2 stream."""
         started = time.time()
         conn = self._conn
-        fields = decode_block(conn, block)
+        # decoded with the connection's HPACK decoder: its dynamic table stays in
+        # step, and a block over our header-list bound is refused (an HPACK bomb)
+        fields, head = self._lane_heads.request(block)
         found: FoundHit | None = None
-        if is_plain_request(fields):
-            head = request_head(fields, self._peer, self.scheme)
-            if head.method == "GET" and (
-                not self.engine.traffic.active or self.engine.traffic.passes(head)
-            ):
-                found = self.engine.hot.prepared_hit(head)
-                if found is not None and self._sendable(len(found[0].body)):
-                    opened_here(conn, stream_id)
-                    hsts = self.https.hsts(head) if self.https is not None else None
-                    prepared = found[0]
-                    body = prepared.body
-                    hits = self.hits
-                    block = hits.answer_block(found, hsts)
-                    size = conn.max_outbound_frame_size
-                    if body:
-                        # both windows moved as sending DATA moves them (RFC 9113
-                        # 6.9.1); the stream's own is gone with it
-                        conn.outbound_flow_control_window -= len(body)
-                        self._emit(
-                            headers_frame(stream_id, block, size, end_stream=False),
-                            *data_frames(stream_id, body, size),
-                        )
-                    else:
-                        self._emit(headers_frame(stream_id, block, size, end_stream=True))
-                    hits.account(self, head, found, started)
-                    return
+        if (
+            head is not None
+            and head.method == "GET"
+            and (not self.engine.traffic.active or self.engine.traffic.passes(head))
+        ):
+            found = self.engine.hot.prepared_hit(head)
+            if found is not None and self._sendable(len(found[0].body)):
+                opened_here(conn, stream_id)
+                hsts = self.https.hsts(head) if self.https is not None else None
+                prepared = found[0]
+                body = prepared.body
+                hits = self.hits
+                block = hits.answer_block(found, hsts)
+                size = conn.max_outbound_frame_size
+                if body:
+                    # both windows moved as sending DATA moves them (RFC 9113
+                    # 6.9.1); the stream's own is gone with it
+                    conn.outbound_flow_control_window -= len(body)
+                    self._emit(
+                        headers_frame(stream_id, block, size, end_stream=False),
+                        *data_frames(stream_id, body, size),
+                    )
+                else:
+                    self._emit(headers_frame(stream_id, block, size, end_stream=True))
+                hits.account(self, head, found, started)
+                return
         self._events(open_stream(conn, stream_id, fields), found)
+
+    def _lane_head(self, fields: list[tuple[bytes, bytes]]) -> RequestHead:
+        return request_head(fields, self._peer, self.scheme)
 
     def _sendable(self, length: int) -> bool:
         """Whether an answer of `length` bytes leaves whole now: the transport takes
