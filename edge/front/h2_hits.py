@@ -233,6 +233,8 @@ class H2Hits:
         #: id(prepared hit) → (the prepared hit, its encoded head less the fields
         #: encoded per answer, whether it carries its own Date)
         self._heads: dict[int, tuple[PreparedHit, bytes, bool]] = {}
+        #: answers sent by the inbound lane, their streams never opened in h2
+        self.lane_answers = 0
         #: (age, Cache-Status member) → their fields encoded
         self._tails: dict[tuple[int, str], bytes] = {}
 

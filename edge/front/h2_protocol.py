@@ -132,8 +132,6 @@ class H2Protocol(asyncio.Protocol):
         self._partial = b""
         #: the client's first SETTINGS has been read (RFC 9113 3.4): the lane may start
         self._settled = False
-        #: every later byte straight to h2 (after a frame h2 must refuse)
-        self._raw = False
         self._lane_heads = LaneHeads(self._conn, self._lane_head)
 
     # -- connection --------------------------------------------------------------
@@ -206,9 +204,6 @@ class H2Protocol(asyncio.Protocol):
     def _receive(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._raw:
-            self._feed(data)
-            return
         if self._preface:
             take = min(self._preface, len(data))
             self._preface -= take
@@ -225,10 +220,11 @@ class H2Protocol(asyncio.Protocol):
         while size - pos >= 9:
             length = frame_length(data, pos)
             if length > conn.max_inbound_frame_size:
-                # RFC 9113 4.2: FRAME_SIZE_ERROR; h2 says so without its payload
-                self._raw = True
-                self._feed(data[fed:])
-                return
+                # RFC 9113 4.2: FRAME_SIZE_ERROR, said at once (h2 would first
+                # buffer the whole payload, up to 16 MiB)
+                raise h2.exceptions.FrameTooLargeError(
+                    f"frame of {length} bytes over {conn.max_inbound_frame_size}"
+                )
             end = pos + 9 + length
             if end > size:
                 break
@@ -330,6 +326,7 @@ class H2Protocol(asyncio.Protocol):
                 else:
                     self._emit(headers_frame(stream_id, block, size, end_stream=True))
                 hits.account(self, head, found, started)
+                hits.lane_answers += 1
                 return
         self._events(open_stream(conn, stream_id, fields), found)
 
