@@ -18,9 +18,10 @@ frames what the client sends itself (RFC 9113 4.1: a 9-byte head, the payload) a
   its highest stream id. Anything short of that becomes an `h2` stream with the
   decoded fields (`open_stream`), exactly as `h2` would have made it: its checks
   (which raise on a malformed request), its concurrency limit, its events.
-- a RST_STREAM on a stream `h2` no longer holds is ignored, as RFC 9113 5.1 says
-  (and counted toward the rapid-reset limit); `h2` would call it a connection error
-  for a stream it never saw.
+- a RST_STREAM on a stream `h2` no longer holds (the lane's streams among them) is
+  ignored, as RFC 9113 5.1 says and as `h2` itself would, but counted toward the
+  rapid-reset limit: `h2` reports no event for it, and HEADERS then RST_STREAM on
+  streams the lane answers is the CVE-2023-44487 pattern all the same.
 - every other frame goes to `h2` unchanged, in the order received, whole frames
   only, so its frame buffer never holds a frame the lane has taken.
 """

@@ -248,10 +248,10 @@ class H2Protocol(asyncio.Protocol):
                     and stream_id <= conn.highest_inbound_stream_id
                     and stream_id not in conn.streams
                 ):
-                    # RFC 9113 5.1: "an endpoint MUST ignore frames that it receives
-                    # on closed streams after it has sent a RST_STREAM frame", and a
-                    # stream the lane answered was closed before the peer could
-                    # reset it; a reset still counts toward the rapid-reset limit
+                    # RFC 9113 5.1: a RST_STREAM on a closed stream is ignored (h2
+                    # ignores it too, without an event); it still counts toward the
+                    # rapid-reset limit, or HEADERS+RST_STREAM pairs answered by the
+                    # lane would never reach it
                     self._reset_by_peer(stream_id)
                     fed = end
                 if self._closed:
