@@ -125,6 +125,10 @@ class H2Protocol(asyncio.Protocol):
         self._send_scheduled = False
         #: frames we framed ourselves, after whatever h2 had to send before them
         self._out: list[bytes | memoryview] = []
+        #: body bytes in `_out`: past HIGH_WATER they are written at once, so a turn
+        #: with thousands of small requests cannot gather their answers in memory
+        #: (the transport then pauses us, and answers wait on their streams)
+        self._out_bytes = 0
         self._loop = asyncio.get_event_loop()
         #: bytes of the client preface still to come (h2 checks them)
         self._preface = PREFACE_LENGTH
@@ -323,6 +327,9 @@ class H2Protocol(asyncio.Protocol):
                         headers_frame(stream_id, block, size, end_stream=False),
                         *data_frames(stream_id, body, size),
                     )
+                    self._out_bytes += len(body)
+                    if self._out_bytes > HIGH_WATER:
+                        self._send_now()
                 else:
                     self._emit(headers_frame(stream_id, block, size, end_stream=True))
                 hits.account(self, head, found, started)
@@ -359,6 +366,7 @@ class H2Protocol(asyncio.Protocol):
         if not out:
             return
         self._out = []
+        self._out_bytes = 0
         if self._transport is not None and not self._closed:
             # one write of the joined frames: the TLS transport makes a record of
             # each buffer it is given, so a head, a frame header and a small body
@@ -559,6 +567,9 @@ class H2Protocol(asyncio.Protocol):
                 self._emit(data_frame(stream.id, len(body), end_stream=True), body)
                 stream.sent_bytes = len(body)
                 stream.ending = stream.ended = True
+                self._out_bytes += len(body)
+                if self._out_bytes > HIGH_WATER:
+                    self._send_now()
         elif self._head(stream, block, end=False):
             self.queue(stream, body, end=True)
             return

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 
 from edge.front.h2_exchange import request_head
@@ -39,6 +40,7 @@ from tests.support.h2_lane import (
     table_size,
 )
 from tests.support.tls_fleet import H2Client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,5 +236,31 @@ async def test_a_request_that_is_not_plain_is_served_by_h2_and_the_engine(
         answer = await answer_of(client, stream_id)
         assert (answer.status, answer.body) == (200, b"hot body")
         assert served.hits.lane_answers == before
+    finally:
+        client.close()
+
+
+async def test_a_turn_of_many_requests_does_not_gather_their_answers(served: Served) -> None:
+    body = bytes(range(256)) * 400  # 100 KiB
+    served.cache.origin.responds("/big", cache_control="max-age=60", body=body)
+    client = await served.client()
+    try:
+        client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        client.writer.write(client.conn.data_to_send())
+        await client.get(HOST, "/big")
+        await client.get(HOST, "/big")
+        before = served.hits.lane_answers
+        # 300 hits of 100 KiB asked for at once (30 MiB) by a client that never reads:
+        # the windows allow all of it, the transport does not
+        block = request_block(HOST, "/big")
+        send_raw(
+            client,
+            *(frame(HEADERS, END_HEADERS | END_STREAM, next_id(client), block) for _ in range(300)),
+        )
+        await eventually(lambda: served.made[0]._paused, "the transport full")
+        await eventually(lambda: served.cache.engine.metrics.hits.value > 100, "hits counted")
+        # written while the transport took them (the socket's buffers), then no more
+        assert (served.hits.lane_answers - before) * len(body) < 16 * 1024 * 1024
     finally:
         client.close()
