@@ -1,10 +1,11 @@
 """HTTP/2's hit lane and raw frames: answers we built, framed without the `h2` library.
 
-The `h2` library stays the parser and state machine of what the client sends (its
-SETTINGS limits, header-list bound, flow-control accounting and our rapid-reset
-count); what it costs on the way out (a header-validation pass, HPACK's per-field
-table search and Huffman coding, a frame object per frame, debug-logging calls) is
-spent on answers whose fields we made ourselves. So:
+The `h2` library stays the state machine of the connection (its SETTINGS limits,
+header-list bound, flow-control accounting and our rapid-reset count; the common
+request is read past it by edge/front/h2_inbound.py); what it costs on the way out
+(a header-validation pass, HPACK's per-field table search and Huffman coding, a frame
+object per frame, debug-logging calls) is spent on answers whose fields we made
+ourselves. So:
 
 - a response head is HPACK-encoded here (RFC 7541) with no dynamic table: static-table
   indexes where a name or a whole field is in the table, literals without indexing

@@ -1,8 +1,13 @@
 """HTTP/2 on the `h2` library as an asyncio protocol: each stream is one engine request.
 
-`H2Protocol` turns bytes into h2 events, each request stream into our `RequestHead`,
-`BodyStream` and `ResponseSink` (edge/front/types.py), and runs `Engine.handle` for
-it as a task; the engine never sees h2's types. What it bounds, and why:
+`H2Protocol` frames the client's bytes: a whole GET that is a fresh hit is answered
+at once by the inbound lane (edge/front/h2_inbound.py), every other frame becomes h2
+events; each request stream becomes our `RequestHead`, `BodyStream` and
+`ResponseSink` (edge/front/types.py), and `Engine.handle` runs for it as a task; the
+engine never sees h2's types. What it bounds, and why:
+
+- Frames (RFC 9113 4.2): one over our SETTINGS_MAX_FRAME_SIZE is refused with
+  FRAME_SIZE_ERROR as soon as its head arrives, never buffered.
 
 - SETTINGS (RFC 9113 6.5.2): at most `max_concurrent_streams` streams at once and a
   header list of at most `max_header_list_size` bytes; h2 refuses an HPACK block that
