@@ -138,7 +138,9 @@ class H2Protocol(asyncio.Protocol):
         #: bytes of the client preface still to come (h2 checks them)
         self._preface = PREFACE_LENGTH
         #: the start of a frame not yet whole (edge/front/h2_inbound.py)
-        self._partial = b""
+        self._partial = bytearray()
+        #: the bytes `_partial` must hold before a whole frame can be read from it
+        self._partial_needs = 0
         #: the client's first SETTINGS has been read (RFC 9113 3.4): the lane may start
         self._settled = False
         self._lane_heads = LaneHeads(self._conn, self._lane_head)
@@ -220,8 +222,13 @@ class H2Protocol(asyncio.Protocol):
                 return
             data = data[take:]
         if self._partial:
-            data = self._partial + data
-            self._partial = b""
+            # appended, not joined anew per read: a frame sent a byte at a time
+            # costs its length once, not its length squared
+            self._partial += data
+            if len(self._partial) < self._partial_needs:
+                return
+            data = bytes(self._partial)
+            self._partial = bytearray()
         conn = self._conn
         size = len(data)
         pos = fed = 0
@@ -269,7 +276,8 @@ class H2Protocol(asyncio.Protocol):
         if fed < pos and not self._feed(data[fed:pos]):
             return
         if pos < size:
-            self._partial = data[pos:]
+            self._partial += memoryview(data)[pos:]
+            self._partial_needs = 9 + frame_length(data, pos) if size - pos >= 9 else 9
         if lane and not self._streams:
             self._arm_idle()
 

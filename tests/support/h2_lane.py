@@ -119,22 +119,35 @@ def next_id(client: H2Client) -> int:
 
 async def answer_of(client: H2Client, stream_id: int) -> H2Answer:
     """Read until stream `stream_id` (opened by hand) is answered whole."""
-    headers: dict[str, str] = {}
-    body = bytearray()
-    while True:
+    return (await answers_of(client, [stream_id]))[stream_id]
+
+
+async def answers_of(client: H2Client, stream_ids: list[int]) -> dict[int, H2Answer]:
+    """Read until every stream of `stream_ids` (opened by hand) is answered whole."""
+    heads: dict[int, dict[str, str]] = {}
+    bodies: dict[int, bytearray] = {n: bytearray() for n in stream_ids}
+    answers: dict[int, H2Answer] = {}
+    while len(answers) < len(stream_ids):
         for event in await client.events():
-            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
-                headers = {k.decode(): v.decode() for k, v in event.headers}
-            elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
-                body += event.data
+            stream_id = getattr(event, "stream_id", None)
+            if stream_id not in bodies:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                heads[stream_id] = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h2.events.DataReceived):
+                bodies[stream_id] += event.data
                 client.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 client.writer.write(client.conn.data_to_send())
-            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
-                return H2Answer(int(headers[":status"]), headers, bytes(body), ())
-            elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+            elif isinstance(event, h2.events.StreamEnded):
+                head = heads[stream_id]
+                answers[stream_id] = H2Answer(
+                    int(head[":status"]), head, bytes(bodies[stream_id]), ()
+                )
+            elif isinstance(event, h2.events.StreamReset):
                 raise ConnectionResetError(f"stream reset: {event.error_code}")
-        if client.goaway is not None:
+        if client.goaway is not None and len(answers) < len(stream_ids):
             raise ConnectionResetError(f"GOAWAY {client.goaway.error_code}")
+    return answers
 
 
 async def refusal(client: H2Client) -> tuple[set[int], int | None]:

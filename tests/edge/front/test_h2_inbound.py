@@ -30,6 +30,7 @@ from tests.support.h2_lane import (
     RST_STREAM,
     WINDOW_UPDATE,
     answer_of,
+    answers_of,
     frame,
     indexed,
     literal,
@@ -264,3 +265,32 @@ async def test_a_turn_of_many_requests_does_not_gather_their_answers(served: Ser
         assert (served.hits.lane_answers - before) * len(body) < 16 * 1024 * 1024
     finally:
         client.close()
+
+
+async def test_frames_cut_at_every_byte_are_read_whole(served: Served) -> None:
+    served.cache.origin.responds("/hot", cache_control="max-age=60", body=b"hot body")
+    warm = await served.client()
+    try:
+        await warm.get(HOST, "/hot")
+        await warm.get(HOST, "/hot")
+    finally:
+        warm.close()
+    host, _, port = served.address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    client = H2Client(reader, writer)  # writes its preface and SETTINGS
+    try:
+        ids = [next_id(client) for _ in range(3)]
+        data = b"".join(
+            frame(HEADERS, END_HEADERS | END_STREAM, n, request_block(HOST, "/hot")) for n in ids
+        )
+        before = served.hits.lane_answers
+        # a byte per write: the edge's reads end anywhere in a frame head or payload
+        for offset in range(len(data)):
+            writer.write(data[offset : offset + 1])
+            await writer.drain()
+        answers = list((await answers_of(client, ids)).values())
+        assert served.hits.lane_answers == before + 3
+    finally:
+        client.close()
+    for answer in answers:
+        assert (answer.status, answer.body) == (200, b"hot body")
