@@ -1,10 +1,11 @@
 """HTTP/2's hit lane and raw frames: answers we built, framed without the `h2` library.
 
-The `h2` library stays the parser and state machine of what the client sends (its
-SETTINGS limits, header-list bound, flow-control accounting and our rapid-reset
-count); what it costs on the way out (a header-validation pass, HPACK's per-field
-table search and Huffman coding, a frame object per frame, debug-logging calls) is
-spent on answers whose fields we made ourselves. So:
+The `h2` library stays the state machine of the connection (its SETTINGS limits,
+header-list bound, flow-control accounting and our rapid-reset count; the common
+request is read past it by edge/front/h2_inbound.py); what it costs on the way out
+(a header-validation pass, HPACK's per-field table search and Huffman coding, a frame
+object per frame, debug-logging calls) is spent on answers whose fields we made
+ourselves. So:
 
 - a response head is HPACK-encoded here (RFC 7541) with no dynamic table: static-table
   indexes where a name or a whole field is in the table, literals without indexing
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from edge.front.h2_protocol import H2Protocol
     from edge.front.h2_stream import H2Stream
     from edge.hotlane import PreparedHit
+    from edge.outcome import Outcome
+
+    #: the hot lane's answer (edge.hotlane.HotLane.prepared_hit)
+    FoundHit = tuple[PreparedHit, float, Outcome, str]
 
 __all__ = ["FieldEncoder", "H2Hits", "data_frame", "headers_frame"]
 
@@ -55,6 +60,9 @@ _FRAME_HEAD = struct.Struct(">HBBBI")
 FIELD_CACHE_ENTRIES = 20_000
 #: encoded heads of prepared hits kept (as the HTTP/1.1 hit lane's serialised heads)
 HEAD_CACHE_ENTRIES = 50_000
+
+#: encoded (Age, Cache-Status) pairs kept: those of the hits of the last few seconds
+TAIL_CACHE_ENTRIES = 4096
 
 _STATUS_NAME_INDEX = 8
 
@@ -190,6 +198,21 @@ def sent_data(
     conn.outbound_flow_control_window -= length
 
 
+def data_frames(stream_id: int, body: bytes, max_size: int) -> list[bytes | memoryview]:
+    """A whole body as DATA frames of at most `max_size` bytes (RFC 9113 6.1, 4.2), the
+    last one ending the stream; heads and views of the body, never a copy of it."""
+    length = len(body)
+    if length <= max_size:
+        return [data_frame(stream_id, length, end_stream=True), body]
+    view = memoryview(body)
+    out: list[bytes | memoryview] = []
+    for start in range(0, length, max_size):
+        piece = view[start : start + max_size]
+        out.append(data_frame(stream_id, len(piece), end_stream=start + max_size >= length))
+        out.append(piece)
+    return out
+
+
 def send_window(conn: h2.connection.H2Connection, stream_id: int) -> int:
     """What may be sent on `stream_id` now: both windows and the peer's frame size."""
     stream = conn.streams.get(stream_id)
@@ -211,6 +234,10 @@ class H2Hits:
         #: id(prepared hit) → (the prepared hit, its encoded head less the fields
         #: encoded per answer, whether it carries its own Date)
         self._heads: dict[int, tuple[PreparedHit, bytes, bool]] = {}
+        #: answers sent by the inbound lane, their streams never opened in h2
+        self.lane_answers = 0
+        #: (age, Cache-Status member) → their fields encoded
+        self._tails: dict[tuple[int, str], bytes] = {}
 
     def head(self, prepared: PreparedHit) -> tuple[bytes, bool]:
         """A prepared hit's header block (`:status` to content-length), and whether it
@@ -231,24 +258,55 @@ class H2Hits:
         self._heads[id(prepared)] = (prepared, block, has_date)
         return block, has_date
 
-    def answer(self, protocol: H2Protocol, stream: H2Stream, head: RequestHead) -> bool:
+    def answer(
+        self,
+        protocol: H2Protocol,
+        stream: H2Stream,
+        head: RequestHead,
+        found: FoundHit | None = None,
+        started: float | None = None,
+    ) -> bool:
         """Answer a fresh in-memory hit on `stream` at once; False when the hot lane
-        cannot (the engine then answers it)."""
-        started = time.time()
-        found = protocol.engine.hot.prepared_hit(head)
+        cannot (the engine then answers it). `found` is the hot lane's answer when the
+        inbound lane has already looked it up (a hit is counted once)."""
+        if started is None:
+            started = time.time()
         if found is None:
-            return False
-        prepared, age, outcome, member = found
+            found = protocol.engine.hot.prepared_hit(head)
+            if found is None:
+                return False
+        prepared = found[0]
+        block = self.answer_block(found, stream.hsts)
+        protocol.send_prepared(stream, prepared.status, block, prepared.body)
+        self.account(protocol, head, found, started)
+        return True
+
+    def answer_block(self, found: FoundHit, hsts: str | None) -> bytes:
+        """The whole header block of a hit's answer: the prepared head and the fields
+        that change with every answer."""
+        prepared, age, _, member = found
         block, has_date = self.head(prepared)
-        # Age and Cache-Status change with every answer: encoded, never kept
-        tail = encode_field("age", str(int(age))) + encode_field(
-            "cache-status", f"{member}; proto=h2"
-        )
+        # Age and Cache-Status change by the second: kept apart, in a small table
+        key = (int(age), member)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = encode_field("age", str(key[0])) + encode_field(
+                "cache-status", f"{member}; proto=h2"
+            )
+            if len(self._tails) >= TAIL_CACHE_ENTRIES:
+                self._tails.clear()
+            self._tails[key] = tail
         if not has_date:
             tail += self.encoder.field("date", self.clock.date().decode("ascii"))
-        if stream.hsts is not None:
-            tail += self.encoder.field("strict-transport-security", stream.hsts)
-        protocol.send_prepared(stream, prepared.status, block + tail, prepared.body)
+        if hsts is not None:
+            tail += self.encoder.field("strict-transport-security", hsts)
+        return block + tail
+
+    def account(
+        self, protocol: H2Protocol, head: RequestHead, found: FoundHit, started: float
+    ) -> None:
+        """Count and log an answered hit, as every front does."""
+        prepared, _, outcome, _ = found
         elapsed = time.time() - started
         protocol.metrics.hit_seconds.observe(elapsed)
         headers = head.headers
@@ -274,4 +332,3 @@ class H2Hits:
                     headers.get("X-Request-ID"),
                 )
             )
-        return True

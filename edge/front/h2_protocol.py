@@ -1,8 +1,13 @@
 """HTTP/2 on the `h2` library as an asyncio protocol: each stream is one engine request.
 
-`H2Protocol` turns bytes into h2 events, each request stream into our `RequestHead`,
-`BodyStream` and `ResponseSink` (edge/front/types.py), and runs `Engine.handle` for
-it as a task; the engine never sees h2's types. What it bounds, and why:
+`H2Protocol` frames the client's bytes: a whole GET that is a fresh hit is answered
+at once by the inbound lane (edge/front/h2_inbound.py), every other frame becomes h2
+events; each request stream becomes our `RequestHead`, `BodyStream` and
+`ResponseSink` (edge/front/types.py), and `Engine.handle` runs for it as a task; the
+engine never sees h2's types. What it bounds, and why:
+
+- Frames (RFC 9113 4.2): one over our SETTINGS_MAX_FRAME_SIZE is refused with
+  FRAME_SIZE_ERROR as soon as its head arrives, never buffered.
 
 - SETTINGS (RFC 9113 6.5.2): at most `max_concurrent_streams` streams at once and a
   header list of at most `max_header_list_size` bytes; h2 refuses an HPACK block that
@@ -27,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -43,10 +49,22 @@ from edge.front.h2_exchange import request_head, serve_stream
 from edge.front.h2_hits import (
     H2Hits,
     data_frame,
+    data_frames,
     headers_frame,
     send_window,
     sent_data,
     sent_headers,
+)
+from edge.front.h2_inbound import (
+    HEADERS,
+    PREFACE_LENGTH,
+    RST_STREAM,
+    LaneHeads,
+    frame_length,
+    header_block,
+    is_lane_headers,
+    open_stream,
+    opened_here,
 )
 from edge.front.h2_stream import (
     CONNECTION_FIELDS,
@@ -58,11 +76,13 @@ from edge.front.h2_stream import (
     start_connection,
 )
 from edge.front.https_policy import HttpsPolicy
+from edge.front.types import RequestHead
 from edge.limits import NO_HEAD, ConnectionLimits
 from edge.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from edge.engine import Engine
+    from edge.front.h2_hits import FoundHit
 
 __all__ = ["H2Limits", "H2Protocol", "h2_factory"]
 
@@ -110,7 +130,20 @@ class H2Protocol(asyncio.Protocol):
         self._send_scheduled = False
         #: frames we framed ourselves, after whatever h2 had to send before them
         self._out: list[bytes | memoryview] = []
+        #: body bytes in `_out`: past HIGH_WATER they are written at once, so a turn
+        #: with thousands of small requests cannot gather their answers in memory
+        #: (the transport then pauses us, and answers wait on their streams)
+        self._out_bytes = 0
         self._loop = asyncio.get_event_loop()
+        #: bytes of the client preface still to come (h2 checks them)
+        self._preface = PREFACE_LENGTH
+        #: the start of a frame not yet whole (edge/front/h2_inbound.py)
+        self._partial = bytearray()
+        #: the bytes `_partial` must hold before a whole frame can be read from it
+        self._partial_needs = 0
+        #: the client's first SETTINGS has been read (RFC 9113 3.4): the lane may start
+        self._settled = False
+        self._lane_heads = LaneHeads(self._conn, self._lane_head)
 
     # -- connection --------------------------------------------------------------
 
@@ -168,17 +201,98 @@ class H2Protocol(asyncio.Protocol):
         self._send()
 
     def data_received(self, data: bytes) -> None:
-        """Feed h2; act on its events."""
+        """Frame what the client sent: lane-eligible requests answered here, every
+        other frame through h2, in order (edge/front/h2_inbound.py)."""
         try:
-            events = self._conn.receive_data(data)
+            self._receive(data)
         except h2.exceptions.ProtocolError as exc:
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             log.info("h2 protocol error from %s: %s", self._peer, str(exc)[:100])
             self.goaway(code)
             return
+        self._send_now()
+
+    def _receive(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._preface:
+            take = min(self._preface, len(data))
+            self._preface -= take
+            if not self._feed(data[:take]) or take == len(data):
+                return
+            data = data[take:]
+        if self._partial:
+            # appended, not joined anew per read: a frame sent a byte at a time
+            # costs its length once, not its length squared
+            self._partial += data
+            if len(self._partial) < self._partial_needs:
+                return
+            data = bytes(self._partial)
+            self._partial = bytearray()
+        conn = self._conn
+        size = len(data)
+        pos = fed = 0
+        lane = False
+        while size - pos >= 9:
+            length = frame_length(data, pos)
+            if length > conn.max_inbound_frame_size:
+                # RFC 9113 4.2: FRAME_SIZE_ERROR, said at once (h2 would first
+                # buffer the whole payload, up to 16 MiB)
+                raise h2.exceptions.FrameTooLargeError(
+                    f"frame of {length} bytes over {conn.max_inbound_frame_size}"
+                )
+            end = pos + 9 + length
+            if end > size:
+                break
+            kind = data[pos + 3]
+            if kind in (HEADERS, RST_STREAM):
+                if fed < pos and not self._feed(data[fed:pos]):
+                    return
+                fed = pos
+                flags = data[pos + 4]
+                stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                if kind == HEADERS:
+                    if self._settled and is_lane_headers(conn, flags, stream_id):
+                        block = header_block(data, pos, end, flags, stream_id)
+                        if block is not None:
+                            self._lane_request(stream_id, block)
+                            lane = True
+                            fed = end
+                elif (
+                    length == 4
+                    and stream_id & 1
+                    and stream_id <= conn.highest_inbound_stream_id
+                    and stream_id not in conn.streams
+                ):
+                    # RFC 9113 5.1: a RST_STREAM on a closed stream is ignored (h2
+                    # ignores it too, without an event); it still counts toward the
+                    # rapid-reset limit, or HEADERS+RST_STREAM pairs answered by the
+                    # lane would never reach it
+                    self._reset_by_peer(stream_id)
+                    fed = end
+                if self._closed:
+                    return
+            pos = end
+        if fed < pos and not self._feed(data[fed:pos]):
+            return
+        if pos < size:
+            self._partial += memoryview(data)[pos:]
+            self._partial_needs = 9 + frame_length(data, pos) if size - pos >= 9 else 9
+        if lane and not self._streams:
+            self._arm_idle()
+
+    def _feed(self, data: bytes) -> bool:
+        """Feed whole frames to h2; act on its events. False once the connection is
+        closing."""
+        if not data:
+            return not self._closed
+        self._events(self._conn.receive_data(data))
+        return not self._closed
+
+    def _events(self, events: list[h2.events.Event], found: FoundHit | None = None) -> None:
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                self._request(event)
+                self._request(event, found)
             elif isinstance(event, h2.events.DataReceived):
                 self._data(event)
             elif isinstance(event, h2.events.StreamEnded):
@@ -189,10 +303,65 @@ class H2Protocol(asyncio.Protocol):
                     return
             elif isinstance(event, h2.events.WindowUpdated):
                 self._window(event.stream_id)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._settled = True
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._close()
                 return
-        self._send_now()
+
+    def _lane_request(self, stream_id: int, block: bytes) -> None:
+        """A whole request head on a new stream: a fresh hit sent whole is answered
+        here and the stream closed; anything else becomes an h2 stream."""
+        started = time.time()
+        conn = self._conn
+        # decoded with the connection's HPACK decoder: its dynamic table stays in
+        # step, and a block over our header-list bound is refused (an HPACK bomb)
+        fields, head = self._lane_heads.request(block)
+        found: FoundHit | None = None
+        if (
+            head is not None
+            and head.method == "GET"
+            and (not self.engine.traffic.active or self.engine.traffic.passes(head))
+        ):
+            found = self.engine.hot.prepared_hit(head)
+            if found is not None and self._sendable(len(found[0].body)):
+                opened_here(conn, stream_id)
+                hsts = self.https.hsts(head) if self.https is not None else None
+                prepared = found[0]
+                body = prepared.body
+                hits = self.hits
+                block = hits.answer_block(found, hsts)
+                size = conn.max_outbound_frame_size
+                if body:
+                    # both windows moved as sending DATA moves them (RFC 9113
+                    # 6.9.1); the stream's own is gone with it
+                    conn.outbound_flow_control_window -= len(body)
+                    self._emit(
+                        headers_frame(stream_id, block, size, end_stream=False),
+                        *data_frames(stream_id, body, size),
+                    )
+                    self._out_bytes += len(body)
+                    if self._out_bytes > HIGH_WATER:
+                        self._send_now()
+                else:
+                    self._emit(headers_frame(stream_id, block, size, end_stream=True))
+                hits.account(self, head, found, started)
+                hits.lane_answers += 1
+                return
+        self._events(open_stream(conn, stream_id, fields), found)
+
+    def _lane_head(self, fields: list[tuple[bytes, bytes]]) -> RequestHead:
+        return request_head(fields, self._peer, self.scheme)
+
+    def _sendable(self, length: int) -> bool:
+        """Whether an answer of `length` bytes leaves whole now: the transport takes
+        writes and a new stream's window and the connection's both hold it."""
+        conn = self._conn
+        return (
+            not self._paused
+            and length <= conn.outbound_flow_control_window
+            and length <= conn.remote_settings.initial_window_size
+        )
 
     def _send(self) -> None:
         """Write what h2 has for the peer, soon: answers finished in the same turn of
@@ -210,6 +379,7 @@ class H2Protocol(asyncio.Protocol):
         if not out:
             return
         self._out = []
+        self._out_bytes = 0
         if self._transport is not None and not self._closed:
             # one write of the joined frames: the TLS transport makes a record of
             # each buffer it is given, so a head, a frame header and a small body
@@ -249,7 +419,7 @@ class H2Protocol(asyncio.Protocol):
             )
 
     # -- requests ----------------------------------------------------------------
-    def _request(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, event: h2.events.RequestReceived, found: FoundHit | None = None) -> None:
         stream_id = event.stream_id
         stream = H2Stream(stream_id)
         self._streams[stream_id] = stream
@@ -270,7 +440,7 @@ class H2Protocol(asyncio.Protocol):
             # traffic rules are the engine's to carry out, hits included: only a
             # request no rule acts on is answered here
             and (not self.engine.traffic.active or self.engine.traffic.passes(head))
-            and self.hits.answer(self, stream, head)
+            and self.hits.answer(self, stream, head, found)
         ):
             self._forget_if_done(stream)
             return
@@ -410,6 +580,9 @@ class H2Protocol(asyncio.Protocol):
                 self._emit(data_frame(stream.id, len(body), end_stream=True), body)
                 stream.sent_bytes = len(body)
                 stream.ending = stream.ended = True
+                self._out_bytes += len(body)
+                if self._out_bytes > HIGH_WATER:
+                    self._send_now()
         elif self._head(stream, block, end=False):
             self.queue(stream, body, end=True)
             return
