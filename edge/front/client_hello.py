@@ -98,9 +98,9 @@ def _handshake_message(data: bytes, limit: int) -> tuple[bytes, int] | NeedMore:
         if length == 0 or length > MAX_RECORD_LENGTH:
             # RFC 8446 5.1: no zero-length handshake fragments; at most 2^14 bytes
             raise ClientHelloError("bad record length")
-        end = at + RECORD_HEADER + length
+        end = _needed(at + RECORD_HEADER + length, limit)
         if end > len(data):
-            return NeedMore(_needed(end, limit))
+            return NeedMore(end)
         fragments += data[at + RECORD_HEADER : end]
         at = end
         if wanted < 0 and len(fragments) >= HANDSHAKE_HEADER:
@@ -114,6 +114,7 @@ def _handshake_message(data: bytes, limit: int) -> tuple[bytes, int] | NeedMore:
 
 
 def _needed(total: int, limit: int) -> int:
+    """`total` bytes of records, unless they pass the bound."""
     if total > limit:
         raise ClientHelloError("ClientHello too large")
     return total

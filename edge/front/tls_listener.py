@@ -324,14 +324,7 @@ class _Hello:
         """Send `alert` (a whole record) and close. The hello is read out of the socket
         first: a socket closed with unread bytes resets the connection, and the reset
         could reach the client before it has read the alert."""
-        try:
-            # what the peek saw and a little more; a client that keeps sending is
-            # reset, and that is its doing
-            for _ in range(4):
-                if not self.sock.recv(MAX_HELLO_BYTES):
-                    break
-        except OSError:
-            pass
+        self._read_out()
         if alert is not None:
             try:
                 self.sock.send(alert)
@@ -340,11 +333,23 @@ class _Hello:
                 pass
         self.close()
 
+    def _read_out(self) -> None:
+        """Read what the peek saw (and a little more): a client that keeps sending is
+        reset, and that is its doing."""
+        try:
+            for _ in range(4):
+                if not self.sock.recv(MAX_HELLO_BYTES):
+                    break
+        except OSError:
+            pass
+
     def close(self) -> None:
-        """Drop the connection (its time is up, or it is refused, or the node stops)."""
+        """Drop the connection (its time is up, or it is refused, or the node stops),
+        with a FIN rather than a reset."""
         if self.sock.fileno() < 0:
             return
         self._stop_waiting()
+        self._read_out()
         self.sock.close()
         self.listener._ended(self, handed_over=False)
 
