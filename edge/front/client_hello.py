@@ -120,83 +120,68 @@ def _needed(total: int, limit: int) -> int:
     return total
 
 
-class _Reader:
-    """Bounded reads over one structure: every length checked against what is left."""
-
-    __slots__ = ("at", "data", "end")
-
-    def __init__(self, data: bytes, at: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.at = at
-        self.end = len(data) if end is None else end
-
-    def left(self) -> int:
-        return self.end - self.at
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.left():
-            raise ClientHelloError(f"{what} runs past its end")
-        chunk = self.data[self.at : self.at + n]
-        self.at += n
-        return chunk
-
-    def number(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what))
-
-    def vector(self, size: int, what: str, low: int, high: int) -> _Reader:
-        """The next `<low..high>` vector with a `size`-byte length (RFC 8446 3.4)."""
-        length = self.number(size, what)
-        if not low <= length <= high:
-            raise ClientHelloError(f"bad {what} length")
-        if length > self.left():
-            raise ClientHelloError(f"{what} runs past its end")
-        inner = _Reader(self.data, self.at, self.at + length)
-        self.at += length
-        return inner
+def _vector(data: bytes, at: int, end: int, size: int, low: int, high: int, what: str) -> int:
+    """Where the `<low..high>` vector at `at` with a `size`-byte length (RFC 8446 3.4)
+    ends, checked to fit before `end`; its bytes start at `at + size`."""
+    start = at + size
+    if start > end:
+        raise ClientHelloError(f"{what} runs past its end")
+    length = int.from_bytes(data[at:start])
+    if not low <= length <= high:
+        raise ClientHelloError(f"bad {what} length")
+    stop = start + length
+    if stop > end:
+        raise ClientHelloError(f"{what} runs past its end")
+    return stop
 
 
 def _server_name(body: bytes) -> str | None:
     """The host_name of a ClientHello body's server_name extension (None: none)."""
-    hello = _Reader(body)
-    hello.take(2, "legacy_version")
-    hello.take(32, "random")
-    hello.vector(1, "legacy_session_id", 0, 32)
-    suites = hello.vector(2, "cipher_suites", 2, 0xFFFE)
-    if suites.left() % 2:
+    end = len(body)
+    # legacy_version (2) and random (32)
+    at = 34
+    if at > end:
+        raise ClientHelloError("random runs past its end")
+    at = _vector(body, at, end, 1, 0, 32, "legacy_session_id")
+    suites = at
+    at = _vector(body, at, end, 2, 2, 0xFFFE, "cipher_suites")
+    if (at - suites) % 2:
         raise ClientHelloError("bad cipher_suites length")
-    hello.vector(1, "legacy_compression_methods", 1, 0xFF)
-    if not hello.left():
+    at = _vector(body, at, end, 1, 1, 0xFF, "legacy_compression_methods")
+    if at == end:
         # RFC 5246 7.4.1.2: a TLS 1.2 hello may end here, without extensions
         return None
-    extensions = hello.vector(2, "extensions", 0, 0xFFFF)
-    if hello.left():
+    if _vector(body, at, end, 2, 0, 0xFFFF, "extensions") != end:
         raise ClientHelloError("bytes after the extensions")
+    at += 2
     seen: set[int] = set()
     name: str | None = None
-    while extensions.left():
-        kind = extensions.number(2, "extension type")
-        data = extensions.vector(2, "extension", 0, 0xFFFF)
+    while at < end:
+        if at + 2 > end:
+            raise ClientHelloError("extension type runs past its end")
+        kind = int.from_bytes(body[at : at + 2])
+        stop = _vector(body, at + 2, end, 2, 0, 0xFFFF, "extension")
         if kind in seen:
             # RFC 8446 4.2: no more than one extension of the same type
             raise ClientHelloError("repeated extension")
         seen.add(kind)
         if kind == SERVER_NAME:
-            name = _host_name(data)
+            name = _host_name(body, at + 4, stop)
+        at = stop
     return name
 
 
-def _host_name(extension: _Reader) -> str:
+def _host_name(data: bytes, at: int, end: int) -> str:
     """RFC 6066 3's ServerNameList, as OpenSSL takes it: exactly one host_name."""
-    names = extension.vector(2, "server_name_list", 1, 0xFFFF)
-    if extension.left():
+    if _vector(data, at, end, 2, 1, 0xFFFF, "server_name_list") != end:
         raise ClientHelloError("bytes after the server_name_list")
-    if names.number(1, "name_type") != HOST_NAME:
+    at += 2
+    if data[at] != HOST_NAME:
         raise ClientHelloError("server name of an unknown type")
-    host = names.vector(2, "host_name", 1, 0xFFFF)
-    if names.left():
+    if _vector(data, at + 1, end, 2, 1, 0xFFFF, "host_name") != end:
         raise ClientHelloError("more than one server name")
     # latin-1 maps every byte: a name that is not ASCII matches no host, and is refused
-    return host.take(host.left(), "host_name").decode("latin-1")
+    return data[at + 3 : end].decode("latin-1")
 
 
 #: RFC 8446 6: AlertDescription values the listener sends
