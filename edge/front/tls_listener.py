@@ -231,7 +231,18 @@ class _Hello:
     kernel waking a socket below the mark under memory pressure) is not looked at again
     at once: reading pauses, so no wake can spin."""
 
-    __slots__ = ("deadline", "fd", "listener", "loop", "pause", "peeked", "sock", "timer")
+    __slots__ = (
+        "deadline",
+        "fd",
+        "listener",
+        "loop",
+        "low_water",
+        "pause",
+        "peeked",
+        "reading",
+        "sock",
+        "timer",
+    )
 
     def __init__(self, listener: TlsListener, sock: socket.socket) -> None:
         self.listener = listener
@@ -242,22 +253,34 @@ class _Hello:
         self.peeked = -1
         self.pause = REPEEK_PAUSE
         self.timer: asyncio.TimerHandle | None = None
+        self.low_water = 1
+        self.reading = False
 
     def begin(self) -> None:
-        """Look at once (a hello often arrives with the connection), then wait."""
+        """Look at once (under load a hello is often there by the accept: no timer,
+        no reader), then wait."""
         self.sock.setblocking(False)
         self.listener._hellos.add(self)
-        self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self.close)
         if self._look(woken=False):
-            self.loop.add_reader(self.fd, self._readable)
+            self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self.close)
+            self._read()
+
+    def _read(self) -> None:
+        self.loop.add_reader(self.fd, self._readable)
+        self.reading = True
 
     def _readable(self) -> None:
         if not self._look(woken=True):
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
             self.loop.remove_reader(self.fd)
+            self.reading = False
 
     def _resume(self) -> None:
         if self.sock.fileno() >= 0 and self._look(woken=False):
-            self.loop.add_reader(self.fd, self._readable)
+            self._read()
 
     def _look(self, *, woken: bool) -> bool:
         """Peek and act on what the hello says; True: wait for more bytes."""
@@ -288,7 +311,9 @@ class _Hello:
             self.refuse(_DECODE_ERROR_ALERT if looks_tls else None)
             return False
         if isinstance(hello, NeedMore):
-            self._low_water(hello.at_least)
+            # with no byte yet, the first may as well wake us: most hellos come whole
+            if data:
+                self._low_water(hello.at_least)
             self.pause = REPEEK_PAUSE
             return True
         self.listener._decide(self, hello.server_name)
@@ -302,15 +327,16 @@ class _Hello:
     def _low_water(self, count: int) -> None:
         # a hint: without it the loop wakes per segment and the parser says NeedMore
         # again, which costs a peek, not a spin (a wake with no new byte pauses)
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+        if count != self.low_water:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+            self.low_water = count
 
     def _stop_waiting(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.sock.fileno() >= 0:
-            self.loop.remove_reader(self.fd)
+        self._stop_reading()
 
     def release(self) -> tuple[socket.socket, float]:
         """The socket, for the TLS layer (low-water mark back to 1 byte), and the
