@@ -66,6 +66,13 @@ HANDSHAKE_TIMEOUT = 10.0
 #: hello took to arrive
 MIN_HANDSHAKE_REST = 1.0
 
+#: seconds the kernel holds a connection that has sent nothing before we accept it
+#: (TCP_DEFER_ACCEPT, Linux; nginx's `listen ... deferred`): a client's hello follows its
+#: connection at once, so it is there by the accept and no wait for it is set up; a
+#: client that says nothing costs no descriptor until then, and HANDSHAKE_TIMEOUT
+#: after it
+DEFER_ACCEPT = 1
+
 #: seconds between session-ticket keys. A new listener context draws a new random key;
 #: tickets made under the old one no longer resume (a full handshake instead), so a key
 #: that leaks opens at most this much recorded traffic (RFC 8446 4.6.1 caps a ticket's
@@ -121,6 +128,10 @@ class TlsListener:
         listener owns the socket); `limits`, when given, bound the connections in
         their handshake with those already served."""
         sock.setblocking(False)
+        defer = getattr(socket, "TCP_DEFER_ACCEPT", None)
+        if defer is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, defer, DEFER_ACCEPT)
         listener = cls(certificates, factory, sock, certificates.listener_context(), limits)
         listener._resume_accepting()
         return listener
