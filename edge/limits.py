@@ -76,6 +76,9 @@ class ConnectionLimits:
         self.keepalive_timeout = keepalive_timeout
         self.metrics = metrics
         self.connections: set[Tracked] = set()
+        #: TLS connections between accept and the end of their handshake, not yet in
+        #: `connections` (edge/front/tls_listener.py)
+        self.handshakes = 0
         # a quarter of the limit: a head is cut between 1x and 1.25x head_timeout
         self.sweep_interval = min(1.0, max(0.05, min(head_timeout, keepalive_timeout) / 4))
         self._sweeper: asyncio.Task[None] | None = None
@@ -93,6 +96,21 @@ class ConnectionLimits:
         self.connections.add(connection)
         self.metrics.connections_open.set(len(self.connections))
         return True
+
+    def admit_handshake(self) -> bool:
+        """Count a TLS connection in from its accept to the end of its handshake, or say
+        no (counted as refused) when it would take the worker past its cap: a client
+        that never finishes a handshake holds a socket as one that is served does."""
+        if len(self.connections) + self.handshakes >= self.max_connections:
+            self.metrics.connections_refused.inc()
+            return False
+        self.handshakes += 1
+        return True
+
+    def handshake_ended(self) -> None:
+        """A handshake admitted by `admit_handshake` has ended (its connection, if it
+        succeeded, is counted by the protocol that took it)."""
+        self.handshakes -= 1
 
     def closed(self, connection: Tracked) -> None:
         """A connection admitted earlier has ended."""

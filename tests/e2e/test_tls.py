@@ -113,8 +113,8 @@ async def test_unknown_or_missing_sni_is_refused_and_counted(edge: TlsEdge) -> N
     context = edge.files.client_context()
     context.check_hostname = False
     for name in ("www.other.test", None):
-        # the handshake ends before any certificate is shown (asyncio's TLS layer
-        # closes without flushing the unrecognized_name alert the callback chose)
+        # the handshake ends before any certificate is shown, with the alert
+        # unrecognized_name (tests/security/test_tls_sni.py reads it exactly)
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
             await tls_handshake(edge.tls, name, context)
     await eventually(

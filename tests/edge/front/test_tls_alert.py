@@ -4,10 +4,12 @@ The SNI callback (edge/front/tls.py) chooses the fatal alert `unrecognized_name`
 OpenSSL writes that alert into the connection's outgoing buffer, but asyncio's TLS
 layer, and uvloop's (a port of it), close a server handshake that failed without
 sending what that buffer holds: the client reads end-of-file in the middle of the
-handshake, with no certificate shown. These tests pin both halves: with the same
-listener context a blocking `ssl` socket does deliver the alert (the callback chose
-it), and on either event loop the client gets the bare close instead. If a loop starts
-flushing the alert, the second test fails and docs/security.md is to be updated.
+handshake. That is why the TLS listener (edge/front/tls_listener.py) reads the
+ClientHello itself and writes the alert before TLS starts. These tests pin all three:
+a blocking `ssl` socket with the listener context delivers the alert (the callback
+chose it); a loop's own TLS server drops it (if a loop starts flushing it, that test
+fails and docs/security.md is to be updated: the peek would no longer be needed for
+the alert); and the listener, on either loop, delivers it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import pytest
 import uvloop
 
 from edge.front.tls import CertificateSource, TlsCertificates
+from edge.front.tls_listener import TlsListener
 from edge.metrics import NodeMetrics
-from tests.support.tls_fleet import TlsFiles
+from tests.support.sni import UNRECOGNIZED_NAME_ALERT, client_hello, raw_exchange
+from tests.support.tls_fleet import TlsFiles, tls_handshake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,7 +88,7 @@ LOOPS: dict[str, Callable[[Coroutine[Any, Any, ssl.SSLError]], ssl.SSLError]] = 
 
 
 @pytest.mark.parametrize("loop", sorted(LOOPS))
-def test_on_an_event_loop_the_client_sees_the_handshake_closed_without_the_alert(
+def test_a_loops_own_tls_server_closes_the_handshake_without_the_alert(
     tmp_path: Path, loop: str
 ) -> None:
     files, certificates = _certificates(tmp_path)
@@ -105,3 +109,35 @@ def test_on_an_event_loop_the_client_sees_the_handshake_closed_without_the_alert
     assert isinstance(error, ssl.SSLEOFError)
     assert certificates.metrics is not None
     assert certificates.metrics.tls_unrecognized_name.value == 1
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_the_listener_sends_the_alert_for_an_unknown_or_missing_name(
+    tmp_path: Path, loop: str
+) -> None:
+    files, certificates = _certificates(tmp_path)
+
+    async def attempt() -> ssl.SSLError:
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        listener = await TlsListener.open(asyncio.Protocol, sock, certificates)
+        try:
+            # a raw hello gets exactly the alert record, then the close
+            answer, _ = await raw_exchange(f"127.0.0.1:{port}", client_hello("www.other.test"))
+            assert answer == UNRECOGNIZED_NAME_ALERT
+            answer, _ = await raw_exchange(f"127.0.0.1:{port}", client_hello(None))
+            assert answer == UNRECOGNIZED_NAME_ALERT
+            # a name the node serves still gets its certificate (the client checks the
+            # certificate is valid for that name)
+            _, serial = await tls_handshake(
+                f"127.0.0.1:{port}", "www.one.test", files.client_context()
+            )
+            assert serial > 0
+            return await asyncio.to_thread(_handshake, port, files, "www.other.test")
+        finally:
+            await listener.close()
+
+    error = LOOPS[loop](attempt())
+    assert error.reason == "TLSV1_UNRECOGNIZED_NAME"
+    assert certificates.metrics is not None
+    assert certificates.metrics.tls_unrecognized_name.value == 3
