@@ -37,7 +37,7 @@ from edge.reclaim import reclaim_purged_forever
 from edge.reload import on_hangup
 from edge.scrub import scrub_forever
 from edge.store import DiskStore
-from edge.tier_upstream import TierUpstream
+from edge.tier_upstream import TierUpstream, shield_read_timeout
 from edge.upstream import ShieldRing, make_session
 from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
@@ -174,21 +174,23 @@ async def _serve(
             on_change=lambda: _count_workers(supervisor, metrics),
         )
         _count_workers(supervisor, metrics)
-    session = make_session(
-        connect_timeout=min((s.connect_timeout for s in fleet.services), default=2.0),
-        read_timeout=max((s.read_timeout for s in fleet.services), default=30.0),
-    )
-    ring = (
-        ShieldRing(fleet.shields, session, secret) if role.uses_shields and fleet.shields else None
-    )
+    connect_timeout = min((s.connect_timeout for s in fleet.services), default=2.0)
+    read_timeout = max((s.read_timeout for s in fleet.services), default=30.0)
+    session = make_session(connect_timeout, read_timeout)
+    shield_wait = shield_read_timeout(fleet.services)
+    sessions = [session]
+    ring = None
+    if role.uses_shields and fleet.shields:
+        ring_session = make_session(connect_timeout, shield_wait)
+        sessions.append(ring_session)
+        ring = ShieldRing(fleet.shields, ring_session, secret)
     upstream = TierUpstream(fleet.services, ring, session, node.workers)
-    tls_sessions = use_tls_upstreams(
+    sessions += use_tls_upstreams(
         fleet,
         ring,
         upstream.pools,
-        lambda tls: make_session(
-            session.timeout.sock_connect or 2.0, session.timeout.sock_read or 30.0, tls
-        ),
+        lambda tls: make_session(connect_timeout, read_timeout, tls),
+        lambda tls: make_session(connect_timeout, shield_wait, tls),
     )
     access_log = open_access_log(node.access_log, node.name)
     engine = Engine(
@@ -284,9 +286,8 @@ async def _serve(
     await upstream.stop()
     if access_log:
         await access_log.stop()
-    await session.close()
-    for tls_session in tls_sessions:
-        await tls_session.close()
+    for upstream_session in sessions:
+        await upstream_session.close()
     await store.close()
 
 

@@ -36,7 +36,7 @@ class Upstream(Protocol):
         ...
 
     def failed(self, response: UpstreamResponse) -> None:
-        """The peer behind `response` broke off: avoid it for a while."""
+        """The peer behind `response` broke off a body: check whether it is still up."""
         ...
 
 

@@ -3,7 +3,10 @@
 It picks the shield for a cache key by rendezvous hashing (highest random weight), so
 every edge asks the same shield for the same key and removing one of N shields moves
 only that shield's 1/N of the keys. A shield that refuses connections or times out is
-marked down (passive) and probed on its admin `/healthz` (active).
+marked down (passive) and probed on its admin `/healthz` (active). A body cut short is
+not held against a shield by itself: the cut may be its origin's (a shield can only
+pass a broken body on as a cut), so it asks for a probe of that shield at once
+(`suspect`), and only a failed probe or a refused connection marks it down.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class ShieldRing:
     _states: dict[str, _ShieldState] = field(default_factory=dict)
     _names: list[str] = field(default_factory=list)
     _probe_task: asyncio.Task[None] | None = None
+    _suspect_probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _token: str = ""
 
     def __post_init__(self) -> None:
@@ -145,25 +149,45 @@ class ShieldRing:
             return response
         return None
 
-    async def probe_loop(self) -> None:
-        """Active health: poll each shield's admin /healthz."""
+    def suspect(self, name: str) -> None:
+        """A body from this shield broke off: probe it now rather than at the next
+        round (one probe at a time per shield).
+
+        The cut alone does not mark the shield down: a shield passes its origin's
+        broken body on as a cut, so an origin that cuts its answers (a hostile or a
+        broken one, of any service) would otherwise make every edge skip healthy
+        shields, every other service's keys included. A shield that died is found by
+        this probe, and by the refused connection of the fill's retry.
+        """
+        if name not in self._states or name in self._suspect_probes:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe(self._states[name]))
+        self._suspect_probes[name] = task
+        task.add_done_callback(lambda _: self._suspect_probes.pop(name, None))
+
+    async def _probe(self, state: _ShieldState) -> None:
+        """Ask one shield's admin /healthz and record the answer."""
         timeout = aiohttp.ClientTimeout(total=max(0.5, self.probe_interval))
         headers = {"Authorization": f"Bearer {self.node_secret}"}
+        try:
+            async with self.session.get(
+                state.config.admin_url + "/healthz", headers=headers, timeout=timeout
+            ) as response:
+                healthy = response.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            healthy = False
+        if healthy and not state.healthy:
+            state.log.recovered()
+            state.down_until = 0.0
+        elif not healthy and state.healthy:
+            state.log.turned_unhealthy("failed its health check")
+        state.healthy = healthy
+
+    async def probe_loop(self) -> None:
+        """Active health: poll each shield's admin /healthz."""
         while True:
             for state in self._states.values():
-                try:
-                    async with self.session.get(
-                        state.config.admin_url + "/healthz", headers=headers, timeout=timeout
-                    ) as response:
-                        healthy = response.status == 200
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    healthy = False
-                if healthy and not state.healthy:
-                    state.log.recovered()
-                    state.down_until = 0.0
-                elif not healthy and state.healthy:
-                    state.log.turned_unhealthy("failed its health check")
-                state.healthy = healthy
+                await self._probe(state)
             await asyncio.sleep(self.probe_interval)
 
     def start(self) -> None:
@@ -176,3 +200,5 @@ class ShieldRing:
         if self._probe_task is not None:
             await cancel_and_wait(self._probe_task)
             self._probe_task = None
+        for task in list(self._suspect_probes.values()):
+            await cancel_and_wait(task)

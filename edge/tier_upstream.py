@@ -13,6 +13,30 @@ from multidict import CIMultiDict
 from edge.upstream import OriginPool, ShieldRing, UpstreamError, UpstreamResponse
 from fleet.config import Service
 
+#: seconds an edge waits for a shield's answer beyond the longest a shield can wait
+#: for its origins: the shield's own 504 then arrives before the edge gives up
+SHIELD_ANSWER_MARGIN = 1.0
+
+
+def shield_read_timeout(services: tuple[Service, ...]) -> float:
+    """How long an edge waits for a shield's answer head.
+
+    Longer than a shield can take to answer for the slowest service: the wait for an
+    origin connection slot, a connect to each of its origins in turn, then the
+    origin's `read_timeout`. With the same timeout on both tiers, an origin slower
+    than `read_timeout` made the edge give up first (its clock started earlier), mark
+    a healthy shield down and send the request to the next shield, a second origin
+    fetch of the same slow answer; now the shield's 504 (or its late answer) comes
+    first.
+    """
+    return SHIELD_ANSWER_MARGIN + max(
+        (
+            s.origin_queue_timeout + s.connect_timeout * len(s.origins) + s.read_timeout
+            for s in services
+        ),
+        default=30.0,
+    )
+
 
 class TierUpstream:
     """The next tier of a node: the shield ring (edges), then the origin pool."""
@@ -71,10 +95,10 @@ class TierUpstream:
         return await self.pools[service.name].request(method, target, headers, body)
 
     def failed(self, response: UpstreamResponse) -> None:
-        """A peer broke off a body: a shield is skipped for a while (origins have their
-        own ejection on connect failures)."""
+        """A peer broke off a body: a shield is probed at once (`ShieldRing.suspect`;
+        origins have their own ejection on connect failures)."""
         if self.ring is not None and response.peer in self.ring.names:
-            self.ring.mark_down(response.peer)
+            self.ring.suspect(response.peer)
 
     def start(self) -> None:
         """Start health checks (origins only where this node talks to them)."""

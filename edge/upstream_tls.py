@@ -44,13 +44,15 @@ def use_tls_upstreams(
     ring: ShieldRing | None,
     pools: Mapping[str, OriginPool],
     make_session: Callable[[ssl.SSLContext | bool], aiohttp.ClientSession],
+    make_ring_session: Callable[[ssl.SSLContext | bool], aiohttp.ClientSession] | None = None,
 ) -> list[aiohttp.ClientSession]:
-    """Give the ring and the origin pools that need it a session verifying as above;
-    returns the sessions made (the node closes them when it stops)."""
+    """Give the ring and the origin pools that need it a session verifying as above
+    (the ring's from `make_ring_session` when given: its timeouts differ); returns
+    the sessions made (the node closes them when it stops)."""
     made: list[aiohttp.ClientSession] = []
     context = shield_context(fleet)
     if ring is not None and context is not None:
-        ring.session = make_session(context)
+        ring.session = (make_ring_session or make_session)(context)
         ring.tls = True
         made.append(ring.session)
     for service in fleet.services:

@@ -446,3 +446,54 @@ def test_ring_owner_helper_agrees_with_rendezvous_order() -> None:
     paths = owned_paths("/x", "shield2", names, 5)
     for path in paths:
         assert rendezvous_order(primary_key("site", "www.example.com", path), names)[0] == "shield2"
+
+
+# -- an origin's failures are not a shield's ---------------------------------------------
+async def test_an_origin_cutting_its_bodies_does_not_make_an_edge_skip_a_healthy_shield(
+    origin: OriginServer, processes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """A shield passes its origin's broken body on as a cut; were the cut held against
+    the shield, one service's hostile origin would take every shield out of every
+    edge's ring (all services' keys), as often as it likes."""
+    origin.route("/cut", headers=CACHEABLE, size=200_000, cut_after=50_000)
+    origin.route("/whole", headers=CACHEABLE, body=b"W" * 100)
+    fleet = TieredFleet(tmp_path, [origin.url], processes, edges=1).start()
+    shields = fleet.shield_names
+    async with client_session() as session:
+        for path in owned_paths("/cut", shields[0], shields, 2):
+            try:
+                reply = await get(session, fleet.url("edge1"), path)
+            except aiohttp.ClientError:
+                pass  # the client sees the cut, as it should
+            else:
+                assert reply.status >= 500 or len(reply.body) < 200_000, reply
+        assert origin_requests(origin, "/cut") >= 2
+        for path in owned_paths("/whole", shields[0], shields, 5):
+            reply = await get(session, fleet.url("edge1"), path)
+            assert reply.status == 200
+            assert reply.tiers == [shields[0], "edge1"], (reply.cache_status, fleet.logs())
+    assert "marked down" not in fleet.logs()
+
+
+async def test_an_origin_slower_than_read_timeout_gets_one_504_from_its_shield(
+    origin: OriginServer, processes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """The edge waits for a shield longer than the shield waits for its origin: the
+    shield's 504 comes back, the shield is not marked down, and the slow request is
+    not sent again through the next shield (a second origin fetch)."""
+    origin.route("/slow", headers=CACHEABLE, body=b"S", delay=2.5)
+    fleet = TieredFleet(
+        tmp_path,
+        [origin.url],
+        processes,
+        edges=1,
+        service_extra="read_timeout = 1.0\nhealth_check_interval = 30",
+    ).start()
+    shields = fleet.shield_names
+    path = owned_paths("/slow", shields[0], shields, 1)[0]
+    async with client_session(timeout=30) as session:
+        reply = await get(session, fleet.url("edge1"), path)
+    assert reply.status == 504, reply
+    assert b"did not answer in time" in reply.body, reply.body
+    assert origin_requests(origin, "/slow") == 1
+    assert "marked down" not in fleet.logs()
