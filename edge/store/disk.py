@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,6 +28,7 @@ import xxhash
 
 from edge.store.base import StoreBase
 from edge.store.disk_index import DiskIndex, Install, _Record
+from edge.store.disk_inline import DEFER, INLINE_PAUSE, INLINE_SLOW, InlineReader, read_mode
 from edge.store.interface import (
     BodyCorrupt,
     BodyRef,
@@ -44,6 +47,12 @@ __all__ = ["SCRUB_CHUNK", "DiskStore"]
 SIZE_OBJECTS = 65536
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
+
+
+def _device_waits() -> int:
+    """Major page faults and block reads of the calling thread so far."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_majflt + usage.ru_inblock
 
 
 class DiskStore(StoreBase):
@@ -80,6 +89,21 @@ class DiskStore(StoreBase):
         self.commits = 0
         #: commits whose body was written in place by the index's own call (no temp file)
         self.commits_in_place = 0
+        #: reads of the index and small bodies on the event loop (`disk_inline`)
+        self._inline = InlineReader(self.directory, "off", memory_object_max)
+        #: `time.monotonic()` before which the inline path stays off (after a slow load)
+        self._inline_off_until = 0.0
+        #: keys whose eviction is on its way to the index (an inline read must not
+        #: promote them again, as a gateway read racing it does not: `_version`)
+        self._evicting_keys: set[str] = set()
+        #: `_device_waits()` on the event loop's thread when last looked at
+        self._device_waits = 0
+        #: times the inline path was turned off after a load that waited on the device
+        self.inline_pauses = 0
+        #: `get`s answered on the event loop (an object or its absence), and those
+        #: that went to the gateway
+        self.inline_loads = 0
+        self.gateway_loads = 0
 
     @classmethod
     async def open(
@@ -98,6 +122,8 @@ class DiskStore(StoreBase):
         """
         store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl)
         keys, sizes = await store._run(store._disk.start)
+        store._inline.mode = await store._run(read_mode, store.directory)
+        store._device_waits = _device_waits()
         for key, size in zip(keys, sizes, strict=True):
             store._account(key, size)
         del keys, sizes
@@ -152,6 +178,22 @@ class DiskStore(StoreBase):
         if entry is not None:
             return entry
         version = self._version
+        inline = self._load_inline(key)
+        if inline is not DEFER:
+            self.inline_loads += 1
+            if inline is None:
+                if key in self._lru:
+                    self._account(key, None)  # removed by another process
+                return None
+            assert isinstance(inline, tuple)
+            entry = self._entry(key, inline[0], inline[1])
+            if key in self._lru:
+                self._touch(key)
+            else:  # stored by another process since we opened
+                self._account(key, inline[0].size)
+            self.memory.put(entry)
+            return entry
+        self.gateway_loads += 1
         try:
             loaded = await self._run(self._disk.load, key)
         except BodyCorrupt:
@@ -172,6 +214,29 @@ class DiskStore(StoreBase):
                 self._account(key, record.size)
             self.memory.put(entry)
         return entry
+
+    def _load_inline(self, key: str) -> object:
+        """`InlineReader.load` of `key` on the event loop, or `DEFER`: while the path
+        is off after a slow load, or when `key` is being changed in this process (a
+        commit or delete waiting on the gateway decides what is there)."""
+        if key in self._locks or key in self._evicting_keys:
+            return DEFER
+        now = time.monotonic()
+        if now < self._inline_off_until:
+            return DEFER
+        loaded = self._inline.load(key)
+        if time.monotonic() - now > INLINE_SLOW:
+            # slow: a page of the index (or a directory) came from the device, or the
+            # process was only descheduled (a busy machine); the thread's count of
+            # faults and block reads tells which
+            waited = _device_waits()
+            if waited > self._device_waits:
+                self._device_waits = waited
+                self.inline_pauses += 1
+                # leave disk reads to the gateway for a while rather than stall
+                # every connection again
+                self._inline_off_until = time.monotonic() + INLINE_PAUSE
+        return loaded
 
     async def put_meta(self, key: str, meta: object) -> None:
         """Store a metadata-only record, or replace the meta of an entry keeping its bodies."""
@@ -370,11 +435,15 @@ class DiskStore(StoreBase):
         # the same excess again (the delete takes them off as it lowers the total)
         self._disk.evicting += freed
         self._version += 1
-        for key, _size in victims:
+        keys = [key for key, _size in victims]
+        for key in keys:
             self.memory.discard(key)
+        self._evicting_keys.update(keys)
         # shielded: a cancelled caller must not cancel the delete before it runs,
         # or the bytes it was to take off `evicting` would stay there
-        await asyncio.shield(self._run(self._disk.delete, [key for key, _size in victims], freed))
+        deleting = asyncio.ensure_future(self._run(self._disk.delete, keys, freed))
+        deleting.add_done_callback(lambda _done: self._evicting_keys.difference_update(keys))
+        await asyncio.shield(deleting)
 
     async def close(self) -> None:
         """Close the index and release the temp directory."""
@@ -383,4 +452,5 @@ class DiskStore(StoreBase):
         self._closed = True
         if self._committer is not None:
             await asyncio.shield(self._committer)
+        self._inline.close()
         await self._run(self._disk.close)

@@ -1,0 +1,122 @@
+"""A hit on a small object outside the memory tier, on a real disk store: read on
+the event loop (index row and body, no I/O gateway call) when every body is small,
+cached and sound, and left to the gateway's reader whenever anything is unusual, so
+a damaged body or an object another process removed is never served."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.store import DiskStore, body_checksum, io
+from edge.store.disk_inline import INLINE_BODY_MAX, read_mode
+
+KiB = 1024
+
+
+async def stored(store: DiskStore, key: str, body: bytes) -> str:
+    """Commit `body` under `key`, drop it from the memory tier; its file's path."""
+    writer = store.begin(key)
+    await writer.write(body)
+    entry = await writer.commit({"meta": key})
+    store.memory.discard(key)
+    path = entry.bodies["identity"].path
+    assert path is not None
+    return path
+
+
+async def test_a_small_disk_hit_needs_no_gateway_call(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    try:
+        assert store._inline.mode in ("nowait", "plain")  # ext4 or tmpfs
+        bodies = {f"k{n}": os.urandom(KiB + n) for n in range(20)}
+        for key, body in bodies.items():
+            await stored(store, key, body)
+        before, loads = io.calls, store.gateway_loads
+        for key, body in bodies.items():
+            assert store.peek(key) is None
+            entry = await store.get(key)
+            assert entry is not None and entry.meta == {"meta": key}
+            ref = entry.bodies["identity"]
+            assert ref.data == body and ref.checksum == body_checksum(body)
+        assert await store.get("never-stored") is None
+        assert io.calls == before and store.gateway_loads == loads
+        assert store.inline_loads == len(bodies) + 1
+        # now in the memory tier
+        assert all(store.peek(key) is not None for key in bodies)
+    finally:
+        await store.close()
+
+
+async def test_a_large_body_is_loaded_on_the_gateway(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    try:
+        body = os.urandom(INLINE_BODY_MAX + 1)
+        await stored(store, "big", body)
+        before = io.calls
+        entry = await store.get("big")
+        assert entry is not None and entry.bodies["identity"].data == body
+        assert io.calls > before and store.gateway_loads == 1
+    finally:
+        await store.close()
+
+
+async def test_a_corrupt_body_is_never_served_from_the_inline_path(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    dropped: list[str] = []
+    store.on_corrupt = dropped.append
+    try:
+        body = os.urandom(2 * KiB)
+        path = await stored(store, "k", body)
+        with open(path, "r+b") as f:  # one byte changed, same size
+            f.seek(100)
+            f.write(bytes([body[100] ^ 0xFF]))
+        assert await store.get("k") is None
+        assert dropped == ["k"] and store.corrupt_found == 1
+        assert not os.path.exists(path)
+        assert await store.get("k") is None
+    finally:
+        await store.close()
+
+
+async def test_a_short_or_missing_body_file_is_absent(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    try:
+        short = await stored(store, "short", os.urandom(3 * KiB))
+        os.truncate(short, KiB)
+        gone = await stored(store, "gone", os.urandom(3 * KiB))
+        os.unlink(gone)
+        assert await store.get("short") is None
+        assert await store.get("gone") is None
+        assert await store.keys() == []  # both rows dropped by the gateway's reader
+    finally:
+        await store.close()
+
+
+async def test_an_object_another_process_removed_is_not_served(tmp_path: Path) -> None:
+    directory = str(tmp_path / "cache")
+    one = await DiskStore.open(directory, max_bytes=1 << 30)
+    two = await DiskStore.open(directory, max_bytes=1 << 30, memory_ttl=0.0)
+    try:
+        body = os.urandom(KiB)
+        path = await stored(one, "k", body)
+        entry = await two.get("k")
+        assert entry is not None and entry.bodies["identity"].data == body
+        await one.delete("k")
+        assert not os.path.exists(path)
+        assert await two.get("k") is None  # the other's memory tier has expired it
+        replaced = os.urandom(KiB)
+        await stored(one, "k", replaced)
+        again = await two.get("k")
+        assert again is not None and again.bodies["identity"].data == replaced
+        assert two.gateway_loads == 0
+    finally:
+        await two.close()
+        await one.close()
+
+
+def test_the_read_mode_of_this_filesystem(tmp_path: Path) -> None:
+    # a filesystem with RWF_NOWAIT (ext4, xfs, btrfs) reads inline only from the
+    # page cache; tmpfs has none, and every read of it is from memory
+    assert read_mode(str(tmp_path)) in ("nowait", "plain")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".nowait-probe")]
