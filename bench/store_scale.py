@@ -113,7 +113,12 @@ class Edge:
     """The edge process of one store size: its fleet file, start and stop."""
 
     def __init__(
-        self, servers: hits.Servers, cache_dir: Path, cache_size: str, workers: int
+        self,
+        servers: hits.Servers,
+        cache_dir: Path,
+        cache_size: str,
+        workers: int,
+        memory_size: str | None = None,
     ) -> None:
         self.servers = servers
         self.cache_dir = cache_dir
@@ -139,6 +144,7 @@ class Edge:
                     f'admin_listen = "127.0.0.1:{self.admin_port}"',
                     f'cache_dir = "{cache_dir}"',
                     f'cache_size = "{cache_size}"',
+                    f'memory_size = "{memory_size}"' if memory_size else "",
                     f"workers = {workers}",
                     "",
                 ]
@@ -308,7 +314,7 @@ def prepare(
     misses.start_static_origin(servers)
     path = SIZES[args.size]
     cache_dir = tmp / "edge-cache"
-    edge = Edge(servers, cache_dir, args.cache_size, args.workers)
+    edge = Edge(servers, cache_dir, args.cache_size, args.workers, args.memory_size)
     result = Result(count)
     edge.start()
     marker = f"seed{secrets.token_hex(3)}"
@@ -448,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts", default="1000,1000000", help="store sizes, comma-separated")
     parser.add_argument("--size", choices=sorted(SIZES), default="1k")
     parser.add_argument("--cache-size", default="64GiB", help="the edge's cache_size")
+    parser.add_argument("--memory-size", help="the edge's memory_size (default: its default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)

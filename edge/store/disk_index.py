@@ -52,6 +52,13 @@ __all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install", "_Record"]
 
 log = logging.getLogger("edge.store")
 
+#: pages of its own cache each connection to the index may hold (SQLite's
+#: `cache_size`; diskcache's default is 8,192 pages, 32 MiB, per connection, and
+#: every gateway thread has a connection: with a large index they held up to
+#: 256 MiB between them). Reads go through the index's memory map, which the
+#: kernel's page cache backs, so a small cache of its own costs a read nothing
+INDEX_CACHE_PAGES = 256
+
 
 class DiskIndex:
     """The index and body files of one store directory; every method blocks.
@@ -112,6 +119,7 @@ class DiskIndex:
             cull_limit=0,
             statistics=0,
             tag_index=0,
+            sqlite_cache_size=INDEX_CACHE_PAGES,
         )
         keys: list[str] = []
         sizes: list[int] = []

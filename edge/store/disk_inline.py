@@ -58,6 +58,9 @@ INLINE_SLOW = 0.002
 #: how long (seconds) the inline path stays off after a slow load
 INLINE_PAUSE = 5.0
 
+#: bytes of the index the inline reader's connection maps (address space; the
+#: pages are the kernel's page cache, RssFile, not the process's own memory)
+INDEX_MAP = 1 << 30
 #: diskcache's mode of a pickled value (`diskcache.core.MODE_PICKLE`)
 _MODE_PICKLE = 4
 _SELECT = (
@@ -138,7 +141,10 @@ class InlineReader:
                 check_same_thread=False,  # closed from the gateway at shutdown
             )
             db.execute("PRAGMA query_only = 1")
-            db.execute(f"PRAGMA mmap_size = {2**26}")  # as diskcache maps it
+            # the whole index mapped (up to 1 GiB, 10^6 small objects' rows): a lookup
+            # reads the kernel's page cache, not a cache of this connection's own
+            db.execute(f"PRAGMA mmap_size = {INDEX_MAP}")
+            db.execute("PRAGMA cache_size = 64")
             self._db = db
         return db
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.store import DiskStore, body_checksum, io
+from edge.store import BodyRef, DiskStore, MemoryTier, StoredEntry, body_checksum, io
 from edge.store.disk_inline import INLINE_BODY_MAX, read_mode
 
 KiB = 1024
@@ -120,3 +120,22 @@ def test_the_read_mode_of_this_filesystem(tmp_path: Path) -> None:
     # page cache; tmpfs has none, and every read of it is from memory
     assert read_mode(str(tmp_path)) in ("nowait", "plain")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".nowait-probe")]
+
+
+def test_the_memory_tier_tells_who_listens_when_an_entry_leaves() -> None:
+    # the hot lane drops its prepared answers of a key then (tests/e2e/test_store_memory.py)
+    tier = MemoryTier(max_bytes=3 * 2000)
+    dropped: list[str] = []
+    tier.on_drop.append(dropped.append)
+
+    def entry(key: str) -> StoredEntry:
+        return StoredEntry(key, None, {"identity": BodyRef("identity", 1000, b"x" * 1000, None)})
+
+    for key in ("a", "b", "c"):
+        tier.put(entry(key))
+    assert dropped == [] and len(tier) == 3
+    tier.put(entry("d"))  # over the bound: the least recently used goes
+    assert dropped == ["a"]
+    tier.discard("c")
+    tier.put(entry("b"))  # replaced
+    assert dropped == ["a", "c", "b"] and len(tier) == 2
