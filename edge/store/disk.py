@@ -40,13 +40,16 @@ from edge.store.interface import (
 from edge.store.memory_tier import MemoryTier
 from edge.store.writer import BodyWriter
 
-__all__ = ["SCRUB_CHUNK", "DiskStore"]
+__all__ = ["SCRUB_CHUNK", "SCRUB_OBJECT_MIN", "DiskStore"]
 
 #: distinct body sizes whose int objects the recency list shares (a bound, so a
 #: store of objects all of different sizes does not grow a second table)
 SIZE_OBJECTS = 65536
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
+#: bytes each object scrubbed counts as at least (see `DiskStore.scrub`): at the
+#: default 8 MiB/s, at most 128 objects a second
+SCRUB_OBJECT_MIN = 64 * KiB
 
 
 def _device_waits() -> int:
@@ -376,7 +379,19 @@ class DiskStore(StoreBase):
 
     async def scrub(self, key: str, rate: int) -> int:
         """Re-read every body of `key` at about `rate` bytes/s, checking checksums;
-        drops the object on a mismatch (or a short file). Returns the bytes read."""
+        drops the object on a mismatch (or a short file). Returns the bytes read.
+
+        Each object counts as at least `SCRUB_OBJECT_MIN` bytes against the rate: for
+        small objects the cost is per object (an index row, an open, a read and a
+        close on the gateway), not per byte; at 8 MiB/s of 1 KiB bodies the scrubber
+        made about 30,000 gateway calls a second on a store of 10^6 objects.
+        """
+        started = time.monotonic()
+        done = await self._scrub(key, rate)
+        await asyncio.sleep(max(0.0, SCRUB_OBJECT_MIN / rate - (time.monotonic() - started)))
+        return done
+
+    async def _scrub(self, key: str, rate: int) -> int:
         record = await self._run(self._disk.row, key)
         if record is None:
             return 0

@@ -6,9 +6,12 @@ a damaged body or an object another process removed is never served."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+from edge.scrub import scrub_once
 from edge.store import BodyRef, DiskStore, MemoryTier, StoredEntry, body_checksum, io
+from edge.store.disk import SCRUB_OBJECT_MIN
 from edge.store.disk_inline import INLINE_BODY_MAX, read_mode
 
 KiB = 1024
@@ -139,3 +142,19 @@ def test_the_memory_tier_tells_who_listens_when_an_entry_leaves() -> None:
     tier.discard("c")
     tier.put(entry("b"))  # replaced
     assert dropped == ["a", "c", "b"] and len(tier) == 2
+
+
+async def test_the_scrubber_paces_small_objects_per_object(tmp_path: Path) -> None:
+    # a byte rate alone let it make tens of thousands of gateway calls a second over a
+    # store of small objects; each object now counts as SCRUB_OBJECT_MIN bytes at least
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    try:
+        for n in range(20):
+            await stored(store, f"k{n}", os.urandom(KiB))
+        rate = SCRUB_OBJECT_MIN * 100  # at most 100 objects a second
+        started = time.monotonic()
+        assert await scrub_once(store, rate) == 20 * KiB
+        assert time.monotonic() - started >= 20 / 100 * 0.95
+        assert store.corrupt_found == 0
+    finally:
+        await store.close()
