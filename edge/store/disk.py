@@ -433,6 +433,10 @@ class DiskStore(StoreBase):
         """All keys in the index (a full scan)."""
         return await self._run(self._disk.keys)
 
+    async def keys_page(self, after: int, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` keys stored after the cursor `after` (a row id), and the next."""
+        return await self._run(self._disk.keys_page, after, limit)
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist, without promoting them into memory."""
         return await self._run(self._disk.metas, keys)

@@ -409,6 +409,18 @@ class DiskIndex:
         rows = self.index._sql("SELECT key FROM Cache WHERE raw = 1 ORDER BY rowid").fetchall()
         return [key for (key,) in rows if isinstance(key, str)]
 
+    def keys_page(self, after: int, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` object keys of rows after row id `after`, in row order, and
+        the last row id read (the cursor of the next page)."""
+        rows = self.index._sql(
+            "SELECT rowid, key FROM Cache WHERE raw = 1 AND typeof(key) = 'text'"
+            " AND rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        if not rows:
+            return [], after
+        return [key for _rowid, key in rows if isinstance(key, str)], rows[-1][0]
+
     def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of those `keys` that have a row."""
         found = []
