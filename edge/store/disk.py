@@ -28,7 +28,14 @@ import xxhash
 
 from edge.store.base import StoreBase
 from edge.store.disk_index import DiskIndex, Install, _Record
-from edge.store.disk_inline import DEFER, INLINE_PAUSE, INLINE_SLOW, InlineReader, read_mode
+from edge.store.disk_inline import (
+    DEFER,
+    INLINE_PAUSE,
+    INLINE_SLOW,
+    Defer,
+    InlineReader,
+    read_mode,
+)
 from edge.store.interface import (
     BodyCorrupt,
     BodyRef,
@@ -182,7 +189,7 @@ class DiskStore(StoreBase):
             return entry
         version = self._version
         inline = self._load_inline(key)
-        if inline is not DEFER:
+        if not isinstance(inline, Defer):
             self.inline_loads += 1
             if inline is None:
                 if key in self._lru:
@@ -198,7 +205,7 @@ class DiskStore(StoreBase):
             return entry
         self.gateway_loads += 1
         try:
-            loaded = await self._run(self._disk.load, key)
+            loaded = await self._run(self._disk.load, key, inline.record)
         except BodyCorrupt:
             self._version += 1
             self._account(key, None)

@@ -357,9 +357,13 @@ class DiskIndex:
         for old in gone:
             self._remove_files(old)
 
-    def load(self, key: str) -> tuple[_Record, dict[str, bytes]] | None:
-        """Read a row, check its files exist, and read small bodies for the memory tier."""
-        record = self.row(key)
+    def load(
+        self, key: str, record: _Record | None = None
+    ) -> tuple[_Record, dict[str, bytes]] | None:
+        """Read a row (unless given the one just read on the event loop), check its
+        files exist, and read small bodies for the memory tier."""
+        if record is None:
+            record = self.row(key)
         if record is None:
             return None
         data: dict[str, bytes] = {}

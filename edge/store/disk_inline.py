@@ -46,6 +46,7 @@ __all__ = [
     "INLINE_BODY_MAX",
     "INLINE_PAUSE",
     "INLINE_SLOW",
+    "Defer",
     "InlineReader",
     "read_mode",
 ]
@@ -69,8 +70,20 @@ _SELECT = (
 #: filesystems whose reads never wait on a device
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
-#: "go to the gateway": what `InlineReader.load` returns when it cannot decide here
-DEFER = object()
+
+class Defer:
+    """ "Go to the gateway": what `InlineReader.load` returns when it cannot decide
+    here, with the row it read if it got that far (so the gateway need not read it
+    again for an object with a large body)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: _Record | None = None) -> None:
+        self.record = record
+
+
+#: `Defer` without a row
+DEFER = Defer()
 
 
 def _filesystem(path: str) -> str:
@@ -174,10 +187,10 @@ class InlineReader:
                 return DEFER  # a row of an earlier release: `DiskIndex.row` reads it
             encoding, rel, size, checksum = body
             if size > self.body_max or checksum is None:
-                return DEFER
+                return Defer(record)
             read = self._read(os.path.join(self.directory, rel), size)
             if read is None or body_checksum(read) != checksum:
-                return DEFER  # missing, short, long, not cached or damaged
+                return Defer(record)  # missing, short, long, not cached or damaged
             data[encoding] = read
         return record, data
 
