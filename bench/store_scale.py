@@ -18,8 +18,11 @@ For each count, all on 127.0.0.1, in a fresh directory:
 - starts the edge again and times how long until it answers a stored URL with a hit
   (restart to serving), then reads the RSS of its processes (nothing in the memory
   tier yet);
-- runs `wrk -t2 -c32` with a Lua script: hits on a hot set (1,000 URLs), hits
-  uniform over every stored URL, and misses (new URLs, fetched from the origin);
+- leaves that edge running and prepares the next count the same way; then, in
+  each round, runs on every edge in turn (interleaved, so a change in the shared
+  machine's load falls on every store size alike) `wrk -t2 -c32` with a Lua
+  script: hits on a hot set (1,000 URLs), hits uniform over every stored URL, and
+  misses (new URLs, fetched from the origin);
 - pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
   API does) one at a time and times each until the node answers that it applied it;
   then checks a purged URL is no longer a hit.
@@ -43,6 +46,7 @@ import secrets
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,7 +113,12 @@ class Edge:
     """The edge process of one store size: its fleet file, start and stop."""
 
     def __init__(
-        self, servers: hits.Servers, cache_dir: Path, cache_size: str, workers: int
+        self,
+        servers: hits.Servers,
+        cache_dir: Path,
+        cache_size: str,
+        workers: int,
+        memory_size: str | None = None,
     ) -> None:
         self.servers = servers
         self.cache_dir = cache_dir
@@ -135,13 +144,14 @@ class Edge:
                     f'admin_listen = "127.0.0.1:{self.admin_port}"',
                     f'cache_dir = "{cache_dir}"',
                     f'cache_size = "{cache_size}"',
+                    f'memory_size = "{memory_size}"' if memory_size else "",
                     f"workers = {workers}",
                     "",
                 ]
             ),
             encoding="utf-8",
         )
-        self.child: hits.subprocess.Popen[bytes] | None = None
+        self.child: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
         """Start the edge; seconds until its listening port accepts."""
@@ -294,75 +304,110 @@ def du_bytes(path: Path) -> int:
     return total
 
 
-def measure(args: argparse.Namespace, count: int, tmp: Path, procs: hits.Processes) -> Result:
-    """Everything for one store size, in `tmp`."""
+def prepare(
+    args: argparse.Namespace, count: int, tmp: Path, procs: hits.Processes
+) -> tuple[Result, Edge]:
+    """One store size made ready in `tmp`: its origin, a store of `count` objects,
+    the edge restarted on it (timed) and serving; the edge is left running."""
     notes: list[str] = []
     servers = hits.Servers(tmp, procs, notes)
     misses.start_static_origin(servers)
     path = SIZES[args.size]
     cache_dir = tmp / "edge-cache"
-    edge = Edge(servers, cache_dir, args.cache_size, args.workers)
+    edge = Edge(servers, cache_dir, args.cache_size, args.workers, args.memory_size)
     result = Result(count)
-    try:
-        edge.start()
-        marker = f"seed{secrets.token_hex(3)}"
-        for _ in range(50):
-            status, cache_status = get(edge.port, f"{path}?u={marker}")
-            if status == 200 and is_hit(cache_status):
-                break
-            time.sleep(0.1)  # the seed's commit lands after its answer: poll for it
-        else:
-            raise RuntimeError("the seed object never became a hit")
-        edge.stop()
+    edge.start()
+    marker = f"seed{secrets.token_hex(3)}"
+    for _ in range(50):
+        status, cache_status = get(edge.port, f"{path}?u={marker}")
+        if status == 200 and is_hit(cache_status):
+            break
+        time.sleep(0.1)  # the seed's commit lands after its answer: poll for it
+    else:
+        raise RuntimeError("the seed object never became a hit")
+    edge.stop()
 
-        started = time.perf_counter()
-        asyncio.run(fill(cache_dir / "objects", count, marker))
-        result.fill_s = time.perf_counter() - started
-        result.disk_bytes = du_bytes(cache_dir / "objects")
-        print(f"{count:,}: filled in {result.fill_s:.1f} s", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    asyncio.run(fill(cache_dir / "objects", count, marker))
+    result.fill_s = time.perf_counter() - started
+    result.disk_bytes = du_bytes(cache_dir / "objects")
+    print(f"{count:,}: filled in {result.fill_s:.1f} s", file=sys.stderr, flush=True)
 
-        started = time.perf_counter()
-        edge.start()
-        probe = f"{path}?u={count // 2}"
-        while True:
-            status, cache_status = get(edge.port, probe)
-            if status == 200 and is_hit(cache_status):
-                break
-            if time.perf_counter() - started > 300:
-                raise RuntimeError(f"no hit after restart: {status} {cache_status}")
-            time.sleep(0.02)
-        result.restart_s = time.perf_counter() - started
-        result.rss_kib = rss_kib(edge.pids())
-        result.rss_file_kib = rss_kib(edge.pids(), "RssFile")
-        print(
-            f"{count:,}: serving {result.restart_s:.2f} s after start, RssAnon "
-            f"{result.rss_kib / 1024:.1f} MiB, RssFile {result.rss_file_kib / 1024:.1f} MiB",
-            file=sys.stderr,
-            flush=True,
-        )
+    started = time.perf_counter()
+    edge.start()
+    probe = f"{path}?u={count // 2}"
+    while True:
+        status, cache_status = get(edge.port, probe)
+        if status == 200 and is_hit(cache_status):
+            break
+        if time.perf_counter() - started > 300:
+            raise RuntimeError(f"no hit after restart: {status} {cache_status}")
+        time.sleep(0.02)
+    result.restart_s = time.perf_counter() - started
+    result.rss_kib = rss_kib(edge.pids())
+    result.rss_file_kib = rss_kib(edge.pids(), "RssFile")
+    print(
+        f"{count:,}: serving {result.restart_s:.2f} s after start, RssAnon "
+        f"{result.rss_kib / 1024:.1f} MiB, RssFile {result.rss_file_kib / 1024:.1f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result, edge
 
-        for _ in range(args.rounds):
-            for mode, into in (("hot", result.hot), ("uniform", result.uniform)):
-                into.append(run_wrk(edge.port, path, mode, count, args.duration, tmp))
-            result.miss.append(run_wrk(edge.port, path, "miss", count, args.duration, tmp))
-            print(
-                f"{count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
-                f"miss {result.miss[-1]:,.0f} req/s",
-                file=sys.stderr,
-                flush=True,
-            )
-        result.rss_after_kib = rss_kib(edge.pids())
 
-        for seq in range(1, args.purges + 1):
-            target = f"http://{hits.HOST}{path}?u={seq}"
-            result.purge_ms.append(push_purge(edge, seq, target))
-        status, cache_status = get(edge.port, f"{path}?u=1")
-        if is_hit(cache_status):
-            raise RuntimeError(f"a purged URL is still a hit: {cache_status}")
-    finally:
-        edge.stop()
-        procs.stop_all()
-    return result
+def load_round(args: argparse.Namespace, result: Result, edge: Edge, tmp: Path) -> None:
+    """One round of load on one store size: hot hits, uniform hits, misses."""
+    path = SIZES[args.size]
+    count = result.count
+    for mode, into in (("hot", result.hot), ("uniform", result.uniform)):
+        into.append(run_wrk(edge.port, path, mode, count, args.duration, tmp))
+    result.miss.append(run_wrk(edge.port, path, "miss", count, args.duration, tmp))
+    print(
+        f"{count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
+        f"miss {result.miss[-1]:,.0f} req/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
+    """RssAnon after the load, then purges by URL timed until applied, and a check
+    that a purged URL is no longer a hit."""
+    path = SIZES[args.size]
+    result.rss_after_kib = rss_kib(edge.pids())
+    for seq in range(1, args.purges + 1):
+        target = f"http://{hits.HOST}{path}?u={seq}"
+        result.purge_ms.append(push_purge(edge, seq, target))
+    _status, cache_status = get(edge.port, f"{path}?u=1")
+    if is_hit(cache_status):
+        raise RuntimeError(f"a purged URL is still a hit: {cache_status}")
+
+
+def measure_all(
+    args: argparse.Namespace, counts: Sequence[int], procs: hits.Processes
+) -> list[Result]:
+    """Every store size made ready and left serving, then the rounds of load taken
+    in turn, size after size within each round (interleaved: a change of the
+    machine's load during the run falls on every size alike), then the purges."""
+    edges: list[tuple[Result, Edge, Path]] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            for count in counts:
+                tmp = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeshield-scale-"))
+                )
+                result, edge = prepare(args, count, tmp, procs)
+                edges.append((result, edge, tmp))
+            for _ in range(args.rounds):
+                for result, edge, tmp in edges:
+                    load_round(args, result, edge, tmp)
+            for result, edge, _tmp in edges:
+                purges(args, result, edge)
+        finally:
+            for _result, edge, _tmp in edges:
+                edge.stop()
+            procs.stop_all()
+    return [result for result, _edge, _tmp in edges]
 
 
 def table(results: Sequence[Result], args: argparse.Namespace) -> str:
@@ -409,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts", default="1000,1000000", help="store sizes, comma-separated")
     parser.add_argument("--size", choices=sorted(SIZES), default="1k")
     parser.add_argument("--cache-size", default="64GiB", help="the edge's cache_size")
+    parser.add_argument("--memory-size", help="the edge's memory_size (default: its default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
@@ -421,10 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hits.ensure_tools([])
     procs = hits.Processes()
     started = datetime.datetime.now(datetime.UTC)
-    results = []
-    for count in counts:
-        with tempfile.TemporaryDirectory(prefix="edgeshield-scale-") as tmp:
-            results.append(measure(args, count, Path(tmp), procs))
+    results = measure_all(args, counts, procs)
     body = table(results, args)
     command = " ".join(
         shlex.quote(a) for a in [".venv/bin/python", "bench/store_scale.py", *sys.argv[1:]]

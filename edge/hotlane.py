@@ -11,7 +11,7 @@ the request down the full path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
@@ -23,10 +23,13 @@ from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.outcome import Outcome
 from edge.responding import Responder
-from edge.store import ObjectStore, StoredEntry
+from edge.store import MemoryTier, ObjectStore, StoredEntry
 
 #: Entries in each fast-lane table before it is emptied and refilled.
 HOT_PATH_ENTRIES = 50_000
+#: Prepared answers of one key (one per Accept-Encoding value seen) before they are
+#: dropped and made again.
+CODINGS_PER_KEY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ class PreparedHit:
     size: int
     status_prefix: str
     status: int = 200
+    #: a front's serialised head of this answer ("h1": the head less the fields set
+    #: per response, and whether it has its own Date), made once, gone with it
+    heads: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
 
 
 class HotLane:
@@ -65,10 +71,15 @@ class HotLane:
         self.clock = clock
         self._responder = responder
         self._node_name = responder.options.node_name
-        #: (Host, raw target) → cache key; (key, Accept-Encoding) → the prepared
+        #: (Host, raw target) → cache key; key → Accept-Encoding → the prepared
         #: answer. Both bounded; entries are checked against the store.
         self._routes: dict[tuple[str | None, str], _Route] = {}
-        self._prepared: dict[tuple[str, str | None], PreparedHit] = {}
+        self._prepared: dict[str, dict[str | None, PreparedHit]] = {}
+        memory = getattr(store, "memory", None)
+        if isinstance(memory, MemoryTier):
+            # a prepared answer holds its entry: it goes when the entry leaves the
+            # memory tier, or the lane would keep bodies alive beyond the tier's bound
+            memory.on_drop.append(self.forget)
 
     def remember(self, host: str | None, raw_target: str, key: str) -> None:
         """Where a (Host, raw target) pair leads, for the next request for it."""
@@ -81,8 +92,9 @@ class HotLane:
         self._routes.clear()
 
     def forget(self, key: str) -> None:
-        """Drop the prepared answers of `key` (its stored body was found corrupt)."""
-        self._prepared = {k: v for k, v in self._prepared.items() if k[0] != key}
+        """Drop the prepared answers of `key` (its entry left the memory tier, or its
+        stored body was found corrupt)."""
+        self._prepared.pop(key, None)
 
     def hit(self, request: RequestHead, sink: ResponseSink) -> Outcome | None:
         """The fast lane: a plain GET for a fresh object whose body is in memory.
@@ -124,7 +136,8 @@ class HotLane:
             return None
         if self.rules.version and purge_verdict(self.rules, meta, now) is not PurgeVerdict.NONE:
             return None
-        prepared = self._prepared.get((route.key, headers.get("Accept-Encoding")))
+        by_coding = self._prepared.get(route.key)
+        prepared = by_coding.get(headers.get("Accept-Encoding")) if by_coding else None
         if prepared is None or prepared.entry is not entry:
             prepared = self._prepare(route.key, entry, meta, headers.get("Accept-Encoding"))
             if prepared is None:
@@ -159,9 +172,14 @@ class HotLane:
         own = f"{self._node_name}; "
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
         prepared = PreparedHit(entry, headers, body.data, body.size, prefix, meta.status)
-        if len(self._prepared) >= HOT_PATH_ENTRIES:
-            self._prepared.clear()
-        self._prepared[(key, accept_encoding)] = prepared
+        by_coding = self._prepared.get(key)
+        if by_coding is None:
+            if len(self._prepared) >= HOT_PATH_ENTRIES:
+                self._prepared.clear()
+            by_coding = self._prepared[key] = {}
+        elif len(by_coding) >= CODINGS_PER_KEY:
+            by_coding.clear()  # the field is the client's: bound what one key holds
+        by_coding[accept_encoding] = prepared
         return prepared
 
 

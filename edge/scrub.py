@@ -20,6 +20,8 @@ log = logging.getLogger("edgeshield.scrub")
 
 #: Seconds between the end of one pass over the store and the start of the next.
 SCRUB_PAUSE = 60.0
+#: keys read from the store at a time
+KEYS_PAGE = 1000
 
 __all__ = ["SCRUB_PAUSE", "scrub_forever", "scrub_once"]
 
@@ -27,13 +29,18 @@ __all__ = ["SCRUB_PAUSE", "scrub_forever", "scrub_once"]
 async def scrub_once(store: ObjectStore, rate: int) -> int:
     """One pass over every stored object at about `rate` bytes/s; the bytes read."""
     total = 0
-    for key in await store.keys():
-        try:
-            total += await store.scrub(key, rate)
-        except StoreError as exc:
-            log.warning("scrubbing %r: %s", key, exc)
-        await asyncio.sleep(0)  # let requests through between objects
-    return total
+    cursor = 0
+    while True:
+        # a page at a time: a list of every key would be held for the whole pass
+        keys, cursor = await store.keys_page(cursor, KEYS_PAGE)
+        if not keys:
+            return total
+        for key in keys:
+            try:
+                total += await store.scrub(key, rate)
+            except StoreError as exc:
+                log.warning("scrubbing %r: %s", key, exc)
+            await asyncio.sleep(0)  # let requests through between objects
 
 
 async def scrub_forever(store: ObjectStore, rate: int, pause: float = SCRUB_PAUSE) -> None:

@@ -7,7 +7,8 @@ age and the stale allowances are all precomputed here rather than re-parsed per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import Field, dataclass, fields
 
 HeaderPairs = tuple[tuple[str, str], ...]
 
@@ -64,13 +65,25 @@ class ObjectMeta:
     def __setstate__(self, state: tuple[object, ...]) -> None:
         """Unpickle a stored row; one written before the last fields were added (an
         upgrade) gives them their defaults instead of leaving them unset."""
-        values = list(state) + [_ABSENT] * (len(fields(self)) - len(state))
-        for spec, value in zip(fields(self), values, strict=False):
+        specs = _META_FIELDS
+        if len(state) == len(specs):
+            for setter, value in zip(_META_SETTERS, state, strict=True):
+                setter(self, value)
+            return
+        values = list(state) + [_ABSENT] * (len(specs) - len(state))
+        for spec, value in zip(specs, values, strict=False):
             object.__setattr__(self, spec.name, spec.default if value is _ABSENT else value)
 
 
 #: a field a pickled row does not have
 _ABSENT = object()
+#: `fields(ObjectMeta)`, looked up once: computing it on every unpickle was a tenth
+#: of a disk hit's time on the gateway (docs/benchmarks.md, "Store scale")
+_META_FIELDS: tuple[Field[object], ...] = fields(ObjectMeta)
+#: each field's slot setter (a frozen dataclass forbids setattr, not its slots)
+_META_SETTERS: tuple[Callable[[ObjectMeta, object], None], ...] = tuple(
+    getattr(ObjectMeta, spec.name).__set__ for spec in _META_FIELDS
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,25 +22,22 @@ class HitWriter:
 
     def __init__(self, front: Front) -> None:
         self.front = front
-        #: id(prepared hit) → (the prepared hit, its serialised head less the fields
-        #: written per response); bounded like the hot lane's own tables
-        self._wire: dict[int, tuple[PreparedHit, bytes, bool]] = {}
 
     def wire(self, prepared: PreparedHit) -> tuple[bytes, bool]:
         """A prepared hit's head as bytes (status line to Content-Length), and whether
         it carries its own Date."""
-        found = self._wire.get(id(prepared))
-        if found is not None and found[0] is prepared:
-            return found[1], found[2]
+        # kept on the prepared hit itself, so it goes when the hot lane drops it (a
+        # table here held every prepared hit, and its entry, beyond the memory tier)
+        found = prepared.heads.get("h1")
+        if found is not None:
+            return found
         lines = header_block(prepared.headers)
         lines.append(f"Content-Length: {len(prepared.body)}\r\n")
         head = status_line("1.1", prepared.status) + "".join(lines).encode(
             "utf-8", "surrogateescape"
         )
         has_date = "Date" in prepared.headers
-        if len(self._wire) >= 50_000:
-            self._wire.clear()
-        self._wire[id(prepared)] = (prepared, head, has_date)
+        prepared.heads["h1"] = (head, has_date)
         return head, has_date
 
     def answer(

@@ -52,6 +52,13 @@ __all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install", "_Record"]
 
 log = logging.getLogger("edge.store")
 
+#: pages of its own cache each connection to the index may hold (SQLite's
+#: `cache_size`; diskcache's default is 8,192 pages, 32 MiB, per connection, and
+#: every gateway thread has a connection: with a large index they held up to
+#: 256 MiB between them). Reads go through the index's memory map, which the
+#: kernel's page cache backs, so a small cache of its own costs a read nothing
+INDEX_CACHE_PAGES = 256
+
 
 class DiskIndex:
     """The index and body files of one store directory; every method blocks.
@@ -112,6 +119,7 @@ class DiskIndex:
             cull_limit=0,
             statistics=0,
             tag_index=0,
+            sqlite_cache_size=INDEX_CACHE_PAGES,
         )
         keys: list[str] = []
         sizes: list[int] = []
@@ -349,9 +357,13 @@ class DiskIndex:
         for old in gone:
             self._remove_files(old)
 
-    def load(self, key: str) -> tuple[_Record, dict[str, bytes]] | None:
-        """Read a row, check its files exist, and read small bodies for the memory tier."""
-        record = self.row(key)
+    def load(
+        self, key: str, record: _Record | None = None
+    ) -> tuple[_Record, dict[str, bytes]] | None:
+        """Read a row (unless given the one just read on the event loop), check its
+        files exist, and read small bodies for the memory tier."""
+        if record is None:
+            record = self.row(key)
         if record is None:
             return None
         data: dict[str, bytes] = {}
@@ -395,8 +407,23 @@ class DiskIndex:
         return self.drop_if_same(key, record)
 
     def keys(self) -> list[str]:
-        """Every object key in the index (a full scan)."""
-        return [k for k in self.index.iterkeys() if isinstance(k, str)]
+        """Every object key in the index (a full scan): one SQL query, not diskcache's
+        iterator (a Python loop per row that held a gateway thread, and the GIL, for
+        seconds with 10^6 objects)."""
+        rows = self.index._sql("SELECT key FROM Cache WHERE raw = 1 ORDER BY rowid").fetchall()
+        return [key for (key,) in rows if isinstance(key, str)]
+
+    def keys_page(self, after: int, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` object keys of rows after row id `after`, in row order, and
+        the last row id read (the cursor of the next page)."""
+        rows = self.index._sql(
+            "SELECT rowid, key FROM Cache WHERE raw = 1 AND typeof(key) = 'text'"
+            " AND rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        if not rows:
+            return [], after
+        return [key for _rowid, key in rows if isinstance(key, str)], rows[-1][0]
 
     def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of those `keys` that have a row."""

@@ -150,6 +150,12 @@ class ObjectStore(Protocol):
         """All keys, for background scans (may be slow)."""
         ...
 
+    async def keys_page(self, after: int, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` keys stored after the cursor `after` (0: from the start), and
+        the cursor to pass next; no keys when the scan is done. For scans that must
+        not hold every key at once (a list of 10^6 keys takes about 85 MiB)."""
+        ...
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist, read without promoting anything into
         the memory tier (for background scans, which must not evict hot entries)."""

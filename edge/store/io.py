@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["THREADS", "THREAD_PREFIX", "detach", "run"]
+__all__ = ["THREADS", "THREAD_PREFIX", "calls", "detach", "run"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,9 @@ log = logging.getLogger("edgeshield.io")
 THREADS = 8
 #: the name prefix of the pool's threads (tests and thread dumps look for it)
 THREAD_PREFIX = "edge-io"
+
+#: blocking calls handed to the gateway so far by this process (tests count them)
+calls = 0
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -70,6 +73,8 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
     Exceptions are the call's own; callers translate them at their seam (the store
     turns OSError and diskcache errors into `StoreError`).
     """
+    global calls
+    calls += 1
     return await asyncio.get_running_loop().run_in_executor(_executor(), fn, *args)
 
 
@@ -79,6 +84,8 @@ def detach(fn: Callable[..., object], *args: Any) -> None:
     For releases from synchronous code (closing a file descriptor when the last
     reader of a fill is done); a failure is logged, there is no one to tell.
     """
+    global calls
+    calls += 1
     future = _executor().submit(fn, *args)
     future.add_done_callback(_log_failure)
 

@@ -106,6 +106,11 @@ class MemoryStore(StoreBase):
         """All keys."""
         return list(self._entries)
 
+    async def keys_page(self, after: int, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` keys after position `after`, and the next position."""
+        page = list(self._entries)[after : after + limit]
+        return page, after + len(page)
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist."""
         return [(key, self._entries[key].meta) for key in keys if key in self._entries]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from edge.store.interface import StoredEntry
 
@@ -51,6 +52,10 @@ class MemoryTier:
         self.ttl = ttl
         self.used = 0
         self._entries: OrderedDict[str, tuple[StoredEntry, int, float]] = OrderedDict()
+        #: called with the key of every entry that leaves the tier (evicted, expired,
+        #: discarded, replaced), so what others built from it (the hot lane's prepared
+        #: answers) goes with it instead of keeping its bodies alive beyond the bound
+        self.on_drop: list[Callable[[str], None]] = []
 
     def get(self, key: str) -> StoredEntry | None:
         """The entry, marked most recently used; None once it is older than `ttl`."""
@@ -72,14 +77,18 @@ class MemoryTier:
         self._entries[entry.key] = (entry, cost, time.monotonic() + self.ttl)
         self.used += cost
         while self.used > self.max_bytes:
-            _, (_, old_cost, _) = self._entries.popitem(last=False)
+            old_key, (_, old_cost, _) = self._entries.popitem(last=False)
             self.used -= old_cost
+            for dropped in self.on_drop:
+                dropped(old_key)
 
     def discard(self, key: str) -> None:
         """Forget a key."""
         item = self._entries.pop(key, None)
         if item is not None:
             self.used -= item[1]
+            for dropped in self.on_drop:
+                dropped(key)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -4,7 +4,10 @@ Every file-system call Python audits (open, rename, unlink, mkdir, listdir, scan
 rmtree, sqlite3.connect: PEP 578) is recorded with the name of the thread that made
 it while a real `DiskStore`, the compressor and a fill's readers do their work in a
 temp directory; each must come from one of the gateway's
-threads, none from the event loop's thread or another pool.
+threads, none from the event loop's thread or another pool, but for the one
+exception by design: a disk hit of a small object (`edge.store.disk_inline`) reads
+the index on a read-only connection of its own and opens the body for reading on
+the event loop.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ FILE_EVENTS = frozenset(
 #: (event, path, thread name) while a test records; None otherwise
 _recorded: list[tuple[str, str, str]] | None = None
 _root = ""
+#: the flags each recorded `open` was made with (os.open's, or a file object's)
+_flags: dict[str, int] = {}
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
@@ -59,6 +64,8 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
         path = os.fsdecode(path)
     if isinstance(path, str) and path.startswith(_root):
         _recorded.append((event, path, threading.current_thread().name))
+        if event == "open" and len(args) > 2 and isinstance(args[2], int):
+            _flags[path] = args[2]
 
 
 sys.addaudithook(_audit)  # hooks cannot be removed; inert unless a test records
@@ -109,7 +116,31 @@ async def test_every_disk_store_file_call_runs_on_the_gateway(
 
     events = {event for event, _, _ in file_calls}
     assert {"open", "os.rename", "os.remove", "sqlite3.connect"} <= events
-    assert off_the_gateway(file_calls) == []
+    # the body is too large to be read inline: only the inline reader's connection,
+    # made once, was opened on the loop (its lookup went on to the gateway)
+    index = str(tmp_path / "cache" / "index" / "cache.db")
+    assert [call[:2] for call in off_the_gateway(file_calls)] == [("sqlite3.connect", index)]
+
+
+async def test_a_small_disk_hit_only_reads_on_the_loop(
+    tmp_path: Path, file_calls: list[tuple[str, str, str]]
+) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    writer = store.begin("small")
+    await writer.write(b"x" * KiB)
+    entry = await writer.commit("meta")
+    path = entry.bodies["identity"].path
+    store.forget_cached("small")
+    file_calls.clear()
+    again = await store.get("small")
+    assert again is not None and again.bodies["identity"].data == b"x" * KiB
+    await store.close()
+    index = str(tmp_path / "cache" / "index" / "cache.db")
+    assert [call[:2] for call in off_the_gateway(file_calls)] == [
+        ("sqlite3.connect", index),
+        ("open", path),
+    ]
+    assert _flags[path] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) == 0
 
 
 async def test_a_fill_reader_opens_and_reads_on_the_gateway(
