@@ -58,8 +58,6 @@ _FRAME_HEAD = struct.Struct(">HBBBI")
 
 #: encoded fields kept (a bound on memory: a field is a few dozen bytes)
 FIELD_CACHE_ENTRIES = 20_000
-#: encoded heads of prepared hits kept (as the HTTP/1.1 hit lane's serialised heads)
-HEAD_CACHE_ENTRIES = 50_000
 
 #: encoded (Age, Cache-Status) pairs kept: those of the hits of the last few seconds
 TAIL_CACHE_ENTRIES = 4096
@@ -231,9 +229,6 @@ class H2Hits:
     def __init__(self) -> None:
         self.encoder = FieldEncoder()
         self.clock = DateClock()
-        #: id(prepared hit) → (the prepared hit, its encoded head less the fields
-        #: encoded per answer, whether it carries its own Date)
-        self._heads: dict[int, tuple[PreparedHit, bytes, bool]] = {}
         #: answers sent by the inbound lane, their streams never opened in h2
         self.lane_answers = 0
         #: (age, Cache-Status member) → their fields encoded
@@ -242,9 +237,11 @@ class H2Hits:
     def head(self, prepared: PreparedHit) -> tuple[bytes, bool]:
         """A prepared hit's header block (`:status` to content-length), and whether it
         has its own Date."""
-        found = self._heads.get(id(prepared))
-        if found is not None and found[0] is prepared:
-            return found[1], found[2]
+        # kept on the prepared hit itself ("h2"), so it goes when the hot lane drops
+        # the hit (with its entry leaving the memory tier), never held beyond it
+        found = prepared.heads.get("h2")
+        if found is not None:
+            return found
         fields = [(":status", str(prepared.status))]
         for name, value in prepared.headers.items():
             lower = name.lower()
@@ -253,9 +250,7 @@ class H2Hits:
         fields.append(("content-length", str(len(prepared.body))))
         block = self.encoder.block(fields)
         has_date = "Date" in prepared.headers
-        if len(self._heads) >= HEAD_CACHE_ENTRIES:
-            self._heads.clear()
-        self._heads[id(prepared)] = (prepared, block, has_date)
+        prepared.heads["h2"] = (block, has_date)
         return block, has_date
 
     def answer(

@@ -8,6 +8,7 @@ engine (tests/support/engine_harness.py) on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import h2.config
@@ -16,9 +17,11 @@ import h2.events
 import h2.settings
 import pytest
 from hpack import Decoder
+from multidict import CIMultiDict
 
 from edge.front.h2_hits import (
     FieldEncoder,
+    H2Hits,
     data_frame,
     encode_field,
     headers_frame,
@@ -28,7 +31,9 @@ from edge.front.h2_hits import (
 )
 from edge.front.h2_protocol import H2Protocol
 from edge.front.h2_stream import H2Limits, server_connection, start_connection
+from edge.hotlane import PreparedHit
 from edge.metrics import NodeMetrics
+from edge.store import BodyRef, StoredEntry
 from tests.support.engine_harness import HOST, CacheUnderTest, running_cache
 from tests.support.tls_fleet import H2Client
 from tests.support.waiting import eventually
@@ -197,3 +202,26 @@ async def test_a_hot_hit_waits_while_the_transport_is_paused() -> None:
         finally:
             client.close()
             server.close()
+
+
+def test_an_encoded_head_goes_with_its_prepared_hit() -> None:
+    # the hot lane drops a prepared hit when its entry leaves the memory tier; a table
+    # of encoded heads of its own kept up to 50,000 of them alive, bodies and all
+    hits = H2Hits()
+
+    def prepared_hit(n: int) -> PreparedHit:
+        body = bytes(4096)
+        entry = StoredEntry(f"k{n}", None, {"identity": BodyRef("identity", 4096, body, None)})
+        headers = CIMultiDict({"Content-Type": "text/plain", "ETag": f'"{n}"'})
+        return PreparedHit(entry, headers, body, 4096, "edge; hit")
+
+    blocks = set()
+    for n in range(200):
+        prepared = prepared_hit(n)
+        block, _ = hits.head(prepared)
+        assert hits.head(prepared)[0] is block  # encoded once per prepared hit
+        blocks.add(block)
+    del prepared
+    gc.collect()
+    assert len(blocks) == 200
+    assert not [o for o in gc.get_objects() if isinstance(o, PreparedHit)]
