@@ -70,7 +70,7 @@ class H2Sending(asyncio.Protocol):
         """Forget `stream` once its work and its answer are done (the connection's)."""
         raise NotImplementedError
 
-    # -- the transport's backpressure ------------------------------------------
+    # -- the transport's backpressure --------------------------------------------
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: writers wait."""
@@ -85,7 +85,7 @@ class H2Sending(asyncio.Protocol):
             self._forget_if_done(stream)
         self._send()
 
-    # -- GOAWAY -----------------------------------------------------------------
+    # -- GOAWAY ------------------------------------------------------------------
 
     def _close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -103,7 +103,7 @@ class H2Sending(asyncio.Protocol):
             self._conn.close_connection(error_code=code)
         self._close()
 
-    # -- request windows given back, waits --------------------------------------
+    # -- request windows given back, waits ---------------------------------------
 
     def acknowledge(self, stream: H2Stream, flow: int) -> None:
         """Give back `flow` bytes of window (the engine read them)."""
