@@ -1,6 +1,7 @@
 """An HTTP/2 request stream's state and its two faces to the engine: the request body as
 a `BodyStream` (windows given back as it is read) and a `ResponseSink` onto the stream;
-both leave the framing and flow control to the connection (`h2_protocol.py`). Also
+both leave the framing and flow control to the connection (`h2_protocol.py`, its
+sending side `h2_sending.py`). Also
 the connection's limits (`H2Limits`) and the h2 connection configured to them."""
 
 from __future__ import annotations
