@@ -379,7 +379,14 @@ class JetStreamLog:
                 lambda: js.get_msg(self.stream, subject=subject, direct=True), "reading a purge"
             )
         except nats.js.errors.NotFoundError:
-            return None
+            # a direct get may be answered by a replica behind the leader, which has
+            # not yet got a purge just appended: the leader has the last word
+            try:
+                msg = await self._retry(
+                    lambda: js.get_msg(self.stream, subject=subject), "reading a purge"
+                )
+            except nats.js.errors.NotFoundError:
+                return None
         assert msg.data is not None and msg.seq is not None
         purge, _ = _purge_from_bytes(msg.data)
         return _with_seq(purge, int(msg.seq) + self.offset)
