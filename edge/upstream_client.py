@@ -118,9 +118,9 @@ class LeanResponse(UpstreamResponse):
         self._pool = pool
         self._connection = connection
         self._head_only = head_only
-        #: the parser holds this response's bound callbacks, a reference cycle broken
-        #: at release (`_unlink`): left to the cyclic collector, each answer's objects
-        #: (parser, fields, closures, the client's sink) were 40 of its garbage
+        #: the parser holds this response's bound callbacks: a reference cycle, broken
+        #: at release (`_unlink`); left to the cyclic collector, each answer was about
+        #: 40 objects of garbage (parser, fields, the pool's closures, the client's sink)
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._relay: Relay | None = current_relay()
         self._relayed = 0
