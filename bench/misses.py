@@ -5,6 +5,8 @@ the command and the date). Run from the repository root:
 
     .venv/bin/python bench/misses.py [--rounds 3] [--duration 10] [--workers 2]
                                      [--cases id-1k,id-100k] [--write FILE]
+    .venv/bin/python bench/misses.py --workers 1 --hold     # then, with its ports:
+    .venv/bin/python bench/misses.py --cpu PORT:PID [--cpu PORT:PID ...]
 
 It reuses `bench/hits.py`'s processes (demo origin, the edge as a real process, nginx
 proxy_cache with `proxy_cache_lock on`) and drives each with `wrk -t2 -c32` and a Lua
@@ -138,6 +140,40 @@ def bench_misses(
     return results
 
 
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_miss(targets: Sequence[str], rounds: int, duration: float, path: str) -> str:
+    """µs of CPU per miss of held edges (`PORT:PID` each, from `--hold` runs), measured
+    in turn, `rounds` times: the process's utime + stime over the misses answered.
+    The steady measure on a shared machine, where misses/s follows the load."""
+    lines = ["| edge | µs of CPU per miss | misses/s |", "|---|---|---|"]
+    figures: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+    with tempfile.TemporaryDirectory(prefix="edgeshield-cpu-") as tmp:
+        script = Path(tmp) / "misses.lua"
+        for n in range(rounds):
+            for target in targets:
+                port, pid = (int(part) for part in target.split(":"))
+                before = process_cpu(pid)
+                result = run_wrk_misses(port, path, duration, script)
+                used = process_cpu(pid) - before
+                misses = result.rps * duration
+                figures[target].append((used / misses * 1e6, result.rps))
+                print(
+                    f"round {n + 1} {target}: {used / misses * 1e6:.0f} µs/miss, "
+                    f"{result.rps:,.0f} misses/s",
+                    file=sys.stderr,
+                )
+    for target, runs in figures.items():
+        cpu = ", ".join(f"{us:.0f}" for us, _ in runs)
+        rps = ", ".join(f"{r:,.0f}" for _, r in runs)
+        lines.append(f"| {target} | {cpu} | {rps} |")
+    return "\n".join(lines)
+
+
 def misses_table(
     servers: hits.Servers,
     cases: Sequence[hits.Case],
@@ -182,7 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hold", action="store_true", help="start the servers, print their ports, wait"
     )
     parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
+    parser.add_argument(
+        "--cpu",
+        metavar="PORT:PID",
+        action="append",
+        help="measure µs of CPU per 1 KiB miss of held edges (repeat for several), in turn",
+    )
     args = parser.parse_args(argv)
+    if args.cpu:
+        print(cpu_per_miss(args.cpu, args.rounds, args.duration, "/bin/1k"))
+        return 0
     cases = [hits.CASES[name] for name in args.cases.split(",")]
 
     signal.signal(signal.SIGTERM, hits._exit_on_signal)

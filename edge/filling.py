@@ -240,6 +240,7 @@ class Filler:
             job, response.status, pairs, request_time, response_time, fill.started_at, response
         )
         writer = self.store.begin(store_key, meta.upstream_encoding)
+        writer.expected = length
         fill.set_head(
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
             body_path=writer.path,

@@ -23,11 +23,12 @@ SCRUB_PAUSE = 60.0
 #: keys read from the store at a time
 KEYS_PAGE = 1000
 
-__all__ = ["SCRUB_PAUSE", "scrub_forever", "scrub_once"]
+__all__ = ["KEYS_PAGE", "SCRUB_PAUSE", "scrub_forever", "scrub_once"]
 
 
 async def scrub_once(store: ObjectStore, rate: int) -> int:
-    """One pass over every stored object at about `rate` bytes/s; the bytes read."""
+    """One pass over every stored object at about `rate` bytes/s (the disk store
+    charges each object at least `SCRUB_OBJECT_MIN` bytes); the bytes read."""
     total = 0
     cursor = 0
     while True:

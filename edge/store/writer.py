@@ -57,6 +57,9 @@ class BodyWriter:
         self.received = 0
         #: true once committed or aborted
         self.finished = False
+        #: the body's announced length, if known: once that many bytes are in, the
+        #: commit follows at once, so no flush timer is armed (one per small fill)
+        self.expected: int | None = None
         self._store = store
         self._buf = bytearray()
         self._fd: int | None = None
@@ -90,7 +93,7 @@ class BodyWriter:
                 self._kept = None
         if len(self._buf) >= WRITE_BATCH:
             await self._drain()
-        elif self._timer is None and self._background is None:
+        elif self._timer is None and self._background is None and self.received != self.expected:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(WRITE_DELAY, self._flush_later)
 
