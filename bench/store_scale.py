@@ -7,6 +7,7 @@ the command and the date). Run from the repository root:
     .venv/bin/python bench/store_scale.py [--counts 1000,1000000] [--size 1k]
                                           [--duration 5] [--rounds 2] [--write FILE]
     .venv/bin/python bench/store_scale.py --counts 100,10000 --size 1m
+    .venv/bin/python bench/store_scale.py --counts 1000,1000000 --nginx
 
 For each count, all on 127.0.0.1, in a fresh directory:
 - starts a fast static origin (nginx, `bench/misses.py`) and the edge as a real
@@ -23,6 +24,11 @@ For each count, all on 127.0.0.1, in a fresh directory:
   machine's load falls on every store size alike) `wrk -t2 -c32` with a Lua
   script: hits on a hot set (1,000 URLs), hits uniform over every stored URL, and
   misses (new URLs, fetched from the origin);
+- with `--nginx`, also starts nginx proxy_cache (2 workers, `bench/hits.py`'s
+  configuration with a keys_zone and max_size large enough for `count` objects) on the
+  same origin, fills it with the same URLs through its front door (wrk, every URL
+  once) and measures its hot-set and uniform hits in the same rounds, so the table
+  says how flat nginx itself is from one store size to the other;
 - pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
   API does) one at a time and times each until the node answers that it applied it;
   then checks a purged URL is no longer a hit.
@@ -90,6 +96,56 @@ function request()
 end
 """
 
+#: wrk's Lua filling nginx: each of `threads` threads asks for its share of `?u=0` ...
+#: `?u=count-1` once (indexes `tid-1`, `tid-1+threads`, ...) and stops when answered
+FILL_LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  nextu = tid - 1
+  share = math.floor((count - tid) / nthreads) + 1
+  answered = 0
+end
+function request()
+  local u = nextu
+  nextu = nextu + nthreads
+  if u >= count then
+    u = tid - 1
+  end
+  return wrk.format(nil, path .. "?u=" .. u)
+end
+function response(status, headers, body)
+  answered = answered + 1
+  if answered == share + 4 * conns then
+    local f = io.open(marker .. tid, "w")
+    f:close()
+    wrk.thread:stop()
+  end
+end
+"""
+
+#: nginx's keys_zone: about 8,000 keys a MiB (nginx's documentation), with room
+NGINX_KEYS_PER_MIB = 4000
+
+
+class ScaleServers(hits.Servers):
+    """`bench/hits.py`'s servers, with nginx's cache sized for `count` objects."""
+
+    count: int = 0
+
+    def _nginx_conf(self, prefix: Path, workers: int, brotli: bool) -> str:
+        conf = super()._nginx_conf(prefix, workers, brotli)
+        zone = max(32, self.count // NGINX_KEYS_PER_MIB)
+        sized = conf.replace(
+            "keys_zone=bench:32m max_size=4g", f"keys_zone=bench:{zone}m max_size=1024g"
+        )
+        if sized == conf:
+            raise RuntimeError("bench/hits.py's nginx configuration changed: keys_zone not found")
+        return sized
+
 
 @dataclasses.dataclass
 class Result:
@@ -107,6 +163,9 @@ class Result:
     miss: list[float] = dataclasses.field(default_factory=list)
     purge_ms: list[float] = dataclasses.field(default_factory=list)
     errors: int = 0
+    nginx_fill_s: float = 0.0
+    nginx_hot: list[float] = dataclasses.field(default_factory=list)
+    nginx_uniform: list[float] = dataclasses.field(default_factory=list)
 
 
 class Edge:
@@ -233,6 +292,42 @@ async def fill(directory: Path, count: int, seed_marker: str) -> None:
         await store.close()
 
 
+def fill_nginx(servers: hits.Servers, path: str, count: int, tmp: Path) -> float:
+    """Ask nginx for `?u=0` ... `?u=count-1` once each (misses it stores); seconds taken.
+    Checks afterwards that a sample of them are hits."""
+    script = tmp / "nginx-fill.lua"
+    marker = tmp / "nginx-filled-"
+    script.write_text(
+        f'path = "{path}"\ncount = {count}\nnthreads = 2\nconns = 16\n'
+        f'marker = "{marker}"\n{FILL_LUA}',
+        encoding="utf-8",
+    )
+    started = time.perf_counter()
+    argv = ["wrk", "-t2", "-c32", "-d3600s", "-H", f"Host: {hits.HOST}", "-s", str(script)]
+    with subprocess.Popen(
+        [*argv, f"http://127.0.0.1:{servers.nginx_port}/"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as wrk:
+        try:
+            while not all(Path(f"{marker}{tid}").exists() for tid in (1, 2)):
+                if wrk.poll() is not None or time.perf_counter() - started > 3000:
+                    raise RuntimeError(f"filling nginx failed: {wrk.communicate()[0]}")
+                time.sleep(0.2)  # wrk's threads write a file each when done: poll for it
+            elapsed = time.perf_counter() - started
+        finally:
+            wrk.send_signal(signal.SIGINT)
+            out = wrk.communicate(timeout=30)[0]
+    if "Non-2xx" in out:
+        raise RuntimeError(f"filling nginx failed:\n{out}")
+    for n in sorted({0, count // 3, count // 2, count - 1}):
+        reply = hits.http_get(servers.nginx_port, f"{path}?u={n}")
+        if reply.status != 200 or reply.headers.get("x-cache-status", "").upper() != "HIT":
+            raise RuntimeError(f"nginx: ?u={n} is not a hit after the fill: {reply.headers}")
+    return elapsed
+
+
 def run_wrk(port: int, path: str, mode: str, count: int, duration: float, tmp: Path) -> float:
     """req/s of one wrk run in `mode`; raises if wrk fails or answers were errors."""
     prefix = secrets.token_hex(4)
@@ -310,7 +405,8 @@ def prepare(
     """One store size made ready in `tmp`: its origin, a store of `count` objects,
     the edge restarted on it (timed) and serving; the edge is left running."""
     notes: list[str] = []
-    servers = hits.Servers(tmp, procs, notes)
+    servers = ScaleServers(tmp, procs, notes)
+    servers.count = count
     misses.start_static_origin(servers)
     path = SIZES[args.size]
     cache_dir = tmp / "edge-cache"
@@ -352,6 +448,12 @@ def prepare(
         file=sys.stderr,
         flush=True,
     )
+    if args.nginx:
+        servers.start_nginx(2, False)
+        result.nginx_fill_s = fill_nginx(servers, path, count, tmp)
+        print(
+            f"{count:,}: nginx filled in {result.nginx_fill_s:.1f} s", file=sys.stderr, flush=True
+        )
     return result, edge
 
 
@@ -362,9 +464,15 @@ def load_round(args: argparse.Namespace, result: Result, edge: Edge, tmp: Path) 
     for mode, into in (("hot", result.hot), ("uniform", result.uniform)):
         into.append(run_wrk(edge.port, path, mode, count, args.duration, tmp))
     result.miss.append(run_wrk(edge.port, path, "miss", count, args.duration, tmp))
+    nginx = ""
+    if args.nginx:
+        port = edge.servers.nginx_port
+        for mode, into in (("hot", result.nginx_hot), ("uniform", result.nginx_uniform)):
+            into.append(run_wrk(port, path, mode, count, args.duration, tmp))
+        nginx = f"; nginx hot {result.nginx_hot[-1]:,.0f} uniform {result.nginx_uniform[-1]:,.0f}"
     print(
         f"{count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
-        f"miss {result.miss[-1]:,.0f} req/s",
+        f"miss {result.miss[-1]:,.0f} req/s{nginx}",
         file=sys.stderr,
         flush=True,
     )
@@ -441,7 +549,41 @@ def table(results: Sequence[Result], args: argparse.Namespace) -> str:
             f"the time; at start RssAnon grows by {per_object:.0f} bytes per stored object "
             f"(RssFile, the mapped index, by {per_file:.0f})."
         )
+    if args.nginx:
+        lines += ["", *nginx_table(results)]
     return "\n".join(lines)
+
+
+def nginx_table(results: Sequence[Result]) -> list[str]:
+    """Edge and nginx hits by store size, measured in the same rounds, and how flat
+    each is (largest store against smallest)."""
+    lines = [
+        "| objects stored | nginx fill (objects/s) | edge hot hits/s | nginx hot hits/s "
+        "| edge uniform hits/s | nginx uniform hits/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.count:,} | {r.count / r.nginx_fill_s:,.0f} | {statistics.median(r.hot):,.0f} "
+            f"| {statistics.median(r.nginx_hot):,.0f} | {statistics.median(r.uniform):,.0f} "
+            f"| {statistics.median(r.nginx_uniform):,.0f} |"
+        )
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        lines += [
+            "",
+            f"Largest against smallest store: edge hot {_ratio(large.hot, small.hot)}, "
+            f"uniform {_ratio(large.uniform, small.uniform)}; nginx hot "
+            f"{_ratio(large.nginx_hot, small.nginx_hot)}, uniform "
+            f"{_ratio(large.nginx_uniform, small.nginx_uniform)}. Per round (largest/smallest, "
+            f"uniform): edge {_per_round(large.uniform, small.uniform)}, nginx "
+            f"{_per_round(large.nginx_uniform, small.nginx_uniform)}.",
+        ]
+    return lines
+
+
+def _per_round(large: list[float], small: list[float]) -> str:
+    return ", ".join(f"{a / b:.2f}" for a, b in zip(large, small, strict=True))
 
 
 def _ratio(large: list[float], small: list[float]) -> str:
@@ -459,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--purges", type=int, default=30)
+    parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also fill nginx proxy_cache (2 workers) with the same URLs and measure its hits",
+    )
     parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
