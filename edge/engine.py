@@ -47,6 +47,7 @@ from edge.metrics import NodeMetrics
 from edge.options import EngineOptions, Upstream
 from edge.outcome import Outcome, refused
 from edge.passing import UpstreamRequests
+from edge.refusals import Refusals
 from edge.responding import EntryGone, Responder, error_response, refuse
 from edge.store import ObjectStore, StoredEntry
 from edge.traffic import TrafficGate, cache_key_suffix, keyed_target, relayed_fields
@@ -94,6 +95,9 @@ class Engine:
         self.fills = self.filler.fills
         self.respond = Responder(options, store, metrics, clock, limits)
         self.respond.compressing = self.filler.compressing
+        #: keys whose body decoded past the limit: answered without a fetch a while
+        self.refusals = Refusals()
+        self.filler.on_refused = self.respond.on_refused = self._refused
         self.hot = HotLane(store, rules, metrics, clock, self.respond)
         store.on_corrupt = self._corrupt_found
         self.onward = UpstreamRequests(
@@ -247,6 +251,17 @@ class Engine:
                 refused("only-if-cached"),
                 self.options.node_name,
             )
+        refused_at = self.refusals.refused_at(key, now)
+        if refused_at is not None:
+            if self.rules.verdict(service.name, host, target, (), refused_at) is PurgeVerdict.NONE:
+                return error_response(
+                    sink,
+                    502,
+                    "the origin's body decodes past the object size limit",
+                    refused("decode-limit"),
+                    self.options.node_name,
+                )
+            self.refusals.forget(key)  # purged since: the operator wants a new fetch
         fwd = fwd_missing if meta is None else (decision.fwd or "miss")
         if service.early_hints and meta is not None and decision.action is Action.REVALIDATE:
             # the stored object still stands (being validated): its Links are hints
@@ -259,6 +274,12 @@ class Engine:
         return await self._through_fill(
             request, sink, service, host, target, key, entry, decision, fwd, verdict
         )
+
+    def _refused(self, key: str) -> None:
+        """A body of `key` decoded past its limit: refuse the key a while
+        (edge/refusals.py), so a decompression bomb is not fetched and decoded again
+        for every request."""
+        self.refusals.refuse(key, self.clock())
 
     def _purged_at(self, meta: ObjectMeta | None, verdict: PurgeVerdict) -> float | None:
         """When the soft purge behind a STALE verdict was applied (None otherwise)."""

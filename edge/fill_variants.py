@@ -9,6 +9,7 @@ it, each a few awaits on the `ObjectStore` seam.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -64,23 +65,32 @@ async def make_coded_variants(
     source: BodyRef | None,
     content_type: str | None,
     limit: int,
+    on_refused: Callable[[str], None] | None = None,
 ) -> None:
     """Make the br and gzip variants of a committed body (after its readers are
-    answered); a body that decodes past `limit` is dropped, any other failure logged."""
+    answered); a body that decodes past `limit` is dropped (and `on_refused` told),
+    any other failure logged."""
     try:
         if source is not None:
             await make_variants(store, key, source, content_type, max_decoded=limit)
     except DecodeLimit as exc:
-        await drop_undecodable(store, metrics, key, exc)
+        await drop_undecodable(store, metrics, key, exc, on_refused)
     except Exception:
         log.exception("compressing %s failed", key)
 
 
 async def drop_undecodable(
-    store: ObjectStore, metrics: NodeMetrics, key: str, exc: DecodeLimit
+    store: ObjectStore,
+    metrics: NodeMetrics,
+    key: str,
+    exc: DecodeLimit,
+    on_refused: Callable[[str], None] | None = None,
 ) -> None:
     """A stored coded body decodes past the object size limit (a decompression
-    bomb): it is not kept, as a body over the limit is never stored."""
+    bomb): it is not kept, as a body over the limit is never stored; `on_refused`
+    is told the key (edge/refusals.py: the next requests are not fetched again)."""
     log.warning("dropping %s: %s", key, exc)
+    if on_refused is not None:
+        on_refused(key)
     await store.delete(key)
     metrics.decode_refused.inc()

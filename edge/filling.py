@@ -90,6 +90,8 @@ class Filler:
         self.metrics = metrics
         self.clock = clock
         self.fills = FillTable()
+        #: told the key of a body refused for decoding past its limit (the engine's)
+        self.on_refused: Callable[[str], None] | None = None
         self._limits = limits
         self._background: set[asyncio.Task[None]] = set()
         #: keys whose br/gzip variants are being made (see Responder.compressing)
@@ -291,6 +293,7 @@ class Filler:
                     entry.bodies.get(meta.upstream_encoding),
                     meta.content_type,
                     limit,
+                    self.on_refused,
                 )
             finally:
                 self.compressing.discard(store_key)

@@ -84,6 +84,8 @@ class Responder:
         self._via = f"1.1 {options.node_name} (edgeshield)"
         #: keys whose compressed variants are being made (the Filler's set)
         self.compressing: set[str] = set()
+        #: told the key of a body refused for decoding past its limit (the engine's)
+        self.on_refused: Callable[[str], None] | None = None
         #: body files this process has read whole and checked (then sent by sendfile)
         self.verified = VerifiedBodies()
         #: EDGESHIELD_FILE_BODIES=chunks: copy every body through Python as before
@@ -230,7 +232,7 @@ class Responder:
                         self.verified.discard(opened.identity)
                     await self._drop_corrupt(key, body)
                 elif isinstance(exc, DecodeLimit):
-                    await drop_undecodable(self.store, self.metrics, key, exc)
+                    await drop_undecodable(self.store, self.metrics, key, exc, self.on_refused)
                 sink.abort()
                 return
             if opened is not None and (start, end) == (0, body.size):
