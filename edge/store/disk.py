@@ -184,7 +184,8 @@ class DiskStore(StoreBase):
         return entry
 
     async def get(self, key: str) -> StoredEntry | None:
-        """The entry from the memory tier or else the index; promotes it into memory."""
+        """The entry from the memory tier or else the index; promotes it into memory
+        when the tier has room or the key was read before (`MemoryTier.admit`)."""
         entry = self.peek(key)
         if entry is not None:
             return entry
@@ -202,7 +203,7 @@ class DiskStore(StoreBase):
                 self._touch(key)
             else:  # stored by another process since we opened
                 self._account(key, inline[0].size)
-            self.memory.put(entry)
+            self.memory.admit(entry)
             return entry
         self.gateway_loads += 1
         try:
@@ -223,7 +224,7 @@ class DiskStore(StoreBase):
                 self._touch(key)
             else:  # stored by another process since we opened
                 self._account(key, record.size)
-            self.memory.put(entry)
+            self.memory.admit(entry)
         return entry
 
     def _load_inline(self, key: str) -> object:

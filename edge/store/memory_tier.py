@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from edge.store.interface import StoredEntry
 
-__all__ = ["ENTRY_OVERHEAD", "PAIR_OVERHEAD", "MemoryTier", "entry_cost"]
+__all__ = ["ENTRY_OVERHEAD", "PAIR_OVERHEAD", "SEEN_ONCE_MAX", "MemoryTier", "entry_cost"]
 
 #: what one entry costs in memory besides its bodies and header fields: the
 #: `StoredEntry`, its `BodyRef`s, the metadata object with its other fields, the
@@ -24,6 +24,10 @@ ENTRY_OVERHEAD = 768
 #: what one header field of the metadata costs besides its characters: a 2-tuple
 #: and two str objects (56 + 2 x 49 bytes, rounded up to the allocator's sizes)
 PAIR_OVERHEAD = 160
+#: keys remembered as read once from disk but not admitted (a second read admits
+#: them): at most this many, and one per 4 KiB of the tier's bound (a remembered key
+#: is its hash in an ordered dict, about 100 bytes: at most 2.5% of the bound)
+SEEN_ONCE_MAX = 16_384
 
 
 def entry_cost(entry: StoredEntry) -> int:
@@ -56,6 +60,10 @@ class MemoryTier:
         #: discarded, replaced), so what others built from it (the hot lane's prepared
         #: answers) goes with it instead of keeping its bodies alive beyond the bound
         self.on_drop: list[Callable[[str], None]] = []
+        #: keys read from disk once while the tier was full, and keys that left it
+        #: (evicted, or expired by `ttl`): their next read is admitted (`admit`)
+        self._seen_once: OrderedDict[int, None] = OrderedDict()
+        self._seen_max = max(16, min(SEEN_ONCE_MAX, max_bytes // 4096))
 
     def get(self, key: str) -> StoredEntry | None:
         """The entry, marked most recently used; None once it is older than `ttl`."""
@@ -64,6 +72,7 @@ class MemoryTier:
             return None
         if item[2] < time.monotonic():
             self.discard(key)
+            self._seen(key)  # it was held: its next read comes straight back in
             return None
         self._entries.move_to_end(key)
         return item[0]
@@ -79,8 +88,38 @@ class MemoryTier:
         while self.used > self.max_bytes:
             old_key, (_, old_cost, _) = self._entries.popitem(last=False)
             self.used -= old_cost
+            self._seen(old_key)
             for dropped in self.on_drop:
                 dropped(old_key)
+
+    def admit(self, entry: StoredEntry) -> bool:
+        """Hold an entry read from disk when the tier has room for it or its key was
+        read before (or held before); otherwise only remember the key. Whether it
+        was held is the answer.
+
+        One read of a cold object is no sign it will be read again: a crawler or a
+        sweep over the long tail would otherwise push the hot set out of memory, one
+        object at a time, and pay the tier's bookkeeping for objects read once (Apache
+        Traffic Server's RAM cache admits on a second sighting the same way).
+        Objects being filled are put in directly (`put`): a fill follows a request.
+        """
+        key = entry.key
+        sighting = hash(key)
+        if sighting in self._seen_once:
+            del self._seen_once[sighting]
+        elif self.used + entry_cost(entry) > self.max_bytes:
+            self._seen(key)
+            return False
+        self.put(entry)
+        return True
+
+    def _seen(self, key: str) -> None:
+        seen = self._seen_once
+        sighting = hash(key)  # not the key: a remembered key keeps no string alive
+        seen[sighting] = None
+        seen.move_to_end(sighting)
+        if len(seen) > self._seen_max:
+            seen.popitem(last=False)
 
     def discard(self, key: str) -> None:
         """Forget a key."""

@@ -107,3 +107,40 @@ def test_the_bound_holds_for_small_objects_with_real_metadata() -> None:
     assert tier.used <= bound
     assert len(tier) < 3000  # the bound was reached: what follows is what it holds
     assert held <= bound * 1.1, f"{held} bytes held by a tier bounded to {bound}"
+
+
+def test_a_full_tier_admits_an_object_read_from_disk_on_its_second_read() -> None:
+    cost = ENTRY_OVERHEAD + 1000
+    tier = MemoryTier(max_bytes=3 * cost)
+    assert tier.admit(entry("a", 1000)) and tier.admit(entry("b", 1000))  # room: held
+    assert tier.admit(entry("c", 1000))
+    # full: one read of a cold object is remembered, not held, and evicts nothing
+    assert not tier.admit(entry("cold", 1000))
+    assert tier.get("cold") is None and len(tier) == 3
+    assert tier.admit(entry("cold", 1000))  # read again: held, the oldest goes
+    assert tier.get("cold") is not None and tier.get("a") is None
+    # what left the tier (evicted, or expired) comes back in on its next read
+    assert tier.admit(entry("a", 1000))
+
+
+def test_a_scan_of_cold_objects_leaves_the_hot_ones_in_memory() -> None:
+    cost = ENTRY_OVERHEAD + 1000
+    tier = MemoryTier(max_bytes=10 * cost)
+    hot = [f"hot{n}" for n in range(5)]
+    for key in hot:
+        tier.admit(entry(key, 1000))
+    for n in range(1000):  # a crawler reading the long tail once each
+        tier.admit(entry(f"cold{n}", 1000))
+        for key in hot:
+            assert tier.get(key) is not None, (n, key)
+    assert len(tier) <= 10
+
+
+def test_an_entry_that_expired_comes_back_on_its_next_read() -> None:
+    cost = ENTRY_OVERHEAD + 1000
+    tier = MemoryTier(max_bytes=cost, ttl=-1.0)  # expired as it is put
+    tier.put(entry("other", 1000))
+    tier.put(entry("k", 1000))
+    assert tier.get("k") is None  # expired: its key is remembered
+    tier.put(entry("filler", 1000))  # the tier is full again
+    assert tier.admit(entry("k", 1000))
