@@ -7,6 +7,7 @@ two-digit years exactly as the RFC asks.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 
@@ -52,17 +53,8 @@ def parse_http_date(value: str | None, *, now: float | None = None) -> float | N
     if value is None:
         return None
     text = value.strip(" \t")
-    try:
-        return _PARSED[text]
-    except KeyError:
-        pass
-    if match := _IMF_FIXDATE.fullmatch(text):
-        day, month, year, hour, minute, second = match.groups()
-        parsed = _to_timestamp(int(year), month, day, hour, minute, second)
-        if len(_PARSED) >= _MEMO_SIZE:
-            _PARSED.clear()
-        _PARSED[text] = parsed  # 29 characters: matched, so bounded
-        return parsed
+    if len(text) == _FIXDATE_LENGTH:  # no other format has this length
+        return _parse_fixdate(text)
     if match := _RFC850.fullmatch(text):
         day, month, short_year, hour, minute, second = match.groups()
         return _to_timestamp(_full_year(int(short_year), now), month, day, hour, minute, second)
@@ -72,12 +64,24 @@ def parse_http_date(value: str | None, *, now: float | None = None) -> float | N
     return None
 
 
-#: Parsed IMF-fixdates by their text: a miss parses its answer's Date, Last-Modified
-#: and Expires, and an upstream's Date repeats for a whole second (4% of the event
-#: loop on cold misses, docs/benchmarks.md). Only the fixed format, which needs no
-#: `now`; bounded, emptied when full.
-_PARSED: dict[str, float | None] = {}
+#: the length of every IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"); RFC 850 dates
+#: are 30 or more characters, asctime dates 24
+_FIXDATE_LENGTH = 29
+#: IMF-fixdates remembered parsed (`_parse_fixdate`)
 _MEMO_SIZE = 512
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _parse_fixdate(text: str) -> float | None:
+    """An IMF-fixdate (None when `text` is not one), remembered by its text: a miss
+    parses its answer's Date, Last-Modified and Expires, and an upstream's Date
+    repeats for a whole second (4% of the event loop on cold misses,
+    docs/benchmarks.md). Only this format is remembered, as it needs no `now`."""
+    match = _IMF_FIXDATE.fullmatch(text)
+    if match is None:
+        return None
+    day, month, year, hour, minute, second = match.groups()
+    return _to_timestamp(int(year), month, day, hour, minute, second)
 
 
 def _full_year(short_year: int, now: float | None) -> int:

@@ -8,6 +8,7 @@ then Surrogate-Control, then Cache-Control.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -190,26 +191,25 @@ def parse_cache_control(value: str | None) -> CacheControl:
     """
     if not value:
         return EMPTY
-    parsed = _PARSED.get(value)
-    if parsed is None:
-        builder = _Builder()
-        for name, argument in _directives(value):
-            _apply(builder, name, argument)
-        parsed = builder.build()
-        if len(value) <= _MEMO_VALUE:
-            if len(_PARSED) >= _MEMO_SIZE:
-                _PARSED.clear()
-            _PARSED[value] = parsed
-    return parsed
+    if len(value) <= _MEMO_VALUE:
+        return _parse_remembered(value)
+    return _parse(value)
 
 
-#: Parsed values by their text: a miss parses its answer's Cache-Control more than
-#: once (storability, then the stored metadata) and most answers share a handful of
-#: values. The result is immutable; the memo is bounded in entries and value length
-#: (a client's values pass through here too) and emptied when full.
-_PARSED: dict[str, CacheControl] = {}
+def _parse(value: str) -> CacheControl:
+    builder = _Builder()
+    for name, argument in _directives(value):
+        _apply(builder, name, argument)
+    return builder.build()
+
+
+#: Parsed values remembered by their text: a miss parses its answer's Cache-Control
+#: more than once (storability, then the stored metadata) and most answers share a
+#: handful of values. The result is immutable; what is remembered is bounded in
+#: entries and value length (a client's values pass through here too).
 _MEMO_SIZE = 512
 _MEMO_VALUE = 256
+_parse_remembered = functools.lru_cache(maxsize=_MEMO_SIZE)(_parse)
 
 
 def parse_surrogate_control(value: str | None) -> CacheControl | None:
