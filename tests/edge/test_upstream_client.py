@@ -17,6 +17,7 @@ from edge.informational import relay_informational_to
 from edge.upstream_client import BUFFER_HIGH, MAX_HEADERS, LeanResponse
 from edge.upstream_session import make_session, send
 from edge.upstream_wire import UpstreamError, UpstreamResponse, _ConnectFailure, _Request
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -384,9 +385,8 @@ async def test_a_body_the_reader_does_not_take_stops_the_socket_being_read() -> 
             session, server.url, _Request("GET", "/big", headers, None), "p", lambda: None
         )
         assert isinstance(response, LeanResponse)
-        async with asyncio.timeout(10):
-            while not response._paused:  # the socket stops being read past the mark
-                await asyncio.sleep(0.01)
+        # the socket stops being read past the mark
+        await eventually(lambda: response._paused, "the socket to stop being read", 10)
         # one read of the socket at most past the mark
         assert response._buffered <= BUFFER_HIGH + 256 * 1024
         received = 0

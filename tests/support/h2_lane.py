@@ -16,6 +16,7 @@ import struct
 import h2.connection
 import h2.events
 import h2.stream
+from hpack.hpack import encode_integer
 
 from tests.support.tls_fleet import H2Answer, H2Client
 
@@ -42,16 +43,10 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
 
 
 def integer(value: int, prefix_bits: int, first: int) -> bytes:
-    """RFC 7541 5.1: an integer with an N-bit prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    """RFC 7541 5.1: an integer with an N-bit prefix, `first` holding the high bits
+    (the hpack library's encoder: not the edge's own, which it checks)."""
+    out = encode_integer(value, prefix_bits)
+    out[0] |= first
     return bytes(out)
 
 
