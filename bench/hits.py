@@ -275,6 +275,32 @@ def _stop_packaged_nginx(sudo: list[str], notes: list[str]) -> None:
 # --------------------------------------------------------------------------- servers
 
 
+def nginx_head(prefix: Path, workers: int, load: str = "") -> str:
+    """The start of a benchmark nginx.conf under `prefix` (with `logs/` and `temp/`):
+    the main context and the opening of `http {` with what every benchmark server
+    shares (no access log, sendfile, long keep-alive); the caller adds the rest of
+    the http block and closes it."""
+    user = "user root root;" if os.geteuid() == 0 else ""  # else workers drop to nobody
+    temp = prefix / "temp"
+    return f"""
+{load}
+{user}
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {temp}/client;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;"""
+
+
 @dataclass
 class Servers:
     """The origin, the edge and nginx of one benchmark run, and what they were."""
@@ -397,9 +423,6 @@ class Servers:
         self.nginx_br = brotli
 
     def _nginx_conf(self, prefix: Path, workers: int, brotli: bool) -> str:
-        user = ""
-        if os.geteuid() == 0:  # workers would otherwise drop to nobody
-            user = "user root root;"
         load = f"load_module {BROTLI_MODULE};" if brotli else ""
         br = (
             "brotli on; brotli_comp_level 4; brotli_min_length 256;"
@@ -407,29 +430,12 @@ class Servers:
             if brotli
             else ""
         )
-        temp = prefix / "temp"
         location = (
             "proxy_pass http://origin; proxy_http_version 1.1; "
             'proxy_set_header Connection ""; proxy_set_header Host $host; '
             "proxy_cache bench; add_header X-Cache-Status $upstream_cache_status;"
         )
-        return f"""
-{load}
-{user}
-worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path {temp}/client;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
+        return f"""{nginx_head(prefix, workers, load)}
     proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:32m max_size=4g
                      inactive=1h use_temp_path=off;
     upstream origin {{ server 127.0.0.1:{self.origin_port}; keepalive 16; }}

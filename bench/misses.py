@@ -59,25 +59,9 @@ def start_static_origin(servers: hits.Servers) -> None:
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     for name, size in (("1k", 1024), ("100k", 100 * 1024), ("1m", 1024 * 1024)):
         (prefix / "root" / "bin" / name).write_bytes(os.urandom(size))
-    user = "user root root;" if os.geteuid() == 0 else ""
-    temp = prefix / "temp"
     conf = prefix / "nginx.conf"
     conf.write_text(
-        f"""
-{user}
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    keepalive_requests 1000000;
-    client_body_temp_path {temp}/client;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
+        f"""{hits.nginx_head(prefix, 1)}
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{servers.origin_port};
