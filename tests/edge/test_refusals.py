@@ -10,10 +10,21 @@ from __future__ import annotations
 import brotli
 
 from edge.refusals import Refusals
-from tests.support.engine_harness import running_cache
+from tests.support.engine_harness import CacheUnderTest, running_cache
 
 MiB = 1024 * 1024
 BOMB = brotli.compress(bytes(8 * MiB))  # a few dozen bytes that decode to 8 MiB
+
+
+def answers_with_a_bomb(cache: CacheUnderTest, path: str) -> None:
+    """The origin answers `path` with BOMB, cacheable, as br-coded text."""
+    cache.origin.responds(
+        path,
+        cache_control="max-age=600",
+        body=BOMB,
+        Content_Encoding="br",
+        Content_Type="text/plain",
+    )
 
 
 def test_a_refusal_lasts_its_time_and_is_bounded() -> None:
@@ -32,13 +43,7 @@ def test_a_refusal_lasts_its_time_and_is_bounded() -> None:
 
 async def test_a_bomb_is_fetched_and_decoded_once_while_it_is_refused() -> None:
     async with running_cache(max_object_size=MiB) as cache:
-        cache.origin.responds(
-            "/bomb.txt",
-            cache_control="max-age=600",
-            body=BOMB,
-            Content_Encoding="br",
-            Content_Type="text/plain",
-        )
+        answers_with_a_bomb(cache, "/bomb.txt")
         first = await cache.get("/bomb.txt", Accept_Encoding="br")
         assert first.status == 200  # the coded body passes; its variants are refused
         await cache.background_done()
@@ -61,13 +66,7 @@ async def test_a_bomb_is_fetched_and_decoded_once_while_it_is_refused() -> None:
 
 async def test_a_purge_lifts_a_refusal_at_once() -> None:
     async with running_cache(max_object_size=MiB) as cache:
-        cache.origin.responds(
-            "/fixed.txt",
-            cache_control="max-age=600",
-            body=BOMB,
-            Content_Encoding="br",
-            Content_Type="text/plain",
-        )
+        answers_with_a_bomb(cache, "/fixed.txt")
         await cache.get("/fixed.txt", Accept_Encoding="br")
         await cache.background_done()
         (await cache.get("/fixed.txt")).assert_status(502)
