@@ -275,13 +275,15 @@ def _stop_packaged_nginx(sudo: list[str], notes: list[str]) -> None:
 # --------------------------------------------------------------------------- servers
 
 
-def nginx_head(prefix: Path, workers: int, load: str = "") -> str:
+def nginx_head(prefix: Path, workers: int, load: str = "", access_log: bool = False) -> str:
     """The start of a benchmark nginx.conf under `prefix` (with `logs/` and `temp/`):
     the main context and the opening of `http {` with what every benchmark server
-    shares (no access log, sendfile, long keep-alive); the caller adds the rest of
-    the http block and closes it."""
+    shares (sendfile, long keep-alive; no access log unless `access_log`, then
+    nginx's default: the combined format to `logs/access.log`); the caller adds the
+    rest of the http block and closes it."""
     user = "user root root;" if os.geteuid() == 0 else ""  # else workers drop to nobody
     temp = prefix / "temp"
+    logging = f"access_log {prefix}/logs/access.log;" if access_log else "access_log off;"
     return f"""
 {load}
 {user}
@@ -290,7 +292,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    {logging}
     sendfile on;
     keepalive_timeout 65;
     keepalive_requests 1000000;
@@ -320,6 +322,8 @@ class Servers:
     edge_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     front: str = "httptools"
     access_log: bool = True
+    #: whether nginx proxy_cache writes its access log (nginx's default) or not
+    nginx_access_log: bool = False
     #: how the edge sends bodies from their files: sendfile (the default) or chunks
     file_bodies: str = "sendfile"
     #: the most VmRSS (KiB, all edge processes summed) seen during each case's runs
@@ -435,7 +439,7 @@ class Servers:
             'proxy_set_header Connection ""; proxy_set_header Host $host; '
             "proxy_cache bench; add_header X-Cache-Status $upstream_cache_status;"
         )
-        return f"""{nginx_head(prefix, workers, load)}
+        return f"""{nginx_head(prefix, workers, load, self.nginx_access_log)}
     proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:32m max_size=4g
                      inactive=1h use_temp_path=off;
     upstream origin {{ server 127.0.0.1:{self.origin_port}; keepalive 16; }}

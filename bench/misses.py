@@ -4,7 +4,8 @@ Not a test: it prints a Markdown table (and with `--write FILE` also records it 
 the command and the date). Run from the repository root:
 
     .venv/bin/python bench/misses.py [--rounds 3] [--duration 10] [--workers 2]
-                                     [--cases id-1k,id-100k] [--write FILE]
+                                     [--cases id-1k,id-100k] [--access-log off]
+                                     [--write FILE]
     .venv/bin/python bench/misses.py --workers 1 --hold     # then, with its ports:
     .venv/bin/python bench/misses.py --cpu PORT:PID [--cpu PORT:PID ...]
 
@@ -13,7 +14,9 @@ proxy_cache with `proxy_cache_lock on`) and drives each with `wrk -t2 -c32` and 
 script that asks for `PATH?u=<run>-<thread>-<n>`: a URL no server has seen, so every
 request is a miss that fetches from the origin, stores the body and answers. The demo
 origin ignores the query; both caches key on it. Rounds interleave edge and nginx,
-and the table gives medians and the ratio of the medians.
+and the table gives medians and the ratio of the medians. Both write their access
+logs as they ship (the edge's default `access_log = "stdout"`, nginx's default
+combined log to a file) unless `--access-log off` turns both off.
 """
 
 from __future__ import annotations
@@ -199,6 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="static: nginx serving files (fast); demo: the Python demo origin",
     )
     parser.add_argument(
+        "--access-log",
+        choices=("default", "off"),
+        default="default",
+        help="default: each logs as it ships (the edge a JSON line to stdout, nginx the "
+        "combined format to a file); off: neither logs",
+    )
+    parser.add_argument(
         "--hold", action="store_true", help="start the servers, print their ports, wait"
     )
     parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
@@ -221,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="edgeshield-bench-") as tmp:
         servers = hits.Servers(Path(tmp), procs, notes)
+        servers.access_log = servers.nginx_access_log = args.access_log == "default"
         try:
             if args.origin == "static":
                 start_static_origin(servers)
@@ -245,7 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes.insert(
         0,
         f"Edge: `workers = {servers.edge_workers}`; nginx: `worker_processes "
-        f"{args.nginx_workers}`, proxy_cache, `proxy_cache_lock on`; origin: {args.origin}.",
+        f"{args.nginx_workers}`, proxy_cache, `proxy_cache_lock on`; origin: {args.origin}; "
+        + (
+            "access logs as each ships (the edge's JSON lines to stdout, nginx's combined "
+            "format to a file)."
+            if args.access_log == "default"
+            else "no access log on either."
+        ),
     )
     print(body)
     for note in notes:
