@@ -240,6 +240,36 @@ async def test_compressed_variants_of_a_small_body_are_kept_in_its_row(tmp_path:
         await reopened.close()
 
 
+async def test_a_row_with_three_bodies_in_it_stays_in_the_index(
+    tmp_path: Path, opened: list[tuple[str, str]]
+) -> None:
+    # diskcache by default writes a value of 32 KiB or more to a file of its own:
+    # a row with three bodies of up to 16 KiB each must not become that file
+    directory = tmp_path / "cache"
+    store = await open_store(directory)
+    bodies = {enc: os.urandom(ROW_BODY_MAX - n) for n, enc in enumerate(("identity", "br", "gzip"))}
+    try:
+        await commit(store, "k", bodies["identity"])
+        for encoding in ("br", "gzip"):
+            src = store.tmp_path("." + encoding)
+            Path(src).write_bytes(bodies[encoding])
+            ref = await store.add_encoding("k", encoding, src)
+            assert ref is not None and ref.path is None and ref.data == bodies[encoding]
+            assert not os.path.exists(src)
+        found = store.index._sql("SELECT filename FROM Cache WHERE key = ?", ("k",)).fetchall()
+        assert found == [(None,)]
+        store.forget_cached("k")
+        opened.clear()
+        entry = await store.get("k")
+        assert entry is not None
+        assert {enc: ref.data for enc, ref in entry.bodies.items()} == bodies
+        assert opened == [] and store.inline_loads == 1
+        assert body_files(directory) == []
+        assert store.size_bytes == sum(map(len, bodies.values()))
+    finally:
+        await store.close()
+
+
 def row_bytes(store: DiskStore) -> int:
     """Bytes of the bodies kept in the index rows, each row read."""
     total = 0
