@@ -2,7 +2,8 @@
 
 Not a test: it prints figures for docs/benchmarks.md. Run from the repository root:
 
-    .venv/bin/python bench/store_ops.py [--rounds N]
+    .venv/bin/python bench/store_ops.py [--rounds N] [--sizes 1k,16k,100k,1m]
+                                        [--row-body-max BYTES]
 
 - peek: a hot hit from the memory tier (no disk, no executor)
 - get (memory): `get` of a key in the memory tier
@@ -10,8 +11,12 @@ Not a test: it prints figures for docs/benchmarks.md. Run from the repository ro
   (+ reading the body in when it is small enough to promote); a body of at most
   64 KiB is read on the event loop (`edge.store.disk_inline`)
 - get (gateway): the same with the inline path off, every step on the I/O gateway
-- read: `read_body` of the whole body from disk (memory tier bypassed)
+- read: `read_body` of the whole body from its file (memory tier bypassed; "-" for
+  a body kept in its index row, which has no file)
 - commit: begin + writes of 16 KiB chunks + commit, replacing the previous body
+
+`--row-body-max` is the store's `row_body_max`: bodies up to it are kept in their
+index row (default `ROW_BODY_MAX`; 0 puts every body in a file of its own).
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from collections.abc import Awaitable, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edge.cache.model import ObjectMeta
-from edge.store import BodyRef, DiskStore, read_body
+from edge.store import ROW_BODY_MAX, BodyRef, DiskStore, read_body
 
-SIZES = {"1 KiB": 1024, "100 KiB": 100 * 1024, "1 MiB": 1024 * 1024}
+UNITS = {"k": 1024, "m": 1024 * 1024}
 CHUNK = 16 * 1024
 #: twelve header fields, as a small object from a typical origin has
 HEADERS = tuple((f"X-Field-{n}", f"value of field {n}") for n in range(12))
@@ -57,11 +62,22 @@ async def timed(n: int, op: Callable[[], Awaitable[object]]) -> float:
     return statistics.median(batches)
 
 
-async def bench(rounds: int) -> None:
+def parse_sizes(text: str) -> dict[str, int]:
+    """`1k,16k,1m` as labelled byte counts."""
+    sizes = {}
+    for item in text.split(","):
+        number, unit = item[:-1], item[-1].lower()
+        sizes[f"{number} {unit.upper()}iB"] = int(number) * UNITS[unit]
+    return sizes
+
+
+async def bench(rounds: int, sizes: dict[str, int], row_body_max: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = await DiskStore.open(os.path.join(tmp, "cache"), max_bytes=1 << 34)
+        store = await DiskStore.open(
+            os.path.join(tmp, "cache"), max_bytes=1 << 34, row_body_max=row_body_max
+        )
         rows = []
-        for label, size in SIZES.items():
+        for label, size in sizes.items():
             body = os.urandom(size)
             n = max(20, rounds if size < 1 << 20 else rounds // 10)
 
@@ -108,7 +124,8 @@ async def bench(rounds: int) -> None:
                     await timed(n, get_memory),
                     await timed(n, get_disk),
                     await timed(n, get_gateway),
-                    await timed(n, read),  # before commit replaces the file
+                    # before commit replaces the file
+                    await timed(n, read) if ref.path is not None else float("nan"),
                     await timed(n, commit),
                 )
             )
@@ -118,13 +135,15 @@ async def bench(rounds: int) -> None:
         f"{'read':>9} {'commit':>9}  (µs)"
     )
     for label, *figures in rows:
-        print(f"{label:>8} " + " ".join(f"{f:>9.1f}" for f in figures))
+        print(f"{label:>8} " + " ".join(f"{f:>9.1f}" if f == f else f"{'-':>9}" for f in figures))
 
 
 def main() -> None:
     """Parse arguments and run on uvloop when it is installed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--sizes", default="1k,100k,1m", help="body sizes: 1k,16k,1m")
+    parser.add_argument("--row-body-max", type=int, default=ROW_BODY_MAX)
     args = parser.parse_args()
     try:
         import uvloop
@@ -132,7 +151,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(bench(args.rounds))
+    asyncio.run(bench(args.rounds, parse_sizes(args.sizes), args.row_body_max))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from aiohttp import web
 from edge.cache.keys import normalize_target, origin_form, primary_key
 from edge.cache.model import ObjectMeta, VaryIndex
 from edge.cache.purge import PurgeRules, PurgeVerdict
-from edge.store import BodyGone, DiskStore, StoredEntry, read_body
+from edge.store import BodyGone, DiskStore, StoredEntry, body_checksum, read_body
 from fleet.config import Service
 
 __all__ = ["cache_view"]
@@ -131,10 +131,14 @@ _VERDICTS = {
 
 
 async def _verify(entry: StoredEntry, encoding: str) -> str:
-    """Read a body whole against its checksum: "ok", "corrupt" or "missing"."""
+    """Read a body whole against its checksum: "ok", "corrupt" or "missing". A body
+    with its bytes at hand (kept in its index row, or held in memory) is checked as
+    it is; one in a file is read from it."""
     ref = entry.bodies[encoding]
     if ref.checksum is None:
         return "none"
+    if ref.data is not None:
+        return "ok" if body_checksum(ref.data) == ref.checksum else "corrupt"
     try:
         async for _chunk in read_body(ref):
             pass

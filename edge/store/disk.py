@@ -27,7 +27,7 @@ import diskcache
 import xxhash
 
 from edge.store.base import StoreBase
-from edge.store.disk_index import DiskIndex, Install, _read_small, _Record
+from edge.store.disk_index import ROW_BODY_MAX, DiskIndex, Install, _read_small, _Record
 from edge.store.disk_inline import (
     DEFER,
     INLINE_PAUSE,
@@ -83,6 +83,7 @@ class DiskStore(StoreBase):
         memory_bytes: int = 64 * MiB,
         memory_object_max: int = 256 * KiB,
         memory_ttl: float = 2.0,
+        row_body_max: int = ROW_BODY_MAX,
     ) -> None:
         """Not usable until opened; use `DiskStore.open`."""
         self.directory = os.path.abspath(directory)
@@ -91,7 +92,7 @@ class DiskStore(StoreBase):
         self.memory = MemoryTier(memory_bytes, memory_ttl)
         self._sizes: dict[int, int] = {}
         self.memory_object_max = memory_object_max
-        self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max)
+        self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max, row_body_max)
         #: commits waiting for the committer task, which indexes them in one batch
         self._pending: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -124,14 +125,17 @@ class DiskStore(StoreBase):
         memory_bytes: int = 64 * MiB,
         memory_object_max: int = 256 * KiB,
         memory_ttl: float = 2.0,
+        row_body_max: int = ROW_BODY_MAX,
     ) -> DiskStore:
         """Open (creating if needed) the store in `directory`.
 
         `memory_ttl` bounds how long the memory tier trusts an entry before reading the
         index again: worker processes sharing the directory see each other's deletes
         and replacements within that time (one disk read per hot key per period).
+        `row_body_max`: bodies up to this size are kept in their index row, not in
+        a file (`ROW_BODY_MAX`; 0 keeps every body in a file, as before).
         """
-        store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl)
+        store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl, row_body_max)
         keys, sizes = await store._run(store._disk.start)
         store._inline.mode = await store._run(read_mode, store.directory)
         store._device_waits = _device_waits()
@@ -166,9 +170,13 @@ class DiskStore(StoreBase):
     # -- the interface
 
     def _entry(self, key: str, record: _Record, data: Mapping[str, bytes]) -> StoredEntry:
+        """The entry of a row: a body kept in the row has its bytes and no path; a
+        file body has its path, and its bytes when `data` holds them."""
         bodies = {
-            enc: BodyRef(enc, size, data.get(enc), self._disk.abs_path(rel), checksum)
-            for enc, rel, size, checksum in record.bodies
+            enc: BodyRef(enc, size, place, None, checksum)
+            if isinstance(place, bytes)
+            else BodyRef(enc, size, data.get(enc), self._disk.abs_path(place), checksum)
+            for enc, place, size, checksum in record.bodies
         }
         return StoredEntry(key, record.meta, bodies)
 
@@ -374,7 +382,10 @@ class DiskStore(StoreBase):
             await self._run(self._disk.delete, [key])
 
     async def drop_corrupt(self, key: str, body: BodyRef) -> None:
-        """Drop the object whose `body` failed its checksum (if it still has that body)."""
+        """Drop the object whose `body` failed its checksum (if it still has that body).
+
+        Only a file body can fail while it is read: a body without a path (kept in
+        its row, or held in memory) was checked when it was loaded."""
         if body.path is None:
             return
         async with self._key_lock(key):
@@ -410,10 +421,10 @@ class DiskStore(StoreBase):
         record, done, bad = checked
         if done:
             await asyncio.sleep(done / rate)
-        for _encoding, rel, size, checksum in record.bodies:
-            if bad or checksum is None or size <= SCRUB_CHUNK:
+        for _encoding, place, size, checksum in record.bodies:
+            if bad or checksum is None or size <= SCRUB_CHUNK or not isinstance(place, str):
                 continue
-            path = self._disk.abs_path(rel)
+            path = self._disk.abs_path(place)
             hasher = xxhash.xxh3_64()
             try:
                 fd = await self._run(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
@@ -492,18 +503,22 @@ class DiskStore(StoreBase):
 def _scrub_small(disk: DiskIndex, key: str) -> tuple[_Record, int, bool] | None:
     """The row of `key`, the bytes read of its bodies of at most `SCRUB_CHUNK`, and
     whether one of them failed its checksum or length (None without a row); blocks.
-    A file gone meanwhile (replaced or deleted) is not a failure."""
+    A body kept in the row is checked from the row. A file gone meanwhile (replaced
+    or deleted) is not a failure."""
     record = disk.row(key)
     if record is None:
         return None
     done = 0
-    for _encoding, rel, size, checksum in record.bodies:
+    for _encoding, place, size, checksum in record.bodies:
         if checksum is None or size > SCRUB_CHUNK:
             continue
-        try:
-            body = _read_small(disk.abs_path(rel), size)
-        except FileNotFoundError:
-            continue
+        if isinstance(place, bytes):
+            body = place
+        else:
+            try:
+                body = _read_small(disk.abs_path(place), size)
+            except FileNotFoundError:
+                continue
         done += len(body)
         if len(body) != size or body_checksum(body) != checksum:
             return record, done, True

@@ -6,16 +6,19 @@ loop. The split follows diskcache's own (file mechanics apart from policy).
 
 Layout of a store directory::
 
-    index/          the diskcache index: key -> _Record(meta, ((encoding, relative
-                    path, size, checksum), ...)), and the byte total of all bodies
+    index/          the diskcache index: key -> _Record(meta, ((encoding, place,
+                    size, checksum), ...)), and the byte total of all bodies; a body
+                    of at most `ROW_BODY_MAX` bytes is kept in its row (place: the
+                    bytes), a larger one is a file (place: its relative path)
     bodies/ab/cd/   body files, named by a random id so that a replaced body never
                     overwrites a file a reader still has open
     tmp/<owner>/    bodies being written, one sub-directory per open store, held by an
                     flock on `<owner>/.lock`; a directory whose lock is free belongs to a
                     dead process and is removed when a store opens
 
-Why a fill is never visible unless complete: the body is written to tmp/, closed,
-renamed into bodies/, and only then is the index row written. A process killed at any
+Why a fill is never visible unless complete: a body kept in its row is written by
+the row's own transaction; a larger one is written to tmp/, closed, renamed into
+bodies/, and only then is the index row written. A process killed at any
 point before the row leaves at most a temp file (removed at the next open) or an
 unreferenced body file (removed by the orphan sweep at open). An index row whose
 file has gone is treated as absent and deleted when read.
@@ -24,6 +27,7 @@ file has gone is treated as absent and deleted when read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -39,6 +43,8 @@ import xxhash
 from edge.store.disk_layout import (
     BYTES_KEY,
     ORPHAN_GRACE,
+    ROW_BODY_MAX,
+    ROW_MAX,
     Install,
     _Record,
     remove_dead_tmp_dirs,
@@ -48,7 +54,7 @@ from edge.store.disk_layout import (
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
 from edge.store.writer import unlink_quietly
 
-__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "DiskIndex", "Install", "_Record"]
+__all__ = ["BYTES_KEY", "ORPHAN_GRACE", "ROW_BODY_MAX", "DiskIndex", "Install", "_Record"]
 
 log = logging.getLogger("edge.store")
 
@@ -67,8 +73,16 @@ class DiskIndex:
     shared byte total of all bodies as last read or changed by this process.
     """
 
-    def __init__(self, directory: str, tmp_dir: str, memory_object_max: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        tmp_dir: str,
+        memory_object_max: int,
+        row_body_max: int = ROW_BODY_MAX,
+    ) -> None:
         self.directory = directory
+        #: bodies up to this size are kept in their index row, not in a file
+        self.row_body_max = row_body_max
         #: this store's own temp directory (tmp/<owner>)
         self.tmp_dir = tmp_dir
         #: bodies up to this size are read whole by `load` (for the memory tier)
@@ -120,6 +134,7 @@ class DiskIndex:
             statistics=0,
             tag_index=0,
             sqlite_cache_size=INDEX_CACHE_PAGES,
+            disk_min_file_size=ROW_MAX,
         )
         keys: list[str] = []
         sizes: list[int] = []
@@ -193,12 +208,13 @@ class DiskIndex:
         self.bytes = int(self.index.incr(BYTES_KEY, delta, default=0))
 
     def _referenced(self) -> set[str]:
-        """The body files every row names (relative paths); reads every row."""
+        """The body files every row names (relative paths); reads every row. Bodies
+        kept in their row name none."""
         referenced: set[str] = set()
         for key in self.keys():
             record = self.row(key)
             if record is not None:
-                referenced.update(body[1] for body in record.bodies)
+                referenced.update(record.files())
         return referenced
 
     def _sweep_orphans(self, referenced: set[str]) -> None:
@@ -232,8 +248,7 @@ class DiskIndex:
     def _remove_files(self, record: _Record | None, keep: frozenset[str] = frozenset()) -> None:
         if record is None:
             return
-        for body in record.bodies:
-            rel = body[1]
+        for rel in record.files():
             if rel not in keep:
                 unlink_quietly(self.abs_path(rel))
 
@@ -249,26 +264,37 @@ class DiskIndex:
     def install_many(
         self, items: Sequence[Install]
     ) -> list[tuple[_Record, _Record | None] | OSError]:
-        """Rename finished bodies into place, then write all their rows in one
-        transaction (the commit point of each); per item its (row, old row) or the
-        error that stopped it. The keys are distinct (the caller holds their locks).
+        """Place finished bodies, then write all their rows in one transaction (the
+        commit point of each); per item its (row, old row) or the error that stopped
+        it. The keys are distinct (the caller holds their locks).
 
+        A body of at most `row_body_max` bytes goes into its row (read from its temp
+        file if it was written to one, which goes once the row is in); a larger one
+        is renamed into place (or, given whole, written there) before the row.
         One transaction for a batch, not one per body: a transaction costs a WAL
         append and the writer lock, whatever it holds.
         """
         results: list[tuple[_Record, _Record | None] | OSError] = []
-        placed: list[tuple[int, str, _Record]] = []
+        placed: list[tuple[int, str | None, _Record]] = []
+        consumed: list[str] = []
         for n, item in enumerate(items):
+            full: str | None = None
             try:
-                rel, full = self._new_body_path(item.encoding)
-                if item.data is not None:
-                    write_new(full, item.data)
+                place: str | bytes
+                if item.size <= self.row_body_max:
+                    place = item.data if item.data is not None else self._read_temp(item)
                 else:
-                    os.rename(item.src, full)
+                    place, full = self._new_body_path(item.encoding)
+                    if item.data is not None:
+                        write_new(full, item.data)
+                    else:
+                        os.rename(item.src, full)
             except OSError as exc:
                 results.append(exc)
                 continue
-            record = _Record(item.meta, ((item.encoding, rel, item.size, item.checksum),))
+            if item.data is None and full is None:
+                consumed.append(item.src)
+            record = _Record(item.meta, ((item.encoding, place, item.size, item.checksum),))
             results.append((record, None))
             placed.append((n, full, record))
         olds: list[tuple[int, _Record | None]] = []
@@ -284,23 +310,40 @@ class DiskIndex:
                 self._count(delta)
         except BaseException:
             for _n, full, _record in placed:
-                unlink_quietly(full)
+                if full is not None:
+                    unlink_quietly(full)
             raise
+        for src in consumed:
+            unlink_quietly(src)
         for (n, old), (_n, _full, record) in zip(olds, placed, strict=True):
             self._remove_files(old)
             results[n] = (record, old)
         return results
 
+    @staticmethod
+    def _read_temp(item: Install) -> bytes:
+        """The body of `item` from its temp file (a small body written as it came),
+        checked against the checksum taken while it was written."""
+        body = _read_small(item.src, item.size)
+        if len(body) != item.size or body_checksum(body) != item.checksum:
+            raise OSError(errno.EIO, f"temp file {item.src} changed while it was committed")
+        return body
+
     def add_encoding(
         self, key: str, encoding: str, src: str
     ) -> tuple[_Record, bytes | None] | None:
-        """Checksum the finished file `src` and move it in as `encoding` of `key`, with
-        its bytes when small (for the memory tier); None, the file removed, if gone."""
+        """Checksum the finished file `src` and put it in as `encoding` of `key`, with
+        its bytes when small (for the memory tier); None, the file removed, if gone.
+
+        A variant of at most `row_body_max` bytes goes into the row, as a small
+        identity body does (and `src` goes once the row is in); a larger one is
+        renamed into bodies/."""
         size = os.stat(src).st_size
+        in_row = size <= self.row_body_max
         data = None
         hasher = xxhash.xxh3_64()
         with open(src, "rb") as f:
-            if size <= self.memory_object_max:  # small: the memory tier keeps a copy
+            if in_row or size <= self.memory_object_max:  # small: the memory tier keeps a copy
                 data = f.read()
                 hasher.update(data)
             else:
@@ -311,14 +354,20 @@ class DiskIndex:
             if old is None:
                 unlink_quietly(src)
                 return None
-            rel, full = self._new_body_path(encoding)
-            os.rename(src, full)
-            record = old.with_body(encoding, rel, size, hasher.intdigest())
+            place: str | bytes
+            if in_row and data is not None and len(data) == size:
+                place = data
+            else:
+                place, full = self._new_body_path(encoding)
+                os.rename(src, full)
+            record = old.with_body(encoding, place, size, hasher.intdigest())
             self.index.set(key, record, tag=record.size)
             self._count(record.size - old.size)
         for body in old.bodies:
-            if body[0] == encoding:
+            if body[0] == encoding and isinstance(body[1], str):
                 unlink_quietly(self.abs_path(body[1]))
+        if isinstance(place, bytes):
+            unlink_quietly(src)
         return record, data
 
     def put_meta(self, key: str, meta: object) -> _Record:
@@ -361,14 +410,23 @@ class DiskIndex:
         self, key: str, record: _Record | None = None
     ) -> tuple[_Record, dict[str, bytes]] | None:
         """Read a row (unless given the one just read on the event loop), check its
-        files exist, and read small bodies for the memory tier."""
+        files exist, and read small bodies for the memory tier. A body kept in the
+        row comes with it, checked against its checksum like one read from a file."""
         if record is None:
             record = self.row(key)
         if record is None:
             return None
         data: dict[str, bytes] = {}
-        for encoding, rel, size, checksum in record.bodies:
-            full = self.abs_path(rel)
+        for encoding, place, size, checksum in record.bodies:
+            if isinstance(place, bytes):
+                if len(place) != size or (
+                    checksum is not None and body_checksum(place) != checksum
+                ):
+                    if self.drop_if_same(key, record):
+                        raise BodyCorrupt("a body kept in its index row fails its checksum")
+                    return None
+                continue
+            full = self.abs_path(place)
             try:
                 if size <= self.memory_object_max:
                     body = _read_small(full, size)
@@ -402,7 +460,7 @@ class DiskIndex:
     def drop_body(self, key: str, path: str) -> bool:
         """Delete `key` if one of its bodies is still the file `path`."""
         record = self.row(key)
-        if record is None or all(self.abs_path(body[1]) != path for body in record.bodies):
+        if record is None or all(self.abs_path(rel) != path for rel in record.files()):
             return False
         return self.drop_if_same(key, record)
 

@@ -13,7 +13,9 @@ when it can be sure none of it waits on a disk:
 - the index row is read with a plain SELECT on a connection of its own that never
   waits for a lock (`timeout=0`; a WAL reader is refused only while the database
   recovers): refused or failed, the caller goes to the gateway;
-- every body of the object is at most `INLINE_BODY_MAX` bytes and is read with
+- a body kept in the index row (at most `ROW_BODY_MAX`, edge/store/disk_layout.py)
+  comes with the row: no file is opened, its checksum is checked here;
+- every other body of the object is at most `INLINE_BODY_MAX` bytes and is read with
   `preadv2(RWF_NOWAIT)`, which answers only from the page cache: a body that is not
   there (EAGAIN) is read on the gateway. A filesystem without RWF_NOWAIT is read
   here only when it is memory-backed (tmpfs, ramfs), where every read is from
@@ -162,7 +164,8 @@ class InlineReader:
         return db
 
     def load(self, key: str) -> object:
-        """(row, bodies) of `key` when every body is small, cached and sound; None
+        """(row, bodies read from files) of `key` when every body is small, cached and
+        sound (a body kept in the row is in the row, not in the second item); None
         when the index has no row for it; `DEFER` when the gateway must decide."""
         if self.mode == "off":
             return DEFER
@@ -185,10 +188,14 @@ class InlineReader:
         for body in record.bodies:
             if len(body) != 4:
                 return DEFER  # a row of an earlier release: `DiskIndex.row` reads it
-            encoding, rel, size, checksum = body
+            encoding, place, size, checksum = body
+            if isinstance(place, bytes):
+                if len(place) != size or checksum is None or body_checksum(place) != checksum:
+                    return Defer(record)  # damaged: `DiskIndex.load` drops and counts it
+                continue
             if size > self.body_max or checksum is None:
                 return Defer(record)
-            read = self._read(os.path.join(self.directory, rel), size)
+            read = self._read(os.path.join(self.directory, place), size)
             if read is None or body_checksum(read) != checksum:
                 return Defer(record)  # missing, short, long, not cached or damaged
             data[encoding] = read

@@ -1,6 +1,7 @@
 """What a store directory holds, apart from the index's workings: the row format
-(`_Record`), a commit's description (`Install`), and the clean-up of what crashed
-processes leave behind (dead temp directories, orphan body files).
+(`_Record`, with small bodies inside it), a commit's description (`Install`), and
+the clean-up of what crashed processes leave behind (dead temp directories, orphan
+body files).
 
 Split from `edge.store.disk_index` (which re-exports these names); the directory's
 layout is described there. Every function here blocks: run it on the I/O gateway.
@@ -15,11 +16,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from edge.store.interface import KiB
 from edge.store.writer import unlink_quietly
 
 __all__ = [
     "BYTES_KEY",
     "ORPHAN_GRACE",
+    "ROW_BODY_MAX",
     "Install",
     "_Record",
     "remove_dead_tmp_dirs",
@@ -32,6 +35,17 @@ __all__ = [
 ORPHAN_GRACE = 600.0
 #: the index key of the byte total of all bodies (not a str, so never an object's key)
 BYTES_KEY = ("edgeshield", "body-bytes")
+#: the largest body kept inside its index row instead of a file of its own
+#: (docs/benchmarks.md, "Small bodies in the index row": a commit of a 16 KiB body
+#: into the row costs less than writing its file, and a read of it with the row
+#: less than an open, a read and a close; diskcache keeps values below 32 KiB in
+#: its SQLite rows the same way, `disk_min_file_size`). A row holds at most three
+#: such bodies (identity, br, gzip), so it stays far below `ROW_MAX`
+ROW_BODY_MAX = 16 * KiB
+#: the largest pickled row diskcache keeps in SQLite rather than a file of its own
+#: (its `disk_min_file_size`; its default of 32 KiB would put a row with three
+#: bodies kept inside it in a separate file, the very file this saves)
+ROW_MAX = 1024 * KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +53,23 @@ class _Record:
     """An index row as stored by diskcache (pickled)."""
 
     meta: object
-    # (encoding, path relative to the store directory, size, checksum or None); rows
-    # written before checksums have 3-tuples, read as "not known" (see `_row`)
-    bodies: tuple[tuple[str, str, int, int | None], ...] = field(default=())
+    # (encoding, place, size, checksum or None): `place` is the body's file, a path
+    # relative to the store directory (str), or the body itself kept in the row
+    # (bytes, at most `ROW_BODY_MAX`, committed with the row: no file). Rows written
+    # before checksums have 3-tuples, read as "not known" (see `DiskIndex.row`);
+    # rows written before bodies were kept in rows only ever have paths
+    bodies: tuple[tuple[str, str | bytes, int, int | None], ...] = field(default=())
 
-    def with_body(self, encoding: str, rel: str, size: int, checksum: int | None) -> _Record:
+    def with_body(
+        self, encoding: str, place: str | bytes, size: int, checksum: int | None
+    ) -> _Record:
         """This row with `encoding`'s body replaced by the one given."""
         others = tuple(b for b in self.bodies if b[0] != encoding)
-        return _Record(self.meta, (*others, (encoding, rel, size, checksum)))
+        return _Record(self.meta, (*others, (encoding, place, size, checksum)))
+
+    def files(self) -> list[str]:
+        """The body files it names (relative paths); bodies kept in the row have none."""
+        return [b[1] for b in self.bodies if isinstance(b[1], str)]
 
     @property
     def size(self) -> int:

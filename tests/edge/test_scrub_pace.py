@@ -17,7 +17,7 @@ OBJECTS = 40
 
 
 async def test_a_pass_over_small_objects_keeps_to_a_per_object_floor(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB, row_body_max=0)
     try:
         paths = {}
         for n in range(OBJECTS):

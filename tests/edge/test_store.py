@@ -364,7 +364,7 @@ async def test_opening_a_second_store_spares_a_live_writer(tmp_path: Path) -> No
 
 
 async def test_an_index_row_without_its_file_is_absent(tmp_path: Path) -> None:
-    store = await open_disk(tmp_path)
+    store = await open_disk(tmp_path, row_body_max=0)
     await store_body(store, "k", b"q" * 5000)
     entry = await store.get("k")
     assert entry is not None
@@ -373,7 +373,7 @@ async def test_an_index_row_without_its_file_is_absent(tmp_path: Path) -> None:
     await store.close()
     os.unlink(path)
 
-    store = await open_disk(tmp_path)
+    store = await open_disk(tmp_path, row_body_max=0)
     try:
         assert await store.get("k") is None
         assert await store.keys() == []  # the row was deleted

@@ -37,7 +37,7 @@ async def stored(store: DiskStore, key: str, body: bytes) -> str:
 
 
 async def test_a_small_disk_hit_needs_no_gateway_call(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     try:
         assert store._inline.mode in ("nowait", "plain")  # ext4 or tmpfs
         bodies = {f"k{n}": os.urandom(KiB + n) for n in range(20)}
@@ -60,7 +60,7 @@ async def test_a_small_disk_hit_needs_no_gateway_call(tmp_path: Path) -> None:
 
 
 async def test_a_large_body_is_loaded_on_the_gateway(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     try:
         body = os.urandom(INLINE_BODY_MAX + 1)
         await stored(store, "big", body)
@@ -73,7 +73,7 @@ async def test_a_large_body_is_loaded_on_the_gateway(tmp_path: Path) -> None:
 
 
 async def test_a_corrupt_body_is_never_served_from_the_inline_path(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     dropped: list[str] = []
     store.on_corrupt = dropped.append
     try:
@@ -91,7 +91,7 @@ async def test_a_corrupt_body_is_never_served_from_the_inline_path(tmp_path: Pat
 
 
 async def test_a_short_or_missing_body_file_is_absent(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     try:
         short = await stored(store, "short", os.urandom(3 * KiB))
         os.truncate(short, KiB)
@@ -106,8 +106,8 @@ async def test_a_short_or_missing_body_file_is_absent(tmp_path: Path) -> None:
 
 async def test_an_object_another_process_removed_is_not_served(tmp_path: Path) -> None:
     directory = str(tmp_path / "cache")
-    one = await DiskStore.open(directory, max_bytes=1 << 30)
-    two = await DiskStore.open(directory, max_bytes=1 << 30, memory_ttl=0.0)
+    one = await DiskStore.open(directory, max_bytes=1 << 30, row_body_max=0)
+    two = await DiskStore.open(directory, max_bytes=1 << 30, memory_ttl=0.0, row_body_max=0)
     try:
         body = os.urandom(KiB)
         path = await stored(one, "k", body)
@@ -155,7 +155,7 @@ def test_the_memory_tier_tells_who_listens_when_an_entry_leaves() -> None:
 async def test_the_scrubber_paces_small_objects_per_object(tmp_path: Path) -> None:
     # a byte rate alone let it make tens of thousands of gateway calls a second over a
     # store of small objects; each object now counts as SCRUB_OBJECT_MIN bytes at least
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     try:
         for n in range(20):
             await stored(store, f"k{n}", os.urandom(KiB))
@@ -170,7 +170,7 @@ async def test_the_scrubber_paces_small_objects_per_object(tmp_path: Path) -> No
 
 async def test_keys_come_a_page_at_a_time(tmp_path: Path) -> None:
     # the scrubber reads keys a page at a time instead of holding a list of them all
-    disk = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    disk = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, row_body_max=0)
     memory = MemoryStore(max_bytes=1 << 30)
     try:
         for store in (disk, memory):

@@ -20,7 +20,7 @@ async def read_all(ref: BodyRef) -> bytes:
 
 async def test_a_small_body_committed_at_once_is_written_in_place(tmp_path: Path) -> None:
     body = os.urandom(KiB)
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB, row_body_max=0)
     try:
         writer = store.begin("k")
         await writer.write(body[:300])
@@ -49,7 +49,7 @@ async def test_a_small_body_committed_at_once_is_written_in_place(tmp_path: Path
 
 async def test_a_body_already_in_its_file_is_renamed_in(tmp_path: Path) -> None:
     body = os.urandom(3 * KiB)
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=64 * 1024 * KiB, row_body_max=0)
     try:
         writer = store.begin("k")
         await writer.write(body[:KiB])

@@ -3,8 +3,9 @@
 Every body carries the checksum taken while it was written. A damaged body is never
 served as a whole one: loaded into memory it fails at once (the object is dropped and
 fetched again), streamed from disk the connection is cut before its last chunk, and
-the background scrubber finds it without any request. Each drop counts in
-`edgeshield_store_corrupt_total`.
+the background scrubber finds it without any request. A small body kept inside its
+index row (no file of its own) is checked the same way when the row is read. Each
+drop counts in `edgeshield_store_corrupt_total`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from fleet.config import load_fleet
 from tests.support.fleet_runner import TieredFleet, client_session
 from tests.support.origin import OriginServer, pattern_bytes
 from tests.support.processes import NodeProcess
+from tests.support.row_bodies import corrupt_row_body
 
 HOST = "www.example.com"
 BIG = 3_000_000
 SMALL = 50_000
+#: kept in its index row (at most `ROW_BODY_MAX`), not in a file
+TINY = 2_000
 CACHEABLE = {"Cache-Control": "max-age=3600", "Content-Type": "application/octet-stream"}
 
 
@@ -97,7 +101,13 @@ def corruptible(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corruptibl
     origin = OriginServer().start()
     started: list[NodeProcess] = []
     try:
-        for path, size in (("/big", BIG), ("/small", SMALL), ("/scrubbed", BIG)):
+        for path, size in (
+            ("/big", BIG),
+            ("/small", SMALL),
+            ("/scrubbed", BIG),
+            ("/tiny", TINY),
+            ("/tiny-scrubbed", TINY + 1),
+        ):
             origin.route(path, headers=CACHEABLE, size=size)
         fleet = TieredFleet(
             tmp_path_factory.mktemp("corruption"), [origin.url], started, edges=2, shields=0
@@ -193,7 +203,8 @@ async def test_checksums_survive_a_reopen_and_catch_damage(tmp_path: Path) -> No
 
 
 async def test_rows_written_before_checksums_still_load(tmp_path: Path) -> None:
-    store = await DiskStore.open(str(tmp_path / "store"), 64 * 1024 * 1024)
+    # a body in a file, as every body was then
+    store = await DiskStore.open(str(tmp_path / "store"), 64 * 1024 * 1024, row_body_max=0)
     writer = store.begin("old")
     await writer.write(b"stored before checksums")
     entry = await writer.commit("meta")
@@ -209,3 +220,42 @@ async def test_rows_written_before_checksums_still_load(tmp_path: Path) -> None:
     assert loaded.bodies["identity"].checksum is None
     assert await store.scrub("old", 1 << 30) == 0  # nothing to check it against
     await store.close()
+
+
+async def test_a_body_damaged_in_its_index_row_is_dropped_and_fetched_again(
+    corruptible: Corruptible,
+) -> None:
+    url = corruptible.url("edge1")
+    status, _, body = await fetch(url, "/tiny")
+    assert (status, body) == (200, pattern_bytes(TINY))
+    corruptible.stop("edge1")
+    store_dir = Path(corruptible.fleet.config("edge1").cache_dir) / "objects"
+    corrupt_row_body(store_dir, None, pattern_bytes(TINY))
+    corruptible.fleet.restart("edge1")
+
+    status, cache_status, body = await fetch(url, "/tiny")
+    assert (status, body) == (200, pattern_bytes(TINY))
+    assert "hit" not in cache_status.rsplit(",", 1)[-1]
+    assert corruptible.origin.count("/tiny") == 2
+    # counted since the restart
+    assert await corruptible.metric("edge1", "edgeshield_store_corrupt_total") == 1
+    status, cache_status, body = await fetch(url, "/tiny")  # stored again, sound
+    assert (status, body) == (200, pattern_bytes(TINY)) and "hit" in cache_status
+
+
+async def test_scrubber_drops_a_body_damaged_in_its_index_row(corruptible: Corruptible) -> None:
+    url = corruptible.url("edge2")
+    status, _, body = await fetch(url, "/tiny-scrubbed")
+    assert (status, body) == (200, pattern_bytes(TINY + 1))
+    corruptible.stop("edge2")
+    store_dir = Path(corruptible.fleet.config("edge2").cache_dir) / "objects"
+    corrupt_row_body(store_dir, None, pattern_bytes(TINY + 1))
+    corruptible.fleet.restart("edge2")
+    deadline = time.monotonic() + 30
+    while await corruptible.metric("edge2", "edgeshield_store_corrupt_total") < 1:
+        assert time.monotonic() < deadline, "the scrubber did not find the damaged row body"
+        await asyncio.sleep(0.1)
+    status, cache_status, body = await fetch(url, "/tiny-scrubbed")
+    assert (status, body) == (200, pattern_bytes(TINY + 1))
+    assert "hit" not in cache_status
+    assert corruptible.origin.count("/tiny-scrubbed") == 2
