@@ -65,7 +65,9 @@ def client_header_pairs(
 
     `for_cdn`: the downstream is a tier of this CDN, which needs CDN_ONLY_FIELDS.
     """
-    omitted = (PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED) | extra_omitted
+    omitted = PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED
+    if extra_omitted:
+        omitted = omitted | extra_omitted
     return tuple((name, value) for name, value in pairs if name.lower() not in omitted)
 
 
@@ -76,14 +78,13 @@ def connection_listed(values: Iterable[str]) -> set[str]:
 
 def upstream_header_pairs(pairs: HeaderPairs) -> HeaderPairs:
     """Headers received from upstream with hop-by-hop fields removed (RFC 9110 7.6.1)."""
-    connection_named = connection_listed(
-        value for name, value in pairs if name.lower() == "connection"
-    )
-    return tuple(
-        (name, value)
-        for name, value in pairs
-        if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named
-    )
+    lowered = [name.lower() for name, _ in pairs]
+    omitted = HOP_BY_HOP
+    if "connection" in lowered:
+        omitted = omitted | connection_listed(
+            value for (_, value), lower in zip(pairs, lowered, strict=True) if lower == "connection"
+        )
+    return tuple(pair for pair, lower in zip(pairs, lowered, strict=True) if lower not in omitted)
 
 
 def pair_headers(pairs: HeaderPairs) -> Headers:
