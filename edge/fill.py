@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from edge.cache.model import ObjectMeta
 from edge.store import BodyRef, io, read_body
 from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
+
+T = TypeVar("T")
 
 READ_CHUNK = 256 * 1024
 #: A body declared at most this long is answered whole once committed, from the
@@ -93,6 +97,11 @@ class Fill:
         #: one shared future gave, for an outer future and two callbacks per waiter)
         self._head: FillHead | None = None
         self._head_waiters: list[asyncio.Future[FillHead]] = []
+        #: when the head was set (`time.perf_counter`): a waiter handed it at the
+        #: commit (`head(whole=True)`) waited for the upstream until then
+        self.head_time = 0.0
+        #: waiters for the head that want the body too (`head(whole=True)`)
+        self._whole_waiters: list[asyncio.Future[FillHead]] = []
         #: the waiters for the commit or the break (`settled`), a future each
         self._settle_waiters: list[asyncio.Future[None]] = []
         self._fd: int | None = None
@@ -127,10 +136,12 @@ class Fill:
         )
         if self._head is None:
             self._head = head
-            waiters, self._head_waiters = self._head_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(head)
+            self.head_time = time.perf_counter()
+            _resolve(self._head_waiters, head)
+            self._head_waiters = []
+            if not self.whole_at_commit or self._finished or self._failed:
+                _resolve(self._whole_waiters, head)
+                self._whole_waiters = []
 
     def progress(self, written: int) -> None:
         """More of the body is on disk."""
@@ -168,10 +179,11 @@ class Fill:
             changed.set()
             self._changed = None
         if self._finished or self._failed:
-            waiters, self._settle_waiters = self._settle_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _resolve(self._settle_waiters, None)
+            self._settle_waiters = []
+            if self._head is not None:
+                _resolve(self._whole_waiters, self._head)
+                self._whole_waiters = []
 
     def _change(self) -> asyncio.Event:
         """The event the next change of the fill sets."""
@@ -209,13 +221,22 @@ class Fill:
         return True
 
     # -- the waiters' side --------------------------------------------------------
-    async def head(self) -> FillHead:
-        """Wait for the fill's head."""
+    async def head(self, *, whole: bool = False) -> FillHead:
+        """Wait for the fill's head.
+
+        `whole`: the caller reads the body next; the head of a small fill
+        (`whole_at_commit`, whose body is readable only once committed) is then
+        handed over when the fill has settled, so the caller wakes once, not once
+        for the head and again for the body."""
         head = self._head
-        if head is not None:
+        settled = self._finished or self._failed
+        if head is not None and (not whole or settled or not self.whole_at_commit):
             return head
         waiter: asyncio.Future[FillHead] = self._loop.create_future()
-        self._head_waiters.append(waiter)
+        if whole:
+            self._whole_waiters.append(waiter)
+        else:
+            self._head_waiters.append(waiter)
         return await waiter
 
     @property
@@ -311,6 +332,13 @@ class Fill:
         finally:
             self._readers -= 1
             self._maybe_close()
+
+
+def _resolve(waiters: list[asyncio.Future[T]], value: T) -> None:
+    """Give `value` to each waiter still waiting (a cancelled one is done already)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(value)
 
 
 class FillTable:
