@@ -15,9 +15,8 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from edge.cache.model import ObjectMeta
 from edge.store import BodyRef, io, read_body
@@ -42,9 +41,9 @@ class HeadKind(Enum):
     ERROR = "error"  # upstream failed: `error` says how; stale may stand in
 
 
-@dataclass(frozen=True)
-class FillHead:
-    """The first thing a waiter learns about a fill."""
+class FillHead(NamedTuple):
+    """The first thing a waiter learns about a fill (a named tuple: one is made per
+    fill, and a tuple is made in a third of a frozen dataclass's time)."""
 
     kind: HeadKind
     meta: ObjectMeta | None = None

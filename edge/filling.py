@@ -15,8 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import assert_never
+from typing import NamedTuple, assert_never
 
 from multidict import CIMultiDict
 
@@ -54,9 +53,9 @@ class ObjectTooLarge(Exception):
     """A fill's body passed the object size limit: it is aborted, never committed."""
 
 
-@dataclass(frozen=True)
-class FillJob:
-    """What a fill fetches: the object, and the request it is fetched for."""
+class FillJob(NamedTuple):
+    """What a fill fetches: the object, and the request it is fetched for (a named
+    tuple, as `FillHead`: one per fill)."""
 
     service: Service
     host: str
