@@ -476,7 +476,7 @@ def _request_head(request: _Request, prefix: str, netloc: str) -> bytes:
         lines.append(f"Host: {netloc}")
     if "accept" not in headers:
         lines.append("Accept: */*")  # as aiohttp's client sent it
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines += [f"{name}: {value}" for name, value in headers.items()]
     if _FORBIDDEN.search("\t".join(lines)) is not None:
         raise UpstreamError(502, "upstream request failed", detail="a control character in a field")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")

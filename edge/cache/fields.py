@@ -78,13 +78,21 @@ def connection_listed(values: Iterable[str]) -> set[str]:
 
 def upstream_header_pairs(pairs: HeaderPairs) -> HeaderPairs:
     """Headers received from upstream with hop-by-hop fields removed (RFC 9110 7.6.1)."""
-    lowered = [name.lower() for name, _ in pairs]
-    omitted = HOP_BY_HOP
-    if "connection" in lowered:
-        omitted = omitted | connection_listed(
-            value for (_, value), lower in zip(pairs, lowered, strict=True) if lower == "connection"
-        )
-    return tuple(pair for pair, lower in zip(pairs, lowered, strict=True) if lower not in omitted)
+    # one pass, each name lowered once; the fields Connection names are known only
+    # at its end
+    kept = []
+    named: set[str] | None = None
+    for pair in pairs:
+        lower = pair[0].lower()
+        if lower in HOP_BY_HOP:
+            if lower == "connection":
+                listed = connection_listed((pair[1],))
+                named = listed if named is None else named | listed
+            continue
+        kept.append((pair, lower))
+    if named is None:
+        return tuple([pair for pair, _ in kept])
+    return tuple([pair for pair, lower in kept if lower not in named])
 
 
 def pair_headers(pairs: HeaderPairs) -> Headers:
