@@ -28,8 +28,8 @@ def test_framing_fields_in_any_case_are_left_out_and_the_rest_kept_in_order() ->
 
 
 def test_names_outside_ascii_are_kept() -> None:
-    headers: CIMultiDict[str] = CIMultiDict([("Tranſfer-Encoding", "x"), ("X-Ünïcode", "y")])
-    assert header_block(headers) == ["Tranſfer-Encoding: x\r\n", "X-Ünïcode: y\r\n"]
+    headers: CIMultiDict[str] = CIMultiDict([("Tran\u017ffer-Encoding", "x"), ("X-Ünïcode", "y")])
+    assert header_block(headers) == ["Tran\u017ffer-Encoding: x\r\n", "X-Ünïcode: y\r\n"]
 
 
 def test_another_skip_list_is_honoured() -> None:
