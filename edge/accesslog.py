@@ -267,15 +267,21 @@ class AccessLog:
             )
             if type(rid) is not str or safe_id(rid) is None:
                 rid = f"{id_prefix}{id_serial():x}"  # what _Ids.new makes, inlined
-            # the fields a hot object's lines share, rendered once per batch of them
-            key = (method, host, target, status, cache, size, client, proto, ua, ref)
-            try:
-                middle = middles.get(key)
-            except TypeError:  # an unhashable value: render it the long way
-                lines.append(_line(prefix, fields, rid))
-                continue
-            if middle is None:
-                middle = middles[key] = _middle(fields)
+            if type(cache) is Outcome and cache.upstream_seconds is not None:
+                # went upstream: its upstream_ms makes the line's fields its own, so
+                # keeping them rendered would only churn the memo
+                middle = _middle(fields)
+            else:
+                # the fields a hot object's lines share, rendered once per batch of them
+                key = (method, host, target, status, cache, size, client, proto, ua, ref)
+                try:
+                    kept = middles.get(key)
+                except TypeError:  # an unhashable value: render it the long way
+                    lines.append(_line(prefix, fields, rid))
+                    continue
+                if kept is None:
+                    kept = middles[key] = _middle(fields)
+                middle = kept
             if type(ts) is not float or type(seconds) is not float:
                 lines.append(_line(prefix, fields, rid))
                 continue
@@ -399,6 +405,39 @@ def _middle(fields: tuple[object, ...]) -> tuple[str, str]:
         if cache.upstream_seconds is not None:
             upstream = round(cache.upstream_seconds * 1000, 3)
         cache = cache.member()
+    if type(ua) is str and len(ua) > MAX_UA:
+        ua = ua[:MAX_UA]
+    if type(referer) is str and len(referer) > MAX_REFERER:
+        referer = referer[:MAX_REFERER]
+    # the usual line: texts (or null) that all need no escaping, whole numbers, and
+    # a finite upstream_ms; one scan of the texts together instead of one per field
+    if (
+        type(method) is str
+        and type(target) is str
+        and type(cache) is str
+        and type(proto) is str
+        and type(status) is int
+        and (host is None or type(host) is str)
+        and (client is None or type(client) is str)
+        and (ua is None or type(ua) is str)
+        and (referer is None or type(referer) is str)
+        and (size is None or type(size) is int)
+        and (upstream is None or math.isfinite(upstream))
+        and _NOT_PLAIN.search(
+            f"{method}{host or ''}{target}{cache}{client or ''}{proto}{ua or ''}{referer or ''}"
+        )
+        is None
+    ):
+        return (
+            f'"method":"{method}","host":{"null" if host is None else f"{chr(34)}{host}{chr(34)}"},'
+            f'"target":"{target}","status":{status!r},"cache":"{cache}",'
+            f'"bytes":{"null" if size is None else repr(size)},',
+            f'"client":{"null" if client is None else f"{chr(34)}{client}{chr(34)}"},'
+            f'"proto":"{proto}",'
+            f'"ua":{"null" if ua is None else f"{chr(34)}{ua}{chr(34)}"},'
+            f'"referer":{"null" if referer is None else f"{chr(34)}{referer}{chr(34)}"},'
+            f'"upstream_ms":{"null" if upstream is None else repr(upstream)},"id":"',
+        )
     return (
         f'"method":{_json_value(method)},"host":{_json_value(host)},'
         f'"target":{_json_value(target)},"status":{_json_value(status)},'

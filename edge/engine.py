@@ -312,9 +312,11 @@ class Engine:
             )
         fill.waiters += 1
         waited = time.perf_counter()
-        head = await fill.head()
+        # a GET reads the body next (HEAD answers with the head alone)
+        head = await fill.head(whole=request.method != "HEAD")
+        # the wait for the upstream's head, not for a small body's commit after it
         outcome = Outcome(
-            fwd=fwd, collapsed=collapsed, upstream_seconds=time.perf_counter() - waited
+            fwd=fwd, collapsed=collapsed, upstream_seconds=max(0.0, fill.head_time - waited)
         )
         match head.kind:
             case HeadKind.PASS:

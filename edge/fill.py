@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple, TypeVar
 
 from edge.cache.model import ObjectMeta
 from edge.store import BodyRef, io, read_body
 from edge.upstream import GENERATED_ERROR_HEADER, UNREACHABLE, UpstreamError, UpstreamResponse
+
+T = TypeVar("T")
 
 READ_CHUNK = 256 * 1024
 #: A body declared at most this long is answered whole once committed, from the
@@ -38,9 +41,9 @@ class HeadKind(Enum):
     ERROR = "error"  # upstream failed: `error` says how; stale may stand in
 
 
-@dataclass(frozen=True)
-class FillHead:
-    """The first thing a waiter learns about a fill."""
+class FillHead(NamedTuple):
+    """The first thing a waiter learns about a fill (a named tuple: one is made per
+    fill, and a tuple is made in a third of a frozen dataclass's time)."""
 
     kind: HeadKind
     meta: ObjectMeta | None = None
@@ -87,7 +90,19 @@ class Fill:
         #: local wall time the upstream request started (purge race rule)
         self.started_at = started_at
         self.waiters = 0
-        self._head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        #: the head once set, and the futures of the waiters for it: a future each, so
+        #: a waiter that is cancelled cancels only its own (what `asyncio.shield` of
+        #: one shared future gave, for an outer future and two callbacks per waiter)
+        self._head: FillHead | None = None
+        self._head_waiters: list[asyncio.Future[FillHead]] = []
+        #: when the head was set (`time.perf_counter`): a waiter handed it at the
+        #: commit (`head(whole=True)`) waited for the upstream until then
+        self.head_time = 0.0
+        #: waiters for the head that want the body too (`head(whole=True)`)
+        self._whole_waiters: list[asyncio.Future[FillHead]] = []
+        #: the waiters for the commit or the break (`settled`), a future each
+        self._settle_waiters: list[asyncio.Future[None]] = []
         self._fd: int | None = None
         self._path: str | None = None
         self._committed: BodyRef | None = None
@@ -95,10 +110,13 @@ class Fill:
         self._finished = False
         self._failed = False
         self._drain = False
-        self._changed = asyncio.Event()
+        #: set when the body grows or the fill ends; made when a reader first waits
+        self._changed: asyncio.Event | None = None
         self._readers = 0
         self._closed = False
-        self._pass_claimed = asyncio.Event()
+        self._pass_taken = False
+        #: made only when the fill's owner waits for a PASS head to be taken
+        self._pass_claimed: asyncio.Event | None = None
         #: the key the body is stored under (a variant key when the response varies)
         self.store_key = key
         #: the request fields the response varies on (Accept-Encoding aside)
@@ -115,8 +133,14 @@ class Fill:
             and head.length is not None
             and head.length <= WHOLE_AT_COMMIT
         )
-        if not self._head.done():
-            self._head.set_result(head)
+        if self._head is None:
+            self._head = head
+            self.head_time = time.perf_counter()
+            _resolve(self._head_waiters, head)
+            self._head_waiters = []
+            if not self.whole_at_commit or self._finished or self._failed:
+                _resolve(self._whole_waiters, head)
+                self._whole_waiters = []
 
     def progress(self, written: int) -> None:
         """More of the body is on disk."""
@@ -141,13 +165,31 @@ class Fill:
 
     async def settled(self) -> bool:
         """Wait until the fill has committed (True) or broken off (False)."""
-        while not (self._finished or self._failed):
-            await self._changed.wait()
+        if not (self._finished or self._failed):
+            waiter = self._loop.create_future()
+            self._settle_waiters.append(waiter)
+            await waiter
         return self._finished
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed = self._changed
+        if changed is not None:
+            # a reader that took this event before its wait still sees it set
+            changed.set()
+            self._changed = None
+        if self._finished or self._failed:
+            _resolve(self._settle_waiters, None)
+            self._settle_waiters = []
+            if self._head is not None:
+                _resolve(self._whole_waiters, self._head)
+                self._whole_waiters = []
+
+    def _change(self) -> asyncio.Event:
+        """The event the next change of the fill sets."""
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
+        return changed
 
     def _maybe_close(self) -> None:
         done = self._finished or self._failed
@@ -158,13 +200,19 @@ class Fill:
 
     def claim_pass(self) -> bool:
         """Take a PASS head's live response; True for the first caller only."""
-        if self._pass_claimed.is_set():
+        if self._pass_taken:
             return False
-        self._pass_claimed.set()
+        self._pass_taken = True
+        if self._pass_claimed is not None:
+            self._pass_claimed.set()
         return True
 
     async def pass_claimed(self, timeout: float) -> bool:
         """Wait up to `timeout` for someone to claim a PASS head's response."""
+        if self._pass_taken:
+            return True
+        if self._pass_claimed is None:
+            self._pass_claimed = asyncio.Event()
         try:
             await asyncio.wait_for(self._pass_claimed.wait(), timeout)
         except TimeoutError:
@@ -172,9 +220,23 @@ class Fill:
         return True
 
     # -- the waiters' side --------------------------------------------------------
-    async def head(self) -> FillHead:
-        """Wait for the fill's head."""
-        return await asyncio.shield(self._head)
+    async def head(self, *, whole: bool = False) -> FillHead:
+        """Wait for the fill's head.
+
+        `whole`: the caller reads the body next; the head of a small fill
+        (`whole_at_commit`, whose body is readable only once committed) is then
+        handed over when the fill has settled, so the caller wakes once, not once
+        for the head and again for the body."""
+        head = self._head
+        settled = self._finished or self._failed
+        if head is not None and (not whole or settled or not self.whole_at_commit):
+            return head
+        waiter: asyncio.Future[FillHead] = self._loop.create_future()
+        if whole:
+            self._whole_waiters.append(waiter)
+        else:
+            self._head_waiters.append(waiter)
+        return await waiter
 
     @property
     def finished(self) -> bool:
@@ -201,6 +263,23 @@ class Fill:
         if pending is not None:
             yield pending
 
+    async def whole(self, start: int = 0, end: int | None = None) -> bytes:
+        """The body bytes [start, end) of a `whole_at_commit` fill, once committed;
+        FillFailed if it broke off. What `read` would yield, joined, without its
+        chain of generators: the committed copy is in memory, so usually no copy."""
+        if self._path is None:
+            raise FillFailed("this fill has no body")
+        if not await self.settled() or self._committed is None:
+            raise FillFailed(f"the fill of {self.key} broke off")
+        ref = self._committed
+        data = ref.data
+        if data is None or len(data) != ref.size:
+            return b"".join([chunk async for chunk in read_body(ref, start, end)])
+        stop = ref.size if end is None else min(end, ref.size)
+        if start == 0 and stop == ref.size:
+            return data
+        return data[start:stop] if start < stop else b""
+
     async def _read_growing(self, start: int, end: int | None) -> AsyncIterator[bytes]:
         if self._path is None:
             raise FillFailed("this fill has no body")
@@ -226,7 +305,7 @@ class Fill:
                 limit = self._written if end is None else min(self._written, end)
                 if position < limit:
                     if self._fd is None:
-                        changed = self._changed
+                        changed = self._change()
                         try:
                             fd = await io.run(os.open, self._path, os.O_RDONLY | os.O_CLOEXEC)
                         except FileNotFoundError:
@@ -248,10 +327,17 @@ class Fill:
                     return
                 if self._finished:
                     return
-                await self._changed.wait()
+                await self._change().wait()
         finally:
             self._readers -= 1
             self._maybe_close()
+
+
+def _resolve(waiters: list[asyncio.Future[T]], value: T) -> None:
+    """Give `value` to each waiter still waiting (a cancelled one is done already)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(value)
 
 
 class FillTable:

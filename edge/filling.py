@@ -15,8 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import assert_never
+from typing import NamedTuple, assert_never
 
 from multidict import CIMultiDict
 
@@ -54,9 +53,9 @@ class ObjectTooLarge(Exception):
     """A fill's body passed the object size limit: it is aborted, never committed."""
 
 
-@dataclass(frozen=True)
-class FillJob:
-    """What a fill fetches: the object, and the request it is fetched for."""
+class FillJob(NamedTuple):
+    """What a fill fetches: the object, and the request it is fetched for (a named
+    tuple, as `FillHead`: one per fill)."""
 
     service: Service
     host: str
@@ -315,6 +314,14 @@ class Filler:
         """
         for attempt in range(MID_BODY_RETRIES + 1):
             try:
+                whole = None if writer.received else response.take_whole()
+                if whole is not None:
+                    if len(whole) > limit:
+                        await writer.write(whole[:limit])
+                        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
+                    if whole:
+                        await writer.write(whole)
+                    break
                 chunks = response.iter_chunks()
                 if writer.received:  # a retry: the bytes already written are skipped
                     chunks = skip_bytes(chunks, writer.received)
@@ -367,10 +374,11 @@ class Filler:
         stored_at: float,
         response: UpstreamResponse,
     ) -> ObjectMeta:
-        encoding = (header_value(pairs, "content-encoding") or "identity").lower()
-        length = header_value(pairs, "content-length")
+        found = _first_values(pairs, _META_FIELDS)
+        encoding = (found.get("content-encoding") or "identity").lower()
+        length = found.get("content-length")
         compressible = self.options.compress and compression_eligible(
-            header_value(pairs, "content-type"),
+            found.get("content-type"),
             encoding,
             int(length) if length is not None and length.isdigit() else None,
             job.service.compress_min_size,
@@ -431,6 +439,21 @@ def _close_delimited(response: UpstreamResponse) -> bool:
     return any(
         CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
     )
+
+
+#: the fields `Filler._meta` reads of an answer's
+_META_FIELDS = frozenset({"content-encoding", "content-length", "content-type"})
+
+
+def _first_values(pairs: tuple[tuple[str, str], ...], names: frozenset[str]) -> dict[str, str]:
+    """The first value of each of the (lower-case) fields `names` in `pairs`, found
+    in one pass (`header_value` for each would pass over the fields once per name)."""
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in names and lower not in found:
+            found[lower] = value
+    return found
 
 
 def header_value(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:

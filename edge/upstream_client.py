@@ -113,7 +113,7 @@ class LeanResponse(UpstreamResponse):
         peer: str,
         head_only: bool,
     ) -> None:
-        super().__init__(peer, 0, CIMultiDictProxy(CIMultiDict()), lambda: None)
+        super().__init__(peer, 0, _NO_FIELDS, _nothing)
         self._client = client
         self._pool = pool
         self._connection = connection
@@ -314,6 +314,20 @@ class LeanResponse(UpstreamResponse):
                 except TimeoutError:
                     self._broken("upstream broke off the body", "read timeout")
 
+    def take_whole(self) -> bytes | None:
+        """The whole body, when the parser has seen its end and nothing broke."""
+        if not self.complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            if self._connection.transport is not None:
+                self._connection.transport.resume_reading()
+        return body
+
     def _unlink(self) -> None:
         """Break the response's reference cycles (parser, connection), so its objects
         go by reference counting, not by the cyclic collector."""
@@ -342,6 +356,14 @@ class LeanResponse(UpstreamResponse):
         if self._error is None and not self.complete:
             self._error = UpstreamError(502, "upstream answer closed", detail=self.peer)
         self._wake()
+
+
+#: the fields of an answer whose head has not arrived (read-only, so shared)
+_NO_FIELDS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _nothing() -> None:
+    """What an answer not yet handed out calls when done: nothing."""
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -454,7 +476,7 @@ def _request_head(request: _Request, prefix: str, netloc: str) -> bytes:
         lines.append(f"Host: {netloc}")
     if "accept" not in headers:
         lines.append("Accept: */*")  # as aiohttp's client sent it
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines += [f"{name}: {value}" for name, value in headers.items()]
     if _FORBIDDEN.search("\t".join(lines)) is not None:
         raise UpstreamError(502, "upstream request failed", detail="a control character in a field")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")

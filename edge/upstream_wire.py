@@ -102,6 +102,13 @@ class UpstreamResponse:
         """The body as it arrives; UpstreamError if the upstream stops short."""
         raise NotImplementedError
 
+    def take_whole(self) -> bytes | None:
+        """The whole body at once when all of it has arrived and nothing broke (what
+        `iter_chunks` would yield, joined), else None: then read `iter_chunks`. A
+        small answer usually arrives with its head, and taking it whole spares the
+        reader an async generator per answer."""
+        return None
+
     def on_done(self, callback: Callable[[], None]) -> None:
         """Also run `callback` once the response is released or closed."""
         previous = self._on_done

@@ -65,7 +65,9 @@ def client_header_pairs(
 
     `for_cdn`: the downstream is a tier of this CDN, which needs CDN_ONLY_FIELDS.
     """
-    omitted = (PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED) | extra_omitted
+    omitted = PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED
+    if extra_omitted:
+        omitted = omitted | extra_omitted
     return tuple((name, value) for name, value in pairs if name.lower() not in omitted)
 
 
@@ -76,14 +78,21 @@ def connection_listed(values: Iterable[str]) -> set[str]:
 
 def upstream_header_pairs(pairs: HeaderPairs) -> HeaderPairs:
     """Headers received from upstream with hop-by-hop fields removed (RFC 9110 7.6.1)."""
-    connection_named = connection_listed(
-        value for name, value in pairs if name.lower() == "connection"
-    )
-    return tuple(
-        (name, value)
-        for name, value in pairs
-        if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named
-    )
+    # one pass, each name lowered once; the fields Connection names are known only
+    # at its end
+    kept = []
+    named: set[str] | None = None
+    for pair in pairs:
+        lower = pair[0].lower()
+        if lower in HOP_BY_HOP:
+            if lower == "connection":
+                listed = connection_listed((pair[1],))
+                named = listed if named is None else named | listed
+            continue
+        kept.append((pair, lower))
+    if named is None:
+        return tuple([pair for pair, _ in kept])
+    return tuple([pair for pair, lower in kept if lower not in named])
 
 
 def pair_headers(pairs: HeaderPairs) -> Headers:

@@ -77,7 +77,7 @@ async def test_readers_of_a_small_fill_take_the_committed_body(tmp_path: Path) -
     async with asyncio.timeout(10):
         # until the reader waits for the fill to change: it has done all it does
         # before the commit
-        while not fill._changed._waiters:  # type: ignore[attr-defined]
+        while not fill._settle_waiters:
             await asyncio.sleep(0)
     fill.finish(BodyRef("identity", 5, b"right", None, body_checksum(b"right")))
     assert await reader == b"right"
