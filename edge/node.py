@@ -12,7 +12,6 @@ This module is the process's start and stop sequence; the next tier is
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import os
@@ -42,6 +41,7 @@ from edge.upstream import ShieldRing, make_session
 from edge.upstream_tls import use_tls_upstreams
 from edge.workers import RelayFollower, WorkerRelay, WorkerSupervisor, worker_argv
 from fleet.config import Fleet, NodeConfig, load_fleet, node_secret
+from runtime.collector import YOUNG_GC_THRESHOLD, CollectorPacer, tune_collector
 from runtime.errors import install_repeat_filter
 
 __all__ = [
@@ -69,26 +69,6 @@ class NodeRole:
     uses_shields: bool
     compress: bool
     downstream_is_cdn: bool
-
-
-#: allocations between young collections (CPython's default is 700): see tune_collector
-YOUNG_GC_THRESHOLD = 20_000
-
-
-def tune_collector() -> None:
-    """Set the cyclic collector up for serving, once start-up is done.
-
-    What start-up made lives as long as the process: frozen out of the collector's
-    way, so the objects of requests in flight (the access log's batch among them)
-    do not make each full collection walk it all again. A miss allocates hundreds of
-    containers (tasks, futures, header tables) that die young: at CPython's default
-    of a young collection every 700 allocations, a profile of cold misses spent 19%
-    of the event loop in the collector; 20,000 took about 15% off the CPU time of a
-    miss (docs/benchmarks.md, "Cold misses").
-    """
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
 
 
 EDGE = NodeRole("edge", uses_shields=True, compress=True, downstream_is_cdn=False)
@@ -267,7 +247,10 @@ async def _serve(
         flush=True,
     )
     tune_collector()
+    pacer = CollectorPacer()
+    pacer.start()
     await stop.wait()
+    await pacer.stop()
     if supervisor is not None:
         await supervisor.stop()
     await listeners.close()
