@@ -146,6 +146,7 @@ def upstream_request_headers(
     loop_token: str,
     trusted: bool = False,
     body_length: int | None = None,
+    end_to_end: CIMultiDict[str] | None = None,
 ) -> CIMultiDict[str]:
     """The request as the next tier sees it: hygiene, forwarding and loop fields.
 
@@ -156,10 +157,13 @@ def upstream_request_headers(
     `is_trusted_peer`), else replaced by ours. `body_length`: the length of the body
     the caller sends with the request, if it sends one of known length; nothing of
     the client's framing is copied, so what we announce is what we send.
+    `end_to_end`: `end_to_end_fields` of the request, if the caller has them already.
     """
     incoming = request.headers
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in end_to_end_fields(incoming).items():
+    if end_to_end is None:
+        end_to_end = end_to_end_fields(incoming)
+    for name, value in end_to_end.items():
         lower = name.lower()
         if (
             lower in POISONING_FIELDS

@@ -65,6 +65,8 @@ class UpstreamRequests:
         stale: StoredEntry | None,
     ) -> FillJob:
         """What a fill for this request fetches: validators added when revalidating."""
+        # the fields that went upstream, not the raw request: see end_to_end_fields
+        fields = end_to_end_fields(request.headers)
         headers = upstream_request_headers(
             request,
             host,
@@ -72,6 +74,7 @@ class UpstreamRequests:
             via=self._via,
             loop_token=self.loop_token,
             trusted=self.trusted(request),
+            end_to_end=fields,
         )
         if stale is not None and isinstance(stale.meta, ObjectMeta) and stale.bodies:
             # RFC 9111 4.3.1: validate with the stored validators, and the client's
@@ -85,10 +88,7 @@ class UpstreamRequests:
             )
         else:
             stale = None
-        # the fields that went upstream, not the raw request: see end_to_end_fields
-        return FillJob(
-            service, host, target, key, headers, stale, end_to_end_fields(request.headers)
-        )
+        return FillJob(service, host, target, key, headers, stale, fields)
 
     async def pass_through(
         self,

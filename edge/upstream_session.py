@@ -10,7 +10,7 @@ cannot have reached the peer (safe to retry elsewhere) and `UpstreamError` after
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 import aiohttp
 
@@ -35,22 +35,24 @@ def _leanable(request: _Request) -> bool:
     )
 
 
-async def send(
+def send(
     session: aiohttp.ClientSession,
     base_url: str,
     request: _Request,
     peer: str,
     on_done: Callable[[], None],
-) -> UpstreamResponse:
-    """One attempt at `request` on `base_url`: the lean client where it can, else
-    aiohttp; raises _ConnectFailure (safe to retry elsewhere) or UpstreamError."""
+) -> Coroutine[object, object, UpstreamResponse]:
+    """One attempt at `request` on `base_url`, to await: the lean client where it can,
+    else aiohttp; raises _ConnectFailure (safe to retry elsewhere) or UpstreamError.
+    The client's own coroutine, not one awaiting it: a layer that only passed the
+    answer through was one more frame to resume at each of the fill's steps."""
     connector = session.connector
     client = connector.lean if isinstance(connector, _ReuseCheckingConnector) else None
     if isinstance(client, UpstreamClient) and not client.closed and _leanable(request):
         address = client.peer(base_url)
         if address is not None:
-            return await client.request(base_url, address, request, peer, on_done)
-    return await _send(session, base_url, request, peer, on_done)
+            return client.request(base_url, address, request, peer, on_done)
+    return _send(session, base_url, request, peer, on_done)
 
 
 def make_session(
