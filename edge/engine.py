@@ -306,16 +306,12 @@ class Engine:
         self.metrics.misses.inc()
         fill = self.filler.joinable(key, service, host, target)
         collapsed = fill is not None
-        waited = time.perf_counter()
         if fill is None:
-            job = self.onward.fill_job(request, service, host, target, key, stale)
-            if request.method == "GET" and getattr(sink, "steady", False):
-                # this task is never cancelled by its front: it runs the fill itself
-                # as far as a small body's commit (Filler.run_here)
-                fill = await self.filler.run_here(job)
-            else:
-                fill = self.filler.start(job)
+            fill = self.filler.start(
+                self.onward.fill_job(request, service, host, target, key, stale)
+            )
         fill.waiters += 1
+        waited = time.perf_counter()
         # a GET reads the body next (HEAD answers with the head alone)
         head = await fill.head(whole=request.method != "HEAD")
         # the wait for the upstream's head, not for a small body's commit after it

@@ -69,22 +69,6 @@ class FillJob(NamedTuple):
     request_headers: CIMultiDict[str]
 
 
-class _Storing(NamedTuple):
-    """A STREAM fill after its head: the body still to copy and commit."""
-
-    response: UpstreamResponse
-    writer: BodyWriter
-    meta: ObjectMeta
-    length: int | None
-    limit: int
-
-
-class _Passing(NamedTuple):
-    """A PASS fill after its head: the live answer, for its requester to take."""
-
-    response: UpstreamResponse
-
-
 class Filler:
     """Runs a node's fills: at most one upstream fetch per cache key at a time."""
 
@@ -151,86 +135,20 @@ class Filler:
             return None
         return fill
 
-    async def run_here(self, job: FillJob) -> Fill:
-        """Start fetching `job` as `start` does, but on the caller's task as far as a
-        small body's commit, instead of on a task of its own; the fill, with its head
-        set (and a small body committed) when this returns.
-
-        For the request that starts a fill, on a front that never cancels its task
-        (a cancelled caller would break the fill for every request collapsed onto
-        it): the fetch, the head and a small body's commit are the caller's own
-        steps, where a task of their own cost a task, two more task steps and the
-        futures that woke the caller. What waits for others (a large body's readers,
-        a PASS answer's taker) or comes after the answer (variants) goes on in the
-        background as `start` runs it."""
-        fill = self.fills.start(job.key, self.clock())
-        started = time.perf_counter()
-        try:
-            rest = await self._fetch(fill, job)
-            if isinstance(rest, _Storing) and fill.whole_at_commit:
-                variants = await self._store_body(fill, job, rest)
-                if variants is not None:
-                    # the fill's time includes its variants, as on a task of its own
-                    self._spawn(self._run_rest(fill, job, None, started, variants))
-                    return fill
-            elif rest is not None:
-                self._spawn(self._run_rest(fill, job, rest, started))
-                return fill
-        except Exception:
-            self._fill_crashed(fill, job)
-        except BaseException:
-            self._fill_done(fill, started)
-            raise
-        self._fill_done(fill, started)
-        return fill
-
     async def _run_fill(self, fill: Fill, job: FillJob) -> None:
         """Fetch from upstream once for everyone waiting on `fill`, storing as it streams."""
         started = time.perf_counter()
         try:
-            rest = await self._fetch(fill, job)
+            await self._fill_body(fill, job)
         except Exception:
-            self._fill_crashed(fill, job)
-            rest = None
-        except BaseException:
-            self._fill_done(fill, started)
-            raise
-        await self._run_rest(fill, job, rest, started)
-
-    def _fill_done(self, fill: Fill, started: float) -> None:
-        self.fills.done(fill)
-        self.metrics.fill_seconds.observe(time.perf_counter() - started)
-
-    async def _run_rest(
-        self,
-        fill: Fill,
-        job: FillJob,
-        rest: _Storing | _Passing | None,
-        started: float,
-        variants: Coroutine[object, object, None] | None = None,
-    ) -> None:
-        """What follows a fill's head: a PASS answer handed over, or a body stored;
-        then the variants of a stored body."""
-        try:
-            if isinstance(rest, _Passing):
-                await self._close_unclaimed(fill, rest.response)
-            elif rest is not None:
-                variants = await self._store_body(fill, job, rest)
-            if variants is not None:
-                await variants
-        except Exception:
-            self._fill_crashed(fill, job)
+            log.exception("fill of %s failed", job.key)
+            fill.set_head(FillHead(HeadKind.ERROR, error=UpstreamError(502, "internal error")))
+            fill.fail()
         finally:
-            self._fill_done(fill, started)
+            self.fills.done(fill)
+            self.metrics.fill_seconds.observe(time.perf_counter() - started)
 
-    @staticmethod
-    def _fill_crashed(fill: Fill, job: FillJob) -> None:
-        log.exception("fill of %s failed", job.key)
-        fill.set_head(FillHead(HeadKind.ERROR, error=UpstreamError(502, "internal error")))
-        fill.fail()
-
-    async def _fetch(self, fill: Fill, job: FillJob) -> _Storing | _Passing | None:
-        """Fetch and set the fill's head; what is left to do after it (None: nothing)."""
+    async def _fill_body(self, fill: Fill, job: FillJob) -> None:
         service, key, stale = job.service, job.key, job.stale
         request_time = self.clock()
         try:
@@ -239,7 +157,7 @@ class Filler:
             )
         except UpstreamError as exc:
             fill.set_head(FillHead(HeadKind.ERROR, error=exc))
-            return None
+            return
         self.metrics.upstream_requests.inc()
         response_time = self.clock()
         pairs = policy.upstream_header_pairs(response.header_pairs)
@@ -279,7 +197,7 @@ class Filler:
                 )
                 await self.store.put_meta(key, meta)
                 fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
-                return None
+                return
             case UpstreamFailed(status=status):
                 body = await read_limited(response, ERROR_BODY_LIMIT)
                 fill.set_head(
@@ -291,7 +209,7 @@ class Filler:
                         error_body=body,
                     )
                 )
-                return None
+                return
             case ServeWithoutStoring(reason=reason):
                 if reason == "too-large":
                     self.metrics.not_stored_too_large.inc()
@@ -303,7 +221,8 @@ class Filler:
                     # would start another revalidation that cannot replace it
                     await self.store.delete(key)
                 fill.set_head(FillHead(HeadKind.PASS, response=response, detail=reason))
-                return _Passing(response)
+                await self._close_unclaimed(fill, response)
+                return
             case StoreAndServe(vary=key_fields):
                 pass
             case _:
@@ -327,15 +246,6 @@ class Filler:
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),
             body_path=writer.path,
         )
-        return _Storing(response, writer, meta, length, limit)
-
-    async def _store_body(
-        self, fill: Fill, job: FillJob, storing: _Storing
-    ) -> Coroutine[object, object, None] | None:
-        """Copy a STREAM fill's body into the store and commit it; the variants to make
-        after it (br, gzip), if any, for the caller to run once the fill is done."""
-        response, writer, meta, length, limit = storing
-        store_key = fill.store_key
         # readers of a small body wait for the commit, not for bytes on disk
         notifier = (
             None
@@ -360,7 +270,7 @@ class Filler:
             if too_large:
                 self.metrics.not_stored_too_large.inc()
                 log.warning("fill of %s aborted: %s", store_key, exc)
-                return None
+                return
             raise
         finally:
             if notifier is not None:
@@ -373,25 +283,19 @@ class Filler:
         fill.finish(entry.bodies.get(meta.upstream_encoding))
         self.fills.done(fill)
         self.metrics.stored.inc()
-        if not compressing:
-            return None
-        return self._make_variants(store_key, entry, meta, limit)
-
-    async def _make_variants(
-        self, store_key: str, entry: StoredEntry, meta: ObjectMeta, limit: int
-    ) -> None:
-        try:
-            await make_coded_variants(
-                self.store,
-                self.metrics,
-                store_key,
-                entry.bodies.get(meta.upstream_encoding),
-                meta.content_type,
-                limit,
-                self.on_refused,
-            )
-        finally:
-            self.compressing.discard(store_key)
+        if compressing:
+            try:
+                await make_coded_variants(
+                    self.store,
+                    self.metrics,
+                    store_key,
+                    entry.bodies.get(meta.upstream_encoding),
+                    meta.content_type,
+                    limit,
+                    self.on_refused,
+                )
+            finally:
+                self.compressing.discard(store_key)
 
     async def _copy_upstream_body(
         self,

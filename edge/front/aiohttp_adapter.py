@@ -88,11 +88,6 @@ class AiohttpSink:
 
     __slots__ = ("_request", "hsts", "response")
 
-    #: aiohttp cancels a handler when its client goes only with `handler_cancellation`,
-    #: which no server of ours sets: the handler's task may run a fill others wait on
-    #: (`Filler.run_here`)
-    steady = True
-
     def __init__(self, request: web.BaseRequest, hsts: str | None = None) -> None:
         self._request = request
         self.response: web.StreamResponse | None = None

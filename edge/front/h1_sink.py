@@ -42,11 +42,6 @@ class FrontSink:
         "status",
     )
 
-    #: the front never cancels the task that answers through this sink (a client
-    #: gone is seen as a failed write), so that task may run a fill others wait on
-    #: (`Filler.run_here`)
-    steady = True
-
     def __init__(
         self,
         connection: FrontProtocol,
