@@ -69,6 +69,9 @@ _SELECT = (
     "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
     " AND (expire_time IS NULL OR expire_time > ?)"
 )
+_SELECT_AFTER = (
+    "SELECT rowid, key, tag FROM Cache WHERE rowid > ? AND raw = 1 ORDER BY rowid LIMIT ?"
+)
 #: filesystems whose reads never wait on a device
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
@@ -200,6 +203,20 @@ class InlineReader:
                 return Defer(record)  # missing, short, long, not cached or damaged
             data[encoding] = read
         return record, data
+
+    def rows_after(self, rowid: int, limit: int) -> list[tuple[int, object, object]] | None:
+        """(rowid, key, tag) of the first `limit` object rows with a row id above
+        `rowid`, in row id order; None when the index cannot be read here now (busy, damaged, or the
+        inline path is off on this filesystem): the caller then knows nothing new."""
+        if self.mode == "off":
+            return None
+        try:
+            rows: list[tuple[int, object, object]] = (
+                self._connection().execute(_SELECT_AFTER, (rowid, limit)).fetchall()
+            )
+        except sqlite3.Error:
+            return None
+        return rows
 
     def _read(self, path: str, size: int) -> bytes | None:
         """The whole file if it is `size` bytes and (mode "nowait") in the page cache."""
