@@ -119,8 +119,12 @@ async def test_an_object_another_process_removed_is_not_served(tmp_path: Path) -
         assert await two.get("k") is None  # the other's memory tier has expired it
         replaced = os.urandom(KiB)
         await stored(one, "k", replaced)
+
         # stored again by the other: seen once this one syncs (`SYNC_INTERVAL`)
-        await eventually(lambda: two.get("k"), "the other's new row")
+        async def found() -> bool:
+            return await two.get("k") is not None
+
+        await eventually(found, "the other's new row")
         again = await two.get("k")
         assert again is not None and again.bodies["identity"].data == replaced
         assert two.gateway_loads == 0
