@@ -61,8 +61,13 @@ INLINE_SLOW = 0.002
 #: how long (seconds) the inline path stays off after a slow load
 INLINE_PAUSE = 5.0
 
-#: bytes of the index the inline reader's connection maps, as diskcache's own do
-INDEX_MAP = 1 << 26
+#: bytes of the index the inline reader's connection maps: none. A lookup in an
+#: index of 10^5 rows costs the same with a 64 MiB map (diskcache's own) or none
+#: (8.5 against 8.7 µs of CPU), but the first read after another connection has
+#: committed, which under misses is nearly every read, cost twice as much with
+#: the map: 35-45 against 18-19 µs for a key, 73-95 against 35 µs for the newest
+#: rows (`DiskStore._sync`) (docs/benchmarks.md, "Absent keys without a lookup")
+INDEX_MAP = 0
 #: diskcache's mode of a pickled value (`diskcache.core.MODE_PICKLE`)
 _MODE_PICKLE = 4
 _SELECT = (
@@ -158,9 +163,9 @@ class InlineReader:
                 check_same_thread=False,  # closed from the gateway at shutdown
             )
             db.execute("PRAGMA query_only = 1")
-            # mapped as diskcache maps it, and 2 MiB of pages of its own beyond the
-            # map (a lookup in an index of 10^6 rows took 7-9 µs with any of a
-            # 64 MiB or 1 GiB map or none, and a cache of 64 or 2,000 pages)
+            # no map (`INDEX_MAP`), and 2 MiB of pages of its own (a lookup in an
+            # index of 10^6 rows took 7-9 µs with any of a 64 MiB or 1 GiB map or
+            # none, and a cache of 64 or 2,000 pages)
             db.execute(f"PRAGMA mmap_size = {INDEX_MAP}")
             db.execute("PRAGMA cache_size = -2048")
             self._db = db
