@@ -10,7 +10,12 @@ recency in memory and its own byte count of the body files, and evicts when a co
 takes it over `max_bytes`. Worker processes may share a directory: the byte total is
 a counter in the index, changed in the same transaction as the rows, so it is right
 across processes and crashes; recency is each process's own (what it stored, read or
-found at open), so with several workers eviction is close to LRU, not exact.
+found at open, and what the others stored, added by its syncs), so with several
+workers eviction is close to LRU, not exact.
+
+The recency list is also the process's view of which keys the index holds: a key
+not in it is absent without a lookup (`_known_absent`), and the keys other
+processes store reach it within `SYNC_INTERVAL` (`_sync`).
 """
 
 from __future__ import annotations
