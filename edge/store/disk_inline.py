@@ -25,7 +25,7 @@ when it can be sure none of it waits on a disk:
   one place that drops damaged objects: the inline path only ever serves an object
   whose body matched its checksum, and never changes the index.
 
-The index row read may fault in a page of the index from disk when it is not
+Reading the index row may take a page of the index from disk when it is not
 cached (the index of 10^6 small objects is about 200 MiB; a serving node keeps it
 in the page cache). `DiskStore` measures each inline load and turns the path off
 for a while after a slow one (`INLINE_SLOW`), so a cold disk costs the loop one
@@ -211,8 +211,9 @@ class InlineReader:
 
     def rows_after(self, rowid: int, limit: int) -> list[tuple[int, object, object]] | None:
         """(rowid, key, tag) of the first `limit` object rows with a row id above
-        `rowid`, in row id order; None when the index cannot be read here now (busy, damaged, or the
-        inline path is off on this filesystem): the caller then knows nothing new."""
+        `rowid`, in row id order (`DiskStore._sync`); None when the index cannot be
+        read here now (busy, damaged, or the inline path is off on this filesystem):
+        the caller then knows nothing new."""
         if self.mode == "off":
             return None
         try:
