@@ -10,7 +10,12 @@ recency in memory and its own byte count of the body files, and evicts when a co
 takes it over `max_bytes`. Worker processes may share a directory: the byte total is
 a counter in the index, changed in the same transaction as the rows, so it is right
 across processes and crashes; recency is each process's own (what it stored, read or
-found at open), so with several workers eviction is close to LRU, not exact.
+found at open, and what the others stored, added by its syncs), so with several
+workers eviction is close to LRU, not exact.
+
+The recency list is also the process's view of which keys the index holds: a key
+not in it is absent without a lookup (`_known_absent`), and the keys other
+processes store reach it within `SYNC_INTERVAL` (`_sync`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,19 @@ __all__ = ["SCRUB_CHUNK", "SCRUB_OBJECT_MIN", "DiskStore"]
 SIZE_OBJECTS = 65536
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
+#: how often (seconds) at most a store reads the keys other processes sharing its
+#: directory have stored since it last looked (`DiskStore._sync`); between two, a
+#: key not in its recency list is absent without a lookup. A sync costs one SELECT
+#: of the newest rows (about as much as the lookup of one absent key), so at 5 ms it
+#: is paid at most 200 times a second whatever the miss rate, while a key another
+#: worker has just stored is seen after at most 5 ms more: less than a fill takes
+#: (an upstream round trip and a commit), the window in which two workers already
+#: both fetch a key they miss at the same time (no collapsing across workers)
+SYNC_INTERVAL = 0.005
+#: rows one sync reads at most (a few hundred µs on the event loop): a store that
+#: finds more new rows than that (another worker filled it while this one was idle)
+#: reads them in steps, one per `get`, and looks keys up meanwhile
+SYNC_ROWS = 1000
 #: bytes each object scrubbed counts as at least (see `DiskStore.scrub`): at the
 #: default 8 MiB/s, at most 128 objects a second
 SCRUB_OBJECT_MIN = 64 * KiB
@@ -116,6 +134,14 @@ class DiskStore(StoreBase):
         #: that went to the gateway
         self.inline_loads = 0
         self.gateway_loads = 0
+        #: the largest row id of the index read so far (at open, then by `_sync`)
+        self._synced_rowid = 0
+        #: `time.monotonic()` of the last sync (none yet: one is due)
+        self._synced_at = -SYNC_INTERVAL
+        #: syncs of the keys stored by other processes, and `get`s answered absent
+        #: from the recency list alone, no SQL (counted in `inline_loads` too)
+        self.syncs = 0
+        self.absent_known = 0
 
     @classmethod
     async def open(
@@ -137,6 +163,7 @@ class DiskStore(StoreBase):
         """
         store = cls(directory, max_bytes, memory_bytes, memory_object_max, memory_ttl, row_body_max)
         keys, sizes = await store._run(store._disk.start)
+        store._synced_rowid = store._disk.top_rowid
         store._inline.mode = await store._run(read_mode, store.directory)
         store._device_waits = _device_waits()
         for key, size in zip(keys, sizes, strict=True):
@@ -197,7 +224,11 @@ class DiskStore(StoreBase):
         entry = self.peek(key)
         if entry is not None:
             return entry
-        version = self._version
+        if key not in self._lru and self._known_absent(key):
+            self.inline_loads += 1
+            self.absent_known += 1
+            return None
+        version, syncs = self._version, self.syncs
         inline = self._load_inline(key)
         if not isinstance(inline, Defer):
             self.inline_loads += 1
@@ -222,7 +253,7 @@ class DiskStore(StoreBase):
             self._corrupt(key)
             return None
         if loaded is None:
-            if version == self._version and key in self._lru:
+            if version == self._version and syncs == self.syncs and key in self._lru:
                 self._account(key, None)  # removed by another process
             return None
         record, data = loaded
@@ -235,17 +266,58 @@ class DiskStore(StoreBase):
             self.memory.admit(entry)
         return entry
 
-    def _load_inline(self, key: str) -> object:
-        """`InlineReader.load` of `key` on the event loop, or `DEFER`: while the path
-        is off after a slow load, or when `key` is being changed in this process (a
-        commit or delete waiting on the gateway decides what is there)."""
+    def _known_absent(self, key: str) -> bool:
+        """Whether `key`, not in the recency list, is absent as far as this process
+        can know without a lookup: the list holds every key of the index as of the
+        last sync (read at open, this process's own commits and deletes, and the
+        rows other processes wrote up to the sync), and syncs when one is due.
+
+        A key stored by another process since the last sync is absent here for at
+        most `SYNC_INTERVAL`: one more upstream fetch at most, never a wrong answer
+        (a key in the list is always looked up, so deletes and replacements are
+        seen as before). A key being changed in this process, or a sync that cannot
+        read the index here, leaves the decision to the lookup.
+        """
         if key in self._locks or key in self._evicting_keys:
-            return DEFER
+            return False
         now = time.monotonic()
-        if now < self._inline_off_until:
-            return DEFER
-        loaded = self._inline.load(key)
-        if time.monotonic() - now > INLINE_SLOW:
+        if now - self._synced_at < SYNC_INTERVAL:
+            return True
+        if now < self._inline_off_until or not self._sync(now):
+            return False
+        return key not in self._lru
+
+    def _sync(self, now: float) -> bool:
+        """Add the keys of rows written since the last sync (by any process) to the
+        recency list with their bytes, so this process knows, and may evict, what the
+        others store; whether it read them all (False: the index could not be read
+        here, or more than `SYNC_ROWS` rows are new).
+
+        Rows are read by row id: a new row's is above every earlier one's
+        (`DiskIndex._keep_top`), and a replaced row keeps its id and its key, which
+        the list already holds. A row missed all the same would only make its key
+        absent here until this process stores it again: one more fetch.
+        """
+        rows = self._inline.rows_after(self._synced_rowid, SYNC_ROWS)
+        if rows is None:
+            return False
+        self.syncs += 1
+        lru = self._lru
+        for _rowid, key, tag in rows:
+            if isinstance(key, str) and key not in lru:
+                self._account(key, tag if isinstance(tag, int) else 0)
+        if rows:
+            self._synced_rowid = rows[-1][0]
+        self._check_slow(now)
+        if len(rows) == SYNC_ROWS:
+            return False  # more to read: the next `get` reads on
+        self._synced_at = now
+        return True
+
+    def _check_slow(self, started: float) -> None:
+        """Turn the inline path off for `INLINE_PAUSE` after a read on the event loop
+        that began at `started` took longer than `INLINE_SLOW` waiting on the device."""
+        if time.monotonic() - started > INLINE_SLOW:
             # slow: a page of the index (or a directory) came from the device, or the
             # process was only descheduled (a busy machine); the thread's count of
             # faults and block reads tells which
@@ -256,6 +328,18 @@ class DiskStore(StoreBase):
                 # leave disk reads to the gateway for a while rather than stall
                 # every connection again
                 self._inline_off_until = time.monotonic() + INLINE_PAUSE
+
+    def _load_inline(self, key: str) -> object:
+        """`InlineReader.load` of `key` on the event loop, or `DEFER`: while the path
+        is off after a slow load, or when `key` is being changed in this process (a
+        commit or delete waiting on the gateway decides what is there)."""
+        if key in self._locks or key in self._evicting_keys:
+            return DEFER
+        now = time.monotonic()
+        if now < self._inline_off_until:
+            return DEFER
+        loaded = self._inline.load(key)
+        self._check_slow(now)
         return loaded
 
     async def put_meta(self, key: str, meta: object) -> None:

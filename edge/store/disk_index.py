@@ -99,6 +99,9 @@ class DiskIndex:
         self._writer_fd: int | None = None
         #: body directories known to exist (bodies/ab/cd), so a commit need not mkdir
         self._dirs: set[str] = set()
+        #: the largest row id in the index when `start` read it: every row written
+        #: since has a larger one (`_keep_top`), so `DiskStore` reads them from there
+        self.top_rowid = 0
 
     def start(self) -> tuple[list[str], list[int]]:
         """Open the directory: remove temp directories of dead stores, take this
@@ -141,8 +144,10 @@ class DiskIndex:
         shared: dict[int, int] = {}  # one int object per distinct size
         untagged: list[str] = []
         # diskcache keeps a str key raw (as text); the byte total's key is pickled
-        rows = self._index._sql("SELECT key, raw, tag FROM Cache ORDER BY store_time, rowid")
-        for key, raw, tag in rows:
+        rows = self._index._sql("SELECT rowid, key, raw, tag FROM Cache ORDER BY store_time, rowid")
+        top = 0
+        for rowid, key, raw, tag in rows:
+            top = max(top, rowid)
             if not raw or not isinstance(key, str):
                 continue
             if isinstance(tag, int):
@@ -155,6 +160,7 @@ class DiskIndex:
             if record is not None:
                 keys.append(key)
                 sizes.append(record.size)
+        self.top_rowid = top
         if crashed:
             # a store that died may have renamed a body in without writing its row;
             # one that closed cleanly left none (every rename has a row or was undone)
@@ -173,7 +179,10 @@ class DiskIndex:
             value = self.index.get(key)
         except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as exc:
             log.warning("dropping unreadable index row %r: %s", key, exc)
-            self.index.delete(key)
+            with self.index.transact():
+                top = self._top()
+                self.index.delete(key)
+                self._keep_top(top)
             return None
         if not isinstance(value, _Record):
             return None
@@ -202,6 +211,28 @@ class DiskIndex:
                     yield
             finally:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+
+    def _top(self) -> int:
+        """The largest row id in the index (0 if empty)."""
+        (top,) = self.index._sql("SELECT max(rowid) FROM Cache").fetchone()
+        return int(top or 0)
+
+    def _keep_top(self, top: int) -> None:
+        """After deleting rows (inside the caller's transaction): when the row with
+        the largest row id, `top`, went, move the byte total's row up to `top`.
+
+        SQLite gives a new row the largest row id plus one (diskcache's `rowid
+        INTEGER PRIMARY KEY` has no AUTOINCREMENT), so once the largest went, the
+        next row would get its id again, and a reader that has read every row up to
+        `top` (`DiskStore`'s sync of the keys other processes store) would never
+        see it. With this the largest row id never falls, and every new row's id
+        is above all that were read before. An update keeps its row id.
+        """
+        if self._top() < top:
+            db_key, raw = self.index._disk.put(BYTES_KEY)
+            self.index._sql(
+                "UPDATE Cache SET rowid = ? WHERE key = ? AND raw = ?", (top, db_key, raw)
+            )
 
     def _count(self, delta: int) -> None:
         """Change the shared byte total (inside the caller's transaction) and note it."""
@@ -390,6 +421,7 @@ class DiskIndex:
         try:
             with self._writing():
                 delta = 0
+                top = self._top()
                 for key in keys:
                     old = self.row(key)
                     if old is None:
@@ -397,6 +429,8 @@ class DiskIndex:
                     self.index.delete(key)
                     delta -= old.size
                     gone.append(old)
+                if gone:
+                    self._keep_top(top)
                 total = int(self.index.incr(BYTES_KEY, delta, default=0))
                 self.evicting -= evicting
                 evicting = 0
@@ -452,7 +486,9 @@ class DiskIndex:
             current = self.row(key)
             if current is None or current.bodies != record.bodies:
                 return False  # changed meanwhile: not ours to drop
+            top = self._top()
             self.index.delete(key)
+            self._keep_top(top)
             self._count(-current.size)
         self._remove_files(record)
         return True

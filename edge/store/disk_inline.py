@@ -25,7 +25,7 @@ when it can be sure none of it waits on a disk:
   one place that drops damaged objects: the inline path only ever serves an object
   whose body matched its checksum, and never changes the index.
 
-The index row read may fault in a page of the index from disk when it is not
+Reading the index row may take a page of the index from disk when it is not
 cached (the index of 10^6 small objects is about 200 MiB; a serving node keeps it
 in the page cache). `DiskStore` measures each inline load and turns the path off
 for a while after a slow one (`INLINE_SLOW`), so a cold disk costs the loop one
@@ -61,13 +61,21 @@ INLINE_SLOW = 0.002
 #: how long (seconds) the inline path stays off after a slow load
 INLINE_PAUSE = 5.0
 
-#: bytes of the index the inline reader's connection maps, as diskcache's own do
-INDEX_MAP = 1 << 26
+#: bytes of the index the inline reader's connection maps: none. A lookup in an
+#: index of 10^5 rows costs the same with a 64 MiB map (diskcache's own) or none
+#: (8.5 against 8.7 µs of CPU), but the first read after another connection has
+#: committed, which under misses is nearly every read, cost twice as much with
+#: the map: 35-45 against 18-19 µs for a key, 73-95 against 35 µs for the newest
+#: rows (`DiskStore._sync`) (docs/benchmarks.md, "Absent keys without a lookup")
+INDEX_MAP = 0
 #: diskcache's mode of a pickled value (`diskcache.core.MODE_PICKLE`)
 _MODE_PICKLE = 4
 _SELECT = (
     "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
     " AND (expire_time IS NULL OR expire_time > ?)"
+)
+_SELECT_AFTER = (
+    "SELECT rowid, key, tag FROM Cache WHERE rowid > ? AND raw = 1 ORDER BY rowid LIMIT ?"
 )
 #: filesystems whose reads never wait on a device
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
@@ -155,9 +163,9 @@ class InlineReader:
                 check_same_thread=False,  # closed from the gateway at shutdown
             )
             db.execute("PRAGMA query_only = 1")
-            # mapped as diskcache maps it, and 2 MiB of pages of its own beyond the
-            # map (a lookup in an index of 10^6 rows took 7-9 µs with any of a
-            # 64 MiB or 1 GiB map or none, and a cache of 64 or 2,000 pages)
+            # no map (`INDEX_MAP`), and 2 MiB of pages of its own (a lookup in an
+            # index of 10^6 rows took 7-9 µs with any of a 64 MiB or 1 GiB map or
+            # none, and a cache of 64 or 2,000 pages)
             db.execute(f"PRAGMA mmap_size = {INDEX_MAP}")
             db.execute("PRAGMA cache_size = -2048")
             self._db = db
@@ -200,6 +208,21 @@ class InlineReader:
                 return Defer(record)  # missing, short, long, not cached or damaged
             data[encoding] = read
         return record, data
+
+    def rows_after(self, rowid: int, limit: int) -> list[tuple[int, object, object]] | None:
+        """(rowid, key, tag) of the first `limit` object rows with a row id above
+        `rowid`, in row id order (`DiskStore._sync`); None when the index cannot be
+        read here now (busy, damaged, or the inline path is off on this filesystem):
+        the caller then knows nothing new."""
+        if self.mode == "off":
+            return None
+        try:
+            rows: list[tuple[int, object, object]] = (
+                self._connection().execute(_SELECT_AFTER, (rowid, limit)).fetchall()
+            )
+        except sqlite3.Error:
+            return None
+        return rows
 
     def _read(self, path: str, size: int) -> bytes | None:
         """The whole file if it is `size` bytes and (mode "nowait") in the page cache."""

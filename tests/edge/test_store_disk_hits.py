@@ -21,6 +21,7 @@ from edge.store import (
 )
 from edge.store.disk import SCRUB_OBJECT_MIN
 from edge.store.disk_inline import INLINE_BODY_MAX, read_mode
+from tests.support.waiting import eventually
 
 KiB = 1024
 
@@ -118,6 +119,12 @@ async def test_an_object_another_process_removed_is_not_served(tmp_path: Path) -
         assert await two.get("k") is None  # the other's memory tier has expired it
         replaced = os.urandom(KiB)
         await stored(one, "k", replaced)
+
+        # stored again by the other: seen once this one syncs (`SYNC_INTERVAL`)
+        async def found() -> bool:
+            return await two.get("k") is not None
+
+        await eventually(found, "the other's new row")
         again = await two.get("k")
         assert again is not None and again.bodies["identity"].data == replaced
         assert two.gateway_loads == 0
