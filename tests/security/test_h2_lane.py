@@ -353,7 +353,11 @@ async def test_a_small_block_that_decodes_past_the_header_list_limit_is_refused(
     answered, code = await refusal(warm)
     assert stream_id not in answered
     assert code == ENHANCE_YOUR_CALM
-    assert len(origin.seen) == before
+    # nothing of the bomb went on; the only requests the origin may see meanwhile are
+    # the earlier test's misses of /slow, still queued behind the origin's connection cap
+    assert [
+        seen.target for seen in origin.seen[before:] if not seen.target.startswith("/slow")
+    ] == []
     await clean_get(edge)
 
 
