@@ -316,20 +316,14 @@ class Filler:
             try:
                 whole = None if writer.received else response.take_whole()
                 if whole is not None:
-                    if len(whole) > limit:
-                        await writer.write(whole[:limit])
-                        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
                     if whole:
-                        await writer.write(whole)
+                        await _write_within(writer, whole, limit)
                     break
                 chunks = response.iter_chunks()
                 if writer.received:  # a retry: the bytes already written are skipped
                     chunks = skip_bytes(chunks, writer.received)
                 async for chunk in chunks:
-                    if writer.received + len(chunk) > limit:
-                        await writer.write(chunk[: limit - writer.received])
-                        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
-                    await writer.write(chunk)
+                    await _write_within(writer, chunk, limit)
                 break
             except UpstreamError:
                 response.close()
@@ -439,6 +433,15 @@ def _close_delimited(response: UpstreamResponse) -> bool:
     return any(
         CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
     )
+
+
+async def _write_within(writer: BodyWriter, chunk: bytes, limit: int) -> None:
+    """Write `chunk` of a body; past `limit` bytes in all, write up to the limit and
+    raise ObjectTooLarge (readers get the body up to the cut)."""
+    if writer.received + len(chunk) > limit:
+        await writer.write(chunk[: limit - writer.received])
+        raise ObjectTooLarge(f"body passes max_object_size ({limit} bytes)")
+    await writer.write(chunk)
 
 
 #: the fields `Filler._meta` reads of an answer's

@@ -99,14 +99,16 @@ class TierUpstream:
         headers: CIMultiDict[str],
         body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
-        if self.ring is not None and self.ring.shields:
-            response = await self.ring.request(key, method, target, headers, body)
-            if response is not None:
-                return response
-            if not service.origin_fallback:
-                raise UpstreamError(
-                    502, "no shield is reachable and origin fallback is off", unreachable=True
-                )
+        """The key's shield, failing over along the ring; the origins when no shield
+        answers and the service falls back to them."""
+        assert self.ring is not None  # `fetch` comes here only with shields
+        response = await self.ring.request(key, method, target, headers, body)
+        if response is not None:
+            return response
+        if not service.origin_fallback:
+            raise UpstreamError(
+                502, "no shield is reachable and origin fallback is off", unreachable=True
+            )
         return await self.pools[service.name].request(method, target, headers, body)
 
     def failed(self, response: UpstreamResponse) -> None:

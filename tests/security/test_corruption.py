@@ -10,9 +10,7 @@ drop counts in `edgeshield_store_corrupt_total`.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.support.fleet_runner import TieredFleet, client_session
 from tests.support.origin import OriginServer, pattern_bytes
 from tests.support.processes import NodeProcess
 from tests.support.row_bodies import corrupt_row_body
+from tests.support.waiting import eventually
 
 HOST = "www.example.com"
 BIG = 3_000_000
@@ -159,6 +158,15 @@ async def test_corrupt_bodies_are_never_served_whole(corruptible: Corruptible) -
     assert corruptible.origin.count("/big") == 2
 
 
+async def _scrubber_found(corruptible: Corruptible, node: str, what: str) -> None:
+    """Wait (up to 30 s, by its metric) until `node`'s scrubber has dropped a body."""
+
+    async def found() -> bool:
+        return await corruptible.metric(node, "edgeshield_store_corrupt_total") >= 1
+
+    await eventually(found, f"the scrubber finding {what}", timeout=30)
+
+
 async def test_scrubber_drops_corrupt_objects_nobody_asks_for(corruptible: Corruptible) -> None:
     url = corruptible.url("edge2")
     status, _, body = await fetch(url, "/scrubbed")
@@ -166,10 +174,7 @@ async def test_scrubber_drops_corrupt_objects_nobody_asks_for(corruptible: Corru
     corruptible.stop("edge2")
     overwrite(corruptible.body_file("edge2", BIG), 12345, b"\x00" * 10)
     corruptible.fleet.restart("edge2")
-    deadline = time.monotonic() + 30
-    while await corruptible.metric("edge2", "edgeshield_store_corrupt_total") < 1:
-        assert time.monotonic() < deadline, "the scrubber did not find the damaged body"
-        await asyncio.sleep(0.1)
+    await _scrubber_found(corruptible, "edge2", "the damaged body")
     status, cache_status, body = await fetch(url, "/scrubbed")
     assert (status, body) == (200, pattern_bytes(BIG))
     assert "hit" not in cache_status
@@ -251,10 +256,7 @@ async def test_scrubber_drops_a_body_damaged_in_its_index_row(corruptible: Corru
     store_dir = Path(corruptible.fleet.config("edge2").cache_dir) / "objects"
     corrupt_row_body(store_dir, None, pattern_bytes(TINY + 1))
     corruptible.fleet.restart("edge2")
-    deadline = time.monotonic() + 30
-    while await corruptible.metric("edge2", "edgeshield_store_corrupt_total") < 1:
-        assert time.monotonic() < deadline, "the scrubber did not find the damaged row body"
-        await asyncio.sleep(0.1)
+    await _scrubber_found(corruptible, "edge2", "the damaged row body")
     status, cache_status, body = await fetch(url, "/tiny-scrubbed")
     assert (status, body) == (200, pattern_bytes(TINY + 1))
     assert "hit" not in cache_status

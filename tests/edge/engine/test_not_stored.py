@@ -3,6 +3,8 @@ the object size limit, and bodies framed by the connection's close (RFC 9112 6.3
 
 from __future__ import annotations
 
+import aiohttp
+
 from tests.support.engine_harness import CloseDelimitedOrigin, running_cache
 
 
@@ -72,3 +74,28 @@ async def test_a_404_is_stored_for_the_services_negative_ttl() -> None:
         (await cache.get("/missing")).assert_status(404).assert_hit()
         cache.clock.advance(2)
         (await cache.get("/missing")).assert_says("fwd=stale")
+
+
+async def test_a_chunked_body_past_the_limit_that_arrived_whole_is_cut_and_not_stored() -> None:
+    # no Content-Length to refuse it by, and small enough to reach the fill whole with
+    # its head (the upstream client's whole-body path): cut at the limit all the same
+    big = b"c" * 5000
+    chunked = f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n"
+    origin = await CloseDelimitedOrigin(
+        "Cache-Control: max-age=600\r\nTransfer-Encoding: chunked", chunked
+    ).start()
+    try:
+        async with running_cache(origin_url=origin.url, max_object_size=1000) as cache:
+            for _ in range(2):
+                try:
+                    reply = await cache.get("/chunked")
+                except aiohttp.ClientPayloadError:
+                    pass  # cut after the head: the client sees a truncated body
+                else:
+                    assert reply.body != big  # never handed out as a whole one
+                await cache.background_done()
+                assert cache.stored("/chunked") is None
+            assert origin.requests == 2
+            assert cache.engine.metrics.not_stored_too_large.value == 2
+    finally:
+        await origin.stop()
