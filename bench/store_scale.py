@@ -506,6 +506,9 @@ def measure_all(
                 )
                 result, edge = prepare(args, count, tmp, procs)
                 edges.append((result, edge, tmp))
+            if args.hold:
+                hold(edges)
+                return [result for result, _edge, _tmp in edges]
             for _ in range(args.rounds):
                 for result, edge, tmp in edges:
                     load_round(args, result, edge, tmp)
@@ -590,6 +593,16 @@ def _ratio(large: list[float], small: list[float]) -> str:
     return f"{statistics.median(large) / statistics.median(small):.2f}x"
 
 
+def hold(edges: Sequence[tuple[Result, Edge, Path]]) -> None:
+    """Print each filled edge's port and process ids and wait for Ctrl-C (or SIGTERM),
+    so that a profiler can be attached to an edge under a load of one's own."""
+    for result, edge, _tmp in edges:
+        pids = " ".join(str(pid) for pid in edge.pids())
+        print(f"{result.count:,}: port {edge.port} pids {pids}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table, and write it with `--write`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -607,6 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also fill nginx proxy_cache (2 workers) with the same URLs and measure its hits",
     )
     parser.add_argument("--write", metavar="FILE", help="also write the results as Markdown")
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="fill and start the edges, print their ports and pids, and wait for Ctrl-C",
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
 
@@ -615,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = hits.Processes()
     started = datetime.datetime.now(datetime.UTC)
     results = measure_all(args, counts, procs)
+    if args.hold:
+        return 0
     body = table(results, args)
     command = " ".join(
         shlex.quote(a) for a in [".venv/bin/python", "bench/store_scale.py", *sys.argv[1:]]
