@@ -99,6 +99,7 @@ class Engine:
         self.refusals = Refusals()
         self.filler.on_refused = self.respond.on_refused = self._refused
         self.hot = HotLane(store, rules, metrics, clock, self.respond)
+        self.hot.hosts = self._hosts
         store.on_corrupt = self._corrupt_found
         self.onward = UpstreamRequests(
             options, store, upstream, rules, metrics, clock, self.respond
@@ -116,6 +117,7 @@ class Engine:
         self._limits.clear()
         self._limits.update({s.name: object_limit(s, self.store.max_bytes) for s in services})
         self.hot.forget_routes()
+        self.hot.hosts = self._hosts
         self.rules.serve(services)
 
     # -- the request path ---------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Most traffic of a CDN is hits on a few hot objects; for them the route (Host and raw
 target to cache key) and the answer's headers per Accept-Encoding are computed once
-and kept. Freshness and age come from the same arithmetic as every other path
+and kept. The HTTP/1.1 front also answers here a small object the memory tier does
+not hold but the store reads without waiting (`ObjectStore.get_now`), its key
+computed here when no route is known: over a large store most hits are that.
+Freshness and age come from the same arithmetic as every other path
 (`transitions.freshness`, i.e. `ObjectMeta.age`); anything the lane does not decide
 (preconditions, Range, loops, Vary, purges that cover the object, staleness) sends
 the request down the full path.
@@ -10,23 +13,30 @@ the request down the full path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.cache import transitions
 from edge.cache.encoding import choose_encoding
+from edge.cache.keys import normalize_target, primary_key
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
+from edge.forwarding import request_host
 from edge.front.types import RequestHead, ResponseSink
 from edge.metrics import NodeMetrics
 from edge.outcome import Outcome
 from edge.responding import Responder
 from edge.store import MemoryTier, ObjectStore, StoredEntry
+from fleet.config import Service
 
 #: Entries in each fast-lane table before it is emptied and refilled.
 HOT_PATH_ENTRIES = 50_000
+#: (Host, target) pairs seen once and not yet given a route (their hashes): a route
+#: is remembered on a pair's second sighting within this many
+ROUTE_SIGHTINGS = 16_384
 #: Prepared answers of one key (one per Accept-Encoding value seen) before they are
 #: dropped and made again.
 CODINGS_PER_KEY = 16
@@ -75,17 +85,36 @@ class HotLane:
         #: answer. Both bounded; entries are checked against the store.
         self._routes: dict[tuple[str | None, str], _Route] = {}
         self._prepared: dict[str, dict[str | None, PreparedHit]] = {}
+        self._sightings: OrderedDict[int, None] = OrderedDict()
+        #: the services by the hosts they serve (the engine's), for keys computed here
+        self.hosts: Mapping[str, Service] = {}
+        #: hits answered here from an entry read from disk (`prepared_hit(disk=True)`)
+        self.disk_hits = 0
         memory = getattr(store, "memory", None)
+        self._memory = memory if isinstance(memory, MemoryTier) else None
         if isinstance(memory, MemoryTier):
             # a prepared answer holds its entry: it goes when the entry leaves the
             # memory tier, or the lane would keep bodies alive beyond the tier's bound
             memory.on_drop.append(self.forget)
 
     def remember(self, host: str | None, raw_target: str, key: str) -> None:
-        """Where a (Host, raw target) pair leads, for the next request for it."""
-        if len(self._routes) >= HOT_PATH_ENTRIES:
-            self._routes.clear()
-        self._routes[(host, raw_target)] = _Route(key)
+        """Where a (Host, raw target) pair leads, for the next request for it: from
+        its second sighting on (`ROUTE_SIGHTINGS`), so a stream of one-off URLs
+        (uniform hits over a large store, misses) does not fill the table and empty
+        it, routes of the hot set with it, every `HOT_PATH_ENTRIES` requests."""
+        pair = (host, raw_target)
+        if pair not in self._routes:
+            sighting = hash(pair)  # not the pair: a sighting keeps no string alive
+            seen = self._sightings
+            if sighting not in seen:
+                seen[sighting] = None
+                if len(seen) > ROUTE_SIGHTINGS:
+                    seen.popitem(last=False)
+                return
+            del seen[sighting]
+            if len(self._routes) >= HOT_PATH_ENTRIES:
+                self._routes.clear()
+        self._routes[pair] = _Route(key)
 
     def forget_routes(self) -> None:
         """Drop every (Host, target) route (the services changed)."""
@@ -113,22 +142,52 @@ class HotLane:
         sink.send(prepared.status, response_headers, prepared.body)
         return outcome
 
-    def prepared_hit(self, request: RequestHead) -> tuple[PreparedHit, float, Outcome, str] | None:
+    def prepared_hit(
+        self, request: RequestHead, disk: bool = False
+    ) -> tuple[PreparedHit, float, Outcome, str] | None:
         """The hot lane's answer to `request` without writing it: the prepared answer,
         the current age, the Outcome and the Cache-Status value (counted as a hit);
         None when the full path must answer. A front of our own writes the prepared
-        head itself (edge.front.protocol)."""
+        head itself (edge.front.protocol).
+
+        `disk`: also answer an object that is not in the memory tier when the store
+        can read it without waiting (`ObjectStore.get_now`: a small body read on
+        the event loop), its key computed here when no route is known. Only for a
+        plain GET that no traffic rule acts on (the key is then the service's own,
+        as `Engine._cacheable` computes it), from a front that writes the answer
+        at once: what is prepared from an entry the memory tier does not hold is
+        used for this answer only, never kept.
+        """
         headers = request.headers
         route = self._routes.get((headers.get("Host"), request.target))
-        if route is None:
+        from_disk = False
+        if route is not None:
+            key = route.key
+            entry = self.store.peek(key)
+            if entry is None:
+                if not disk:
+                    return None
+                entry = self._from_disk(key, headers)
+                from_disk = True
+        elif disk:
+            key_ = self._direct_key(request)
+            if key_ is None:
+                return None
+            key = key_
+            entry = self.store.peek(key)
+            if entry is not None:
+                self.remember(headers.get("Host"), request.target, key)
+            else:
+                entry = self._from_disk(key, headers)
+                from_disk = True
+        else:
             return None
-        entry = self.store.peek(route.key)
         if entry is None:
             return None
         meta = entry.meta
         if type(meta) is not ObjectMeta or meta.no_cache:
             return None
-        if not transitions.may_use_hot_lane(headers):
+        if not from_disk and not transitions.may_use_hot_lane(headers):
             return None
         now = self.clock()
         age, ttl = transitions.freshness(meta, now)
@@ -136,21 +195,59 @@ class HotLane:
             return None
         if self.rules.version and purge_verdict(self.rules, meta, now) is not PurgeVerdict.NONE:
             return None
-        by_coding = self._prepared.get(route.key)
+        by_coding = self._prepared.get(key)
         prepared = by_coding.get(headers.get("Accept-Encoding")) if by_coding else None
         if prepared is None or prepared.entry is not entry:
-            prepared = self._prepare(route.key, entry, meta, headers.get("Accept-Encoding"))
+            # an entry the memory tier does not hold (read from disk, not admitted) is
+            # prepared for this answer alone: kept, it would outlive the tier's bound
+            keep = self._memory is None or self._memory.holds(entry)
+            prepared = self._prepare(key, entry, meta, headers.get("Accept-Encoding"), keep)
             if prepared is None:
                 return None
+        if from_disk:
+            self.disk_hits += 1
         outcome = Outcome(hit=True, ttl=int(ttl))
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)
         return prepared, age, outcome, prepared.status_prefix + outcome.member()
 
+    def _direct_key(self, request: RequestHead) -> str | None:
+        """The primary cache key of an origin-form `request` to a served host, as
+        `Engine._cacheable` computes it for a request no traffic rule acts on; None
+        for anything else (the full path answers it)."""
+        target = request.target
+        if not target.startswith("/"):
+            return None  # absolute-form: its authority names the host
+        host = request_host(request)
+        service = self.hosts.get(host)
+        if service is None:
+            return None
+        policy = service.cache_key
+        return primary_key(
+            service.name, host, normalize_target(target, policy.sort_query, policy.drop_params)
+        )
+
+    def _from_disk(
+        self, key: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    ) -> StoredEntry | None:
+        """The entry of `key` if the store has it at hand now (`get_now`), for a
+        request the lane may answer at all (checked first: the full path would
+        read it again)."""
+        if not transitions.may_use_hot_lane(headers):
+            return None
+        found = self.store.get_now(key)
+        return found if isinstance(found, StoredEntry) else None
+
     def _prepare(
-        self, key: str, entry: StoredEntry, meta: ObjectMeta, accept_encoding: str | None
+        self,
+        key: str,
+        entry: StoredEntry,
+        meta: ObjectMeta,
+        accept_encoding: str | None,
+        keep: bool = True,
     ) -> PreparedHit | None:
-        """Headers and body of a hot hit, computed once per entry and Accept-Encoding."""
+        """Headers and body of a hot hit, computed once per entry and Accept-Encoding
+        (and kept only with `keep`)."""
         if entry.key in self._responder.compressing:
             # its variants are on their way: the answer's Vary is not settled yet
             return None
@@ -172,6 +269,8 @@ class HotLane:
         own = f"{self._node_name}; "
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
         prepared = PreparedHit(entry, headers, body.data, body.size, prefix, meta.status)
+        if not keep:
+            return prepared
         by_coding = self._prepared.get(key)
         if by_coding is None:
             if len(self._prepared) >= HOT_PATH_ENTRIES:

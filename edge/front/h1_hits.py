@@ -1,7 +1,8 @@
-"""The HTTP/1.1 front's hit lane: a fresh in-memory hit written inside the parser's
-callback, from a head serialised once per stored entry and coding, with only Age,
-Cache-Status and (when the origin sent none) Date written per response, and without
-building a request object or a sink."""
+"""The HTTP/1.1 front's hit lane: a fresh hit in memory (or a small one the store
+reads from disk without waiting) written inside the parser's callback, from a head
+serialised once per stored entry and coding, with only Age, Cache-Status and (when
+the origin sent none) Date written per response, and without building a request
+object or a sink."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class HitWriter:
         hot lane cannot answer it."""
         front = self.front
         started = time.time()
-        found = front.engine.hot.prepared_hit(head)
+        # a small object read from disk without waiting is answered here too
+        found = front.engine.hot.prepared_hit(head, disk=True)
         if found is None:
             return False
         prepared, age, outcome, member = found

@@ -20,9 +20,11 @@ from edge.store.bodies import OpenBody, open_body, read_body
 from edge.store.disk import DiskStore
 from edge.store.disk_index import ROW_BODY_MAX, _Record
 from edge.store.interface import (
+    NOT_NOW,
     BodyCorrupt,
     BodyGone,
     BodyRef,
+    NotNow,
     ObjectStore,
     StoredEntry,
     StoreError,
@@ -33,6 +35,7 @@ from edge.store.memory_tier import MemoryTier
 from edge.store.writer import BodyWriter
 
 __all__ = [
+    "NOT_NOW",
     "ROW_BODY_MAX",
     "BodyCorrupt",
     "BodyGone",
@@ -41,6 +44,7 @@ __all__ = [
     "DiskStore",
     "MemoryStore",
     "MemoryTier",
+    "NotNow",
     "ObjectStore",
     "OpenBody",
     "StoreError",

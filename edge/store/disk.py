@@ -42,10 +42,12 @@ from edge.store.disk_inline import (
     read_mode,
 )
 from edge.store.interface import (
+    NOT_NOW,
     BodyCorrupt,
     BodyRef,
     KiB,
     MiB,
+    NotNow,
     StoredEntry,
     StoreError,
     body_checksum,
@@ -221,29 +223,11 @@ class DiskStore(StoreBase):
     async def get(self, key: str) -> StoredEntry | None:
         """The entry from the memory tier or else the index; promotes it into memory
         when the tier has room or the key was read before (`MemoryTier.admit`)."""
-        entry = self.peek(key)
-        if entry is not None:
-            return entry
-        if key not in self._lru and self._known_absent(key):
-            self.inline_loads += 1
-            self.absent_known += 1
-            return None
+        now = self._get_now(key)
+        if not isinstance(now, Defer):
+            return now
+        inline = now
         version, syncs = self._version, self.syncs
-        inline = self._load_inline(key)
-        if not isinstance(inline, Defer):
-            self.inline_loads += 1
-            if inline is None:
-                if key in self._lru:
-                    self._account(key, None)  # removed by another process
-                return None
-            assert isinstance(inline, tuple)
-            entry = self._entry(key, inline[0], inline[1])
-            if key in self._lru:
-                self._touch(key)
-            else:  # stored by another process since we opened
-                self._account(key, inline[0].size)
-            self.memory.admit(entry)
-            return entry
         self.gateway_loads += 1
         try:
             loaded = await self._run(self._disk.load, key, inline.record)
@@ -264,6 +248,40 @@ class DiskStore(StoreBase):
             else:  # stored by another process since we opened
                 self._account(key, record.size)
             self.memory.admit(entry)
+        return entry
+
+    def get_now(self, key: str) -> StoredEntry | NotNow | None:
+        """`get` without waiting: the entry from the memory tier, or read on the event
+        loop (`disk_inline`), with `get`'s bookkeeping (recency, the memory tier's
+        admission, syncs); `NOT_NOW` when only the gateway can read it (a large or
+        uncached body, a key being changed, anything the gateway's reader decides)."""
+        found = self._get_now(key)
+        return NOT_NOW if isinstance(found, Defer) else found
+
+    def _get_now(self, key: str) -> StoredEntry | Defer | None:
+        """`get_now`, with the row already read when the gateway must decide."""
+        entry = self.peek(key)
+        if entry is not None:
+            return entry
+        if key not in self._lru and self._known_absent(key):
+            self.inline_loads += 1
+            self.absent_known += 1
+            return None
+        inline = self._load_inline(key)
+        if isinstance(inline, Defer):
+            return inline
+        self.inline_loads += 1
+        if inline is None:
+            if key in self._lru:
+                self._account(key, None)  # removed by another process
+            return None
+        assert isinstance(inline, tuple)
+        entry = self._entry(key, inline[0], inline[1])
+        if key in self._lru:
+            self._touch(key)
+        else:  # stored by another process since we opened
+            self._account(key, inline[0].size)
+        self.memory.admit(entry)
         return entry
 
     def _known_absent(self, key: str) -> bool:

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from edge.store.writer import BodyWriter
 
 __all__ = [
+    "NOT_NOW",
     "BodyCorrupt",
     "BodyGone",
     "BodyRef",
     "KiB",
     "MiB",
+    "NotNow",
     "ObjectStore",
     "StoreError",
     "StoredEntry",
@@ -92,6 +94,17 @@ class StoredEntry:
         return sum(ref.size for ref in self.bodies.values())
 
 
+class NotNow:
+    """What `ObjectStore.get_now` answers when it cannot answer without waiting: only
+    `get` can (a read on the I/O gateway)."""
+
+    __slots__ = ()
+
+
+#: the one `NotNow`
+NOT_NOW = NotNow()
+
+
 class ObjectStore(Protocol):
     """The seam between the engine and storage; `DiskStore` and `MemoryStore` implement it."""
 
@@ -111,6 +124,12 @@ class ObjectStore(Protocol):
 
     async def get(self, key: str) -> StoredEntry | None:
         """The entry from the memory tier or else the index; promotes it into memory."""
+        ...
+
+    def get_now(self, key: str) -> StoredEntry | NotNow | None:
+        """What `get` would answer, when it can be answered without waiting (the
+        memory tier, or a small object read on the calling thread); `NOT_NOW` when
+        only `get` can answer. The same bookkeeping as `get`."""
         ...
 
     async def put_meta(self, key: str, meta: object) -> None:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 from edge.store.base import StoreBase
-from edge.store.interface import BodyRef, StoredEntry, StoreError
+from edge.store.interface import BodyRef, NotNow, StoredEntry, StoreError
 from edge.store.writer import BodyWriter, unlink_quietly
 
 __all__ = ["MemoryStore"]
@@ -45,6 +45,10 @@ class MemoryStore(StoreBase):
 
     async def get(self, key: str) -> StoredEntry | None:
         """The same as `peek`."""
+        return self.peek(key)
+
+    def get_now(self, key: str) -> StoredEntry | NotNow | None:
+        """The same as `peek`: everything here is answered now."""
         return self.peek(key)
 
     async def put_meta(self, key: str, meta: object) -> None:

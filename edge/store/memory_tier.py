@@ -92,6 +92,12 @@ class MemoryTier:
             for dropped in self.on_drop:
                 dropped(old_key)
 
+    def holds(self, entry: StoredEntry) -> bool:
+        """Whether the tier holds this very entry (what is built from it may be kept
+        as long as the tier keeps it: `on_drop` says when it goes)."""
+        item = self._entries.get(entry.key)
+        return item is not None and item[0] is entry
+
     def admit(self, entry: StoredEntry) -> bool:
         """Hold an entry read from disk when the tier has room for it or its key was
         read before (or held before); otherwise only remember the key. Whether it

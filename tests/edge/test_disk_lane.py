@@ -1,0 +1,141 @@
+"""Disk hits through the hit lane: a plain GET for a small fresh object that is on
+disk but not in the memory tier is answered by the HTTP/1.1 front's hit lane (the
+store's `get_now`, the key computed without a route), and everything the lane does
+not decide still takes the engine's full path: purges, Vary, preconditions, Range,
+HEAD, staleness. The route table does not grow by one-off URLs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.hotlane import ROUTE_SIGHTINGS
+from edge.store import NOT_NOW, DiskStore, StoredEntry
+from edge.store.disk_inline import INLINE_BODY_MAX
+from tests.support.disk_lane import running_disk_edge
+
+KiB = 1024
+FRESH = "max-age=600"
+
+
+async def test_a_disk_hit_is_answered_by_the_hit_lane(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        body = os.urandom(KiB)
+        edge.origin.responds("/a", cache_control=FRESH, body=body, ETag='"v1"')
+        first = await edge.get("/a")
+        assert first.status == 200 and first.body == body
+        edge.evict("/a")
+        edge.engine.hot.forget_routes()
+        edge.clock.advance(7)
+        hits = edge.engine.metrics.hits.value
+        hit = await edge.get("/a")
+        assert hit.status == 200 and hit.body == body
+        assert hit.headers["Cache-Status"] == "edge1; hit; ttl=593"
+        assert hit.headers["Age"] == "7" and hit.headers["ETag"] == '"v1"'
+        assert int(hit.headers["Content-Length"]) == len(body)
+        assert edge.engine.hot.disk_hits == 1
+        assert edge.engine.metrics.hits.value == hits + 1
+        assert edge.origin.count("/a") == 1
+
+
+async def test_a_disk_hit_without_a_route_leaves_none_behind(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        for n in range(20):
+            edge.origin.responds(f"/one-off/{n}", cache_control=FRESH, body=b"x" * n)
+            assert (await edge.get(f"/one-off/{n}")).status == 200
+        # one request each: misses then disk hits leave no route
+        for n in range(20):
+            edge.evict(f"/one-off/{n}")
+            assert (await edge.get(f"/one-off/{n}?")).status == 200
+        assert edge.engine.hot.disk_hits == 20
+        assert not edge.engine.hot._routes
+        # a pair asked for twice gets its route
+        await edge.get("/one-off/3")
+        await edge.get("/one-off/3")
+        assert (edge.engine.hot._routes.keys()) == {("www.example.com", "/one-off/3")}
+
+
+async def test_the_route_table_keeps_the_hot_set_under_one_off_urls(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        hot = edge.engine.hot
+        hot.remember("h", "/hot", "key-hot")
+        hot.remember("h", "/hot", "key-hot")
+        for n in range(ROUTE_SIGHTINGS + 10):
+            hot.remember("h", f"/once/{n}", f"key-{n}")
+        assert hot._routes.keys() == {("h", "/hot")}
+
+
+async def test_a_purged_object_on_disk_is_not_served_by_the_lane(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        edge.origin.responds("/p", cache_control=FRESH, body=b"old")
+        assert (await edge.get("/p")).body == b"old"
+        await edge.get("/p")  # its route is remembered on its second sighting
+        edge.evict("/p")
+        edge.clock.advance(1)
+        edge.purge("http://www.example.com/p")
+        edge.clock.advance(1)
+        edge.origin.responds("/p", cache_control=FRESH, body=b"new")
+        reply = await edge.get("/p")
+        assert reply.body == b"new" and "hit" not in reply.headers["Cache-Status"]
+        assert edge.origin.count("/p") == 2
+        assert edge.engine.hot.disk_hits == 0
+
+
+async def test_a_vary_object_on_disk_takes_the_full_path(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        edge.origin.responds("/v", cache_control=FRESH, body=b"en", Vary="Accept-Language")
+        assert (await edge.get("/v", Accept_Language="en")).body == b"en"
+        edge.evict("/v")
+        index = edge.store.get_now(edge.key("/v"))
+        assert index is not None and index is not NOT_NOW  # the Vary index, from disk
+        edge.store.memory.discard(edge.key("/v"))
+        reply = await edge.get("/v", Accept_Language="en")
+        assert reply.body == b"en" and "hit" in reply.headers["Cache-Status"]
+        assert edge.engine.hot.disk_hits == 0
+        assert edge.origin.count("/v") == 1
+
+
+async def test_what_the_lane_does_not_decide_is_answered_in_full_from_disk(
+    tmp_path: Path,
+) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        body = bytes(range(256)) * 4
+        edge.origin.responds("/f", cache_control=FRESH, body=body, ETag='"e"')
+        await edge.get("/f")
+        edge.evict("/f")
+        not_modified = await edge.get("/f", If_None_Match='"e"')
+        assert not_modified.status == 304
+        edge.evict("/f")
+        part = await edge.get("/f", Range="bytes=10-19")
+        assert part.status == 206 and part.body == body[10:20]
+        edge.evict("/f")
+        head = await edge.request("HEAD", "/f")
+        assert head.status == 200 and head.body == b""
+        assert head.headers["Content-Length"] == str(len(body))
+        assert edge.engine.hot.disk_hits == 0
+        # stale: revalidated, never answered by the lane
+        edge.evict("/f")
+        edge.clock.advance(601)
+        stale = await edge.get("/f")
+        assert stale.status == 200 and stale.body == body
+        assert edge.engine.hot.disk_hits == 0
+        assert edge.origin.count("/f") == 2
+
+
+async def test_get_now_answers_what_it_can_without_waiting(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), 1 << 30)
+    try:
+        for key, size in (("small", KiB), ("large", INLINE_BODY_MAX + 1)):
+            writer = store.begin(key)
+            await writer.write(os.urandom(size))
+            await writer.commit({"meta": key})
+            store.memory.discard(key)
+        small = store.get_now("small")
+        assert isinstance(small, StoredEntry)
+        assert small.bodies["identity"].size == KiB
+        assert store.get_now("large") is NOT_NOW
+        assert store.get_now("absent") is None
+        large = await store.get("large")
+        assert large is not None and large.bodies["identity"].size == INLINE_BODY_MAX + 1
+    finally:
+        await store.close()
