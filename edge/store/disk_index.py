@@ -47,6 +47,8 @@ from edge.store.disk_layout import (
     ROW_MAX,
     Install,
     _Record,
+    decode_row,
+    encode_row,
     remove_dead_tmp_dirs,
     sweep_orphans,
     write_new,
@@ -179,17 +181,27 @@ class DiskIndex:
             value = self.index.get(key)
         except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as exc:
             log.warning("dropping unreadable index row %r: %s", key, exc)
-            with self.index.transact():
-                top = self._top()
-                self.index.delete(key)
-                self._keep_top(top)
+            self._drop_row(key)
             return None
+        if isinstance(value, bytes):
+            decoded = decode_row(value)
+            if decoded is None:
+                log.warning("dropping unreadable index row %r", key)
+                self._drop_row(key)
+            return decoded
         if not isinstance(value, _Record):
             return None
         if any(len(body) == 3 for body in value.bodies):
             bodies = tuple((*body[:3], None) for body in value.bodies)
             return _Record(value.meta, bodies)  # type: ignore[arg-type]
         return value
+
+    def _drop_row(self, key: str) -> None:
+        """Delete the unreadable row of `key` (its files are left to the orphan sweep)."""
+        with self.index.transact():
+            top = self._top()
+            self.index.delete(key)
+            self._keep_top(top)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -335,7 +347,7 @@ class DiskIndex:
                 for n, _full, record in placed:
                     key = items[n].key
                     old = self.row(key)
-                    self.index.set(key, record, tag=record.size)
+                    self.index.set(key, encode_row(record), tag=record.size)
                     delta += record.size - (old.size if old is not None else 0)
                     olds.append((n, old))
                 self._count(delta)
@@ -392,7 +404,7 @@ class DiskIndex:
                 place, full = self._new_body_path(encoding)
                 os.rename(src, full)
             record = old.with_body(encoding, place, size, hasher.intdigest())
-            self.index.set(key, record, tag=record.size)
+            self.index.set(key, encode_row(record), tag=record.size)
             self._count(record.size - old.size)
         for body in old.bodies:
             if body[0] == encoding and isinstance(body[1], str):
@@ -407,7 +419,7 @@ class DiskIndex:
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
-            self.index.set(key, record, tag=record.size)
+            self.index.set(key, encode_row(record), tag=record.size)
         return record
 
     def delete(self, keys: list[str], evicting: int = 0) -> None:

@@ -41,7 +41,7 @@ import pickle
 import sqlite3
 import time
 
-from edge.store.disk_layout import _Record
+from edge.store.disk_layout import _Record, decode_row
 from edge.store.interface import KiB, body_checksum
 
 __all__ = [
@@ -68,8 +68,10 @@ INLINE_PAUSE = 5.0
 #: the map: 35-45 against 18-19 µs for a key, 73-95 against 35 µs for the newest
 #: rows (`DiskStore._sync`) (docs/benchmarks.md, "Absent keys without a lookup")
 INDEX_MAP = 0
-#: diskcache's mode of a pickled value (`diskcache.core.MODE_PICKLE`)
+#: diskcache's mode of a pickled value (`diskcache.core.MODE_PICKLE`), and of bytes
+#: kept as they are (`MODE_RAW`: a row `disk_layout.encode_row` wrote)
 _MODE_PICKLE = 4
+_MODE_RAW = 1
 _SELECT = (
     "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
     " AND (expire_time IS NULL OR expire_time > ?)"
@@ -184,14 +186,19 @@ class InlineReader:
         if found is None:
             return None
         mode, value = found
-        if mode != _MODE_PICKLE or value is None:
+        if mode == _MODE_RAW and value is not None:
+            record = decode_row(value)  # a row in the plain-tuple format (`encode_row`)
+            if record is None:
+                return DEFER  # unreadable: `DiskIndex.row` drops it
+        elif mode != _MODE_PICKLE or value is None:
             return DEFER
-        try:
-            record = pickle.loads(value)
-        except Exception:
-            return DEFER  # unreadable: `DiskIndex.row` drops it
-        if not isinstance(record, _Record):
-            return None
+        else:
+            try:
+                record = pickle.loads(value)
+            except Exception:
+                return DEFER  # unreadable: `DiskIndex.row` drops it
+            if not isinstance(record, _Record):
+                return None
         data: dict[str, bytes] = {}
         for body in record.bodies:
             if len(body) != 4:
