@@ -144,6 +144,9 @@ class DiskStore(StoreBase):
         #: from the recency list alone, no SQL (counted in `inline_loads` too)
         self.syncs = 0
         self.absent_known = 0
+        #: the row `get_now` last read and left to the gateway, with `_version` then,
+        #: for the `get` of the same key that follows it
+        self._deferred: tuple[str, int, Defer] | None = None
 
     @classmethod
     async def open(
@@ -223,7 +226,16 @@ class DiskStore(StoreBase):
     async def get(self, key: str) -> StoredEntry | None:
         """The entry from the memory tier or else the index; promotes it into memory
         when the tier has room or the key was read before (`MemoryTier.admit`)."""
-        now = self._get_now(key)
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and deferred[0] == key and deferred[1] == self._version:
+            # `get_now` just read this row and left it to the gateway (the hit lane,
+            # then the engine's lookup of the same request): not read a second time
+            entry = self.peek(key)
+            if entry is not None:
+                return entry
+            now: StoredEntry | Defer | None = deferred[2]
+        else:
+            now = self._get_now(key)
         if not isinstance(now, Defer):
             return now
         inline = now
@@ -256,7 +268,11 @@ class DiskStore(StoreBase):
         admission, syncs); `NOT_NOW` when only the gateway can read it (a large or
         uncached body, a key being changed, anything the gateway's reader decides)."""
         found = self._get_now(key)
-        return NOT_NOW if isinstance(found, Defer) else found
+        if isinstance(found, Defer):
+            if found.record is not None:
+                self._deferred = (key, self._version, found)
+            return NOT_NOW
+        return found
 
     def _get_now(self, key: str) -> StoredEntry | Defer | None:
         """`get_now`, with the row already read when the gateway must decide."""

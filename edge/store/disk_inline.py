@@ -154,6 +154,8 @@ class InlineReader:
         #: `INLINE_BODY_MAX`, and no larger than what the memory tier holds)
         self.body_max = min(body_max, INLINE_BODY_MAX)
         self._db: sqlite3.Connection | None = None
+        #: rows looked up (`load`)
+        self.lookups = 0
 
     def _connection(self) -> sqlite3.Connection:
         db = self._db
@@ -179,6 +181,7 @@ class InlineReader:
         when the index has no row for it; `DEFER` when the gateway must decide."""
         if self.mode == "off":
             return DEFER
+        self.lookups += 1
         try:
             found = self._connection().execute(_SELECT, (key, time.time())).fetchone()
         except sqlite3.Error:

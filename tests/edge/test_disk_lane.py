@@ -139,3 +139,18 @@ async def test_get_now_answers_what_it_can_without_waiting(tmp_path: Path) -> No
         assert large is not None and large.bodies["identity"].size == INLINE_BODY_MAX + 1
     finally:
         await store.close()
+
+
+async def test_a_large_object_on_disk_is_looked_up_once(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        body = os.urandom(INLINE_BODY_MAX + KiB)
+        edge.origin.responds("/big", cache_control=FRESH, body=body)
+        assert (await edge.get("/big")).body == body
+        edge.evict("/big")
+        lookups, gateway = edge.store._inline.lookups, edge.store.gateway_loads
+        reply = await edge.get("/big")
+        assert reply.body == body and "hit" in reply.headers["Cache-Status"]
+        # the hit lane's `get_now` read the row; the engine's `get` took it from there
+        assert edge.store._inline.lookups == lookups + 1
+        assert edge.store.gateway_loads == gateway + 1
+        assert edge.engine.hot.disk_hits == 0
