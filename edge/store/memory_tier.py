@@ -113,7 +113,11 @@ class MemoryTier:
         sighting = hash(key)
         if sighting in self._seen_once:
             del self._seen_once[sighting]
-        elif self.used + entry_cost(entry) > self.max_bytes:
+        elif (
+            # a full tier has no room for any entry: its cost need not be counted
+            self.used + ENTRY_OVERHEAD > self.max_bytes
+            or self.used + entry_cost(entry) > self.max_bytes
+        ):
             self._seen(key)
             return False
         self.put(entry)
