@@ -137,17 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = os.urandom(KiB)
         checksum = body_checksum(body)
         samples = 1000
-        old_rows = [
-            pickle.dumps(
-                _Record(sample_meta(n), (("identity", body, KiB, checksum),)),
-                pickle.HIGHEST_PROTOCOL,
-            )
-            for n in range(samples)
+        records = [
+            _Record(sample_meta(n), (("identity", body, KiB, checksum),)) for n in range(samples)
         ]
-        new_rows = [
-            encode_row(_Record(sample_meta(n), (("identity", body, KiB, checksum),)))
-            for n in range(samples)
-        ]
+        old_rows = [pickle.dumps(record, pickle.HIGHEST_PROTOCOL) for record in records]
+        new_rows = [encode_row(record) for record in records]
         assert all(isinstance(row, bytes) for row in new_rows)
         assert decode_row(new_rows[5]) == pickle.loads(old_rows[5])
         picks = [n % samples for n in order]

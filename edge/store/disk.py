@@ -144,9 +144,10 @@ class DiskStore(StoreBase):
         #: from the recency list alone, no SQL (counted in `inline_loads` too)
         self.syncs = 0
         self.absent_known = 0
-        #: the row `get_now` last read and left to the gateway, with `_version` then,
-        #: for the `get` of the same key that follows it
-        self._deferred: tuple[str, int, Defer] | None = None
+        #: what `get_now` last read from disk and did not hold in the memory tier
+        #: (an entry, or a row left to the gateway), with `_version` then, for the
+        #: `get` of the same key that follows it
+        self._deferred: tuple[str, int, StoredEntry | Defer] | None = None
 
     @classmethod
     async def open(
@@ -228,8 +229,8 @@ class DiskStore(StoreBase):
         when the tier has room or the key was read before (`MemoryTier.admit`)."""
         deferred, self._deferred = self._deferred, None
         if deferred is not None and deferred[0] == key and deferred[1] == self._version:
-            # `get_now` just read this row and left it to the gateway (the hit lane,
-            # then the engine's lookup of the same request): not read a second time
+            # `get_now` just read this row (the hit lane, which left the answer to
+            # the engine's lookup of the same request): not read a second time
             entry = self.peek(key)
             if entry is not None:
                 return entry
@@ -272,6 +273,10 @@ class DiskStore(StoreBase):
             if found.record is not None:
                 self._deferred = (key, self._version, found)
             return NOT_NOW
+        if found is not None and not self.memory.holds(found):
+            # read from disk and not admitted: if the caller leaves the answer to
+            # `get` (stale, purged, a Vary index), it is not read again
+            self._deferred = (key, self._version, found)
         return found
 
     def _get_now(self, key: str) -> StoredEntry | Defer | None:

@@ -154,3 +154,16 @@ async def test_a_large_object_on_disk_is_looked_up_once(tmp_path: Path) -> None:
         assert edge.store._inline.lookups == lookups + 1
         assert edge.store.gateway_loads == gateway + 1
         assert edge.engine.hot.disk_hits == 0
+
+
+async def test_a_row_the_lane_read_and_declined_is_not_read_again(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path, memory_bytes=0) as edge:  # a tier holding nothing
+        edge.origin.responds("/vv", cache_control=FRESH, body=b"en", Vary="Accept-Language")
+        assert (await edge.get("/vv", Accept_Language="en")).body == b"en"
+        lookups = edge.store._inline.lookups
+        reply = await edge.get("/vv", Accept_Language="en")
+        assert reply.body == b"en" and "hit" in reply.headers["Cache-Status"]
+        # the Vary index read once (by the lane, declined: the engine took it from
+        # there), then the variant
+        assert edge.store._inline.lookups == lookups + 2
+        assert edge.engine.hot.disk_hits == 0
