@@ -117,9 +117,9 @@ def encode_row(record: _Record) -> bytes | _Record:
     else (a Vary index, a test's metadata) the record itself, pickled by diskcache.
 
     Why: a disk hit decodes its row on the event loop, and unpickling a `_Record`
-    of an `ObjectMeta` took 4.5 µs (the record's dataclass state set field by field
-    in Python, two classes looked up by name) against 2.3 µs for this
-    (`bench/row_codec.py`). A release before this one cannot read such a row (it
+    of an `ObjectMeta` took 4.7 µs of CPU (the record's dataclass state set field by
+    field in Python, two classes looked up by name) against 3.4 µs for this
+    (`bench/row_codec.py`, docs/benchmarks.md). A release before this one cannot read such a row (it
     is not a `_Record` to it, so absent: the object is fetched again). A value
     marshal does not take (a subclass of str) leaves the record pickled."""
     meta = record.meta
