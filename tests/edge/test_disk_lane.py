@@ -6,9 +6,12 @@ HEAD, staleness. The route table does not grow by one-off URLs."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
 
+from edge.accesslog import AccessLog
 from edge.hotlane import ROUTE_SIGHTINGS
 from edge.store import NOT_NOW, DiskStore, StoredEntry
 from edge.store.disk_inline import INLINE_BODY_MAX
@@ -167,3 +170,23 @@ async def test_a_row_the_lane_read_and_declined_is_not_read_again(tmp_path: Path
         # there), then the variant
         assert edge.store._inline.lookups == lookups + 2
         assert edge.engine.hot.disk_hits == 0
+
+
+async def test_a_disk_hit_through_the_lane_is_logged_as_a_hit(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream, "edge1")
+    async with running_disk_edge(tmp_path, access_log=log) as edge:
+        edge.origin.responds("/logged", cache_control=FRESH, body=b"z" * 100)
+        await edge.get("/logged")
+        edge.evict("/logged")
+        log.flush()
+        stream.truncate(0)
+        stream.seek(0)
+        await edge.request("GET", "/logged", User_Agent="probe/1")
+        log.flush()
+        assert edge.engine.hot.disk_hits == 1
+    (line,) = stream.getvalue().splitlines()
+    fields = json.loads(line)
+    assert fields["cache"] == "hit; ttl=600" and fields["status"] == 200
+    assert fields["bytes"] == 100 and fields["target"] == "/logged"
+    assert fields["ua"] == "probe/1" and fields["proto"] == "http/1.1"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.accesslog import AccessLog
 from edge.cache.keys import primary_key
 from edge.cache.purge import PurgeRecord, PurgeRules
 from edge.engine import Engine, EngineOptions
@@ -75,9 +76,13 @@ class DiskEdge:
 
 @asynccontextmanager
 async def running_disk_edge(
-    root: Path, memory_bytes: int = 64 * 1024 * 1024, **service: Any
+    root: Path,
+    memory_bytes: int = 64 * 1024 * 1024,
+    access_log: AccessLog | None = None,
+    **service: Any,
 ) -> AsyncIterator[DiskEdge]:
-    """An edge on a disk store under `root`, in front of a scripted origin."""
+    """An edge on a disk store under `root`, in front of a scripted origin; its
+    front writes `access_log` when given (flushed by the test)."""
     clock = FrozenClock()
     origin = await ScriptedOrigin(clock).start()
     config = Service(name=SERVICE, hosts=(HOST,), origins=(origin.url,), **service)
@@ -98,7 +103,7 @@ async def running_disk_edge(
             clock=clock,
         )
         stack.push_async_callback(engine.close, 1.0)
-        front = Front(engine, ConnectionLimits(100, 10.0, metrics), metrics)
+        front = Front(engine, ConnectionLimits(100, 10.0, metrics), metrics, access_log)
         server = await asyncio.get_running_loop().create_server(front, "127.0.0.1", 0)
         stack.push_async_callback(server.wait_closed)
         stack.callback(server.close)
