@@ -108,6 +108,9 @@ ROW_MAGIC = b"ES1\x00"
 #: marshal's format version for rows (4: Python 3.4 on, the one of every 3.11+)
 _MARSHAL_VERSION = 4
 _new_meta = ObjectMeta.__new__
+#: values in a row's metadata state: a row written with another set of fields (a
+#: release that added or removed one) does not decode, rather than leave one unset
+_META_FIELDS = len(ObjectMeta.__dataclass_fields__)
 
 
 def encode_row(record: _Record) -> bytes | _Record:
@@ -141,7 +144,7 @@ def decode_row(value: bytes) -> _Record | None:
         state, bodies = marshal.loads(memoryview(value)[len(ROW_MAGIC) :])
     except (ValueError, EOFError, TypeError):
         return None
-    if type(state) is not tuple or type(bodies) is not tuple:
+    if type(state) is not tuple or len(state) != _META_FIELDS or type(bodies) is not tuple:
         return None
     for body in bodies:
         if type(body) is not tuple or len(body) != 4:

@@ -6,6 +6,7 @@ still read; a damaged row is dropped, never fatal, and a body in it still checke
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import sqlite3
 from pathlib import Path
@@ -49,6 +50,17 @@ def test_a_row_encodes_to_plain_values_and_back() -> None:
     assert encode_row(other) is other
     assert decode_row(encoded[:-3]) is None
     assert decode_row(b"\x80\x05junk") is None
+
+
+def test_a_row_with_another_set_of_metadata_fields_does_not_decode() -> None:
+    """A row written by a release whose ObjectMeta had one field more or fewer is
+    unreadable (dropped, fetched again), never a metadata object with a field unset."""
+    record = _Record(meta(), ())
+    state = meta().__getstate__()
+    for other in (state[:-1], (*state, "extra")):
+        row = ROW_MAGIC + marshal.dumps((other, record.bodies), 4)
+        assert decode_row(row) is None
+    assert decode_row(ROW_MAGIC + marshal.dumps((state, record.bodies), 4)) == record
 
 
 async def test_rows_are_written_plain_and_read_back_equal(tmp_path: Path) -> None:
