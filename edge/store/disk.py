@@ -147,7 +147,9 @@ class DiskStore(StoreBase):
         #: what `get_now` last read from disk and did not hold in the memory tier
         #: (an entry, or a row left to the gateway), with `_version` then, for the
         #: `get` of the same key that follows it
-        self._deferred: tuple[str, int, StoredEntry | Defer] | None = None
+        #: and `time.monotonic()` then (kept for `SYNC_INTERVAL` at most: a row another
+        #: process changes is not seen for longer than a sync would miss it)
+        self._deferred: tuple[str, int, float, StoredEntry | Defer] | None = None
 
     @classmethod
     async def open(
@@ -228,13 +230,18 @@ class DiskStore(StoreBase):
         """The entry from the memory tier or else the index; promotes it into memory
         when the tier has room or the key was read before (`MemoryTier.admit`)."""
         deferred, self._deferred = self._deferred, None
-        if deferred is not None and deferred[0] == key and deferred[1] == self._version:
+        if (
+            deferred is not None
+            and deferred[0] == key
+            and deferred[1] == self._version
+            and time.monotonic() - deferred[2] < SYNC_INTERVAL
+        ):
             # `get_now` just read this row (the hit lane, which left the answer to
             # the engine's lookup of the same request): not read a second time
             entry = self.peek(key)
             if entry is not None:
                 return entry
-            now: StoredEntry | Defer | None = deferred[2]
+            now: StoredEntry | Defer | None = deferred[3]
         else:
             now = self._get_now(key)
         if not isinstance(now, Defer):
@@ -271,12 +278,12 @@ class DiskStore(StoreBase):
         found = self._get_now(key)
         if isinstance(found, Defer):
             if found.record is not None:
-                self._deferred = (key, self._version, found)
+                self._deferred = (key, self._version, time.monotonic(), found)
             return NOT_NOW
         if found is not None and not self.memory.holds(found):
             # read from disk and not admitted: if the caller leaves the answer to
             # `get` (stale, purged, a Vary index), it is not read again
-            self._deferred = (key, self._version, found)
+            self._deferred = (key, self._version, time.monotonic(), found)
         return found
 
     def _get_now(self, key: str) -> StoredEntry | Defer | None:

@@ -5,6 +5,7 @@ real directory stand for two workers of a node."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.store import DiskStore, io
+from edge.store import DiskStore, StoredEntry, io
+from edge.store.disk import SYNC_INTERVAL
 from tests.support.waiting import eventually
 
 KiB = 1024
@@ -133,6 +135,31 @@ async def test_a_worker_evicts_the_objects_other_workers_stored(tmp_path: Path) 
         await stored(two, "c", os.urandom(300 * KiB))  # over the bound: two evicts a
         assert two.size_bytes == 600 * KiB
         assert sorted(await two.keys()) == ["b", "c"]
+    finally:
+        await two.close()
+        await one.close()
+
+
+async def test_a_row_read_ahead_by_get_now_is_not_served_once_it_is_old(tmp_path: Path) -> None:
+    """`get_now` keeps what it read from disk for the `get` of the same request that
+    follows; kept past `SYNC_INTERVAL`, it would hide a row another worker replaced
+    since (and hold a body the memory tier does not account for)."""
+    directory = str(tmp_path / "cache")
+    one = await DiskStore.open(directory, max_bytes=1 << 30)
+    two = await DiskStore.open(directory, max_bytes=1 << 30, memory_bytes=0)
+    try:
+        first, second = os.urandom(KiB), os.urandom(KiB)
+        await stored(one, "k", first)
+
+        async def read_ahead() -> bool:
+            found = two.get_now("k")
+            return isinstance(found, StoredEntry) and found.bodies["identity"].data == first
+
+        await eventually(read_ahead, "the other worker's key, read without waiting")
+        await stored(one, "k", second)
+        await asyncio.sleep(SYNC_INTERVAL * 2)  # the clock, not background work
+        entry = await two.get("k")
+        assert entry is not None and entry.bodies["identity"].data == second
     finally:
         await two.close()
         await one.close()
