@@ -447,9 +447,12 @@ def _close_delimited(response: UpstreamResponse, fields: CIMultiDict[str]) -> bo
     close at the next tier (RFC 9112 6.3 item 8), or at a tier above, which says so
     in its Cache-Status entry (it relays such a body chunked, unstored); `fields`:
     the answer's end-to-end fields."""
-    if response.close_delimited:
+    # framed by its length (RFC 9112 6.3 item 6) unless Connection named the field,
+    # which only the response's own reading of its framing can then tell
+    if "content-length" not in fields and response.close_delimited:
         return True
-    return any(CLOSE_DELIMITED_DETAIL in entry for entry in fields.getall("cache-status", ()))
+    entries = fields.getall("cache-status", None)
+    return entries is not None and any(CLOSE_DELIMITED_DETAIL in entry for entry in entries)
 
 
 async def _write_within(writer: BodyWriter, chunk: bytes, limit: int) -> None:
