@@ -160,20 +160,26 @@ class Filler:
             return
         self.metrics.upstream_requests.inc()
         response_time = self.clock()
+        # One map of the answer's fields, end to end (RFC 9110 7.6.1: hop-by-hop fields
+        # and those Connection names taken out once, here): every decision below reads
+        # it, and build_meta keeps it rather than making its own
         pairs = policy.upstream_header_pairs(response.header_pairs)
+        fields = CIMultiDict(pairs)
+        close_delimited = _close_delimited(response, fields)
+        force_stale = fields.get(STALE_MARK) == "1"
         # traffic rules that change the answer (TTL, fields) apply before it is stored
         ruled = stored_fields(service.traffic, job.host, job.target, job.request_headers, pairs)
-        fetched_headers = response.headers if ruled is pairs else CIMultiDict(ruled)
-        pairs = ruled
+        if ruled is not pairs:
+            pairs, fields = ruled, CIMultiDict(ruled)
         limit = self._limits[service.name]
         revalidating = stale is not None and isinstance(stale.meta, ObjectMeta)
         fetched = transitions.after_fetch(
             response.status,
             job.request_headers,
-            fetched_headers,
+            fields,
             revalidating=revalidating,
             limit=limit,
-            close_delimited=_close_delimited(response),
+            close_delimited=close_delimited,
             cache_close_delimited=service.cache_close_delimited,
             negative_ttl=service.negative_ttl,
             heuristic_with_credentials=self.options.heuristic_with_credentials,
@@ -190,10 +196,11 @@ class Filler:
                     job,
                     stale.meta.status,
                     merged,
+                    None,
                     request_time,
                     response_time,
                     fill.started_at,
-                    response,
+                    force_stale,
                 )
                 await self.store.put_meta(key, meta)
                 fill.set_head(FillHead(HeadKind.NOT_MODIFIED, meta=meta))
@@ -227,7 +234,7 @@ class Filler:
                 pass
             case _:
                 assert_never(fetched)
-        length = transitions.content_length(response.headers)
+        length = transitions.content_length(fields)
         store_key = key
         if key_fields:
             base_key = key.split("\x1f", 1)[0]
@@ -238,7 +245,14 @@ class Filler:
         fill.store_key = store_key
         fill.vary_fields = key_fields
         meta = self._meta(
-            job, response.status, pairs, request_time, response_time, fill.started_at, response
+            job,
+            response.status,
+            pairs,
+            fields,
+            request_time,
+            response_time,
+            fill.started_at,
+            force_stale,
         )
         writer = self.store.begin(store_key, meta.upstream_encoding)
         writer.expected = length
@@ -363,12 +377,15 @@ class Filler:
         job: FillJob,
         status: int,
         pairs: tuple[tuple[str, str], ...],
+        fields: CIMultiDict[str] | None,
         request_time: float,
         response_time: float,
         stored_at: float,
-        response: UpstreamResponse,
+        force_stale: bool,
     ) -> ObjectMeta:
-        found = _first_values(pairs, _META_FIELDS)
+        """The metadata to store: `fields` is `pairs` as a map, when the caller has
+        made it (None: build_meta makes it)."""
+        found = fields if fields is not None else _first_values(pairs, _META_FIELDS)
         encoding = (found.get("content-encoding") or "identity").lower()
         length = found.get("content-length")
         compressible = self.options.compress and compression_eligible(
@@ -380,6 +397,7 @@ class Filler:
         return policy.build_meta(
             status=status,
             upstream_pairs=pairs,
+            upstream_fields=fields,
             request_time=request_time,
             response_time=response_time,
             stored_at=stored_at,
@@ -389,7 +407,7 @@ class Filler:
             compressible=compressible,
             negative_ttl=job.service.negative_ttl,
             default_stale_if_error=job.service.default_stale_if_error,
-            force_stale=response.headers.get(STALE_MARK) == "1",
+            force_stale=force_stale,
             for_cdn=self.options.downstream_is_cdn,
         )
 
@@ -424,15 +442,17 @@ async def _forward_progress(writer: BodyWriter, fill: Fill) -> None:
         fill.progress(written)
 
 
-def _close_delimited(response: UpstreamResponse) -> bool:
+def _close_delimited(response: UpstreamResponse, fields: CIMultiDict[str]) -> bool:
     """Whether the body's end cannot be told from a cut: framed by the connection's
     close at the next tier (RFC 9112 6.3 item 8), or at a tier above, which says so
-    in its Cache-Status entry (it relays such a body chunked, unstored)."""
-    if response.close_delimited:
+    in its Cache-Status entry (it relays such a body chunked, unstored); `fields`:
+    the answer's end-to-end fields."""
+    # framed by its length (RFC 9112 6.3 item 6) unless Connection named the field,
+    # which only the response's own reading of its framing can then tell
+    if "content-length" not in fields and response.close_delimited:
         return True
-    return any(
-        CLOSE_DELIMITED_DETAIL in entry for entry in response.headers.getall("cache-status", [])
-    )
+    entries = fields.getall("cache-status", None)
+    return entries is not None and any(CLOSE_DELIMITED_DETAIL in entry for entry in entries)
 
 
 async def _write_within(writer: BodyWriter, chunk: bytes, limit: int) -> None:

@@ -173,12 +173,14 @@ def upstream_request_headers(
         ):
             continue
         headers.add(name, value)
-    headers["Host"] = host
+    # the fields below were all left out above (_ALWAYS_REPLACED, FORWARDING_FIELDS,
+    # CLIENT_ONLY_FIELDS when cacheable), so each is added, not searched for and set
+    headers.add("Host", host)
     if cacheable:
         # every tier fetches identity and the edges make the codings clients want
-        headers["Accept-Encoding"] = "identity"
+        headers.add("Accept-Encoding", "identity")
     if body_length is not None:
-        headers["Content-Length"] = str(body_length)
+        headers.add("Content-Length", str(body_length))
     peer = request.peer or "unknown"
     element = f"for={_forwarded_node(peer)};host={_quoted(host)};proto={request.scheme}"
     if trusted:
@@ -188,17 +190,18 @@ def upstream_request_headers(
                 headers.add(name, value)
         forwarded_for = ", ".join(incoming.getall("x-forwarded-for", []))
         forwarded = ", ".join(incoming.getall("forwarded", []))
-        headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-        headers["Forwarded"] = f"{forwarded}, {element}" if forwarded else element
+        headers.add("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer)
+        headers.add("Forwarded", f"{forwarded}, {element}" if forwarded else element)
+        if "x-forwarded-proto" not in headers:
+            headers.add("X-Forwarded-Proto", request.scheme)
     else:
-        headers["X-Forwarded-For"] = peer
-        headers["Forwarded"] = element
-    if "x-forwarded-proto" not in headers:
-        headers["X-Forwarded-Proto"] = request.scheme
-    loop_field = ", ".join(incoming.getall("cdn-loop", []))
-    headers["CDN-Loop"] = f"{loop_field}, {loop_token}" if loop_field else loop_token
-    earlier_via = ", ".join(incoming.getall("via", []))
-    headers["Via"] = f"{earlier_via}, {via}" if earlier_via else via
+        headers.add("X-Forwarded-For", peer)
+        headers.add("Forwarded", element)
+        headers.add("X-Forwarded-Proto", request.scheme)
+    loop_field = ", ".join(incoming.getall("cdn-loop", ()))
+    headers.add("CDN-Loop", f"{loop_field}, {loop_token}" if loop_field else loop_token)
+    earlier_via = ", ".join(incoming.getall("via", ()))
+    headers.add("Via", f"{earlier_via}, {via}" if earlier_via else via)
     return headers
 
 

@@ -298,10 +298,11 @@ class Responder:
                 # the fill stores the whole object; this client gets its range of it
                 status, start, end = 206, byte_range.start, byte_range.end + 1
                 headers["Content-Range"] = content_range(byte_range, head.length)
-        if end is not None and decoder is None:
-            headers["Content-Length"] = str(end - start)
         if fill.whole_at_commit and decoder is None and request.method != "HEAD":
+            # no Content-Length here: the sink frames a whole answer itself
             return await self._whole_fill(sink, fill, status, headers, start, end, outcome)
+        if end is not None and decoder is None:
+            headers.add("Content-Length", str(end - start))
         await sink.start(status, headers)
         if request.method == "HEAD":
             await sink.end()
@@ -338,10 +339,11 @@ class Responder:
         try:
             body = await fill.whole(start, end if status == 206 else None)
         except FillFailed:
+            if end is not None:
+                headers.add("Content-Length", str(end - start))
             await sink.start(status, headers)
             sink.abort()
             return outcome
-        headers.popall("Content-Length", None)  # the sink frames a whole answer itself
         self.metrics.bytes_sent.inc(len(body))
         sink.send(status, headers, body)
         return outcome

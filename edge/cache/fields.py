@@ -68,7 +68,8 @@ def client_header_pairs(
     omitted = PER_RESPONSE_FIELDS if for_cdn else CLIENT_OMITTED
     if extra_omitted:
         omitted = omitted | extra_omitted
-    return tuple((name, value) for name, value in pairs if name.lower() not in omitted)
+    # the stored pairs themselves, not copies: an object's two lists share them
+    return tuple([pair for pair in pairs if pair[0].lower() not in omitted])
 
 
 def connection_listed(values: Iterable[str]) -> set[str]:

@@ -236,6 +236,7 @@ def build_meta(
     *,
     status: int,
     upstream_pairs: HeaderPairs,
+    upstream_fields: Headers | None = None,
     request_time: float,
     response_time: float,
     stored_at: float,
@@ -251,8 +252,10 @@ def build_meta(
     """The metadata of a response about to be stored, with its numbers precomputed.
 
     `for_cdn`: this node's downstream is a tier of this CDN (a shield's edges).
+    `upstream_fields`: `upstream_pairs` as a map, when the caller has made one (the
+    fill has, for its own decisions: one map per answer, not one each).
     """
-    headers = pair_headers(upstream_pairs)
+    headers = pair_headers(upstream_pairs) if upstream_fields is None else upstream_fields
     directives, source = effective_directives(headers)
     lifetime = freshness_lifetime(
         status,
