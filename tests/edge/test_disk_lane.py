@@ -6,16 +6,21 @@ HEAD, staleness. The route table does not grow by one-off URLs."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from edge.accesslog import AccessLog
 from edge.hotlane import ROUTE_SIGHTINGS
 from edge.store import NOT_NOW, DiskStore, StoredEntry
 from edge.store.disk_inline import INLINE_BODY_MAX
+from edge.store.disk_layout import ROW_MAGIC, decode_row
 from tests.support.disk_lane import running_disk_edge
+from tests.support.row_bodies import index_db
+from tests.support.waiting import eventually
 
 KiB = 1024
 FRESH = "max-age=600"
@@ -190,3 +195,28 @@ async def test_a_disk_hit_through_the_lane_is_logged_as_a_hit(tmp_path: Path) ->
     assert fields["cache"] == "hit; ttl=600" and fields["status"] == 200
     assert fields["bytes"] == 100 and fields["target"] == "/logged"
     assert fields["ua"] == "probe/1" and fields["proto"] == "http/1.1"
+
+
+async def test_a_filled_object_is_stored_as_a_plain_row(tmp_path: Path) -> None:
+    """What a real fill stores (fields as the miss path builds them, repeated ones
+    included) is a marshalled row, not the pickled fallback a disk hit decodes twice
+    as slowly: a type the row cannot hold would fall back without a word."""
+    async with running_disk_edge(tmp_path) as edge:
+        edge.origin.responds(
+            "/plain", cache_control=FRESH, body=b"p" * 100, ETag='"p1"', Surrogate_Key="a b"
+        )
+        assert (await edge.get("/plain")).status == 200
+        db = index_db(tmp_path / "cache")
+
+        def row() -> bytes | None:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                found = conn.execute(
+                    "SELECT value FROM Cache WHERE key = ?", (edge.key("/plain"),)
+                ).fetchone()
+            return None if found is None else bytes(found[0])
+
+        await eventually(lambda: row() is not None, "the fill's row")
+        value = row()
+        assert value is not None and value.startswith(ROW_MAGIC)
+        record = decode_row(value)
+        assert record is not None and record.meta.etag == '"p1"'
