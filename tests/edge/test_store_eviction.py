@@ -9,7 +9,9 @@ at once without losing a row or a byte of the shared total.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -187,3 +189,28 @@ async def test_stores_sharing_a_directory_commit_at_once_without_loss(tmp_path: 
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_the_byte_total_is_kept_by_one_statement_and_remade_when_its_row_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Each commit adds its bytes to the shared total's row with one statement of
+    our own; with the row gone (deleted behind the store's back) the commit makes it
+    again from zero, as diskcache's `incr` did, rather than failing."""
+    directory = tmp_path / "cache"
+    store = await DiskStore.open(str(directory), max_bytes=1 << 30)
+    try:
+        await store_body(store, "a", b"a" * 100)
+        await store_body(store, "b", b"b" * 50)
+        assert store.size_bytes == 150
+        with contextlib.closing(sqlite3.connect(directory / "index" / "cache.db")) as db, db:
+            db.execute("DELETE FROM Cache WHERE raw = 0")
+        await store_body(store, "c", b"c" * 7)
+        assert store.size_bytes == 7
+    finally:
+        await store.close()
+    reopened = await DiskStore.open(str(directory), max_bytes=1 << 30)
+    try:
+        assert reopened.size_bytes == 7  # the remade row, read as the total
+    finally:
+        await reopened.close()
