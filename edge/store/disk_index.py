@@ -35,6 +35,7 @@ import pickle
 import random
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import diskcache
@@ -58,6 +59,19 @@ from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
 from edge.store.writer import unlink_quietly
 
 __all__ = ["BYTES_KEY", "ORPHAN_GRACE", "ROW_BODY_MAX", "DiskIndex", "Install", "_Record"]
+
+#: an object's row and how it is kept (`DiskIndex._put_row`)
+_SELECT_ROW = "SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+#: a new object row, with the columns diskcache's `set` gives one (no expiry, read
+#: never, kept in the row)
+_INSERT_ROW = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, 0, ?, NULL, ?)"
+)
+_UPDATE_ROW = (
+    "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0,"
+    " tag = ?, size = 0, mode = ?, filename = NULL, value = ? WHERE rowid = ?"
+)
 
 log = logging.getLogger("edge.store")
 
@@ -371,9 +385,7 @@ class DiskIndex:
             with self._writing():
                 delta = 0
                 for n, _full, record in placed:
-                    key = items[n].key
-                    old = self.row(key)
-                    self.index.set(key, encode_row(record), tag=record.size)
+                    old = self._put_row(items[n].key, record)
                     delta += record.size - (old.size if old is not None else 0)
                     olds.append((n, old))
                 self._count(delta)
@@ -388,6 +400,41 @@ class DiskIndex:
             self._remove_files(old)
             results[n] = (record, old)
         return results
+
+    def _put_row(self, key: str, record: _Record) -> _Record | None:
+        """Write `record` as the row of `key` (inside the caller's transaction); the
+        row it replaced.
+
+        A row in the plain-tuple format (every object a node serves) is looked up
+        and written with one statement each, as diskcache's `set` would write it
+        (the same columns, `store_time` the restart's recency order); anything else
+        (a pickled record, an old row diskcache keeps in a file of its own) goes
+        through `row` and `set`. diskcache's `get` and `set` cost three lookups and
+        most of the gateway's CPU per small commit in Python around them
+        (docs/benchmarks.md, "The byte total in one statement").
+        """
+        encoded = encode_row(record)
+        if type(encoded) is not bytes or len(encoded) >= ROW_MAX:
+            old = self.row(key)
+            self.index.set(key, encoded, tag=record.size)
+            return old
+        sql = self.index._sql
+        found = sql(_SELECT_ROW, (key,)).fetchone()
+        now = time.time()
+        if found is None:
+            sql(_INSERT_ROW, (key, now, now, record.size, MODE_RAW, encoded))
+            return None
+        rowid, mode, filename, value = found
+        if mode != MODE_RAW or filename is not None or not isinstance(value, bytes):
+            old = self.row(key)
+            self.index.set(key, encoded, tag=record.size)
+            return old
+        old = decode_row(value)
+        if old is None:
+            # unreadable: replaced, its files (if any) left to the orphan sweep
+            log.warning("replacing unreadable index row %r", key)
+        sql(_UPDATE_ROW, (now, now, record.size, MODE_RAW, encoded, rowid))
+        return old
 
     @staticmethod
     def _read_temp(item: Install) -> bytes:

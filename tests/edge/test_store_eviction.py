@@ -214,3 +214,37 @@ async def test_the_byte_total_is_kept_by_one_statement_and_remade_when_its_row_i
         assert reopened.size_bytes == 7  # the remade row, read as the total
     finally:
         await reopened.close()
+
+
+async def test_a_replaced_row_keeps_its_id_and_the_total_counts_the_new_body(
+    tmp_path: Path,
+) -> None:
+    """A commit over a stored key rewrites its row in place: the row id stays (the
+    other workers' sync reads rows by id), the old body's bytes leave the total and
+    the new body is what a reopened store serves."""
+    directory = tmp_path / "cache"
+    db_path = directory / "index" / "cache.db"
+
+    def rowid(key: str) -> int:
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            (found,) = db.execute("SELECT rowid FROM Cache WHERE key = ?", (key,)).fetchone()
+        return int(found)
+
+    store = await DiskStore.open(str(directory), max_bytes=1 << 30)
+    try:
+        await store_body(store, "k", b"1" * 100)
+        await store_body(store, "other", b"o" * 10)
+        first = rowid("k")
+        await store_body(store, "k", b"2" * 40)
+        assert rowid("k") == first
+        assert store.size_bytes == 50
+    finally:
+        await store.close()
+    reopened = await DiskStore.open(str(directory), max_bytes=1 << 30)
+    try:
+        assert reopened.size_bytes == 50
+        entry = await reopened.get("k")
+        assert entry is not None
+        assert b"".join([c async for c in read_body(entry.bodies["identity"])]) == b"2" * 40
+    finally:
+        await reopened.close()
