@@ -8,6 +8,7 @@ the command and the date). Run from the repository root:
                                           [--duration 5] [--rounds 2] [--write FILE]
     .venv/bin/python bench/store_scale.py --counts 100,10000 --size 1m
     .venv/bin/python bench/store_scale.py --counts 1000,1000000 --nginx
+    .venv/bin/python bench/store_scale.py --counts 1000,1000000 --hold   # for a profiler
 
 For each count, all on 127.0.0.1, in a fresh directory:
 - starts a fast static origin (nginx, `bench/misses.py`) and the edge as a real
@@ -32,6 +33,10 @@ For each count, all on 127.0.0.1, in a fresh directory:
 - pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
   API does) one at a time and times each until the node answers that it applied it;
   then checks a purged URL is no longer a hit.
+
+With `--hold` it stops after the edges are filled and serving: it prints each one's
+port and process ids and waits for Ctrl-C, so that a profiler can be attached under
+a load of one's own.
 
 Check `df` first: 10^6 objects of 1 KiB take about 4.5 GiB (a 4 KiB block each plus
 the index), 10^4 of 1 MiB about 10 GiB. Every process it starts it stops.
