@@ -3,16 +3,13 @@ hides hop-by-hop fields in them, against a real edge process."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.conformance_origin import FLOOD, HintsOrigin
-from tests.support.fleetfile import FleetSpec
-from tests.support.processes import NodeProcess
 from tests.support.raw_client import raw_exchange
+from tests.support.raw_origin import edge_in_front
 
 HOST = "www.example.com"
 
@@ -30,18 +27,8 @@ def hints_origin() -> Iterator[HintsOrigin]:
 def edge_listen(
     tmp_path_factory: pytest.TempPathFactory, hints_origin: HintsOrigin
 ) -> Iterator[str]:
-    root: Path = tmp_path_factory.mktemp("conformance")
-    config = FleetSpec(
-        root / "fleet", origins=[hints_origin.url], service_extra='health_check_path = "/healthz"'
-    ).write()
-    listen = re.findall(r'^listen = "([^"]+)"', config.read_text(), re.M)[0]
-    node = NodeProcess(["edge", "--config", str(config), "--node", "edge1"], root / "edge.log")
-    node.start()
-    try:
-        node.wait_listening(listen)
+    with edge_in_front(tmp_path_factory.mktemp("conformance"), hints_origin) as listen:
         yield listen
-    finally:
-        node.stop()
 
 
 async def test_a_flood_of_early_hints_is_bounded_and_stripped(

@@ -5,16 +5,13 @@ from a raw origin."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.fleetfile import FleetSpec
 from tests.support.miss_fields_origin import MissFieldsOrigin
-from tests.support.processes import NodeProcess
 from tests.support.raw_client import raw_exchange
+from tests.support.raw_origin import edge_in_front
 
 HOST = "www.example.com"
 
@@ -32,18 +29,8 @@ def origin() -> Iterator[MissFieldsOrigin]:
 def edge_listen(
     tmp_path_factory: pytest.TempPathFactory, origin: MissFieldsOrigin
 ) -> Iterator[str]:
-    root: Path = tmp_path_factory.mktemp("miss-fields")
-    config = FleetSpec(
-        root / "fleet", origins=[origin.url], service_extra='health_check_path = "/healthz"'
-    ).write()
-    listen = re.findall(r'^listen = "([^"]+)"', config.read_text(), re.M)[0]
-    node = NodeProcess(["edge", "--config", str(config), "--node", "edge1"], root / "edge.log")
-    node.start()
-    try:
-        node.wait_listening(listen)
+    with edge_in_front(tmp_path_factory.mktemp("miss-fields"), origin) as listen:
         yield listen
-    finally:
-        node.stop()
 
 
 async def get(listen: str, path: str) -> tuple[list[tuple[str, str]], bytes]:
