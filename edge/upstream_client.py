@@ -158,9 +158,9 @@ class LeanResponse(UpstreamResponse):
     def on_header(self, name: bytes, value: bytes) -> None:
         """One field line of the head (httptools joins its pieces)."""
         raw = self._raw
-        if len(name) + len(value) > MAX_LINE or len(raw) >= MAX_HEADERS:
-            if len(name) + len(value) > MAX_LINE:
-                raise self._halt(_Refused("upstream header field too long"))
+        if len(name) + len(value) > MAX_LINE:
+            raise self._halt(_Refused("upstream header field too long"))
+        if len(raw) >= MAX_HEADERS:
             raise self._halt(_Refused("upstream sent too many header fields"))
         # kept as bytes: decoded in one pass at the head's end (`_decoded`)
         raw.append((name, value))
@@ -306,19 +306,6 @@ class LeanResponse(UpstreamResponse):
     @headers.setter
     def headers(self, value: CIMultiDictProxy[str]) -> None:
         self._headers = value
-
-    @property
-    def close_delimited(self) -> bool:
-        """As `UpstreamResponse.close_delimited` says, read from the pairs (no map)."""
-        if self.status < 200 or self.status in (204, 304):
-            return False
-        codings = []
-        for name, value in self._pairs:
-            if len(name) == 14 and name.lower() == "content-length":
-                return False
-            if len(name) == 17 and name.lower() == "transfer-encoding":
-                codings.append(value)
-        return not ",".join(codings).lower().rstrip(" ,").endswith("chunked")
 
     @property
     def header_pairs(self) -> tuple[tuple[str, str], ...]:

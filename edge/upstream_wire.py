@@ -88,10 +88,16 @@ class UpstreamResponse:
         """
         if self.status < 200 or self.status in (204, 304):
             return False
-        if "content-length" in self.headers:
-            return False
-        codings = ",".join(self.headers.getall("transfer-encoding", [])).lower()
-        return not codings.rstrip(" ,").endswith("chunked")
+        # read from the pairs, which every client has (the lean one makes no map of
+        # them unless asked)
+        codings = []
+        for name, value in self.header_pairs:
+            lower = name.lower()
+            if lower == "content-length":
+                return False
+            if lower == "transfer-encoding":
+                codings.append(value)
+        return not ",".join(codings).lower().rstrip(" ,").endswith("chunked")
 
     @property
     def header_pairs(self) -> tuple[tuple[str, str], ...]:

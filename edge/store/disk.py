@@ -144,11 +144,11 @@ class DiskStore(StoreBase):
         #: from the recency list alone, no SQL (counted in `inline_loads` too)
         self.syncs = 0
         self.absent_known = 0
-        #: what `get_now` last read from disk and did not hold in the memory tier
-        #: (an entry, or a row left to the gateway), with `_version` then, for the
-        #: `get` of the same key that follows it
-        #: and `time.monotonic()` then (kept for `SYNC_INTERVAL` at most: a row another
-        #: process changes is not seen for longer than a sync would miss it)
+        #: what `get_now` last read from disk and did not hold in the memory tier (an
+        #: entry, or a row left to the gateway), with `_version` and `time.monotonic()`
+        #: then, for the `get` of the same key that follows it; kept for
+        #: `SYNC_INTERVAL` at most, so a row another process has replaced is not
+        #: missed for longer than a sync would miss it
         self._deferred: tuple[str, int, float, StoredEntry | Defer] | None = None
 
     @classmethod
