@@ -19,7 +19,9 @@ ourselves. So:
   against the right state.
 - A fresh in-memory hit (`edge.hotlane.HotLane.prepared_hit`) on a stream that ended
   with its head is answered inside `data_received`, without a task, a sink or a
-  header dictionary: its head is encoded once per prepared entry.
+  header dictionary: its head is encoded once per prepared entry. So is a small
+  object the memory tier does not hold and the store reads without waiting (a
+  disk hit), its head encoded for that answer alone.
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ class H2Hits:
         if started is None:
             started = time.time()
         if found is None:
-            found = protocol.engine.hot.prepared_hit(head)
+            found = self.lookup(protocol, head)
             if found is None:
                 return False
         prepared = found[0]
@@ -275,6 +277,15 @@ class H2Hits:
         protocol.send_prepared(stream, prepared.status, block, prepared.body)
         self.account(protocol, head, found, started)
         return True
+
+    def lookup(self, protocol: H2Protocol, head: RequestHead) -> FoundHit | None:
+        """The hot lane's answer to a GET that ended with its head, counted as a hit;
+        None when the engine must answer it. An object on disk that the store reads
+        without waiting is answered here too (`HotLane.prepared_hit(disk=True)`), as
+        the HTTP/1.1 front does: over a large store most hits are that, and the
+        answer is sent (or queued on its stream) at once, so what is prepared from
+        an entry the memory tier does not hold lives no longer than this answer."""
+        return protocol.engine.hot.prepared_hit(head, disk=True)
 
     def answer_block(self, found: FoundHit, hsts: str | None) -> bytes:
         """The whole header block of a hit's answer: the prepared head and the fields

@@ -301,7 +301,7 @@ class H2Protocol(H2Sending):
             and head.method == "GET"
             and (not self.engine.traffic.active or self.engine.traffic.passes(head))
         ):
-            found = self.engine.hot.prepared_hit(head)
+            found = self.hits.lookup(self, head)
             if found is not None and self._sendable(len(found[0].body)):
                 opened_here(conn, stream_id)
                 hsts = self.https.hsts(head) if self.https is not None else None
