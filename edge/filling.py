@@ -254,7 +254,9 @@ class Filler:
             fill.started_at,
             force_stale,
         )
-        writer = self.store.begin(store_key, meta.upstream_encoding)
+        writer = self.store.begin(
+            store_key, meta.upstream_encoding, durable=job.service.durable_objects
+        )
         writer.expected = length
         fill.set_head(
             FillHead(HeadKind.STREAM, meta=meta, length=length, encoding=meta.upstream_encoding),

@@ -194,6 +194,10 @@ class Service:
     #: RFC 8297: send a 103 with the preload Links of the stored response while the
     #: node goes upstream for it
     early_hints: bool = False
+    #: fsync each object's body and index row before its fill counts it stored, so a
+    #: power cut loses no object once stored (off: a body lost in a power cut is a
+    #: miss, never corruption; the checksum tells them apart)
+    durable_objects: bool = False
     #: traffic rules, origin groups, rate limits, the PURGE method (fleet.rules)
     traffic: TrafficRules = field(default_factory=TrafficRules)
     #: PEM certificate (chain) and key served for this service's hosts over TLS; the
@@ -836,6 +840,7 @@ def _service(t: _Table) -> Service:
         honor_request_cache_control=t.get("honor_request_cache_control", bool, False),
         compress_min_size=t.integer("compress_min_size", 256, minimum=0),
         early_hints=t.get("early_hints", bool, False),
+        durable_objects=t.get("durable_objects", bool, False),
         traffic=parse_traffic(t, _ORIGIN_URL),
         **_service_tls(t),
     )

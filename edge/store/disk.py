@@ -215,6 +215,11 @@ class DiskStore(StoreBase):
         }
         return StoredEntry(key, record.meta, bodies)
 
+    @property
+    def durable_commits(self) -> int:
+        """Objects this process committed to stable storage (`begin(durable=True)`)."""
+        return self._disk.durable_commits
+
     def forget_cached(self, key: str) -> None:
         """Drop `key` from the memory tier, so the next `get` reads the index."""
         self.memory.discard(key)
@@ -400,12 +405,18 @@ class DiskStore(StoreBase):
                 self.memory.put(self._entry(key, record, {}))
             self._account(key, record.size)
 
-    def begin(self, key: str, encoding: str = "identity") -> BodyWriter:
-        """Start writing a body; nothing is visible until `BodyWriter.commit`."""
+    def begin(self, key: str, encoding: str = "identity", durable: bool = False) -> BodyWriter:
+        """Start writing a body; nothing is visible until `BodyWriter.commit`, which
+        with `durable` returns once the body and its row are on stable storage."""
         if self._closed:
             raise StoreError("store is closed")
         return BodyWriter(
-            self, key, encoding, self.tmp_path("." + encoding), self.memory_object_max
+            self,
+            key,
+            encoding,
+            self.tmp_path("." + encoding),
+            self.memory_object_max,
+            durable=durable,
         )
 
     async def _commit_body(
@@ -421,6 +432,7 @@ class DiskStore(StoreBase):
                     writer.written,
                     writer.checksum,
                     whole,
+                    durable=writer.durable,
                 )
             )
             self._version += 1

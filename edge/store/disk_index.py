@@ -53,6 +53,7 @@ from edge.store.disk_layout import (
     encode_row,
     remove_dead_tmp_dirs,
     sweep_orphans,
+    sync_path,
     write_new,
 )
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
@@ -118,6 +119,9 @@ class DiskIndex:
         self._writer_fd: int | None = None
         #: body directories known to exist (bodies/ab/cd), so a commit need not mkdir
         self._dirs: set[str] = set()
+        #: objects committed to stable storage (`Install.durable`): their body file
+        #: and its directory synced, their row in a transaction synced at its commit
+        self.durable_commits = 0
         #: the largest row id in the index when `start` read it: every row written
         #: since has a larger one (`_keep_top`), so `DiskStore` reads them from there
         self.top_rowid = 0
@@ -241,6 +245,23 @@ class DiskIndex:
             finally:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def _synchronous(self, full: bool) -> Iterator[None]:
+        """With `full`, the transaction inside commits to stable storage (SQLite's
+        `synchronous = FULL`: the WAL is synced at the commit) rather than at the
+        next checkpoint, as every other commit does (`NORMAL`); the connection's own
+        setting is back afterwards."""
+        if not full:
+            yield
+            return
+        sql = self.index._sql
+        (before,) = sql("PRAGMA synchronous").fetchone()
+        sql("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            sql(f"PRAGMA synchronous = {int(before)}")
+
     def _top(self) -> int:
         """The largest row id in the index (0 if empty)."""
         (top,) = self.index._sql("SELECT max(rowid) FROM Cache").fetchone()
@@ -360,6 +381,7 @@ class DiskIndex:
         results: list[tuple[_Record, _Record | None] | OSError] = []
         placed: list[tuple[int, str | None, _Record]] = []
         consumed: list[str] = []
+        synced_dirs: set[str] = set()
         for n, item in enumerate(items):
             full: str | None = None
             try:
@@ -369,10 +391,19 @@ class DiskIndex:
                 else:
                     place, full = self._new_body_path(item.encoding)
                     if item.data is not None:
-                        write_new(full, item.data)
+                        write_new(full, item.data, sync=item.durable)
                     else:
+                        if item.durable:
+                            sync_path(item.src)
                         os.rename(item.src, full)
+                    if item.durable:
+                        folder = os.path.dirname(full)
+                        if folder not in synced_dirs:
+                            sync_path(folder)  # the new name survives a power cut
+                            synced_dirs.add(folder)
             except OSError as exc:
+                if full is not None:
+                    unlink_quietly(full)
                 results.append(exc)
                 continue
             if item.data is None and full is None:
@@ -381,8 +412,9 @@ class DiskIndex:
             results.append((record, None))
             placed.append((n, full, record))
         olds: list[tuple[int, _Record | None]] = []
+        durable = sum(1 for n, _full, _record in placed if items[n].durable)
         try:
-            with self._writing():
+            with self._synchronous(durable > 0), self._writing():
                 delta = 0
                 for n, _full, record in placed:
                     old = self._put_row(items[n].key, record)
@@ -394,6 +426,7 @@ class DiskIndex:
                 if full is not None:
                     unlink_quietly(full)
             raise
+        self.durable_commits += durable
         for src in consumed:
             unlink_quietly(src)
         for (n, old), (_n, _full, record) in zip(olds, placed, strict=True):

@@ -32,6 +32,7 @@ __all__ = [
     "encode_row",
     "remove_dead_tmp_dirs",
     "sweep_orphans",
+    "sync_path",
     "write_new",
 ]
 
@@ -95,6 +96,8 @@ class Install:
     checksum: int
     #: the whole body when it was never written to `src`: written in place instead
     data: bytes | None = None
+    #: on stable storage before the commit returns (the service's `durable_objects`)
+    durable: bool = False
 
 
 # rows are pickled under the name older releases wrote them with (`edge.store` before
@@ -173,19 +176,31 @@ def sweep_orphans(directory: str, referenced: set[str]) -> None:
                     os.unlink(full)
 
 
-def write_new(path: str, data: bytes) -> None:
-    """Write `data` as the new file `path` (never an existing one); on failure no
-    file is left there."""
+def write_new(path: str, data: bytes, sync: bool = False) -> None:
+    """Write `data` as the new file `path` (never an existing one), and with `sync`
+    to stable storage; on failure no file is left there."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         unlink_quietly(path)
         raise
     os.close(fd)
+
+
+def sync_path(path: str) -> None:
+    """Flush the file or directory `path` to stable storage (a directory: the names
+    renamed or created in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_dead_tmp_dirs(tmp_root: str) -> int:

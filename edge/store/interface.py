@@ -136,8 +136,9 @@ class ObjectStore(Protocol):
         """Store a metadata-only record, or replace the meta of an entry keeping its bodies."""
         ...
 
-    def begin(self, key: str, encoding: str = "identity") -> BodyWriter:
-        """Start writing a body; nothing is visible until `BodyWriter.commit`."""
+    def begin(self, key: str, encoding: str = "identity", durable: bool = False) -> BodyWriter:
+        """Start writing a body; nothing is visible until `BodyWriter.commit`, which
+        with `durable` returns once the object is on stable storage."""
         ...
 
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:

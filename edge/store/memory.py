@@ -57,8 +57,9 @@ class MemoryStore(StoreBase):
         self._entries[key] = StoredEntry(key, meta, old.bodies if old is not None else {})
         self._account(key, old.total_size if old is not None else 0)
 
-    def begin(self, key: str, encoding: str = "identity") -> BodyWriter:
-        """Start writing a body (kept whole in memory, mirrored in a temp file)."""
+    def begin(self, key: str, encoding: str = "identity", durable: bool = False) -> BodyWriter:
+        """Start writing a body (kept whole in memory, mirrored in a temp file; nothing
+        here outlives the process, so `durable` has nothing to do)."""
         if self._closed:
             raise StoreError("store is closed")
         return BodyWriter(self, key, encoding, self.tmp_path("." + encoding), keep_limit=2**62)

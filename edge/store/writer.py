@@ -47,10 +47,13 @@ class BodyWriter:
         encoding: str,
         path: str,
         keep_limit: int,
+        durable: bool = False,
     ) -> None:
         self.key = key
         self.encoding = encoding
         self.path = path
+        #: commit to stable storage (the service's `durable_objects`)
+        self.durable = durable
         #: bytes in the file
         self.written = 0
         #: bytes accepted by write() (some may still be buffered)

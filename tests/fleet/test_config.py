@@ -463,3 +463,15 @@ def test_the_conformance_keys_default_to_protecting_the_origin_and_are_checked()
     assert "key 'compress_min_size'" in error_of(bad)
     bad = on.replace("early_hints = true", 'early_hints = "yes"')
     assert "key 'early_hints'" in error_of(bad)
+
+
+def test_durable_objects_is_off_by_default_and_checked() -> None:
+    (service,) = parse_fleet(VALID, "f.toml").services
+    assert service.durable_objects is False
+    on = VALID.replace(
+        'hosts = ["www.example.com"]\n', 'hosts = ["www.example.com"]\ndurable_objects = true\n'
+    )
+    (service,) = parse_fleet(on, "f.toml").services
+    assert service.durable_objects is True
+    bad = on.replace("durable_objects = true", "durable_objects = 1")
+    assert "key 'durable_objects'" in error_of(bad)
