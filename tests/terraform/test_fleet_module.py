@@ -29,6 +29,7 @@ EXAMPLE: dict[str, Any] = {
             "load_balancing": "least_outstanding",
             "health_check_path": "/healthz",
             "read_timeout": 12.5,
+            "durable_objects": True,
             "cache_key": {"sort_query": False, "drop_params": ["utm_*"]},
         },
         {"name": "api", "hosts": ["api.example.com"], "origins": ["http://10.0.0.6:80"]},
@@ -133,6 +134,8 @@ def test_rendered_example_loads_with_every_value_intact(tmp_path: Path) -> None:
         "least_outstanding",
     )
     assert (site.health_check_path, site.read_timeout) == ("/healthz", 12.5)
+    assert site.durable_objects is True
+    assert fleet.service("api").durable_objects is False  # left out: the default
     assert (site.cache_key.sort_query, site.cache_key.drop_params) == (False, ("utm_*",))
     shield = fleet.shield("shield-eu")
     assert shield.cache_dir == '/var/cache/edgeshield/shield "eu" \\ one'

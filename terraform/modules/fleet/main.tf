@@ -37,6 +37,7 @@ locals {
     ["hsts_max_age", s.hsts_max_age],
     ["origin_ca", s.origin_ca],
     ["origin_tls_verify", s.origin_tls_verify],
+    ["durable_objects", s.durable_objects],
   ]]
 
   service_cache_keys = [for s in var.services : s.cache_key == null ? null : [

@@ -49,6 +49,7 @@ variable "services" {
     hsts_max_age           = optional(number)
     origin_ca              = optional(string)
     origin_tls_verify      = optional(bool)
+    durable_objects        = optional(bool)
     cache_key = optional(object({
       sort_query  = optional(bool)
       drop_params = optional(list(string))
