@@ -30,6 +30,12 @@ EXAMPLE: dict[str, Any] = {
             "health_check_path": "/healthz",
             "read_timeout": 12.5,
             "durable_objects": True,
+            "max_stale_when_unreachable": 600,
+            "max_object_size": "64MiB",
+            "cache_close_delimited": True,
+            "honor_request_cache_control": True,
+            "compress_min_size": 1000,
+            "early_hints": True,
             "cache_key": {"sort_query": False, "drop_params": ["utm_*"]},
         },
         {"name": "api", "hosts": ["api.example.com"], "origins": ["http://10.0.0.6:80"]},
@@ -135,6 +141,9 @@ def test_rendered_example_loads_with_every_value_intact(tmp_path: Path) -> None:
     )
     assert (site.health_check_path, site.read_timeout) == ("/healthz", 12.5)
     assert site.durable_objects is True
+    assert (site.max_stale_when_unreachable, site.max_object_size) == (600, 64 * 1024**2)
+    assert (site.cache_close_delimited, site.honor_request_cache_control) == (True, True)
+    assert (site.compress_min_size, site.early_hints) == (1000, True)
     assert fleet.service("api").durable_objects is False  # left out: the default
     assert (site.cache_key.sort_query, site.cache_key.drop_params) == (False, ("utm_*",))
     shield = fleet.shield("shield-eu")

@@ -38,6 +38,12 @@ locals {
     ["origin_ca", s.origin_ca],
     ["origin_tls_verify", s.origin_tls_verify],
     ["durable_objects", s.durable_objects],
+    ["max_stale_when_unreachable", s.max_stale_when_unreachable],
+    ["max_object_size", s.max_object_size],
+    ["cache_close_delimited", s.cache_close_delimited],
+    ["honor_request_cache_control", s.honor_request_cache_control],
+    ["compress_min_size", s.compress_min_size],
+    ["early_hints", s.early_hints],
   ]]
 
   service_cache_keys = [for s in var.services : s.cache_key == null ? null : [
