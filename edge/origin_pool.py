@@ -3,8 +3,10 @@ alive) reaches them.
 
 It spreads requests over the origins (round robin or least outstanding), ejects
 failing ones (passive and active health checks, a circuit per origin), retries
-idempotent requests on another origin after a connect failure, and caps concurrent
-origin requests with a bounded queue (503 + Retry-After beyond it).
+idempotent requests on another origin after a connect failure (with origin groups,
+on the group chosen without the origins it could not reach, when none of its own
+group's could be), and caps concurrent origin requests with a bounded queue (503 +
+Retry-After beyond it).
 """
 
 from __future__ import annotations
@@ -101,9 +103,14 @@ class OriginPool:
         return live[start:] + live[:start]
 
     def _group_origins(
-        self, method: str, target: str, headers: CIMultiDict[str]
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        passed: Collection[str] = (),
     ) -> Collection[str] | None:
-        """The origins of the request's origin group (edge.cache.rules); None: all."""
+        """The origins of the request's origin group (edge.cache.rules); None: all.
+        `passed`: origins this request could not reach, counted as down."""
         if not self.service.traffic.origin_groups:
             return None
         now = self.clock()
@@ -114,7 +121,7 @@ class OriginPool:
             method,
             target,
             headers,
-            lambda url: states[url].available(now),
+            lambda url: url not in passed and states[url].available(now),
             random.random(),
         )
 
@@ -164,39 +171,66 @@ class OriginPool:
                 self._semaphore.release()
 
         request = _Request(method, target, headers, body)
-        last_error = "no origin configured"
         retryable = method in IDEMPOTENT and body is None
+        #: origins this request could not connect to, and why the last one failed
+        unreached: list[str] = []
+        errors = ["no origin configured"]
         try:
             order = self._order(self._group_origins(method, target, headers))
-            for position, origin in enumerate(order):
-                origin.outstanding += 1
-                done = _once(_decrement(origin))
-                try:
-                    response = await send(self.session, origin.url, request, origin.url, done)
-                except _ConnectFailure as exc:
-                    self._failed(origin)
-                    last_error = str(exc)
-                    if not retryable:
-                        break
-                    continue
-                except UpstreamError:
-                    self._failed(origin)
-                    raise
-                if response.status >= 500 and retryable and response.status in (502, 503, 504):
-                    self._failed(origin)
-                    last_error = f"{origin.url} answered {response.status}"
-                    if position < len(order) - 1:
-                        response.close()
-                        continue
-                else:
-                    self._succeeded(origin)
+            response = await self._attempt(order, request, retryable, unreached, errors)
+            if response is None and retryable and unreached and self.service.traffic.origin_groups:
+                # no origin of the group could be reached: for this request the group
+                # is down, and its share goes where the health-aware choice sends it
+                # once health checks or the circuit have seen it (an edge falling back
+                # to origins runs no health checks of its own)
+                again = self._group_origins(method, target, headers, passed=unreached)
+                others = [o for o in self._order(again) if o.url not in unreached]
+                response = await self._attempt(others, request, retryable, unreached, errors)
+            if response is not None:
                 response.on_done(release_slot)
                 return response
         except BaseException:
             release_slot()
             raise
         release_slot()
-        raise UpstreamError(502, "origin unreachable", detail=last_error, unreachable=True)
+        raise UpstreamError(502, "origin unreachable", detail=errors[-1], unreachable=True)
+
+    async def _attempt(
+        self,
+        order: list[_OriginState],
+        request: _Request,
+        retryable: bool,
+        unreached: list[str],
+        errors: list[str],
+    ) -> UpstreamResponse | None:
+        """The first answer from `order`, moving on after a connect failure (or a
+        502/503/504, but for the last origin) when the request may be retried; None
+        when no origin answered (`unreached` and `errors` say which and why)."""
+        for position, origin in enumerate(order):
+            origin.outstanding += 1
+            done = _once(_decrement(origin))
+            try:
+                response = await send(self.session, origin.url, request, origin.url, done)
+            except _ConnectFailure as exc:
+                self._failed(origin)
+                unreached.append(origin.url)
+                errors.append(str(exc))
+                if not retryable:
+                    return None
+                continue
+            except UpstreamError:
+                self._failed(origin)
+                raise
+            if response.status >= 500 and retryable and response.status in (502, 503, 504):
+                self._failed(origin)
+                errors.append(f"{origin.url} answered {response.status}")
+                if position < len(order) - 1:
+                    response.close()
+                    continue
+            else:
+                self._succeeded(origin)
+            return response
+        return None
 
     async def health_loop(self) -> None:
         """Active health checks: GET the service's health path on every origin."""
