@@ -204,11 +204,17 @@ class Engine:
         key = primary_key(service.name, host, target) + suffix
         if not suffix:
             self.hot.remember(request.headers.get("Host"), request.target, key)
-        entry = self.store.peek(key) or await self.store.get(key)
+        entry = self.store.peek(key)
+        from_disk = entry is None  # not held in the memory tier: read from the store
+        if from_disk:
+            entry = await self.store.get(key)
         fwd_missing = "uri-miss"
         if entry is not None and isinstance(entry.meta, VaryIndex):
             key = variant_key(key, entry.meta.fields, end_to_end_fields(request.headers))
-            entry = self.store.peek(key) or await self.store.get(key)
+            entry = self.store.peek(key)
+            from_disk = entry is None
+            if from_disk:
+                entry = await self.store.get(key)
             fwd_missing = "vary-miss"
         meta = entry.meta if entry is not None and isinstance(entry.meta, ObjectMeta) else None
         now = self.clock()
@@ -224,11 +230,15 @@ class Engine:
         match decision.action:
             case Action.SERVE:
                 assert entry is not None and meta is not None
+                if from_disk:
+                    self.metrics.disk_hits.inc()
                 return await self.respond.from_store(
                     request, sink, entry, meta, decision, Outcome(hit=True, ttl=int(decision.ttl))
                 )
             case Action.SERVE_STALE_REVALIDATE:
                 assert entry is not None and meta is not None
+                if from_disk:
+                    self.metrics.disk_hits.inc()
                 self._revalidate_in_background(request, service, host, target, key, entry)
                 return await self.respond.from_store(
                     request,

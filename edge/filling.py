@@ -299,6 +299,8 @@ class Filler:
         fill.finish(entry.bodies.get(meta.upstream_encoding))
         self.fills.done(fill)
         self.metrics.stored.inc()
+        if writer.durable:
+            self.metrics.durable_commits.inc()
         if compressing:
             try:
                 await make_coded_variants(

@@ -206,6 +206,7 @@ class HotLane:
                 return None
         if from_disk:
             self.disk_hits += 1
+            self.metrics.disk_hits.inc()
         outcome = Outcome(hit=True, ttl=int(ttl))
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)

@@ -111,6 +111,10 @@ class NodeMetrics:
         self.upstream_requests = Count()
         self.upstream_errors = Count()
         self.stored = Count()
+        #: hits on objects read from disk for them (not held in the memory tier)
+        self.disk_hits = Count()
+        #: objects committed to stable storage (a service's `durable_objects`)
+        self.durable_commits = Count()
         self.fill_failures = Count()
         self.background_revalidations = Count()
         self.invalidations = Count()
@@ -243,6 +247,16 @@ class NodeMetrics:
                 self.upstream_errors,
             ),
             ("edgeshield_objects_stored", "Responses stored", self.stored),
+            (
+                "edgeshield_disk_hits",
+                "Hits on objects read from disk for them, not held in the memory tier",
+                self.disk_hits,
+            ),
+            (
+                "edgeshield_durable_commits",
+                "Objects committed to stable storage (a service's durable_objects)",
+                self.durable_commits,
+            ),
             (
                 "edgeshield_fill_failures",
                 "Fills that broke off and were discarded",

@@ -43,7 +43,11 @@ async def test_a_disk_hit_is_answered_by_the_hit_lane(tmp_path: Path) -> None:
         assert int(hit.headers["Content-Length"]) == len(body)
         assert edge.engine.hot.disk_hits == 1
         assert edge.engine.metrics.hits.value == hits + 1
+        assert edge.engine.metrics.disk_hits.value == 1
         assert edge.origin.count("/a") == 1
+        # a hit on it now that it is in the memory tier is not a disk hit
+        assert (await edge.get("/a")).status == 200
+        assert edge.engine.metrics.disk_hits.value == 1
 
 
 async def test_a_disk_hit_without_a_route_leaves_none_behind(tmp_path: Path) -> None:
@@ -121,12 +125,15 @@ async def test_what_the_lane_does_not_decide_is_answered_in_full_from_disk(
         assert head.status == 200 and head.body == b""
         assert head.headers["Content-Length"] == str(len(body))
         assert edge.engine.hot.disk_hits == 0
+        # each read from disk by the full path, and counted as a disk hit there
+        assert edge.engine.metrics.disk_hits.value == 3
         # stale: revalidated, never answered by the lane
         edge.evict("/f")
         edge.clock.advance(601)
         stale = await edge.get("/f")
         assert stale.status == 200 and stale.body == body
         assert edge.engine.hot.disk_hits == 0
+        assert edge.engine.metrics.disk_hits.value == 3  # a revalidation is not a hit
         assert edge.origin.count("/f") == 2
 
 

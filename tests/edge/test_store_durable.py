@@ -136,7 +136,9 @@ async def test_a_fill_for_a_durable_service_commits_durably(tmp_path: Path) -> N
         edge.origin.responds("/d", cache_control="max-age=600", body=b"kept")
         assert (await edge.get("/d")).body == b"kept"
         assert edge.store.durable_commits == 1
+        assert edge.engine.metrics.durable_commits.value == 1
     async with running_disk_edge(tmp_path / "off") as edge:
         edge.origin.responds("/d", cache_control="max-age=600", body=b"kept")
         assert (await edge.get("/d")).body == b"kept"
         assert edge.store.durable_commits == 0
+        assert edge.engine.metrics.durable_commits.value == 0
