@@ -18,7 +18,6 @@ starts it stops, and the temp directory goes with them.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -32,7 +31,8 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tls import HOST, REPO, free_port, wait_port  # a sibling script, not a package
+import hits  # a sibling script, not a package
+from tls import HOST, free_port, wait_port
 
 HOT = 1000
 
@@ -80,19 +80,12 @@ def main() -> int:
     random.shuffle(uris)
     (root / "all.txt").write_text("\n".join(uris) + "\n")
     (root / "hot.txt").write_text("\n".join(uris[:HOT]) + "\n")
-    env = {**os.environ, "EDGESHIELD_NODE_SECRET": "bench", "EDGESHIELD_ACCESS_LOG": "0"}
+    env = {"EDGESHIELD_NODE_SECRET": "bench", "EDGESHIELD_ACCESS_LOG": "0"}
     origin = [sys.executable, "-m", "demo.origin", "--listen", f"127.0.0.1:{origin_port}"]
     edge = [sys.executable, "-m", "cli.main", "edge", "--config", str(root / "fleet.toml")]
-    procs = [
-        subprocess.Popen([*origin, "--quiet"], cwd=REPO, start_new_session=True),
-        subprocess.Popen(
-            [*edge, "--node", "edge1"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        ),
-    ]
+    procs = hits.Processes()
+    procs.start([*origin, "--quiet"], root / "origin.log")
+    procs.start([*edge, "--node", "edge1"], root / "edge.log", env)
     try:
         for port in (origin_port, tls_port):
             wait_port(port)
@@ -111,10 +104,7 @@ def main() -> int:
                 flush=True,
             )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        procs.stop_all()
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

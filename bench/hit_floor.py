@@ -42,25 +42,24 @@ from pathlib import Path
 import httptools
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hits  # a sibling script, not a package
+
 #: bytes of each ready-made response (head and a 1 KiB body), padded to the record size
 RECORD = 1280
 BODY = 1024
 HOT = 1000
 MODES = ("memory", "pread", "mmap")
 
-LUA = """
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-function init(args)
-  math.randomseed(os.time() * 1000 + tid)
-end
+LUA = (
+    hits.THREAD_SEEDS_LUA
+    + """
 function request()
   return wrk.format(nil, "/?u=" .. tostring(math.random(0, span - 1)))
 end
 """
+)
 
 
 def response(n: int) -> bytes:
@@ -157,13 +156,15 @@ def run_wrk(port: int, span: int, duration: float, tmp: Path) -> float:
     return float(match.group(1))
 
 
-def start(mode: str, path: Path, count: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    procs: hits.Processes, mode: str, path: Path, count: int, tmp: Path
+) -> tuple[subprocess.Popen[bytes], int]:
     """The bare server in a child process, and its port once it listens."""
     port_file = tmp / f"port-{mode}-{count}"
     port_file.unlink(missing_ok=True)
-    child = subprocess.Popen(
+    child = procs.start(
         [sys.executable, __file__, "--serve", mode, str(path), str(count), str(port_file)],
-        start_new_session=True,
+        tmp / f"{mode}-{count}.log",
     )
     deadline = time.monotonic() + 300
     while not port_file.exists() or not port_file.read_text():
@@ -193,17 +194,16 @@ def main() -> int:
         return 2
     counts = sorted(int(c) for c in args.counts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="edgeshield-floor-"))
-    children: list[subprocess.Popen[bytes]] = []
+    procs = hits.Processes()
     try:
         records = tmp / "records"
         write_records(records, counts[-1])
-        ports: dict[tuple[str, int], int] = {}
-        pids: dict[tuple[str, int], int] = {}
-        for mode in MODES:
-            for count in counts:
-                child, ports[mode, count] = start(mode, records, count, tmp)
-                pids[mode, count] = child.pid
-                children.append(child)
+        #: each way and count's server, and its port
+        servers = {
+            (mode, count): start(procs, mode, records, count, tmp)
+            for mode in MODES
+            for count in counts
+        }
         rates: dict[tuple[str, int, str], list[float]] = {}
         #: the server's CPU time per answer (µs), which wrk's own limit does not hide
         cpu: dict[tuple[str, int, str], list[float]] = {}
@@ -211,10 +211,10 @@ def main() -> int:
             for mode in MODES:
                 for count in counts:
                     for load, span in (("hot", min(HOT, count)), ("uniform", count)):
-                        pid = pids[mode, count]
-                        used = cpu_seconds(pid)
-                        rate = run_wrk(ports[mode, count], span, args.duration, tmp)
-                        used = cpu_seconds(pid) - used
+                        child, port = servers[mode, count]
+                        used = cpu_seconds(child.pid)
+                        rate = run_wrk(port, span, args.duration, tmp)
+                        used = cpu_seconds(child.pid) - used
                         rates.setdefault((mode, count, load), []).append(rate)
                         cpu.setdefault((mode, count, load), []).append(
                             used / (rate * args.duration) * 1e6
@@ -236,10 +236,7 @@ def main() -> int:
                     f"| {statistics.median(cpu[mode, count, 'uniform']):.1f} |"
                 )
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(30)
+        procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -96,6 +96,21 @@ DEFAULT_CASES = ("id-1k", "id-100k", "id-1m", "br-100k")
 # --------------------------------------------------------------------------- processes
 
 
+#: wrk's Lua prelude for random URLs: each thread numbered (`tid`) and its random
+#: numbers seeded apart (seeded alike, two threads ask for the same URLs in step, and
+#: every second request is for an object just read)
+THREAD_SEEDS_LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + tid)
+end
+"""
+
+
 class Processes:
     """Every child the benchmark starts, each in its own process group, stopped at exit."""
 

@@ -77,16 +77,10 @@ HOT = 1000
 FILL_CONCURRENCY = 64
 
 #: wrk's Lua: `mode` is "hot", "uniform" or "miss"; `count` the URLs stored
-LUA = """
+LUA = (
+    hits.THREAD_SEEDS_LUA
+    + """
 local counter = 0
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-function init(args)
-  math.randomseed(os.time() * 1000 + tid)
-end
 function request()
   local u
   if mode == "miss" then
@@ -100,6 +94,7 @@ function request()
   return wrk.format(nil, path .. "?u=" .. u)
 end
 """
+)
 
 #: wrk's Lua filling nginx: each of `threads` threads asks for its share of `?u=0` ...
 #: `?u=count-1` once (indexes `tid-1`, `tid-1+threads`, ...) and stops when answered

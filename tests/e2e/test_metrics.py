@@ -86,6 +86,7 @@ async def test_a_two_worker_edge_counts_every_request_once(
     assert metric_value(text, "edgeshield_store_bytes") >= len(BODY)
     # a worker that did not fetch the object read it from the shared store: a disk
     # hit (and again whenever its memory tier stopped trusting its copy)
+    assert "\nedgeshield_disk_hits_total{" in text
     assert 2 - misses <= metric_value(text, "edgeshield_disk_hits_total") <= hits
     assert "\nedgeshield_durable_commits_total{" in text
     assert metric_value(text, "edgeshield_durable_commits_total") == 0

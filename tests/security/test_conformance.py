@@ -16,11 +16,8 @@ HOST = "www.example.com"
 
 @pytest.fixture(scope="module")
 def hints_origin() -> Iterator[HintsOrigin]:
-    origin = HintsOrigin().start()
-    try:
+    with HintsOrigin() as origin:
         yield origin
-    finally:
-        origin.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,8 @@ HOST = "www.example.com"
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[MissFieldsOrigin]:
-    server = MissFieldsOrigin().start()
-    try:
+    with MissFieldsOrigin() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ on repeated lines, hop-by-hop fields), and a real edge process in front of it.
 
 A subclass writes `answer` for one request; the base reads the heads (bounded by
 `HEAD_LIMIT`), counts requests per path (the edge's health checks aside), and starts
-and stops the server.
+and stops the server (`with Origin() as origin:` serves for the block).
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ class RawOrigin:
 
         asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
         return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop serving and end the thread."""
