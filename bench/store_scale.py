@@ -70,10 +70,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hits  # a sibling script, not a package
 import misses
 
+from edge.cache.purge import PurgeRules
+from edge.front.h1_hits import ReadyHeads
+from edge.hotlane import HotLane
+from edge.metrics import NodeMetrics
+from edge.options import EngineOptions
+from edge.responding import Responder
 from edge.store import DiskStore
 
 SIZES = {"1k": "/bin/1k", "100k": "/bin/100k", "1m": "/bin/1m"}
 HOT = 1000
+#: the edge's name (its Via and Cache-Status, and so its ready answers' heads)
+NODE_NAME = "edge1"
 FILL_CONCURRENCY = 64
 
 #: wrk's Lua: `mode` is "hot", "uniform" or "miss"; `count` the URLs stored
@@ -197,7 +205,7 @@ class Edge:
                     f'origins = ["http://127.0.0.1:{servers.origin_port}"]',
                     "",
                     "[[edges]]",
-                    'name = "edge1"',
+                    f'name = "{NODE_NAME}"',
                     'region = "local"',
                     f'listen = "127.0.0.1:{self.port}"',
                     f'admin_listen = "127.0.0.1:{self.admin_port}"',
@@ -254,6 +262,12 @@ def is_hit(cache_status: str) -> bool:
 async def fill(directory: Path, count: int, seed_marker: str) -> None:
     """Store `count` copies of the seed object under `?u=0` ... in `directory`."""
     store = await DiskStore.open(str(directory), max_bytes=1 << 50, memory_bytes=1 << 20)
+    # the ready answers the edge's own front makes when it stores an object
+    metrics = NodeMetrics(NODE_NAME, "edge")
+    options = EngineOptions(node_name=NODE_NAME)
+    responder = Responder(options, store, metrics, time.time, {})
+    lane = HotLane(store, PurgeRules(()), metrics, time.time, responder)
+    store.ready_maker = ReadyHeads(lane, NODE_NAME)
     try:
         keys = [k for k in await store.keys() if seed_marker in k]
         if len(keys) != 1:

@@ -14,7 +14,7 @@ the request down the full path.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,6 +30,7 @@ from edge.metrics import NodeMetrics
 from edge.outcome import Outcome
 from edge.responding import Responder
 from edge.store import MemoryTier, ObjectStore, StoredEntry
+from edge.store.ready import ReadyRecord
 from fleet.config import Service
 
 #: Entries in each fast-lane table before it is emptied and refilled.
@@ -40,6 +41,9 @@ ROUTE_SIGHTINGS = 16_384
 #: Prepared answers of one key (one per Accept-Encoding value seen) before they are
 #: dropped and made again.
 CODINGS_PER_KEY = 16
+#: Accept-Encoding values whose choice between identity alone is remembered (a
+#: ready answer is identity: `HotLane._takes_identity`) before the table is emptied
+ACCEPT_ENCODINGS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,11 @@ class HotLane:
         self.disk_hits = 0
         memory = getattr(store, "memory", None)
         self._memory = memory if isinstance(memory, MemoryTier) else None
+        #: the store's ready answers (`DiskStore.ready_answer`), if it keeps them
+        self._ready: Callable[[str, int], ReadyRecord | None] | None = getattr(
+            store, "ready_answer", None
+        )
+        self._identity_ok: dict[str, bool] = {}
         if isinstance(memory, MemoryTier):
             # a prepared answer holds its entry: it goes when the entry leaves the
             # memory tier, or the lane would keep bodies alive beyond the tier's bound
@@ -145,6 +154,14 @@ class HotLane:
     def prepared_hit(
         self, request: RequestHead, disk: bool = False
     ) -> tuple[PreparedHit, float, Outcome, str] | None:
+        """`answer_at_once` without ready answers: see there."""
+        found = self.answer_at_once(request, disk)
+        assert found is None or isinstance(found[0], PreparedHit)
+        return found  # type: ignore[return-value]
+
+    def answer_at_once(
+        self, request: RequestHead, disk: bool = False, ready_tag: int = 0
+    ) -> tuple[PreparedHit | ReadyRecord, float, Outcome, str] | None:
         """The hot lane's answer to `request` without writing it: the prepared answer,
         the current age, the Outcome and the Cache-Status value (counted as a hit);
         None when the full path must answer. A front of our own writes the prepared
@@ -157,6 +174,10 @@ class HotLane:
         as `Engine._cacheable` computes it), from a front that writes the answer
         at once: what is prepared from an entry the memory tier does not hold is
         used for this answer only, never kept.
+
+        `ready_tag` (with `disk`): an object the memory tier does not hold is answered
+        from its ready answer made by that maker (`edge.store.ready`; the HTTP/1.1
+        front's head) when the store has one, before the index is read.
         """
         headers = request.headers
         route = self._routes.get((headers.get("Host"), request.target))
@@ -167,6 +188,10 @@ class HotLane:
             if entry is None:
                 if not disk:
                     return None
+                if ready_tag and self._ready is not None:
+                    ready = self._ready(key, ready_tag)
+                    if ready is not None:
+                        return self._ready_hit(ready, headers)
                 entry = self._from_disk(key, headers)
                 from_disk = True
         elif disk:
@@ -178,6 +203,10 @@ class HotLane:
             if entry is not None:
                 self.remember(headers.get("Host"), request.target, key)
             else:
+                if ready_tag and self._ready is not None:
+                    ready = self._ready(key, ready_tag)
+                    if ready is not None:
+                        return self._ready_hit(ready, headers)
                 entry = self._from_disk(key, headers)
                 from_disk = True
         else:
@@ -211,6 +240,64 @@ class HotLane:
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(prepared.size)
         return prepared, age, outcome, prepared.status_prefix + outcome.member()
+
+    def _ready_hit(
+        self, ready: ReadyRecord, headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    ) -> tuple[ReadyRecord, float, Outcome, str] | None:
+        """A ready answer's hit, decided as a prepared one is (fresh, not purged, a
+        request the lane answers), or None for the full path."""
+        if not transitions.may_use_hot_lane(headers):
+            return None
+        accept = headers.get("Accept-Encoding")
+        if accept is not None and not self._takes_identity(accept):
+            return None
+        now = self.clock()
+        age = ready.age(now)
+        ttl = ready.freshness_lifetime - age
+        if ttl <= 0:
+            return None
+        if self.rules.version:
+            if ready.stored_at < now - MAX_RULE_AGE:
+                return None  # as `purge_verdict`: validated, not served
+            service, host, target, keys = ready.purge_fields()
+            if self.rules.verdict(service, host, target, keys, ready.stored_at) is not (
+                PurgeVerdict.NONE
+            ):
+                return None
+        self.disk_hits += 1
+        self.metrics.disk_hits.inc()
+        outcome = Outcome(hit=True, ttl=int(ttl))
+        self.metrics.hits.inc()
+        self.metrics.bytes_sent.inc(len(ready.body))
+        return ready, age, outcome, ready.status_prefix + outcome.member()
+
+    def _takes_identity(self, accept_encoding: str) -> bool:
+        """Whether a request with this Accept-Encoding gets identity when it is the
+        only coding stored (as `choose_encoding` decides), remembered per value."""
+        known = self._identity_ok.get(accept_encoding)
+        if known is None:
+            if len(self._identity_ok) >= ACCEPT_ENCODINGS:
+                self._identity_ok.clear()
+            known = choose_encoding(accept_encoding, ("identity",)) == "identity"
+            self._identity_ok[accept_encoding] = known
+        return known
+
+    def answer_fields(
+        self, meta: ObjectMeta, codings: Collection[str], encoding: str
+    ) -> tuple[CIMultiDict[str], str]:
+        """The fields of a stored object's answer in `encoding` less Age and
+        Cache-Status, and the Cache-Status value before this hit's own member: what
+        a prepared or a ready answer is made of."""
+        headers = self._responder.response_headers(meta, 0, Outcome(), False, codings=codings)
+        del headers["Age"]
+        del headers["Cache-Status"]
+        if encoding != "identity":
+            headers["Content-Encoding"] = encoding
+        if meta.status == 200:
+            headers["Accept-Ranges"] = "bytes"
+        own = f"{self._node_name}; "
+        prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
+        return headers, prefix
 
     def _direct_key(self, request: RequestHead) -> str | None:
         """The primary cache key of an origin-form `request` to a served host, as
@@ -258,17 +345,7 @@ class HotLane:
         body = entry.bodies.get(encoding)
         if body is None or body.data is None:
             return None
-        headers = self._responder.response_headers(
-            meta, 0, Outcome(), False, codings=entry.bodies.keys()
-        )
-        del headers["Age"]
-        del headers["Cache-Status"]
-        if encoding != "identity":
-            headers["Content-Encoding"] = encoding
-        if meta.status == 200:
-            headers["Accept-Ranges"] = "bytes"
-        own = f"{self._node_name}; "
-        prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
+        headers, prefix = self.answer_fields(meta, entry.bodies.keys(), encoding)
         prepared = PreparedHit(entry, headers, body.data, body.size, prefix, meta.status)
         if not keep:
             return prepared

@@ -2,20 +2,72 @@
 reads from disk without waiting) written inside the parser's callback, from a head
 serialised once per stored entry and coding, with only Age, Cache-Status and (when
 the origin sent none) Date written per response, and without building a request
-object or a sink."""
+object or a sink.
+
+The same head is what a store that keeps ready answers (`edge.store.ready`) stores
+with a small object when it is filled (`HitWriter.ready_head`): a hit on it outside
+the memory tier is then written from one `pread` of that answer."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from typing import TYPE_CHECKING
 
+from multidict import CIMultiDict
+
+from edge.cache.model import ObjectMeta
 from edge.front.h1_wire import JOIN_BELOW, header_block, status_line
 from edge.front.types import RequestHead
+from edge.hotlane import HotLane, PreparedHit
+from edge.store.ready import ReadyHead, ReadyRecord
 
 if TYPE_CHECKING:
     from edge.front.protocol import Front
-    from edge.hotlane import PreparedHit
+
+
+#: the version of the ready answers' head: changed with anything that changes how a
+#: head is made, so that answers stored by an earlier release are not used
+READY_FORMAT = 1
+
+
+def maker_tag(node_name: str) -> int:
+    """The tag of ready answers made by this release for a node named `node_name`
+    (its Via and Cache-Status name it): a record made under another name or
+    format is not answered from."""
+    return zlib.crc32(f"{READY_FORMAT} {node_name}".encode()) or 1
+
+
+def serialise_head(headers: CIMultiDict[str], status: int, length: int) -> bytes:
+    """A hit's HTTP/1.1 head up to Content-Length (the per-response fields follow)."""
+    lines = header_block(headers)
+    lines.append(f"Content-Length: {length}\r\n")
+    return status_line("1.1", status) + "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class ReadyHeads:
+    """The maker of ready answers' heads (`DiskStore.ready_maker`): the head a hit on
+    the object would be written with, made when the object is stored."""
+
+    def __init__(self, lane: HotLane, node_name: str) -> None:
+        self.lane = lane
+        self.tag = maker_tag(node_name)
+
+    def __call__(self, meta: object, size: int) -> ReadyHead | None:
+        """The ready answer's head of a stored object of `size` bytes, or None for one
+        the hit lane would not answer from memory either (revalidated every time,
+        varying on Accept-Encoding, a Vary index)."""
+        if type(meta) is not ObjectMeta or meta.no_cache or meta.compressible:
+            return None
+        headers, prefix = self.lane.answer_fields(meta, ("identity",), "identity")
+        return ReadyHead(
+            serialise_head(headers, meta.status, size),
+            "Date" in headers,
+            prefix,
+            meta.status,
+            self.tag,
+        )
 
 
 class HitWriter:
@@ -23,6 +75,12 @@ class HitWriter:
 
     def __init__(self, front: Front) -> None:
         self.front = front
+        engine = front.engine
+        heads = ReadyHeads(engine.hot, engine.options.node_name)
+        self.tag = heads.tag
+        if hasattr(engine.store, "ready_maker"):
+            # objects stored from now on get a ready answer with the head of a hit
+            engine.store.ready_maker = heads
 
     def wire(self, prepared: PreparedHit) -> tuple[bytes, bool]:
         """A prepared hit's head as bytes (status line to Content-Length), and whether
@@ -32,11 +90,7 @@ class HitWriter:
         found = prepared.heads.get("h1")
         if found is not None:
             return found
-        lines = header_block(prepared.headers)
-        lines.append(f"Content-Length: {len(prepared.body)}\r\n")
-        head = status_line("1.1", prepared.status) + "".join(lines).encode(
-            "utf-8", "surrogateescape"
-        )
+        head = serialise_head(prepared.headers, prepared.status, len(prepared.body))
         has_date = "Date" in prepared.headers
         prepared.heads["h1"] = (head, has_date)
         return head, has_date
@@ -52,12 +106,17 @@ class HitWriter:
         hot lane cannot answer it."""
         front = self.front
         started = time.time()
-        # a small object read from disk without waiting is answered here too
-        found = front.engine.hot.prepared_hit(head, disk=True)
+        # a small object read from disk without waiting is answered here too, from
+        # its ready answer when it has one
+        found = front.engine.hot.answer_at_once(head, True, self.tag)
         if found is None:
             return False
         prepared, age, outcome, member = found
-        wire, has_date = self.wire(prepared)
+        if type(prepared) is ReadyRecord:
+            wire, has_date = prepared.head, prepared.has_date
+        else:
+            assert isinstance(prepared, PreparedHit)
+            wire, has_date = self.wire(prepared)
         tail = b"Age: %d\r\nCache-Status: %s\r\n" % (int(age), member.encode())
         if not has_date:
             tail += b"Date: " + front.clock.date() + b"\r\n"

@@ -23,9 +23,14 @@ from edge.store.interface import StoredEntry, StoreError
 if TYPE_CHECKING:
     from edge.store.writer import BodyWriter
 
-__all__ = ["StoreBase"]
+__all__ = ["SIZE_BITS", "SIZE_MASK", "StoreBase"]
 
 T = TypeVar("T")
+
+#: bits of a recency-list value that hold the object's size; a store may keep more
+#: above them (`DiskStore`: where its ready answer is, `edge.store.ready`)
+SIZE_BITS = 40
+SIZE_MASK = (1 << SIZE_BITS) - 1
 
 log = logging.getLogger("edge.store")
 
@@ -130,11 +135,12 @@ class StoreBase:
             return []
         victims: list[tuple[str, int]] = []
         freed = 0
-        for key, size in self._lru.items():
+        for key, value in self._lru.items():
             if freed >= excess:
                 break
             if key == keep or key in self._locks:
                 continue  # just stored, or being changed right now
+            size = value & SIZE_MASK
             victims.append((key, size))
             freed += size
         for key, _size in victims:

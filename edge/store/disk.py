@@ -25,13 +25,13 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import diskcache
 import xxhash
 
-from edge.store.base import StoreBase
+from edge.store.base import SIZE_BITS, SIZE_MASK, StoreBase
 from edge.store.disk_index import ROW_BODY_MAX, DiskIndex, Install, _read_small, _Record
 from edge.store.disk_inline import (
     DEFER,
@@ -53,6 +53,15 @@ from edge.store.interface import (
     body_checksum,
 )
 from edge.store.memory_tier import MemoryTier
+from edge.store.ready import (
+    LENGTH_BITS,
+    LENGTH_MASK,
+    READY_BODY_MAX,
+    ReadyHead,
+    ReadyRecord,
+    encode_record,
+    parse_record,
+)
 from edge.store.writer import BodyWriter
 
 __all__ = ["SCRUB_CHUNK", "SCRUB_OBJECT_MIN", "DiskStore"]
@@ -112,9 +121,20 @@ class DiskStore(StoreBase):
         self.memory = MemoryTier(memory_bytes, memory_ttl)
         self._sizes: dict[int, int] = {}
         self.memory_object_max = memory_object_max
-        self._disk = DiskIndex(self.directory, self._tmp_dir, memory_object_max, row_body_max)
+        self._disk = DiskIndex(
+            self.directory, self._tmp_dir, memory_object_max, row_body_max, max_bytes
+        )
+        #: makes an object's ready answer when it is stored (`edge.store.ready`):
+        #: set by the front that reads them (edge.front.h1_hits); None makes none
+        self.ready_maker: Callable[[object, int], ReadyHead | None] | None = None
+        #: hits answered from a ready answer (`ready_answer`), and ready answers
+        #: found dead, overwritten or made by another maker
+        self.ready_reads = 0
+        self.ready_misses = 0
         #: commits waiting for the committer task, which indexes them in one batch
-        self._pending: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        self._pending: list[
+            tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]
+        ] = []
         self._committer: asyncio.Task[None] | None = None
         #: index transactions that carried commits, and the commits they carried
         self.commit_batches = 0
@@ -174,8 +194,9 @@ class DiskStore(StoreBase):
         store._synced_rowid = store._disk.top_rowid
         store._inline.mode = await store._run(read_mode, store.directory)
         store._device_waits = _device_waits()
-        for key, size in zip(keys, sizes, strict=True):
-            store._account(key, size)
+        # the values as `start` made them (sizes shared, locations packed above): a
+        # second int made here per object would leave the first's memory holey
+        store._lru.update(zip(keys, sizes, strict=True))
         del keys, sizes
         victims = store._pick_victims(keep="")
         if victims:
@@ -192,10 +213,14 @@ class DiskStore(StoreBase):
         """The diskcache index (open)."""
         return self._disk.index
 
-    def _account(self, key: str, size: int | None) -> None:
-        """Recency only: the byte total is the shared counter in the index."""
+    def _account(self, key: str, size: int | None, ready: int = 0) -> None:
+        """Recency only: the byte total is the shared counter in the index. `ready`:
+        the location of the object's ready answer (0: none), kept above the size."""
         self._lru.pop(key, None)
         if size is not None:
+            if ready > 0:
+                self._lru[key] = size | ready << SIZE_BITS
+                return
             # one int object per distinct size, not one per key: 28 bytes of the
             # ~240 each stored object costs in memory (docs/benchmarks.md)
             if len(self._sizes) < SIZE_OBJECTS:
@@ -223,6 +248,36 @@ class DiskStore(StoreBase):
     def forget_cached(self, key: str) -> None:
         """Drop `key` from the memory tier, so the next `get` reads the index."""
         self.memory.discard(key)
+
+    def ready_answer(self, key: str, tag: int) -> ReadyRecord | None:
+        """The ready answer of `key` made by the maker `tag` (`edge.store.ready`), read
+        with one `pread` and checked, without the index; None when there is none, or
+        it is dead (replaced or deleted by any process), overwritten or damaged:
+        then the index decides, and the location is forgotten here. Also None when
+        the memory tier would admit the object (`MemoryTier.passes_by`): a ready
+        answer serves reads the tier would not keep, so what is read again still
+        comes to be held in memory as it always did."""
+        value = self._lru.get(key)
+        if value is None or value <= SIZE_MASK:
+            return None
+        ring = self._disk.ring
+        if ring is None or not self.memory.passes_by(key):
+            # the memory tier would hold it (it has room, or the key was read
+            # before): read through the index, which admits it, as before
+            return None
+        loc = value >> SIZE_BITS
+        try:
+            data = os.pread(ring.fd, loc & LENGTH_MASK, loc >> LENGTH_BITS)
+        except OSError:
+            return None
+        found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
+        if found is None:
+            self.ready_misses += 1
+            self._lru[key] = value & SIZE_MASK  # keeps its place in the recency list
+            return None
+        self.ready_reads += 1
+        self._lru.move_to_end(key)
+        return found
 
     def peek(self, key: str) -> StoredEntry | None:
         """The entry if it is in the memory tier; synchronous, no disk, no executor."""
@@ -310,10 +365,11 @@ class DiskStore(StoreBase):
             return None
         assert isinstance(inline, tuple)
         entry = self._entry(key, inline[0], inline[1])
-        if key in self._lru:
+        ready = inline[2]
+        if key in self._lru and not ready:
             self._touch(key)
-        else:  # stored by another process since we opened
-            self._account(key, inline[0].size)
+        else:  # stored by another process since we opened, or has a ready answer
+            self._account(key, inline[0].size, ready)
         self.memory.admit(entry)
         return entry
 
@@ -354,9 +410,11 @@ class DiskStore(StoreBase):
             return False
         self.syncs += 1
         lru = self._lru
-        for _rowid, key, tag in rows:
+        for _rowid, key, tag, ready in rows:
             if isinstance(key, str) and key not in lru:
-                self._account(key, tag if isinstance(tag, int) else 0)
+                self._account(
+                    key, tag if isinstance(tag, int) else 0, ready if isinstance(ready, int) else 0
+                )
         if rows:
             self._synced_rowid = rows[-1][0]
         self._check_slow(now)
@@ -419,11 +477,27 @@ class DiskStore(StoreBase):
             durable=durable,
         )
 
+    def _ready_record(self, writer: BodyWriter, meta: object, data: bytes | None) -> bytes | None:
+        """The ready answer of the object `writer` stores, if a maker is set and it is
+        small, identity and one the maker answers for."""
+        maker = self.ready_maker
+        if (
+            maker is None
+            or data is None
+            or writer.encoding != "identity"
+            or len(data) > READY_BODY_MAX
+            or len(data) != writer.written
+        ):
+            return None
+        head = maker(meta, len(data))
+        return encode_record(writer.key, head, meta, data) if head is not None else None
+
     async def _commit_body(
         self, writer: BodyWriter, meta: object, data: bytes | None, whole: bytes | None
     ) -> StoredEntry:
+        ready = self._ready_record(writer, meta, data if data is not None else whole)
         async with self._key_lock(writer.key):
-            record, _old = await self._install(
+            record, _old, loc = await self._install(
                 Install(
                     writer.key,
                     writer.path,
@@ -433,6 +507,7 @@ class DiskStore(StoreBase):
                     writer.checksum,
                     whole,
                     durable=writer.durable,
+                    ready=ready,
                 )
             )
             self._version += 1
@@ -442,11 +517,11 @@ class DiskStore(StoreBase):
                 writer.key, record, {writer.encoding: data} if data is not None else {}
             )
             self.memory.put(entry)
-            self._account(writer.key, record.size)
+            self._account(writer.key, record.size, loc)
         await self._evict(keep=writer.key)
         return entry
 
-    async def _install(self, item: Install) -> tuple[_Record, _Record | None]:
+    async def _install(self, item: Install) -> tuple[_Record, _Record | None, int]:
         """Index a finished body, batched with every other commit ready meanwhile.
 
         The first commit starts the committer task; commits arriving while it waits
@@ -457,7 +532,7 @@ class DiskStore(StoreBase):
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[_Record, _Record | None]] = loop.create_future()
+        done: asyncio.Future[tuple[_Record, _Record | None, int]] = loop.create_future()
         self._pending.append((item, done))
         if self._committer is None:
             self._committer = loop.create_task(self._commit_batches())
@@ -465,7 +540,7 @@ class DiskStore(StoreBase):
 
     async def _commit_batches(self) -> None:
         """The committer: index what is pending, one transaction per batch."""
-        batch: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None]]]] = []
+        batch: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending, []

@@ -42,6 +42,7 @@ import diskcache
 import xxhash
 from diskcache.core import MODE_RAW
 
+from edge.store.base import SIZE_BITS, SIZE_MASK
 from edge.store.disk_layout import (
     BYTES_KEY,
     ORPHAN_GRACE,
@@ -57,20 +58,28 @@ from edge.store.disk_layout import (
     write_new,
 )
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
+from edge.store.ready import ReadyRing, ring_capacity
 from edge.store.writer import unlink_quietly
 
 __all__ = ["BYTES_KEY", "ORPHAN_GRACE", "ROW_BODY_MAX", "DiskIndex", "Install", "_Record"]
 
 #: an object's row and how it is kept (`DiskIndex._put_row`)
-_SELECT_ROW = "SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+_SELECT_ROW = (
+    "SELECT rowid, mode, filename, value, access_count FROM Cache WHERE key = ? AND raw = 1"
+)
+#: where an object's ready answer is (`edge.store.ready`): diskcache's
+#: `access_count`, which nothing else uses with its eviction off (0: none)
+_SELECT_READY = "SELECT access_count FROM Cache WHERE key = ? AND raw = 1"
+_SET_READY = "UPDATE Cache SET access_count = ? WHERE key = ? AND raw = 1"
+
 #: a new object row, with the columns diskcache's `set` gives one (no expiry, read
 #: never, kept in the row)
 _INSERT_ROW = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, 0, ?, NULL, ?)"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, ?, ?, 0, ?, NULL, ?)"
 )
 _UPDATE_ROW = (
-    "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0,"
+    "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = ?,"
     " tag = ?, size = 0, mode = ?, filename = NULL, value = ? WHERE rowid = ?"
 )
 
@@ -97,8 +106,12 @@ class DiskIndex:
         tmp_dir: str,
         memory_object_max: int,
         row_body_max: int = ROW_BODY_MAX,
+        max_bytes: int = 0,
     ) -> None:
         self.directory = directory
+        #: the ready answers' ring (`edge.store.ready`), open once `start` has run
+        self.ring: ReadyRing | None = None
+        self._ring_bytes = ring_capacity(max_bytes)
         #: bodies up to this size are kept in their index row, not in a file
         self.row_body_max = row_body_max
         #: the byte total's key as the index stores it (`_add_bytes`), made once
@@ -128,8 +141,9 @@ class DiskIndex:
 
     def start(self) -> tuple[list[str], list[int]]:
         """Open the directory: remove temp directories of dead stores, take this
-        store's own, open the index, sweep orphan bodies if a store died; the keys
-        of every row, oldest first, and their bytes.
+        store's own, open the index and the ready answers' ring, sweep orphan bodies
+        if a store died; the keys of every row, oldest first, and their bytes (with
+        the location of a ready answer above `SIZE_BITS`).
 
         Cost: one SQL scan of (key, size) per row, not an unpickled row each, so a
         store of a million objects opens in a few seconds (docs/benchmarks.md,
@@ -167,15 +181,21 @@ class DiskIndex:
         shared: dict[int, int] = {}  # one int object per distinct size
         untagged: list[str] = []
         # diskcache keeps a str key raw (as text); the byte total's key is pickled
-        rows = self._index._sql("SELECT rowid, key, raw, tag FROM Cache ORDER BY store_time, rowid")
+        self.ring = ReadyRing(os.path.join(self.directory, "ready", "answers"), self._ring_bytes)
+        rows = self._index._sql(
+            "SELECT rowid, key, raw, tag, access_count FROM Cache ORDER BY store_time, rowid"
+        )
         top = 0
-        for rowid, key, raw, tag in rows:
+        for rowid, key, raw, tag, ready in rows:
             top = max(top, rowid)
             if not raw or not isinstance(key, str):
                 continue
             if isinstance(tag, int):
                 keys.append(key)
-                sizes.append(shared.setdefault(tag, tag))
+                if isinstance(ready, int) and ready > 0:
+                    sizes.append(tag | ready << SIZE_BITS)
+                else:
+                    sizes.append(shared.setdefault(tag, tag))
             else:
                 untagged.append(key)
         for key in untagged:  # rows of an earlier release
@@ -190,7 +210,7 @@ class DiskIndex:
             self._sweep_orphans(self._referenced())
         with self._writing():
             if self._index.get(BYTES_KEY) is None:  # a new directory
-                self._index.set(BYTES_KEY, sum(sizes))
+                self._index.set(BYTES_KEY, sum(size & SIZE_MASK for size in sizes))
             self._count(0)
         return keys, sizes
 
@@ -221,6 +241,7 @@ class DiskIndex:
         """Delete the unreadable row of `key` (its files are left to the orphan sweep)."""
         with self.index.transact():
             top = self._top()
+            self._kill_ready(key)
             self.index.delete(key)
             self._keep_top(top)
 
@@ -363,14 +384,16 @@ class DiskIndex:
         result = self.install_many([Install(key, src, encoding, meta, size, checksum)])[0]
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result[0], result[1]
 
     def install_many(
         self, items: Sequence[Install]
-    ) -> list[tuple[_Record, _Record | None] | OSError]:
+    ) -> list[tuple[_Record, _Record | None, int] | OSError]:
         """Place finished bodies, then write all their rows in one transaction (the
-        commit point of each); per item its (row, old row) or the error that stopped
-        it. The keys are distinct (the caller holds their locks).
+        commit point of each); per item its (row, old row, location of its ready
+        answer or 0) or the error that stopped it. The keys are distinct (the caller
+        holds their locks). Ready answers go to the ring in the same transaction,
+        and the answers of the rows they replace are marked dead there.
 
         A body of at most `row_body_max` bytes goes into its row (read from its temp
         file if it was written to one, which goes once the row is in); a larger one
@@ -378,7 +401,7 @@ class DiskIndex:
         One transaction for a batch, not one per body: a transaction costs a WAL
         append and the writer lock, whatever it holds.
         """
-        results: list[tuple[_Record, _Record | None] | OSError] = []
+        results: list[tuple[_Record, _Record | None, int] | OSError] = []
         placed: list[tuple[int, str | None, _Record]] = []
         consumed: list[str] = []
         synced_dirs: set[str] = set()
@@ -409,17 +432,19 @@ class DiskIndex:
             if item.data is None and full is None:
                 consumed.append(item.src)
             record = _Record(item.meta, ((item.encoding, place, item.size, item.checksum),))
-            results.append((record, None))
+            results.append((record, None, 0))
             placed.append((n, full, record))
-        olds: list[tuple[int, _Record | None]] = []
+        olds: list[tuple[int, _Record | None, int]] = []
         durable = sum(1 for n, _full, _record in placed if items[n].durable)
         try:
             with self._synchronous(durable > 0), self._writing():
                 delta = 0
                 for n, _full, record in placed:
-                    old = self._put_row(items[n].key, record)
+                    ready = items[n].ready
+                    loc = self._ring().append(ready) if ready is not None else 0
+                    old = self._put_row(items[n].key, record, loc)
                     delta += record.size - (old.size if old is not None else 0)
-                    olds.append((n, old))
+                    olds.append((n, old, loc))
                 self._count(delta)
         except BaseException:
             for _n, full, _record in placed:
@@ -429,14 +454,30 @@ class DiskIndex:
         self.durable_commits += durable
         for src in consumed:
             unlink_quietly(src)
-        for (n, old), (_n, _full, record) in zip(olds, placed, strict=True):
+        for (n, old, loc), (_n, _full, record) in zip(olds, placed, strict=True):
             self._remove_files(old)
-            results[n] = (record, old)
+            results[n] = (record, old, loc)
         return results
 
-    def _put_row(self, key: str, record: _Record) -> _Record | None:
-        """Write `record` as the row of `key` (inside the caller's transaction); the
-        row it replaced.
+    def _ring(self) -> ReadyRing:
+        if self.ring is None:
+            raise StoreError("store is not open")
+        return self.ring
+
+    def _kill_ready(self, key: str, loc: object = None) -> None:
+        """Mark dead the ready answer of `key` (its row's, looked up unless given as
+        `loc`), inside a transaction that is about to replace or delete the row:
+        every process holding its location then finds it dead (`edge.store.ready`)."""
+        if loc is None:
+            found = self.index._sql(_SELECT_READY, (key,)).fetchone()
+            loc = found[0] if found is not None else 0
+        if isinstance(loc, int) and loc > 0 and self.ring is not None:
+            self.ring.kill(loc, key)
+
+    def _put_row(self, key: str, record: _Record, ready: int = 0) -> _Record | None:
+        """Write `record` as the row of `key` (inside the caller's transaction), with
+        the location of its ready answer (0: none); the row it replaced, whose ready
+        answer is marked dead.
 
         A row in the plain-tuple format (every object a node serves) is looked up
         and written with one statement each, as diskcache's `set` would write it
@@ -447,26 +488,32 @@ class DiskIndex:
         (docs/benchmarks.md, "The byte total in one statement").
         """
         encoded = encode_row(record)
-        if type(encoded) is not bytes or len(encoded) >= ROW_MAX:
-            old = self.row(key)
-            self.index.set(key, encoded, tag=record.size)
-            return old
         sql = self.index._sql
+        if type(encoded) is not bytes or len(encoded) >= ROW_MAX:
+            return self._set_row(key, encoded, record, ready)
         found = sql(_SELECT_ROW, (key,)).fetchone()
         now = time.time()
         if found is None:
-            sql(_INSERT_ROW, (key, now, now, record.size, MODE_RAW, encoded))
+            sql(_INSERT_ROW, (key, now, now, ready, record.size, MODE_RAW, encoded))
             return None
-        rowid, mode, filename, value = found
+        rowid, mode, filename, value, old_ready = found
         if mode != MODE_RAW or filename is not None or not isinstance(value, bytes):
-            old = self.row(key)
-            self.index.set(key, encoded, tag=record.size)
-            return old
+            return self._set_row(key, encoded, record, ready)
+        self._kill_ready(key, old_ready)
         old = decode_row(value)
         if old is None:
             # unreadable: replaced, its files (if any) left to the orphan sweep
             log.warning("replacing unreadable index row %r", key)
-        sql(_UPDATE_ROW, (now, now, record.size, MODE_RAW, encoded, rowid))
+        sql(_UPDATE_ROW, (now, now, ready, record.size, MODE_RAW, encoded, rowid))
+        return old
+
+    def _set_row(self, key: str, encoded: object, record: _Record, ready: int) -> _Record | None:
+        """`_put_row` through diskcache's `set` (a row it keeps in a file, or pickled)."""
+        self._kill_ready(key)
+        old = self.row(key)
+        self.index.set(key, encoded, tag=record.size)
+        if ready:
+            self.index._sql(_SET_READY, (ready, key))
         return old
 
     @staticmethod
@@ -503,6 +550,9 @@ class DiskIndex:
             if old is None:
                 unlink_quietly(src)
                 return None
+            # the answer now depends on Accept-Encoding: the ready one (identity
+            # alone) is not it any more
+            self._kill_ready(key)
             place: str | bytes
             if in_row and data is not None and len(data) == size:
                 place = data
@@ -522,6 +572,7 @@ class DiskIndex:
     def put_meta(self, key: str, meta: object) -> _Record:
         """Write `meta` as the row of `key`, keeping the bodies it has."""
         with self._writing():
+            self._kill_ready(key)  # its freshness changed (a 304 refreshed it)
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
@@ -544,6 +595,7 @@ class DiskIndex:
                     old = self.row(key)
                     if old is None:
                         continue
+                    self._kill_ready(key)
                     self.index.delete(key)
                     delta -= old.size
                     gone.append(old)
@@ -605,6 +657,7 @@ class DiskIndex:
             if current is None or current.bodies != record.bodies:
                 return False  # changed meanwhile: not ours to drop
             top = self._top()
+            self._kill_ready(key)
             self.index.delete(key)
             self._keep_top(top)
             self._count(-current.size)
@@ -656,6 +709,9 @@ class DiskIndex:
         if self._writer_fd is not None:
             os.close(self._writer_fd)
             self._writer_fd = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 

@@ -73,11 +73,12 @@ INDEX_MAP = 0
 _MODE_PICKLE = 4
 _MODE_RAW = 1
 _SELECT = (
-    "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
+    "SELECT mode, value, access_count FROM Cache WHERE key = ? AND raw = 1"
     " AND (expire_time IS NULL OR expire_time > ?)"
 )
 _SELECT_AFTER = (
-    "SELECT rowid, key, tag FROM Cache WHERE rowid > ? AND raw = 1 ORDER BY rowid LIMIT ?"
+    "SELECT rowid, key, tag, access_count FROM Cache WHERE rowid > ? AND raw = 1"
+    " ORDER BY rowid LIMIT ?"
 )
 #: filesystems whose reads never wait on a device
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
@@ -176,9 +177,10 @@ class InlineReader:
         return db
 
     def load(self, key: str) -> object:
-        """(row, bodies read from files) of `key` when every body is small, cached and
-        sound (a body kept in the row is in the row, not in the second item); None
-        when the index has no row for it; `DEFER` when the gateway must decide."""
+        """(row, bodies read from files, location of its ready answer or 0) of `key`
+        when every body is small, cached and sound (a body kept in the row is in the
+        row, not in the second item); None when the index has no row for it;
+        `DEFER` when the gateway must decide."""
         if self.mode == "off":
             return DEFER
         self.lookups += 1
@@ -188,7 +190,7 @@ class InlineReader:
             return DEFER  # busy (recovering) or damaged: the gateway's reader decides
         if found is None:
             return None
-        mode, value = found
+        mode, value, ready = found
         if mode == _MODE_RAW and value is not None:
             record = decode_row(value)  # a row in the plain-tuple format (`encode_row`)
             if record is None:
@@ -217,17 +219,17 @@ class InlineReader:
             if read is None or body_checksum(read) != checksum:
                 return Defer(record)  # missing, short, long, not cached or damaged
             data[encoding] = read
-        return record, data
+        return record, data, ready if isinstance(ready, int) else 0
 
-    def rows_after(self, rowid: int, limit: int) -> list[tuple[int, object, object]] | None:
-        """(rowid, key, tag) of the first `limit` object rows with a row id above
-        `rowid`, in row id order (`DiskStore._sync`); None when the index cannot be
-        read here now (busy, damaged, or the inline path is off on this filesystem):
-        the caller then knows nothing new."""
+    def rows_after(self, rowid: int, limit: int) -> list[tuple[int, object, object, object]] | None:
+        """(rowid, key, tag, ready answer's location) of the first `limit` object
+        rows with a row id above `rowid`, in row id order (`DiskStore._sync`); None
+        when the index cannot be read here now (busy, damaged, or the inline path is
+        off on this filesystem): the caller then knows nothing new."""
         if self.mode == "off":
             return None
         try:
-            rows: list[tuple[int, object, object]] = (
+            rows: list[tuple[int, object, object, object]] = (
                 self._connection().execute(_SELECT_AFTER, (rowid, limit)).fetchall()
             )
         except sqlite3.Error:

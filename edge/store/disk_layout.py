@@ -98,6 +98,9 @@ class Install:
     data: bytes | None = None
     #: on stable storage before the commit returns (the service's `durable_objects`)
     durable: bool = False
+    #: its ready answer (`edge.store.ready.encode_record`), written to the ring with
+    #: the row, which keeps its location
+    ready: bytes | None = None
 
 
 # rows are pickled under the name older releases wrote them with (`edge.store` before

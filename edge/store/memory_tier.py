@@ -123,6 +123,16 @@ class MemoryTier:
         self.put(entry)
         return True
 
+    def passes_by(self, key: str) -> bool:
+        """Whether a read of `key` from disk would not be held (`admit` would refuse
+        it: the tier is full and the key was not read before), remembering the read
+        as `admit` does; a reader that can answer without an entry (a ready answer,
+        `DiskStore.ready_answer`) then need not make one."""
+        if hash(key) in self._seen_once or self.used + ENTRY_OVERHEAD <= self.max_bytes:
+            return False
+        self._seen(key)
+        return True
+
     def _seen(self, key: str) -> None:
         seen = self._seen_once
         sighting = hash(key)  # not the key: a remembered key keeps no string alive

@@ -1,0 +1,277 @@
+"""Ready answers: a small object's HTTP/1.1 answer kept whole on disk, so that a hit
+on an object outside the memory tier is one `pread`, not an index lookup.
+
+A hit on a stored object the memory tier does not hold used to cost about 40 µs of
+CPU more than a memory hit: an SQL lookup in an index of 10^6 rows, the row decoded,
+an entry and an answer built for an object read once (docs/benchmarks.md, "The floor
+under a hit over a large store"). nginx keeps each object's location in memory (its
+keys_zone) and the stored answer ready on disk. So does this module:
+
+- when an object is stored, its answer (the HTTP/1.1 head less the fields set per
+  response, and the body) goes into one record of the store's ring file,
+  `ready/answers`, written under the index's writer lock in the transaction that
+  writes its row, and the row keeps the record's location (`loc`);
+- every process sharing the directory learns the location with the key (at open,
+  and from the rows it syncs), and keeps it in its recency list beside the size;
+- a hit reads the record with one `pread` and checks it: its key, a checksum over
+  all of it but the first byte, and that first byte, the "dead" mark. Whoever
+  replaces or deletes an object marks its record dead in the same transaction
+  (`ReadyRing.kill`), so another process holding the old location finds it dead
+  at once, without a lookup, and takes the index path instead.
+
+The ring wraps when full: the oldest records are overwritten, and the objects they
+belonged to fall back to the index path (a record overwritten in part or whole
+fails its key or checksum). Records are never synced: one lost in a power cut is
+found damaged and costs the index path once, never a wrong answer. The record
+carries the freshness and purge fields a hit needs, so the lane decides with the
+same arithmetic as every other path (`ObjectMeta.age`, `PurgeRules.verdict`).
+
+This module is the record format and the ring file; it knows nothing of HTTP
+beyond bytes handed to it (the head is made by the front: edge.front.h1_hits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import xxhash
+
+from edge.store.interface import KiB, MiB
+
+__all__ = [
+    "READY_BODY_MAX",
+    "READY_RING_MAX",
+    "READY_RING_MIN",
+    "ReadyHead",
+    "ReadyRecord",
+    "ReadyRing",
+    "encode_record",
+    "parse_record",
+    "ring_capacity",
+]
+
+#: the largest body kept in a ready answer (the bodies kept in index rows)
+READY_BODY_MAX = 16 * KiB
+#: the ring file's bounds: a quarter of `cache_size`, within these
+READY_RING_MIN = 16 * MiB
+READY_RING_MAX = 4 * 1024 * MiB
+#: bytes at the start of the ring: its write position, then nothing
+RING_START = 4096
+#: bits of a location that hold the record's length (the rest: its offset)
+LENGTH_BITS = 20
+LENGTH_MASK = (1 << LENGTH_BITS) - 1
+#: dead mark, magic, checksum of what follows it, the maker's tag, the lengths of
+#: key, Cache-Status prefix, purge fields, head and body, status, whether the head
+#: has its own Date, then response_time, corrected_initial_age,
+#: freshness_lifetime and stored_at (`ObjectMeta`)
+_FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
+_MAGIC = b"RA1"
+_ALIVE = 0
+_DEAD = b"\x01"
+_POSITION = struct.Struct("<Q")
+
+
+def ring_capacity(max_bytes: int) -> int:
+    """The ring's size for a store of `max_bytes`: a quarter of it, within bounds."""
+    return max(READY_RING_MIN, min(READY_RING_MAX, max_bytes // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyHead:
+    """What a front makes of a stored object for its ready answer (edge.front.h1_hits):
+    the head less the per-response fields, and what those fields need."""
+
+    #: the status line and fields up to Content-Length, each line CRLF-terminated
+    head: bytes
+    #: whether `head` carries the origin's own Date (else one is added per response)
+    has_date: bool
+    #: Cache-Status value before this hit's own member ("upstream, node; ")
+    status_prefix: str
+    status: int
+    #: who made it (`edge.front.h1_hits.maker_tag`): a record of another node name,
+    #: or another release's head, is not used
+    tag: int
+
+
+class ReadyRecord(NamedTuple):
+    """A ready answer read back and checked: what a hit writes, and what it decides by.
+
+    A named tuple, made in one C call: one is made for every disk hit."""
+
+    head: bytes
+    body: bytes
+    status: int
+    has_date: bool
+    status_prefix: str
+    response_time: float
+    corrected_initial_age: float
+    freshness_lifetime: float
+    stored_at: float
+    #: (service, host, target, surrogate keys), marshalled (`purge_fields`)
+    purge: bytes
+
+    def age(self, now: float) -> float:
+        """RFC 9111 4.2.3 current_age at `now`, as `ObjectMeta.age` computes it."""
+        return self.corrected_initial_age + max(0.0, now - self.response_time)
+
+    def purge_fields(self) -> tuple[str, str, str, tuple[str, ...]]:
+        """(service, host, target, surrogate keys): what a purge rule matches on."""
+        service, host, target, keys = marshal.loads(self.purge)
+        return service, host, target, tuple(keys)
+
+
+def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> bytes:
+    """The ready answer of `key` (its `meta` an `ObjectMeta`) as the ring stores it."""
+    from edge.cache.model import ObjectMeta
+
+    assert isinstance(meta, ObjectMeta)
+    key_bytes = key.encode("utf-8", "surrogateescape")
+    prefix = ready.status_prefix.encode("utf-8", "surrogateescape")
+    purge = marshal.dumps((meta.service, meta.host, meta.target, tuple(meta.surrogate_keys)))
+    fixed = _FIXED.pack(
+        _ALIVE,
+        _MAGIC,
+        0,
+        ready.tag,
+        len(key_bytes),
+        len(prefix),
+        len(purge),
+        len(ready.head),
+        len(body),
+        ready.status,
+        1 if ready.has_date else 0,
+        meta.response_time,
+        meta.corrected_initial_age,
+        meta.freshness_lifetime,
+        meta.stored_at,
+    )
+    record = bytearray(fixed + key_bytes + prefix + purge + ready.head + body)
+    struct.pack_into("<Q", record, 4, xxhash.xxh3_64_intdigest(memoryview(record)[12:]))
+    return bytes(record)
+
+
+def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
+    """The record in `data` if it is alive, whole, of `key` and made by `tag`'s maker;
+    None for anything else (dead, overwritten, torn, another key or maker)."""
+    fixed = _FIXED.size
+    if len(data) < fixed:
+        return None
+    (
+        dead,
+        magic,
+        checksum,
+        made_by,
+        key_len,
+        prefix_len,
+        purge_len,
+        head_len,
+        body_len,
+        status,
+        has_date,
+        response_time,
+        initial_age,
+        lifetime,
+        stored_at,
+    ) = _FIXED.unpack_from(data)
+    end_key = fixed + key_len
+    if (
+        dead != _ALIVE
+        or magic != _MAGIC
+        or made_by != tag
+        or len(data) != end_key + prefix_len + purge_len + head_len + body_len
+        or data[fixed:end_key] != key
+        or xxhash.xxh3_64_intdigest(memoryview(data)[12:]) != checksum
+    ):
+        return None
+    end_prefix = end_key + prefix_len
+    end_purge = end_prefix + purge_len
+    end_head = end_purge + head_len
+    return ReadyRecord(
+        data[end_purge:end_head],
+        data[end_head:],
+        status,
+        has_date == 1,
+        data[end_key:end_prefix].decode("utf-8", "surrogateescape"),
+        response_time,
+        initial_age,
+        lifetime,
+        stored_at,
+        data[end_prefix:end_purge],
+    )
+
+
+def location(offset: int, length: int) -> int:
+    """A record's location as the index row and the recency list keep it (never 0)."""
+    return offset << LENGTH_BITS | length
+
+
+def split_location(loc: int) -> tuple[int, int]:
+    """(offset, length) of a location."""
+    return loc >> LENGTH_BITS, loc & LENGTH_MASK
+
+
+class ReadyRing:
+    """The ring file of one store directory: appended to and marked under the index's
+    writer lock (`DiskIndex`), read by any thread of any process sharing it."""
+
+    def __init__(self, path: str, capacity: int) -> None:
+        """Open the ring at `path`, made `capacity` bytes long (sparse) if it is new;
+        an existing ring keeps its size, which every process then agrees on."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        size = os.fstat(self.fd).st_size
+        if size < RING_START + READY_RING_MIN // 2:
+            os.ftruncate(self.fd, capacity)
+            size = capacity
+        self.capacity = size
+        #: records appended, and marked dead, by this process
+        self.appended = 0
+        self.killed = 0
+
+    def append(self, record: bytes) -> int:
+        """Write `record` at the ring's write position (wrapping to the start when it
+        does not fit before the end); its location. Only under the writer lock."""
+        length = len(record)
+        if length > LENGTH_MASK or length > self.capacity - RING_START:
+            return 0
+        raw = os.pread(self.fd, _POSITION.size, 0)
+        offset = _POSITION.unpack(raw)[0] if len(raw) == _POSITION.size else 0
+        if offset < RING_START or offset + length > self.capacity:
+            offset = RING_START
+        os.pwrite(self.fd, record, offset)
+        os.pwrite(self.fd, _POSITION.pack(offset + length), 0)
+        self.appended += 1
+        return location(offset, length)
+
+    def kill(self, loc: int, key: str) -> bool:
+        """Mark the record at `loc` dead if it is still `key`'s (the ring may have
+        written another over it since); whether it did. Only under the writer lock
+        (or inside an index transaction, which excludes every appender)."""
+        offset, length = split_location(loc)
+        key_bytes = key.encode("utf-8", "surrogateescape")
+        fixed = _FIXED.size
+        if length < fixed + len(key_bytes) or offset + length > self.capacity:
+            return False
+        head = os.pread(self.fd, fixed + len(key_bytes), offset)
+        if len(head) < fixed + len(key_bytes) or head[1:4] != _MAGIC or head[0] != _ALIVE:
+            return False
+        if _FIXED.unpack_from(head)[4] != len(key_bytes) or head[fixed:] != key_bytes:
+            return False  # another key's (one that starts with this key, say)
+        os.pwrite(self.fd, _DEAD, offset)
+        self.killed += 1
+        return True
+
+    def read(self, loc: int) -> bytes:
+        """The bytes at `loc` (short if the ring is shorter: then the check fails)."""
+        offset, length = split_location(loc)
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        """Close the file."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -1,0 +1,293 @@
+"""Ready answers (edge/store/ready.py): a small object's HTTP/1.1 answer stored whole
+when it is filled, and a disk hit written from one `pread` of it, without the index.
+
+The record format and the ring are attacked directly (a flipped byte, a torn or
+overwritten record, another key or maker); the store's use of them through two
+`DiskStore`s sharing one directory, as a node's worker processes do: a replace or
+delete by one is seen by the other at once, with no sync; and the HTTP/1.1 front's
+answer from one is the same answer as a hit from memory, decided the same way
+(freshness, purges, Accept-Encoding, the memory tier's admission)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from edge.cache.model import ObjectMeta
+from edge.front.h1_hits import maker_tag
+from edge.store import DiskStore, StoredEntry
+from edge.store.ready import (
+    READY_RING_MIN,
+    RING_START,
+    ReadyHead,
+    ReadyRing,
+    encode_record,
+    parse_record,
+)
+from tests.support.disk_lane import DiskEdge, running_disk_edge
+
+KiB = 1024
+FRESH = "max-age=600"
+TAG = maker_tag("edge1")
+
+
+def meta(**changes: object) -> ObjectMeta:
+    """A stored response's metadata, fresh for ten minutes from t=1000."""
+    base = ObjectMeta(
+        status=200,
+        upstream_headers=(("Content-Type", "image/png"),),
+        client_headers=(("Content-Type", "image/png"),),
+        corrected_initial_age=3.0,
+        response_time=1000.0,
+        stored_at=999.0,
+        freshness_lifetime=600.0,
+        stale_while_revalidate=0.0,
+        stale_if_error=0.0,
+        must_revalidate=False,
+        no_cache=False,
+        etag='"v1"',
+        last_modified=None,
+        content_type="image/png",
+        upstream_encoding="identity",
+        surrogate_keys=("k1", "k2"),
+        upstream_cache_status="",
+        upstream_via="",
+        compressible=False,
+        host="example.com",
+        target="/a",
+        service="svc",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def head(tag: int = TAG) -> ReadyHead:
+    """A ready head as the front makes one (its bytes are opaque to the store)."""
+    return ReadyHead(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False, "edge1; ", 200, tag)
+
+
+def test_a_record_reads_back_with_what_a_hit_decides_by() -> None:
+    record = encode_record("svc example.com/a", head(), meta(), b"hello")
+    found = parse_record(record, b"svc example.com/a", TAG)
+    assert found is not None
+    assert found.body == b"hello" and found.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert found.status == 200 and not found.has_date and found.status_prefix == "edge1; "
+    assert found.age(1010.0) == 13.0 and found.freshness_lifetime == 600.0
+    assert found.stored_at == 999.0
+    assert found.purge_fields() == ("svc", "example.com", "/a", ("k1", "k2"))
+
+
+def test_a_record_that_is_not_whole_and_alive_and_ours_is_refused() -> None:
+    key = b"svc example.com/a"
+    record = encode_record(key.decode(), head(), meta(), b"hello")
+    assert parse_record(record, b"svc example.com/b", TAG) is None  # another key
+    assert parse_record(record, key, TAG + 1) is None  # another node name or release
+    assert parse_record(b"\x01" + record[1:], key, TAG) is None  # marked dead
+    assert parse_record(record[:-1], key, TAG) is None  # torn
+    assert parse_record(record + b"x", key, TAG) is None  # with another's bytes after it
+    assert parse_record(record[:10], key, TAG) is None
+    for position in range(1, len(record)):  # any byte but the mark, flipped
+        damaged = bytearray(record)
+        damaged[position] ^= 0x20
+        assert parse_record(bytes(damaged), key, TAG) is None, position
+
+
+def test_the_ring_wraps_and_an_overwritten_record_is_refused(tmp_path: Path) -> None:
+    ring = ReadyRing(str(tmp_path / "ready" / "answers"), READY_RING_MIN)
+    try:
+        body = os.urandom(64 * KiB)
+        first = ring.append(encode_record("k0", head(), meta(), body))
+        assert parse_record(ring.read(first), b"k0", TAG) is not None
+        locations = [
+            ring.append(encode_record(f"k{n}", head(), meta(), body)) for n in range(1, 400)
+        ]
+        # the ring holds about 255 of these: it wrapped, and wrote over the first
+        assert min(loc >> 20 for loc in locations) == RING_START
+        assert parse_record(ring.read(first), b"k0", TAG) is None
+        assert parse_record(ring.read(locations[-1]), b"k399", TAG) is not None
+    finally:
+        ring.close()
+
+
+def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
+    ring = ReadyRing(str(tmp_path / "answers"), READY_RING_MIN)
+    try:
+        loc = ring.append(encode_record("svc example.com/ab", head(), meta(), b"x"))
+        # another key, even one the first is a prefix of, is not marked
+        assert not ring.kill(loc, "svc example.com/a")
+        assert parse_record(ring.read(loc), b"svc example.com/ab", TAG) is not None
+        assert ring.kill(loc, "svc example.com/ab")
+        assert parse_record(ring.read(loc), b"svc example.com/ab", TAG) is None
+        assert not ring.kill(loc, "svc example.com/ab")  # already dead
+    finally:
+        ring.close()
+
+
+@asynccontextmanager
+async def two_workers(root: Path) -> AsyncIterator[tuple[DiskStore, DiskStore]]:
+    """Two stores on one directory, as two worker processes of a node have, both
+    making ready answers; their memory tiers hold nothing, as full tiers would not
+    hold a new object."""
+    stores = []
+    try:
+        for _ in range(2):
+            store = await DiskStore.open(str(root), 1 << 30, memory_bytes=0)
+            store.ready_maker = lambda _meta, _size: head()
+            stores.append(store)
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def put(store: DiskStore, key: str, body: bytes, **changes: object) -> None:
+    """Store `body` under `key` as a fill does."""
+    writer = store.begin(key)
+    await writer.write(body)
+    await writer.commit(meta(**changes))
+
+
+async def synced(store: DiskStore, key: str) -> None:
+    """Let `store` learn the rows the other store wrote (its periodic sync)."""
+    store._synced_at = -1.0
+    assert store.get_now("absent-key") is None
+    assert key in store._lru
+
+
+async def test_a_store_finds_another_workers_object_by_its_ready_answer(tmp_path: Path) -> None:
+    async with two_workers(tmp_path) as (first, second):
+        await put(first, "k", b"hello")
+        await synced(second, "k")
+        lookups = second._inline.lookups
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.body == b"hello"
+        assert second._inline.lookups == lookups  # no index lookup
+        assert second.ready_answer("k", TAG + 1) is None  # another maker's tag
+
+
+async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path) -> None:
+    async with two_workers(tmp_path) as (first, second):
+        await put(first, "k", b"v1")
+        await synced(second, "k")
+        await put(first, "k", b"v2")
+        # no sync: the old record is dead, so the index is read instead
+        assert second.ready_answer("k", TAG) is None
+        entry = second.get_now("k")
+        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
+        # the lookup taught it the new record's place
+        second.memory._seen_once.clear()
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.body == b"v2"
+
+
+async def test_a_delete_or_refresh_by_another_worker_is_seen_at_once(tmp_path: Path) -> None:
+    async with two_workers(tmp_path) as (first, second):
+        for key in ("gone", "refreshed", "compressed"):
+            await put(first, key, b"body")
+            await synced(second, key)
+            assert second.ready_answer(key, TAG) is not None
+            second.memory._seen_once.clear()
+        await first.delete("gone")
+        await first.put_meta("refreshed", meta(freshness_lifetime=9000.0))
+        variant = first.tmp_path(".br")
+        Path(variant).write_bytes(b"br-body")
+        assert await first.add_encoding("compressed", "br", variant) is not None
+        for key in ("gone", "refreshed", "compressed"):
+            assert second.ready_answer(key, TAG) is None, key
+        assert second.get_now("gone") is None
+
+
+async def test_ready_answers_survive_a_restart(tmp_path: Path) -> None:
+    async with two_workers(tmp_path) as (first, _second):
+        await put(first, "k", b"kept")
+    store = await DiskStore.open(str(tmp_path), 1 << 30, memory_bytes=0)
+    try:
+        found = store.ready_answer("k", TAG)
+        assert found is not None and found.body == b"kept"
+        assert store.size_bytes == 4  # the byte total counts bodies, not locations
+    finally:
+        await store.close()
+
+
+async def test_eviction_counts_bodies_and_kills_the_evicted_answers(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path), 10 * KiB, memory_bytes=0)
+    store.ready_maker = lambda _meta, _size: head()
+    try:
+        for n in range(20):
+            await put(store, f"k{n}", os.urandom(KiB))
+        assert store.size_bytes <= 10 * KiB
+        assert store.ready_answer("k0", TAG) is None  # evicted
+        assert store._disk.ring is not None and store._disk.ring.killed >= 10
+        assert store.ready_answer("k19", TAG) is not None
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def ready_edge(root: Path) -> AsyncIterator[DiskEdge]:
+    """An edge whose memory tier holds nothing new (as when it is full)."""
+    async with running_disk_edge(root, memory_bytes=64 * KiB) as edge:
+        yield edge
+
+
+def fill_tier(edge: DiskEdge) -> None:
+    """Make the memory tier full and forget every key it saw read (as under a long
+    tail): a read from disk now is not admitted."""
+    edge.store.memory.max_bytes = 0
+    edge.store.memory._seen_once.clear()
+
+
+async def test_the_front_answers_from_a_ready_answer_as_from_memory(tmp_path: Path) -> None:
+    async with ready_edge(tmp_path) as edge:
+        body = os.urandom(KiB)
+        edge.origin.responds("/a.png", cache_control=FRESH, body=body, ETag='"v1"')
+        assert (await edge.get("/a.png")).status == 200
+        edge.clock.advance(5)
+        from_memory = await edge.get("/a.png")
+        assert "hit" in from_memory.headers["Cache-Status"]
+        edge.evict("/a.png")
+        fill_tier(edge)
+        reads, lookups = edge.store.ready_reads, edge.store._inline.lookups
+        disk_hits = edge.engine.metrics.disk_hits.value
+        ready = await edge.get("/a.png")
+        assert edge.store.ready_reads == reads + 1
+        assert edge.store._inline.lookups == lookups  # the index was not read
+        assert edge.engine.metrics.disk_hits.value == disk_hits + 1
+        assert ready.status == 200 and ready.body == body
+        assert ready.headers == from_memory.headers  # Age, Date, Cache-Status alike
+        assert ready.headers["Age"] == "5" and ready.headers["ETag"] == '"v1"'
+        assert edge.origin.count("/a.png") == 1
+
+
+async def test_a_ready_answer_is_not_used_where_the_lane_would_not_answer(
+    tmp_path: Path,
+) -> None:
+    async with ready_edge(tmp_path) as edge:
+        paths = ("/stale.png", "/purged.png", "/coded.png", "/ranged.png", "/plain.png")
+        for path in paths:
+            edge.origin.responds(path, cache_control="max-age=60", body=b"x" * KiB)
+            assert (await edge.get(path)).status == 200
+            edge.evict(path)
+        fill_tier(edge)
+        edge.clock.advance(30)
+        edge.purge("/purged.png")
+        lane_hits = edge.engine.hot.disk_hits
+        purged = await edge.get("/purged.png")
+        coded = await edge.get("/coded.png", Accept_Encoding="identity;q=0")
+        ranged = await edge.get("/ranged.png", Range="bytes=0-9")
+        # each was read, and the lane left it to the full path
+        assert edge.store.ready_reads == 3 and edge.engine.hot.disk_hits == lane_hits
+        assert "hit" not in purged.headers["Cache-Status"]
+        assert edge.origin.count("/purged.png") == 2
+        assert "Content-Length" not in coded.headers  # the full path's framing
+        assert ranged.status == 206 and ranged.body == b"x" * 10
+        plain = await edge.get("/plain.png")  # the same, asked for plainly
+        assert edge.engine.hot.disk_hits == lane_hits + 1
+        assert plain.headers["Content-Length"] == str(KiB)
+        edge.clock.advance(60)
+        fill_tier(edge)
+        stale = await edge.get("/stale.png")
+        assert edge.engine.hot.disk_hits == lane_hits + 1
+        assert edge.origin.count("/stale.png") == 2 and stale.status == 200
