@@ -125,14 +125,27 @@ class ReadyRecord(NamedTuple):
         return service, host, target, tuple(keys)
 
 
-def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> bytes:
-    """The ready answer of `key` (its `meta` an `ObjectMeta`) as the ring stores it."""
+#: the largest key, Cache-Status prefix and purge fields a record holds (its fields'
+#: widths); an object with a longer one (a hostile origin's thousands of surrogate
+#: keys) is stored without a ready answer
+_SHORT_MAX = 0xFFFF
+
+
+def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> bytes | None:
+    """The ready answer of `key` (its `meta` an `ObjectMeta`) as the ring stores it;
+    None when a field does not fit its width (`_SHORT_MAX`, or a record longer than a
+    location can say)."""
     from edge.cache.model import ObjectMeta
 
     assert isinstance(meta, ObjectMeta)
     key_bytes = key.encode("utf-8", "surrogateescape")
     prefix = ready.status_prefix.encode("utf-8", "surrogateescape")
     purge = marshal.dumps((meta.service, meta.host, meta.target, tuple(meta.surrogate_keys)))
+    if max(len(key_bytes), len(prefix), len(purge)) > _SHORT_MAX or (
+        _FIXED.size + len(key_bytes) + len(prefix) + len(purge) + len(ready.head) + len(body)
+        > LENGTH_MASK
+    ):
+        return None
     fixed = _FIXED.pack(
         _ALIVE,
         _MAGIC,

@@ -68,8 +68,15 @@ def head(tag: int = TAG) -> ReadyHead:
     return ReadyHead(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False, "edge1; ", 200, tag)
 
 
+def encoded(key: str, body: bytes) -> bytes:
+    """The record of `key` with `body` (one that fits)."""
+    record = encode_record(key, head(), meta(), body)
+    assert record is not None
+    return record
+
+
 def test_a_record_reads_back_with_what_a_hit_decides_by() -> None:
-    record = encode_record("svc example.com/a", head(), meta(), b"hello")
+    record = encoded("svc example.com/a", b"hello")
     found = parse_record(record, b"svc example.com/a", TAG)
     assert found is not None
     assert found.body == b"hello" and found.head.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -81,7 +88,7 @@ def test_a_record_reads_back_with_what_a_hit_decides_by() -> None:
 
 def test_a_record_that_is_not_whole_and_alive_and_ours_is_refused() -> None:
     key = b"svc example.com/a"
-    record = encode_record(key.decode(), head(), meta(), b"hello")
+    record = encoded(key.decode(), b"hello")
     assert parse_record(record, b"svc example.com/b", TAG) is None  # another key
     assert parse_record(record, key, TAG + 1) is None  # another node name or release
     assert parse_record(b"\x01" + record[1:], key, TAG) is None  # marked dead
@@ -98,11 +105,9 @@ def test_the_ring_wraps_and_an_overwritten_record_is_refused(tmp_path: Path) -> 
     ring = ReadyRing(str(tmp_path / "ready" / "answers"), READY_RING_MIN)
     try:
         body = os.urandom(64 * KiB)
-        first = ring.append(encode_record("k0", head(), meta(), body))
+        first = ring.append(encoded("k0", body))
         assert parse_record(ring.read(first), b"k0", TAG) is not None
-        locations = [
-            ring.append(encode_record(f"k{n}", head(), meta(), body)) for n in range(1, 400)
-        ]
+        locations = [ring.append(encoded(f"k{n}", body)) for n in range(1, 400)]
         # the ring holds about 255 of these: it wrapped, and wrote over the first
         assert min(loc >> 20 for loc in locations) == RING_START
         assert parse_record(ring.read(first), b"k0", TAG) is None
@@ -114,7 +119,7 @@ def test_the_ring_wraps_and_an_overwritten_record_is_refused(tmp_path: Path) -> 
 def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
     ring = ReadyRing(str(tmp_path / "answers"), READY_RING_MIN)
     try:
-        loc = ring.append(encode_record("svc example.com/ab", head(), meta(), b"x"))
+        loc = ring.append(encoded("svc example.com/ab", b"x"))
         # another key, even one the first is a prefix of, is not marked
         assert not ring.kill(loc, "svc example.com/a")
         assert parse_record(ring.read(loc), b"svc example.com/ab", TAG) is not None
@@ -123,6 +128,22 @@ def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
         assert not ring.kill(loc, "svc example.com/ab")  # already dead
     finally:
         ring.close()
+
+
+def test_fields_wider_than_a_record_holds_make_no_record() -> None:
+    # a hostile origin's surrogate keys, or a key, past the fields' widths
+    many_keys = meta(surrogate_keys=tuple(f"key-{n}" for n in range(20_000)))
+    assert encode_record("k", head(), many_keys, b"x") is None
+    assert encode_record("k" * 70_000, head(), meta(), b"x") is None
+    assert encode_record("k", head(), meta(), b"x" * (1 << 20)) is None
+
+
+async def test_an_object_too_wide_for_a_record_is_stored_without_one(tmp_path: Path) -> None:
+    async with two_workers(tmp_path) as (first, _second):
+        await put(first, "k", b"body", surrogate_keys=tuple(f"key-{n}" for n in range(20_000)))
+        assert first.ready_answer("k", TAG) is None
+        entry = first.get_now("k")
+        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"body"
 
 
 @asynccontextmanager
