@@ -185,15 +185,8 @@ class HotLane:
         if route is not None:
             key = route.key
             entry = self.store.peek(key)
-            if entry is None:
-                if not disk:
-                    return None
-                if ready_tag and self._ready is not None:
-                    ready = self._ready(key, ready_tag)
-                    if ready is not None:
-                        return self._ready_hit(ready, headers)
-                entry = self._from_disk(key, headers)
-                from_disk = True
+            if entry is None and not disk:
+                return None
         elif disk:
             key_ = self._direct_key(request)
             if key_ is None:
@@ -202,17 +195,18 @@ class HotLane:
             entry = self.store.peek(key)
             if entry is not None:
                 self.remember(headers.get("Host"), request.target, key)
-            else:
-                if ready_tag and self._ready is not None:
-                    ready = self._ready(key, ready_tag)
-                    if ready is not None:
-                        return self._ready_hit(ready, headers)
-                entry = self._from_disk(key, headers)
-                from_disk = True
         else:
             return None
         if entry is None:
-            return None
+            # not in the memory tier: its ready answer, else the index (`disk` is set)
+            if ready_tag and self._ready is not None:
+                ready = self._ready(key, ready_tag)
+                if ready is not None:
+                    return self._ready_hit(ready, headers)
+            entry = self._from_disk(key, headers)
+            if entry is None:
+                return None
+            from_disk = True
         meta = entry.meta
         if type(meta) is not ObjectMeta or meta.no_cache:
             return None
