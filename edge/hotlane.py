@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -41,6 +42,9 @@ ROUTE_SIGHTINGS = 16_384
 #: Prepared answers of one key (one per Accept-Encoding value seen) before they are
 #: dropped and made again.
 CODINGS_PER_KEY = 16
+#: Host field values whose service and key start are remembered (`_direct_key`)
+#: before the table is emptied
+HOST_FIELDS = 1024
 #: Accept-Encoding values whose choice between identity alone is remembered (a
 #: ready answer is identity: `HotLane._takes_identity`) before the table is emptied
 ACCEPT_ENCODINGS = 1024
@@ -101,6 +105,11 @@ class HotLane:
             store, "ready_answer", None
         )
         self._identity_ok: dict[str, bool] = {}
+        #: Host field → its service and the start of its keys ("service host"), or
+        #: False for a host not served: what `_direct_key` computes per field, not
+        #: per request; made again when `hosts` is replaced
+        self._key_starts: dict[str | None, tuple[Service, str] | Literal[False]] = {}
+        self._keys_for: Mapping[str, Service] = self.hosts
         if isinstance(memory, MemoryTier):
             # a prepared answer holds its entry: it goes when the entry leaves the
             # memory tier, or the lane would keep bodies alive beyond the tier's bound
@@ -126,8 +135,9 @@ class HotLane:
         self._routes[pair] = _Route(key)
 
     def forget_routes(self) -> None:
-        """Drop every (Host, target) route (the services changed)."""
+        """Drop every (Host, target) route and key start (the services changed)."""
         self._routes.clear()
+        self._key_starts.clear()
 
     def forget(self, key: str) -> None:
         """Drop the prepared answers of `key` (its entry left the memory tier, or its
@@ -262,7 +272,7 @@ class HotLane:
         self.metrics.disk_hits.inc()
         outcome = Outcome(hit=True, ttl=int(ttl))
         self.metrics.hits.inc()
-        self.metrics.bytes_sent.inc(len(ready.body))
+        self.metrics.bytes_sent.inc(ready.body_length)
         return ready, age, outcome, ready.status_prefix + outcome.member()
 
     def _takes_identity(self, accept_encoding: str) -> bool:
@@ -300,14 +310,24 @@ class HotLane:
         target = request.target
         if not target.startswith("/"):
             return None  # absolute-form: its authority names the host
-        host = request_host(request)
-        service = self.hosts.get(host)
-        if service is None:
+        hosts = self.hosts
+        if self._keys_for is not hosts:
+            self._keys_for = hosts  # the services changed
+            self._key_starts.clear()
+        field = request.headers.get("Host")
+        start = self._key_starts.get(field)
+        if start is None:
+            if len(self._key_starts) >= HOST_FIELDS:
+                self._key_starts.clear()  # the field is the client's: bounded
+            host = request_host(request)
+            found = hosts.get(host)
+            start = (found, primary_key(found.name, host, "")) if found is not None else False
+            self._key_starts[field] = start
+        if start is False:
             return None
+        service, key_start = start
         policy = service.cache_key
-        return primary_key(
-            service.name, host, normalize_target(target, policy.sort_query, policy.drop_params)
-        )
+        return key_start + normalize_target(target, policy.sort_query, policy.drop_params)
 
     def _from_disk(
         self, key: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]

@@ -104,6 +104,20 @@ def normalize_target(target: str, sort_query: bool, drop_params: tuple[str, ...]
     origin may read repeated names as a list. Parameters stay byte-exact; empty "&&" members go; a
     query left empty loses its "?". A fragment, if a client sent one, is dropped.
     """
+    if (
+        not sort_query
+        and not drop_params
+        and "%" not in target
+        and "/." not in target
+        and "#" not in target
+        and "&&" not in target
+        and "?&" not in target
+        and target[:1] != "."
+        and target[-1:] not in ("?", "&")
+    ):
+        # no escape, dot segment, fragment or empty query member: already as keyed
+        # (most targets), and kept as it is rather than taken apart and rebuilt
+        return target
     target = target.partition("#")[0]
     path, has_query, query = target.partition("?")
     path = remove_dot_segments(normalize_path(path))

@@ -5,8 +5,8 @@ the origin sent none) Date written per response, and without building a request
 object or a sink.
 
 The same head is what a store that keeps ready answers (`edge.store.ready`) stores
-with a small object when it is filled (`HitWriter.ready_head`): a hit on it outside
-the memory tier is then written from one `pread` of that answer."""
+with a small object when it is filled (`ReadyHeads`): a hit on it outside the
+memory tier is then written from one `pread` of that answer."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 #: the version of the ready answers' head: changed with anything that changes how a
 #: head is made, so that answers stored by an earlier release are not used
-READY_FORMAT = 1
+READY_FORMAT = 2
 
 
 def maker_tag(node_name: str) -> int:
@@ -39,11 +39,13 @@ def maker_tag(node_name: str) -> int:
     return zlib.crc32(f"{READY_FORMAT} {node_name}".encode()) or 1
 
 
-def serialise_head(headers: CIMultiDict[str], status: int, length: int) -> bytes:
-    """A hit's HTTP/1.1 head up to Content-Length (the per-response fields follow)."""
+def serialise_head(headers: CIMultiDict[str], length: int) -> bytes:
+    """A hit's head as stored and prepared: the fields up to Content-Length and the
+    blank line. The status line and the fields set per response (Age,
+    Cache-Status, Date, Connection) go before them."""
     lines = header_block(headers)
-    lines.append(f"Content-Length: {length}\r\n")
-    return status_line("1.1", status) + "".join(lines).encode("utf-8", "surrogateescape")
+    lines.append(f"Content-Length: {length}\r\n\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 class ReadyHeads:
@@ -62,7 +64,7 @@ class ReadyHeads:
             return None
         headers, prefix = self.lane.answer_fields(meta, ("identity",), "identity")
         return ReadyHead(
-            serialise_head(headers, meta.status, size),
+            serialise_head(headers, size),
             "Date" in headers,
             prefix,
             meta.status,
@@ -83,14 +85,14 @@ class HitWriter:
             engine.store.ready_maker = heads
 
     def wire(self, prepared: PreparedHit) -> tuple[bytes, bool]:
-        """A prepared hit's head as bytes (status line to Content-Length), and whether
-        it carries its own Date."""
+        """A prepared hit's head as bytes (`serialise_head`), and whether it carries
+        its own Date."""
         # kept on the prepared hit itself, so it goes when the hot lane drops it (a
         # table here held every prepared hit, and its entry, beyond the memory tier)
         found = prepared.heads.get("h1")
         if found is not None:
             return found
-        head = serialise_head(prepared.headers, prepared.status, len(prepared.body))
+        head = serialise_head(prepared.headers, len(prepared.body))
         has_date = "Date" in prepared.headers
         prepared.heads["h1"] = (head, has_date)
         return head, has_date
@@ -112,29 +114,33 @@ class HitWriter:
         if found is None:
             return False
         prepared, age, outcome, member = found
+        body: bytes | None
         if type(prepared) is ReadyRecord:
-            wire, has_date = prepared.head, prepared.has_date
+            # its stored head and body are one slice of the record
+            stored, has_date, body = prepared.answer, prepared.has_date, None
+            sent = prepared.body_length
         else:
             assert isinstance(prepared, PreparedHit)
-            wire, has_date = self.wire(prepared)
+            stored, has_date = self.wire(prepared)
+            body = prepared.body
+            sent = len(body)
+        # the per-response fields go right after the status line, before the stored
         tail = b"Age: %d\r\nCache-Status: %s\r\n" % (int(age), member.encode())
         if not has_date:
             tail += b"Date: " + front.clock.date() + b"\r\n"
         if head.version != (1, 1):
-            # the prepared head is HTTP/1.1's
-            wire = status_line("1.0", prepared.status) + wire[wire.index(b"\r\n") + 2 :]
-            tail += (
-                b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n"
-            )
-        elif not keep_alive:
-            tail += b"Connection: close\r\n\r\n"
+            first = status_line("1.0", prepared.status)
+            tail += b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n"
         else:
-            tail += b"\r\n"
-        body = prepared.body
-        if len(body) < JOIN_BELOW:
-            transport.write(wire + tail + body)
+            first = status_line("1.1", prepared.status)
+            if not keep_alive:
+                tail += b"Connection: close\r\n"
+        if body is None:
+            transport.write(b"".join((first, tail, stored)))
+        elif len(body) < JOIN_BELOW:
+            transport.write(b"".join((first, tail, stored, body)))
         else:
-            transport.writelines((wire, tail, body))
+            transport.writelines((b"".join((first, tail, stored)), body))
         elapsed = time.time() - started
         front.metrics.hit_seconds.observe(elapsed)
         front.metrics.responded(head.headers.get("Host"), prepared.status)
@@ -150,7 +156,7 @@ class HitWriter:
                     head.target,
                     prepared.status,
                     outcome,
-                    len(body),
+                    sent,
                     elapsed,
                     peer,
                     front.proto,

@@ -23,14 +23,24 @@ from edge.store.interface import StoredEntry, StoreError
 if TYPE_CHECKING:
     from edge.store.writer import BodyWriter
 
-__all__ = ["SIZE_BITS", "SIZE_MASK", "StoreBase"]
+__all__ = ["READ_AGAIN", "SECOND_CHANCES", "SIZE_BITS", "SIZE_MASK", "StoreBase"]
 
 T = TypeVar("T")
 
-#: bits of a recency-list value that hold the object's size; a store may keep more
-#: above them (`DiskStore`: where its ready answer is, `edge.store.ready`)
+#: bits of a recency-list value below what a store may keep above them
+#: (`DiskStore`: where its ready answer is, `edge.store.ready`): the object's size,
+#: and the top one `READ_AGAIN`
 SIZE_BITS = 40
-SIZE_MASK = (1 << SIZE_BITS) - 1
+SIZE_MASK = (1 << (SIZE_BITS - 1)) - 1
+#: set in a recency-list value by a read that did not move the key to the most
+#: recently used end (a ready answer's: `DiskStore.ready_answer`, where the move
+#: costs as much as the lookup over a large store); eviction gives such a key a
+#: second chance (moves it there then, and clears the bit), as CLOCK does
+READ_AGAIN = 1 << (SIZE_BITS - 1)
+#: keys one eviction walk gives a second chance at most; past that it takes the
+#: least recently used keys whether read again or not, so that one walk stays
+#: bounded when every key was read since the last
+SECOND_CHANCES = 4096
 
 log = logging.getLogger("edge.store")
 
@@ -134,15 +144,23 @@ class StoreBase:
         if excess <= 0:
             return []
         victims: list[tuple[str, int]] = []
+        spared: list[tuple[str, int]] = []
         freed = 0
-        for key, value in self._lru.items():
+        lru = self._lru
+        for key, value in lru.items():
             if freed >= excess:
                 break
             if key == keep or key in self._locks:
                 continue  # just stored, or being changed right now
+            if value & READ_AGAIN and len(spared) < SECOND_CHANCES:
+                spared.append((key, value ^ READ_AGAIN))
+                continue
             size = value & SIZE_MASK
             victims.append((key, size))
             freed += size
+        for key, value in spared:
+            lru[key] = value
+            lru.move_to_end(key)
         for key, _size in victims:
             self._account(key, None)
         return victims

@@ -31,7 +31,7 @@ from dataclasses import replace
 import diskcache
 import xxhash
 
-from edge.store.base import SIZE_BITS, SIZE_MASK, StoreBase
+from edge.store.base import READ_AGAIN, SIZE_BITS, SIZE_MASK, StoreBase
 from edge.store.disk_index import ROW_BODY_MAX, DiskIndex, Install, _read_small, _Record
 from edge.store.disk_inline import (
     DEFER,
@@ -69,6 +69,8 @@ __all__ = ["SCRUB_CHUNK", "SCRUB_OBJECT_MIN", "DiskStore"]
 #: distinct body sizes whose int objects the recency list shares (a bound, so a
 #: store of objects all of different sizes does not grow a second table)
 SIZE_OBJECTS = 65536
+#: the least recency-list value that holds a ready answer's location
+READY_ONE = 1 << SIZE_BITS
 #: bytes the scrubber reads per step (it sleeps between steps to keep to its rate)
 SCRUB_CHUNK = 1 * MiB
 #: how often (seconds) at most a store reads the keys other processes sharing its
@@ -257,8 +259,9 @@ class DiskStore(StoreBase):
         the memory tier would admit the object (`MemoryTier.passes_by`): a ready
         answer serves reads the tier would not keep, so what is read again still
         comes to be held in memory as it always did."""
-        value = self._lru.get(key)
-        if value is None or value <= SIZE_MASK:
+        lru = self._lru
+        value = lru.get(key)
+        if value is None or value < READY_ONE:
             return None
         ring = self._disk.ring
         if ring is None or not self.memory.passes_by(key):
@@ -273,10 +276,13 @@ class DiskStore(StoreBase):
         found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
         if found is None:
             self.ready_misses += 1
-            self._lru[key] = value & SIZE_MASK  # keeps its place in the recency list
+            lru[key] = value & SIZE_MASK  # keeps its place in the recency list
             return None
         self.ready_reads += 1
-        self._lru.move_to_end(key)
+        if not value & READ_AGAIN:
+            # not moved to the recent end: over 10^6 keys that costs as much as the
+            # lookup; eviction moves it there instead (`READ_AGAIN`)
+            lru[key] = value | READ_AGAIN
         return found
 
     def peek(self, key: str) -> StoredEntry | None:

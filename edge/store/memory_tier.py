@@ -26,7 +26,7 @@ ENTRY_OVERHEAD = 768
 PAIR_OVERHEAD = 160
 #: keys remembered as read once from disk but not admitted (a second read admits
 #: them): at most this many, and one per 4 KiB of the tier's bound (a remembered key
-#: is its hash in an ordered dict, about 100 bytes: at most 2.5% of the bound)
+#: is its hash in a set, about 60 bytes: at most 1.5% of the bound)
 SEEN_ONCE_MAX = 16_384
 
 
@@ -60,10 +60,15 @@ class MemoryTier:
         #: discarded, replaced), so what others built from it (the hot lane's prepared
         #: answers) goes with it instead of keeping its bodies alive beyond the bound
         self.on_drop: list[Callable[[str], None]] = []
-        #: keys read from disk once while the tier was full, and keys that left it
-        #: (evicted, or expired by `ttl`): their next read is admitted (`admit`)
-        self._seen_once: OrderedDict[int, None] = OrderedDict()
-        self._seen_max = max(16, min(SEEN_ONCE_MAX, max_bytes // 4096))
+        #: hashes of keys read from disk once while the tier was full, and of keys
+        #: that left it (evicted, or expired by `ttl`): their next read is admitted
+        #: (`admit`). Two generations: when the newer holds half the bound it becomes
+        #: the older and the older is dropped, so the last half to whole bound of
+        #: sightings are remembered for two set operations each (an ordered dict
+        #: kept exactly the last ones for four, on every read of a large store)
+        self._seen_now: set[int] = set()
+        self._seen_before: set[int] = set()
+        self._seen_half = max(8, min(SEEN_ONCE_MAX, max_bytes // 4096) // 2)
 
     def get(self, key: str) -> StoredEntry | None:
         """The entry, marked most recently used; None once it is older than `ttl`."""
@@ -111,8 +116,9 @@ class MemoryTier:
         """
         key = entry.key
         sighting = hash(key)
-        if sighting in self._seen_once:
-            del self._seen_once[sighting]
+        if sighting in self._seen_now or sighting in self._seen_before:
+            self._seen_now.discard(sighting)
+            self._seen_before.discard(sighting)
         elif (
             # a full tier has no room for any entry: its cost need not be counted
             self.used + ENTRY_OVERHEAD > self.max_bytes
@@ -128,18 +134,27 @@ class MemoryTier:
         it: the tier is full and the key was not read before), remembering the read
         as `admit` does; a reader that can answer without an entry (a ready answer,
         `DiskStore.ready_answer`) then need not make one."""
-        if hash(key) in self._seen_once or self.used + ENTRY_OVERHEAD <= self.max_bytes:
+        sighting = hash(key)
+        if (
+            sighting in self._seen_now
+            or sighting in self._seen_before
+            or self.used + ENTRY_OVERHEAD <= self.max_bytes
+        ):
             return False
         self._seen(key)
         return True
 
+    def forget_sightings(self) -> None:
+        """Forget every key read once (their next read is again a first one)."""
+        self._seen_now.clear()
+        self._seen_before.clear()
+
     def _seen(self, key: str) -> None:
-        seen = self._seen_once
-        sighting = hash(key)  # not the key: a remembered key keeps no string alive
-        seen[sighting] = None
-        seen.move_to_end(sighting)
-        if len(seen) > self._seen_max:
-            seen.popitem(last=False)
+        seen = self._seen_now
+        seen.add(hash(key))  # not the key: a remembered key keeps no string alive
+        if len(seen) >= self._seen_half:
+            self._seen_before = seen
+            self._seen_now = set()
 
     def discard(self, key: str) -> None:
         """Forget a key."""

@@ -70,6 +70,10 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 #: has its own Date, then response_time, corrected_initial_age,
 #: freshness_lifetime and stored_at (`ObjectMeta`)
 _FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
+_FIXED_SIZE = _FIXED.size
+_unpack_fixed = _FIXED.unpack_from
+_xxh3 = xxhash.xxh3_64_intdigest
+_new_tuple = tuple.__new__
 _MAGIC = b"RA1"
 _ALIVE = 0
 _DEAD = b"\x01"
@@ -84,9 +88,11 @@ def ring_capacity(max_bytes: int) -> int:
 @dataclass(frozen=True, slots=True)
 class ReadyHead:
     """What a front makes of a stored object for its ready answer (edge.front.h1_hits):
-    the head less the per-response fields, and what those fields need."""
+    the head less the status line and the per-response fields, and what those need."""
 
-    #: the status line and fields up to Content-Length, each line CRLF-terminated
+    #: the fields up to Content-Length and the blank line ending the head, each line
+    #: CRLF-terminated: the stored body follows it in the record, so that the answer
+    #: is the status line and the per-response fields, then one slice of the record
     head: bytes
     #: whether `head` carries the origin's own Date (else one is added per response)
     has_date: bool
@@ -101,10 +107,12 @@ class ReadyHead:
 class ReadyRecord(NamedTuple):
     """A ready answer read back and checked: what a hit writes, and what it decides by.
 
-    A named tuple, made in one C call: one is made for every disk hit."""
+    A named tuple, made in one C call (`parse_record`): one is made for every disk
+    hit."""
 
-    head: bytes
-    body: bytes
+    #: the stored head (`ReadyHead.head`) and the body after it
+    answer: bytes
+    body_length: int
     status: int
     has_date: bool
     status_prefix: str
@@ -114,6 +122,11 @@ class ReadyRecord(NamedTuple):
     stored_at: float
     #: (service, host, target, surrogate keys), marshalled (`purge_fields`)
     purge: bytes
+
+    @property
+    def body(self) -> bytes:
+        """The stored body (a copy: the answer is written whole)."""
+        return self.answer[len(self.answer) - self.body_length :]
 
     def age(self, now: float) -> float:
         """RFC 9111 4.2.3 current_age at `now`, as `ObjectMeta.age` computes it."""
@@ -171,8 +184,7 @@ def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> byte
 def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
     """The record in `data` if it is alive, whole, of `key` and made by `tag`'s maker;
     None for anything else (dead, overwritten, torn, another key or maker)."""
-    fixed = _FIXED.size
-    if len(data) < fixed:
+    if len(data) < _FIXED_SIZE:
         return None
     (
         dead,
@@ -190,31 +202,34 @@ def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
         initial_age,
         lifetime,
         stored_at,
-    ) = _FIXED.unpack_from(data)
-    end_key = fixed + key_len
-    if (
-        dead != _ALIVE
-        or magic != _MAGIC
-        or made_by != tag
-        or len(data) != end_key + prefix_len + purge_len + head_len + body_len
-        or data[fixed:end_key] != key
-        or xxhash.xxh3_64_intdigest(memoryview(data)[12:]) != checksum
-    ):
-        return None
+    ) = _unpack_fixed(data)
+    end_key = _FIXED_SIZE + key_len
     end_prefix = end_key + prefix_len
     end_purge = end_prefix + purge_len
-    end_head = end_purge + head_len
-    return ReadyRecord(
-        data[end_purge:end_head],
-        data[end_head:],
-        status,
-        has_date == 1,
-        data[end_key:end_prefix].decode("utf-8", "surrogateescape"),
-        response_time,
-        initial_age,
-        lifetime,
-        stored_at,
-        data[end_prefix:end_purge],
+    if (
+        dead != _ALIVE
+        or made_by != tag
+        or key_len != len(key)
+        or len(data) != end_purge + head_len + body_len
+        or magic != _MAGIC
+        or not data.startswith(key, _FIXED_SIZE)
+        or _xxh3(memoryview(data)[12:]) != checksum
+    ):
+        return None
+    return _new_tuple(
+        ReadyRecord,
+        (
+            data[end_purge:],
+            body_len,
+            status,
+            has_date == 1,
+            data[end_key:end_prefix].decode("utf-8", "surrogateescape"),
+            response_time,
+            initial_age,
+            lifetime,
+            stored_at,
+            data[end_prefix:end_purge],
+        ),
     )
 
 

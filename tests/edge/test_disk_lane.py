@@ -7,14 +7,18 @@ HEAD, staleness. The route table does not grow by one-off URLs."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import sqlite3
 from pathlib import Path
 
+from multidict import CIMultiDict
+
 from edge.accesslog import AccessLog
-from edge.hotlane import ROUTE_SIGHTINGS
+from edge.front.types import RequestHead
+from edge.hotlane import HOST_FIELDS, ROUTE_SIGHTINGS
 from edge.store import NOT_NOW, DiskStore, StoredEntry
 from edge.store.disk_inline import INLINE_BODY_MAX
 from edge.store.disk_layout import ROW_MAGIC, decode_row
@@ -227,3 +231,41 @@ async def test_a_filled_object_is_stored_as_a_plain_row(tmp_path: Path) -> None:
         assert value is not None and value.startswith(ROW_MAGIC)
         record = decode_row(value)
         assert record is not None and record.meta.etag == '"p1"'
+
+
+async def test_every_spelling_of_a_host_reaches_its_objects_on_disk(tmp_path: Path) -> None:
+    """The lane computes a key's start once per Host field (its service and host),
+    as the full path does per request: case, port 80 and a trailing dot are one host."""
+    async with running_disk_edge(tmp_path) as edge:
+        edge.origin.responds("/a", cache_control=FRESH, body=b"stored once")
+        assert (await edge.get("/a")).status == 200
+        for spelling in ("WWW.Example.COM", "www.example.com:80", "www.example.com."):
+            edge.evict("/a")
+            hit = await edge.get("/a", Host=spelling)
+            assert hit.status == 200 and hit.body == b"stored once", spelling
+        assert edge.engine.hot.disk_hits == 3
+        assert edge.origin.count("/a") == 1
+
+
+async def test_a_host_no_longer_served_is_not_answered_from_disk(tmp_path: Path) -> None:
+    async with running_disk_edge(tmp_path) as edge:
+        edge.origin.responds("/a", cache_control=FRESH, body=b"x")
+        assert (await edge.get("/a")).status == 200
+        edge.evict("/a")
+        assert (await edge.get("/a")).status == 200  # the lane knows the host now
+        engine = edge.engine
+        (service,) = set(engine._hosts.values())
+        engine.reconfigure((dataclasses.replace(service, hosts=("other.example",)),))
+        edge.evict("/a")
+        refused = await edge.get("/a")
+        assert 400 <= refused.status < 500
+        assert engine.hot.disk_hits == 1
+
+
+async def test_the_hosts_the_lane_remembers_are_bounded(tmp_path: Path) -> None:
+    """A client sending a new Host field with every request does not grow the lane."""
+    async with running_disk_edge(tmp_path) as edge:
+        for n in range(HOST_FIELDS + 50):
+            request = RequestHead("GET", "/a", CIMultiDict(Host=f"h{n}.example"), None)
+            assert edge.engine.hot._direct_key(request) is None  # not served
+        assert len(edge.engine.hot._key_starts) <= HOST_FIELDS

@@ -144,3 +144,21 @@ def test_an_entry_that_expired_comes_back_on_its_next_read() -> None:
     assert tier.get("k") is None  # expired: its key is remembered
     tier.put(entry("filler", 1000))  # the tier is full again
     assert tier.admit(entry("k", 1000))
+
+
+def test_keys_read_once_are_remembered_within_a_bound() -> None:
+    """A full tier remembers the keys read once (their next read admits them), the
+    last of them only: a scan of a long tail never grows what it remembers."""
+    cost = ENTRY_OVERHEAD + 1000
+    tier = MemoryTier(max_bytes=64 * 4096)  # remembers 32 to 64 keys
+    while tier.used + cost <= tier.max_bytes:
+        tier.put(entry(f"held{len(tier)}", 1000))
+    assert tier.passes_by("early")  # full: a first read is not held
+    for n in range(20):
+        tier.passes_by(f"cold{n}")
+    assert not tier.passes_by("early")  # read again soon after: would be held
+    assert tier.passes_by("forgotten")
+    for n in range(10_000):
+        tier.passes_by(f"tail{n}")
+    assert tier.passes_by("forgotten")  # 10^4 reads later: a first read again
+    assert len(tier._seen_now) + len(tier._seen_before) <= 64

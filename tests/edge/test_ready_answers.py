@@ -19,6 +19,7 @@ from pathlib import Path
 from edge.cache.model import ObjectMeta
 from edge.front.h1_hits import maker_tag
 from edge.store import DiskStore, StoredEntry
+from edge.store.base import READ_AGAIN, SECOND_CHANCES
 from edge.store.ready import (
     READY_RING_MIN,
     RING_START,
@@ -65,7 +66,7 @@ def meta(**changes: object) -> ObjectMeta:
 
 def head(tag: int = TAG) -> ReadyHead:
     """A ready head as the front makes one (its bytes are opaque to the store)."""
-    return ReadyHead(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False, "edge1; ", 200, tag)
+    return ReadyHead(b"Content-Length: 5\r\n\r\n", False, "edge1; ", 200, tag)
 
 
 def encoded(key: str, body: bytes) -> bytes:
@@ -79,7 +80,7 @@ def test_a_record_reads_back_with_what_a_hit_decides_by() -> None:
     record = encoded("svc example.com/a", b"hello")
     found = parse_record(record, b"svc example.com/a", TAG)
     assert found is not None
-    assert found.body == b"hello" and found.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert found.answer == b"Content-Length: 5\r\n\r\nhello" and found.body == b"hello"
     assert found.status == 200 and not found.has_date and found.status_prefix == "edge1; "
     assert found.age(1010.0) == 13.0 and found.freshness_lifetime == 600.0
     assert found.stored_at == 999.0
@@ -198,7 +199,7 @@ async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path) -> No
         entry = second.get_now("k")
         assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
         # the lookup taught it the new record's place
-        second.memory._seen_once.clear()
+        second.memory.forget_sightings()
         found = second.ready_answer("k", TAG)
         assert found is not None and found.body == b"v2"
 
@@ -209,7 +210,7 @@ async def test_a_delete_or_refresh_by_another_worker_is_seen_at_once(tmp_path: P
             await put(first, key, b"body")
             await synced(second, key)
             assert second.ready_answer(key, TAG) is not None
-            second.memory._seen_once.clear()
+            second.memory.forget_sightings()
         await first.delete("gone")
         await first.put_meta("refreshed", meta(freshness_lifetime=9000.0))
         variant = first.tmp_path(".br")
@@ -246,6 +247,43 @@ async def test_eviction_counts_bodies_and_kills_the_evicted_answers(tmp_path: Pa
         await store.close()
 
 
+async def test_an_object_read_by_its_ready_answer_gets_a_second_chance(tmp_path: Path) -> None:
+    """A ready answer's read does not move its key in the recency list (it marks it):
+    eviction then passes over it once, as over a key just read."""
+    store = await DiskStore.open(str(tmp_path), 4 * KiB, memory_bytes=0)
+    store.ready_maker = lambda _meta, _size: head()
+    try:
+        for n in range(4):
+            await put(store, f"k{n}", os.urandom(KiB))
+        assert store.ready_answer("k0", TAG) is not None  # the oldest, read again
+        await put(store, "k4", os.urandom(KiB))
+        assert store.size_bytes <= 4 * KiB
+        assert "k1" not in store._lru  # the oldest not read again: evicted
+        assert store.get_now("k1") is None
+        assert list(store._lru) == ["k2", "k3", "k4", "k0"]  # spared: most recent
+        entry = store.get_now("k0")
+        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].size == KiB
+    finally:
+        await store.close()
+
+
+async def test_an_eviction_walk_spares_a_bounded_number_of_keys(tmp_path: Path) -> None:
+    """Every key read again: one walk spares at most `SECOND_CHANCES` of them and
+    still frees what the bound asks."""
+    store = await DiskStore.open(str(tmp_path), 1 << 30, memory_bytes=0)
+    try:
+        count = SECOND_CHANCES + 100
+        store._lru.update((f"k{n}", 10 | READ_AGAIN) for n in range(count))
+        store.max_bytes = store.size_bytes - 1000  # 1000 bytes over
+        victims = store._choose_victims(keep="")
+        assert len(victims) == 100  # all of what followed the spared ones
+        assert len(store._lru) == SECOND_CHANCES
+        assert not any(value & READ_AGAIN for value in store._lru.values())
+    finally:
+        store._lru.clear()
+        await store.close()
+
+
 @asynccontextmanager
 async def ready_edge(root: Path) -> AsyncIterator[DiskEdge]:
     """An edge whose memory tier holds nothing new (as when it is full)."""
@@ -257,7 +295,7 @@ def fill_tier(edge: DiskEdge) -> None:
     """Make the memory tier full and forget every key it saw read (as under a long
     tail): a read from disk now is not admitted."""
     edge.store.memory.max_bytes = 0
-    edge.store.memory._seen_once.clear()
+    edge.store.memory.forget_sightings()
 
 
 async def test_the_front_answers_from_a_ready_answer_as_from_memory(tmp_path: Path) -> None:

@@ -98,6 +98,26 @@ class TestNormalizeTarget:
         once = normalize_target(target, True, TRACKING)
         assert normalize_target(once, True, TRACKING) == once
 
+    @given(
+        st.lists(
+            st.sampled_from(["/", "a", ".", "..", "%2e", "%41", "?", "&", "=", "#", "x.y"]),
+            max_size=14,
+        )
+    )
+    def test_a_target_already_as_keyed_is_kept_and_any_other_rebuilt(
+        self, parts: list[str]
+    ) -> None:
+        """Most targets need no rebuilding, and are returned as they are; the result
+        is the same as the whole rebuild's (path escapes, dot segments, empty members)."""
+        target = "".join(parts)
+        without_fragment = target.partition("#")[0]
+        path, _, query = without_fragment.partition("?")
+        members = [member for member in query.split("&") if member]
+        rebuilt = remove_dot_segments(normalize_path(path))
+        if members:
+            rebuilt += "?" + "&".join(members)
+        assert normalize_target(target, False, ()) == rebuilt
+
 
 class TestDotSegments:
     """RFC 3986 6.2.2.3: "." and ".." segments are removed before keying, so every
