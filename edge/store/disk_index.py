@@ -439,9 +439,11 @@ class DiskIndex:
         try:
             with self._synchronous(durable > 0), self._writing():
                 delta = 0
-                for n, _full, record in placed:
-                    ready = items[n].ready
-                    loc = self._ring().append(ready) if ready is not None else 0
+                readies = [(n, items[n].ready) for n, _full, _record in placed]
+                made = [ready for _n, ready in readies if ready is not None]
+                placed_at = iter(self._ring().append_many(made) if made else ())
+                for (n, _full, record), (_n, ready) in zip(placed, readies, strict=True):
+                    loc = next(placed_at) if ready is not None else 0
                     old = self._put_row(items[n].key, record, loc)
                     delta += record.size - (old.size if old is not None else 0)
                     olds.append((n, old, loc))

@@ -36,6 +36,7 @@ import contextlib
 import marshal
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -70,6 +71,9 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 #: has its own Date, then response_time, corrected_initial_age,
 #: freshness_lifetime and stored_at (`ObjectMeta`)
 _FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
+#: the same in two: what the checksum does not cover, and what it does
+_FIXED_START = struct.Struct("<B3sQ")
+_FIXED_REST = struct.Struct("<IHHHIIHBdddd")
 _FIXED_SIZE = _FIXED.size
 _unpack_fixed = _FIXED.unpack_from
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -159,10 +163,7 @@ def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> byte
         > LENGTH_MASK
     ):
         return None
-    fixed = _FIXED.pack(
-        _ALIVE,
-        _MAGIC,
-        0,
+    rest = _FIXED_REST.pack(
         ready.tag,
         len(key_bytes),
         len(prefix),
@@ -176,9 +177,11 @@ def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> byte
         meta.freshness_lifetime,
         meta.stored_at,
     )
-    record = bytearray(fixed + key_bytes + prefix + purge + ready.head + body)
-    struct.pack_into("<Q", record, 4, xxhash.xxh3_64_intdigest(memoryview(record)[12:]))
-    return bytes(record)
+    parts = (rest, key_bytes, prefix, purge, ready.head, body)
+    checksum = xxhash.xxh3_64()
+    for part in parts:
+        checksum.update(part)
+    return b"".join((_FIXED_START.pack(_ALIVE, _MAGIC, checksum.intdigest()), *parts))
 
 
 def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
@@ -264,17 +267,37 @@ class ReadyRing:
     def append(self, record: bytes) -> int:
         """Write `record` at the ring's write position (wrapping to the start when it
         does not fit before the end); its location. Only under the writer lock."""
-        length = len(record)
-        if length > LENGTH_MASK or length > self.capacity - RING_START:
-            return 0
+        return self.append_many((record,))[0]
+
+    def append_many(self, records: Sequence[bytes]) -> list[int]:
+        """`append` of several records, in order, with one read of the write position,
+        one write of it, and one write per run of records between wraps; their
+        locations (0 for a record longer than the ring)."""
         raw = os.pread(self.fd, _POSITION.size, 0)
-        offset = _POSITION.unpack(raw)[0] if len(raw) == _POSITION.size else 0
-        if offset < RING_START or offset + length > self.capacity:
-            offset = RING_START
-        os.pwrite(self.fd, record, offset)
-        os.pwrite(self.fd, _POSITION.pack(offset + length), 0)
-        self.appended += 1
-        return location(offset, length)
+        position = _POSITION.unpack(raw)[0] if len(raw) == _POSITION.size else 0
+        if position < RING_START:
+            position = RING_START
+        locations: list[int] = []
+        run: list[bytes] = []
+        run_start = position
+        for record in records:
+            length = len(record)
+            if length > LENGTH_MASK or length > self.capacity - RING_START:
+                locations.append(0)
+                continue
+            if position + length > self.capacity:
+                if run:
+                    os.pwritev(self.fd, run, run_start)
+                    run = []
+                position = run_start = RING_START
+            run.append(record)
+            locations.append(location(position, length))
+            position += length
+            self.appended += 1
+        if run:
+            os.pwritev(self.fd, run, run_start)
+        os.pwrite(self.fd, _POSITION.pack(position), 0)
+        return locations
 
     def kill(self, loc: int, key: str) -> bool:
         """Mark the record at `loc` dead if it is still `key`'s (the ring may have

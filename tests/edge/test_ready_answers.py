@@ -117,6 +117,26 @@ def test_the_ring_wraps_and_an_overwritten_record_is_refused(tmp_path: Path) -> 
         ring.close()
 
 
+def test_a_batch_is_appended_in_runs_and_wraps_in_the_middle(tmp_path: Path) -> None:
+    """A commit batch's records go in with one write per run between wraps; each is
+    read back at its location, the ones after the wrap from the start."""
+    ring = ReadyRing(str(tmp_path / "answers"), READY_RING_MIN)
+    try:
+        body = os.urandom(64 * KiB)
+        ring.append_many([encoded(f"a{n}", body) for n in range(250)])  # nearly full
+        batch = [encoded(f"b{n}", body) for n in range(10)]
+        locations = ring.append_many(batch)
+        offsets = [loc >> 20 for loc in locations]
+        assert RING_START in offsets and offsets[0] != RING_START  # wrapped inside
+        for n, loc in enumerate(locations):
+            assert parse_record(ring.read(loc), f"b{n}".encode(), TAG) is not None
+        after = ring.append(encoded("c", b"x"))
+        assert after >> 20 == offsets[-1] + len(batch[-1])  # the position went on
+        assert ring.append_many([b"x" * (ring.capacity + 1)]) == [0]  # longer than it
+    finally:
+        ring.close()
+
+
 def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
     ring = ReadyRing(str(tmp_path / "answers"), READY_RING_MIN)
     try:
