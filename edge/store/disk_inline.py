@@ -50,6 +50,7 @@ __all__ = [
     "INLINE_SLOW",
     "Defer",
     "InlineReader",
+    "memory_backed",
     "read_mode",
 ]
 
@@ -113,6 +114,12 @@ def _filesystem(path: str) -> str:
             if inside and len(point) >= len(best):
                 best, kind = point, parts[2]
     return kind
+
+
+def memory_backed(directory: str) -> bool:
+    """Whether `directory` is on a filesystem kept in memory (tmpfs), where no read
+    or write ever waits on a device. Blocks: run it on the gateway, once."""
+    return _filesystem(directory) in _MEMORY_FILESYSTEMS
 
 
 def read_mode(directory: str) -> str:

@@ -27,6 +27,7 @@ import pytest
 from edge.compress import make_variants
 from edge.fill import Fill, FillHead, HeadKind
 from edge.store import BodyRef, DiskStore, io, open_body, read_body
+from edge.store.disk_inline import memory_backed
 
 REPO = Path(__file__).resolve().parents[2]
 KiB = 1024
@@ -89,7 +90,8 @@ def off_the_gateway(calls: list[tuple[str, str, str]]) -> list[tuple[str, str, s
 async def test_every_disk_store_file_call_runs_on_the_gateway(
     tmp_path: Path, file_calls: list[tuple[str, str, str]]
 ) -> None:
-    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    # a directory on a device (a memory filesystem's commits run on the loop)
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, commit_inline=False)
     text = b"the same line again and again\n" * 20_000
     writer = store.begin("text")
     for pos in range(0, len(text), 50 * KiB):
@@ -120,6 +122,37 @@ async def test_every_disk_store_file_call_runs_on_the_gateway(
     # made once, was opened on the loop (its lookup went on to the gateway)
     index = str(tmp_path / "cache" / "index" / "cache.db")
     assert [call[:2] for call in off_the_gateway(file_calls)] == [("sqlite3.connect", index)]
+
+
+async def test_a_store_in_memory_commits_on_the_loop(
+    tmp_path: Path, file_calls: list[tuple[str, str, str]]
+) -> None:
+    """On a memory filesystem (tmpfs) an index commit never waits on a device: the
+    batch is written on the event loop, its body moved into place there too."""
+    store = await DiskStore.open(str(tmp_path / "cache"), max_bytes=1 << 30, commit_inline=True)
+    try:
+        writer = store.begin("large")
+        await writer.write(b"x" * 100 * KiB)  # a file body: moved into place at commit
+        await writer.commit("meta")
+        renames = [call for call in file_calls if call[0] == "os.rename"]
+        assert renames and not [call for call in renames if call[2].startswith(io.THREAD_PREFIX)]
+        store.forget_cached("large")
+        entry = await store.get("large")
+        assert entry is not None and entry.bodies["identity"].size == 100 * KiB
+    finally:
+        await store.close()
+
+
+def test_a_store_commits_on_the_loop_only_on_a_memory_filesystem(tmp_path: Path) -> None:
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        kinds = {line.split()[1]: line.split()[2] for line in mounts if len(line.split()) > 2}
+    checked = 0
+    for point, kind in kinds.items():
+        if kind in ("tmpfs", "ext4", "xfs", "btrfs", "overlay") and os.path.isdir(point):
+            assert memory_backed(point) == (kind == "tmpfs"), point
+            checked += 1
+    assert checked > 0
+    assert not memory_backed("/proc")
 
 
 async def test_a_small_disk_hit_only_reads_on_the_loop(
