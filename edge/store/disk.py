@@ -269,9 +269,13 @@ class DiskStore(StoreBase):
         with one `pread` and checked, without the index; None when there is none, or
         it is dead (replaced or deleted by any process), overwritten or damaged:
         then the index decides, and the location is forgotten here. Also None when
-        the memory tier would admit the object (`MemoryTier.passes_by`): a ready
-        answer serves reads the tier would not keep, so what is read again still
-        comes to be held in memory as it always did."""
+        the memory tier would admit the object (`MemoryTier.passes_by`: it has
+        room, or this is the key's third read lately), so what is read again still
+        comes to be held in memory.
+
+        A read found here does not move the key in the recency list (over 10^6 keys
+        that costs as much as the lookup); it marks it, and eviction gives a marked
+        key a second chance (`READ_AGAIN`)."""
         lru = self._lru
         value = lru.get(key)
         if value is None or value < READY_ONE:
@@ -279,7 +283,7 @@ class DiskStore(StoreBase):
         ring = self._disk.ring
         if ring is None or not self.memory.passes_by(key):
             # the memory tier would hold it (it has room, or the key was read
-            # before): read through the index, which admits it, as before
+            # twice lately): read through the index, which admits it
             return None
         loc = value >> SIZE_BITS
         try:
@@ -293,8 +297,6 @@ class DiskStore(StoreBase):
             return None
         self.ready_reads += 1
         if not value & READ_AGAIN:
-            # not moved to the recent end: over 10^6 keys that costs as much as the
-            # lookup; eviction moves it there instead (`READ_AGAIN`)
             lru[key] = value | READ_AGAIN
         return found
 

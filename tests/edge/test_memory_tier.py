@@ -147,8 +147,9 @@ def test_an_entry_that_expired_comes_back_on_its_next_read() -> None:
 
 
 def test_keys_read_once_are_remembered_within_a_bound() -> None:
-    """A full tier remembers the keys read once (their next read admits them), the
-    last of them only: a scan of a long tail never grows what it remembers."""
+    """A full tier remembers the keys read (a key answered without an entry, as a
+    ready answer is, is held on its third read), the last of them only: a scan of a
+    long tail never grows what it remembers."""
     cost = ENTRY_OVERHEAD + 1000
     tier = MemoryTier(max_bytes=64 * 4096)  # remembers 32 to 64 keys
     while tier.used + cost <= tier.max_bytes:
@@ -156,9 +157,15 @@ def test_keys_read_once_are_remembered_within_a_bound() -> None:
     assert tier.passes_by("early")  # full: a first read is not held
     for n in range(20):
         tier.passes_by(f"cold{n}")
-    assert not tier.passes_by("early")  # read again soon after: would be held
-    assert tier.passes_by("forgotten")
+    assert tier.passes_by("early")  # the second: answered without an entry
+    assert not tier.passes_by("early")  # the third: would be held
+    assert not tier.admit(entry("cold-admitted", 1000))
+    assert tier.admit(entry("cold-admitted", 1000))  # read with an entry: the second
+    assert tier.passes_by("forgotten") and tier.passes_by("forgotten")
     for n in range(10_000):
         tier.passes_by(f"tail{n}")
+        tier.passes_by(f"tail{n}")
     assert tier.passes_by("forgotten")  # 10^4 reads later: a first read again
-    assert len(tier._seen_now) + len(tier._seen_before) <= 64
+    assert tier.passes_by("forgotten")
+    remembered = (tier._seen_now, tier._seen_before, tier._twice_now, tier._twice_before)
+    assert sum(len(sightings) for sightings in remembered) <= 128
