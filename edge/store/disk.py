@@ -269,9 +269,9 @@ class DiskStore(StoreBase):
         with one `pread` and checked, without the index; None when there is none, or
         it is dead (replaced or deleted by any process), overwritten or damaged:
         then the index decides, and the location is forgotten here. Also None when
-        the memory tier would admit the object (`MemoryTier.passes_by`: it has
-        room, or this is the key's third read lately), so what is read again still
-        comes to be held in memory.
+        the memory tier would admit the object (`MemoryTier.passes_by`: this is the
+        key's third read lately), so what is read again still comes to be held in
+        memory.
 
         A read found here does not move the key in the recency list (over 10^6 keys
         that costs as much as the lookup); it marks it, and eviction gives a marked
@@ -282,8 +282,8 @@ class DiskStore(StoreBase):
             return None
         ring = self._disk.ring
         if ring is None or not self.memory.passes_by(key):
-            # the memory tier would hold it (it has room, or the key was read
-            # twice lately): read through the index, which admits it
+            # the memory tier would hold it (the key was read twice lately): read
+            # through the index, which admits it
             return None
         loc = value >> SIZE_BITS
         try:

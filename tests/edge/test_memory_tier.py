@@ -152,6 +152,9 @@ def test_keys_read_once_are_remembered_within_a_bound() -> None:
     long tail never grows what it remembers."""
     cost = ENTRY_OVERHEAD + 1000
     tier = MemoryTier(max_bytes=64 * 4096)  # remembers 32 to 64 keys
+    # with room, a read answered without an entry is not held either
+    assert tier.passes_by("with-room") and tier.passes_by("with-room")
+    assert not tier.passes_by("with-room")
     while tier.used + cost <= tier.max_bytes:
         tier.put(entry(f"held{len(tier)}", 1000))
     assert tier.passes_by("early")  # full: a first read is not held
