@@ -208,6 +208,8 @@ class DiskStore(StoreBase):
         if commit_inline is None:
             commit_inline = await store._run(memory_backed, store.directory)
         store.commit_inline = commit_inline
+        if commit_inline and store._disk.ring is not None:
+            store._disk.ring.map_for_reads()  # in memory: no read can fail on a device
         store._device_waits = _device_waits()
         # the values as `start` made them (sizes shared, locations packed above): a
         # second int made here per object would leave the first's memory holey
@@ -286,10 +288,15 @@ class DiskStore(StoreBase):
             # through the index, which admits it
             return None
         loc = value >> SIZE_BITS
-        try:
-            data = os.pread(ring.fd, loc & LENGTH_MASK, loc >> LENGTH_BITS)
-        except OSError:
-            return None
+        view = ring.view
+        if view is not None:
+            offset = loc >> LENGTH_BITS
+            data = view[offset : offset + (loc & LENGTH_MASK)]
+        else:
+            try:
+                data = os.pread(ring.fd, loc & LENGTH_MASK, loc >> LENGTH_BITS)
+            except OSError:
+                return None
         found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
         if found is None:
             self.ready_misses += 1

