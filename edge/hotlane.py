@@ -190,7 +190,8 @@ class HotLane:
         front's head) when the store has one, before the index is read.
         """
         headers = request.headers
-        route = self._routes.get((headers.get("Host"), request.target))
+        host_field = headers.get("Host")
+        route = self._routes.get((host_field, request.target))
         from_disk = False
         if route is not None:
             key = route.key
@@ -198,13 +199,13 @@ class HotLane:
             if entry is None and not disk:
                 return None
         elif disk:
-            key_ = self._direct_key(request)
+            key_ = self._direct_key(request, host_field)
             if key_ is None:
                 return None
             key = key_
             entry = self.store.peek(key)
             if entry is not None:
-                self.remember(headers.get("Host"), request.target, key)
+                self.remember(host_field, request.target, key)
         else:
             return None
         if entry is None:
@@ -303,10 +304,11 @@ class HotLane:
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
         return headers, prefix
 
-    def _direct_key(self, request: RequestHead) -> str | None:
-        """The primary cache key of an origin-form `request` to a served host, as
-        `Engine._cacheable` computes it for a request no traffic rule acts on; None
-        for anything else (the full path answers it)."""
+    def _direct_key(self, request: RequestHead, field: str | None) -> str | None:
+        """The primary cache key of an origin-form `request` to a served host (its
+        Host `field` as read already), as `Engine._cacheable` computes it for a
+        request no traffic rule acts on; None for anything else (the full path
+        answers it)."""
         target = request.target
         if not target.startswith("/"):
             return None  # absolute-form: its authority names the host
@@ -314,7 +316,6 @@ class HotLane:
         if self._keys_for is not hosts:
             self._keys_for = hosts  # the services changed
             self._key_starts.clear()
-        field = request.headers.get("Host")
         start = self._key_starts.get(field)
         if start is None:
             if len(self._key_starts) >= HOST_FIELDS:

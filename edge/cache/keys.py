@@ -104,20 +104,26 @@ def normalize_target(target: str, sort_query: bool, drop_params: tuple[str, ...]
     origin may read repeated names as a list. Parameters stay byte-exact; empty "&&" members go; a
     query left empty loses its "?". A fragment, if a client sent one, is dropped.
     """
-    if (
-        not sort_query
-        and not drop_params
-        and "%" not in target
-        and "/." not in target
-        and "#" not in target
-        and "&&" not in target
-        and "?&" not in target
-        and target[:1] != "."
-        and target[-1:] not in ("?", "&")
-    ):
-        # no escape, dot segment, fragment or empty query member: already as keyed
-        # (most targets), and kept as it is rather than taken apart and rebuilt
-        return target
+    if "%" not in target and "/." not in target and "#" not in target and target[:1] != ".":
+        # no escape, dot segment or fragment: the path is as keyed (most targets),
+        # and so is a query of one parameter that is not dropped, or of several
+        # with nothing to sort, drop or leave out ("&&"): kept as they are, not
+        # taken apart and rebuilt
+        path, has_query, query = target.partition("?")
+        if not has_query:
+            return target
+        if query and "&" not in query:
+            if not drop_params or not _dropped_names(drop_params)(query.partition("=")[0]):
+                return target
+            return path  # its one parameter dropped
+        if (
+            not sort_query
+            and not drop_params
+            and "&&" not in query
+            and query[:1] not in ("", "&")
+            and query[-1] != "&"
+        ):
+            return target
     target = target.partition("#")[0]
     path, has_query, query = target.partition("?")
     path = remove_dot_segments(normalize_path(path))

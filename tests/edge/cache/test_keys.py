@@ -118,6 +118,25 @@ class TestNormalizeTarget:
             rebuilt += "?" + "&".join(members)
         assert normalize_target(target, False, ()) == rebuilt
 
+    @given(
+        st.lists(
+            st.sampled_from(
+                ["/", "a", ".", "%41", "?", "&", "=", "utm_x", "gclid", "b", "x.y", "z=1"]
+            ),
+            max_size=14,
+        ),
+        st.booleans(),
+    )
+    def test_the_shortcut_keys_as_the_whole_rebuild_does(
+        self, parts: list[str], sort_query: bool
+    ) -> None:
+        """A target the shortcut keeps (or keeps the path of) is keyed as the whole
+        rebuild keys it: a fragment, which the key never has, forces the rebuild."""
+        target = "".join(parts)
+        for drop in ((), TRACKING):
+            rebuilt = normalize_target(target + "#fragment", sort_query, drop)
+            assert normalize_target(target, sort_query, drop) == rebuilt, (target, drop)
+
 
 class TestDotSegments:
     """RFC 3986 6.2.2.3: "." and ".." segments are removed before keying, so every
