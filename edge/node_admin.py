@@ -93,7 +93,10 @@ def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awa
     async def count(record: PurgeRecord) -> int:
         probe = PurgeRules(fleet.services)
         probe.apply_local(record, applied_at=float("inf"))
-        keys = (await store.keys())[:MATCH_SCAN_LIMIT]
+        # the first rows only, read as a page: listing every key of a store of 10^6
+        # objects for each purge took the gateway (and the GIL) from the node's
+        # acknowledgements of the purges that followed
+        keys, _next = await store.keys_page(0, MATCH_SCAN_LIMIT)
         matched = 0
         for _key, meta in await store.metas(keys):
             if (

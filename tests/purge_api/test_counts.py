@@ -11,6 +11,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from edge import node_admin
 from edge.cache.policy import build_meta
 from edge.node import match_counter
 from edge.store import DiskStore
@@ -127,3 +130,26 @@ async def test_a_count_report_needs_the_secret_a_known_node_and_a_bounded_body(
     assert status == 400
     status, answer, _ = await api_call("POST", url, headers=node_auth, json=ok)
     assert (status, answer) == (200, {"node": "edge1", "recorded": 1})
+
+
+async def test_a_count_reads_a_bounded_page_of_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count looks at the first `MATCH_SCAN_LIMIT` rows, read as one page: it never
+    lists every key of the store (10^6 of them took the gateway from the purges
+    acknowledged after it)."""
+    fleet = write_fleet(tmp_path, shields=0, edges=1)
+    store = await DiskStore.open(str(tmp_path / "objects"), 256 * 1024 * 1024)
+    try:
+        await fill(store, 30)
+        monkeypatch.setattr(node_admin, "MATCH_SCAN_LIMIT", 10)
+
+        async def every_key() -> list[str]:
+            raise AssertionError("the whole store listed for a count")
+
+        monkeypatch.setattr(store, "keys", every_key)
+        counting = match_counter(fleet, store)
+        assert await counting(PurgeRecord(1, "all", "site", all=True)) == 10
+        assert await counting(PurgeRecord(2, "one", "site", urls=("/objects/3",))) == 1
+    finally:
+        await store.close()
