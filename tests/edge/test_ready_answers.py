@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from edge.cache.model import ObjectMeta
 from edge.front.h1_hits import maker_tag
 from edge.store import DiskStore, StoredEntry
@@ -214,34 +216,23 @@ async def test_a_store_finds_another_workers_object_by_its_ready_answer(tmp_path
         assert second.ready_answer("k", TAG + 1) is None  # another maker's tag
 
 
-async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path) -> None:
-    async with two_workers(tmp_path) as (first, second):
+@pytest.mark.parametrize("in_memory", [False, True], ids=["pread", "mapped"])
+async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path, in_memory: bool) -> None:
+    """Also on a memory filesystem, where the ring is read from a shared mapping: what
+    another worker writes, and the dead mark it sets, show through it at once."""
+    async with two_workers(tmp_path, in_memory) as (first, second):
+        assert second._disk.ring is not None
+        assert (second._disk.ring.view is not None) == in_memory
         await put(first, "k", b"v1")
         await synced(second, "k")
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.body == b"v1"
         await put(first, "k", b"v2")
         # no sync: the old record is dead, so the index is read instead
         assert second.ready_answer("k", TAG) is None
         entry = second.get_now("k")
         assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
         # the lookup taught it the new record's place
-        second.memory.forget_sightings()
-        found = second.ready_answer("k", TAG)
-        assert found is not None and found.body == b"v2"
-
-
-async def test_a_ring_in_memory_is_read_through_a_mapping(tmp_path: Path) -> None:
-    """On a memory filesystem the ring is read from a shared mapping: what another
-    worker writes, and the dead mark it sets, show through it at once."""
-    async with two_workers(tmp_path, in_memory=True) as (first, second):
-        assert second._disk.ring is not None and second._disk.ring.view is not None
-        await put(first, "k", b"v1")
-        await synced(second, "k")
-        found = second.ready_answer("k", TAG)
-        assert found is not None and found.body == b"v1"
-        await put(first, "k", b"v2")  # the old record marked dead, through the map
-        assert second.ready_answer("k", TAG) is None
-        entry = second.get_now("k")
-        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
         second.memory.forget_sightings()
         found = second.ready_answer("k", TAG)
         assert found is not None and found.body == b"v2"
