@@ -124,6 +124,12 @@ class StoreBase:
         if key in self._lru:
             self._lru.move_to_end(key)
 
+    def _read_again(self, key: str, value: int) -> bool:
+        """Whether `key` (its recency-list `value`) was read since eviction last looked
+        without being moved (`READ_AGAIN`); a store that keeps the mark elsewhere too
+        takes it from there."""
+        return bool(value & READ_AGAIN)
+
     def _evicting_bytes(self) -> int:
         """Bytes of victims chosen whose removal the byte total does not show yet."""
         return self._evicting
@@ -152,8 +158,8 @@ class StoreBase:
                 break
             if key == keep or key in self._locks:
                 continue  # just stored, or being changed right now
-            if value & READ_AGAIN and len(spared) < SECOND_CHANCES:
-                spared.append((key, value ^ READ_AGAIN))
+            if len(spared) < SECOND_CHANCES and self._read_again(key, value):
+                spared.append((key, value & ~READ_AGAIN))
                 continue
             size = value & SIZE_MASK
             victims.append((key, size))

@@ -64,6 +64,15 @@ from edge.store.ready import (
     encode_record,
     parse_record,
 )
+from edge.store.ready_places import (
+    CHECK_BITS,
+    CHECK_MASK,
+    CHECK_SHIFT,
+    LOCATION_MASK,
+    READ_MARK,
+    ReadyPlaces,
+    places_for,
+)
 from edge.store.writer import BodyWriter
 
 __all__ = ["SCRUB_CHUNK", "SCRUB_OBJECT_MIN", "DiskStore"]
@@ -135,6 +144,11 @@ class DiskStore(StoreBase):
         #: found dead, overwritten or made by another maker
         self.ready_reads = 0
         self.ready_misses = 0
+        #: ready answers' locations by key hash (`edge.store.ready_places`), a cache
+        #: of the recency list's that a hit reads first; set by `open` with the ring
+        self._places: ReadyPlaces | None = None
+        #: ready answers found through `_places`, without the recency list
+        self.places_found = 0
         #: commits waiting for the committer task, which indexes them in one batch
         self._pending: list[
             tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]
@@ -214,6 +228,12 @@ class DiskStore(StoreBase):
         # the values as `start` made them (sizes shared, locations packed above): a
         # second int made here per object would leave the first's memory holey
         store._lru.update(zip(keys, sizes, strict=True))
+        if store._disk.ring is not None:
+            store._places = places = ReadyPlaces(places_for(store._disk.ring.capacity))
+            put = places.put
+            for key, value in zip(keys, sizes, strict=True):
+                if value >= READY_ONE:
+                    put(hash(key), value >> SIZE_BITS)
         del keys, sizes
         victims = store._pick_victims(keep="")
         if victims:
@@ -234,6 +254,12 @@ class DiskStore(StoreBase):
         """Recency only: the byte total is the shared counter in the index. `ready`:
         the location of the object's ready answer (0: none), kept above the size."""
         self._lru.pop(key, None)
+        places = self._places
+        if places is not None:
+            if size is not None and ready > 0:
+                places.put(hash(key), ready)
+            else:
+                places.drop(hash(key))
         if size is not None:
             if ready > 0:
                 self._lru[key] = size | ready << SIZE_BITS
@@ -275,19 +301,58 @@ class DiskStore(StoreBase):
         key's third read lately), so what is read again still comes to be held in
         memory.
 
-        A read found here does not move the key in the recency list (over 10^6 keys
-        that costs as much as the lookup); it marks it, and eviction gives a marked
-        key a second chance (`READ_AGAIN`)."""
+        The location is looked for in `_places` first (one slot, found by the key's
+        hash), then in the recency list (a lookup over every key), which teaches it
+        to `_places`. A read found here does not move the key in the recency list
+        (over 10^6 keys that costs as much as the lookup); it marks it (in its slot,
+        else in the list), and eviction gives a marked key a second chance
+        (`READ_AGAIN`, `_read_again`)."""
+        places = self._places
+        if places is None:
+            return None  # no ring (or closed)
+        key_hash = hash(key)
+        slots = places.slots
+        check = (key_hash >> CHECK_SHIFT) & CHECK_MASK
+        index = key_hash & places.bucket_mask
+        slot = slots[index]
+        if slot & CHECK_MASK != check or not slot:
+            index += 1
+            slot = slots[index]
+            if slot & CHECK_MASK != check:
+                slot = 0
+        if slot:
+            if not self.memory.passes_by(key):
+                # the memory tier would hold it (the key was read twice lately): read
+                # through the index, which admits it
+                return None
+            found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
+            if found is not None:
+                self.places_found += 1
+                if slot < READ_MARK:
+                    slots[index] = slot | READ_MARK
+                return found
+            slots[index] = 0  # dead, overwritten or another key's: the list decides
         lru = self._lru
         value = lru.get(key)
         if value is None or value < READY_ONE:
             return None
-        ring = self._disk.ring
-        if ring is None or not self.memory.passes_by(key):
-            # the memory tier would hold it (the key was read twice lately): read
-            # through the index, which admits it
+        if not slot and not self.memory.passes_by(key):
             return None
         loc = value >> SIZE_BITS
+        found = self._read_ready(loc, key, tag)
+        if found is None:
+            lru[key] = value & SIZE_MASK  # keeps its place in the recency list
+            return None
+        places.put(key_hash, loc, read=True)
+        if not value & READ_AGAIN:
+            lru[key] = value | READ_AGAIN  # the slot may go to another key
+        return found
+
+    def _read_ready(self, loc: int, key: str, tag: int) -> ReadyRecord | None:
+        """The ready answer at `loc` if it is `key`'s, alive, whole and `tag`'s."""
+        ring = self._disk.ring
+        if ring is None:
+            return None
         view = ring.view
         if view is not None:
             offset = loc >> LENGTH_BITS
@@ -300,12 +365,20 @@ class DiskStore(StoreBase):
         found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
         if found is None:
             self.ready_misses += 1
-            lru[key] = value & SIZE_MASK  # keeps its place in the recency list
             return None
         self.ready_reads += 1
-        if not value & READ_AGAIN:
-            lru[key] = value | READ_AGAIN
         return found
+
+    def _read_again(self, key: str, value: int) -> bool:
+        """Whether `key` was read since eviction last looked (its mark is taken)."""
+        if value & READ_AGAIN:
+            return True
+        places = self._places
+        return (
+            places is not None
+            and value >= READY_ONE
+            and places.take_mark(hash(key), value >> SIZE_BITS)
+        )
 
     def peek(self, key: str) -> StoredEntry | None:
         """The entry if it is in the memory tier; synchronous, no disk, no executor."""
@@ -759,6 +832,9 @@ class DiskStore(StoreBase):
             await asyncio.shield(self._committer)
         self._inline.close()
         await self._run(self._disk.close)
+        places, self._places = self._places, None
+        if places is not None:
+            places.close()
 
 
 def _scrub_small(disk: DiskIndex, key: str) -> tuple[_Record, int, bool] | None:

@@ -147,8 +147,12 @@ class MemoryTier:
         back, and an empty tier after a restart took the first 15,000 reads that
         way."""
         sighting = hash(key)
-        if sighting not in self._seen_now and sighting not in self._seen_before:
-            self._seen(key)
+        seen = self._seen_now
+        if sighting not in seen and sighting not in self._seen_before:
+            seen.add(sighting)  # `_seen`, without a second call on every hit
+            if len(seen) >= self._seen_half:
+                self._seen_before = seen
+                self._seen_now = set()
             return True
         if sighting in self._twice_now or sighting in self._twice_before:
             return False  # its third read: made an entry, and held (`admit`)

@@ -78,6 +78,8 @@ _FIXED_REST = struct.Struct("<IHHHIIHBdddd")
 _FIXED_SIZE = _FIXED.size
 _unpack_fixed = _FIXED.unpack_from
 _xxh3 = xxhash.xxh3_64_intdigest
+#: madvise(2)'s MADV_POPULATE_READ (Linux 5.14), which this Python may not name
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _new_tuple = tuple.__new__
 _MAGIC = b"RA1"
 _ALIVE = 0
@@ -335,6 +337,19 @@ class ReadyRing:
         less than a `pread` over a ring of 10^6 records."""
         if self.view is None:
             self.view = mmap.mmap(self.fd, self.capacity, mmap.MAP_SHARED, mmap.PROT_READ)
+            self._populate(self.view)
+
+    def _populate(self, view: mmap.mmap) -> None:
+        """Map the pages of the records written so far at once (0.13 s for 1.4 GiB on
+        tmpfs), so that the first read of each does not take a page fault (about
+        0.6 µs more a read, until most pages were read once). Only up to the ring's first
+        hole: a read of a hole in a file in memory would give it a page."""
+        try:
+            written = os.lseek(self.fd, RING_START, os.SEEK_HOLE)
+        except OSError:
+            return  # no holes known here: left to the faults
+        with contextlib.suppress(OSError, ValueError):
+            view.madvise(MADV_POPULATE_READ, 0, written - written % mmap.PAGESIZE)
 
     def close(self) -> None:
         """Close the file (and its mapping)."""

@@ -23,6 +23,7 @@ from edge.front.h1_hits import maker_tag
 from edge.store import DiskStore, StoredEntry
 from edge.store.base import READ_AGAIN, SECOND_CHANCES
 from edge.store.ready import (
+    LENGTH_BITS,
     READY_RING_MIN,
     RING_START,
     ReadyHead,
@@ -30,6 +31,7 @@ from edge.store.ready import (
     encode_record,
     parse_record,
 )
+from edge.store.ready_places import CHECK_BITS, CHECK_MASK, CHECK_SHIFT, LOCATION_MASK
 from tests.support.disk_lane import DiskEdge, running_disk_edge
 
 KiB = 1024
@@ -139,6 +141,34 @@ def test_a_batch_is_appended_in_runs_and_wraps_in_the_middle(tmp_path: Path) -> 
         ring.close()
 
 
+def mapped_bytes(path: Path) -> int:
+    """Bytes of `path`'s mappings in this process that are in memory (smaps' Rss)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split(maxsplit=1)[0].endswith(":"):  # a mapping's first line
+            inside = line.endswith(" " + str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_a_mapped_ring_maps_its_written_records_and_no_hole(tmp_path: Path) -> None:
+    """Mapped for reads, the pages of the records written so far are in memory at
+    once (no page fault on their first read), and the rest of the sparse ring is
+    not: a read of a hole of a file in memory would give it a page."""
+    path = tmp_path / "answers"
+    ring = ReadyRing(str(path), READY_RING_MIN)
+    try:
+        written = ring.append_many([encoded(f"k{n}", os.urandom(64 * KiB)) for n in range(16)])
+        end = (written[-1] >> 20) + (written[-1] & ((1 << 20) - 1))
+        ring.map_for_reads()
+        mapped = mapped_bytes(path)
+        assert end - 4 * KiB <= mapped <= end + 4 * KiB
+        assert mapped < ring.capacity // 8
+    finally:
+        ring.close()
+
+
 def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
     ring = ReadyRing(str(tmp_path / "answers"), READY_RING_MIN)
     try:
@@ -228,8 +258,11 @@ async def test_a_replace_by_another_worker_is_seen_at_once(tmp_path: Path, in_me
         found = second.ready_answer("k", TAG)
         assert found is not None and found.body == b"v1"
         await put(first, "k", b"v2")
-        # no sync: the old record is dead, so the index is read instead
+        # no sync: the old record is dead, so the index is read instead; the slot
+        # that named it is cleared
+        assert second._places is not None and second._places.find(hash("k"))[1] != 0
         assert second.ready_answer("k", TAG) is None
+        assert second._places.find(hash("k")) == (-1, 0)
         entry = second.get_now("k")
         assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"v2"
         # the lookup taught it the new record's place
@@ -263,6 +296,7 @@ async def test_ready_answers_survive_a_restart(tmp_path: Path) -> None:
     try:
         found = store.ready_answer("k", TAG)
         assert found is not None and found.body == b"kept"
+        assert store.places_found == 1  # its slot filled at open
         assert store.size_bytes == 4  # the byte total counts bodies, not locations
     finally:
         await store.close()
@@ -291,6 +325,7 @@ async def test_an_object_read_by_its_ready_answer_gets_a_second_chance(tmp_path:
         for n in range(4):
             await put(store, f"k{n}", os.urandom(KiB))
         assert store.ready_answer("k0", TAG) is not None  # the oldest, read again
+        assert not store._lru["k0"] & READ_AGAIN  # marked in its slot alone
         await put(store, "k4", os.urandom(KiB))
         assert store.size_bytes <= 4 * KiB
         assert "k1" not in store._lru  # the oldest not read again: evicted
@@ -300,6 +335,45 @@ async def test_an_object_read_by_its_ready_answer_gets_a_second_chance(tmp_path:
         assert isinstance(entry, StoredEntry) and entry.bodies["identity"].size == KiB
     finally:
         await store.close()
+
+
+async def test_a_ready_answer_is_found_by_its_slot_without_the_recency_list(
+    tmp_path: Path,
+) -> None:
+    """A hit finds the location in the table by the key's hash; a key whose slot
+    another key took (two others in its bucket) is found in the recency list, and
+    its slot learnt again; another key that shares a slot's check bits is refused by
+    the record's key, never answered with another object."""
+    async with two_workers(tmp_path) as (store, _other):
+        await put(store, "k", b"body")
+        assert store._places is not None
+        places = store._places
+        key_hash = hash("k")
+        lookups = store._inline.lookups
+        found = store.ready_answer("k", TAG)
+        assert found is not None and found.body == b"body" and store.places_found == 1
+        # two others take both slots of its bucket
+        for check in (1, 2):
+            taker = (key_hash & ((1 << CHECK_SHIFT) - 1)) | check << CHECK_SHIFT
+            places.put(taker, 4096 << LENGTH_BITS | 64, read=True)
+        assert places.find(key_hash) == (-1, 0)
+        store.memory.forget_sightings()
+        found = store.ready_answer("k", TAG)
+        assert found is not None and found.body == b"body"
+        assert store.places_found == 1  # from the recency list
+        assert places.find(key_hash)[1] != 0  # and learnt again
+        # a slot naming k's record under another key's hash: the record decides
+        await put(store, "other", b"another body")
+        index, _slot = places.find(hash("other"))
+        k_location = places.find(key_hash)[1] >> CHECK_BITS & LOCATION_MASK
+        other_check = hash("other") >> CHECK_SHIFT & CHECK_MASK
+        places.slots[index] = k_location << CHECK_BITS | other_check
+        store.memory.forget_sightings()
+        misses = store.ready_misses
+        found = store.ready_answer("other", TAG)
+        assert found is not None and found.body == b"another body"  # from the list
+        assert store.ready_misses == misses + 1  # k's record, refused by its key
+        assert store._inline.lookups == lookups  # and never the index
 
 
 async def test_an_eviction_walk_spares_a_bounded_number_of_keys(tmp_path: Path) -> None:
