@@ -76,13 +76,16 @@ _FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
 _FIXED_START = struct.Struct("<B3sQ")
 _FIXED_REST = struct.Struct("<IHHHIIHBdddd")
 _FIXED_SIZE = _FIXED.size
-_unpack_fixed = _FIXED.unpack_from
+#: the same as read back: the dead mark and the magic as one number (`_LIVE`)
+_unpack_fixed = struct.Struct("<IQIHHHIIHBdddd").unpack_from
 _xxh3 = xxhash.xxh3_64_intdigest
 #: madvise(2)'s MADV_POPULATE_READ (Linux 5.14), which this Python may not name
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _new_tuple = tuple.__new__
 _MAGIC = b"RA1"
 _ALIVE = 0
+#: the first four bytes of a live record, read as a little-endian number
+_LIVE = int.from_bytes(bytes((_ALIVE,)) + _MAGIC, "little")
 _DEAD = b"\x01"
 _POSITION = struct.Struct("<Q")
 
@@ -193,8 +196,7 @@ def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
     if len(data) < _FIXED_SIZE:
         return None
     (
-        dead,
-        magic,
+        live,
         checksum,
         made_by,
         key_len,
@@ -213,13 +215,13 @@ def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
     end_prefix = end_key + prefix_len
     end_purge = end_prefix + purge_len
     if (
-        dead != _ALIVE
+        live != _LIVE
         or made_by != tag
         or key_len != len(key)
         or len(data) != end_purge + head_len + body_len
-        or magic != _MAGIC
         or not data.startswith(key, _FIXED_SIZE)
-        or _xxh3(memoryview(data)[12:]) != checksum
+        # a copy hashes faster than a memoryview is made
+        or _xxh3(data[12:]) != checksum
     ):
         return None
     return _new_tuple(
