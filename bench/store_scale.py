@@ -21,10 +21,11 @@ For each count, all on 127.0.0.1, in a fresh directory:
   (restart to serving), then reads the RSS of its processes (nothing in the memory
   tier yet);
 - leaves that edge running and prepares the next count the same way; then, in
-  each round, runs on every edge in turn (interleaved, so a change in the shared
-  machine's load falls on every store size alike) `wrk -t2 -c32` with a Lua
-  script: hits on a hot set (1,000 URLs), hits uniform over every stored URL, and
-  misses (new URLs, fetched from the origin);
+  each round, runs `wrk -t2 -c32` with a Lua script for hits on a hot set (1,000
+  URLs), hits uniform over every stored URL, and misses (new URLs, fetched from
+  the origin), each on every edge right after the other (paired, so a change in
+  the shared machine's load falls on every store size alike; the sizes' order
+  alternates from round to round);
 - with `--nginx`, also starts nginx proxy_cache (2 workers, `bench/hits.py`'s
   configuration with a keys_zone and max_size large enough for `count` objects) on the
   same origin, fills it with the same URLs through its front door (wrk, every URL
@@ -471,25 +472,33 @@ def prepare(
     return result, edge
 
 
-def load_round(args: argparse.Namespace, result: Result, edge: Edge, tmp: Path) -> None:
-    """One round of load on one store size: hot hits, uniform hits, misses."""
+def load_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path]]) -> None:
+    """One round of load: hot hits, uniform hits and misses, each measured on every
+    store size right after the other (paired: the store sizes a ratio compares are
+    measured seconds apart, not a whole round apart), then nginx's the same way."""
     path = SIZES[args.size]
-    count = result.count
-    for mode, into in (("hot", result.hot), ("uniform", result.uniform)):
-        into.append(run_wrk(edge.port, path, mode, count, args.duration, tmp))
-    result.miss.append(run_wrk(edge.port, path, "miss", count, args.duration, tmp))
-    nginx = ""
+    for mode in ("hot", "uniform", "miss"):
+        for result, edge, tmp in edges:
+            rate = run_wrk(edge.port, path, mode, result.count, args.duration, tmp)
+            getattr(result, mode).append(rate)
     if args.nginx:
-        port = edge.servers.nginx_port
-        for mode, into in (("hot", result.nginx_hot), ("uniform", result.nginx_uniform)):
-            into.append(run_wrk(port, path, mode, count, args.duration, tmp))
-        nginx = f"; nginx hot {result.nginx_hot[-1]:,.0f} uniform {result.nginx_uniform[-1]:,.0f}"
-    print(
-        f"{count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
-        f"miss {result.miss[-1]:,.0f} req/s{nginx}",
-        file=sys.stderr,
-        flush=True,
-    )
+        for mode in ("hot", "uniform"):
+            for result, edge, tmp in edges:
+                port = edge.servers.nginx_port
+                rate = run_wrk(port, path, mode, result.count, args.duration, tmp)
+                getattr(result, f"nginx_{mode}").append(rate)
+    for result, _edge, _tmp in edges:
+        nginx = ""
+        if args.nginx:
+            nginx = (
+                f"; nginx hot {result.nginx_hot[-1]:,.0f} uniform {result.nginx_uniform[-1]:,.0f}"
+            )
+        print(
+            f"{result.count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
+            f"miss {result.miss[-1]:,.0f} req/s{nginx}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
@@ -508,9 +517,8 @@ def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
 def measure_all(
     args: argparse.Namespace, counts: Sequence[int], procs: hits.Processes
 ) -> list[Result]:
-    """Every store size made ready and left serving, then the rounds of load taken
-    in turn, size after size within each round (interleaved: a change of the
-    machine's load during the run falls on every size alike), then the purges."""
+    """Every store size made ready and left serving, then the rounds of load (each
+    kind of load on every size in turn, `load_round`), then the purges."""
     edges: list[tuple[Result, Edge, Path]] = []
     with contextlib.ExitStack() as stack:
         try:
@@ -523,9 +531,10 @@ def measure_all(
             if args.hold:
                 hold(edges)
                 return [result for result, _edge, _tmp in edges]
-            for _ in range(args.rounds):
-                for result, edge, tmp in edges:
-                    load_round(args, result, edge, tmp)
+            for round_no in range(args.rounds):
+                # the sizes' order alternates, so a drift of the machine within a
+                # round does not fall on one size each time
+                load_round(args, edges if round_no % 2 == 0 else edges[::-1])
             for result, edge, _tmp in edges:
                 purges(args, result, edge)
         finally:
