@@ -22,10 +22,9 @@ For each count, all on 127.0.0.1, in a fresh directory:
   tier yet);
 - leaves that edge running and prepares the next count the same way; then, in
   each round, runs `wrk -t2 -c32` with a Lua script for hits on a hot set (1,000
-  URLs), hits uniform over every stored URL, and misses (new URLs, fetched from
-  the origin), each on every edge right after the other (paired, so a change in
-  the shared machine's load falls on every store size alike; the sizes' order
-  alternates from round to round);
+  URLs) and hits uniform over every stored URL, each on every edge right after
+  the other (paired, so a change in the shared machine's load falls on every
+  store size alike; the sizes' order alternates from round to round);
 - with `--nginx`, also starts nginx proxy_cache (2 workers, `bench/hits.py`'s
   configuration with a keys_zone and max_size large enough for `count` objects) on the
   same origin, fills it with the same URLs through its front door (wrk, every URL
@@ -33,7 +32,10 @@ For each count, all on 127.0.0.1, in a fresh directory:
   says how flat nginx itself is from one store size to the other;
 - pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
   API does) one at a time and times each until the node answers that it applied it;
-  then checks a purged URL is no longer a hit.
+  then checks a purged URL is no longer a hit;
+- last, the rounds of misses (new URLs, fetched from the origin): each stores an
+  object, so taken before, they would grow the smallest store twentyfold and fill
+  its memory tier with other objects than the ones its hits read.
 
 With `--hold` it stops after the edges are filled and serving: it prints each one's
 port and process ids and waits for Ctrl-C, so that a profiler can be attached under
@@ -472,12 +474,12 @@ def prepare(
     return result, edge
 
 
-def load_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path]]) -> None:
-    """One round of load: hot hits, uniform hits and misses, each measured on every
-    store size right after the other (paired: the store sizes a ratio compares are
-    measured seconds apart, not a whole round apart), then nginx's the same way."""
+def hit_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path]]) -> None:
+    """One round of hits: hot, then uniform, each measured on every store size right
+    after the other (paired: the sizes a ratio compares are measured seconds apart,
+    not a whole round apart), then nginx's the same way."""
     path = SIZES[args.size]
-    for mode in ("hot", "uniform", "miss"):
+    for mode in ("hot", "uniform"):
         for result, edge, tmp in edges:
             rate = run_wrk(edge.port, path, mode, result.count, args.duration, tmp)
             getattr(result, mode).append(rate)
@@ -495,14 +497,26 @@ def load_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Pat
             )
         print(
             f"{result.count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
-            f"miss {result.miss[-1]:,.0f} req/s{nginx}",
+            f"req/s{nginx}",
             file=sys.stderr,
             flush=True,
         )
 
 
+def miss_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path]]) -> None:
+    """One round of misses on every store size, one after the other. Taken after
+    every hit round and the purges: each miss stores an object, so a store that
+    took misses no longer holds the count its hits are reported for (a run of
+    misses grows the smallest store twentyfold, and fills its memory tier with
+    other objects than the ones its hits read)."""
+    path = SIZES[args.size]
+    for result, edge, tmp in edges:
+        result.miss.append(run_wrk(edge.port, path, "miss", result.count, args.duration, tmp))
+        print(f"{result.count:,}: miss {result.miss[-1]:,.0f} req/s", file=sys.stderr, flush=True)
+
+
 def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
-    """RssAnon after the load, then purges by URL timed until applied, and a check
+    """RssAnon after the hits, then purges by URL timed until applied, and a check
     that a purged URL is no longer a hit."""
     path = SIZES[args.size]
     result.rss_after_kib = rss_kib(edge.pids())
@@ -517,8 +531,9 @@ def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
 def measure_all(
     args: argparse.Namespace, counts: Sequence[int], procs: hits.Processes
 ) -> list[Result]:
-    """Every store size made ready and left serving, then the rounds of load (each
-    kind of load on every size in turn, `load_round`), then the purges."""
+    """Every store size made ready and left serving, then the rounds of hits (each
+    kind on every size in turn, `hit_round`), the purges, and the rounds of misses
+    (`miss_round`), last because they add objects."""
     edges: list[tuple[Result, Edge, Path]] = []
     with contextlib.ExitStack() as stack:
         try:
@@ -531,12 +546,14 @@ def measure_all(
             if args.hold:
                 hold(edges)
                 return [result for result, _edge, _tmp in edges]
+            # the sizes' order alternates, so a drift of the machine within a round
+            # does not fall on one size each time
             for round_no in range(args.rounds):
-                # the sizes' order alternates, so a drift of the machine within a
-                # round does not fall on one size each time
-                load_round(args, edges if round_no % 2 == 0 else edges[::-1])
+                hit_round(args, edges if round_no % 2 == 0 else edges[::-1])
             for result, edge, _tmp in edges:
                 purges(args, result, edge)
+            for round_no in range(args.rounds):
+                miss_round(args, edges if round_no % 2 == 0 else edges[::-1])
         finally:
             for _result, edge, _tmp in edges:
                 edge.stop()
@@ -548,7 +565,7 @@ def table(results: Sequence[Result], args: argparse.Namespace) -> str:
     """The Markdown table, one row per store size, and the flatness of each figure."""
     lines = [
         "| objects stored | fill (objects/s) | on disk | restart to serving | RssAnon at "
-        "start | RssFile at start | RssAnon after load | hot hits/s | uniform hits/s "
+        "start | RssFile at start | RssAnon after the hits | hot hits/s | uniform hits/s "
         "| misses/s | purge applied (ms, median / p90) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -310,6 +310,7 @@ class DiskStore(StoreBase):
         places = self._places
         if places is None:
             return None  # no ring (or closed)
+        # `ReadyPlaces.find`, written out: this runs on every disk hit
         key_hash = hash(key)
         slots = places.slots
         check = (key_hash >> CHECK_SHIFT) & CHECK_MASK
