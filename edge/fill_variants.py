@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.cache.keys import secondary_key
+from edge.cache.keys import VARIANT_SEPARATOR, secondary_key
 from edge.cache.model import VaryIndex
 from edge.compress import DecodeLimit, make_variants
 from edge.metrics import NodeMetrics
@@ -28,7 +28,7 @@ def variant_key(
     key: str, fields: tuple[str, ...], request_headers: CIMultiDictProxy[str] | CIMultiDict[str]
 ) -> str:
     """The key of the variant of `key` that a request with `request_headers` selects."""
-    return f"{key}\x1f{secondary_key(fields, request_headers)}"
+    return f"{key}{VARIANT_SEPARATOR}{secondary_key(fields, request_headers)}"
 
 
 async def index_variant(

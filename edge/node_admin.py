@@ -5,18 +5,19 @@ match count a purge's status reports."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
+from edge.cache.keys import VARIANT_SEPARATOR, primary_key
 from edge.cache.model import ObjectMeta
-from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict
+from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict, purge_target
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.store import DiskStore, io
 from edge.store.disk_index import BYTES_KEY
 from edge.workers import WorkerSupervisor
-from fleet.config import Fleet, NodeConfig, split_host_port
+from fleet.config import Fleet, NodeConfig, Service, split_host_port
 from runtime.auth import bearer_matches
 
 #: Objects a purge's match count looks at, at most (the count is for reporting).
@@ -90,13 +91,22 @@ def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awa
     """How many stored objects a purge covers (for the purge's status), read from the
     index without promoting anything into the memory tier."""
 
+    services = {service.name: service for service in fleet.services}
+
     async def count(record: PurgeRecord) -> int:
         probe = PurgeRules(fleet.services)
         probe.apply_local(record, applied_at=float("inf"))
-        # the first rows only, read as a page: listing every key of a store of 10^6
-        # objects for each purge took the gateway (and the GIL) from the node's
-        # acknowledgements of the purges that followed
-        keys, _next = await store.keys_page(0, MATCH_SCAN_LIMIT)
+        service = services.get(record.service)
+        if service is not None and not (record.prefixes or record.tags or record.all):
+            # by URL: the rows of the URLs' keys and their variants, found through
+            # the index's key order, so the count costs what it matches
+            bases = url_keys(service, record.urls)
+            keys = await store.keys_of(bases, VARIANT_SEPARATOR, MATCH_SCAN_LIMIT)
+        else:
+            # the first rows only, read as a page: listing every key of a store of
+            # 10^6 objects for each purge took the gateway (and the GIL) from the
+            # node's acknowledgements of the purges that followed
+            keys, _next = await store.keys_page(0, MATCH_SCAN_LIMIT)
         matched = 0
         for _key, meta in await store.metas(keys):
             if (
@@ -110,3 +120,18 @@ def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awa
         return matched
 
     return count
+
+
+def url_keys(service: Service, urls: Sequence[str]) -> list[str]:
+    """The primary keys the purge URLs of `service` name: one for a URL with a host,
+    one per host of the service for a path (a URL the service does not serve names
+    none)."""
+    keys: list[str] = []
+    for url in urls:
+        try:
+            host, target = purge_target(service, url)
+        except ValueError:
+            continue
+        for each in (host,) if host else service.hosts:
+            keys.append(primary_key(service.name, each, target))
+    return keys

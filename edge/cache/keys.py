@@ -164,6 +164,11 @@ def normalize_host(host: str) -> str:
     return f"{name}:{port}"
 
 
+#: between a primary key and the request's values of the fields it varies on, in the
+#: key of a variant (`edge.fill_variants.variant_key`)
+VARIANT_SEPARATOR = "\x1f"
+
+
 def primary_key(service: str, host: str, target: str) -> str:
     """The primary cache key: "{service} {host}{target}" (RFC 9111 4: method and URI).
 

@@ -797,6 +797,11 @@ class DiskStore(StoreBase):
         """Up to `limit` keys stored after the cursor `after` (a row id), and the next."""
         return await self._run(self._disk.keys_page, after, limit)
 
+    async def keys_of(self, bases: list[str], separator: str, limit: int) -> list[str]:
+        """The keys stored that are one of `bases` or start with one and `separator`,
+        up to `limit` (`DiskIndex.keys_of`)."""
+        return await self._run(self._disk.keys_of, bases, separator, limit)
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist, without promoting them into memory."""
         return await self._run(self._disk.metas, keys)

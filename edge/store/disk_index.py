@@ -692,6 +692,24 @@ class DiskIndex:
             return [], after
         return [key for _rowid, key in rows if isinstance(key, str)], rows[-1][0]
 
+    def keys_of(self, bases: list[str], separator: str, limit: int) -> list[str]:
+        """The keys stored that are one of `bases` or start with one and `separator`
+        (its variants' keys), up to `limit` in all: one range of the index's key
+        order each, so the cost follows what matches, not what is stored."""
+        found: list[str] = []
+        sql = self.index._sql
+        after = chr(ord(separator) + 1)
+        for base in bases:
+            if len(found) >= limit:
+                break
+            rows = sql(
+                "SELECT key FROM Cache WHERE raw = 1 AND (key = ? OR (key > ? AND key < ?))"
+                " LIMIT ?",
+                (base, base + separator, base + after, limit - len(found)),
+            ).fetchall()
+            found.extend(key for (key,) in rows if isinstance(key, str))
+        return found
+
     def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of those `keys` that have a row."""
         found = []
