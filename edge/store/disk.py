@@ -370,6 +370,17 @@ class DiskStore(StoreBase):
         self.ready_reads += 1
         return found
 
+    def _ring_holds(self, loc: int, key: str) -> bool:
+        """Whether the ring still holds `key`'s live record at `loc` (`ReadyRing.holds`);
+        False without a ring, or when it cannot be read."""
+        ring = self._disk.ring
+        if ring is None:
+            return False
+        try:
+            return ring.holds(loc, key)
+        except OSError:
+            return False
+
     def _read_again(self, key: str, value: int) -> bool:
         """Whether `key` was read since eviction last looked (its mark is taken)."""
         if value & READ_AGAIN:
@@ -468,6 +479,10 @@ class DiskStore(StoreBase):
         assert isinstance(inline, tuple)
         entry = self._entry(key, inline[0], inline[1])
         ready = inline[2]
+        if ready and not self._ring_holds(ready, key):
+            # the row's ready answer was written over by the ring's wrap: learnt
+            # again, each read would try it (and fail) before the index
+            ready = 0
         if key in self._lru and not ready:
             self._touch(key)
         else:  # stored by another process since we opened, or has a ready answer

@@ -310,6 +310,16 @@ class ReadyRing:
         """Mark the record at `loc` dead if it is still `key`'s (the ring may have
         written another over it since); whether it did. Only under the writer lock
         (or inside an index transaction, which excludes every appender)."""
+        if not self.holds(loc, key):
+            return False
+        os.pwrite(self.fd, _DEAD, loc >> LENGTH_BITS)
+        self.killed += 1
+        return True
+
+    def holds(self, loc: int, key: str) -> bool:
+        """Whether the record at `loc` is alive and starts as `key`'s does: its head
+        read, not the whole record checked (`parse_record` decides a read). False
+        once the ring has written another record over it."""
         offset, length = split_location(loc)
         key_bytes = key.encode("utf-8", "surrogateescape")
         fixed = _FIXED.size
@@ -318,11 +328,8 @@ class ReadyRing:
         head = os.pread(self.fd, fixed + len(key_bytes), offset)
         if len(head) < fixed + len(key_bytes) or head[1:4] != _MAGIC or head[0] != _ALIVE:
             return False
-        if _FIXED.unpack_from(head)[4] != len(key_bytes) or head[fixed:] != key_bytes:
-            return False  # another key's (one that starts with this key, say)
-        os.pwrite(self.fd, _DEAD, offset)
-        self.killed += 1
-        return True
+        # of this key, not of another that starts with it
+        return _FIXED.unpack_from(head)[4] == len(key_bytes) and head[fixed:] == key_bytes
 
     def read(self, loc: int) -> bytes:
         """The bytes at `loc` (short if the ring is shorter: then the check fails)."""

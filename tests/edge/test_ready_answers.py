@@ -21,7 +21,7 @@ import pytest
 from edge.cache.model import ObjectMeta
 from edge.front.h1_hits import maker_tag
 from edge.store import DiskStore, StoredEntry
-from edge.store.base import READ_AGAIN, SECOND_CHANCES
+from edge.store.base import READ_AGAIN, SECOND_CHANCES, SIZE_BITS
 from edge.store.ready import (
     LENGTH_BITS,
     READY_RING_MIN,
@@ -30,6 +30,7 @@ from edge.store.ready import (
     ReadyRing,
     encode_record,
     parse_record,
+    split_location,
 )
 from edge.store.ready_places import CHECK_BITS, CHECK_MASK, CHECK_SHIFT, LOCATION_MASK
 from tests.support.disk_lane import DiskEdge, running_disk_edge
@@ -462,3 +463,26 @@ async def test_a_ready_answer_is_not_used_where_the_lane_would_not_answer(
         stale = await edge.get("/stale.png")
         assert edge.engine.hot.disk_hits == lane_hits + 1
         assert edge.origin.count("/stale.png") == 2 and stale.status == 200
+
+
+async def test_a_record_written_over_by_the_wrap_is_not_learnt_again(tmp_path: Path) -> None:
+    """The row keeps a ready answer's location after the ring has written another
+    record over it. Read once and found written over, the location is forgotten, and
+    the read through the index does not teach it back: the reads after it go to the
+    index at once instead of trying the dead location first each time."""
+    async with two_workers(tmp_path) as (store, _other):
+        await put(store, "k", b"body")
+        ring = store._disk.ring
+        assert ring is not None
+        offset, length = split_location(store._lru["k"] >> SIZE_BITS)
+        os.pwrite(ring.fd, os.urandom(length), offset)  # as the wrap writes over it
+        misses = store.ready_misses
+        assert store.ready_answer("k", TAG) is None
+        entry = store.get_now("k")  # through the index: the object is still stored
+        assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"body"
+        tried = store.ready_misses
+        assert tried > misses
+        store.memory.forget_sightings()
+        assert store.ready_answer("k", TAG) is None
+        assert store.ready_misses == tried  # no dead location tried again
+        assert store._lru["k"] < 1 << SIZE_BITS  # the recency list keeps the size alone
