@@ -22,7 +22,8 @@ The table is a cache of the recency list, never the authority:
   fails them clears the slot.
 
 The table is an anonymous mapping: its pages cost memory only once a key lands in
-them, so a store sized for 10^6 objects but holding 10^3 keeps a few pages.
+them, a page at most per key, so a store of 10^3 objects takes under 4 MiB of a
+table of 16.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import mmap
 __all__ = [
     "CHECK_BITS",
     "CHECK_MASK",
+    "CHECK_SHIFT",
     "LOCATION_MASK",
     "PLACES_MAX",
     "PLACES_MIN",
