@@ -571,14 +571,23 @@ class DiskStore(StoreBase):
     async def put_meta(self, key: str, meta: object) -> None:
         """Store a metadata-only record, or replace the meta of an entry keeping its bodies."""
         async with self._key_lock(key):
-            record = await self._run(self._disk.put_meta, key, meta)
+            # the head of its new ready answer, made here on the loop: the object's
+            # bytes are its one identity body's when it is one the maker answers for
+            value = self._lru.get(key)
+            maker = self.ready_maker
+            ready = None
+            if maker is not None and value:
+                size = value & SIZE_MASK
+                head = maker(meta, size)
+                ready = (head, size) if head is not None else None
+            record, loc = await self._run(self._disk.put_meta, key, meta, ready)
             self._version += 1
             held = self.memory.get(key)
             if held is not None and held.bodies.keys() == {b[0] for b in record.bodies}:
                 self.memory.put(replace(held, meta=meta))
             else:
                 self.memory.put(self._entry(key, record, {}))
-            self._account(key, record.size)
+            self._account(key, record.size, loc)
 
     def begin(self, key: str, encoding: str = "identity", durable: bool = False) -> BodyWriter:
         """Start writing a body; nothing is visible until `BodyWriter.commit`, which

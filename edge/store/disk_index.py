@@ -58,7 +58,7 @@ from edge.store.disk_layout import (
     write_new,
 )
 from edge.store.interface import BodyCorrupt, MiB, StoreError, body_checksum
-from edge.store.ready import ReadyRing, ring_capacity
+from edge.store.ready import READY_BODY_MAX, ReadyHead, ReadyRing, encode_record, ring_capacity
 from edge.store.writer import unlink_quietly
 
 __all__ = ["BYTES_KEY", "ORPHAN_GRACE", "ROW_BODY_MAX", "DiskIndex", "Install", "_Record"]
@@ -571,15 +571,32 @@ class DiskIndex:
             unlink_quietly(src)
         return record, data
 
-    def put_meta(self, key: str, meta: object) -> _Record:
-        """Write `meta` as the row of `key`, keeping the bodies it has."""
+    def put_meta(
+        self, key: str, meta: object, ready: tuple[ReadyHead, int] | None = None
+    ) -> tuple[_Record, int]:
+        """Write `meta` as the row of `key`, keeping the bodies it has; the row and
+        the location of its new ready answer (0: none). The old ready answer is
+        marked dead (its freshness changed: a 304 refreshed it). With `ready`, the
+        head of the answer for `meta` and the body length it was made for, a new one
+        is made when the object's one body is identity, kept in the row, and of that
+        length."""
         with self._writing():
-            self._kill_ready(key)  # its freshness changed (a 304 refreshed it)
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
-            self.index.set(key, encode_row(record), tag=record.size)
-        return record
+            made = None
+            if ready is not None and len(bodies) == 1:
+                head, made_for = ready
+                encoding, place, size, _checksum = bodies[0]
+                if (
+                    encoding == "identity"
+                    and isinstance(place, bytes)
+                    and len(place) == size == made_for <= READY_BODY_MAX
+                ):
+                    made = encode_record(key, head, meta, place)
+            loc = self._ring().append_many([made])[0] if made is not None else 0
+            self._put_row(key, record, loc)  # the old answer marked dead
+        return record, loc
 
     def delete(self, keys: list[str], evicting: int = 0) -> None:
         """Remove the rows of `keys` (one transaction), then their body files.

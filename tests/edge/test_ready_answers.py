@@ -486,3 +486,51 @@ async def test_a_record_written_over_by_the_wrap_is_not_learnt_again(tmp_path: P
         assert store.ready_answer("k", TAG) is None
         assert store.ready_misses == tried  # no dead location tried again
         assert store._lru["k"] < 1 << SIZE_BITS  # the recency list keeps the size alone
+
+
+async def test_a_refreshed_object_gets_a_new_ready_answer(tmp_path: Path) -> None:
+    """A 304 refreshes an object's metadata (`put_meta`): its old ready answer is
+    marked dead and a new one made with the new freshness, so its disk hits stay
+    ready answers; another worker holding the old location finds it dead and learns
+    the new one from the index."""
+    async with two_workers(tmp_path) as (first, second):
+        for store in (first, second):
+            store.ready_maker = lambda _meta, size: ReadyHead(
+                b"Content-Length: %d\r\n\r\n" % size, False, "edge1; ", 200, TAG
+            )
+        await put(first, "k", b"body")
+        await synced(second, "k")
+        assert second.ready_answer("k", TAG) is not None
+        second.memory.forget_sightings()
+        await first.put_meta("k", meta(freshness_lifetime=9000.0))
+        found = first.ready_answer("k", TAG)
+        assert found is not None and found.body == b"body"
+        assert found.freshness_lifetime == 9000.0
+        assert found.answer.startswith(b"Content-Length: 4\r\n\r\n")
+        assert second.ready_answer("k", TAG) is None  # the old one, dead
+        assert isinstance(second.get_now("k"), StoredEntry)
+        second.memory.forget_sightings()
+        found = second.ready_answer("k", TAG)
+        assert found is not None and found.freshness_lifetime == 9000.0
+
+
+async def test_a_refresh_makes_no_ready_answer_for_what_the_maker_refuses(
+    tmp_path: Path,
+) -> None:
+    """No maker's head (an object the lane does not answer from memory either), or a
+    body of another length than the head was made for: no new answer, and the old
+    one is still dead."""
+    async with two_workers(tmp_path) as (store, _other):
+        await put(store, "k", b"body")
+        store.ready_maker = lambda _meta, _size: None
+        await store.put_meta("k", meta(freshness_lifetime=9000.0))
+        assert store.ready_answer("k", TAG) is None
+        store.ready_maker = lambda _meta, size: ReadyHead(
+            b"Content-Length: %d\r\n\r\n" % size, False, "edge1; ", 200, TAG
+        )
+        store._lru["k"] = 5  # a stale view of its length (replaced by another worker)
+        await store.put_meta("k", meta(freshness_lifetime=8000.0))
+        assert store.ready_answer("k", TAG) is None
+        entry = store.get_now("k")
+        assert isinstance(entry, StoredEntry)
+        assert isinstance(entry.meta, ObjectMeta) and entry.meta.freshness_lifetime == 8000.0
