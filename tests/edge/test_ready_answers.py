@@ -10,6 +10,7 @@ answer from one is the same answer as a hit from memory, decided the same way
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -534,3 +535,34 @@ async def test_a_refresh_makes_no_ready_answer_for_what_the_maker_refuses(
         entry = store.get_now("k")
         assert isinstance(entry, StoredEntry)
         assert isinstance(entry.meta, ObjectMeta) and entry.meta.freshness_lifetime == 8000.0
+
+
+async def test_a_revalidated_object_is_answered_from_its_new_ready_answer(
+    tmp_path: Path,
+) -> None:
+    """Through the front: a stale object revalidated with a 304 gets a new ready
+    answer with the refreshed freshness, and its next disk hit is written from it,
+    without the index."""
+    async with ready_edge(tmp_path) as edge:
+        body = os.urandom(KiB)
+        edge.origin.responds("/r.png", cache_control="max-age=10", body=body, etag='"v1"')
+        assert (await edge.get("/r.png")).status == 200
+        edge.clock.advance(20)  # stale: the next request revalidates
+        refreshed = await edge.get("/r.png")
+        assert refreshed.status == 200 and refreshed.body == body
+        assert edge.origin.count("/r.png") == 2
+        key = edge.key("/r.png")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (edge.store._lru.get(key) or 0) < 1 << SIZE_BITS:  # its new record's place
+            assert asyncio.get_running_loop().time() < deadline, "no new ready answer"
+            await asyncio.sleep(0.01)
+        edge.evict("/r.png")
+        fill_tier(edge)
+        edge.clock.advance(3)
+        reads, lookups = edge.store.ready_reads, edge.store._inline.lookups
+        hit = await edge.get("/r.png")
+        assert edge.store.ready_reads == reads + 1
+        assert edge.store._inline.lookups == lookups  # the index was not read
+        assert hit.status == 200 and hit.body == body
+        assert "hit" in hit.headers["Cache-Status"] and hit.headers["Age"] == "3"
+        assert edge.origin.count("/r.png") == 2
