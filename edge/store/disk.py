@@ -479,11 +479,13 @@ class DiskStore(StoreBase):
         assert isinstance(inline, tuple)
         entry = self._entry(key, inline[0], inline[1])
         ready = inline[2]
-        if ready and not self._ring_holds(ready, key):
-            # the row's ready answer was written over by the ring's wrap: learnt
-            # again, each read would try it (and fail) before the index
+        known = self._lru.get(key)
+        if ready and known is not None and known < READY_ONE and not self._ring_holds(ready, key):
+            # the location was forgotten here after its record failed, and the row
+            # still names it: written over by the ring's wrap, learnt again, each
+            # read would try it (and fail) before the index
             ready = 0
-        if key in self._lru and not ready:
+        if known is not None and not ready:
             self._touch(key)
         else:  # stored by another process since we opened, or has a ready answer
             self._account(key, inline[0].size, ready)

@@ -15,6 +15,7 @@ import pytest
 
 from edge import node_admin
 from edge.cache.keys import VARIANT_SEPARATOR
+from edge.cache.model import ObjectMeta
 from edge.cache.policy import build_meta
 from edge.node import match_counter
 from edge.store import DiskStore
@@ -27,24 +28,28 @@ OBJECTS = 300
 STORED_AT = 1_000.0
 
 
+def object_meta(target: str) -> ObjectMeta:
+    """The metadata of a small object of the service at `target`, as a fill makes it."""
+    return build_meta(
+        status=200,
+        upstream_pairs=(("Cache-Control", "max-age=600"),),
+        request_time=STORED_AT,
+        response_time=STORED_AT,
+        stored_at=STORED_AT,
+        service="site",
+        host="www.example.com",
+        target=target,
+        compressible=False,
+    )
+
+
 async def fill(store: DiskStore, count: int) -> None:
     """`count` small objects of the service, as fills store them."""
     for n in range(count):
         target = f"/objects/{n}"
-        meta = build_meta(
-            status=200,
-            upstream_pairs=(("Cache-Control", "max-age=600"),),
-            request_time=STORED_AT,
-            response_time=STORED_AT,
-            stored_at=STORED_AT,
-            service="site",
-            host="www.example.com",
-            target=target,
-            compressible=False,
-        )
         writer = store.begin(f"site www.example.com{target}")
         await writer.write(b"x" * 64)
-        await writer.commit(meta)
+        await writer.commit(object_meta(target))
 
 
 async def status_of(fleet: Any, purge_id: str) -> dict[str, Any]:
@@ -170,19 +175,7 @@ async def test_a_count_by_url_reads_the_urls_keys_not_a_page(
         await fill(store, 30)
         variant = store.begin("site www.example.com/objects/25" + VARIANT_SEPARATOR + "[]")
         await variant.write(b"v")
-        await variant.commit(
-            build_meta(
-                status=200,
-                upstream_pairs=(("Cache-Control", "max-age=600"),),
-                request_time=STORED_AT,
-                response_time=STORED_AT,
-                stored_at=STORED_AT,
-                service="site",
-                host="www.example.com",
-                target="/objects/25",
-                compressible=False,
-            )
-        )
+        await variant.commit(object_meta("/objects/25"))
         monkeypatch.setattr(node_admin, "MATCH_SCAN_LIMIT", 10)
 
         async def no_page(after: int, limit: int) -> tuple[list[str], int]:
