@@ -82,3 +82,13 @@ class Outcome(NamedTuple):
 def refused(detail: str) -> Outcome:
     """A request this node answered itself with an error (`detail`: why)."""
     return Outcome(detail=detail, error=ErrorSource.NODE)
+
+
+_new_tuple = tuple.__new__
+
+
+def fresh_hit(ttl: int) -> Outcome:
+    """A fresh hit with `ttl` seconds of freshness left: `Outcome(hit=True, ttl=ttl)`
+    made in one C call (the hit lanes make one per hit; the keyword form costs
+    about 250 ns)."""
+    return _new_tuple(Outcome, (True, "", False, "", None, ttl, False, None, None))

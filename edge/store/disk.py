@@ -21,6 +21,7 @@ processes store reach it within `SYNC_INTERVAL` (`_sync`).
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import resource
 import sqlite3
@@ -63,6 +64,7 @@ from edge.store.ready import (
     ReadyRecord,
     encode_record,
     parse_record,
+    parse_record_at,
 )
 from edge.store.ready_places import (
     CHECK_BITS,
@@ -149,6 +151,8 @@ class DiskStore(StoreBase):
         self._places: ReadyPlaces | None = None
         #: ready answers found through `_places`, without the recency list
         self.places_found = 0
+        #: the ring mapped for reads (`ReadyRing.map_for_reads`), while it is open
+        self._view: mmap.mmap | None = None
         #: commits waiting for the committer task, which indexes them in one batch
         self._pending: list[
             tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]
@@ -224,6 +228,7 @@ class DiskStore(StoreBase):
         store.commit_inline = commit_inline
         if commit_inline and store._disk.ring is not None:
             store._disk.ring.map_for_reads()  # in memory: no read can fail on a device
+            store._view = store._disk.ring.view
         store._device_waits = _device_waits()
         # the values as `start` made them (sizes shared, locations packed above): a
         # second int made here per object would leave the first's memory holey
@@ -326,7 +331,23 @@ class DiskStore(StoreBase):
                 # the memory tier would hold it (the key was read twice lately): read
                 # through the index, which admits it
                 return None
-            found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
+            view = self._view
+            if view is not None:
+                # `_read_ready` from the mapped ring, written out
+                loc = (slot >> CHECK_BITS) & LOCATION_MASK
+                found = parse_record_at(
+                    view,
+                    loc >> LENGTH_BITS,
+                    loc & LENGTH_MASK,
+                    key.encode("utf-8", "surrogateescape"),
+                    tag,
+                )
+                if found is None:
+                    self.ready_misses += 1
+                else:
+                    self.ready_reads += 1
+            else:
+                found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
             if found is not None:
                 self.places_found += 1
                 if slot < READ_MARK:
@@ -356,14 +377,19 @@ class DiskStore(StoreBase):
             return None
         view = ring.view
         if view is not None:
-            offset = loc >> LENGTH_BITS
-            data = view[offset : offset + (loc & LENGTH_MASK)]
+            found = parse_record_at(
+                view,
+                loc >> LENGTH_BITS,
+                loc & LENGTH_MASK,
+                key.encode("utf-8", "surrogateescape"),
+                tag,
+            )
         else:
             try:
                 data = os.pread(ring.fd, loc & LENGTH_MASK, loc >> LENGTH_BITS)
             except OSError:
                 return None
-        found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
+            found = parse_record(data, key.encode("utf-8", "surrogateescape"), tag)
         if found is None:
             self.ready_misses += 1
             return None
@@ -860,6 +886,7 @@ class DiskStore(StoreBase):
         if self._closed:
             return
         self._closed = True
+        self._view = None  # before the ring is closed, off the event loop
         if self._committer is not None:
             await asyncio.shield(self._committer)
         self._inline.close()

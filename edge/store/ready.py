@@ -54,6 +54,7 @@ __all__ = [
     "ReadyRing",
     "encode_record",
     "parse_record",
+    "parse_record_at",
     "ring_capacity",
 ]
 
@@ -76,6 +77,10 @@ _FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
 _FIXED_START = struct.Struct("<B3sQ")
 _FIXED_REST = struct.Struct("<IHHHIIHBdddd")
 _FIXED_SIZE = _FIXED.size
+#: bytes the checksum does not cover (dead mark, magic, checksum), and where the key
+#: starts in what it does
+_UNCHECKED = _FIXED_START.size
+_CHECKED_KEY = _FIXED_SIZE - _UNCHECKED
 #: the same as read back: the dead mark and the magic as one number (`_LIVE`)
 _unpack_fixed = struct.Struct("<IQIHHHIIHBdddd").unpack_from
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -193,7 +198,16 @@ def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> byte
 def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
     """The record in `data` if it is alive, whole, of `key` and made by `tag`'s maker;
     None for anything else (dead, overwritten, torn, another key or maker)."""
-    if len(data) < _FIXED_SIZE:
+    return parse_record_at(data, 0, len(data), key, tag)
+
+
+def parse_record_at(
+    buffer: bytes | mmap.mmap, offset: int, length: int, key: bytes, tag: int
+) -> ReadyRecord | None:
+    """`parse_record` of the `length` bytes at `offset` of `buffer` (the ring mapped,
+    or bytes read): its fixed fields read in place, the rest copied once, for the
+    checksum and the answer both."""
+    if length < _FIXED_SIZE or offset + length > len(buffer):
         return None
     (
         live,
@@ -210,19 +224,21 @@ def parse_record(data: bytes, key: bytes, tag: int) -> ReadyRecord | None:
         initial_age,
         lifetime,
         stored_at,
-    ) = _unpack_fixed(data)
-    end_key = _FIXED_SIZE + key_len
+    ) = _unpack_fixed(buffer, offset)
+    # offsets in `data`, which starts after the dead mark, magic and checksum
+    end_key = _CHECKED_KEY + key_len
     end_prefix = end_key + prefix_len
     end_purge = end_prefix + purge_len
     if (
         live != _LIVE
         or made_by != tag
         or key_len != len(key)
-        or len(data) != end_purge + head_len + body_len
-        or not data.startswith(key, _FIXED_SIZE)
-        # a copy hashes faster than a memoryview is made
-        or _xxh3(data[12:]) != checksum
+        or length != _UNCHECKED + end_purge + head_len + body_len
     ):
+        return None
+    # a copy hashes faster than a memoryview is made
+    data = buffer[offset + _UNCHECKED : offset + length]
+    if not data.startswith(key, _CHECKED_KEY) or _xxh3(data) != checksum:
         return None
     return _new_tuple(
         ReadyRecord,

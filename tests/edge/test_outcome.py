@@ -6,11 +6,19 @@ The members are RFC 9211's: `hit`, `fwd` (why it went upstream), `fwd-status`,
 
 from __future__ import annotations
 
-from edge.outcome import ErrorSource, Outcome, refused
+from edge.outcome import ErrorSource, Outcome, fresh_hit, refused
 
 
 def test_a_fresh_hit_says_hit_and_its_remaining_ttl() -> None:
     assert Outcome(hit=True, ttl=42).member() == "hit; ttl=42"
+
+
+def test_the_hit_lanes_fresh_hit_is_the_same_outcome() -> None:
+    made = fresh_hit(42)
+    assert type(made) is Outcome
+    assert made == Outcome(hit=True, ttl=42)
+    assert made._asdict() == Outcome(hit=True, ttl=42)._asdict()  # field by field
+    assert made.member() == "hit; ttl=42" and made.metric == "hit"
 
 
 def test_a_stale_while_revalidate_hit_is_still_a_hit() -> None:

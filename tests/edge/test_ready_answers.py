@@ -11,6 +11,7 @@ answer from one is the same answer as a hit from memory, decided the same way
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from edge.store.ready import (
     ReadyRing,
     encode_record,
     parse_record,
+    parse_record_at,
     split_location,
 )
 from edge.store.ready_places import CHECK_BITS, CHECK_MASK, CHECK_SHIFT, LOCATION_MASK
@@ -105,6 +107,25 @@ def test_a_record_that_is_not_whole_and_alive_and_ours_is_refused() -> None:
         damaged = bytearray(record)
         damaged[position] ^= 0x20
         assert parse_record(bytes(damaged), key, TAG) is None, position
+
+
+def test_a_record_is_read_in_place_and_a_place_past_the_end_is_refused(
+    tmp_path: Path,
+) -> None:
+    key = b"svc example.com/a"
+    record = encoded(key.decode(), b"hello")
+    path = tmp_path / "ring"
+    path.write_bytes(b"x" * 100 + record)
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        found = parse_record_at(view, 100, len(record), key, TAG)
+        assert found is not None and found.body == b"hello"
+        assert found == parse_record(record, key, TAG)
+        assert parse_record_at(view, 99, len(record), key, TAG) is None  # not its start
+        assert parse_record_at(view, 100, len(record) - 1, key, TAG) is None  # not its length
+        # a location beyond the mapping (a ring shortened, a damaged row): refused,
+        # not read past the end
+        assert parse_record_at(view, 101, len(record), key, TAG) is None
+        assert parse_record_at(view, len(view) + 4096, len(record), key, TAG) is None
 
 
 def test_the_ring_wraps_and_an_overwritten_record_is_refused(tmp_path: Path) -> None:
