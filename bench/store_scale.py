@@ -177,6 +177,9 @@ class Result:
     nginx_fill_s: float = 0.0
     nginx_hot: list[float] = dataclasses.field(default_factory=list)
     nginx_uniform: list[float] = dataclasses.field(default_factory=list)
+    #: the edge's processes' CPU per hit (µs, user and system), per hit run
+    hot_cpu: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    uniform_cpu: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
 
 class Edge:
@@ -347,6 +350,13 @@ def fill_nginx(servers: hits.Servers, path: str, count: int, tmp: Path) -> float
 
 def run_wrk(port: int, path: str, mode: str, count: int, duration: float, tmp: Path) -> float:
     """req/s of one wrk run in `mode`; raises if wrk fails or answers were errors."""
+    return run_wrk_counted(port, path, mode, count, duration, tmp)[0]
+
+
+def run_wrk_counted(
+    port: int, path: str, mode: str, count: int, duration: float, tmp: Path
+) -> tuple[float, int]:
+    """`run_wrk`, and the number of requests wrk completed."""
     prefix = secrets.token_hex(4)
     script = tmp / f"scale-{prefix}.lua"
     script.write_text(
@@ -361,7 +371,17 @@ def run_wrk(port: int, path: str, mode: str, count: int, duration: float, tmp: P
         raise RuntimeError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
     if "Non-2xx" in result.stdout or "Socket errors" in result.stdout:
         print(f"wrk reported errors in {mode}:\n{result.stdout}", file=sys.stderr)
-    return float(match.group(1))
+    done = re.search(r"(\d+) requests in", result.stdout)
+    return float(match.group(1)), int(done.group(1)) if done else 0
+
+
+def cpu_ticks(pids: Sequence[int]) -> tuple[int, int]:
+    """User and system CPU time of processes `pids` so far, in clock ticks."""
+    user = system = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
 
 
 def push_purge(edge: Edge, seq: int, url: str) -> float:
@@ -479,10 +499,20 @@ def hit_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path
     after the other (paired: the sizes a ratio compares are measured seconds apart,
     not a whole round apart), then nginx's the same way."""
     path = SIZES[args.size]
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     for mode in ("hot", "uniform"):
         for result, edge, tmp in edges:
-            rate = run_wrk(edge.port, path, mode, result.count, args.duration, tmp)
+            pids = edge.pids()
+            user, system = cpu_ticks(pids)
+            rate, done = run_wrk_counted(edge.port, path, mode, result.count, args.duration, tmp)
+            user_after, system_after = cpu_ticks(pids)
             getattr(result, mode).append(rate)
+            getattr(result, f"{mode}_cpu").append(
+                (
+                    (user_after - user) * tick_us / max(done, 1),
+                    (system_after - system) * tick_us / max(done, 1),
+                )
+            )
     if args.nginx:
         for mode in ("hot", "uniform"):
             for result, edge, tmp in edges:
@@ -495,9 +525,17 @@ def hit_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path
             nginx = (
                 f"; nginx hot {result.nginx_hot[-1]:,.0f} uniform {result.nginx_uniform[-1]:,.0f}"
             )
+        (hot_user, hot_system), (uniform_user, uniform_system) = (
+            result.hot_cpu[-1],
+            result.uniform_cpu[-1],
+        )
+        cpu = (
+            f"; edge CPU µs per hit (user + system): hot {hot_user:.1f} + {hot_system:.1f}, "
+            f"uniform {uniform_user:.1f} + {uniform_system:.1f}"
+        )
         print(
             f"{result.count:,}: hot {result.hot[-1]:,.0f} uniform {result.uniform[-1]:,.0f} "
-            f"req/s{nginx}",
+            f"req/s{nginx}{cpu}",
             file=sys.stderr,
             flush=True,
         )
@@ -592,9 +630,27 @@ def table(results: Sequence[Result], args: argparse.Namespace) -> str:
             f"the time; at start RssAnon grows by {per_object:.0f} bytes per stored object "
             f"(RssFile, the mapped index, by {per_file:.0f})."
         )
+    lines += ["", *cpu_table(results)]
     if args.nginx:
         lines += ["", *nginx_table(results)]
     return "\n".join(lines)
+
+
+def cpu_table(results: Sequence[Result]) -> list[str]:
+    """The edge's CPU per hit (medians of the runs): how much of a hit's time is the
+    edge's own code (user) and how much the kernel's on its behalf (system)."""
+    lines = [
+        "| objects stored | hot: user µs per hit | hot: system | uniform: user | uniform: system |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        cells = [
+            statistics.median(sample[part] for sample in samples)
+            for samples in (r.hot_cpu, r.uniform_cpu)
+            for part in (0, 1)
+        ]
+        lines.append(f"| {r.count:,} | " + " | ".join(f"{cell:.1f}" for cell in cells) + " |")
+    return lines
 
 
 def nginx_table(results: Sequence[Result]) -> list[str]:
