@@ -117,6 +117,7 @@ async def test_a_count_report_needs_the_secret_a_known_node_and_a_bounded_body(
     assert (await api_call("POST", url, headers=AUTH, json=ok))[0] == 401  # a CI token
     unknown = f"{api_url(fleet)}/v1/nodes/nobody/matched"
     assert (await api_call("POST", unknown, headers=node_auth, json=ok))[0] == 404
+    bad: Any
     for bad in (
         {"matched": []},
         {"matched": {"x": 1}},
