@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import secrets
@@ -55,13 +56,16 @@ end
 
 def start_static_origin(servers: hits.Servers) -> None:
     """A fast origin: nginx serving `/bin/1k`, `/bin/100k`, `/bin/1m` as static files
-    with `Cache-Control: public, max-age=3600`, so the origin is not what limits."""
+    with `Cache-Control: public, max-age=3600`, so the origin is not what limits; and
+    `/json/1k`, a compressible object (`application/json`)."""
     servers.origin_port = hits.free_port()
     prefix = servers.tmp / "origin-nginx"
-    for sub in ("root/bin", "temp", "logs"):
+    for sub in ("root/bin", "root/json", "temp", "logs"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     for name, size in (("1k", 1024), ("100k", 100 * 1024), ("1m", 1024 * 1024)):
         (prefix / "root" / "bin" / name).write_bytes(os.urandom(size))
+    document = json.dumps({"items": [{"id": n, "name": f"item {n}"} for n in range(33)]})
+    (prefix / "root" / "json" / "1k").write_text(document.ljust(1024))  # 1 KiB, valid JSON
     conf = prefix / "nginx.conf"
     conf.write_text(
         f"""{hits.nginx_head(prefix, 1)}
@@ -70,6 +74,9 @@ def start_static_origin(servers: hits.Servers) -> None:
         listen 127.0.0.1:{servers.origin_port};
         root {prefix}/root;
         add_header Cache-Control "public, max-age=3600";
+        location /json/ {{
+            default_type application/json;
+        }}
     }}
 }}
 """,
