@@ -151,7 +151,9 @@ class DiskStore(StoreBase):
         self._places: ReadyPlaces | None = None
         #: ready answers found through `_places`, without the recency list
         self.places_found = 0
-        #: the ring mapped for reads (`ReadyRing.map_for_reads`), while it is open
+        #: the ring mapped for reads (`ReadyRing.map_for_reads`), while it is open:
+        #: cleared when `close` starts, so no hit on the loop slices a mapping the
+        #: gateway is closing
         self._view: mmap.mmap | None = None
         #: commits waiting for the committer task, which indexes them in one batch
         self._pending: list[
@@ -331,23 +333,7 @@ class DiskStore(StoreBase):
                 # the memory tier would hold it (the key was read twice lately): read
                 # through the index, which admits it
                 return None
-            view = self._view
-            if view is not None:
-                # `_read_ready` from the mapped ring, written out
-                loc = (slot >> CHECK_BITS) & LOCATION_MASK
-                found = parse_record_at(
-                    view,
-                    loc >> LENGTH_BITS,
-                    loc & LENGTH_MASK,
-                    key.encode("utf-8", "surrogateescape"),
-                    tag,
-                )
-                if found is None:
-                    self.ready_misses += 1
-                else:
-                    self.ready_reads += 1
-            else:
-                found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
+            found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
             if found is not None:
                 self.places_found += 1
                 if slot < READ_MARK:
@@ -372,10 +358,7 @@ class DiskStore(StoreBase):
 
     def _read_ready(self, loc: int, key: str, tag: int) -> ReadyRecord | None:
         """The ready answer at `loc` if it is `key`'s, alive, whole and `tag`'s."""
-        ring = self._disk.ring
-        if ring is None:
-            return None
-        view = ring.view
+        view = self._view
         if view is not None:
             found = parse_record_at(
                 view,
@@ -385,6 +368,9 @@ class DiskStore(StoreBase):
                 tag,
             )
         else:
+            ring = self._disk.ring
+            if ring is None:
+                return None
             try:
                 data = os.pread(ring.fd, loc & LENGTH_MASK, loc >> LENGTH_BITS)
             except OSError:
