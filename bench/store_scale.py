@@ -80,12 +80,14 @@ from edge.hotlane import HotLane
 from edge.metrics import NodeMetrics
 from edge.options import EngineOptions
 from edge.responding import Responder
-from edge.store import DiskStore
+from edge.store import BodyRef, DiskStore
 
 #: `--size`: the object every stored copy is made from. `json-1k` is compressible:
-#: it is stored with its identity body only (as before its variants are made), and
-#: gets no ready answer, so its disk hits take the index path
+#: every copy is stored with the seed's br and gzip variants as the edge made them,
+#: and asked for with a browser's Accept-Encoding (`ACCEPT`)
 SIZES = {"1k": "/bin/1k", "100k": "/bin/100k", "1m": "/bin/1m", "json-1k": "/json/1k"}
+#: the Accept-Encoding every request for a `--size` sends (none for the binary ones)
+ACCEPT = {"json-1k": "gzip, deflate, br"}
 HOT = 1000
 #: the edge's name (its Via and Cache-Status, and so its ready answers' heads)
 NODE_NAME = "edge1"
@@ -264,6 +266,18 @@ def get(port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
+def coding_of(port: int, path: str, accept: str) -> str:
+    """The Content-Encoding of a GET's answer with `accept` as its Accept-Encoding."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": hits.HOST, "Accept-Encoding": accept})
+        reply = conn.getresponse()
+        reply.read()
+        return reply.getheader("Content-Encoding") or "identity"
+    finally:
+        conn.close()
+
+
 def is_hit(cache_status: str) -> bool:
     """Whether the edge's (last) Cache-Status entry says hit."""
     return bool(cache_status) and "hit" in cache_status.split(",")[-1]
@@ -284,11 +298,8 @@ async def fill(directory: Path, count: int, seed_marker: str) -> None:
             raise RuntimeError(f"expected one seeded object, found {keys}")
         seed = await store.get(keys[0])
         assert seed is not None
-        ref = seed.bodies["identity"]
-        body = ref.data
-        if body is None:
-            assert ref.path is not None
-            body = Path(ref.path).read_bytes()
+        bodies = {coding: body_of(ref) for coding, ref in seed.bodies.items()}
+        body = bodies.pop("identity")
         meta = seed.meta
 
         async def one(n: int) -> None:
@@ -301,6 +312,13 @@ async def fill(directory: Path, count: int, seed_marker: str) -> None:
             for pos in range(0, len(body), 256 * 1024):
                 await writer.write(body[pos : pos + 256 * 1024])
             await writer.commit(new_meta)
+            if getattr(new_meta, "compressible", False):
+                # its variants, as the edge adds them once they are made
+                paths: dict[str, str] = {}
+                for coding, data in bodies.items():
+                    paths[coding] = store.tmp_path("." + coding)
+                    Path(paths[coding]).write_bytes(data)
+                await store.add_encodings(key, paths)
 
         done = 0
         last = time.perf_counter()
@@ -314,6 +332,14 @@ async def fill(directory: Path, count: int, seed_marker: str) -> None:
                 print(f"  filled {done:,} of {count:,}", file=sys.stderr, flush=True)
     finally:
         await store.close()
+
+
+def body_of(ref: BodyRef) -> bytes:
+    """A stored body's bytes (kept in memory, or read from its file)."""
+    if ref.data is not None:
+        return ref.data
+    assert ref.path is not None
+    return Path(ref.path).read_bytes()
 
 
 def fill_nginx(servers: hits.Servers, path: str, count: int, tmp: Path) -> float:
@@ -352,13 +378,28 @@ def fill_nginx(servers: hits.Servers, path: str, count: int, tmp: Path) -> float
     return elapsed
 
 
-def run_wrk(port: int, path: str, mode: str, count: int, duration: float, tmp: Path) -> float:
-    """req/s of one wrk run in `mode`; raises if wrk fails or answers were errors."""
-    return run_wrk_counted(port, path, mode, count, duration, tmp)[0]
+def run_wrk(
+    port: int,
+    path: str,
+    mode: str,
+    count: int,
+    duration: float,
+    tmp: Path,
+    accept: str | None = None,
+) -> float:
+    """req/s of one wrk run in `mode` (`accept`: every request's Accept-Encoding);
+    raises if wrk fails or answers were errors."""
+    return run_wrk_counted(port, path, mode, count, duration, tmp, accept)[0]
 
 
 def run_wrk_counted(
-    port: int, path: str, mode: str, count: int, duration: float, tmp: Path
+    port: int,
+    path: str,
+    mode: str,
+    count: int,
+    duration: float,
+    tmp: Path,
+    accept: str | None = None,
 ) -> tuple[float, int]:
     """`run_wrk`, and the number of requests wrk completed."""
     prefix = secrets.token_hex(4)
@@ -369,6 +410,8 @@ def run_wrk_counted(
         encoding="utf-8",
     )
     argv = ["wrk", "-t2", "-c32", f"-d{duration:g}s", "-H", f"Host: {hits.HOST}"]
+    if accept is not None:
+        argv += ["-H", f"Accept-Encoding: {accept}"]
     result = hits.run_quiet([*argv, "-s", str(script), f"http://127.0.0.1:{port}/"])
     match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
     if result.returncode != 0 or not match:
@@ -462,6 +505,13 @@ def prepare(
         time.sleep(0.1)  # the seed's commit lands after its answer: poll for it
     else:
         raise RuntimeError("the seed object never became a hit")
+    if args.size in ACCEPT:
+        for _ in range(50):
+            if coding_of(edge.port, f"{path}?u={marker}", "br") == "br":
+                break
+            time.sleep(0.1)  # its variants are made after its commit: poll for them
+        else:
+            raise RuntimeError("the seed object never got its br variant")
     edge.stop()
 
     started = time.perf_counter()
@@ -503,12 +553,15 @@ def hit_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path
     after the other (paired: the sizes a ratio compares are measured seconds apart,
     not a whole round apart), then nginx's the same way."""
     path = SIZES[args.size]
+    accept = ACCEPT.get(args.size)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     for mode in ("hot", "uniform"):
         for result, edge, tmp in edges:
             pids = edge.pids()
             user, system = cpu_ticks(pids)
-            rate, done = run_wrk_counted(edge.port, path, mode, result.count, args.duration, tmp)
+            rate, done = run_wrk_counted(
+                edge.port, path, mode, result.count, args.duration, tmp, accept
+            )
             user_after, system_after = cpu_ticks(pids)
             getattr(result, mode).append(rate)
             getattr(result, f"{mode}_cpu").append(
@@ -521,7 +574,7 @@ def hit_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path
         for mode in ("hot", "uniform"):
             for result, edge, tmp in edges:
                 port = edge.servers.nginx_port
-                rate = run_wrk(port, path, mode, result.count, args.duration, tmp)
+                rate = run_wrk(port, path, mode, result.count, args.duration, tmp, accept)
                 getattr(result, f"nginx_{mode}").append(rate)
     for result, _edge, _tmp in edges:
         nginx = ""
@@ -552,8 +605,11 @@ def miss_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Pat
     misses grows the smallest store twentyfold, and fills its memory tier with
     other objects than the ones its hits read)."""
     path = SIZES[args.size]
+    accept = ACCEPT.get(args.size)
     for result, edge, tmp in edges:
-        result.miss.append(run_wrk(edge.port, path, "miss", result.count, args.duration, tmp))
+        result.miss.append(
+            run_wrk(edge.port, path, "miss", result.count, args.duration, tmp, accept)
+        )
         print(f"{result.count:,}: miss {result.miss[-1]:,.0f} req/s", file=sys.stderr, flush=True)
 
 

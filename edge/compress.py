@@ -337,17 +337,16 @@ async def make_variants(
         raise StoreError(f"compressing {key!r}: {exc}") from exc
 
     identity_size = source.size if source.encoding == "identity" else sizes["identity"]
-    added: dict[str, BodyRef] = {}
-    discard: list[str] = []
-    for enc in wanted:
-        if enc != "identity" and sizes[enc] > identity_size * KEEP_RATIO:
-            discard.append(outputs[enc])
-            continue
-        ref = await store.add_encoding(key, enc, outputs[enc])
-        if ref is None:  # evicted or purged meanwhile; add_encoding removed the file
-            discard.extend(outputs[e] for e in wanted if e not in added and e != enc)
-            break
-        added[enc] = ref
+    kept = {
+        enc: outputs[enc]
+        for enc in wanted
+        if enc == "identity" or sizes[enc] <= identity_size * KEEP_RATIO
+    }
+    discard = [path for enc, path in outputs.items() if enc not in kept]
+    # all at once: the store makes the object's ready answer in every coding then
+    added = await store.add_encodings(key, kept)
+    if added is None:  # evicted or purged meanwhile; add_encodings removed the files
+        added = {}
     if discard:
         await io.run(_unlink_all, discard)
     return added

@@ -31,7 +31,7 @@ from edge.metrics import NodeMetrics
 from edge.outcome import Outcome, fresh_hit
 from edge.responding import Responder
 from edge.store import MemoryTier, ObjectStore, StoredEntry
-from edge.store.ready import ReadyRecord
+from edge.store.ready import CODED_SIZE, ReadyRecord, coded_answer
 from fleet.config import Service
 
 #: Entries in each fast-lane table before it is emptied and refilled.
@@ -105,6 +105,7 @@ class HotLane:
             store, "ready_answer", None
         )
         self._identity_ok: dict[str, bool] = {}
+        self._codings_of: dict[tuple[str | None, bytes], str] = {}
         #: Host field → its service and the start of its keys ("service host"), or
         #: False for a host not served: what `_direct_key` computes per field, not
         #: per request; made again when `hosts` is replaced
@@ -254,7 +255,13 @@ class HotLane:
         if not transitions.may_use_hot_lane(headers):
             return None
         accept = headers.get("Accept-Encoding")
-        if accept is not None and not self._takes_identity(accept):
+        if ready.codings:
+            # an answer per coding: the one this request takes
+            coded = coded_answer(ready, self._coding_of(accept, ready))
+            if coded is None:
+                return None
+            ready = coded
+        elif accept is not None and not self._takes_identity(accept):
             return None
         now = self.clock()
         # `ready.age(now)`, written out: this runs on every disk hit
@@ -277,6 +284,22 @@ class HotLane:
         self.metrics.hits.inc()
         self.metrics.bytes_sent.inc(ready.body_length)
         return ready, age, outcome, ready.status_prefix + outcome.member()
+
+    def _coding_of(self, accept_encoding: str | None, ready: ReadyRecord) -> str:
+        """The coding of `ready`'s answers a request with this Accept-Encoding gets (as
+        `choose_encoding` decides; "" for none), remembered per value and set of
+        codings."""
+        table = self._codings_of
+        # the codings' numbers alone (the table's every entry starts with one): the
+        # same few sets for every object
+        key = (accept_encoding, ready.codings[::CODED_SIZE])
+        known = table.get(key)
+        if known is None:
+            if len(table) >= ACCEPT_ENCODINGS:
+                table.clear()
+            known = choose_encoding(accept_encoding, ready.coding_names()) or ""
+            table[key] = known
+        return known
 
     def _takes_identity(self, accept_encoding: str) -> bool:
         """Whether a request with this Accept-Encoding gets identity when it is the

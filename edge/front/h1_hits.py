@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 #: the version of the ready answers' head: changed with anything that changes how a
 #: head is made, so that answers stored by an earlier release are not used
-READY_FORMAT = 2
+READY_FORMAT = 3
 
 
 def maker_tag(node_name: str) -> int:
@@ -43,33 +43,44 @@ def serialise_head(headers: CIMultiDict[str], length: int) -> bytes:
     """A hit's head as stored and prepared: the fields up to Content-Length and the
     blank line. The status line and the fields set per response (Age,
     Cache-Status, Date, Connection) go before them."""
-    lines = header_block(headers)
-    lines.append(f"Content-Length: {length}\r\n\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    return serialise_fields(headers) + b"Content-Length: %d\r\n\r\n" % length
+
+
+def serialise_fields(headers: CIMultiDict[str]) -> bytes:
+    """`serialise_head` less Content-Length and the blank line (a ready answer's
+    record adds them with each body: `edge.store.ready.encode_record`)."""
+    return "".join(header_block(headers)).encode("utf-8", "surrogateescape")
 
 
 class ReadyHeads:
-    """The maker of ready answers' heads (`DiskStore.ready_maker`): the head a hit on
-    the object would be written with, made when the object is stored."""
+    """The maker of ready answers' heads (`DiskStore.ready_maker`): the heads a hit on
+    the object would be written with in each of its codings, made when the object is
+    stored, and again when its variants are added or its metadata refreshed."""
 
     def __init__(self, lane: HotLane, node_name: str) -> None:
         self.lane = lane
         self.tag = maker_tag(node_name)
 
-    def __call__(self, meta: object, size: int) -> ReadyHead | None:
-        """The ready answer's head of a stored object of `size` bytes, or None for one
-        the hit lane would not answer from memory either (revalidated every time,
-        varying on Accept-Encoding, a Vary index)."""
-        if type(meta) is not ObjectMeta or meta.no_cache or meta.compressible:
+    def __call__(self, meta: object, codings: tuple[str, ...], settled: bool) -> ReadyHead | None:
+        """The ready answer's heads of a stored object with bodies in `codings`, or
+        None for one the hit lane would not answer from memory either (revalidated
+        every time, a Vary index). `settled`: the object has every coding it will
+        get; a compressible object stored with identity alone is about to get its
+        variants, and its answer's Vary is not settled until then."""
+        if type(meta) is not ObjectMeta or meta.no_cache:
             return None
-        headers, prefix = self.lane.answer_fields(meta, ("identity",), "identity")
-        return ReadyHead(
-            serialise_head(headers, size),
-            "Date" in headers,
-            prefix,
-            meta.status,
-            self.tag,
-        )
+        if meta.compressible and not settled:
+            return None
+        heads: list[tuple[str, bytes]] = []
+        has_date = False
+        prefix = ""
+        for coding in codings:
+            headers, prefix = self.lane.answer_fields(meta, codings, coding)
+            has_date = "Date" in headers
+            heads.append((coding, serialise_fields(headers)))
+        if not heads:
+            return None
+        return ReadyHead(tuple(heads), has_date, prefix, meta.status, self.tag)
 
 
 class HitWriter:

@@ -141,7 +141,9 @@ class DiskStore(StoreBase):
         )
         #: makes an object's ready answer when it is stored (`edge.store.ready`):
         #: set by the front that reads them (edge.front.h1_hits); None makes none
-        self.ready_maker: Callable[[object, int], ReadyHead | None] | None = None
+        #: (called with the metadata, the codings of the bodies it will answer from,
+        #: and whether those are every coding the object will get)
+        self.ready_maker: Callable[[object, tuple[str, ...], bool], ReadyHead | None] | None = None
         #: hits answered from a ready answer (`ready_answer`), and ready answers
         #: found dead, overwritten or made by another maker
         self.ready_reads = 0
@@ -585,15 +587,15 @@ class DiskStore(StoreBase):
     async def put_meta(self, key: str, meta: object) -> None:
         """Store a metadata-only record, or replace the meta of an entry keeping its bodies."""
         async with self._key_lock(key):
-            # the head of its new ready answer, made here on the loop: the object's
-            # bytes are its one identity body's when it is one the maker answers for
-            value = self._lru.get(key)
+            # the heads of its new ready answer, made here on the loop for the codings
+            # it has (as the memory tier knows them, else those it most likely has:
+            # the index keeps the record only if the row has just those)
             maker = self.ready_maker
             ready = None
-            if maker is not None and value:
-                size = value & SIZE_MASK
-                head = maker(meta, size)
-                ready = (head, size) if head is not None else None
+            if maker is not None and self._lru.get(key):
+                held = self.memory.get(key)
+                codings = tuple(held.bodies) if held is not None else _likely_codings(meta)
+                ready = maker(meta, codings, True)
             record, loc = await self._run(self._disk.put_meta, key, meta, ready)
             self._version += 1
             held = self.memory.get(key)
@@ -629,8 +631,8 @@ class DiskStore(StoreBase):
             or len(data) != writer.written
         ):
             return None
-        head = maker(meta, len(data))
-        return encode_record(writer.key, head, meta, data) if head is not None else None
+        head = maker(meta, ("identity",), False)
+        return encode_record(writer.key, head, meta, {"identity": data}) if head else None
 
     async def _commit_body(
         self, writer: BodyWriter, meta: object, data: bytes | None, whole: bytes | None
@@ -725,26 +727,45 @@ class DiskStore(StoreBase):
 
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Move `src_path` in as another encoding of `key`; None (and the file removed) if gone."""
+        added = await self.add_encodings(key, {encoding: src_path})
+        return added[encoding] if added is not None else None
+
+    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
+        """Move the files of `paths` in as `key`'s bodies in their codings, in one
+        transaction that also writes the object's ready answer in all its codings
+        (its variants are all made: `paths` may be empty when none was worth
+        keeping); None (and the files removed) if the object is gone."""
         async with self._key_lock(key):
-            added = await self._run(self._disk.add_encoding, key, encoding, src_path)
+            maker = self.ready_maker
+            ready = None
+            if maker is not None:
+                held = self.memory.get(key)
+                if held is not None:
+                    meta, have = held.meta, tuple(held.bodies)
+                else:  # left the memory tier meanwhile: its row says
+                    row = await self._run(self._disk.row, key)
+                    meta, have = (row.meta, row.codings) if row is not None else (None, ())
+                if meta is not None:
+                    ready = maker(meta, (*have, *(c for c in paths if c not in have)), True)
+            added = await self._run(self._disk.add_encodings, key, paths, ready)
             self._version += 1
             if added is None:
                 self.memory.discard(key)
                 self._account(key, None)
                 return None
-            record, new_data = added
+            record, new_data, loc = added
             held = self.memory.get(key)
             data: dict[str, bytes] = {}
             if held is not None:
                 data = {e: r.data for e, r in held.bodies.items() if r.data is not None}
-            data.pop(encoding, None)
-            if new_data is not None:
-                data[encoding] = new_data
+            for encoding in paths:
+                data.pop(encoding, None)
+            data.update(new_data)
             entry = self._entry(key, record, data)
             self.memory.put(entry)
-            self._account(key, record.size)
+            self._account(key, record.size, loc)
         await self._evict(keep=key)
-        return entry.bodies[encoding]
+        return {encoding: entry.bodies[encoding] for encoding in paths}
 
     async def delete(self, key: str) -> None:
         """Remove an entry and its bodies; no error if absent."""
@@ -905,3 +926,11 @@ def _scrub_small(disk: DiskIndex, key: str) -> tuple[_Record, int, bool] | None:
         if len(body) != size or body_checksum(body) != checksum:
             return record, done, True
     return record, done, False
+
+
+def _likely_codings(meta: object) -> tuple[str, ...]:
+    """The codings a stored object most likely has when the memory tier does not
+    say: br and gzip beside identity for a compressible one (`ObjectMeta`)."""
+    if getattr(meta, "compressible", False):
+        return ("identity", "br", "gzip")
+    return ("identity",)

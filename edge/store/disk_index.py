@@ -36,7 +36,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import diskcache
 import xxhash
@@ -527,73 +527,83 @@ class DiskIndex:
             raise OSError(errno.EIO, f"temp file {item.src} changed while it was committed")
         return body
 
-    def add_encoding(
-        self, key: str, encoding: str, src: str
-    ) -> tuple[_Record, bytes | None] | None:
-        """Checksum the finished file `src` and put it in as `encoding` of `key`, with
-        its bytes when small (for the memory tier); None, the file removed, if gone.
+    def add_encodings(
+        self, key: str, paths: Mapping[str, str], ready: ReadyHead | None = None
+    ) -> tuple[_Record, dict[str, bytes], int] | None:
+        """Checksum the finished files of `paths` and put them in as `key`'s bodies in
+        their codings, in one transaction; the row, the bytes of those small enough
+        for the memory tier, and the location of the object's new ready answer (0:
+        none). None, the files removed, if the object is gone.
 
-        A variant of at most `row_body_max` bytes goes into the row, as a small
-        identity body does (and `src` goes once the row is in); a larger one is
-        renamed into bodies/."""
-        size = os.stat(src).st_size
-        in_row = size <= self.row_body_max
-        data = None
-        hasher = xxhash.xxh3_64()
-        with open(src, "rb") as f:
-            if in_row or size <= self.memory_object_max:  # small: the memory tier keeps a copy
-                data = f.read()
-                hasher.update(data)
-            else:
-                while chunk := f.read(MiB):
-                    hasher.update(chunk)
+        A body of at most `row_body_max` bytes goes into the row, as a small identity
+        body does (and its file goes once the row is in); a larger one is renamed
+        into bodies/. The old ready answer is marked dead (the answer now depends on
+        Accept-Encoding); with `ready`, the heads for the codings the row then has,
+        a new one holding every coding's answer is written when all its bodies are
+        kept in the row."""
+        read: list[tuple[str, str, int, bytes | None, int]] = []
+        for encoding, src in paths.items():
+            size = os.stat(src).st_size
+            data = None
+            hasher = xxhash.xxh3_64()
+            with open(src, "rb") as f:
+                if size <= self.row_body_max or size <= self.memory_object_max:
+                    data = f.read()  # small: the memory tier keeps a copy
+                    hasher.update(data)
+                else:
+                    while chunk := f.read(MiB):
+                        hasher.update(chunk)
+            read.append((encoding, src, size, data, hasher.intdigest()))
+        moved: list[str] = []
         with self._writing():
             old = self.row(key)
             if old is None:
-                unlink_quietly(src)
+                for src in paths.values():
+                    unlink_quietly(src)
                 return None
-            # the answer now depends on Accept-Encoding: the ready one (identity
-            # alone) is not it any more
-            self._kill_ready(key)
-            place: str | bytes
-            if in_row and data is not None and len(data) == size:
-                place = data
-            else:
-                place, full = self._new_body_path(encoding)
-                os.rename(src, full)
-            record = old.with_body(encoding, place, size, hasher.intdigest())
-            self.index.set(key, encode_row(record), tag=record.size)
+            record = old
+            for encoding, src, size, data, checksum in read:
+                place: str | bytes
+                if size <= self.row_body_max and data is not None and len(data) == size:
+                    place = data
+                    moved.append(src)
+                else:
+                    place, full = self._new_body_path(encoding)
+                    os.rename(src, full)
+                record = record.with_body(encoding, place, size, checksum)
+            made = None
+            if ready is not None and set(ready.codings) == set(record.codings):
+                bodies = record.bodies_in_row(READY_BODY_MAX)
+                if bodies is not None:
+                    made = encode_record(key, ready, record.meta, bodies)
+            loc = self._ring().append_many([made])[0] if made is not None else 0
+            self._put_row(key, record, loc)  # the old answer marked dead
             self._count(record.size - old.size)
         for body in old.bodies:
-            if body[0] == encoding and isinstance(body[1], str):
+            if body[0] in paths and isinstance(body[1], str):
                 unlink_quietly(self.abs_path(body[1]))
-        if isinstance(place, bytes):
+        for src in moved:
             unlink_quietly(src)
-        return record, data
+        small = {encoding: data for encoding, _s, _z, data, _c in read if data is not None}
+        return record, small, loc
 
     def put_meta(
-        self, key: str, meta: object, ready: tuple[ReadyHead, int] | None = None
+        self, key: str, meta: object, ready: ReadyHead | None = None
     ) -> tuple[_Record, int]:
         """Write `meta` as the row of `key`, keeping the bodies it has; the row and
         the location of its new ready answer (0: none). The old ready answer is
         marked dead (its freshness changed: a 304 refreshed it). With `ready`, the
-        head of the answer for `meta` and the body length it was made for, a new one
-        is made when the object's one body is identity, kept in the row, and of that
-        length."""
+        heads of the answer for `meta` in the codings it was made for, a new one is
+        made when the row's bodies are just those codings, all kept in the row."""
         with self._writing():
             old = self.row(key)
             bodies = old.bodies if old is not None else ()
             record = _Record(meta, bodies)
             made = None
-            if ready is not None and len(bodies) == 1:
-                head, made_for = ready
-                encoding, place, size, _checksum = bodies[0]
-                if (
-                    encoding == "identity"
-                    and isinstance(place, bytes)
-                    and len(place) == size == made_for <= READY_BODY_MAX
-                ):
-                    made = encode_record(key, head, meta, place)
+            if ready is not None and bodies and set(ready.codings) == set(record.codings):
+                kept = record.bodies_in_row(READY_BODY_MAX)
+                if kept is not None:
+                    made = encode_record(key, ready, meta, kept)
             loc = self._ring().append_many([made])[0] if made is not None else 0
             self._put_row(key, record, loc)  # the old answer marked dead
         return record, loc

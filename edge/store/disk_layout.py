@@ -82,6 +82,21 @@ class _Record:
         """Bytes of all its bodies."""
         return sum(b[2] for b in self.bodies)
 
+    @property
+    def codings(self) -> tuple[str, ...]:
+        """The codings of its bodies, in its order."""
+        return tuple(b[0] for b in self.bodies)
+
+    def bodies_in_row(self, limit: int) -> dict[str, bytes] | None:
+        """Its bodies by coding when every one is kept in the row, whole, and of at
+        most `limit` bytes (what a ready answer is made of); else None."""
+        found: dict[str, bytes] = {}
+        for encoding, place, size, _checksum in self.bodies:
+            if not isinstance(place, bytes) or len(place) != size or size > limit:
+                return None
+            found[encoding] = place
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class Install:

@@ -145,6 +145,13 @@ class ObjectStore(Protocol):
         """Move a finished file in as another encoding of an entry; None if the entry is gone."""
         ...
 
+    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
+        """Move finished files in as an entry's bodies in their codings (`paths`: coding
+        to file), all at once, when the entry has every coding it will get (a store
+        that keeps ready answers makes the one for all its codings then); None if
+        the entry is gone."""
+        ...
+
     def tmp_path(self, suffix: str = "") -> str:
         """A fresh path in the store's temp directory (same filesystem as the bodies)."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 
 from edge.store.base import StoreBase
 from edge.store.interface import BodyRef, NotNow, StoredEntry, StoreError
@@ -90,6 +91,18 @@ class MemoryStore(StoreBase):
         self._account(key, sum(r.size for r in bodies.values()))
         self._evict(keep=key)
         return ref
+
+    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
+        """`add_encoding` of each of `paths`; None (and the files removed) if gone."""
+        added: dict[str, BodyRef] = {}
+        for encoding, path in paths.items():
+            if key not in self._entries:
+                unlink_quietly(path)
+                continue
+            ref = await self.add_encoding(key, encoding, path)
+            if ref is not None:
+                added[encoding] = ref
+        return added if key in self._entries else None
 
     async def delete(self, key: str) -> None:
         """Remove an entry; no error if absent."""

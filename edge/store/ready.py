@@ -19,6 +19,12 @@ keys_zone) and the stored answer ready on disk. So does this module:
   (`ReadyRing.kill`), so another process holding the old location finds it dead
   at once, without a lookup, and takes the index path instead.
 
+An object with several codings (a compressible one, with its br and gzip variants)
+has one record holding its answer in each, made when its variants are added
+(`DiskIndex.add_encodings`), not at its commit: until then its answer's Vary is not
+settled. A hit takes the one answer of the coding the request takes
+(`coded_answer`), chosen as for a hit from memory (`choose_encoding`).
+
 The ring wraps when full: the oldest records are overwritten, and the objects they
 belonged to fall back to the index path (a record overwritten in part or whole
 fails its key or checksum). Records are never synced: one lost in a power cut is
@@ -37,7 +43,7 @@ import marshal
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -46,12 +52,15 @@ import xxhash
 from edge.store.interface import KiB, MiB
 
 __all__ = [
+    "CODED_SIZE",
+    "CODINGS",
     "READY_BODY_MAX",
     "READY_RING_MAX",
     "READY_RING_MIN",
     "ReadyHead",
     "ReadyRecord",
     "ReadyRing",
+    "coded_answer",
     "encode_record",
     "parse_record",
     "parse_record_at",
@@ -71,23 +80,33 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 #: dead mark, magic, checksum of what follows it, the maker's tag, the lengths of
 #: key, Cache-Status prefix, purge fields, head and body, status, whether the head
 #: has its own Date, then response_time, corrected_initial_age,
-#: freshness_lifetime and stored_at (`ObjectMeta`)
-_FIXED = struct.Struct("<B3sQIHHHIIHBdddd")
+#: freshness_lifetime and stored_at (`ObjectMeta`), and the length of the codings'
+#: table (0 for a record of one identity answer: its head and body are the two
+#: lengths before; else they are 0 and the length of all the answers, and the
+#: table after the purge fields says which coding each answer is: `_CODED`)
+_FIXED = struct.Struct("<B3sQIHHHIIHBddddH")
 #: the same in two: what the checksum does not cover, and what it does
 _FIXED_START = struct.Struct("<B3sQ")
-_FIXED_REST = struct.Struct("<IHHHIIHBdddd")
+_FIXED_REST = struct.Struct("<IHHHIIHBddddH")
+#: one answer of a record of several codings, in the order of the answers: the
+#: coding (its place in `CODINGS`), the lengths of its head and of its body
+_CODED = struct.Struct("<BII")
+CODED_SIZE = _CODED.size
+#: the codings a record of several answers can hold
+CODINGS = ("identity", "br", "gzip", "deflate", "zstd")
+_CODING_NUMBERS = {name: n for n, name in enumerate(CODINGS)}
 _FIXED_SIZE = _FIXED.size
 #: bytes the checksum does not cover (dead mark, magic, checksum), and where the key
 #: starts in what it does
 _UNCHECKED = _FIXED_START.size
 _CHECKED_KEY = _FIXED_SIZE - _UNCHECKED
 #: the same as read back: the dead mark and the magic as one number (`_LIVE`)
-_unpack_fixed = struct.Struct("<IQIHHHIIHBdddd").unpack_from
+_unpack_fixed = struct.Struct("<IQIHHHIIHBddddH").unpack_from
 _xxh3 = xxhash.xxh3_64_intdigest
 #: madvise(2)'s MADV_POPULATE_READ (Linux 5.14), which this Python may not name
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _new_tuple = tuple.__new__
-_MAGIC = b"RA1"
+_MAGIC = b"RA2"
 _ALIVE = 0
 #: the first four bytes of a live record, read as a little-endian number
 _LIVE = int.from_bytes(bytes((_ALIVE,)) + _MAGIC, "little")
@@ -103,13 +122,16 @@ def ring_capacity(max_bytes: int) -> int:
 @dataclass(frozen=True, slots=True)
 class ReadyHead:
     """What a front makes of a stored object for its ready answer (edge.front.h1_hits):
-    the head less the status line and the per-response fields, and what those need."""
+    the head of each coding's answer less the status line, the per-response fields
+    and Content-Length, and what those need."""
 
-    #: the fields up to Content-Length and the blank line ending the head, each line
-    #: CRLF-terminated: the stored body follows it in the record, so that the answer
-    #: is the status line and the per-response fields, then one slice of the record
-    head: bytes
-    #: whether `head` carries the origin's own Date (else one is added per response)
+    #: (coding, its head's fields): one answer per coding the object has, in the
+    #: order its bodies are stored. Each head is the fields before Content-Length, each line
+    #: CRLF-terminated: the record adds Content-Length and the blank line, then the
+    #: body, so that an answer is the status line and the per-response fields, then
+    #: one slice of the record
+    heads: tuple[tuple[str, bytes], ...]
+    #: whether the heads carry the origin's own Date (else one is added per response)
     has_date: bool
     #: Cache-Status value before this hit's own member ("upstream, node; ")
     status_prefix: str
@@ -118,14 +140,21 @@ class ReadyHead:
     #: or another release's head, is not used
     tag: int
 
+    @property
+    def codings(self) -> tuple[str, ...]:
+        """The codings it has a head for, in its order."""
+        return tuple(coding for coding, _fields in self.heads)
+
 
 class ReadyRecord(NamedTuple):
     """A ready answer read back and checked: what a hit writes, and what it decides by.
 
     A named tuple, made in one C call (`parse_record`): one is made for every disk
-    hit."""
+    hit. A record of several codings (`codings` not empty) is answered through
+    `coded_answer`, which gives the one answer of the coding a request takes."""
 
-    #: the stored head (`ReadyHead.head`) and the body after it
+    #: the stored head (`ReadyHead.heads`, with Content-Length) and the body after
+    #: it; for a record of several codings, every answer, one after the other
     answer: bytes
     body_length: int
     status: int
@@ -137,6 +166,8 @@ class ReadyRecord(NamedTuple):
     stored_at: float
     #: (service, host, target, surrogate keys), marshalled (`purge_fields`)
     purge: bytes
+    #: b"" for one identity answer; else the table of its answers (`_CODED` each)
+    codings: bytes = b""
 
     @property
     def body(self) -> bytes:
@@ -152,6 +183,29 @@ class ReadyRecord(NamedTuple):
         service, host, target, keys = marshal.loads(self.purge)
         return service, host, target, tuple(keys)
 
+    def coding_names(self) -> tuple[str, ...]:
+        """The codings of its answers, in its order."""
+        if not self.codings:
+            return ("identity",)
+        return tuple(CODINGS[number] for number, _h, _b in _CODED.iter_unpack(self.codings))
+
+
+def coded_answer(record: ReadyRecord, coding: str) -> ReadyRecord | None:
+    """The record of `coding`'s answer alone (as a record of one answer is read), or
+    None when `record` has no answer in that coding."""
+    if not record.codings:
+        return record if coding == "identity" else None
+    wanted = _CODING_NUMBERS.get(coding)
+    start = 0
+    for number, head_length, body_length in _CODED.iter_unpack(record.codings):
+        end = start + head_length + body_length
+        if number == wanted:
+            return record._replace(
+                answer=record.answer[start:end], body_length=body_length, codings=b""
+            )
+        start = end
+    return None
+
 
 #: the largest key, Cache-Status prefix and purge fields a record holds (its fields'
 #: widths); an object with a longer one (a hostile origin's thousands of surrogate
@@ -159,18 +213,45 @@ class ReadyRecord(NamedTuple):
 _SHORT_MAX = 0xFFFF
 
 
-def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> bytes | None:
-    """The ready answer of `key` (its `meta` an `ObjectMeta`) as the ring stores it;
-    None when a field does not fit its width (`_SHORT_MAX`, or a record longer than a
-    location can say)."""
+def encode_record(
+    key: str, ready: ReadyHead, meta: object, bodies: Mapping[str, bytes]
+) -> bytes | None:
+    """The ready answer of `key` (its `meta` an `ObjectMeta`, its `bodies` by coding)
+    as the ring stores it; None when the bodies are not the codings `ready` has
+    heads for, or a field does not fit its width (`_SHORT_MAX`, a coding outside
+    `CODINGS`, or a record longer than a location can say)."""
     from edge.cache.model import ObjectMeta
 
     assert isinstance(meta, ObjectMeta)
+    if len(bodies) != len(ready.heads) or any(coding not in bodies for coding in ready.codings):
+        return None
     key_bytes = key.encode("utf-8", "surrogateescape")
     prefix = ready.status_prefix.encode("utf-8", "surrogateescape")
     purge = marshal.dumps((meta.service, meta.host, meta.target, tuple(meta.surrogate_keys)))
-    if max(len(key_bytes), len(prefix), len(purge)) > _SHORT_MAX or (
-        _FIXED.size + len(key_bytes) + len(prefix) + len(purge) + len(ready.head) + len(body)
+    answers: list[bytes] = []
+    table: list[bytes] = []
+    for coding, fields in ready.heads:
+        number = _CODING_NUMBERS.get(coding)
+        if number is None:
+            return None
+        body = bodies[coding]
+        head = b"%sContent-Length: %d\r\n\r\n" % (fields, len(body))
+        answers += (head, body)
+        table.append(_CODED.pack(number, len(head), len(body)))
+    if ready.codings == ("identity",):
+        table = []  # one identity answer: said by the lengths alone
+        head_length, body_length = len(answers[0]), len(answers[1])
+    else:
+        head_length, body_length = 0, sum(len(part) for part in answers)
+    codings = b"".join(table)
+    if max(len(key_bytes), len(prefix), len(purge), len(codings)) > _SHORT_MAX or (
+        _FIXED.size
+        + len(key_bytes)
+        + len(prefix)
+        + len(purge)
+        + len(codings)
+        + head_length
+        + body_length
         > LENGTH_MASK
     ):
         return None
@@ -179,16 +260,17 @@ def encode_record(key: str, ready: ReadyHead, meta: object, body: bytes) -> byte
         len(key_bytes),
         len(prefix),
         len(purge),
-        len(ready.head),
-        len(body),
+        head_length,
+        body_length,
         ready.status,
         1 if ready.has_date else 0,
         meta.response_time,
         meta.corrected_initial_age,
         meta.freshness_lifetime,
         meta.stored_at,
+        len(codings),
     )
-    parts = (rest, key_bytes, prefix, purge, ready.head, body)
+    parts = (rest, key_bytes, prefix, purge, codings, *answers)
     checksum = xxhash.xxh3_64()
     for part in parts:
         checksum.update(part)
@@ -224,16 +306,18 @@ def parse_record_at(
         initial_age,
         lifetime,
         stored_at,
+        codings_len,
     ) = _unpack_fixed(buffer, offset)
     # offsets in `data`, which starts after the dead mark, magic and checksum
     end_key = _CHECKED_KEY + key_len
     end_prefix = end_key + prefix_len
     end_purge = end_prefix + purge_len
+    end_codings = end_purge + codings_len
     if (
         live != _LIVE
         or made_by != tag
         or key_len != len(key)
-        or length != _UNCHECKED + end_purge + head_len + body_len
+        or length != _UNCHECKED + end_codings + head_len + body_len
     ):
         return None
     # a copy hashes faster than a memoryview is made
@@ -243,7 +327,7 @@ def parse_record_at(
     return _new_tuple(
         ReadyRecord,
         (
-            data[end_purge:],
+            data[end_codings:],
             body_len,
             status,
             has_date == 1,
@@ -253,6 +337,7 @@ def parse_record_at(
             lifetime,
             stored_at,
             data[end_prefix:end_purge],
+            data[end_purge:end_codings],
         ),
     )
 

@@ -10,17 +10,13 @@ answer from one is the same answer as a hit from memory, decided the same way
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from edge.cache.model import ObjectMeta
-from edge.front.h1_hits import maker_tag
 from edge.store import DiskStore, StoredEntry
 from edge.store.base import READ_AGAIN, SECOND_CHANCES, SIZE_BITS
 from edge.store.ready import (
@@ -35,52 +31,20 @@ from edge.store.ready import (
     split_location,
 )
 from edge.store.ready_places import CHECK_BITS, CHECK_MASK, CHECK_SHIFT, LOCATION_MASK
-from tests.support.disk_lane import DiskEdge, running_disk_edge
+from tests.support.ready_store import (
+    FRESH,
+    TAG,
+    encoded,
+    fill_tier,
+    head,
+    meta,
+    put,
+    ready_edge,
+    synced,
+    two_workers,
+)
 
 KiB = 1024
-FRESH = "max-age=600"
-TAG = maker_tag("edge1")
-
-
-def meta(**changes: object) -> ObjectMeta:
-    """A stored response's metadata, fresh for ten minutes from t=1000."""
-    base = ObjectMeta(
-        status=200,
-        upstream_headers=(("Content-Type", "image/png"),),
-        client_headers=(("Content-Type", "image/png"),),
-        corrected_initial_age=3.0,
-        response_time=1000.0,
-        stored_at=999.0,
-        freshness_lifetime=600.0,
-        stale_while_revalidate=0.0,
-        stale_if_error=0.0,
-        must_revalidate=False,
-        no_cache=False,
-        etag='"v1"',
-        last_modified=None,
-        content_type="image/png",
-        upstream_encoding="identity",
-        surrogate_keys=("k1", "k2"),
-        upstream_cache_status="",
-        upstream_via="",
-        compressible=False,
-        host="example.com",
-        target="/a",
-        service="svc",
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def head(tag: int = TAG) -> ReadyHead:
-    """A ready head as the front makes one (its bytes are opaque to the store)."""
-    return ReadyHead(b"Content-Length: 5\r\n\r\n", False, "edge1; ", 200, tag)
-
-
-def encoded(key: str, body: bytes) -> bytes:
-    """The record of `key` with `body` (one that fits)."""
-    record = encode_record(key, head(), meta(), body)
-    assert record is not None
-    return record
 
 
 def test_a_record_reads_back_with_what_a_hit_decides_by() -> None:
@@ -211,9 +175,9 @@ def test_kill_marks_only_the_record_of_its_key(tmp_path: Path) -> None:
 def test_fields_wider_than_a_record_holds_make_no_record() -> None:
     # a hostile origin's surrogate keys, or a key, past the fields' widths
     many_keys = meta(surrogate_keys=tuple(f"key-{n}" for n in range(20_000)))
-    assert encode_record("k", head(), many_keys, b"x") is None
-    assert encode_record("k" * 70_000, head(), meta(), b"x") is None
-    assert encode_record("k", head(), meta(), b"x" * (1 << 20)) is None
+    assert encode_record("k", head(), many_keys, {"identity": b"x"}) is None
+    assert encode_record("k" * 70_000, head(), meta(), {"identity": b"x"}) is None
+    assert encode_record("k", head(), meta(), {"identity": b"x" * (1 << 20)}) is None
 
 
 async def test_an_object_too_wide_for_a_record_is_stored_without_one(tmp_path: Path) -> None:
@@ -222,42 +186,6 @@ async def test_an_object_too_wide_for_a_record_is_stored_without_one(tmp_path: P
         assert first.ready_answer("k", TAG) is None
         entry = first.get_now("k")
         assert isinstance(entry, StoredEntry) and entry.bodies["identity"].data == b"body"
-
-
-@asynccontextmanager
-async def two_workers(
-    root: Path, in_memory: bool = False
-) -> AsyncIterator[tuple[DiskStore, DiskStore]]:
-    """Two stores on one directory, as two worker processes of a node have, both
-    making ready answers; their memory tiers hold nothing, as full tiers would not
-    hold a new object. `in_memory`: as on a memory filesystem (commits on the loop,
-    the ring read through a mapping)."""
-    stores = []
-    try:
-        for _ in range(2):
-            store = await DiskStore.open(
-                str(root), 1 << 30, memory_bytes=0, commit_inline=in_memory
-            )
-            store.ready_maker = lambda _meta, _size: head()
-            stores.append(store)
-        yield stores[0], stores[1]
-    finally:
-        for store in stores:
-            await store.close()
-
-
-async def put(store: DiskStore, key: str, body: bytes, **changes: object) -> None:
-    """Store `body` under `key` as a fill does."""
-    writer = store.begin(key)
-    await writer.write(body)
-    await writer.commit(meta(**changes))
-
-
-async def synced(store: DiskStore, key: str) -> None:
-    """Let `store` learn the rows the other store wrote (its periodic sync)."""
-    store._synced_at = -1.0
-    assert store.get_now("absent-key") is None
-    assert key in store._lru
 
 
 async def test_a_store_finds_another_workers_object_by_its_ready_answer(tmp_path: Path) -> None:
@@ -329,7 +257,7 @@ async def test_ready_answers_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_eviction_counts_bodies_and_kills_the_evicted_answers(tmp_path: Path) -> None:
     store = await DiskStore.open(str(tmp_path), 10 * KiB, memory_bytes=0)
-    store.ready_maker = lambda _meta, _size: head()
+    store.ready_maker = lambda _meta, _codings, _settled: head()
     try:
         for n in range(20):
             await put(store, f"k{n}", os.urandom(KiB))
@@ -345,7 +273,7 @@ async def test_an_object_read_by_its_ready_answer_gets_a_second_chance(tmp_path:
     """A ready answer's read does not move its key in the recency list (it marks it):
     eviction then passes over it once, as over a key just read."""
     store = await DiskStore.open(str(tmp_path), 4 * KiB, memory_bytes=0)
-    store.ready_maker = lambda _meta, _size: head()
+    store.ready_maker = lambda _meta, _codings, _settled: head()
     try:
         for n in range(4):
             await put(store, f"k{n}", os.urandom(KiB))
@@ -416,20 +344,6 @@ async def test_an_eviction_walk_spares_a_bounded_number_of_keys(tmp_path: Path) 
     finally:
         store._lru.clear()
         await store.close()
-
-
-@asynccontextmanager
-async def ready_edge(root: Path) -> AsyncIterator[DiskEdge]:
-    """An edge whose memory tier holds nothing new (as when it is full)."""
-    async with running_disk_edge(root, memory_bytes=64 * KiB) as edge:
-        yield edge
-
-
-def fill_tier(edge: DiskEdge) -> None:
-    """Make the memory tier full and forget every key it saw read (as under a long
-    tail): a read from disk now is not admitted."""
-    edge.store.memory.max_bytes = 0
-    edge.store.memory.forget_sightings()
 
 
 async def test_the_front_answers_from_a_ready_answer_as_from_memory(tmp_path: Path) -> None:
@@ -516,8 +430,8 @@ async def test_a_refreshed_object_gets_a_new_ready_answer(tmp_path: Path) -> Non
     the new one from the index."""
     async with two_workers(tmp_path) as (first, second):
         for store in (first, second):
-            store.ready_maker = lambda _meta, size: ReadyHead(
-                b"Content-Length: %d\r\n\r\n" % size, False, "edge1; ", 200, TAG
+            store.ready_maker = lambda _meta, _codings, _settled: ReadyHead(
+                (("identity", b""),), False, "edge1; ", 200, TAG
             )
         await put(first, "k", b"body")
         await synced(second, "k")
@@ -538,18 +452,17 @@ async def test_a_refreshed_object_gets_a_new_ready_answer(tmp_path: Path) -> Non
 async def test_a_refresh_makes_no_ready_answer_for_what_the_maker_refuses(
     tmp_path: Path,
 ) -> None:
-    """No maker's head (an object the lane does not answer from memory either), or a
-    body of another length than the head was made for: no new answer, and the old
-    one is still dead."""
+    """No maker's head (an object the lane does not answer from memory either), or
+    heads made for other codings than the row's (a stale view of the object: another
+    worker added its variants): no new answer, and the old one is still dead."""
     async with two_workers(tmp_path) as (store, _other):
         await put(store, "k", b"body")
-        store.ready_maker = lambda _meta, _size: None
+        store.ready_maker = lambda _meta, _codings, _settled: None
         await store.put_meta("k", meta(freshness_lifetime=9000.0))
         assert store.ready_answer("k", TAG) is None
-        store.ready_maker = lambda _meta, size: ReadyHead(
-            b"Content-Length: %d\r\n\r\n" % size, False, "edge1; ", 200, TAG
+        store.ready_maker = lambda _meta, _codings, _settled: ReadyHead(
+            (("identity", b""), ("br", b"Content-Encoding: br\r\n")), False, "edge1; ", 200, TAG
         )
-        store._lru["k"] = 5  # a stale view of its length (replaced by another worker)
         await store.put_meta("k", meta(freshness_lifetime=8000.0))
         assert store.ready_answer("k", TAG) is None
         entry = store.get_now("k")
