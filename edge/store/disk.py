@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import diskcache
 import xxhash
@@ -44,6 +45,7 @@ from edge.store.disk_inline import (
     memory_backed,
     read_mode,
 )
+from edge.store.disk_layout import AddVariants
 from edge.store.interface import (
     NOT_NOW,
     BodyCorrupt,
@@ -157,14 +159,15 @@ class DiskStore(StoreBase):
         #: cleared when `close` starts, so no hit on the loop slices a mapping the
         #: gateway is closing
         self._view: mmap.mmap | None = None
-        #: commits waiting for the committer task, which indexes them in one batch
-        self._pending: list[
-            tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]
-        ] = []
+        #: commits (and variants added) waiting for the committer task, which
+        #: indexes them in one batch
+        self._pending: list[tuple[Install | AddVariants, asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
         #: index transactions that carried commits, and the commits they carried
         self.commit_batches = 0
         self.commits = 0
+        #: index transactions that carried variants added (`add_encodings`)
+        self.variant_batches = 0
         #: index commit batches on the event loop: the directory is in memory
         #: (tmpfs), where a transaction never waits on a device, and the hand-off to
         #: a gateway thread and back costs more than the transaction (cold misses of
@@ -671,41 +674,54 @@ class DiskStore(StoreBase):
         carries many commits (`DiskIndex.install_many`) and a lone commit waits for
         nothing but its own.
         """
+        result: tuple[_Record, _Record | None, int] = await self._batched(item)
+        return result
+
+    async def _batched(self, item: Install | AddVariants) -> Any:
+        """`item` done by the committer with every other one ready meanwhile: its
+        result, or its error raised (`StoreError`)."""
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[_Record, _Record | None, int]] = loop.create_future()
+        done: asyncio.Future[Any] = loop.create_future()
         self._pending.append((item, done))
         if self._committer is None:
             self._committer = loop.create_task(self._commit_batches())
         return await done
 
     async def _commit_batches(self) -> None:
-        """The committer: index what is pending, one transaction per batch."""
-        batch: list[tuple[Install, asyncio.Future[tuple[_Record, _Record | None, int]]]] = []
+        """The committer: index what is pending, one transaction per batch (two when
+        it holds both commits and variants)."""
+        batch: list[tuple[Install | AddVariants, asyncio.Future[Any]]] = []
         try:
             while self._pending:
                 if self.commit_inline:
                     await asyncio.sleep(0)  # commits made in this turn join the batch
                 batch, self._pending = self._pending, []
-                self.commit_batches += 1
-                self.commits += len(batch)
+                # installs first, as `_commit_many` answers them
+                batch.sort(key=lambda pair: isinstance(pair[0], AddVariants))
+                installs = [i for i, _ in batch if isinstance(i, Install)]
+                adds = [i for i, _ in batch if isinstance(i, AddVariants)]
+                if installs:
+                    self.commit_batches += 1
+                    self.commits += len(installs)
+                if adds:
+                    self.variant_batches += 1
                 try:
-                    items = [i for i, _ in batch]
                     if self.commit_inline:
-                        results = self._install_now(items)
+                        done_by_item = self._commit_now(installs, adds)
                     else:
-                        results = await self._run(self._disk.install_many, items)
+                        done_by_item = await self._run(self._commit_many, installs, adds)
                 except Exception as exc:
                     for _item, done in batch:
                         if not done.done():
                             done.set_exception(exc)
                     continue
-                for (item, done), result in zip(batch, results, strict=True):
+                for (item, done), result in zip(batch, done_by_item, strict=True):
                     if done.done():
                         continue  # its waiter was cancelled; the row is in place
                     if isinstance(result, OSError):
-                        done.set_exception(StoreError(f"install {item.key!r}: {result}"))
+                        done.set_exception(StoreError(f"commit {item.key!r}: {result}"))
                     else:
                         done.set_result(result)
         finally:
@@ -715,15 +731,21 @@ class DiskStore(StoreBase):
                     done.set_exception(StoreError("store is closing"))
             self._pending = []
 
-    def _install_now(
-        self, items: list[Install]
-    ) -> list[tuple[_Record, _Record | None, int] | OSError]:
-        """`DiskIndex.install_many` on the event loop, its storage errors as the
-        gateway's (`StoreError`)."""
+    def _commit_many(self, installs: list[Install], adds: list[AddVariants]) -> list[Any]:
+        """`DiskIndex.install_many` of `installs` and `add_variants_many` of `adds`:
+        the results in the order of the two lists, installs first."""
+        results: list[Any] = self._disk.install_many(installs) if installs else []
+        if adds:
+            results += self._disk.add_variants_many(adds)
+        return results
+
+    def _commit_now(self, installs: list[Install], adds: list[AddVariants]) -> list[Any]:
+        """`_commit_many` on the event loop, its storage errors as the gateway's
+        (`StoreError`)."""
         try:
-            return self._disk.install_many(items)
+            return self._commit_many(installs, adds)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise StoreError(f"install_many: {exc}") from exc
+            raise StoreError(f"commit: {exc}") from exc
 
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Move `src_path` in as another encoding of `key`; None (and the file removed) if gone."""
@@ -747,7 +769,7 @@ class DiskStore(StoreBase):
                     meta, have = (row.meta, row.codings) if row is not None else (None, ())
                 if meta is not None:
                     ready = maker(meta, (*have, *(c for c in paths if c not in have)), True)
-            added = await self._run(self._disk.add_encodings, key, paths, ready)
+            added = await self._batched(AddVariants(key, paths, ready))
             self._version += 1
             if added is None:
                 self.memory.discard(key)

@@ -48,6 +48,7 @@ from edge.store.disk_layout import (
     ORPHAN_GRACE,
     ROW_BODY_MAX,
     ROW_MAX,
+    AddVariants,
     Install,
     _Record,
     decode_row,
@@ -530,62 +531,92 @@ class DiskIndex:
     def add_encodings(
         self, key: str, paths: Mapping[str, str], ready: ReadyHead | None = None
     ) -> tuple[_Record, dict[str, bytes], int] | None:
-        """Checksum the finished files of `paths` and put them in as `key`'s bodies in
-        their codings, in one transaction; the row, the bytes of those small enough
-        for the memory tier, and the location of the object's new ready answer (0:
-        none). None, the files removed, if the object is gone.
+        """`add_variants_many` of one object, its error raised."""
+        result = self.add_variants_many([AddVariants(key, paths, ready)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def add_variants_many(
+        self, items: Sequence[AddVariants]
+    ) -> list[tuple[_Record, dict[str, bytes], int] | OSError | None]:
+        """Checksum the finished files of each item and put them in as its object's
+        bodies in their codings, all in one transaction; per item the row, the bytes
+        of the bodies small enough for the memory tier, and the location of the
+        object's new ready answer (0: none); None, the files removed, if the object
+        is gone; or the error that stopped it. The keys are distinct (the caller
+        holds their locks).
 
         A body of at most `row_body_max` bytes goes into the row, as a small identity
         body does (and its file goes once the row is in); a larger one is renamed
         into bodies/. The old ready answer is marked dead (the answer now depends on
-        Accept-Encoding); with `ready`, the heads for the codings the row then has,
-        a new one holding every coding's answer is written when all its bodies are
-        kept in the row."""
-        read: list[tuple[str, str, int, bytes | None, int]] = []
-        for encoding, src in paths.items():
-            size = os.stat(src).st_size
-            data = None
-            hasher = xxhash.xxh3_64()
-            with open(src, "rb") as f:
-                if size <= self.row_body_max or size <= self.memory_object_max:
-                    data = f.read()  # small: the memory tier keeps a copy
-                    hasher.update(data)
-                else:
-                    while chunk := f.read(MiB):
-                        hasher.update(chunk)
-            read.append((encoding, src, size, data, hasher.intdigest()))
-        moved: list[str] = []
+        Accept-Encoding); with the item's `ready`, the heads for the codings the row
+        then has, a new one holding every coding's answer is written when all its
+        bodies are kept in the row."""
+        results: list[tuple[_Record, dict[str, bytes], int] | OSError | None] = []
+        reads: list[tuple[int, list[tuple[str, str, int, bytes | None, int]]]] = []
+        for n, item in enumerate(items):
+            try:
+                reads.append((n, [self._read_variant(c, src) for c, src in item.paths.items()]))
+                results.append(None)
+            except OSError as exc:
+                results.append(exc)
+        olds: list[tuple[int, _Record, list[str]]] = []
         with self._writing():
-            old = self.row(key)
-            if old is None:
-                for src in paths.values():
-                    unlink_quietly(src)
-                return None
-            record = old
-            for encoding, src, size, data, checksum in read:
-                place: str | bytes
-                if size <= self.row_body_max and data is not None and len(data) == size:
-                    place = data
-                    moved.append(src)
-                else:
-                    place, full = self._new_body_path(encoding)
-                    os.rename(src, full)
-                record = record.with_body(encoding, place, size, checksum)
-            made = None
-            if ready is not None and set(ready.codings) == set(record.codings):
-                bodies = record.bodies_in_row(READY_BODY_MAX)
-                if bodies is not None:
-                    made = encode_record(key, ready, record.meta, bodies)
-            loc = self._ring().append_many([made])[0] if made is not None else 0
-            self._put_row(key, record, loc)  # the old answer marked dead
-            self._count(record.size - old.size)
-        for body in old.bodies:
-            if body[0] in paths and isinstance(body[1], str):
-                unlink_quietly(self.abs_path(body[1]))
-        for src in moved:
-            unlink_quietly(src)
-        small = {encoding: data for encoding, _s, _z, data, _c in read if data is not None}
-        return record, small, loc
+            delta = 0
+            for n, read in reads:
+                item = items[n]
+                old = self.row(item.key)
+                if old is None:
+                    for src in item.paths.values():
+                        unlink_quietly(src)
+                    continue
+                record = old
+                moved: list[str] = []
+                for encoding, src, size, data, checksum in read:
+                    place: str | bytes
+                    if size <= self.row_body_max and data is not None and len(data) == size:
+                        place = data
+                        moved.append(src)
+                    else:
+                        place, full = self._new_body_path(encoding)
+                        os.rename(src, full)
+                    record = record.with_body(encoding, place, size, checksum)
+                made = None
+                ready = item.ready
+                if ready is not None and set(ready.codings) == set(record.codings):
+                    bodies = record.bodies_in_row(READY_BODY_MAX)
+                    if bodies is not None:
+                        made = encode_record(item.key, ready, record.meta, bodies)
+                loc = self._ring().append_many([made])[0] if made is not None else 0
+                self._put_row(item.key, record, loc)  # the old answer marked dead
+                delta += record.size - old.size
+                small = {c: data for c, _s, _z, data, _h in read if data is not None}
+                results[n] = (record, small, loc)
+                olds.append((n, old, moved))
+            self._count(delta)
+        for n, old, moved in olds:
+            for body in old.bodies:
+                if body[0] in items[n].paths and isinstance(body[1], str):
+                    unlink_quietly(self.abs_path(body[1]))
+            for src in moved:
+                unlink_quietly(src)
+        return results
+
+    def _read_variant(self, encoding: str, src: str) -> tuple[str, str, int, bytes | None, int]:
+        """A finished variant file: (coding, path, size, its bytes when small enough
+        for the row or the memory tier, checksum)."""
+        size = os.stat(src).st_size
+        data = None
+        hasher = xxhash.xxh3_64()
+        with open(src, "rb") as f:
+            if size <= self.row_body_max or size <= self.memory_object_max:
+                data = f.read()  # small: the memory tier keeps a copy
+                hasher.update(data)
+            else:
+                while chunk := f.read(MiB):
+                    hasher.update(chunk)
+        return encoding, src, size, data, hasher.intdigest()
 
     def put_meta(
         self, key: str, meta: object, ready: ReadyHead | None = None

@@ -15,10 +15,14 @@ import marshal
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.cache.model import ObjectMeta
+
+if TYPE_CHECKING:
+    from edge.store.ready import ReadyHead
 from edge.store.interface import KiB
 from edge.store.writer import unlink_quietly
 
@@ -116,6 +120,18 @@ class Install:
     #: its ready answer (`edge.store.ready.encode_record`), written to the ring with
     #: the row, which keeps its location
     ready: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddVariants:
+    """Finished files to move in as an object's bodies in their codings (see
+    `DiskIndex.add_variants_many`), with the heads of its ready answer in every
+    coding it then has (`edge.store.ready.ReadyHead`), if one is to be made."""
+
+    key: str
+    #: coding → the finished file
+    paths: Mapping[str, str]
+    ready: ReadyHead | None = None
 
 
 # rows are pickled under the name older releases wrote them with (`edge.store` before

@@ -10,6 +10,7 @@ Accept-Encoding, against the same hit answered from memory."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -320,3 +321,38 @@ async def test_a_compressible_object_not_worth_compressing_gets_an_identity_answ
         assert edge.engine.hot.disk_hits == disk_hits + 1
         assert ready.body == body and "Content-Encoding" not in ready.headers
         assert "Vary" not in ready.headers
+
+
+async def test_variants_added_at_once_share_one_transaction_with_commits(
+    tmp_path: Path,
+) -> None:
+    """Variants of many objects added at once go to the index in one batch, and
+    each caller gets its own object's result, also when commits of other objects
+    share the batch (commits are answered first: a mix-up would give a caller
+    another object's row)."""
+    for in_memory in (False, True):
+        store = await DiskStore.open(
+            str(tmp_path / str(in_memory)), 1 << 30, commit_inline=in_memory
+        )
+        store.ready_maker = coded_maker
+        try:
+            keys = [f"k{n}" for n in range(16)]
+            for key in keys:
+                await put(store, key, key.encode() * 40, compressible=True)
+            batches = store.variant_batches
+            paths = [{"br": tmp_body(store, "br", b"br of " + key.encode())} for key in keys]
+            added = await asyncio.gather(
+                *(store.add_encodings(key, p) for key, p in zip(keys, paths, strict=True)),
+                put(store, "new", b"a new object"),
+            )
+            assert store.variant_batches - batches <= 2  # not one per object
+            for key, result in zip(keys, added[:-1], strict=True):
+                assert isinstance(result, dict) and result["br"].data == b"br of " + key.encode()
+                found = store.ready_answer(key, TAG)
+                assert found is not None and found.coding_names() == ("identity", "br")
+                one = coded_answer(found, "br")
+                assert one is not None and one.body == b"br of " + key.encode()
+            entry = await store.get("new")
+            assert entry is not None and entry.bodies["identity"].data == b"a new object"
+        finally:
+            await store.close()
