@@ -5,19 +5,19 @@ match count a purge's status reports."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from edge.cache.keys import VARIANT_SEPARATOR, primary_key
+from edge.cache.keys import VARIANT_SEPARATOR
 from edge.cache.model import ObjectMeta
-from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict, purge_target
+from edge.cache.purge import PurgeRecord, PurgeRules, PurgeVerdict, url_keys
 from edge.metrics import NodeMetrics
 from edge.purge_sync import PurgeSync
 from edge.store import DiskStore, io
 from edge.store.disk_index import BYTES_KEY
 from edge.workers import WorkerSupervisor
-from fleet.config import Fleet, NodeConfig, Service, split_host_port
+from fleet.config import Fleet, NodeConfig, split_host_port
 from runtime.auth import bearer_matches
 
 #: Objects a purge's match count looks at, at most (the count is for reporting).
@@ -120,18 +120,3 @@ def match_counter(fleet: Fleet, store: DiskStore) -> Callable[[PurgeRecord], Awa
         return matched
 
     return count
-
-
-def url_keys(service: Service, urls: Sequence[str]) -> list[str]:
-    """The primary keys the purge URLs of `service` name: one for a URL with a host,
-    one per host of the service for a path (a URL the service does not serve names
-    none)."""
-    keys: list[str] = []
-    for url in urls:
-        try:
-            host, target = purge_target(service, url)
-        except ValueError:
-            continue
-        for each in (host,) if host else service.hosts:
-            keys.append(primary_key(service.name, each, target))
-    return keys

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from edge.cache.keys import normalize_target
+from edge.cache.keys import normalize_target, primary_key
 from fleet.config import Service
 from runtime.purge_wire import PurgeRecord
 
@@ -90,6 +90,26 @@ def purge_target(service: Service, item: str) -> tuple[str, str]:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     policy = service.cache_key
     return host, normalize_target(target, policy.sort_query, policy.drop_params)
+
+
+def url_keys(service: Service, urls: Sequence[str]) -> list[str]:
+    """The primary keys the purge URLs of `service` name: one for a URL with a host,
+    one per host of the service for a path (a URL the service does not serve names
+    none)."""
+    keys: list[str] = []
+    for url in urls:
+        try:
+            host, target = purge_target(service, url)
+        except ValueError:
+            continue
+        for each in (host,) if host else service.hosts:
+            keys.append(primary_key(service.name, each, target))
+    return keys
+
+
+#: primary keys the reclaim sweep is told of (`PurgeRules.take_reclaim`) before it is
+#: told to scan the whole store instead
+RECLAIM_KEYS_MAX = 10_000
 
 
 class _Times:
@@ -227,6 +247,13 @@ class PurgeRules:
         self.applied_seq = 0
         self._applied_above: set[int] = set()  # applied seqs beyond a gap
         self.observer: RulesObserver | None = None
+        #: what the reclaim sweep has not looked at yet, kept once one asks for it
+        #: (`track_reclaim`): the primary keys hard rules by URL and invalidations
+        #: named, or that the whole store must be scanned (a hard rule by prefix,
+        #: tag or everything; too many keys; rules from before the tracking began)
+        self._tracking = False
+        self._reclaim_keys: set[str] = set()
+        self._reclaim_scan = False
 
     def serve(self, services: Sequence[Service]) -> None:
         """Take the services of a reloaded fleet file: new ones get (empty) rules,
@@ -265,7 +292,35 @@ class PurgeRules:
         rules = self._services.get(record.service)
         if rules is not None:
             rules.add(record, applied_at)
+            if self._tracking and not record.soft:
+                if record.all or record.prefixes or record.tags:
+                    self._reclaim_scan = True
+                else:
+                    self._to_reclaim(url_keys(rules.service, record.urls))
         self.version += 1
+
+    def track_reclaim(self) -> None:
+        """Keep what the reclaim sweep must look at from now on (`take_reclaim`);
+        whatever was applied before is for a scan of the whole store."""
+        self._tracking = True
+        self._reclaim_scan = self._reclaim_scan or self.version > 0
+
+    def take_reclaim(self) -> tuple[bool, list[str]]:
+        """What changed since the last call: whether the whole store must be scanned,
+        else the primary keys whose objects (and variants) rules may have made
+        GONE. Both forgotten here."""
+        scan, keys = self._reclaim_scan, sorted(self._reclaim_keys)
+        self._reclaim_scan = False
+        self._reclaim_keys = set()
+        return scan, [] if scan else keys
+
+    def _to_reclaim(self, keys: Sequence[str]) -> None:
+        if self._reclaim_scan:
+            return
+        self._reclaim_keys.update(keys)
+        if len(self._reclaim_keys) > RECLAIM_KEYS_MAX:
+            self._reclaim_scan = True  # bounded: a scan finds them all the same
+            self._reclaim_keys = set()
 
     def invalidate(self, service: str, host: str, target: str, applied_at: float) -> None:
         """RFC 9111 4.4: an unsafe request to `host` + `target` (normalized) succeeded.
@@ -281,6 +336,8 @@ class PurgeRules:
             return
         host = _strip_port(host.lower())
         rules.invalidate(host, target, applied_at)
+        if self._tracking:
+            self._to_reclaim((primary_key(service, host, target),))
         self.version += 1
         if self.observer is not None:
             self.observer.invalidated(service, host, target, applied_at)

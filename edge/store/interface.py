@@ -183,6 +183,12 @@ class ObjectStore(Protocol):
         not hold every key at once (a list of 10^6 keys takes about 85 MiB)."""
         ...
 
+    async def keys_of(self, bases: list[str], separator: str, limit: int) -> list[str]:
+        """The keys stored that are one of `bases` or start with one and `separator`
+        (its variants' keys), up to `limit` in all; costs what matches, not what is
+        stored."""
+        ...
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist, read without promoting anything into
         the memory tier (for background scans, which must not evict hot entries)."""

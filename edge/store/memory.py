@@ -129,6 +129,16 @@ class MemoryStore(StoreBase):
         page = list(self._entries)[after : after + limit]
         return page, after + len(page)
 
+    async def keys_of(self, bases: list[str], separator: str, limit: int) -> list[str]:
+        """The keys that are one of `bases` or start with one and `separator`."""
+        wanted = set(bases)
+        found = [
+            key
+            for key in self._entries
+            if key in wanted or (key.partition(separator)[0] in wanted and separator in key)
+        ]
+        return found[:limit]
+
     async def metas(self, keys: list[str]) -> list[tuple[str, object]]:
         """The metadata of `keys` that exist."""
         return [(key, self._entries[key].meta) for key in keys if key in self._entries]
