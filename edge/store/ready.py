@@ -200,8 +200,9 @@ def coded_answer(record: ReadyRecord, coding: str) -> ReadyRecord | None:
     for number, head_length, body_length in _CODED.iter_unpack(record.codings):
         end = start + head_length + body_length
         if number == wanted:
-            return record._replace(
-                answer=record.answer[start:end], body_length=body_length, codings=b""
+            # `_replace`, in one C call: this runs on every disk hit of such an object
+            return _new_tuple(
+                ReadyRecord, (record.answer[start:end], body_length, *record[2:10], b"")
             )
         start = end
     return None
