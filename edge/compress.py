@@ -344,8 +344,8 @@ async def make_variants(
     }
     discard = [path for enc, path in outputs.items() if enc not in kept]
     # all at once: the store makes the object's ready answer in every coding then
-    added = await store.add_encodings(key, kept)
-    if added is None:  # evicted or purged meanwhile; add_encodings removed the files
+    added = await store.add_encodings(key, kept, made_from=source)
+    if added is None:  # evicted, purged or replaced meanwhile; the files were removed
         added = {}
     if discard:
         await io.run(_unlink_all, discard)

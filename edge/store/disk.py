@@ -752,11 +752,14 @@ class DiskStore(StoreBase):
         added = await self.add_encodings(key, {encoding: src_path})
         return added[encoding] if added is not None else None
 
-    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
+    async def add_encodings(
+        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+    ) -> dict[str, BodyRef] | None:
         """Move the files of `paths` in as `key`'s bodies in their codings, in one
         transaction that also writes the object's ready answer in all its codings
         (its variants are all made: `paths` may be empty when none was worth
-        keeping); None (and the files removed) if the object is gone."""
+        keeping); None (and the files removed) if the object is gone, or no longer
+        has the body `made_from` the files were made from."""
         async with self._key_lock(key):
             maker = self.ready_maker
             ready = None
@@ -769,7 +772,12 @@ class DiskStore(StoreBase):
                     meta, have = (row.meta, row.codings) if row is not None else (None, ())
                 if meta is not None:
                     ready = maker(meta, (*have, *(c for c in paths if c not in have)), True)
-            added = await self._batched(AddVariants(key, paths, ready))
+            source = (
+                (made_from.encoding, made_from.size, made_from.checksum)
+                if made_from is not None
+                else None
+            )
+            added = await self._batched(AddVariants(key, paths, ready, source))
             self._version += 1
             if added is None:
                 self.memory.discard(key)

@@ -544,8 +544,9 @@ class DiskIndex:
         bodies in their codings, all in one transaction; per item the row, the bytes
         of the bodies small enough for the memory tier, and the location of the
         object's new ready answer (0: none); None, the files removed, if the object
-        is gone; or the error that stopped it. The keys are distinct (the caller
-        holds their locks).
+        is gone or no longer has the body the files were made from (`made_from`);
+        or the error that stopped it. The keys are distinct (the caller holds their
+        locks).
 
         A body of at most `row_body_max` bytes goes into the row, as a small identity
         body does (and its file goes once the row is in); a larger one is renamed
@@ -567,7 +568,10 @@ class DiskIndex:
             for n, read in reads:
                 item = items[n]
                 old = self.row(item.key)
-                if old is None:
+                if old is None or (
+                    item.made_from is not None and not old.has_body(*item.made_from)
+                ):
+                    # gone, or replaced since the files were made from its body
                     for src in item.paths.values():
                         unlink_quietly(src)
                     continue

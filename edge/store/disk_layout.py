@@ -91,6 +91,15 @@ class _Record:
         """The codings of its bodies, in its order."""
         return tuple(b[0] for b in self.bodies)
 
+    def has_body(self, encoding: str, size: int, checksum: int | None) -> bool:
+        """Whether it has this body (by its coding, size and checksum, when known)."""
+        return any(
+            body[0] == encoding
+            and body[2] == size
+            and (checksum is None or body[3] is None or body[3] == checksum)
+            for body in self.bodies
+        )
+
     def bodies_in_row(self, limit: int) -> dict[str, bytes] | None:
         """Its bodies by coding when every one is kept in the row, whole, and of at
         most `limit` bytes (what a ready answer is made of); else None."""
@@ -132,6 +141,9 @@ class AddVariants:
     #: coding → the finished file
     paths: Mapping[str, str]
     ready: ReadyHead | None = None
+    #: (coding, size, checksum) of the body the files were made from: the row must
+    #: still have it, or the files are another object's variants
+    made_from: tuple[str, int, int | None] | None = None
 
 
 # rows are pickled under the name older releases wrote them with (`edge.store` before

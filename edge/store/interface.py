@@ -145,11 +145,15 @@ class ObjectStore(Protocol):
         """Move a finished file in as another encoding of an entry; None if the entry is gone."""
         ...
 
-    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
+    async def add_encodings(
+        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+    ) -> dict[str, BodyRef] | None:
         """Move finished files in as an entry's bodies in their codings (`paths`: coding
         to file), all at once, when the entry has every coding it will get (a store
-        that keeps ready answers makes the one for all its codings then); None if
-        the entry is gone."""
+        that keeps ready answers makes the one for all its codings then); None (and
+        the files removed) if the entry is gone, or no longer has the body
+        `made_from` that the files were made from (replaced meanwhile: they are
+        another object's variants)."""
         ...
 
     def tmp_path(self, suffix: str = "") -> str:

@@ -92,8 +92,16 @@ class MemoryStore(StoreBase):
         self._evict(keep=key)
         return ref
 
-    async def add_encodings(self, key: str, paths: Mapping[str, str]) -> dict[str, BodyRef] | None:
-        """`add_encoding` of each of `paths`; None (and the files removed) if gone."""
+    async def add_encodings(
+        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+    ) -> dict[str, BodyRef] | None:
+        """`add_encoding` of each of `paths`; None (and the files removed) if gone, or
+        replaced since `made_from` was read."""
+        entry = self._entries.get(key)
+        if entry is not None and made_from is not None and not _has_body(entry, made_from):
+            for path in paths.values():
+                unlink_quietly(path)
+            return None
         added: dict[str, BodyRef] = {}
         for encoding, path in paths.items():
             if key not in self._entries:
@@ -162,3 +170,9 @@ def _read_and_unlink(path: str) -> bytes:
         body = f.read()
     os.unlink(path)
     return body
+
+
+def _has_body(entry: StoredEntry, body: BodyRef) -> bool:
+    """Whether `entry` still has `body` (the same coding, size and bytes)."""
+    held = entry.bodies.get(body.encoding)
+    return held is not None and held.size == body.size and held.data == body.data

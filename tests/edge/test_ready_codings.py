@@ -19,7 +19,7 @@ from pathlib import Path
 import brotli
 
 from edge.cache.model import ObjectMeta
-from edge.store import DiskStore
+from edge.store import DiskStore, MemoryStore
 from edge.store.ready import (
     CODINGS,
     ReadyHead,
@@ -356,3 +356,43 @@ async def test_variants_added_at_once_share_one_transaction_with_commits(
             assert entry is not None and entry.bodies["identity"].data == b"a new object"
         finally:
             await store.close()
+
+
+async def test_variants_of_a_body_replaced_meanwhile_are_not_added(tmp_path: Path) -> None:
+    """Variants made from the first body of an object that was stored again while
+    they were made are another object's: they are not added (their files go), and
+    the new object keeps its own bodies, and gets no ready answer of theirs."""
+    async with two_workers(tmp_path) as (store, other):
+        store.ready_maker = other.ready_maker = coded_maker
+        await put(store, "k", b"first body " * 20, compressible=True)
+        first = await store.get("k")
+        assert first is not None
+        source = first.bodies["identity"]
+        await put(other, "k", b"second body " * 20, compressible=True)  # another worker
+        path = tmp_body(store, "br", b"br of the first body")
+        assert await store.add_encodings("k", {"br": path}, made_from=source) is None
+        assert not os.path.exists(path)
+        store.forget_cached("k")
+        entry = await store.get("k")
+        assert entry is not None and set(entry.bodies) == {"identity"}
+        assert entry.bodies["identity"].data == b"second body " * 20
+        assert other.ready_answer("k", TAG) is None
+        # made from the body it has: added
+        current = entry.bodies["identity"]
+        path = tmp_body(store, "br", b"br of the second body")
+        added = await store.add_encodings("k", {"br": path}, made_from=current)
+        assert added is not None and added["br"].data == b"br of the second body"
+
+
+async def test_the_memory_store_refuses_variants_of_a_replaced_body(tmp_path: Path) -> None:
+    store = MemoryStore(1 << 20)
+    writer = store.begin("k")
+    await writer.write(b"first")
+    first = await writer.commit(meta())
+    writer = store.begin("k")
+    await writer.write(b"second")
+    await writer.commit(meta())
+    path = str(tmp_path / "v.br")
+    Path(path).write_bytes(b"br of first")
+    assert await store.add_encodings("k", {"br": path}, first.bodies["identity"]) is None
+    assert not os.path.exists(path)
