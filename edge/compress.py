@@ -51,6 +51,11 @@ GZIP_LEVEL = 6
 KEEP_RATIO = 0.95
 #: bytes read from the source per step
 CHUNK = 256 * 1024
+#: an identity source held in memory of at most this many bytes is compressed in
+#: memory and its variants handed to the store as bytes (`_code_in_memory`): as temp
+#: files they were written, read back by the index and removed, fourteen system
+#: calls for variants the index keeps in their row
+IN_MEMORY_MAX = 64 * 1024
 #: the size a decoder's output pieces are held to (bounds memory on highly compressed
 #: input); brotli's output buffer may overshoot its limit, up to twice this
 DECODE_PIECE = 256 * 1024
@@ -295,6 +300,19 @@ def _transcode(
     return {encoder.encoding: encoder.size for encoder in encoders}
 
 
+def _code_in_memory(data: bytes, codings: list[str]) -> dict[str, bytes]:
+    """`data` (identity) in each of `codings` (br, gzip), as `_transcode` codes it."""
+    coded: dict[str, bytes] = {}
+    for coding in codings:
+        if coding == "gzip":
+            z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            coded[coding] = z.compress(data) + z.flush()
+        elif coding == "br":
+            b = brotli.Compressor(quality=BROTLI_QUALITY)
+            coded[coding] = b.process(data) + b.finish()
+    return coded
+
+
 def _unlink_all(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -330,6 +348,11 @@ async def make_variants(
         wanted.extend(enc for enc in STORED_ENCODINGS if enc not in have)
     if not wanted:
         return {}
+    if source.encoding == "identity" and source.data is not None and source.size <= IN_MEMORY_MAX:
+        coded = await io.run(_code_in_memory, source.data, wanted)
+        small = {enc: data for enc, data in coded.items() if len(data) <= source.size * KEEP_RATIO}
+        # all at once: the store makes the object's ready answer in every coding then
+        return await store.add_encodings(key, small, made_from=source) or {}
     outputs = {enc: store.tmp_path("." + enc) for enc in wanted}
     try:
         sizes = await io.run(_transcode, source, outputs, max_decoded)

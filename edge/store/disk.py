@@ -753,7 +753,7 @@ class DiskStore(StoreBase):
         return added[encoding] if added is not None else None
 
     async def add_encodings(
-        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+        self, key: str, paths: Mapping[str, str | bytes], made_from: BodyRef | None = None
     ) -> dict[str, BodyRef] | None:
         """Move the files of `paths` in as `key`'s bodies in their codings, in one
         transaction that also writes the object's ready answer in all its codings

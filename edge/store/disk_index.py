@@ -540,8 +540,8 @@ class DiskIndex:
     def add_variants_many(
         self, items: Sequence[AddVariants]
     ) -> list[tuple[_Record, dict[str, bytes], int] | OSError | None]:
-        """Checksum the finished files of each item and put them in as its object's
-        bodies in their codings, all in one transaction; per item the row, the bytes
+        """Checksum the finished files (or the bytes) of each item and put them in as
+        its object's bodies in their codings, all in one transaction; per item the row, the bytes
         of the bodies small enough for the memory tier, and the location of the
         object's new ready answer (0: none); None, the files removed, if the object
         is gone or no longer has the body the files were made from (`made_from`);
@@ -550,12 +550,12 @@ class DiskIndex:
 
         A body of at most `row_body_max` bytes goes into the row, as a small identity
         body does (and its file goes once the row is in); a larger one is renamed
-        into bodies/. The old ready answer is marked dead (the answer now depends on
-        Accept-Encoding); with the item's `ready`, the heads for the codings the row
-        then has, a new one holding every coding's answer is written when all its
-        bodies are kept in the row."""
+        (or, given as bytes, written) into bodies/. The old ready answer is marked
+        dead (the answer now depends on Accept-Encoding); with the item's `ready`,
+        the heads for the codings the row then has, a new one holding every
+        coding's answer is written when all its bodies are kept in the row."""
         results: list[tuple[_Record, dict[str, bytes], int] | OSError | None] = []
-        reads: list[tuple[int, list[tuple[str, str, int, bytes | None, int]]]] = []
+        reads: list[tuple[int, list[tuple[str, str | None, int, bytes | None, int]]]] = []
         for n, item in enumerate(items):
             try:
                 reads.append((n, [self._read_variant(c, src) for c, src in item.paths.items()]))
@@ -572,19 +572,25 @@ class DiskIndex:
                     item.made_from is not None and not old.has_body(*item.made_from)
                 ):
                     # gone, or replaced since the files were made from its body
-                    for src in item.paths.values():
-                        unlink_quietly(src)
+                    for given in item.paths.values():
+                        if isinstance(given, str):
+                            unlink_quietly(given)
                     continue
                 record = old
                 moved: list[str] = []
-                for encoding, src, size, data, checksum in read:
+                for encoding, file, size, data, checksum in read:
                     place: str | bytes
                     if size <= self.row_body_max and data is not None and len(data) == size:
                         place = data
-                        moved.append(src)
+                        if file is not None:
+                            moved.append(file)
                     else:
                         place, full = self._new_body_path(encoding)
-                        os.rename(src, full)
+                        if file is not None:
+                            os.rename(file, full)
+                        else:
+                            assert data is not None
+                            write_new(full, data, sync=False)
                     record = record.with_body(encoding, place, size, checksum)
                 made = None
                 ready = item.ready
@@ -607,9 +613,13 @@ class DiskIndex:
                 unlink_quietly(src)
         return results
 
-    def _read_variant(self, encoding: str, src: str) -> tuple[str, str, int, bytes | None, int]:
-        """A finished variant file: (coding, path, size, its bytes when small enough
-        for the row or the memory tier, checksum)."""
+    def _read_variant(
+        self, encoding: str, src: str | bytes
+    ) -> tuple[str, str | None, int, bytes | None, int]:
+        """A finished variant file, or its bytes: (coding, path or None, size, its
+        bytes when small enough for the row or the memory tier, checksum)."""
+        if isinstance(src, bytes):
+            return encoding, None, len(src), src, body_checksum(src)
         size = os.stat(src).st_size
         data = None
         hasher = xxhash.xxh3_64()

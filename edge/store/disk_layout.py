@@ -138,8 +138,8 @@ class AddVariants:
     coding it then has (`edge.store.ready.ReadyHead`), if one is to be made."""
 
     key: str
-    #: coding → the finished file
-    paths: Mapping[str, str]
+    #: coding → the finished file, or the body itself (made in memory)
+    paths: Mapping[str, str | bytes]
     ready: ReadyHead | None = None
     #: (coding, size, checksum) of the body the files were made from: the row must
     #: still have it, or the files are another object's variants

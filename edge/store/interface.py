@@ -146,7 +146,7 @@ class ObjectStore(Protocol):
         ...
 
     async def add_encodings(
-        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+        self, key: str, paths: Mapping[str, str | bytes], made_from: BodyRef | None = None
     ) -> dict[str, BodyRef] | None:
         """Move finished files in as an entry's bodies in their codings (`paths`: coding
         to file), all at once, when the entry has every coding it will get (a store

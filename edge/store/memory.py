@@ -82,6 +82,10 @@ class MemoryStore(StoreBase):
     async def add_encoding(self, key: str, encoding: str, src_path: str) -> BodyRef | None:
         """Read `src_path` in as another encoding of `key` and remove it; None if gone."""
         body = await self._run(_read_and_unlink, src_path)
+        return self._add_body(key, encoding, body)
+
+    def _add_body(self, key: str, encoding: str, body: bytes) -> BodyRef | None:
+        """`body` as another encoding of `key`; None if gone."""
         old = self._entries.get(key)
         if old is None:
             return None
@@ -93,21 +97,26 @@ class MemoryStore(StoreBase):
         return ref
 
     async def add_encodings(
-        self, key: str, paths: Mapping[str, str], made_from: BodyRef | None = None
+        self, key: str, paths: Mapping[str, str | bytes], made_from: BodyRef | None = None
     ) -> dict[str, BodyRef] | None:
         """`add_encoding` of each of `paths`; None (and the files removed) if gone, or
         replaced since `made_from` was read."""
         entry = self._entries.get(key)
-        if entry is not None and made_from is not None and not _has_body(entry, made_from):
+        if entry is None or (made_from is not None and not _has_body(entry, made_from)):
             for path in paths.values():
-                unlink_quietly(path)
+                if isinstance(path, str):
+                    unlink_quietly(path)
             return None
         added: dict[str, BodyRef] = {}
         for encoding, path in paths.items():
             if key not in self._entries:
-                unlink_quietly(path)
+                if isinstance(path, str):
+                    unlink_quietly(path)
                 continue
-            ref = await self.add_encoding(key, encoding, path)
+            if isinstance(path, bytes):
+                ref = self._add_body(key, encoding, path)
+            else:
+                ref = await self.add_encoding(key, encoding, path)
             if ref is not None:
                 added[encoding] = ref
         return added if key in self._entries else None

@@ -14,7 +14,14 @@ from pathlib import Path
 import brotli
 import pytest
 
-from edge.compress import DECODE_PIECE, DecodeError, DecodeLimit, StreamDecoder, make_variants
+from edge.compress import (
+    DECODE_PIECE,
+    IN_MEMORY_MAX,
+    DecodeError,
+    DecodeLimit,
+    StreamDecoder,
+    make_variants,
+)
 from edge.store import BodyCorrupt, BodyRef, DiskStore, MemoryStore, ObjectStore, read_body
 
 KiB = 1024
@@ -279,3 +286,43 @@ async def test_a_variant_is_not_made_past_the_decoded_limit(store: ObjectStore) 
     assert entry is not None and set(entry.bodies) == {"gzip"}  # nothing added
     if isinstance(store, DiskStore):
         assert os.listdir(store._tmp_dir) == [".lock"]  # no output left behind
+
+
+class CountingTemps(DiskStore):
+    """A disk store that counts the temp paths asked of it."""
+
+    temps = 0
+
+    def tmp_path(self, suffix: str = "") -> str:
+        self.temps += 1
+        return super().tmp_path(suffix)
+
+
+@pytest.mark.parametrize("kind", ["text", "hex"])
+async def test_a_small_body_held_in_memory_is_coded_without_temp_files(
+    tmp_path: Path, kind: str
+) -> None:
+    """Variants of a body held in memory, of at most `IN_MEMORY_MAX` bytes, go to the
+    store as bytes: no temp file is made, kept in the row when small (text), written
+    into bodies/ when not (hex, whose br passes the row's bound); both decode back."""
+    store = await CountingTemps.open(str(tmp_path / "cache"), max_bytes=1 << 30)
+    assert isinstance(store, CountingTemps)
+    try:
+        body = text_body(8 * KiB) if kind == "text" else os.urandom(30 * KiB).hex().encode()
+        assert len(body) <= IN_MEMORY_MAX
+        source = await store_body(store, "k", body)
+        assert source.data is not None
+        temps = store.temps
+        added = await make_variants(store, "k", source, "text/plain")
+        assert store.temps == temps
+        assert set(added) == {"br", "gzip"}
+        assert brotli.decompress(await read_all(added["br"])) == body
+        assert gzip.decompress(await read_all(added["gzip"])) == body
+        store.forget_cached("k")
+        entry = await store.get("k")
+        assert entry is not None and set(entry.bodies) == {"identity", "br", "gzip"}
+        in_row = entry.bodies["br"].path is None
+        assert in_row == (kind == "text")
+        assert brotli.decompress(await read_all(entry.bodies["br"])) == body
+    finally:
+        await store.close()
