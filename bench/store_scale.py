@@ -198,6 +198,7 @@ class Edge:
         cache_size: str,
         workers: int,
         memory_size: str | None = None,
+        scrub_rate: str | None = None,
     ) -> None:
         self.servers = servers
         self.cache_dir = cache_dir
@@ -224,6 +225,7 @@ class Edge:
                     f'cache_dir = "{cache_dir}"',
                     f'cache_size = "{cache_size}"',
                     f'memory_size = "{memory_size}"' if memory_size else "",
+                    f'scrub_rate = "{scrub_rate}"' if scrub_rate else "",
                     f"workers = {workers}",
                     "",
                 ]
@@ -494,7 +496,9 @@ def prepare(
     misses.start_static_origin(servers)
     path = SIZES[args.size]
     cache_dir = tmp / "edge-cache"
-    edge = Edge(servers, cache_dir, args.cache_size, args.workers, args.memory_size)
+    edge = Edge(
+        servers, cache_dir, args.cache_size, args.workers, args.memory_size, args.scrub_rate
+    )
     result = Result(count)
     edge.start()
     marker = f"seed{secrets.token_hex(3)}"
@@ -766,6 +770,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="1k")
     parser.add_argument("--cache-size", default="64GiB", help="the edge's cache_size")
     parser.add_argument("--memory-size", help="the edge's memory_size (default: its default)")
+    parser.add_argument(
+        "--scrub-rate", help='the edge\'s scrub_rate ("0": no scrubbing; default: its default)'
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)

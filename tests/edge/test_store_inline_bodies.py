@@ -395,6 +395,34 @@ async def test_a_body_damaged_in_its_row_is_dropped_never_served(tmp_path: Path)
         await reopened.close()
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+async def test_a_store_in_memory_scrubs_on_the_loop(tmp_path: Path, in_memory: bool) -> None:
+    """On tmpfs the scrubber reads rows on the event loop, as commits are made: no
+    gateway call per object (each handed the GIL back and forth with the loop),
+    and a damaged body is still found; on a device it stays on the gateway."""
+    directory = tmp_path / "cache"
+    store = await DiskStore.open(str(directory), 1 << 30, commit_inline=in_memory)
+    body = os.urandom(4 * KiB)
+    await commit(store, "k", body)
+    for n in range(10):
+        await commit(store, f"sound{n}", b"untouched")
+    await store.close()
+    corrupt_row_body(directory, "k", body)
+    reopened = await DiskStore.open(str(directory), 1 << 30, commit_inline=in_memory)
+    try:
+        calls = io.calls
+        assert await scrub_once(reopened, 1 << 30) == len(body) + 10 * len(b"untouched")
+        gateway_calls = io.calls - calls
+        assert reopened.corrupt_found == 1
+        assert "k" not in await reopened.keys()
+        if in_memory:
+            assert gateway_calls <= 4  # the pages of keys and the drop, not the rows
+        else:
+            assert gateway_calls >= 11  # a row read each
+    finally:
+        await reopened.close()
+
+
 async def test_the_scrubber_finds_a_body_damaged_in_its_row(tmp_path: Path) -> None:
     directory = tmp_path / "cache"
     store = await open_store(directory)
