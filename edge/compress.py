@@ -211,16 +211,7 @@ class _Encoder:
         self.path = path
         self.size = 0
         self._file = open(path, "xb")  # noqa: SIM115 - closed in finish/discard
-        self._compress: Callable[[bytes], bytes]
-        self._finish: Callable[[], bytes]
-        if encoding == "gzip":
-            z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            self._compress, self._finish = z.compress, z.flush
-        elif encoding == "br":
-            b = brotli.Compressor(quality=BROTLI_QUALITY)
-            self._compress, self._finish = b.process, b.finish
-        else:
-            self._compress, self._finish = (lambda data: data), (lambda: b"")
+        self._compress, self._finish = _coder(encoding)
 
     def feed(self, data: bytes) -> None:
         self._write(self._compress(data))
@@ -300,16 +291,24 @@ def _transcode(
     return {encoder.encoding: encoder.size for encoder in encoders}
 
 
+def _coder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+    """The incremental compressor of `encoding` (identity: the bytes as they are),
+    as its feed and its finish."""
+    if encoding == "gzip":
+        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return z.compress, z.flush
+    if encoding == "br":
+        b = brotli.Compressor(quality=BROTLI_QUALITY)
+        return b.process, b.finish
+    return (lambda data: data), (lambda: b"")
+
+
 def _code_in_memory(data: bytes, codings: list[str]) -> dict[str, bytes]:
-    """`data` (identity) in each of `codings` (br, gzip), as `_transcode` codes it."""
+    """`data` (identity) in each of `codings`, as `_transcode` codes it."""
     coded: dict[str, bytes] = {}
     for coding in codings:
-        if coding == "gzip":
-            z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            coded[coding] = z.compress(data) + z.flush()
-        elif coding == "br":
-            b = brotli.Compressor(quality=BROTLI_QUALITY)
-            coded[coding] = b.process(data) + b.finish()
+        compress, finish = _coder(coding)
+        coded[coding] = compress(data) + finish()
     return coded
 
 

@@ -36,7 +36,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import diskcache
 import xxhash
@@ -527,15 +527,6 @@ class DiskIndex:
         if len(body) != item.size or body_checksum(body) != item.checksum:
             raise OSError(errno.EIO, f"temp file {item.src} changed while it was committed")
         return body
-
-    def add_encodings(
-        self, key: str, paths: Mapping[str, str], ready: ReadyHead | None = None
-    ) -> tuple[_Record, dict[str, bytes], int] | None:
-        """`add_variants_many` of one object, its error raised."""
-        result = self.add_variants_many([AddVariants(key, paths, ready)])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     def add_variants_many(
         self, items: Sequence[AddVariants]

@@ -21,7 +21,7 @@ keys_zone) and the stored answer ready on disk. So does this module:
 
 An object with several codings (a compressible one, with its br and gzip variants)
 has one record holding its answer in each, made when its variants are added
-(`DiskIndex.add_encodings`), not at its commit: until then its answer's Vary is not
+(`DiskIndex.add_variants_many`), not at its commit: until then its answer's Vary is not
 settled. A hit takes the one answer of the coding the request takes
 (`coded_answer`), chosen as for a hit from memory (`choose_encoding`).
 

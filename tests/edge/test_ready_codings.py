@@ -28,6 +28,7 @@ from edge.store.ready import (
     encode_record,
     parse_record,
 )
+from tests.support.disk_lane import DiskEdge
 from tests.support.ready_store import (
     FRESH,
     TAG,
@@ -204,6 +205,22 @@ def decoded(coding: str | None, body: bytes) -> bytes:
     return body
 
 
+async def stored_and_settled(edge: DiskEdge, path: str) -> str:
+    """Fill `path` (a miss), then wait until its variants are settled and its ready
+    answer written; its key."""
+    assert (await edge.get(path)).status == 200
+    key = edge.key(path)
+    await eventually(
+        lambda: (
+            key not in edge.engine.filler.compressing
+            and edge.store.ready_answer(key, TAG) is not None
+        ),
+        f"the settled ready answer of {path}",
+        10,
+    )
+    return key
+
+
 #: Accept-Encoding values, and the coding each is answered in
 ACCEPTS = {
     None: None,
@@ -271,16 +288,7 @@ async def test_a_request_that_takes_none_of_the_codings_is_left_to_the_full_path
         edge.origin.responds(
             "/a.json", cache_control=FRESH, body=body, Content_Type="application/json"
         )
-        assert (await edge.get("/a.json")).status == 200
-        key = edge.key("/a.json")
-        await eventually(
-            lambda: (
-                key not in edge.engine.filler.compressing
-                and edge.store.ready_answer(key, TAG) is not None
-            ),
-            "the ready answer of every coding",
-            10,
-        )
+        await stored_and_settled(edge, "/a.json")
         edge.evict("/a.json")
         fill_tier(edge)
         disk_hits = edge.engine.hot.disk_hits
@@ -302,16 +310,7 @@ async def test_a_compressible_object_not_worth_compressing_gets_an_identity_answ
         edge.origin.responds(
             "/r.json", cache_control=FRESH, body=body, Content_Type="application/json"
         )
-        assert (await edge.get("/r.json")).status == 200
-        key = edge.key("/r.json")
-        await eventually(
-            lambda: (
-                key not in edge.engine.filler.compressing
-                and edge.store.ready_answer(key, TAG) is not None
-            ),
-            "the settled identity answer",
-            10,
-        )
+        key = await stored_and_settled(edge, "/r.json")
         record = edge.store.ready_answer(key, TAG)
         assert isinstance(record, ReadyRecord) and record.codings == b""
         edge.evict("/r.json")
