@@ -18,11 +18,11 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from edge.cache import transitions
 from edge.cache.encoding import choose_encoding
-from edge.cache.keys import normalize_target, primary_key
+from edge.cache.keys import TargetKeys, primary_key
 from edge.cache.model import ObjectMeta
 from edge.cache.purge import MAX_RULE_AGE, PurgeRules, PurgeVerdict
 from edge.forwarding import request_host
@@ -42,12 +42,18 @@ ROUTE_SIGHTINGS = 16_384
 #: Prepared answers of one key (one per Accept-Encoding value seen) before they are
 #: dropped and made again.
 CODINGS_PER_KEY = 16
-#: Host field values whose service and key start are remembered (`_direct_key`)
+#: Host field values whose service and key start are remembered (`_key_start`)
 #: before the table is emptied
 HOST_FIELDS = 1024
 #: Accept-Encoding values whose choice between identity alone is remembered (a
 #: ready answer is identity: `HotLane._takes_identity`) before the table is emptied
 ACCEPT_ENCODINGS = 1024
+
+
+_HOST = istr("Host")
+_ACCEPT_ENCODING = istr("Accept-Encoding")
+#: how a Host field keys its requests (`HotLane._key_start`)
+_KeyStart = tuple[TargetKeys, str] | Literal[False]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +112,10 @@ class HotLane:
         )
         self._identity_ok: dict[str, bool] = {}
         self._codings_of: dict[tuple[str | None, bytes], str] = {}
-        #: Host field → its service and the start of its keys ("service host"), or
-        #: False for a host not served: what `_direct_key` computes per field, not
-        #: per request; made again when `hosts` is replaced
-        self._key_starts: dict[str | None, tuple[Service, str] | Literal[False]] = {}
+        #: Host field → its service's keying of targets and the start of its keys
+        #: ("service host"), or False for a host not served: computed per field
+        #: (`_key_start`), not per request; made again when `hosts` is replaced
+        self._key_starts: dict[str | None, _KeyStart] = {}
         self._keys_for: Mapping[str, Service] = self.hosts
         if isinstance(memory, MemoryTier):
             # a prepared answer holds its entry: it goes when the entry leaves the
@@ -191,8 +197,9 @@ class HotLane:
         front's head) when the store has one, before the index is read.
         """
         headers = request.headers
-        host_field = headers.get("Host")
-        route = self._routes.get((host_field, request.target))
+        host_field = headers.get(_HOST)
+        target = request.target
+        route = self._routes.get((host_field, target))
         from_disk = False
         if route is not None:
             key = route.key
@@ -200,13 +207,20 @@ class HotLane:
             if entry is None and not disk:
                 return None
         elif disk:
-            key_ = self._direct_key(request, host_field)
-            if key_ is None:
-                return None
-            key = key_
+            # the key as `Engine._cacheable` computes it for a request no traffic rule
+            # acts on, from what is remembered per Host field (`_key_start`)
+            if self._keys_for is not self.hosts:
+                self._keys_for = self.hosts  # the services changed
+                self._key_starts.clear()
+            start = self._key_starts.get(host_field)
+            if start is None:
+                start = self._key_start(request, host_field)
+            if start is False or target[:1] != "/":
+                return None  # not served, or absolute-form (its authority names the host)
+            key = start[1] + start[0](target)
             entry = self.store.peek(key)
             if entry is not None:
-                self.remember(host_field, request.target, key)
+                self.remember(host_field, target, key)
         else:
             return None
         if entry is None:
@@ -231,12 +245,12 @@ class HotLane:
         if self.rules.version and purge_verdict(self.rules, meta, now) is not PurgeVerdict.NONE:
             return None
         by_coding = self._prepared.get(key)
-        prepared = by_coding.get(headers.get("Accept-Encoding")) if by_coding else None
+        prepared = by_coding.get(headers.get(_ACCEPT_ENCODING)) if by_coding else None
         if prepared is None or prepared.entry is not entry:
             # an entry the memory tier does not hold (read from disk, not admitted) is
             # prepared for this answer alone: kept, it would outlive the tier's bound
             keep = self._memory is None or self._memory.holds(entry)
-            prepared = self._prepare(key, entry, meta, headers.get("Accept-Encoding"), keep)
+            prepared = self._prepare(key, entry, meta, headers.get(_ACCEPT_ENCODING), keep)
             if prepared is None:
                 return None
         if from_disk:
@@ -254,7 +268,7 @@ class HotLane:
         request the lane answers), or None for the full path."""
         if not transitions.may_use_hot_lane(headers):
             return None
-        accept = headers.get("Accept-Encoding")
+        accept = headers.get(_ACCEPT_ENCODING)
         if ready.codings:
             # an answer per coding: the one this request takes
             coded = coded_answer(ready, self._coding_of(accept, ready))
@@ -329,31 +343,22 @@ class HotLane:
         prefix = f"{meta.upstream_cache_status}, {own}" if meta.upstream_cache_status else own
         return headers, prefix
 
-    def _direct_key(self, request: RequestHead, field: str | None) -> str | None:
-        """The primary cache key of an origin-form `request` to a served host (its
-        Host `field` as read already), as `Engine._cacheable` computes it for a
-        request no traffic rule acts on; None for anything else (the full path
-        answers it)."""
-        target = request.target
-        if not target.startswith("/"):
-            return None  # absolute-form: its authority names the host
-        hosts = self.hosts
-        if self._keys_for is not hosts:
-            self._keys_for = hosts  # the services changed
+    def _key_start(self, request: RequestHead, field: str | None) -> _KeyStart:
+        """What keys a request with the Host `field` (as read already): the target's
+        keying under its service's policy and the key's start ("service host"), or
+        False for a host not served; remembered per field (bounded: the field is the
+        client's)."""
+        if len(self._key_starts) >= HOST_FIELDS:
             self._key_starts.clear()
-        start = self._key_starts.get(field)
-        if start is None:
-            if len(self._key_starts) >= HOST_FIELDS:
-                self._key_starts.clear()  # the field is the client's: bounded
-            host = request_host(request)
-            found = hosts.get(host)
-            start = (found, primary_key(found.name, host, "")) if found is not None else False
-            self._key_starts[field] = start
-        if start is False:
-            return None
-        service, key_start = start
-        policy = service.cache_key
-        return key_start + normalize_target(target, policy.sort_query, policy.drop_params)
+        host = request_host(request)
+        found = self.hosts.get(host)
+        start: _KeyStart = False
+        if found is not None:
+            policy = found.cache_key
+            keyed = TargetKeys(policy.sort_query, policy.drop_params)
+            start = (keyed, primary_key(found.name, host, ""))
+        self._key_starts[field] = start
+        return start
 
     def _from_disk(
         self, key: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]

@@ -138,6 +138,46 @@ def normalize_target(target: str, sort_query: bool, drop_params: tuple[str, ...]
     return f"{path}?{'&'.join(params)}" if params else path
 
 
+#: names of a lone query parameter whose fate (kept or dropped) one `TargetKeys`
+#: remembers before it empties its table (the names are the client's)
+LONE_NAMES = 4096
+
+
+class TargetKeys:
+    """`normalize_target` of one service's policy, for the hit lanes, which key a
+    request before they know whether it is stored: the common target (no escape,
+    dot segment or fragment, at most one query parameter) keyed without a call
+    into the general case, and whether a lone parameter of a name is dropped
+    remembered per name, not matched against the patterns on every request."""
+
+    __slots__ = ("_lone_kept", "drop_params", "sort_query")
+
+    def __init__(self, sort_query: bool, drop_params: tuple[str, ...]) -> None:
+        self.sort_query = sort_query
+        self.drop_params = drop_params
+        #: a lone parameter's name → whether it stays in the key
+        self._lone_kept: dict[str, bool] = {}
+
+    def __call__(self, target: str) -> str:
+        """The origin-form `target` as `normalize_target` keys it under this policy."""
+        if "%" in target or "/." in target or "#" in target or target[:1] == ".":
+            return normalize_target(target, self.sort_query, self.drop_params)
+        path, has_query, query = target.partition("?")
+        if not has_query:
+            return target
+        if not query or "&" in query:
+            return normalize_target(target, self.sort_query, self.drop_params)
+        name = query.partition("=")[0]
+        kept = self._lone_kept.get(name)
+        if kept is None:
+            drop = self.drop_params
+            kept = not drop or not _dropped_names(drop)(name)
+            if len(self._lone_kept) >= LONE_NAMES:
+                self._lone_kept.clear()
+            self._lone_kept[name] = kept
+        return target if kept else path
+
+
 @functools.lru_cache(maxsize=64)
 def _dropped_names(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
     """One matcher for all of a service's `drop_params` patterns (fnmatchcase's

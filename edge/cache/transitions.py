@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from edge.cache.conditional import etag_matches_strong, etag_matches_weak, parse_etag_list
 from edge.cache.directives import effective_directives
@@ -39,15 +39,19 @@ ERROR_STATUSES = frozenset({500, 502, 503, 504})
 #: Request fields that send a GET down the full path instead of the fast lane: each
 #: needs a decision the fast lane does not make (credentials, ranges, preconditions,
 #: loop detection, request cache directives).
-HOT_LANE_EXCLUDED = (
-    "Authorization",
-    "Range",
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Match",
-    "If-Unmodified-Since",
-    "CDN-Loop",
-    "Cache-Control",
+#: (`istr`: a case-insensitive lookup of one costs no case folding per request)
+HOT_LANE_EXCLUDED = tuple(
+    istr(name)
+    for name in (
+        "Authorization",
+        "Range",
+        "If-None-Match",
+        "If-Modified-Since",
+        "If-Match",
+        "If-Unmodified-Since",
+        "CDN-Loop",
+        "Cache-Control",
+    )
 )
 
 

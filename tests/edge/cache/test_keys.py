@@ -12,6 +12,8 @@ from multidict import CIMultiDict
 
 from edge.cache.headers import header_list_values, split_list, unquote
 from edge.cache.keys import (
+    LONE_NAMES,
+    TargetKeys,
     normalize_path,
     normalize_target,
     origin_form,
@@ -136,6 +138,47 @@ class TestNormalizeTarget:
         for drop in ((), TRACKING):
             rebuilt = normalize_target(target + "#fragment", sort_query, drop)
             assert normalize_target(target, sort_query, drop) == rebuilt, (target, drop)
+
+
+class TestTargetKeys:
+    """The hit lanes' keying of a target under one policy keys every target as
+    `normalize_target` does, and what it remembers per parameter name is bounded."""
+
+    @given(
+        st.lists(
+            st.sampled_from(
+                ["/", "a", ".", "%41", "?", "&", "=", "#", "utm_x", "gclid", "b", "x.y", "z=1"]
+            ),
+            max_size=14,
+        ),
+        st.booleans(),
+        st.sampled_from([(), TRACKING, ("b", "a*")]),
+    )
+    def test_every_target_is_keyed_as_normalize_target_keys_it(
+        self, parts: list[str], sort_query: bool, drop: tuple[str, ...]
+    ) -> None:
+        """Asked once and again (the second time from what it remembered)."""
+        target = "/" + "".join(parts)
+        keyed = TargetKeys(sort_query, drop)
+        expected = normalize_target(target, sort_query, drop)
+        assert keyed(target) == expected
+        assert keyed(target) == expected
+
+    def test_a_lone_tracking_parameter_is_dropped_and_any_other_kept(self) -> None:
+        keyed = TargetKeys(True, TRACKING)
+        assert keyed("/a?utm_source=x") == "/a"
+        assert keyed("/b?utm_medium=y") == "/b"
+        assert keyed("/a?u=1") == "/a?u=1"
+        assert keyed("/a?gclid") == "/a"
+        assert keyed("/a?") == "/a"
+        assert keyed("/a") == "/a"
+
+    def test_the_names_it_remembers_are_bounded(self) -> None:
+        """A client sending a new parameter name with every request does not grow it."""
+        keyed = TargetKeys(True, TRACKING)
+        for n in range(LONE_NAMES + 50):
+            assert keyed(f"/a?p{n}=1") == f"/a?p{n}=1"
+        assert 0 < len(keyed._lone_kept) <= LONE_NAMES
 
 
 class TestDotSegments:
