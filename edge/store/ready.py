@@ -83,14 +83,18 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 #: freshness_lifetime and stored_at (`ObjectMeta`), and the length of the codings'
 #: table (0 for a record of one identity answer: its head and body are the two
 #: lengths before; else they are 0 and the length of all the answers, and the
-#: table after the purge fields says which coding each answer is: `_CODED`)
+#: table after the purge fields says which coding each answer is: `_CODED`).
+#: The checksum covers all that follows it in a record of one answer; in a record
+#: of several, all up to the answers, each answer having its own in the table, so
+#: that a hit copies and checks the one answer it writes, not all of them
 _FIXED = struct.Struct("<B3sQIHHHIIHBddddH")
 #: the same in two: what the checksum does not cover, and what it does
 _FIXED_START = struct.Struct("<B3sQ")
 _FIXED_REST = struct.Struct("<IHHHIIHBddddH")
 #: one answer of a record of several codings, in the order of the answers: the
-#: coding (its place in `CODINGS`), the lengths of its head and of its body
-_CODED = struct.Struct("<BII")
+#: coding (its place in `CODINGS`), the lengths of its head and of its body, and
+#: the checksum of the two
+_CODED = struct.Struct("<BIIQ")
 CODED_SIZE = _CODED.size
 #: the codings a record of several answers can hold
 CODINGS = ("identity", "br", "gzip", "deflate", "zstd")
@@ -106,7 +110,7 @@ _xxh3 = xxhash.xxh3_64_intdigest
 #: madvise(2)'s MADV_POPULATE_READ (Linux 5.14), which this Python may not name
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _new_tuple = tuple.__new__
-_MAGIC = b"RA2"
+_MAGIC = b"RA3"
 _ALIVE = 0
 #: the first four bytes of a live record, read as a little-endian number
 _LIVE = int.from_bytes(bytes((_ALIVE,)) + _MAGIC, "little")
@@ -151,7 +155,8 @@ class ReadyRecord(NamedTuple):
 
     A named tuple, made in one C call (`parse_record`): one is made for every disk
     hit. A record of several codings (`codings` not empty) is answered through
-    `coded_answer`, which gives the one answer of the coding a request takes."""
+    `coded_answer`, which reads and checks the one answer of the coding a request
+    takes."""
 
     #: the stored head (`ReadyHead.heads`, with Content-Length) and the body after
     #: it; for a record of several codings, every answer, one after the other
@@ -166,8 +171,13 @@ class ReadyRecord(NamedTuple):
     stored_at: float
     #: (service, host, target, surrogate keys), marshalled (`purge_fields`)
     purge: bytes
-    #: b"" for one identity answer; else the table of its answers (`_CODED` each)
+    #: b"" for one identity answer; else the table of its answers (`_CODED` each),
+    #: which are read from `source` (`coded_answer`), `answer` being empty
     codings: bytes = b""
+    #: a record of several answers: what it was read from (the ring mapped, or the
+    #: bytes read), and where its answers start there
+    source: bytes | mmap.mmap | None = None
+    answers_at: int = 0
 
     @property
     def body(self) -> bytes:
@@ -187,23 +197,28 @@ class ReadyRecord(NamedTuple):
         """The codings of its answers, in its order."""
         if not self.codings:
             return ("identity",)
-        return tuple(CODINGS[number] for number, _h, _b in _CODED.iter_unpack(self.codings))
+        return tuple(CODINGS[number] for number, *_lengths in _CODED.iter_unpack(self.codings))
 
 
 def coded_answer(record: ReadyRecord, coding: str) -> ReadyRecord | None:
     """The record of `coding`'s answer alone (as a record of one answer is read), or
-    None when `record` has no answer in that coding."""
+    None when `record` has no answer in that coding, or that answer fails its
+    checksum (overwritten since the record was read, or damaged)."""
     if not record.codings:
         return record if coding == "identity" else None
     wanted = _CODING_NUMBERS.get(coding)
-    start = 0
-    for number, head_length, body_length in _CODED.iter_unpack(record.codings):
+    source = record.source
+    start = record.answers_at
+    for number, head_length, body_length, checksum in _CODED.iter_unpack(record.codings):
         end = start + head_length + body_length
         if number == wanted:
+            if source is None:
+                return None
+            answer = source[start:end]
+            if len(answer) != end - start or _xxh3(answer) != checksum:
+                return None
             # `_replace`, in one C call: this runs on every disk hit of such an object
-            return _new_tuple(
-                ReadyRecord, (record.answer[start:end], body_length, *record[2:10], b"")
-            )
+            return _new_tuple(ReadyRecord, (answer, body_length, *record[2:10], b"", None, 0))
         start = end
     return None
 
@@ -238,7 +253,9 @@ def encode_record(
         body = bodies[coding]
         head = b"%sContent-Length: %d\r\n\r\n" % (fields, len(body))
         answers += (head, body)
-        table.append(_CODED.pack(number, len(head), len(body)))
+        answer_checksum = xxhash.xxh3_64(head)
+        answer_checksum.update(body)
+        table.append(_CODED.pack(number, len(head), len(body), answer_checksum.intdigest()))
     if ready.codings == ("identity",):
         table = []  # one identity answer: said by the lengths alone
         head_length, body_length = len(answers[0]), len(answers[1])
@@ -273,7 +290,8 @@ def encode_record(
     )
     parts = (rest, key_bytes, prefix, purge, codings, *answers)
     checksum = xxhash.xxh3_64()
-    for part in parts:
+    # a record of several answers: each answer has its own checksum in the table
+    for part in parts if not codings else parts[:5]:
         checksum.update(part)
     return b"".join((_FIXED_START.pack(_ALIVE, _MAGIC, checksum.intdigest()), *parts))
 
@@ -321,6 +339,30 @@ def parse_record_at(
         or length != _UNCHECKED + end_codings + head_len + body_len
     ):
         return None
+    if codings_len:
+        # several answers: what precedes them is checked here, the one a hit takes
+        # by `coded_answer`
+        data = buffer[offset + _UNCHECKED : offset + _UNCHECKED + end_codings]
+        if not data.startswith(key, _CHECKED_KEY) or _xxh3(data) != checksum:
+            return None
+        return _new_tuple(
+            ReadyRecord,
+            (
+                b"",
+                body_len,
+                status,
+                has_date == 1,
+                data[end_key:end_prefix].decode("utf-8", "surrogateescape"),
+                response_time,
+                initial_age,
+                lifetime,
+                stored_at,
+                data[end_prefix:end_purge],
+                data[end_purge:],
+                buffer,
+                offset + _UNCHECKED + end_codings,
+            ),
+        )
     # a copy hashes faster than a memoryview is made
     data = buffer[offset + _UNCHECKED : offset + length]
     if not data.startswith(key, _CHECKED_KEY) or _xxh3(data) != checksum:
@@ -339,6 +381,8 @@ def parse_record_at(
             stored_at,
             data[end_prefix:end_purge],
             data[end_purge:end_codings],
+            None,
+            0,
         ),
     )
 

@@ -27,6 +27,7 @@ from edge.store.ready import (
     coded_answer,
     encode_record,
     parse_record,
+    parse_record_at,
 )
 from tests.support.disk_lane import DiskEdge
 from tests.support.ready_store import (
@@ -103,17 +104,42 @@ def test_bodies_that_are_not_the_heads_codings_make_no_record() -> None:
 
 
 def test_a_torn_or_altered_table_of_codings_is_refused() -> None:
+    """Every byte from the purge fields on altered, one at a time: the record is
+    refused, or the answer holding the byte is, and no altered answer is served."""
     data = encode_record("k", coded_head(), meta(), BODIES)
     assert data is not None
+    whole = parse_record(data, b"k", TAG)
+    assert whole is not None
+    answers = {coding: coded_answer(whole, coding) for coding in BODIES}
     table_at = data.index(b"edge1; ") + len(b"edge1; ")
-    # the purge fields follow the prefix; the table follows them: alter every byte
-    # from there on, one at a time, and none reads back
     for at in range(table_at, len(data), 7):
         altered = bytearray(data)
         altered[at] ^= 0x04
-        assert parse_record(bytes(altered), b"k", TAG) is None
+        found = parse_record(bytes(altered), b"k", TAG)
+        if found is None:
+            continue
+        served = {coding: coded_answer(found, coding) for coding in BODIES}
+        assert None in served.values(), at
+        for coding, one in served.items():
+            assert one is None or one == answers[coding], (at, coding)
     assert parse_record(data[:-1], b"k", TAG) is None
     assert parse_record(data + b"\0", b"k", TAG) is None
+
+
+def test_an_answer_overwritten_after_its_record_was_read_is_refused() -> None:
+    """A hit reads the record, then the one answer it writes: another process's
+    record written over that answer in between is not served, the others are."""
+    data = encode_record("k", coded_head(), meta(), BODIES)
+    assert data is not None
+    ring = bytearray(data)
+    found = parse_record_at(ring, 0, len(ring), b"k", TAG)  # type: ignore[arg-type]
+    assert found is not None and found.answer == b""
+    br_at = data.index(BODIES["br"])
+    ring[br_at : br_at + 3] = b"new"
+    assert coded_answer(found, "br") is None
+    for coding in ("identity", "gzip"):
+        one = coded_answer(found, coding)
+        assert one is not None and one.body == BODIES[coding]
 
 
 def tmp_body(store: DiskStore, coding: str, body: bytes) -> str:
