@@ -32,8 +32,8 @@ For each count, all on 127.0.0.1, in a fresh directory:
   once) and measures its hot-set and uniform hits in the same rounds, so the table
   says how flat nginx itself is from one store size to the other;
 - pushes purges by URL to the node's purge intake (`POST /admin/purge`, as the purge
-  API does) one at a time and times each until the node answers that it applied it;
-  then checks a purged URL is no longer a hit;
+  API does) one at a time and times each until the node answers that it applied it,
+  each store size's in turn; then checks a purged URL is no longer a hit;
 - last, the rounds of misses (new URLs, fetched from the origin): each stores an
   object, so taken before, they would grow the smallest store twentyfold and fill
   its memory tier with other objects than the ones its hits read.
@@ -617,17 +617,22 @@ def miss_round(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Pat
         print(f"{result.count:,}: miss {result.miss[-1]:,.0f} req/s", file=sys.stderr, flush=True)
 
 
-def purges(args: argparse.Namespace, result: Result, edge: Edge) -> None:
-    """RssAnon after the hits, then purges by URL timed until applied, and a check
+def purges(args: argparse.Namespace, edges: Sequence[tuple[Result, Edge, Path]]) -> None:
+    """RssAnon after the hits, then purges by URL timed until applied, each store
+    size's in turn (the order alternating, as the hit rounds', so that a slower
+    minute of the machine does not fall on one size's purges alone), and a check
     that a purged URL is no longer a hit."""
     path = SIZES[args.size]
-    result.rss_after_kib = rss_kib(edge.pids())
+    for result, edge, _tmp in edges:
+        result.rss_after_kib = rss_kib(edge.pids())
     for seq in range(1, args.purges + 1):
         target = f"http://{hits.HOST}{path}?u={seq}"
-        result.purge_ms.append(push_purge(edge, seq, target))
-    _status, cache_status = get(edge.port, f"{path}?u=1")
-    if is_hit(cache_status):
-        raise RuntimeError(f"a purged URL is still a hit: {cache_status}")
+        for result, edge, _tmp in edges if seq % 2 else edges[::-1]:
+            result.purge_ms.append(push_purge(edge, seq, target))
+    for _result, edge, _tmp in edges:
+        _status, cache_status = get(edge.port, f"{path}?u=1")
+        if is_hit(cache_status):
+            raise RuntimeError(f"a purged URL is still a hit: {cache_status}")
 
 
 def measure_all(
@@ -652,8 +657,7 @@ def measure_all(
             # does not fall on one size each time
             for round_no in range(args.rounds):
                 hit_round(args, edges if round_no % 2 == 0 else edges[::-1])
-            for result, edge, _tmp in edges:
-                purges(args, result, edge)
+            purges(args, edges)
             for round_no in range(args.rounds):
                 miss_round(args, edges if round_no % 2 == 0 else edges[::-1])
         finally:
