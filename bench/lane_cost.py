@@ -17,8 +17,7 @@ Run from the repository root while the held edges are idle:
     TMPDIR=/dev/shm .venv/bin/python bench/store_scale.py --counts 1000,1000000 --workers 1 --hold
     .venv/bin/python bench/lane_cost.py --store DIR:1000 --store DIR:1000000 [--size 1k]
 
-where each DIR is a held store's directory (`edge-cache` under the directory the
-hold prints, beside its `fleet.toml`).
+where each DIR is the store directory the hold prints for that count.
 """
 
 from __future__ import annotations

@@ -758,11 +758,12 @@ def _ratio(large: list[float], small: list[float]) -> str:
 
 
 def hold(edges: Sequence[tuple[Result, Edge, Path]]) -> None:
-    """Print each filled edge's port and process ids and wait for Ctrl-C (or SIGTERM),
-    so that a profiler can be attached to an edge under a load of one's own."""
+    """Print each filled edge's port, process ids and store directory and wait for
+    Ctrl-C (or SIGTERM), so that a profiler can be attached to an edge under a load
+    of one's own (or `bench/lane_cost.py` opened on its store)."""
     for result, edge, _tmp in edges:
         pids = " ".join(str(pid) for pid in edge.pids())
-        print(f"{result.count:,}: port {edge.port} pids {pids}", flush=True)
+        print(f"{result.count:,}: port {edge.port} pids {pids} store {edge.cache_dir}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
 
