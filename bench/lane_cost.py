@@ -81,9 +81,8 @@ class HeldStore:
     front: Front
 
 
-async def open_held(directory: str, count: int, path: str, accept: str | None) -> HeldStore:
-    """The store in `directory` of `count` objects at `path?u=N`, its ring's places
-    learned (every key read once) and its hot set in memory."""
+async def open_held(directory: str, count: int) -> HeldStore:
+    """The store in `directory` of `count` objects, with an engine and a front."""
     config = Service(name=SERVICE, hosts=(HOST,), origins=("http://127.0.0.1:9",))
     store = await DiskStore.open(os.path.join(directory, "objects"), 64 << 30)
     metrics = NodeMetrics("edge1", "edge", {HOST: SERVICE})
@@ -92,17 +91,23 @@ async def open_held(directory: str, count: int, path: str, accept: str | None) -
     options = EngineOptions(node_name="edge1")
     engine = Engine((config,), options, store, upstream, PurgeRules((config,)), metrics)
     front = Front(engine, ConnectionLimits(100, 10.0, metrics), metrics, None)
-    tag = front.hits.tag
-    for number in range(count):
-        store.ready_answer(primary_key(SERVICE, HOST, f"{path}?u={number}"), tag)
+    return HeldStore(count, session, store, engine, front)
+
+
+def warm(held: HeldStore, path: str, accept: str | None) -> None:
+    """The ring's places learned (every key read once) and the hot set in memory, as
+    in a node that has served a while."""
+    tag = held.front.hits.tag
+    for number in range(held.count):
+        held.store.ready_answer(primary_key(SERVICE, HOST, f"{path}?u={number}"), tag)
+    hot = min(held.count, HOT)
     for _ in range(3):
         answered = sum(
-            front.hits.answer(NullTransport(), head, True, "127.0.0.1")  # type: ignore[arg-type]
-            for head in heads(path, range(min(count, HOT)), accept)
+            held.front.hits.answer(NullTransport(), head, True, "127.0.0.1")  # type: ignore[arg-type]
+            for head in heads(path, range(hot), accept)
         )
-    if answered != min(count, HOT):
-        raise SystemExit(f"{directory}: {answered} of its hot set answered by the lane")
-    return HeldStore(count, session, store, engine, front)
+    if answered != hot:
+        raise SystemExit(f"{answered} of the hot set of {held.count:,} answered by the lane")
 
 
 def heads(path: str, numbers: object, accept: str | None) -> list[RequestHead]:
@@ -135,10 +140,11 @@ async def run(stores: list[tuple[str, int]], size: str, rounds: int, hits: int) 
     async with contextlib.AsyncExitStack() as stack:
         held = []
         for directory, count in stores:
-            one = await open_held(directory, count, path, accept)
+            one = await open_held(directory, count)
             stack.push_async_callback(one.session.close)
             stack.push_async_callback(one.store.close)
             stack.push_async_callback(one.engine.close, 1.0)
+            warm(one, path, accept)
             held.append(one)
         report(held, [[time_round(one, path, accept, hits) for one in held] for _ in range(rounds)])
 
