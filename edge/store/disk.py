@@ -338,23 +338,7 @@ class DiskStore(StoreBase):
                 # the memory tier would hold it (the key was read twice lately): read
                 # through the index, which admits it
                 return None
-            loc = (slot >> CHECK_BITS) & LOCATION_MASK
-            view = self._view
-            if view is not None:
-                # `_read_ready`, written out for a ring in memory: every disk hit
-                found = parse_record_at(
-                    view,
-                    loc >> LENGTH_BITS,
-                    loc & LENGTH_MASK,
-                    key.encode("utf-8", "surrogateescape"),
-                    tag,
-                )
-                if found is None:
-                    self.ready_misses += 1
-                else:
-                    self.ready_reads += 1
-            else:
-                found = self._read_ready(loc, key, tag)
+            found = self._read_ready((slot >> CHECK_BITS) & LOCATION_MASK, key, tag)
             if found is not None:
                 self.places_found += 1
                 if slot < READ_MARK:

@@ -339,38 +339,20 @@ def parse_record_at(
         or length != _UNCHECKED + end_codings + head_len + body_len
     ):
         return None
-    if codings_len:
-        # several answers: what precedes them is checked here, the one a hit takes
-        # by `coded_answer`
-        data = buffer[offset + _UNCHECKED : offset + _UNCHECKED + end_codings]
-        if not data.startswith(key, _CHECKED_KEY) or _xxh3(data) != checksum:
-            return None
-        return _new_tuple(
-            ReadyRecord,
-            (
-                b"",
-                body_len,
-                status,
-                has_date == 1,
-                data[end_key:end_prefix].decode("utf-8", "surrogateescape"),
-                response_time,
-                initial_age,
-                lifetime,
-                stored_at,
-                data[end_prefix:end_purge],
-                data[end_purge:],
-                buffer,
-                offset + _UNCHECKED + end_codings,
-            ),
-        )
-    # a copy hashes faster than a memoryview is made
-    data = buffer[offset + _UNCHECKED : offset + length]
+    # a record of several answers: what precedes them is checked here, the one a hit
+    # takes by `coded_answer`; a copy hashes faster than a memoryview is made
+    checked = end_codings if codings_len else length - _UNCHECKED
+    data = buffer[offset + _UNCHECKED : offset + _UNCHECKED + checked]
     if not data.startswith(key, _CHECKED_KEY) or _xxh3(data) != checksum:
         return None
+    if codings_len:
+        answer, source, answers_at = b"", buffer, offset + _UNCHECKED + end_codings
+    else:
+        answer, source, answers_at = data[end_codings:], None, 0
     return _new_tuple(
         ReadyRecord,
         (
-            data[end_codings:],
+            answer,
             body_len,
             status,
             has_date == 1,
@@ -381,8 +363,8 @@ def parse_record_at(
             stored_at,
             data[end_prefix:end_purge],
             data[end_purge:end_codings],
-            None,
-            0,
+            source,
+            answers_at,
         ),
     )
 
